@@ -1,0 +1,93 @@
+//! The admin server: `/metrics`, `/ready`, `/live`, and `POST /shutdown` (loopback
+//! callers only).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::Control;
+
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, control: Arc<Control>) {
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let control = control.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let rsp = route(&req, peer, &metrics, &control);
+                async move { Ok::<_, Infallible>(rsp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(socket), svc);
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "admin connection failed");
+            }
+        });
+    }
+}
+
+fn route(
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    metrics: &Metrics,
+    control: &Arc<Control>,
+) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut rsp = text(StatusCode::OK, metrics.encode());
+            rsp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            rsp
+        }
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/ready") if control.is_draining() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
+        (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
+        (&Method::POST, "/shutdown") if peer.ip().is_loopback() => {
+            control.shutdown();
+            text(StatusCode::OK, "shutting down\n")
+        }
+        (&Method::POST, "/shutdown") => text(
+            StatusCode::FORBIDDEN,
+            "shutdown is only accepted from loopback addresses\n",
+        ),
+        (_, "/metrics" | "/live" | "/ready" | "/shutdown") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics, /ready, /live or POST /shutdown\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut rsp = Response::new(Full::new(body.into()));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    rsp
+}

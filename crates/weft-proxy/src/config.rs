@@ -1,0 +1,211 @@
+//! Proxy settings: command-line flags with `WEFT_*` environment equivalents, and the
+//! validated [`Config`] the proxy runs with.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::endpoints::{EndpointsError, ServiceIndex};
+
+/// How the proxy learns where a connection was going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Connections were redirected by iptables; the destination is `SO_ORIGINAL_DST`.
+    Transparent,
+    /// No redirection: outbound destinations come from the endpoints file (per-service
+    /// listen ports, or the HTTP authority), inbound traffic goes to `--inbound-forward`.
+    Explicit,
+}
+
+/// Command-line interface of `weft-proxy`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "weft-proxy",
+    version,
+    about = "weft's sidecar proxy: transparent HTTP/1.1, HTTP/2, gRPC and TCP proxying with golden metrics",
+    long_about = None
+)]
+pub struct Args {
+    /// Where outbound traffic (from the local workload) arrives.
+    #[arg(long, env = "WEFT_OUTBOUND_LISTEN", default_value = "127.0.0.1:4140")]
+    pub outbound_listen: SocketAddr,
+
+    /// Where inbound traffic (to the local workload) arrives.
+    #[arg(long, env = "WEFT_INBOUND_LISTEN", default_value = "0.0.0.0:4143")]
+    pub inbound_listen: SocketAddr,
+
+    /// Admin server: /metrics, /ready, /live, POST /shutdown (loopback callers only).
+    #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value = "0.0.0.0:4191")]
+    pub admin_listen: SocketAddr,
+
+    /// How destinations are learnt: `transparent` (iptables redirect, needs root to set
+    /// up) or `explicit` (endpoints file and --inbound-forward).
+    #[arg(long, env = "WEFT_MODE", value_enum, default_value = "transparent")]
+    pub mode: Mode,
+
+    /// YAML file of services and their endpoints (static discovery).
+    #[arg(long, env = "WEFT_ENDPOINTS")]
+    pub endpoints: Option<PathBuf>,
+
+    /// Explicit mode: the local workload's address that inbound traffic is sent to.
+    #[arg(long, env = "WEFT_INBOUND_FORWARD")]
+    pub inbound_forward: Option<SocketAddr>,
+
+    /// Comma-separated destination ports whose traffic is forwarded as opaque TCP
+    /// without protocol detection (server-speaks-first protocols such as MySQL, SMTP).
+    #[arg(
+        long,
+        env = "WEFT_OPAQUE_PORTS",
+        value_delimiter = ',',
+        default_value = "25,587,3306,4444,5432,6379,9300,11211"
+    )]
+    pub opaque_ports: Vec<u16>,
+
+    /// How long to wait for a client's first bytes before treating the connection as
+    /// opaque TCP.
+    #[arg(long, env = "WEFT_DETECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub detect_timeout: Duration,
+
+    /// Time allowed to open a connection to an upstream endpoint.
+    #[arg(long, env = "WEFT_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub connect_timeout: Duration,
+
+    /// Time allowed for an upstream to answer an HTTP request with response headers;
+    /// `0s` disables the limit.
+    #[arg(long, env = "WEFT_RESPONSE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "0s")]
+    pub response_timeout: Duration,
+
+    /// How long in-flight requests may continue after SIGTERM or POST /shutdown.
+    #[arg(long, env = "WEFT_DRAIN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub drain_grace: Duration,
+
+    /// How long an idle pooled upstream connection is kept.
+    #[arg(long, env = "WEFT_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub pool_idle_timeout: Duration,
+
+    /// Worker threads; 1 runs a single-threaded runtime (the sidecar default).
+    #[arg(long, env = "WEFT_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
+
+    /// Workload namespace, added to every metric as `namespace`.
+    #[arg(long, env = "WEFT_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// Workload (deployment) name, added to every metric as `deployment`.
+    #[arg(long, env = "WEFT_DEPLOYMENT", default_value = "")]
+    pub deployment: String,
+
+    /// Pod (replica) name, added to every metric as `pod`.
+    #[arg(long, env = "WEFT_POD", default_value = "")]
+    pub pod: String,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `weft_proxy=debug`.
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Labels that identify the workload this proxy serves; added to every metric.
+#[derive(Clone, Debug, Default)]
+pub struct WorkloadLabels {
+    pub namespace: String,
+    pub deployment: String,
+    pub pod: String,
+}
+
+/// The validated settings a proxy runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub outbound_listen: SocketAddr,
+    pub inbound_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub mode: Mode,
+    pub services: ServiceIndex,
+    pub inbound_forward: Option<SocketAddr>,
+    pub opaque_ports: HashSet<u16>,
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub response_timeout: Option<Duration>,
+    pub drain_grace: Duration,
+    pub pool_idle_timeout: Duration,
+    pub labels: WorkloadLabels,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Endpoints(#[from] EndpointsError),
+    #[error("--inbound-forward is required in explicit mode: inbound traffic needs the local workload's address")]
+    MissingInboundForward,
+    #[error("--worker-threads must be at least 1")]
+    NoWorkers,
+}
+
+impl Args {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if self.worker_threads == 0 {
+            return Err(ConfigError::NoWorkers);
+        }
+        let services = match &self.endpoints {
+            Some(path) => ServiceIndex::load(path)?,
+            None => ServiceIndex::default(),
+        };
+        if self.mode == Mode::Explicit && self.inbound_forward.is_none() {
+            return Err(ConfigError::MissingInboundForward);
+        }
+        Ok(Config {
+            outbound_listen: self.outbound_listen,
+            inbound_listen: self.inbound_listen,
+            admin_listen: self.admin_listen,
+            mode: self.mode,
+            services,
+            inbound_forward: self.inbound_forward,
+            opaque_ports: self.opaque_ports.into_iter().collect(),
+            detect_timeout: self.detect_timeout,
+            connect_timeout: self.connect_timeout,
+            response_timeout: (!self.response_timeout.is_zero()).then_some(self.response_timeout),
+            drain_grace: self.drain_grace,
+            pool_idle_timeout: self.pool_idle_timeout,
+            labels: WorkloadLabels {
+                namespace: self.namespace,
+                deployment: self.deployment,
+                pod: self.pod,
+            },
+        })
+    }
+}
+
+impl Config {
+    /// Settings for a proxy in explicit mode on ephemeral loopback ports, forwarding
+    /// inbound traffic to `inbound_forward`. Used by tests and local runs.
+    pub fn explicit(inbound_forward: SocketAddr) -> Self {
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Config {
+            outbound_listen: loopback,
+            inbound_listen: loopback,
+            admin_listen: loopback,
+            mode: Mode::Explicit,
+            services: ServiceIndex::default(),
+            inbound_forward: Some(inbound_forward),
+            opaque_ports: HashSet::new(),
+            detect_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: None,
+            drain_grace: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(60),
+            labels: WorkloadLabels::default(),
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! HTTP forwarding: serves a detected HTTP/1 or HTTP/2 connection, picks an endpoint
+//! per request, forwards over a pooled upstream connection, streams bodies both ways
+//! and records the golden metrics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::detect::Protocol;
+use crate::drain::Watch;
+use crate::metrics::{Classification, Direction, HttpMetrics, RouteLabels, Str, Tls};
+use crate::upstream::{HttpUpstreams, HttpVersion, UpstreamError};
+use crate::{Destination, Shared};
+
+/// The header naming the cause of a response the proxy generated itself.
+pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
+
+/// What one accepted connection is for.
+pub struct ConnContext {
+    pub direction: Direction,
+    pub client: SocketAddr,
+    pub destination: Destination,
+    pub tls: Tls,
+    pub shared: Arc<Shared>,
+}
+
+impl ConnContext {
+    fn upstreams(&self) -> &HttpUpstreams {
+        match self.direction {
+            Direction::Inbound => &self.shared.inbound,
+            Direction::Outbound => &self.shared.outbound,
+        }
+    }
+}
+
+/// Serves HTTP on `io` until the client closes, or drain is signalled and in-flight
+/// requests are done.
+pub async fn serve<I>(io: I, protocol: Protocol, ctx: Arc<ConnContext>, mut drain: Watch)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+    });
+    let io = TokioIo::new(io);
+    let result = if protocol == Protocol::Http2 {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => res,
+            _ = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => res,
+            _ = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+}
+
+/// Why the proxy answered a request itself.
+#[derive(Debug)]
+struct ProxyError {
+    status: StatusCode,
+    /// Short cause for metrics (`http_errors_total{error=...}`).
+    kind: &'static str,
+    message: String,
+}
+
+impl ProxyError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ProxyError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The gRPC status that carries the same meaning to gRPC clients.
+    fn grpc_status(&self) -> &'static str {
+        match self.status {
+            StatusCode::BAD_REQUEST => "13",    // INTERNAL
+            StatusCode::GATEWAY_TIMEOUT => "4", // DEADLINE_EXCEEDED
+            _ => "14",                          // UNAVAILABLE
+        }
+    }
+}
+
+impl From<UpstreamError> for ProxyError {
+    fn from(e: UpstreamError) -> Self {
+        let (status, kind) = match &e {
+            UpstreamError::ConnectTimeout { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, "connect timeout")
+            }
+            UpstreamError::ConnectRefused { .. } => (StatusCode::BAD_GATEWAY, "connect refused"),
+            UpstreamError::Connect { .. } => (StatusCode::BAD_GATEWAY, "connect error"),
+            UpstreamError::Handshake { .. } => (StatusCode::BAD_GATEWAY, "handshake error"),
+            UpstreamError::Http { .. } => (StatusCode::BAD_GATEWAY, "upstream error"),
+        };
+        ProxyError::new(status, kind, e.to_string())
+    }
+}
+
+async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let grpc = is_grpc(req.headers());
+    let shared = &ctx.shared;
+    let metrics = &shared.metrics.http;
+
+    let authority = match request_authority(&req) {
+        Ok(a) => a,
+        Err(e) => {
+            let route = route_labels(&ctx, "", None, "");
+            return error_response(metrics, route, ctx.direction, grpc, start, e);
+        }
+    };
+
+    let (endpoint, service) = match ctx.destination.resolve(&shared.config.services, &authority) {
+        Ok(pick) => pick,
+        Err(e) => {
+            let route = route_labels(&ctx, &authority, None, "");
+            let e = ProxyError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no endpoints",
+                e.to_string(),
+            );
+            return error_response(metrics, route, ctx.direction, grpc, start, e);
+        }
+    };
+    let route = route_labels(&ctx, &authority, Some(endpoint), service.unwrap_or(""));
+    metrics.request(&route);
+
+    let version = if req.version() == Version::HTTP_2 {
+        HttpVersion::Http2
+    } else {
+        HttpVersion::Http1
+    };
+    let upgrade = if version == HttpVersion::Http1 && is_upgrade(req.headers()) {
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+    if version == HttpVersion::Http1 {
+        if let Err(e) = prepare_h1_request(&mut req, &authority, upgrade.is_some()) {
+            return error_response(metrics, route, ctx.direction, grpc, start, e);
+        }
+    }
+
+    let send = ctx.upstreams().send(endpoint, version, req);
+    let result = match shared.config.response_timeout {
+        Some(limit) => match tokio::time::timeout(limit, send).await {
+            Ok(r) => r.map_err(ProxyError::from),
+            Err(_) => Err(ProxyError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "response timeout",
+                format!("{endpoint} did not respond within {limit:?}"),
+            )),
+        },
+        None => send.await.map_err(ProxyError::from),
+    };
+    let mut rsp = match result {
+        Ok(rsp) => rsp,
+        Err(e) => {
+            tracing::info!(direction = ctx.direction.as_str(), %authority, %endpoint, error = %e.message, "request failed");
+            return error_response(metrics, route, ctx.direction, grpc, start, e);
+        }
+    };
+
+    let status = rsp.status();
+    metrics.latency(&route, status.as_u16(), elapsed_ms(start));
+
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(server_upgrade) = upgrade {
+            let client_upgrade = hyper::upgrade::on(&mut rsp);
+            tokio::spawn(tunnel(server_upgrade, client_upgrade));
+        }
+    } else if version == HttpVersion::Http1 {
+        strip_hop_by_hop(rsp.headers_mut());
+    }
+
+    let grpc_status = grpc.then(|| grpc_status_of(rsp.headers())).flatten();
+    let (parts, body) = rsp.into_parts();
+    let recorder = ResponseRecorder {
+        metrics: metrics.clone(),
+        route: Some(route),
+        status: status.as_u16(),
+        grpc,
+        grpc_status,
+        broken: false,
+    };
+    Response::from_parts(
+        parts,
+        ProxyBody::Upstream {
+            inner: body,
+            recorder,
+        },
+    )
+}
+
+fn route_labels(
+    ctx: &ConnContext,
+    authority: &str,
+    endpoint: Option<SocketAddr>,
+    service: &str,
+) -> RouteLabels {
+    RouteLabels {
+        direction: ctx.direction,
+        authority: authority.into(),
+        target_addr: Str(endpoint.map(|e| e.to_string()).unwrap_or_default().into()),
+        tls: ctx.tls,
+        dst_service: service.into(),
+    }
+}
+
+fn elapsed_ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form HTTP/1) or the Host header.
+fn request_authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.as_str().to_ascii_lowercase());
+    }
+    match req.headers().get(header::HOST) {
+        Some(host) => match host.to_str() {
+            Ok(h) if !h.is_empty() && h.parse::<http::uri::Authority>().is_ok() => {
+                Ok(h.to_ascii_lowercase())
+            }
+            _ => Err(ProxyError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed request",
+                "the Host header is not a valid authority",
+            )),
+        },
+        None if req.version() == Version::HTTP_10 => Ok(String::new()),
+        None => Err(ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed request",
+            "HTTP/1.1 request without a Host header",
+        )),
+    }
+}
+
+/// Rewrites an HTTP/1 request for the upstream hop: origin-form URI, Host header,
+/// no hop-by-hop headers (but the upgrade handshake when one is asked for).
+fn prepare_h1_request(
+    req: &mut Request<Incoming>,
+    authority: &str,
+    upgrade: bool,
+) -> Result<(), ProxyError> {
+    if req.uri().authority().is_some() && req.method() != Method::CONNECT {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
+        *req.uri_mut() = Uri::try_from(path).map_err(|_| {
+            ProxyError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed request",
+                "invalid request target",
+            )
+        })?;
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(authority) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+    }
+    let upgrade_value = upgrade
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten();
+    strip_hop_by_hop(req.headers_mut());
+    if let Some(protocol) = upgrade_value {
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(header::UPGRADE, protocol);
+    }
+    Ok(())
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes headers that apply to one connection only (RFC 9110 §7.6.1), including
+/// those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+async fn tunnel(server: hyper::upgrade::OnUpgrade, client: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(server, client) {
+        Ok((server, client)) => {
+            let mut server = TokioIo::new(server);
+            let mut client = TokioIo::new(client);
+            if let Err(error) = tokio::io::copy_bidirectional(&mut server, &mut client).await {
+                tracing::debug!(%error, "upgraded connection ended with an error");
+            }
+        }
+        Err(error) => tracing::debug!(%error, "protocol upgrade failed"),
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+fn grpc_status_of(headers: &HeaderMap) -> Option<bool> {
+    headers.get("grpc-status").map(|v| v.as_bytes() == b"0")
+}
+
+fn error_response(
+    metrics: &HttpMetrics,
+    route: RouteLabels,
+    direction: Direction,
+    grpc: bool,
+    start: Instant,
+    e: ProxyError,
+) -> Response<ProxyBody> {
+    metrics.error(direction, e.kind);
+    let cause =
+        HeaderValue::from_str(&e.message).unwrap_or_else(|_| HeaderValue::from_static(e.kind));
+    let mut rsp = if grpc {
+        // gRPC clients read errors from grpc-status, not the HTTP status: answer with a
+        // trailers-only response.
+        let mut rsp = Response::new(ProxyBody::full(Bytes::new()));
+        let h = rsp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static(e.grpc_status()));
+        h.insert("grpc-message", cause.clone());
+        rsp
+    } else {
+        let mut rsp = Response::new(ProxyBody::full(Bytes::from(format!("{}\n", e.message))));
+        *rsp.status_mut() = e.status;
+        rsp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        rsp
+    };
+    rsp.headers_mut().insert(PROXY_ERROR_HEADER, cause);
+    let status = rsp.status().as_u16();
+    metrics.latency(&route, status, elapsed_ms(start));
+    metrics.response(route, status, Classification::Failure);
+    rsp
+}
+
+/// Records `response_total` once the response stream ends (or is dropped), when its
+/// gRPC status (possibly in trailers) is known.
+pub(crate) struct ResponseRecorder {
+    metrics: HttpMetrics,
+    route: Option<RouteLabels>,
+    status: u16,
+    grpc: bool,
+    /// `Some(true)` once a grpc-status of OK was seen, `Some(false)` for any other.
+    grpc_status: Option<bool>,
+    broken: bool,
+}
+
+impl ResponseRecorder {
+    fn record(&mut self) {
+        let Some(route) = self.route.take() else {
+            return;
+        };
+        let failed =
+            self.broken || self.status >= 500 || (self.grpc && self.grpc_status != Some(true));
+        let classification = if failed {
+            Classification::Failure
+        } else {
+            Classification::Success
+        };
+        self.metrics.response(route, self.status, classification);
+    }
+}
+
+impl Drop for ResponseRecorder {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body: the upstream's, streamed through, or one the proxy made.
+    #[project = ProxyBodyProj]
+    pub(crate) enum ProxyBody {
+        Upstream {
+            #[pin]
+            inner: Incoming,
+            recorder: ResponseRecorder,
+        },
+        Full {
+            data: Option<Bytes>,
+        },
+    }
+}
+
+impl ProxyBody {
+    fn full(data: Bytes) -> Self {
+        ProxyBody::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ProxyBodyProj::Upstream { inner, recorder } => {
+                let polled = inner.poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(trailers) = frame.trailers_ref() {
+                            if let Some(ok) = grpc_status_of(trailers) {
+                                recorder.grpc_status = Some(ok);
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        recorder.broken = true;
+                        recorder.record();
+                    }
+                    Poll::Ready(None) => recorder.record(),
+                    Poll::Pending => {}
+                }
+                polled
+            }
+            ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! weft's sidecar proxy.
+//!
+//! Three listeners: outbound (traffic from the local workload), inbound (traffic to
+//! it) and admin (`/metrics`, `/ready`, `/live`, `POST /shutdown`). Each accepted
+//! connection learns its destination (transparent: `SO_ORIGINAL_DST`; explicit: the
+//! endpoints file), detects its protocol and is forwarded as HTTP (per-request
+//! balancing, golden metrics) or opaque TCP.
+
+pub mod admin;
+pub mod config;
+pub mod detect;
+pub mod drain;
+pub mod endpoints;
+pub mod http;
+pub mod io;
+pub mod metrics;
+pub mod tcp;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub use crate::config::{Args, Config, Mode};
+use crate::detect::Protocol;
+use crate::drain::{Drain, Watch};
+use crate::endpoints::{Service, ServiceIndex};
+use crate::http::ConnContext;
+use crate::io::CountingIo;
+use crate::metrics::{Direction, Metrics, Peer, TcpLabels, Tls};
+use crate::upstream::{Connector, HttpUpstreams};
+
+/// State every connection shares.
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub inbound: HttpUpstreams,
+    pub outbound: HttpUpstreams,
+}
+
+/// Where a connection or request is going.
+#[derive(Clone, Debug)]
+pub enum Destination {
+    /// A known service: balanced over its endpoints.
+    Service(Arc<Service>),
+    /// A single address (the original destination, or the local workload).
+    Addr(SocketAddr),
+    /// Unknown until an HTTP request names it (explicit outbound listener).
+    ByAuthority,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("service {0} has no endpoints")]
+    NoEndpoints(Arc<str>),
+    #[error("no service is known for authority {0:?}")]
+    UnknownAuthority(String),
+}
+
+impl Destination {
+    /// The endpoint for the next request (or connection), and the service name if the
+    /// destination is a service.
+    pub fn resolve<'a>(
+        &'a self,
+        services: &'a ServiceIndex,
+        authority: &str,
+    ) -> Result<(SocketAddr, Option<&'a str>), ResolveError> {
+        let service = match self {
+            Destination::Addr(addr) => return Ok((*addr, None)),
+            Destination::Service(service) => service,
+            Destination::ByAuthority => match services.by_authority(authority) {
+                Some(service) => service,
+                None => {
+                    return authority
+                        .parse::<SocketAddr>()
+                        .map(|addr| (addr, None))
+                        .map_err(|_| ResolveError::UnknownAuthority(authority.to_owned()))
+                }
+            },
+        };
+        service
+            .pick()
+            .map(|addr| (addr, Some(&*service.name)))
+            .ok_or_else(|| ResolveError::NoEndpoints(service.name.clone()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Which listener accepted a connection.
+#[derive(Clone)]
+enum ListenerKind {
+    Inbound,
+    Outbound,
+    /// Explicit mode: a local port standing for one service.
+    Service(Arc<Service>),
+}
+
+/// A running proxy.
+pub struct Proxy {
+    inbound_addr: SocketAddr,
+    outbound_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    service_addrs: Vec<(Arc<str>, SocketAddr)>,
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
+}
+
+/// Shutdown state shared by the proxy handle and the admin server.
+pub(crate) struct Control {
+    drain: Drain,
+    grace: Duration,
+    done: watch::Sender<bool>,
+}
+
+impl Control {
+    /// Stops accepting, lets in-flight work finish within the grace period. Idempotent.
+    pub(crate) fn shutdown(self: &Arc<Self>) {
+        if self.drain.is_signaled() {
+            return;
+        }
+        tracing::info!(grace = ?self.grace, "draining");
+        self.drain.signal();
+        let control = self.clone();
+        tokio::spawn(async move {
+            if tokio::time::timeout(control.grace, control.drain.drained())
+                .await
+                .is_err()
+            {
+                tracing::warn!(grace = ?control.grace, "grace period over; closing connections still open");
+            } else {
+                tracing::info!("drained");
+            }
+            control.done.send_replace(true);
+        });
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.drain.is_signaled()
+    }
+}
+
+impl Proxy {
+    /// Binds every listener and starts serving.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let metrics = Metrics::new(&config.labels);
+        let connector =
+            |direction| Connector::new(direction, config.connect_timeout, metrics.tcp.clone());
+        let shared = Arc::new(Shared {
+            inbound: HttpUpstreams::new(connector(Direction::Inbound), config.pool_idle_timeout),
+            outbound: HttpUpstreams::new(connector(Direction::Outbound), config.pool_idle_timeout),
+            metrics: metrics.clone(),
+            config,
+        });
+        let config = &shared.config;
+        let (drain, watch) = drain::channel();
+        let control = Arc::new(Control {
+            drain,
+            grace: config.drain_grace,
+            done: watch::channel(false).0,
+        });
+
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let inbound = bind("inbound", config.inbound_listen).await?;
+        let outbound = bind("outbound", config.outbound_listen).await?;
+        let admin = bind("admin", config.admin_listen).await?;
+        let mut service_listeners = Vec::new();
+        if config.mode == Mode::Explicit {
+            for service in config.services.listeners() {
+                let addr = service.listen.expect("listeners have a listen address");
+                service_listeners.push((service.clone(), bind("service", addr).await?));
+            }
+        }
+
+        let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        let proxy = Proxy {
+            inbound_addr: local(&inbound),
+            outbound_addr: local(&outbound),
+            admin_addr: local(&admin),
+            service_addrs: service_listeners
+                .iter()
+                .map(|(s, l)| (s.name.clone(), local(l)))
+                .collect(),
+            control: control.clone(),
+            metrics: metrics.clone(),
+        };
+        tracing::info!(
+            mode = ?config.mode,
+            inbound = %proxy.inbound_addr,
+            outbound = %proxy.outbound_addr,
+            admin = %proxy.admin_addr,
+            services = proxy.service_addrs.len(),
+            "proxy listening"
+        );
+
+        tokio::spawn(accept(
+            inbound,
+            ListenerKind::Inbound,
+            shared.clone(),
+            watch.clone(),
+        ));
+        tokio::spawn(accept(
+            outbound,
+            ListenerKind::Outbound,
+            shared.clone(),
+            watch.clone(),
+        ));
+        for (service, listener) in service_listeners {
+            tokio::spawn(accept(
+                listener,
+                ListenerKind::Service(service),
+                shared.clone(),
+                watch.clone(),
+            ));
+        }
+        drop(watch);
+        let admin_control = control.clone();
+        let mut done = control.done.subscribe();
+        let admin_task = tokio::spawn(admin::serve(admin, metrics, admin_control));
+        tokio::spawn(async move {
+            let _ = done.wait_for(|d| *d).await;
+            admin_task.abort();
+        });
+        Ok(proxy)
+    }
+
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.inbound_addr
+    }
+
+    pub fn outbound_addr(&self) -> SocketAddr {
+        self.outbound_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The local address of an explicit-mode service listener, by service name.
+    pub fn service_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.service_addrs
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, a)| *a)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Starts a graceful shutdown (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.control.shutdown();
+    }
+
+    /// Resolves when the proxy has shut down (drained, or the grace period ran out),
+    /// whoever asked for it (this handle or `POST /shutdown`).
+    pub async fn closed(&self) {
+        let mut done = self.control.done.subscribe();
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+async fn accept(listener: TcpListener, kind: ListenerKind, shared: Arc<Shared>, mut watch: Watch) {
+    loop {
+        let accepted = tokio::select! {
+            _ = watch.signaled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((socket, client)) => {
+                tokio::spawn(connection(
+                    socket,
+                    client,
+                    kind.clone(),
+                    shared.clone(),
+                    watch.clone(),
+                ));
+            }
+            Err(error) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(
+    socket: TcpStream,
+    client: SocketAddr,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+    watch: Watch,
+) {
+    let _ = socket.set_nodelay(true);
+    let config = &shared.config;
+    let (direction, destination) = match destination(&socket, &kind, config) {
+        Ok(d) => d,
+        Err(reason) => {
+            tracing::warn!(%client, reason, "connection refused");
+            return;
+        }
+    };
+    let counters = shared.metrics.tcp.open(TcpLabels {
+        direction,
+        peer: Peer::Src,
+        tls: Tls::NoIdentity,
+    });
+    let mut io = CountingIo::new(socket, counters);
+
+    let opaque = match &destination {
+        Destination::Service(s) => {
+            s.opaque
+                || s.address
+                    .is_some_and(|a| config.opaque_ports.contains(&a.port()))
+        }
+        Destination::Addr(a) => config.opaque_ports.contains(&a.port()),
+        Destination::ByAuthority => false,
+    };
+    let (protocol, prefix) = if opaque {
+        (Protocol::Opaque, bytes::Bytes::new())
+    } else {
+        match detect::detect(&mut io, config.detect_timeout).await {
+            Ok(d) if d.empty => return,
+            Ok(d) => (d.protocol, d.prefix),
+            Err(error) => {
+                tracing::debug!(%client, %error, "connection failed during protocol detection");
+                return;
+            }
+        }
+    };
+    tracing::debug!(%client, direction = direction.as_str(), ?protocol, ?destination, "connection accepted");
+
+    let upstreams = match direction {
+        Direction::Inbound => &shared.inbound,
+        Direction::Outbound => &shared.outbound,
+    };
+    match protocol {
+        Protocol::Opaque => {
+            let endpoint = match destination.resolve(&config.services, "") {
+                Ok((endpoint, _)) => endpoint,
+                Err(_) => {
+                    tracing::info!(%client, "opaque TCP connection without a known destination closed");
+                    return;
+                }
+            };
+            tcp::forward(io, prefix, endpoint, upstreams.connector()).await;
+        }
+        Protocol::Http1 | Protocol::Http2 => {
+            let ctx = Arc::new(ConnContext {
+                direction,
+                client,
+                destination,
+                tls: Tls::NoIdentity,
+                shared: shared.clone(),
+            });
+            http::serve(io::PrefixedIo::new(prefix, io), protocol, ctx, watch).await;
+        }
+    }
+}
+
+/// Decides where an accepted connection goes.
+fn destination(
+    socket: &TcpStream,
+    kind: &ListenerKind,
+    config: &Config,
+) -> Result<(Direction, Destination), &'static str> {
+    let original = || -> Option<SocketAddr> {
+        let local = socket.local_addr().ok()?;
+        let sock = socket2::SockRef::from(socket);
+        let orig = if local.is_ipv4() {
+            sock.original_dst_v4()
+        } else {
+            sock.original_dst_v6()
+        };
+        let orig = orig.ok().and_then(|a| a.as_socket())?;
+        // Connections made straight to the listener were not redirected.
+        (orig != local).then_some(orig)
+    };
+    match kind {
+        ListenerKind::Service(service) => {
+            Ok((Direction::Outbound, Destination::Service(service.clone())))
+        }
+        ListenerKind::Inbound => {
+            let target = match config.mode {
+                Mode::Transparent => original().or(config.inbound_forward),
+                Mode::Explicit => config.inbound_forward,
+            };
+            target
+                .map(|t| (Direction::Inbound, Destination::Addr(t)))
+                .ok_or(
+                "inbound connection has no original destination and no --inbound-forward is set",
+            )
+        }
+        ListenerKind::Outbound => {
+            let target = match config.mode {
+                Mode::Transparent => original(),
+                Mode::Explicit => None,
+            };
+            let destination = match target {
+                Some(addr) => match config.services.by_address(addr) {
+                    Some(service) => Destination::Service(service.clone()),
+                    None => Destination::Addr(addr),
+                },
+                None => Destination::ByAuthority,
+            };
+            Ok((Direction::Outbound, destination))
+        }
+    }
+}

@@ -1,0 +1,53 @@
+use anyhow::Context as _;
+use clap::Parser;
+use weft_proxy::config::LogFormat;
+use weft_proxy::{Args, Proxy};
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log, args.log_format)?;
+    let workers = args.worker_threads;
+    let config = args.into_config()?;
+
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the async runtime")?;
+
+    runtime.block_on(async {
+        let proxy = Proxy::start(config).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = proxy.closed() => {}
+        }
+        proxy.shutdown();
+        proxy.closed().await;
+        anyhow::Ok(())
+    })?;
+    // Connections still open after the grace period end with the process.
+    runtime.shutdown_background();
+    Ok(())
+}
+
+fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! Golden metrics with Linkerd-compatible names, so existing dashboards and rollout
+//! tools read them unchanged: `request_total`, `response_total`, `response_latency_ms`,
+//! `tcp_*`, each labelled by direction, authority, TLS state and the workload.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::config::WorkloadLabels;
+
+/// Latency buckets in milliseconds, the ones Linkerd's dashboards expect.
+const LATENCY_BUCKETS_MS: [f64; 25] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+    1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
+];
+
+/// A cheaply cloned label value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Str(pub Arc<str>);
+
+impl From<&str> for Str {
+    fn from(s: &str) -> Self {
+        Str(s.into())
+    }
+}
+
+impl EncodeLabelValue for Str {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Whether a connection's peer was authenticated with mTLS (`true`) or not; plaintext
+/// is `no_identity`, as Linkerd reports it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Tls {
+    Yes,
+    NoIdentity,
+}
+
+impl EncodeLabelValue for Tls {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Tls::Yes => "true",
+            Tls::NoIdentity => "no_identity",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Classification {
+    Success,
+    Failure,
+}
+
+impl EncodeLabelValue for Classification {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Classification::Success => "success",
+            Classification::Failure => "failure",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Peer {
+    /// The side that opened the connection to the proxy.
+    Src,
+    /// The upstream side the proxy connected to.
+    Dst,
+}
+
+impl EncodeLabelValue for Peer {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Peer::Src => "src",
+            Peer::Dst => "dst",
+        })
+    }
+}
+
+/// The labels of one HTTP route through the proxy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub direction: Direction,
+    pub authority: Str,
+    pub target_addr: Str,
+    pub tls: Tls,
+    pub dst_service: Str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    pub status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    pub status_code: u16,
+    pub classification: Classification,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub direction: Direction,
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: Direction,
+    pub peer: Peer,
+    pub tls: Tls,
+}
+
+#[derive(Clone)]
+struct LatencyHistogram;
+
+impl MetricConstructor<Histogram> for LatencyHistogram {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(LATENCY_BUCKETS_MS)
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<RouteLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram, LatencyHistogram>,
+    errors: Family<ErrorLabels, Counter>,
+}
+
+impl HttpMetrics {
+    pub fn request(&self, route: &RouteLabels) {
+        self.requests.get_or_create(route).inc();
+    }
+
+    pub fn latency(&self, route: &RouteLabels, status_code: u16, ms: f64) {
+        self.latency
+            .get_or_create(&LatencyLabels {
+                route: route.clone(),
+                status_code,
+            })
+            .observe(ms);
+    }
+
+    pub fn response(&self, route: RouteLabels, status_code: u16, classification: Classification) {
+        self.responses
+            .get_or_create(&ResponseLabels {
+                route,
+                status_code,
+                classification,
+            })
+            .inc();
+    }
+
+    /// Counts a response the proxy generated itself, by cause.
+    pub fn error(&self, direction: Direction, error: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels { direction, error })
+            .inc();
+    }
+}
+
+/// Counters for one side of one TCP connection, fetched once when it opens.
+#[derive(Clone, Debug)]
+pub struct ConnCounters {
+    pub read: Counter,
+    pub write: Counter,
+    open: Gauge,
+    closes: Counter,
+}
+
+impl Drop for ConnCounters {
+    fn drop(&mut self) {
+        self.open.dec();
+        self.closes.inc();
+    }
+}
+
+#[derive(Clone)]
+pub struct TcpMetrics {
+    open_total: Family<TcpLabels, Counter>,
+    open_connections: Family<TcpLabels, Gauge>,
+    close_total: Family<TcpLabels, Counter>,
+    read_bytes: Family<TcpLabels, Counter>,
+    write_bytes: Family<TcpLabels, Counter>,
+}
+
+impl TcpMetrics {
+    /// Records a connection opening; the returned counters record bytes and the close.
+    pub fn open(&self, labels: TcpLabels) -> ConnCounters {
+        self.open_total.get_or_create(&labels).inc();
+        let open = self.open_connections.get_or_create(&labels).clone();
+        open.inc();
+        ConnCounters {
+            read: self.read_bytes.get_or_create(&labels).clone(),
+            write: self.write_bytes.get_or_create(&labels).clone(),
+            closes: self.close_total.get_or_create(&labels).clone(),
+            open,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ProcessMetrics {
+    resident_memory: Gauge,
+    open_fds: Gauge,
+    start_time: Gauge,
+}
+
+impl ProcessMetrics {
+    fn refresh(&self) {
+        // Linux only; elsewhere the gauges stay at zero.
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            if let Some(pages) = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                self.resident_memory.set(pages * 4096);
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(dir.count() as i64);
+        }
+    }
+}
+
+/// All of a proxy's metrics and the registry that exposes them.
+pub struct Metrics {
+    registry: Registry,
+    pub http: HttpMetrics,
+    pub tcp: TcpMetrics,
+    process: ProcessMetrics,
+}
+
+impl Metrics {
+    pub fn new(workload: &WorkloadLabels) -> Arc<Self> {
+        let constant = [
+            ("namespace", &workload.namespace),
+            ("deployment", &workload.deployment),
+            ("pod", &workload.pod),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v.clone())));
+        let mut registry = Registry::with_labels(constant);
+
+        let http = HttpMetrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(LatencyHistogram),
+            errors: Family::default(),
+        };
+        registry.register("request", "HTTP requests received", http.requests.clone());
+        registry.register(
+            "response",
+            "HTTP responses, by status code and success or failure (5xx, gRPC errors, broken streams)",
+            http.responses.clone(),
+        );
+        registry.register(
+            "response_latency_ms",
+            "Time from receiving a request's headers to receiving its response's headers, in milliseconds",
+            http.latency.clone(),
+        );
+        registry.register(
+            "http_errors",
+            "HTTP responses generated by the proxy itself, by cause",
+            http.errors.clone(),
+        );
+
+        let tcp = TcpMetrics {
+            open_total: Family::default(),
+            open_connections: Family::default(),
+            close_total: Family::default(),
+            read_bytes: Family::default(),
+            write_bytes: Family::default(),
+        };
+        registry.register("tcp_open", "TCP connections opened", tcp.open_total.clone());
+        registry.register(
+            "tcp_open_connections",
+            "TCP connections currently open",
+            tcp.open_connections.clone(),
+        );
+        registry.register(
+            "tcp_close",
+            "TCP connections closed",
+            tcp.close_total.clone(),
+        );
+        registry.register(
+            "tcp_read_bytes",
+            "Bytes read from peers",
+            tcp.read_bytes.clone(),
+        );
+        registry.register(
+            "tcp_write_bytes",
+            "Bytes written to peers",
+            tcp.write_bytes.clone(),
+        );
+
+        let process = ProcessMetrics {
+            resident_memory: Gauge::default(),
+            open_fds: Gauge::default(),
+            start_time: Gauge::default(),
+        };
+        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            process.start_time.set(now.as_secs() as i64);
+        }
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            process.resident_memory.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors",
+            process.open_fds.clone(),
+        );
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds",
+            process.start_time.clone(),
+        );
+
+        Arc::new(Metrics {
+            registry,
+            http,
+            tcp,
+            process,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        self.process.refresh();
+        let mut out = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            // Encoding into a String cannot fail; say so rather than panic.
+            let _ = writeln!(out, "# encoding failed");
+        }
+        out
+    }
+}

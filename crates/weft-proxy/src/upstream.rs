@@ -1,0 +1,244 @@
+//! Upstream connections: opened with a deadline, counted in `tcp_*` metrics, and pooled
+//! per endpoint (HTTP/1: idle keep-alive connections; HTTP/2: one multiplexed
+//! connection).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::io::CountingIo;
+use crate::metrics::{Direction, Peer, TcpLabels, TcpMetrics, Tls};
+
+/// Idle HTTP/1 connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connection to {addr} timed out after {after:?}")]
+    ConnectTimeout { addr: SocketAddr, after: Duration },
+    #[error("connection to {addr} refused")]
+    ConnectRefused { addr: SocketAddr },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP/2 handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("upstream {addr} failed: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+pub type UpstreamIo = CountingIo<TcpStream>;
+
+/// Opens TCP connections to endpoints, with a deadline and metrics.
+#[derive(Clone)]
+pub struct Connector {
+    direction: Direction,
+    timeout: Duration,
+    metrics: TcpMetrics,
+}
+
+impl Connector {
+    pub fn new(direction: Direction, timeout: Duration, metrics: TcpMetrics) -> Self {
+        Connector {
+            direction,
+            timeout,
+            metrics,
+        }
+    }
+
+    pub async fn connect(&self, addr: SocketAddr) -> Result<UpstreamIo, UpstreamError> {
+        let stream = match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
+            Err(_) => {
+                return Err(UpstreamError::ConnectTimeout {
+                    addr,
+                    after: self.timeout,
+                })
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(UpstreamError::ConnectRefused { addr })
+            }
+            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let counters = self.metrics.open(TcpLabels {
+            direction: self.direction,
+            peer: Peer::Dst,
+            tls: Tls::NoIdentity,
+        });
+        Ok(CountingIo::new(stream, counters))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HttpVersion {
+    Http1,
+    Http2,
+}
+
+/// Pooled HTTP clients for every endpoint one direction talks to.
+pub struct HttpUpstreams {
+    connector: Connector,
+    idle_timeout: Duration,
+    pools: Mutex<HashMap<(SocketAddr, HttpVersion), Arc<Pool>>>,
+}
+
+#[derive(Default)]
+struct Pool {
+    h1_idle: Mutex<Vec<(http1::SendRequest<Incoming>, Instant)>>,
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<Incoming>>>,
+}
+
+impl HttpUpstreams {
+    pub fn new(connector: Connector, idle_timeout: Duration) -> Self {
+        HttpUpstreams {
+            connector,
+            idle_timeout,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    fn pool(&self, addr: SocketAddr, version: HttpVersion) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.entry((addr, version)).or_default().clone()
+    }
+
+    /// Sends `req` to the endpoint at `addr` over a pooled connection.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        version: HttpVersion,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let pool = self.pool(addr, version);
+        match version {
+            HttpVersion::Http1 => self.send_h1(addr, pool, req).await,
+            HttpVersion::Http2 => self.send_h2(addr, pool, req).await,
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        addr: SocketAddr,
+        pool: Arc<Pool>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        loop {
+            let (mut sender, reused) = match self.take_idle(&pool) {
+                Some(sender) => (sender, true),
+                None => (self.connect_h1(addr).await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(rsp) => {
+                    // The connection can carry another request once this response's
+                    // body has been read; it goes back to the pool then.
+                    tokio::spawn(async move {
+                        if sender.ready().await.is_ok() {
+                            let mut idle = pool.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+                            if idle.len() < MAX_IDLE_PER_ENDPOINT {
+                                idle.push((sender, Instant::now()));
+                            }
+                        }
+                    });
+                    return Ok(rsp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // A pooled connection closed by the server before it took the
+                    // request: nothing was sent, so another connection may try.
+                    Some(unsent) if reused => req = unsent,
+                    _ => {
+                        return Err(UpstreamError::Http {
+                            addr,
+                            source: e.into_error(),
+                        })
+                    }
+                },
+            }
+        }
+    }
+
+    fn take_idle(&self, pool: &Pool) -> Option<http1::SendRequest<Incoming>> {
+        let mut idle = pool.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect_h1(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+        let io = self.connector.connect(addr).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError::Http { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%addr, %error, "upstream HTTP/1 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        pool: Arc<Pool>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = {
+            let mut slot = pool.h2.lock().await;
+            match slot.as_ref() {
+                Some(s) if !s.is_closed() => s.clone(),
+                _ => {
+                    let io = self.connector.connect(addr).await?;
+                    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .keep_alive_interval(Duration::from_secs(10))
+                        .keep_alive_timeout(Duration::from_secs(5))
+                        .handshake(TokioIo::new(io))
+                        .await
+                        .map_err(|source| UpstreamError::Handshake { addr, source })?;
+                    tokio::spawn(async move {
+                        if let Err(error) = conn.await {
+                            tracing::debug!(%addr, %error, "upstream HTTP/2 connection ended with an error");
+                        }
+                    });
+                    *slot = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|source| UpstreamError::Http { addr, source })?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Http { addr, source })
+    }
+}
