@@ -1,0 +1,108 @@
+//! Proxies run in-process, in explicit mode, on ephemeral loopback ports.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use weft_proxy::endpoints::ServiceIndex;
+use weft_proxy::{Config, Proxy};
+
+use crate::metrics::Scrape;
+
+/// Builds a proxy's settings before starting it.
+pub struct ProxyBuilder {
+    config: Config,
+}
+
+/// A proxy whose inbound listener forwards to `workload`.
+pub fn inbound_to(workload: SocketAddr) -> ProxyBuilder {
+    ProxyBuilder {
+        config: Config::explicit(workload),
+    }
+}
+
+impl ProxyBuilder {
+    /// Static services, in the endpoints file's YAML.
+    pub fn services(mut self, yaml: &str) -> Self {
+        self.config.services = ServiceIndex::parse(Path::new("test-endpoints.yaml"), yaml)
+            .expect("valid test endpoints");
+        self
+    }
+
+    pub fn opaque_ports(mut self, ports: &[u16]) -> Self {
+        self.config.opaque_ports = ports.iter().copied().collect();
+        self
+    }
+
+    pub fn response_timeout(mut self, limit: Duration) -> Self {
+        self.config.response_timeout = Some(limit);
+        self
+    }
+
+    pub fn detect_timeout(mut self, limit: Duration) -> Self {
+        self.config.detect_timeout = limit;
+        self
+    }
+
+    pub fn drain_grace(mut self, grace: Duration) -> Self {
+        self.config.drain_grace = grace;
+        self
+    }
+
+    pub fn workload(mut self, namespace: &str, deployment: &str, pod: &str) -> Self {
+        self.config.labels = weft_proxy::config::WorkloadLabels {
+            namespace: namespace.into(),
+            deployment: deployment.into(),
+            pod: pod.into(),
+        };
+        self
+    }
+
+    pub fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
+    pub async fn start(self) -> TestProxy {
+        let proxy = Proxy::start(self.config).await.expect("proxy starts");
+        TestProxy { proxy }
+    }
+}
+
+/// A running in-process proxy. Shuts down when dropped.
+pub struct TestProxy {
+    proxy: Proxy,
+}
+
+impl TestProxy {
+    pub fn inbound(&self) -> SocketAddr {
+        self.proxy.inbound_addr()
+    }
+
+    pub fn outbound(&self) -> SocketAddr {
+        self.proxy.outbound_addr()
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.proxy.admin_addr()
+    }
+
+    pub fn service(&self, name: &str) -> SocketAddr {
+        self.proxy
+            .service_addr(name)
+            .unwrap_or_else(|| panic!("no listener for service {name}"))
+    }
+
+    pub fn handle(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    pub async fn metrics(&self) -> Scrape {
+        Scrape::fetch(self.admin()).await.expect("scrape metrics")
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.proxy.shutdown();
+    }
+}

@@ -1,0 +1,188 @@
+//! A test application server speaking HTTP/1.1 and HTTP/2 (prior knowledge) on one port.
+//!
+//! Routes:
+//! - `GET /` → `hello from {name}`
+//! - `POST /echo` → the request body, streamed back
+//! - `/status/{code}` → an empty response with that status
+//! - `/delay/{ms}` → `slept {ms}` after waiting
+//! - `/chunks/{n}` → `n` chunks of `chunk {i}\n`, streamed with short pauses
+//! - `/ws` → a WebSocket echo (HTTP/1.1 Upgrade)
+//!
+//! Every response carries `x-served-by: {name}`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A running test application. Stops when dropped.
+pub struct TestServer {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Starts the app on `addr` (use port 0 for an ephemeral port).
+    pub async fn start(addr: SocketAddr, name: &str) -> std::io::Result<TestServer> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self::from_listener(listener, name))
+    }
+
+    /// Starts the app on an ephemeral loopback port.
+    pub async fn loopback(name: &str) -> TestServer {
+        Self::start(([127, 0, 0, 1], 0).into(), name)
+            .await
+            .expect("bind a loopback port")
+    }
+
+    pub fn from_listener(listener: TcpListener, name: &str) -> TestServer {
+        let addr = listener.local_addr().expect("bound listener");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let name: Arc<str> = name.into();
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                let name = name.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        route(name.clone(), req)
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(socket), svc)
+                        .await;
+                });
+            }
+        });
+        TestServer {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+async fn route(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let mut segments = path.trim_start_matches('/').splitn(2, '/');
+    let (first, arg) = (segments.next().unwrap_or(""), segments.next());
+    let mut rsp = match (first, arg) {
+        ("", None) => Response::new(full(format!("hello from {name}"))),
+        ("echo", None) => Response::new(req.into_body().boxed()),
+        ("status", Some(code)) => {
+            let mut rsp = Response::new(full(Bytes::new()));
+            *rsp.status_mut() = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
+            rsp
+        }
+        ("delay", Some(ms)) => {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(full(format!("slept {ms}")))
+        }
+        ("chunks", Some(n)) => {
+            let n: usize = n.parse().unwrap_or(0);
+            let stream = futures_util::stream::unfold(0, move |i| async move {
+                if i >= n {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Some((
+                    Ok::<_, hyper::Error>(Frame::data(Bytes::from(format!("chunk {i}\n")))),
+                    i + 1,
+                ))
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
+        ("ws", None) => websocket(&mut req),
+        _ => {
+            let mut rsp = Response::new(full("not found"));
+            *rsp.status_mut() = StatusCode::NOT_FOUND;
+            rsp
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        rsp.headers_mut().insert("x-served-by", v);
+    }
+    Ok(rsp)
+}
+
+/// Accepts a WebSocket handshake and echoes every message.
+fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        let mut rsp = Response::new(full("expected a WebSocket handshake"));
+        *rsp.status_mut() = StatusCode::BAD_REQUEST;
+        return rsp;
+    };
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut rsp = Response::new(full(Bytes::new()));
+    *rsp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = rsp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    rsp
+}
