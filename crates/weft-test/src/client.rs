@@ -57,6 +57,17 @@ impl TestClient {
         })
     }
 
+    /// Another handle on the same HTTP/2 connection, for concurrent streams.
+    pub fn clone_h2(&self) -> TestClient {
+        match &self.sender {
+            Sender::H2(s) => TestClient {
+                sender: Sender::H2(s.clone()),
+                authority: self.authority.clone(),
+            },
+            Sender::H1(_) => panic!("HTTP/1 connections carry one request at a time"),
+        }
+    }
+
     pub async fn get(&mut self, path: &str) -> anyhow::Result<TestResponse> {
         self.request(Method::GET, path, Bytes::new()).await
     }

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod tcp;
 
 pub use client::{TestClient, TestResponse};
 pub use grpc::{EchoClient, GrpcServer};
