@@ -23,8 +23,8 @@ pub enum Protocol {
 pub struct Detected {
     pub protocol: Protocol,
     pub prefix: Bytes,
-    /// The client closed before sending anything.
-    pub empty: bool,
+    /// The client closed the connection before sending anything.
+    pub closed: bool,
 }
 
 /// Reads from `io` until the protocol is known, the client stops sending for
@@ -40,17 +40,24 @@ pub async fn detect<I: AsyncRead + Unpin>(
             return Ok(Detected {
                 protocol,
                 prefix: buf.freeze(),
-                empty: false,
+                closed: false,
             });
         }
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) => {
-                let empty = buf.is_empty();
+            Ok(Ok(0)) => {
                 return Ok(Detected {
                     protocol: Protocol::Opaque,
+                    closed: buf.is_empty(),
                     prefix: buf.freeze(),
-                    empty,
-                });
+                })
+            }
+            // The client waits for the server to speak first.
+            Err(_) => {
+                return Ok(Detected {
+                    protocol: Protocol::Opaque,
+                    closed: false,
+                    prefix: buf.freeze(),
+                })
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
@@ -161,7 +168,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(d.protocol, Protocol::Opaque);
-        assert!(d.empty);
+        assert!(!d.closed, "a silent client is not a closed one");
+    }
+
+    #[tokio::test]
+    async fn closed_clients_are_reported() {
+        let (client, mut server) = tokio::io::duplex(64);
+        drop(client);
+        let d = detect(&mut server, Duration::from_secs(1)).await.unwrap();
+        assert!(d.closed);
     }
 
     #[tokio::test]

@@ -337,7 +337,7 @@ async fn connection(
         (Protocol::Opaque, bytes::Bytes::new())
     } else {
         match detect::detect(&mut io, config.detect_timeout).await {
-            Ok(d) if d.empty => return,
+            Ok(d) if d.closed => return,
             Ok(d) => (d.protocol, d.prefix),
             Err(error) => {
                 tracing::debug!(%client, %error, "connection failed during protocol detection");
