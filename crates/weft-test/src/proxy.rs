@@ -7,7 +7,7 @@ use std::time::Duration;
 use weft_proxy::endpoints::ServiceIndex;
 use weft_proxy::{Config, Proxy};
 
-use crate::metrics::Scrape;
+use weft_core::prom::Scrape;
 
 /// Builds a proxy's settings before starting it.
 pub struct ProxyBuilder {
@@ -97,7 +97,9 @@ impl TestProxy {
     }
 
     pub async fn metrics(&self) -> Scrape {
-        Scrape::fetch(self.admin()).await.expect("scrape metrics")
+        crate::metrics::fetch(self.admin())
+            .await
+            .expect("scrape metrics")
     }
 }
 

@@ -1,0 +1,44 @@
+//! `weft`: the command line of the weft service mesh.
+
+mod demo;
+mod fetch;
+mod load;
+mod stat;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "weft service mesh: run the demo, show golden metrics, generate load"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a demo: an app behind a weft-proxy with steady traffic, and its live golden metrics.
+    Demo(demo::DemoArgs),
+    /// Golden metrics (success rate, RPS, latency percentiles) computed from proxies' /metrics.
+    Stat(stat::StatArgs),
+    /// Send HTTP requests at a fixed rate and report latency percentiles.
+    Load(load::LoadArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+            Command::Stat(args) => stat::run(args).await,
+            Command::Load(args) => load::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,205 @@
+//! `weft stat`: golden metrics per workload and route, from the proxies' `/metrics`
+//! read twice over a window (the maths of Prometheus's `increase` and
+//! `histogram_quantile`).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde::Serialize;
+use weft_core::prom::{bucket_increase, histogram_quantile, increase, Scrape};
+
+use crate::fetch;
+
+#[derive(clap::Args)]
+pub struct StatArgs {
+    /// Admin address (host:port) of a proxy to read; repeat or comma-separate for several.
+    #[arg(
+        long = "admin",
+        required = true,
+        value_delimiter = ',',
+        env = "WEFT_STAT_ADMIN"
+    )]
+    admins: Vec<SocketAddr>,
+    /// Time window the figures cover.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+    /// Keep printing, one window after another, until interrupted.
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// Golden metrics of one (workload, direction, authority) over a window.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Row {
+    pub deployment: String,
+    pub direction: String,
+    pub authority: String,
+    pub requests: f64,
+    pub rps: f64,
+    /// Share of responses classified as success, 0..=1; `None` without responses.
+    pub success_rate: Option<f64>,
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p95: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+    /// Share of requests received over mTLS, 0..=1.
+    pub meshed: Option<f64>,
+}
+
+pub async fn run(args: StatArgs) -> anyhow::Result<()> {
+    let mut before = scrape_all(&args.admins).await?;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(args.window) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        let after = scrape_all(&args.admins).await?;
+        let rows: Vec<Row> = before
+            .iter()
+            .zip(&after)
+            .flat_map(|(b, a)| rows(b, a, args.window))
+            .collect();
+        match args.output {
+            Output::Table => print!("{}", table(&rows)),
+            Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        before = after;
+    }
+}
+
+async fn scrape_all(admins: &[SocketAddr]) -> anyhow::Result<Vec<Scrape>> {
+    let mut scrapes = Vec::with_capacity(admins.len());
+    for admin in admins {
+        scrapes.push(Scrape::parse(&fetch::get(*admin, "/metrics").await?));
+    }
+    Ok(scrapes)
+}
+
+/// Rows for every route seen in `after`.
+pub fn rows(before: &Scrape, after: &Scrape, window: Duration) -> Vec<Row> {
+    let keys: BTreeSet<(String, String, String)> = after
+        .matching("request_total", &[])
+        .map(|s| {
+            (
+                s.label("deployment").to_owned(),
+                s.label("direction").to_owned(),
+                s.label("authority").to_owned(),
+            )
+        })
+        .collect();
+    keys.into_iter()
+        .map(|(deployment, direction, authority)| {
+            let labels = [
+                ("deployment", deployment.as_str()),
+                ("direction", direction.as_str()),
+                ("authority", authority.as_str()),
+            ];
+            let delta = |name: &str, extra: &[(&str, &str)]| {
+                let mut l = labels.to_vec();
+                l.extend_from_slice(extra);
+                increase(before.sum(name, &l), after.sum(name, &l))
+            };
+            let requests = delta("request_total", &[]);
+            let ok = delta("response_total", &[("classification", "success")]);
+            let failed = delta("response_total", &[("classification", "failure")]);
+            let tls = delta("request_total", &[("tls", "true")]);
+            let buckets = bucket_increase(
+                &before.buckets("response_latency_ms", &labels),
+                &after.buckets("response_latency_ms", &labels),
+            );
+            let responses = ok + failed;
+            Row {
+                requests,
+                rps: requests / window.as_secs_f64().max(1e-9),
+                success_rate: (responses > 0.0).then(|| ok / responses),
+                latency_ms_p50: histogram_quantile(0.5, &buckets),
+                latency_ms_p95: histogram_quantile(0.95, &buckets),
+                latency_ms_p99: histogram_quantile(0.99, &buckets),
+                meshed: (requests > 0.0).then(|| tls / requests),
+                deployment,
+                direction,
+                authority,
+            }
+        })
+        .collect()
+}
+
+/// A fixed-width table of rows.
+pub fn table(rows: &[Row]) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.2}%", v * 100.0));
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}ms"));
+    let mut out = format!(
+        "{:<16} {:<9} {:<32} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
+        "WORKLOAD", "DIRECTION", "AUTHORITY", "SUCCESS", "RPS", "P50", "P95", "P99", "MESHED"
+    );
+    for r in rows {
+        let workload = if r.deployment.is_empty() {
+            "-"
+        } else {
+            &r.deployment
+        };
+        out.push_str(&format!(
+            "{:<16} {:<9} {:<32} {:>9} {:>8.1} {:>8} {:>8} {:>8} {:>7}\n",
+            workload,
+            r.direction,
+            r.authority,
+            pct(r.success_rate),
+            r.rps,
+            ms(r.latency_ms_p50),
+            ms(r.latency_ms_p95),
+            ms(r.latency_ms_p99),
+            pct(r.meshed),
+        ));
+    }
+    if rows.is_empty() {
+        out.push_str("(no HTTP traffic seen yet)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_use_increases_over_the_window() {
+        let before = Scrape::parse(concat!(
+            "request_total{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",tls=\"no_identity\"} 10\n",
+            "response_total{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",classification=\"success\",status_code=\"200\"} 10\n",
+            "response_latency_ms_bucket{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",le=\"10.0\"} 10\n",
+            "response_latency_ms_bucket{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",le=\"+Inf\"} 10\n",
+        ));
+        let after = Scrape::parse(concat!(
+            "request_total{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",tls=\"no_identity\"} 30\n",
+            "response_total{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",classification=\"success\",status_code=\"200\"} 25\n",
+            "response_total{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",classification=\"failure\",status_code=\"500\"} 5\n",
+            "response_latency_ms_bucket{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",le=\"10.0\"} 20\n",
+            "response_latency_ms_bucket{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",le=\"100.0\"} 30\n",
+            "response_latency_ms_bucket{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",le=\"+Inf\"} 30\n",
+        ));
+        let rows = rows(&before, &after, Duration::from_secs(10));
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(r.requests, 20.0);
+        assert_eq!(r.rps, 2.0);
+        assert_eq!(r.success_rate, Some(0.75));
+        // 10 new observations under 10 ms, 10 between 10 and 100 ms.
+        assert_eq!(r.latency_ms_p50, Some(10.0));
+        assert_eq!(r.latency_ms_p99, Some(98.2));
+        assert_eq!(r.meshed, Some(0.0));
+        assert!(table(&rows).contains("75.00%"));
+    }
+}

@@ -1,0 +1,3 @@
+//! What weft's proxy, controller and CLI share.
+
+pub mod prom;
