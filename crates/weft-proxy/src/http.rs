@@ -22,7 +22,7 @@ use crate::detect::Protocol;
 use crate::drain::Watch;
 use crate::metrics::{Classification, Direction, HttpMetrics, RouteLabels, Str, Tls};
 use crate::upstream::{HttpUpstreams, HttpVersion, UpstreamError};
-use crate::{Destination, Shared};
+use crate::{Destination, ResolveError, Shared};
 
 /// The header naming the cause of a response the proxy generated itself.
 pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
@@ -144,15 +144,20 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         }
     };
 
-    let (endpoint, service) = match ctx.destination.resolve(&shared.config.services, &authority) {
+    let (endpoint, service) = match shared.resolve(&ctx.destination, &authority) {
         Ok(pick) => pick,
         Err(e) => {
             let route = route_labels(&ctx, &authority, None, "");
-            let e = ProxyError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no endpoints",
-                e.to_string(),
-            );
+            let e = match e {
+                ResolveError::Loop(_) => {
+                    ProxyError::new(StatusCode::BAD_REQUEST, "loop", e.to_string())
+                }
+                _ => ProxyError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no endpoints",
+                    e.to_string(),
+                ),
+            };
             return error_response(metrics, route, ctx.direction, grpc, start, e);
         }
     };
@@ -190,7 +195,7 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
     let mut rsp = match result {
         Ok(rsp) => rsp,
         Err(e) => {
-            tracing::info!(direction = ctx.direction.as_str(), %authority, %endpoint, error = %e.message, "request failed");
+            tracing::info!(direction = ctx.direction.as_str(), client = %ctx.client, %authority, %endpoint, error = %e.message, "request failed");
             return error_response(metrics, route, ctx.direction, grpc, start, e);
         }
     };

@@ -39,6 +39,31 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub inbound: HttpUpstreams,
     pub outbound: HttpUpstreams,
+    /// The proxy's own listening addresses, to refuse traffic that would loop.
+    listening: Vec<SocketAddr>,
+}
+
+impl Shared {
+    /// The endpoint for the next request (or connection) to `destination`, and its
+    /// service name if it has one.
+    pub fn resolve<'a>(
+        &'a self,
+        destination: &'a Destination,
+        authority: &str,
+    ) -> Result<(SocketAddr, Option<&'a str>), ResolveError> {
+        let picked = destination.resolve(&self.config.services, authority)?;
+        if self.is_own_listener(picked.0) {
+            return Err(ResolveError::Loop(picked.0));
+        }
+        Ok(picked)
+    }
+
+    fn is_own_listener(&self, addr: SocketAddr) -> bool {
+        self.listening.iter().any(|l| {
+            l.port() == addr.port()
+                && (l.ip() == addr.ip() || (l.ip().is_unspecified() && addr.ip().is_loopback()))
+        })
+    }
 }
 
 /// Where a connection or request is going.
@@ -58,6 +83,8 @@ pub enum ResolveError {
     NoEndpoints(Arc<str>),
     #[error("no service is known for authority {0:?}")]
     UnknownAuthority(String),
+    #[error("{0} is this proxy's own listener: the request would loop")]
+    Loop(SocketAddr),
 }
 
 impl Destination {
@@ -154,23 +181,6 @@ impl Control {
 impl Proxy {
     /// Binds every listener and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
-        let metrics = Metrics::new(&config.labels);
-        let connector =
-            |direction| Connector::new(direction, config.connect_timeout, metrics.tcp.clone());
-        let shared = Arc::new(Shared {
-            inbound: HttpUpstreams::new(connector(Direction::Inbound), config.pool_idle_timeout),
-            outbound: HttpUpstreams::new(connector(Direction::Outbound), config.pool_idle_timeout),
-            metrics: metrics.clone(),
-            config,
-        });
-        let config = &shared.config;
-        let (drain, watch) = drain::channel();
-        let control = Arc::new(Control {
-            drain,
-            grace: config.drain_grace,
-            done: watch::channel(false).0,
-        });
-
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -186,8 +196,28 @@ impl Proxy {
                 service_listeners.push((service.clone(), bind("service", addr).await?));
             }
         }
-
         let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        let mut listening = vec![local(&inbound), local(&outbound), local(&admin)];
+        listening.extend(service_listeners.iter().map(|(_, l)| local(l)));
+
+        let metrics = Metrics::new(&config.labels);
+        let connector =
+            |direction| Connector::new(direction, config.connect_timeout, metrics.tcp.clone());
+        let shared = Arc::new(Shared {
+            inbound: HttpUpstreams::new(connector(Direction::Inbound), config.pool_idle_timeout),
+            outbound: HttpUpstreams::new(connector(Direction::Outbound), config.pool_idle_timeout),
+            metrics: metrics.clone(),
+            listening,
+            config,
+        });
+        let config = &shared.config;
+        let (drain, watch) = drain::channel();
+        let control = Arc::new(Control {
+            drain,
+            grace: config.drain_grace,
+            done: watch::channel(false).0,
+        });
+
         let proxy = Proxy {
             inbound_addr: local(&inbound),
             outbound_addr: local(&outbound),
@@ -353,10 +383,10 @@ async fn connection(
     };
     match protocol {
         Protocol::Opaque => {
-            let endpoint = match destination.resolve(&config.services, "") {
+            let endpoint = match shared.resolve(&destination, "") {
                 Ok((endpoint, _)) => endpoint,
-                Err(_) => {
-                    tracing::info!(%client, "opaque TCP connection without a known destination closed");
+                Err(error) => {
+                    tracing::info!(%client, %error, "opaque TCP connection closed: no destination");
                     return;
                 }
             };

@@ -240,6 +240,15 @@ async fn outbound_listener_routes_by_authority() {
         .unwrap();
     assert_eq!(rsp.body, "hello from books");
 
+    // Naming the proxy itself would loop: refused, not followed.
+    let own = proxy.outbound().to_string();
+    let rsp = client::get(proxy.outbound(), &own, "/").await.unwrap();
+    assert_eq!(rsp.status, 400);
+    assert!(rsp
+        .header("weft-proxy-error")
+        .unwrap()
+        .contains("would loop"));
+
     let rsp = client::get(proxy.outbound(), "unknown.default.svc:8080", "/")
         .await
         .unwrap();
