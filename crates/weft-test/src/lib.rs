@@ -10,6 +10,8 @@
 pub mod client;
 pub mod grpc;
 pub mod metrics;
+#[cfg(target_os = "linux")]
+pub mod netns;
 pub mod proxy;
 pub mod server;
 pub mod tcp;

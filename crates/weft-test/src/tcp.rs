@@ -15,7 +15,14 @@ pub struct TcpServer {
 impl TcpServer {
     /// Reads until the client half-closes, then answers `got {n} bytes: {data}` and closes.
     pub async fn echo_after_eof() -> TcpServer {
-        Self::spawn(|mut socket| async move {
+        Self::echo_after_eof_at(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind loopback")
+    }
+
+    /// [`TcpServer::echo_after_eof`] listening on `addr`.
+    pub async fn echo_after_eof_at(addr: SocketAddr) -> std::io::Result<TcpServer> {
+        Self::spawn_at(addr, |mut socket| async move {
             let mut data = Vec::new();
             if socket.read_to_end(&mut data).await.is_ok() {
                 let reply = format!(
@@ -51,16 +58,24 @@ impl TcpServer {
         F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
+        Self::spawn_at(([127, 0, 0, 1], 0).into(), handler)
             .await
-            .expect("bind loopback");
-        let addr = listener.local_addr().expect("bound");
+            .expect("bind loopback")
+    }
+
+    async fn spawn_at<F, Fut>(addr: SocketAddr, handler: F) -> std::io::Result<TcpServer>
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 tokio::spawn(handler(socket));
             }
         });
-        TcpServer { addr, task }
+        Ok(TcpServer { addr, task })
     }
 
     pub fn addr(&self) -> SocketAddr {
