@@ -180,6 +180,7 @@ mod tests {
             "request_total{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",tls=\"no_identity\"} 10\n",
             "response_total{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",classification=\"success\",status_code=\"200\"} 10\n",
             "response_latency_ms_bucket{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",le=\"10.0\"} 10\n",
+            "response_latency_ms_bucket{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",le=\"100.0\"} 10\n",
             "response_latency_ms_bucket{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",le=\"+Inf\"} 10\n",
         ));
         let after = Scrape::parse(concat!(
@@ -198,7 +199,7 @@ mod tests {
         assert_eq!(r.success_rate, Some(0.75));
         // 10 new observations under 10 ms, 10 between 10 and 100 ms.
         assert_eq!(r.latency_ms_p50, Some(10.0));
-        assert_eq!(r.latency_ms_p99, Some(98.2));
+        assert!((r.latency_ms_p99.unwrap() - 98.2).abs() < 1e-9);
         assert_eq!(r.meshed, Some(0.0));
         assert!(table(&rows).contains("75.00%"));
     }
