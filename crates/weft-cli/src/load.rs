@@ -1,6 +1,6 @@
-//! `weft load`: an open-loop, fixed-rate HTTP/1.1 load generator. Each request's
-//! latency counts from when it was due, not when it was sent, so a slow server cannot
-//! hide its queueing (no coordinated omission).
+//! `weft load`: an open-loop, fixed-rate HTTP/1.1 load generator. A request that had
+//! to wait for the previous one on its connection counts its latency from when it was
+//! due, so a slow server cannot hide its queueing (no coordinated omission).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -115,9 +115,18 @@ pub async fn generate(args: &LoadArgs, paths: Option<Arc<Vec<String>>>) -> anyho
             let mut sender: Option<SendRequest<Empty<Bytes>>> = None;
             let (mut ok, mut failed) = (0u64, 0u64);
             let mut i = worker;
+            let mut previous_done = start;
             while i < total {
                 let due = start + interval.mul_f64(i as f64);
                 tokio::time::sleep_until(due).await;
+                // Waiting behind a slow previous request is the server's latency and
+                // counts from the due time; waking late from the (1 ms) timer is ours
+                // and does not.
+                let began = if previous_done > due {
+                    due
+                } else {
+                    Instant::now()
+                };
                 let path = paths
                     .as_ref()
                     .map_or(target.path.as_str(), |p| p[i as usize % p.len()].as_str());
@@ -128,7 +137,8 @@ pub async fn generate(args: &LoadArgs, paths: Option<Arc<Vec<String>>>) -> anyho
                         sender = None;
                     }
                 }
-                let micros = due.elapsed().as_micros().max(1) as u64;
+                previous_done = Instant::now();
+                let micros = previous_done.duration_since(began).as_micros().max(1) as u64;
                 histogram.saturating_record(micros);
                 i += step;
             }
