@@ -21,8 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::detect::Protocol;
 use crate::drain::Watch;
 use crate::metrics::{Classification, Direction, HttpMetrics, RouteLabels, Str, Tls};
-use crate::upstream::{HttpUpstreams, HttpVersion, UpstreamError};
+use crate::upstream::{HttpUpstreams, HttpVersion, Reusable, UpstreamError};
 use crate::{Destination, ResolveError, Shared};
+use prometheus_client::metrics::counter::Counter;
 
 /// The header naming the cause of a response the proxy generated itself.
 pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
@@ -34,6 +35,16 @@ pub struct ConnContext {
     pub destination: Destination,
     pub tls: Tls,
     pub shared: Arc<Shared>,
+    /// The last route's labels and request counter: requests on one connection
+    /// usually share them, and building labels allocates.
+    pub route_cache: std::sync::Mutex<Option<CachedRoute>>,
+}
+
+pub struct CachedRoute {
+    authority: String,
+    endpoint: SocketAddr,
+    labels: RouteLabels,
+    requests: Counter,
 }
 
 impl ConnContext {
@@ -161,8 +172,27 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
             return error_response(metrics, route, ctx.direction, grpc, start, e);
         }
     };
-    let route = route_labels(&ctx, &authority, Some(endpoint), service.unwrap_or(""));
-    metrics.request(&route);
+    let route = {
+        let mut cache = ctx.route_cache.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cache {
+            Some(c) if c.endpoint == endpoint && c.authority == authority => {
+                c.requests.inc();
+                c.labels.clone()
+            }
+            _ => {
+                let labels = route_labels(&ctx, &authority, Some(endpoint), service.unwrap_or(""));
+                let requests = metrics.requests(&labels);
+                requests.inc();
+                *cache = Some(CachedRoute {
+                    authority: authority.clone(),
+                    endpoint,
+                    labels: labels.clone(),
+                    requests,
+                });
+                labels
+            }
+        }
+    };
 
     let version = if req.version() == Version::HTTP_2 {
         HttpVersion::Http2
@@ -192,8 +222,8 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         },
         None => send.await.map_err(ProxyError::from),
     };
-    let mut rsp = match result {
-        Ok(rsp) => rsp,
+    let (mut rsp, reusable) = match result {
+        Ok(sent) => sent,
         Err(e) => {
             tracing::info!(direction = ctx.direction.as_str(), client = %ctx.client, %authority, %endpoint, error = %e.message, "request failed");
             return error_response(metrics, route, ctx.direction, grpc, start, e);
@@ -203,7 +233,10 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
     let status = rsp.status();
     metrics.latency(&route, status.as_u16(), elapsed_ms(start));
 
+    let mut reusable = reusable;
     if status == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection now belongs to the tunnel.
+        reusable = None;
         if let Some(server_upgrade) = upgrade {
             let client_upgrade = hyper::upgrade::on(&mut rsp);
             tokio::spawn(tunnel(server_upgrade, client_upgrade));
@@ -214,6 +247,12 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
 
     let grpc_status = grpc.then(|| grpc_status_of(rsp.headers())).flatten();
     let (parts, body) = rsp.into_parts();
+    if body.is_end_stream() {
+        // No body to wait for (and none will be polled).
+        if let Some(r) = reusable.take() {
+            r.give_back();
+        }
+    }
     let recorder = ResponseRecorder {
         metrics: metrics.clone(),
         route: Some(route),
@@ -227,6 +266,7 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         ProxyBody::Upstream {
             inner: body,
             recorder,
+            reusable,
         },
     )
 }
@@ -457,6 +497,8 @@ pin_project_lite::pin_project! {
             #[pin]
             inner: Incoming,
             recorder: ResponseRecorder,
+            // The upstream HTTP/1 connection, back to the pool once the body is read.
+            reusable: Option<Reusable>,
         },
         Full {
             data: Option<Bytes>,
@@ -481,8 +523,12 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ProxyBodyProj::Upstream { inner, recorder } => {
-                let polled = inner.poll_frame(cx);
+            ProxyBodyProj::Upstream {
+                mut inner,
+                recorder,
+                reusable,
+            } => {
+                let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(trailers) = frame.trailers_ref() {
@@ -497,6 +543,13 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(None) => recorder.record(),
                     Poll::Pending => {}
+                }
+                let done = matches!(polled, Poll::Ready(None))
+                    || (matches!(polled, Poll::Ready(Some(Ok(_)))) && inner.is_end_stream());
+                if done {
+                    if let Some(r) = reusable.take() {
+                        r.give_back();
+                    }
                 }
                 polled
             }

@@ -399,6 +399,7 @@ async fn connection(
                 destination,
                 tls: Tls::NoIdentity,
                 shared: shared.clone(),
+                route_cache: Default::default(),
             });
             http::serve(io::PrefixedIo::new(prefix, io), protocol, ctx, watch).await;
         }

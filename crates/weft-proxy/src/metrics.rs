@@ -163,8 +163,9 @@ pub struct HttpMetrics {
 }
 
 impl HttpMetrics {
-    pub fn request(&self, route: &RouteLabels) {
-        self.requests.get_or_create(route).inc();
+    /// The `request_total` counter of a route (keep it to count many requests).
+    pub fn requests(&self, route: &RouteLabels) -> Counter {
+        self.requests.get_or_create(route).clone()
     }
 
     pub fn latency(&self, route: &RouteLabels, status_code: u16, ms: f64) {

@@ -98,8 +98,27 @@ pub struct HttpUpstreams {
     pools: Mutex<HashMap<(SocketAddr, HttpVersion), Arc<Pool>>>,
 }
 
+/// An HTTP/1 connection lent out for one request. Dropping it closes the connection;
+/// [`Reusable::give_back`] returns it to the pool, for when the response was read whole.
+pub struct Reusable {
+    sender: http1::SendRequest<Incoming>,
+    pool: Arc<Pool>,
+}
+
+impl Reusable {
+    pub fn give_back(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.pool.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push((self.sender, Instant::now()));
+        }
+    }
+}
+
 #[derive(Default)]
-struct Pool {
+pub struct Pool {
     h1_idle: Mutex<Vec<(http1::SendRequest<Incoming>, Instant)>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Incoming>>>,
 }
@@ -122,17 +141,19 @@ impl HttpUpstreams {
         pools.entry((addr, version)).or_default().clone()
     }
 
-    /// Sends `req` to the endpoint at `addr` over a pooled connection.
+    /// Sends `req` to the endpoint at `addr` over a pooled connection. An HTTP/1
+    /// connection comes back with the response, to be returned to the pool with
+    /// [`Reusable::give_back`] once the response body has been read.
     pub async fn send(
         &self,
         addr: SocketAddr,
         version: HttpVersion,
         req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
         let pool = self.pool(addr, version);
         match version {
             HttpVersion::Http1 => self.send_h1(addr, pool, req).await,
-            HttpVersion::Http2 => self.send_h2(addr, pool, req).await,
+            HttpVersion::Http2 => Ok((self.send_h2(addr, pool, req).await?, None)),
         }
     }
 
@@ -141,26 +162,21 @@ impl HttpUpstreams {
         addr: SocketAddr,
         pool: Arc<Pool>,
         mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
         loop {
             let (mut sender, reused) = match self.take_idle(&pool) {
-                Some(sender) => (sender, true),
+                Some(mut sender) => {
+                    // A connection whose last response just ended becomes ready as
+                    // soon as its task has run; this waits for that, not for I/O.
+                    if sender.ready().await.is_err() {
+                        continue;
+                    }
+                    (sender, true)
+                }
                 None => (self.connect_h1(addr).await?, false),
             };
             match sender.try_send_request(req).await {
-                Ok(rsp) => {
-                    // The connection can carry another request once this response's
-                    // body has been read; it goes back to the pool then.
-                    tokio::spawn(async move {
-                        if sender.ready().await.is_ok() {
-                            let mut idle = pool.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
-                            if idle.len() < MAX_IDLE_PER_ENDPOINT {
-                                idle.push((sender, Instant::now()));
-                            }
-                        }
-                    });
-                    return Ok(rsp);
-                }
+                Ok(rsp) => return Ok((rsp, Some(Reusable { sender, pool }))),
                 Err(mut e) => match e.take_message() {
                     // A pooled connection closed by the server before it took the
                     // request: nothing was sent, so another connection may try.
