@@ -37,6 +37,11 @@ impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Release the detection buffer instead of holding it for the
+                // connection's lifetime.
+                *this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         this.io.poll_read(cx, buf)
