@@ -1,3 +1,4 @@
 //! What weft's proxy, controller and CLI share.
 
+pub mod identity;
 pub mod prom;
