@@ -12,10 +12,16 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::identity::LocalIdentity;
 use crate::metrics::Metrics;
 use crate::Control;
 
-pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, control: Arc<Control>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    control: Arc<Control>,
+    identity: Option<Arc<LocalIdentity>>,
+) {
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -27,9 +33,10 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, control:
         };
         let metrics = metrics.clone();
         let control = control.clone();
+        let identity = identity.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let rsp = route(&req, peer, &metrics, &control);
+                let rsp = route(&req, peer, &metrics, &control, identity.as_deref());
                 async move { Ok::<_, Infallible>(rsp) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -47,6 +54,7 @@ fn route(
     peer: SocketAddr,
     metrics: &Metrics,
     control: &Arc<Control>,
+    identity: Option<&LocalIdentity>,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
@@ -63,6 +71,10 @@ fn route(
         (&Method::GET, "/ready") if control.is_draining() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
+        (&Method::GET, "/ready") if identity.is_some_and(|i| !i.is_ready()) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for a certificate from the identity service\n",
+        ),
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
         (&Method::POST, "/shutdown") if peer.ip().is_loopback() => {
             control.shutdown();

@@ -8,7 +8,13 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use std::sync::Arc;
+
+use weft_core::identity::Identity;
+
+use crate::certify::CertifyConfig;
 use crate::endpoints::{EndpointsError, ServiceIndex};
+use crate::identity::LocalIdentity;
 
 /// How the proxy learns where a connection was going.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -102,6 +108,34 @@ pub struct Args {
     #[arg(long, env = "WEFT_POD", default_value = "")]
     pub pod: String,
 
+    /// Trust anchors (PEM bundle). Setting them turns on mTLS: the proxy makes a key,
+    /// obtains a certificate from --controller with --identity-token, and reports ready
+    /// only once it has one.
+    #[arg(long, env = "WEFT_TRUST_ANCHORS")]
+    pub trust_anchors: Option<PathBuf>,
+
+    /// The controller's identity service, `host:port` (gRPC over TLS).
+    #[arg(long, env = "WEFT_CONTROLLER")]
+    pub controller: Option<String>,
+
+    /// The controller's identity name, its TLS server name (default:
+    /// weft-controller.weft-system.serviceaccount.identity.weft.{trust-domain}).
+    #[arg(long, env = "WEFT_CONTROLLER_NAME")]
+    pub controller_name: Option<String>,
+
+    /// File holding the token that proves this workload's identity to the controller.
+    #[arg(long, env = "WEFT_IDENTITY_TOKEN")]
+    pub identity_token: Option<PathBuf>,
+
+    /// The workload's service account; with --namespace and --trust-domain it makes
+    /// the proxy's identity.
+    #[arg(long, env = "WEFT_SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+
+    /// Trust domain of identities.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = weft_core::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `weft_proxy=debug`.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
@@ -141,6 +175,15 @@ pub struct Config {
     pub drain_grace: Duration,
     pub pool_idle_timeout: Duration,
     pub labels: WorkloadLabels,
+    /// mTLS: this proxy's identity and where it gets its certificate.
+    pub identity: Option<IdentityConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    pub local: Arc<LocalIdentity>,
+    /// `None` when certificates are installed by the embedding program (tests).
+    pub certify: Option<CertifyConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +194,12 @@ pub enum ConfigError {
     MissingInboundForward,
     #[error("--worker-threads must be at least 1")]
     NoWorkers,
+    #[error("--trust-anchors turns on mTLS, which also needs {0}")]
+    IdentityIncomplete(&'static str),
+    #[error("the proxy's identity: {0}")]
+    IdentityName(#[from] weft_core::identity::IdentityError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 impl Args {
@@ -165,6 +214,42 @@ impl Args {
         if self.mode == Mode::Explicit && self.inbound_forward.is_none() {
             return Err(ConfigError::MissingInboundForward);
         }
+        let identity = match &self.trust_anchors {
+            None => None,
+            Some(anchors) => {
+                let controller = self
+                    .controller
+                    .clone()
+                    .ok_or(ConfigError::IdentityIncomplete("--controller"))?;
+                let token_file = self
+                    .identity_token
+                    .clone()
+                    .ok_or(ConfigError::IdentityIncomplete("--identity-token"))?;
+                let name =
+                    Identity::new(&self.service_account, &self.namespace, &self.trust_domain)?;
+                let roots = crate::identity::load_anchors(anchors)?;
+                let anchors_pem = std::fs::read(anchors).map_err(|source| {
+                    crate::identity::IdentityError::ReadAnchors {
+                        path: anchors.clone(),
+                        source,
+                    }
+                })?;
+                let controller_name = match &self.controller_name {
+                    Some(n) => n.clone(),
+                    None => Identity::new("weft-controller", "weft-system", &self.trust_domain)?
+                        .dns_name(),
+                };
+                Some(IdentityConfig {
+                    local: LocalIdentity::new(name, roots)?,
+                    certify: Some(CertifyConfig {
+                        controller,
+                        controller_name,
+                        token_file,
+                        anchors_pem,
+                    }),
+                })
+            }
+        };
         Ok(Config {
             outbound_listen: self.outbound_listen,
             inbound_listen: self.inbound_listen,
@@ -183,6 +268,7 @@ impl Args {
                 deployment: self.deployment,
                 pod: self.pod,
             },
+            identity,
         })
     }
 }
@@ -206,6 +292,7 @@ impl Config {
             drain_grace: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(60),
             labels: WorkloadLabels::default(),
+            identity: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //!     address: 198.18.0.10:8080                              # service address (transparent mode)
 //!     listen: 127.0.0.1:15001                                # local port for this service (explicit mode)
 //!     opaque: false                                          # skip protocol detection
+//!     identity: books.default.serviceaccount.identity.weft.cluster.local  # meshed: use mTLS
 //!     endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]
 //! ```
 
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::Deserialize;
+use weft_core::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointsError {
@@ -57,6 +59,7 @@ struct ServiceSpec {
     listen: Option<SocketAddr>,
     #[serde(default)]
     opaque: bool,
+    identity: Option<String>,
     endpoints: Vec<SocketAddr>,
 }
 
@@ -67,6 +70,8 @@ pub struct Service {
     pub address: Option<SocketAddr>,
     pub listen: Option<SocketAddr>,
     pub opaque: bool,
+    /// The identity of the workloads behind the service: connections to them use mTLS.
+    pub identity: Option<Identity>,
     endpoints: Vec<SocketAddr>,
     next: AtomicUsize,
 }
@@ -78,6 +83,7 @@ impl Service {
             address: None,
             listen: None,
             opaque: false,
+            identity: None,
             endpoints,
             next: AtomicUsize::new(0),
         }
@@ -136,11 +142,19 @@ impl ServiceIndex {
                     "`endpoints` is empty: list at least one address".into(),
                 ));
             }
+            let identity = match &spec.identity {
+                Some(name) => Some(
+                    name.parse::<Identity>()
+                        .map_err(|e| invalid(format!("identity: {e}")))?,
+                ),
+                None => None,
+            };
             let service = Arc::new(Service {
                 name: spec.name.as_str().into(),
                 address: spec.address,
                 listen: spec.listen,
                 opaque: spec.opaque,
+                identity,
                 endpoints: spec.endpoints.clone(),
                 next: AtomicUsize::new(0),
             });

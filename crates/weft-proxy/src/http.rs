@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::detect::Protocol;
 use crate::drain::Watch;
+use crate::endpoints::Service;
 use crate::metrics::{Classification, Direction, HttpMetrics, RouteLabels, Str, Tls};
 use crate::upstream::{HttpUpstreams, HttpVersion, Reusable, UpstreamError};
 use crate::{Destination, ResolveError, Shared};
@@ -34,6 +35,8 @@ pub struct ConnContext {
     pub client: SocketAddr,
     pub destination: Destination,
     pub tls: Tls,
+    /// The caller's identity when it came over mTLS (empty otherwise).
+    pub client_id: Str,
     pub shared: Arc<Shared>,
     /// The last route's labels and request counter: requests on one connection
     /// usually share them, and building labels allocates.
@@ -135,6 +138,7 @@ impl From<UpstreamError> for ProxyError {
             UpstreamError::ConnectRefused { .. } => (StatusCode::BAD_GATEWAY, "connect refused"),
             UpstreamError::Connect { .. } => (StatusCode::BAD_GATEWAY, "connect error"),
             UpstreamError::Handshake { .. } => (StatusCode::BAD_GATEWAY, "handshake error"),
+            UpstreamError::TlsHandshake { .. } => (StatusCode::BAD_GATEWAY, "tls error"),
             UpstreamError::Http { .. } => (StatusCode::BAD_GATEWAY, "upstream error"),
         };
         ProxyError::new(status, kind, e.to_string())
@@ -150,7 +154,7 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
     let authority = match request_authority(&req) {
         Ok(a) => a,
         Err(e) => {
-            let route = route_labels(&ctx, "", None, "");
+            let route = route_labels(&ctx, "", None, None);
             return error_response(metrics, route, ctx.direction, grpc, start, e);
         }
     };
@@ -158,7 +162,7 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
     let (endpoint, service) = match shared.resolve(&ctx.destination, &authority) {
         Ok(pick) => pick,
         Err(e) => {
-            let route = route_labels(&ctx, &authority, None, "");
+            let route = route_labels(&ctx, &authority, None, None);
             let e = match e {
                 ResolveError::Loop(_) => {
                     ProxyError::new(StatusCode::BAD_REQUEST, "loop", e.to_string())
@@ -180,7 +184,7 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
                 c.labels.clone()
             }
             _ => {
-                let labels = route_labels(&ctx, &authority, Some(endpoint), service.unwrap_or(""));
+                let labels = route_labels(&ctx, &authority, Some(endpoint), service);
                 let requests = metrics.requests(&labels);
                 requests.inc();
                 *cache = Some(CachedRoute {
@@ -210,7 +214,8 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         }
     }
 
-    let send = ctx.upstreams().send(endpoint, version, req);
+    let server = service.and_then(|s| s.identity.as_ref());
+    let send = ctx.upstreams().send(endpoint, version, server, req);
     let result = match shared.config.response_timeout {
         Some(limit) => match tokio::time::timeout(limit, send).await {
             Ok(r) => r.map_err(ProxyError::from),
@@ -275,14 +280,25 @@ fn route_labels(
     ctx: &ConnContext,
     authority: &str,
     endpoint: Option<SocketAddr>,
-    service: &str,
+    service: Option<&Service>,
 ) -> RouteLabels {
+    // Outbound requests to a meshed service go over mTLS (when this proxy has an
+    // identity): the route is labelled with the server's identity.
+    let server_id = service
+        .and_then(|s| s.identity.as_ref())
+        .filter(|_| ctx.direction == Direction::Outbound && ctx.shared.identity.is_some());
     RouteLabels {
         direction: ctx.direction,
         authority: authority.into(),
         target_addr: Str(endpoint.map(|e| e.to_string()).unwrap_or_default().into()),
-        tls: ctx.tls,
-        dst_service: service.into(),
+        tls: if server_id.is_some() {
+            Tls::Yes
+        } else {
+            ctx.tls
+        },
+        dst_service: service.map_or("", |s| &*s.name).into(),
+        client_id: ctx.client_id.clone(),
+        server_id: Str(server_id.map(|id| id.dns_name()).unwrap_or_default().into()),
     }
 }
 

@@ -7,14 +7,17 @@
 //! balancing, golden metrics) or opaque TCP.
 
 pub mod admin;
+pub mod certify;
 pub mod config;
 pub mod detect;
 pub mod drain;
 pub mod endpoints;
 pub mod http;
+pub mod identity;
 pub mod io;
 pub mod metrics;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -29,6 +32,7 @@ use crate::detect::Protocol;
 use crate::drain::{Drain, Watch};
 use crate::endpoints::{Service, ServiceIndex};
 use crate::http::ConnContext;
+use crate::identity::LocalIdentity;
 use crate::io::CountingIo;
 use crate::metrics::{Direction, Metrics, Peer, TcpLabels, Tls};
 use crate::upstream::{Connector, HttpUpstreams};
@@ -41,6 +45,8 @@ pub struct Shared {
     pub outbound: HttpUpstreams,
     /// The proxy's own listening addresses, to refuse traffic that would loop.
     listening: Vec<SocketAddr>,
+    /// This proxy's identity, when mTLS is configured.
+    pub identity: Option<Arc<LocalIdentity>>,
 }
 
 impl Shared {
@@ -50,7 +56,7 @@ impl Shared {
         &'a self,
         destination: &'a Destination,
         authority: &str,
-    ) -> Result<(SocketAddr, Option<&'a str>), ResolveError> {
+    ) -> Result<(SocketAddr, Option<&'a Service>), ResolveError> {
         let picked = destination.resolve(&self.config.services, authority)?;
         if self.is_own_listener(picked.0) {
             return Err(ResolveError::Loop(picked.0));
@@ -94,7 +100,7 @@ impl Destination {
         &'a self,
         services: &'a ServiceIndex,
         authority: &str,
-    ) -> Result<(SocketAddr, Option<&'a str>), ResolveError> {
+    ) -> Result<(SocketAddr, Option<&'a Service>), ResolveError> {
         let service = match self {
             Destination::Addr(addr) => return Ok((*addr, None)),
             Destination::Service(service) => service,
@@ -110,7 +116,7 @@ impl Destination {
         };
         service
             .pick()
-            .map(|addr| (addr, Some(&*service.name)))
+            .map(|addr| (addr, Some(&**service)))
             .ok_or_else(|| ResolveError::NoEndpoints(service.name.clone()))
     }
 }
@@ -201,13 +207,21 @@ impl Proxy {
         listening.extend(service_listeners.iter().map(|(_, l)| local(l)));
 
         let metrics = Metrics::new(&config.labels);
-        let connector =
-            |direction| Connector::new(direction, config.connect_timeout, metrics.tcp.clone());
+        let identity = config.identity.as_ref().map(|i| i.local.clone());
+        let connector = |direction| {
+            Connector::new(
+                direction,
+                config.connect_timeout,
+                metrics.tcp.clone(),
+                identity.clone(),
+            )
+        };
         let shared = Arc::new(Shared {
             inbound: HttpUpstreams::new(connector(Direction::Inbound), config.pool_idle_timeout),
             outbound: HttpUpstreams::new(connector(Direction::Outbound), config.pool_idle_timeout),
             metrics: metrics.clone(),
             listening,
+            identity: identity.clone(),
             config,
         });
         let config = &shared.config;
@@ -261,10 +275,26 @@ impl Proxy {
         drop(watch);
         let admin_control = control.clone();
         let mut done = control.done.subscribe();
-        let admin_task = tokio::spawn(admin::serve(admin, metrics, admin_control));
+        let admin_task = tokio::spawn(admin::serve(
+            admin,
+            metrics.clone(),
+            admin_control,
+            identity.clone(),
+        ));
+        let certify_task = config.identity.as_ref().and_then(|i| {
+            let certify = i.certify.clone()?;
+            Some(tokio::spawn(certify::run(
+                i.local.clone(),
+                certify,
+                metrics.identity.clone(),
+            )))
+        });
         tokio::spawn(async move {
             let _ = done.wait_for(|d| *d).await;
             admin_task.abort();
+            if let Some(task) = certify_task {
+                task.abort();
+            }
         });
         Ok(proxy)
     }
@@ -353,51 +383,168 @@ async fn connection(
         tls: Tls::NoIdentity,
     });
     let mut io = CountingIo::new(socket, counters);
-
-    let opaque = match &destination {
-        Destination::Service(s) => {
-            s.opaque
-                || s.address
-                    .is_some_and(|a| config.opaque_ports.contains(&a.port()))
-        }
-        Destination::Addr(a) => config.opaque_ports.contains(&a.port()),
-        Destination::ByAuthority => false,
+    let peer = Accepted {
+        client,
+        direction,
+        destination,
+        tls: Tls::NoIdentity,
+        client_id: None,
     };
-    let (protocol, prefix) = if opaque {
+
+    if peer.is_opaque(config) {
+        return dispatch(
+            io,
+            Protocol::Opaque,
+            bytes::Bytes::new(),
+            peer,
+            shared,
+            watch,
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + config.detect_timeout;
+    let detected = match detect::detect(&mut io, config.detect_timeout).await {
+        Ok(d) if d.closed => return,
+        Ok(d) => d,
+        Err(error) => {
+            tracing::debug!(%client, %error, "connection failed during protocol detection");
+            return;
+        }
+    };
+    let (protocol, prefix) = (detected.protocol, detected.prefix);
+
+    // mTLS from a meshed client, addressed to this proxy's identity: terminate it, then
+    // detect again what it carries.
+    let local = shared
+        .identity
+        .as_ref()
+        .filter(|_| direction == Direction::Inbound);
+    if let Some(local) =
+        local.filter(|_| protocol == Protocol::Opaque && tls::looks_like_tls(&prefix))
+    {
+        let hello = match tls::read_client_hello(&mut io, prefix, deadline).await {
+            Ok(hello) => hello,
+            Err(error) => {
+                tracing::debug!(%client, %error, "connection failed while reading a ClientHello");
+                return;
+            }
+        };
+        if hello.server_name.as_deref() != Some(local.name().dns_name().as_str()) {
+            // TLS for someone else (the application's own): passed through untouched.
+            return dispatch(io, Protocol::Opaque, hello.prefix, peer, shared, watch).await;
+        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(local.server_config());
+        let handshake = acceptor.accept(io::PrefixedIo::new(hello.prefix, io));
+        let stream = match tokio::time::timeout_at(deadline, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                shared.metrics.tls_handshake_error(direction);
+                tracing::info!(%client, %error, "mTLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.tls_handshake_error(direction);
+                tracing::info!(%client, "mTLS handshake timed out");
+                return;
+            }
+        };
+        let client_id = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(identity::peer_identity);
+        let peer = Accepted {
+            tls: Tls::Yes,
+            client_id,
+            ..peer
+        };
+        return detect_and_dispatch(stream, peer, shared, watch).await;
+    }
+    dispatch(io, protocol, prefix, peer, shared, watch).await
+}
+
+/// Who is on the other end of an accepted connection, and where it goes.
+pub(crate) struct Accepted {
+    client: SocketAddr,
+    direction: Direction,
+    destination: Destination,
+    tls: Tls,
+    client_id: Option<weft_core::identity::Identity>,
+}
+
+impl Accepted {
+    fn is_opaque(&self, config: &Config) -> bool {
+        match &self.destination {
+            Destination::Service(s) => {
+                s.opaque
+                    || s.address
+                        .is_some_and(|a| config.opaque_ports.contains(&a.port()))
+            }
+            Destination::Addr(a) => config.opaque_ports.contains(&a.port()),
+            Destination::ByAuthority => false,
+        }
+    }
+}
+
+async fn detect_and_dispatch<I>(mut io: I, peer: Accepted, shared: Arc<Shared>, watch: Watch)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (protocol, prefix) = if peer.is_opaque(&shared.config) {
         (Protocol::Opaque, bytes::Bytes::new())
     } else {
-        match detect::detect(&mut io, config.detect_timeout).await {
+        match detect::detect(&mut io, shared.config.detect_timeout).await {
             Ok(d) if d.closed => return,
             Ok(d) => (d.protocol, d.prefix),
             Err(error) => {
-                tracing::debug!(%client, %error, "connection failed during protocol detection");
+                tracing::debug!(client = %peer.client, %error, "connection failed during protocol detection");
                 return;
             }
         }
     };
-    tracing::debug!(%client, direction = direction.as_str(), ?protocol, ?destination, "connection accepted");
+    dispatch(io, protocol, prefix, peer, shared, watch).await
+}
 
-    let upstreams = match direction {
+/// Forwards a connection whose protocol is known.
+async fn dispatch<I>(
+    io: I,
+    protocol: Protocol,
+    prefix: bytes::Bytes,
+    peer: Accepted,
+    shared: Arc<Shared>,
+    watch: Watch,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tracing::debug!(client = %peer.client, direction = peer.direction.as_str(), ?protocol, destination = ?peer.destination, "connection accepted");
+    let upstreams = match peer.direction {
         Direction::Inbound => &shared.inbound,
         Direction::Outbound => &shared.outbound,
     };
     match protocol {
         Protocol::Opaque => {
-            let endpoint = match shared.resolve(&destination, "") {
-                Ok((endpoint, _)) => endpoint,
+            let (endpoint, server) = match shared.resolve(&peer.destination, "") {
+                Ok((endpoint, service)) => (endpoint, service.and_then(|s| s.identity.clone())),
                 Err(error) => {
-                    tracing::info!(%client, %error, "opaque TCP connection closed: no destination");
+                    tracing::info!(client = %peer.client, %error, "opaque TCP connection closed: no destination");
                     return;
                 }
             };
-            tcp::forward(io, prefix, endpoint, upstreams.connector()).await;
+            tcp::forward(io, prefix, endpoint, server.as_ref(), upstreams.connector()).await;
         }
         Protocol::Http1 | Protocol::Http2 => {
             let ctx = Arc::new(ConnContext {
-                direction,
-                client,
-                destination,
-                tls: Tls::NoIdentity,
+                direction: peer.direction,
+                client: peer.client,
+                destination: peer.destination,
+                tls: peer.tls,
+                client_id: metrics::Str(
+                    peer.client_id
+                        .map(|id| id.dns_name())
+                        .unwrap_or_default()
+                        .into(),
+                ),
                 shared: shared.clone(),
                 route_cache: Default::default(),
             });

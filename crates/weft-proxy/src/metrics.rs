@@ -115,6 +115,10 @@ pub struct RouteLabels {
     pub target_addr: Str,
     pub tls: Tls,
     pub dst_service: Str,
+    /// The caller's identity (inbound mTLS), empty otherwise.
+    pub client_id: Str,
+    /// The endpoint's identity (outbound mTLS), empty otherwise.
+    pub server_id: Str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -260,11 +264,30 @@ impl ProcessMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    pub result: &'static str,
+}
+
+/// The proxy's certificate: when it expires and how renewals went.
+#[derive(Clone, Default)]
+pub struct IdentityMetrics {
+    pub expiration: Gauge,
+    pub refreshes: Family<RefreshLabels, Counter>,
+}
+
 /// All of a proxy's metrics and the registry that exposes them.
 pub struct Metrics {
     registry: Registry,
     pub http: HttpMetrics,
     pub tcp: TcpMetrics,
+    pub identity: IdentityMetrics,
+    tls_errors: Family<DirectionLabels, Counter>,
     process: ProcessMetrics,
 }
 
@@ -332,6 +355,24 @@ impl Metrics {
             tcp.write_bytes.clone(),
         );
 
+        let identity = IdentityMetrics::default();
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the proxy's current certificate expires, in seconds since the Unix epoch",
+            identity.expiration.clone(),
+        );
+        registry.register(
+            "identity_cert_refresh",
+            "Certificate requests to the identity service, by result",
+            identity.refreshes.clone(),
+        );
+        let tls_errors = Family::default();
+        registry.register(
+            "tls_handshake_errors",
+            "mTLS handshakes that failed (bad, expired or untrusted peer certificates, wrong identity)",
+            tls_errors.clone(),
+        );
+
         let process = ProcessMetrics {
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
@@ -360,8 +401,16 @@ impl Metrics {
             registry,
             http,
             tcp,
+            identity,
+            tls_errors,
             process,
         })
+    }
+
+    pub fn tls_handshake_error(&self, direction: Direction) {
+        self.tls_errors
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

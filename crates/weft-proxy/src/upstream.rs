@@ -13,8 +13,13 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use rustls::pki_types::ServerName;
+use weft_core::identity::Identity;
+
+use crate::identity::LocalIdentity;
 use crate::io::CountingIo;
 use crate::metrics::{Direction, Peer, TcpLabels, TcpMetrics, Tls};
+pub use crate::tls::UpstreamIo;
 
 /// Idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -35,6 +40,12 @@ pub enum UpstreamError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("mTLS handshake with {addr} (expecting {identity}) failed: {source}")]
+    TlsHandshake {
+        addr: SocketAddr,
+        identity: String,
+        source: std::io::Error,
+    },
     #[error("upstream {addr} failed: {source}")]
     Http {
         addr: SocketAddr,
@@ -42,26 +53,42 @@ pub enum UpstreamError {
     },
 }
 
-pub type UpstreamIo = CountingIo<TcpStream>;
-
-/// Opens TCP connections to endpoints, with a deadline and metrics.
+/// Opens TCP connections to endpoints, with a deadline and metrics; to meshed
+/// endpoints (whose identity is known) over mTLS.
 #[derive(Clone)]
 pub struct Connector {
     direction: Direction,
     timeout: Duration,
     metrics: TcpMetrics,
+    identity: Option<Arc<LocalIdentity>>,
 }
 
 impl Connector {
-    pub fn new(direction: Direction, timeout: Duration, metrics: TcpMetrics) -> Self {
+    pub fn new(
+        direction: Direction,
+        timeout: Duration,
+        metrics: TcpMetrics,
+        identity: Option<Arc<LocalIdentity>>,
+    ) -> Self {
         Connector {
             direction,
             timeout,
             metrics,
+            identity,
         }
     }
 
-    pub async fn connect(&self, addr: SocketAddr) -> Result<UpstreamIo, UpstreamError> {
+    /// Connects to `addr`; with mTLS when `server` (the endpoint's identity) is known
+    /// and this proxy has an identity of its own.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        server: Option<&Identity>,
+    ) -> Result<UpstreamIo, UpstreamError> {
+        let tls = match (server, &self.identity) {
+            (Some(server), Some(local)) => Some((server, local)),
+            _ => None,
+        };
         let stream = match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
             Err(_) => {
                 return Err(UpstreamError::ConnectTimeout {
@@ -79,11 +106,39 @@ impl Connector {
         let counters = self.metrics.open(TcpLabels {
             direction: self.direction,
             peer: Peer::Dst,
-            tls: Tls::NoIdentity,
+            tls: if tls.is_some() {
+                Tls::Yes
+            } else {
+                Tls::NoIdentity
+            },
         });
-        Ok(CountingIo::new(stream, counters))
+        let io = CountingIo::new(stream, counters);
+        let Some((server, local)) = tls else {
+            return Ok(UpstreamIo::Plain { io });
+        };
+        let name =
+            ServerName::try_from(server.dns_name()).map_err(|e| UpstreamError::TlsHandshake {
+                addr,
+                identity: server.dns_name(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })?;
+        let connector = tokio_rustls::TlsConnector::from(local.client_config());
+        match tokio::time::timeout(self.timeout, connector.connect(name, io)).await {
+            Ok(Ok(io)) => Ok(UpstreamIo::Tls { io }),
+            Ok(Err(source)) => Err(UpstreamError::TlsHandshake {
+                addr,
+                identity: server.dns_name(),
+                source,
+            }),
+            Err(_) => Err(UpstreamError::ConnectTimeout {
+                addr,
+                after: self.timeout,
+            }),
+        }
     }
 }
+
+type PoolKey = (SocketAddr, HttpVersion, Option<Identity>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HttpVersion {
@@ -95,7 +150,7 @@ pub enum HttpVersion {
 pub struct HttpUpstreams {
     connector: Connector,
     idle_timeout: Duration,
-    pools: Mutex<HashMap<(SocketAddr, HttpVersion), Arc<Pool>>>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
 }
 
 /// An HTTP/1 connection lent out for one request. Dropping it closes the connection;
@@ -117,8 +172,9 @@ impl Reusable {
     }
 }
 
-#[derive(Default)]
 pub struct Pool {
+    /// The endpoint's identity: its connections use mTLS when known.
+    server: Option<Identity>,
     h1_idle: Mutex<Vec<(http1::SendRequest<Incoming>, Instant)>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Incoming>>>,
 }
@@ -136,9 +192,18 @@ impl HttpUpstreams {
         &self.connector
     }
 
-    fn pool(&self, addr: SocketAddr, version: HttpVersion) -> Arc<Pool> {
+    fn pool(&self, addr: SocketAddr, version: HttpVersion, server: Option<&Identity>) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.entry((addr, version)).or_default().clone()
+        pools
+            .entry((addr, version, server.cloned()))
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    server: server.cloned(),
+                    h1_idle: Mutex::default(),
+                    h2: tokio::sync::Mutex::default(),
+                })
+            })
+            .clone()
     }
 
     /// Sends `req` to the endpoint at `addr` over a pooled connection. An HTTP/1
@@ -148,9 +213,10 @@ impl HttpUpstreams {
         &self,
         addr: SocketAddr,
         version: HttpVersion,
+        server: Option<&Identity>,
         req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
-        let pool = self.pool(addr, version);
+        let pool = self.pool(addr, version, server);
         match version {
             HttpVersion::Http1 => self.send_h1(addr, pool, req).await,
             HttpVersion::Http2 => Ok((self.send_h2(addr, pool, req).await?, None)),
@@ -173,7 +239,7 @@ impl HttpUpstreams {
                     }
                     (sender, true)
                 }
-                None => (self.connect_h1(addr).await?, false),
+                None => (self.connect_h1(addr, pool.server.as_ref()).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(rsp) => return Ok((rsp, Some(Reusable { sender, pool }))),
@@ -205,8 +271,9 @@ impl HttpUpstreams {
     async fn connect_h1(
         &self,
         addr: SocketAddr,
+        server: Option<&Identity>,
     ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
-        let io = self.connector.connect(addr).await?;
+        let io = self.connector.connect(addr, server).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -230,7 +297,7 @@ impl HttpUpstreams {
             match slot.as_ref() {
                 Some(s) if !s.is_closed() => s.clone(),
                 _ => {
-                    let io = self.connector.connect(addr).await?;
+                    let io = self.connector.connect(addr, pool.server.as_ref()).await?;
                     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
                         .keep_alive_interval(Duration::from_secs(10))
