@@ -73,8 +73,7 @@ pub struct LocalIdentity {
     current: RwLock<Option<Current>>,
     roots: Arc<RootCertStore>,
     server_config: Arc<ServerConfig>,
-    /// Client settings per server identity are cheap to derive from this template.
-    client_template: ClientConfig,
+    client_config: Arc<ClientConfig>,
 }
 
 #[derive(Clone)]
@@ -135,17 +134,21 @@ impl LocalIdentity {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier)
             .with_cert_resolver(resolver.clone());
-        server_config.alpn_protocols = vec![];
+        // No session resumption: every handshake verifies the peer's current
+        // certificate (expiry, trust anchors), and connections are pooled anyway.
+        server_config.send_tls13_tickets = 0;
+        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         let server_verifier =
             WebPkiServerVerifier::builder_with_provider(roots.clone(), crypto.clone())
                 .build()
                 .map_err(|e| IdentityError::BadCertificate(format!("server verifier: {e}")))?;
-        let client_template = ClientConfig::builder_with_provider(crypto)
+        let mut client_config = ClientConfig::builder_with_provider(crypto)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             // WebPKI checks the chain to an anchor and that the certificate names exactly
             // the server identity the connection is made for (the TLS server name).
             .with_webpki_verifier(server_verifier)
             .with_client_cert_resolver(resolver.clone());
+        client_config.resumption = rustls::client::Resumption::disabled();
 
         let identity = Arc::new(LocalIdentity {
             name,
@@ -155,7 +158,7 @@ impl LocalIdentity {
             current: RwLock::new(None),
             roots,
             server_config: Arc::new(server_config),
-            client_template,
+            client_config: Arc::new(client_config),
         });
         resolver.set_owner(&identity);
         Ok(identity)
@@ -243,7 +246,7 @@ impl LocalIdentity {
 
     /// Settings for originating mTLS to a meshed server.
     pub fn client_config(&self) -> Arc<ClientConfig> {
-        Arc::new(self.client_template.clone())
+        self.client_config.clone()
     }
 }
 

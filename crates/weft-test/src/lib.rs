@@ -7,6 +7,7 @@
 //! assert_eq!(proxy.metrics().await.sum("request_total", &[("direction", "inbound")]), 1.0);
 //! ```
 
+pub mod ca;
 pub mod client;
 pub mod grpc;
 pub mod metrics;

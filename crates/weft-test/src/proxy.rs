@@ -44,6 +44,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// How long idle upstream connections are kept (zero: a new one per request).
+    pub fn pool_idle_timeout(mut self, idle: Duration) -> Self {
+        self.config.pool_idle_timeout = idle;
+        self
+    }
+
     pub fn drain_grace(mut self, grace: Duration) -> Self {
         self.config.drain_grace = grace;
         self
@@ -55,6 +61,19 @@ impl ProxyBuilder {
             deployment: deployment.into(),
             pod: pod.into(),
         };
+        self
+    }
+
+    /// Turns on mTLS with `identity` (certificates installed by the test, e.g. from
+    /// [`crate::ca::TestCa`]).
+    pub fn identity(
+        mut self,
+        identity: std::sync::Arc<weft_proxy::identity::LocalIdentity>,
+    ) -> Self {
+        self.config.identity = Some(weft_proxy::config::IdentityConfig {
+            local: identity,
+            certify: None,
+        });
         self
     }
 

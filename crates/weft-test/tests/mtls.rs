@@ -1,0 +1,294 @@
+//! Automatic mTLS between meshed proxies: the caller originates TLS to the server's
+//! identity, the server verifies the caller, both label metrics with the identities,
+//! unmeshed callers keep working, and bad certificates are refused without disturbing
+//! anyone else.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_core::identity::Identity;
+use weft_test::ca::TestCa;
+use weft_test::{client, proxy, TestClient, TestServer};
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const BOOKS: &str = "books.default.serviceaccount.identity.weft.cluster.local";
+const WEB: &str = "web.default.serviceaccount.identity.weft.cluster.local";
+
+fn books_service(endpoint: std::net::SocketAddr, identity: &str) -> String {
+    format!("services:\n  - name: books\n    listen: 127.0.0.1:0\n    identity: {identity}\n    endpoints: [\"{endpoint}\"]\n")
+}
+
+#[tokio::test]
+async fn meshed_proxies_speak_mtls_and_label_identities() {
+    let ca = TestCa::default();
+    let app = TestServer::loopback("books").await;
+    let server = proxy::inbound_to(app.addr())
+        .identity(ca.identity("books", "default", DAY))
+        .start()
+        .await;
+    let caller = proxy::inbound_to(app.addr())
+        .services(&books_service(server.inbound(), BOOKS))
+        .identity(ca.identity("web", "default", DAY))
+        .start()
+        .await;
+
+    let mut c = TestClient::http1(caller.service("books"), "books.default.svc:8080")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let rsp = c.get("/").await.unwrap();
+        assert_eq!(
+            (rsp.status.as_u16(), rsp.body.as_str()),
+            (200, "hello from books")
+        );
+    }
+
+    let out = caller.metrics().await;
+    assert_eq!(
+        out.sum(
+            "request_total",
+            &[
+                ("direction", "outbound"),
+                ("tls", "true"),
+                ("server_id", BOOKS)
+            ]
+        ),
+        3.0,
+        "{}",
+        out.text
+    );
+    assert_eq!(
+        out.sum(
+            "tcp_open_total",
+            &[("direction", "outbound"), ("peer", "dst"), ("tls", "true")]
+        ),
+        1.0
+    );
+    let inn = server.metrics().await;
+    assert_eq!(
+        inn.sum(
+            "request_total",
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", WEB)
+            ]
+        ),
+        3.0,
+        "{}",
+        inn.text
+    );
+    assert_eq!(
+        inn.sum(
+            "response_total",
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("classification", "success")
+            ]
+        ),
+        3.0
+    );
+
+    // An unmeshed caller still gets through, in plaintext.
+    let rsp = client::get(server.inbound(), "books", "/").await.unwrap();
+    assert_eq!(rsp.status, 200);
+    let inn = server.metrics().await;
+    assert_eq!(
+        inn.sum(
+            "request_total",
+            &[("direction", "inbound"), ("tls", "no_identity")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn grpc_streams_work_over_mtls() {
+    let ca = TestCa::default();
+    let grpc = weft_test::GrpcServer::loopback().await;
+    let server = proxy::inbound_to(grpc.addr())
+        .identity(ca.identity("books", "default", DAY))
+        .start()
+        .await;
+    let caller = proxy::inbound_to(grpc.addr())
+        .services(&books_service(server.inbound(), BOOKS))
+        .identity(ca.identity("web", "default", DAY))
+        .start()
+        .await;
+    let mut echo = weft_test::EchoClient::connect(caller.service("books"), "books:9090")
+        .await
+        .unwrap();
+    assert_eq!(echo.unary("over tls").await.unwrap(), "echo: over tls");
+    let inn = server.metrics().await;
+    assert_eq!(
+        inn.sum("request_total", &[("tls", "true"), ("client_id", WEB)]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_server_with_the_wrong_identity_is_refused() {
+    let ca = TestCa::default();
+    let app = TestServer::loopback("books").await;
+    // The endpoint presents "other", the caller expects "books".
+    let server = proxy::inbound_to(app.addr())
+        .identity(ca.identity("other", "default", DAY))
+        .start()
+        .await;
+    let caller = proxy::inbound_to(app.addr())
+        .services(&books_service(server.inbound(), BOOKS))
+        .identity(ca.identity("web", "default", DAY))
+        .start()
+        .await;
+    let rsp = client::get(caller.service("books"), "books", "/")
+        .await
+        .unwrap();
+    assert_eq!(rsp.status, 502);
+    let cause = rsp.header("weft-proxy-error").unwrap();
+    assert!(
+        cause.contains("mTLS handshake") && cause.contains(BOOKS),
+        "{cause}"
+    );
+    assert_eq!(app.requests(), 0);
+}
+
+/// Connects to `addr` as a TLS client for `server_name` with `config`, sends one
+/// request and returns what came back (an error if the handshake was refused).
+async fn raw_tls_get(
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    config: rustls::ClientConfig,
+) -> std::io::Result<String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from(server_name.to_owned()).unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: books\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn bad_client_certificates_are_refused_and_others_keep_working() {
+    let ca = TestCa::default();
+    let app = TestServer::loopback("books").await;
+    let server = proxy::inbound_to(app.addr())
+        .identity(ca.identity("books", "default", DAY))
+        .start()
+        .await;
+    let web: Identity = WEB.parse().unwrap();
+    let now = SystemTime::now();
+
+    // A good client certificate works (the baseline for the refusals below).
+    let good = ca.raw_client(&web, now - DAY, now + DAY, ca.roots());
+    let reply = raw_tls_get(server.inbound(), BOOKS, good.clone())
+        .await
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    // From another trust anchor.
+    let stranger = TestCa::new("stranger");
+    let foreign = stranger.raw_client(&web, now - DAY, now + DAY, ca.roots());
+    assert!(raw_tls_get(server.inbound(), BOOKS, foreign).await.is_err());
+
+    // Expired.
+    let expired = ca.raw_client(&web, now - 2 * DAY, now - DAY, ca.roots());
+    assert!(raw_tls_get(server.inbound(), BOOKS, expired).await.is_err());
+
+    // The proxy keeps serving everyone else.
+    let reply = raw_tls_get(server.inbound(), BOOKS, good).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(
+        client::get(server.inbound(), "books", "/")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    let m = server.metrics().await;
+    assert_eq!(
+        m.sum("tls_handshake_errors_total", &[("direction", "inbound")]),
+        2.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum("request_total", &[("tls", "true"), ("client_id", WEB)]),
+        2.0
+    );
+    assert_eq!(app.requests(), 3);
+}
+
+#[tokio::test]
+async fn tls_for_another_name_passes_through_untouched() {
+    // The application's own TLS (SNI not this proxy's identity) is forwarded as bytes.
+    let ca = TestCa::default();
+    let backend = weft_test::tcp::TcpServer::echo_after_eof().await;
+    let server = proxy::inbound_to(backend.addr())
+        .identity(ca.identity("books", "default", DAY))
+        .start()
+        .await;
+    let mut conn = tokio::net::TcpStream::connect(server.inbound())
+        .await
+        .unwrap();
+    // A ClientHello for example.com, cut short: it must reach the backend as it was.
+    let hello = [0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00];
+    conn.write_all(&hello).await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply).await.unwrap();
+    assert!(
+        reply.starts_with(b"got 10 bytes: "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
+#[tokio::test]
+async fn certificates_renew_in_place_under_load() {
+    let ca = TestCa::default();
+    let app = TestServer::loopback("books").await;
+    // One-second certificates, renewed every few hundred milliseconds: across three
+    // seconds every request needs a renewed certificate to succeed.
+    let lifetime = Duration::from_secs(1);
+    let books = ca.identity("books", "default", lifetime);
+    let web = ca.identity("web", "default", lifetime);
+    let server = proxy::inbound_to(app.addr())
+        .identity(books.clone())
+        .start()
+        .await;
+    let caller = proxy::inbound_to(app.addr())
+        .services(&books_service(server.inbound(), BOOKS))
+        .identity(web.clone())
+        // No pooled connections: every request makes a new mTLS handshake.
+        .pool_idle_timeout(Duration::ZERO)
+        .start()
+        .await;
+
+    let first_expiry = books.expiry().unwrap();
+    let mut failures = 0;
+    let start = std::time::Instant::now();
+    let mut requests = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        if requests % 15 == 0 {
+            // Renew both, as the certify loop does at 70 % of the lifetime.
+            ca.certify(&books, lifetime);
+            ca.certify(&web, lifetime);
+        }
+        requests += 1;
+        match client::get(caller.service("books"), "books", "/").await {
+            Ok(rsp) if rsp.status == 200 => {}
+            _ => failures += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(failures, 0, "{failures} of {requests} requests failed");
+    assert!(requests > 50);
+    assert!(books.expiry().unwrap() > first_expiry + Duration::from_secs(1));
+}
