@@ -1,4 +1,5 @@
 //! What weft's proxy, controller and CLI share.
 
 pub mod identity;
+pub mod mesh;
 pub mod prom;
