@@ -16,6 +16,26 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 const BOOKS: &str = "books.default.serviceaccount.identity.weft.cluster.local";
 const WEB: &str = "web.default.serviceaccount.identity.weft.cluster.local";
 
+/// A meshed caller ("web") in front of a meshed server proxy whose identity is
+/// `server_sa`, both forwarding inbound traffic to `workload`; the caller's "books"
+/// service listener leads to the server and expects the identity "books".
+async fn meshed_pair(
+    ca: &TestCa,
+    workload: std::net::SocketAddr,
+    server_sa: &str,
+) -> (proxy::TestProxy, proxy::TestProxy) {
+    let server = proxy::inbound_to(workload)
+        .identity(ca.identity(server_sa, "default", DAY))
+        .start()
+        .await;
+    let caller = proxy::inbound_to(workload)
+        .services(&books_service(server.inbound(), BOOKS))
+        .identity(ca.identity("web", "default", DAY))
+        .start()
+        .await;
+    (server, caller)
+}
+
 fn books_service(endpoint: std::net::SocketAddr, identity: &str) -> String {
     format!("services:\n  - name: books\n    listen: 127.0.0.1:0\n    identity: {identity}\n    endpoints: [\"{endpoint}\"]\n")
 }
@@ -24,15 +44,7 @@ fn books_service(endpoint: std::net::SocketAddr, identity: &str) -> String {
 async fn meshed_proxies_speak_mtls_and_label_identities() {
     let ca = TestCa::default();
     let app = TestServer::loopback("books").await;
-    let server = proxy::inbound_to(app.addr())
-        .identity(ca.identity("books", "default", DAY))
-        .start()
-        .await;
-    let caller = proxy::inbound_to(app.addr())
-        .services(&books_service(server.inbound(), BOOKS))
-        .identity(ca.identity("web", "default", DAY))
-        .start()
-        .await;
+    let (server, caller) = meshed_pair(&ca, app.addr(), "books").await;
 
     let mut c = TestClient::http1(caller.service("books"), "books.default.svc:8080")
         .await
@@ -109,15 +121,7 @@ async fn meshed_proxies_speak_mtls_and_label_identities() {
 async fn grpc_streams_work_over_mtls() {
     let ca = TestCa::default();
     let grpc = weft_test::GrpcServer::loopback().await;
-    let server = proxy::inbound_to(grpc.addr())
-        .identity(ca.identity("books", "default", DAY))
-        .start()
-        .await;
-    let caller = proxy::inbound_to(grpc.addr())
-        .services(&books_service(server.inbound(), BOOKS))
-        .identity(ca.identity("web", "default", DAY))
-        .start()
-        .await;
+    let (server, caller) = meshed_pair(&ca, grpc.addr(), "books").await;
     let mut echo = weft_test::EchoClient::connect(caller.service("books"), "books:9090")
         .await
         .unwrap();
@@ -134,15 +138,7 @@ async fn a_server_with_the_wrong_identity_is_refused() {
     let ca = TestCa::default();
     let app = TestServer::loopback("books").await;
     // The endpoint presents "other", the caller expects "books".
-    let server = proxy::inbound_to(app.addr())
-        .identity(ca.identity("other", "default", DAY))
-        .start()
-        .await;
-    let caller = proxy::inbound_to(app.addr())
-        .services(&books_service(server.inbound(), BOOKS))
-        .identity(ca.identity("web", "default", DAY))
-        .start()
-        .await;
+    let (server, caller) = meshed_pair(&ca, app.addr(), "other").await;
     let rsp = client::get(caller.service("books"), "books", "/")
         .await
         .unwrap();
