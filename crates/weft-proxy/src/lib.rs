@@ -37,6 +37,9 @@ use crate::io::CountingIo;
 use crate::metrics::{Direction, Metrics, Peer, TcpLabels, Tls};
 use crate::upstream::{Connector, HttpUpstreams};
 
+/// How often the endpoints file is checked for changes.
+const ENDPOINTS_POLL: Duration = Duration::from_millis(200);
+
 /// State every connection shares.
 pub struct Shared {
     pub config: Config,
@@ -56,7 +59,7 @@ impl Shared {
         &'a self,
         destination: &'a Destination,
         authority: &str,
-    ) -> Result<(SocketAddr, Option<&'a Service>), ResolveError> {
+    ) -> Result<(SocketAddr, Option<Arc<Service>>), ResolveError> {
         let picked = destination.resolve(&self.config.services, authority)?;
         if self.is_own_listener(picked.0) {
             return Err(ResolveError::Loop(picked.0));
@@ -100,10 +103,10 @@ impl Destination {
         &'a self,
         services: &'a ServiceIndex,
         authority: &str,
-    ) -> Result<(SocketAddr, Option<&'a Service>), ResolveError> {
+    ) -> Result<(SocketAddr, Option<Arc<Service>>), ResolveError> {
         let service = match self {
             Destination::Addr(addr) => return Ok((*addr, None)),
-            Destination::Service(service) => service,
+            Destination::Service(service) => service.clone(),
             Destination::ByAuthority => match services.by_authority(authority) {
                 Some(service) => service,
                 None => {
@@ -114,10 +117,10 @@ impl Destination {
                 }
             },
         };
-        service
-            .pick()
-            .map(|addr| (addr, Some(&**service)))
-            .ok_or_else(|| ResolveError::NoEndpoints(service.name.clone()))
+        match service.pick() {
+            Some(addr) => Ok((addr, Some(service))),
+            None => Err(ResolveError::NoEndpoints(service.name.clone())),
+        }
     }
 }
 
@@ -289,8 +292,11 @@ impl Proxy {
                 metrics.identity.clone(),
             )))
         });
+        // An endpoints file is watched and reloaded when it changes.
+        let reload_task = tokio::spawn(config.services.clone().watch(ENDPOINTS_POLL));
         tokio::spawn(async move {
             let _ = done.wait_for(|d| *d).await;
+            reload_task.abort();
             admin_task.abort();
             if let Some(task) = certify_task {
                 task.abort();
@@ -391,7 +397,16 @@ async fn connection(
         client_id: None,
     };
 
-    if peer.is_opaque(config) {
+    // Opaque ports skip protocol detection, except that an inbound proxy with an
+    // identity still looks for mTLS from meshed callers (who speak first). A silent
+    // plaintext caller then waits --detect-timeout, as with Linkerd; server-speaks-first
+    // ports used by unmeshed callers belong in the iptables skip ports.
+    let local = shared
+        .identity
+        .as_ref()
+        .filter(|_| direction == Direction::Inbound);
+    let opaque = peer.is_opaque(config);
+    if opaque && local.is_none() {
         return dispatch(
             io,
             Protocol::Opaque,
@@ -415,10 +430,6 @@ async fn connection(
 
     // mTLS from a meshed client, addressed to this proxy's identity: terminate it, then
     // detect again what it carries.
-    let local = shared
-        .identity
-        .as_ref()
-        .filter(|_| direction == Direction::Inbound);
     if let Some(local) =
         local.filter(|_| protocol == Protocol::Opaque && tls::looks_like_tls(&prefix))
     {
@@ -461,6 +472,7 @@ async fn connection(
         };
         return detect_and_dispatch(stream, peer, shared, watch).await;
     }
+    let protocol = if opaque { Protocol::Opaque } else { protocol };
     dispatch(io, protocol, prefix, peer, shared, watch).await
 }
 
@@ -593,7 +605,7 @@ fn destination(
             };
             let destination = match target {
                 Some(addr) => match config.services.by_address(addr) {
-                    Some(service) => Destination::Service(service.clone()),
+                    Some(service) => Destination::Service(service),
                     None => Destination::Addr(addr),
                 },
                 None => Destination::ByAuthority,

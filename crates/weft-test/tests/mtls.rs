@@ -288,3 +288,52 @@ async fn certificates_renew_in_place_under_load() {
     assert!(requests > 50);
     assert!(books.expiry().unwrap() > first_expiry + Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn opaque_ports_are_carried_over_mtls_too() {
+    let ca = TestCa::default();
+    let backend = weft_test::tcp::TcpServer::echo_after_eof().await;
+    let server = proxy::inbound_to(backend.addr())
+        .opaque_ports(&[backend.addr().port()])
+        .identity(ca.identity("books", "default", DAY))
+        .start()
+        .await;
+    let yaml = format!(
+        "services:\n  - name: books\n    listen: 127.0.0.1:0\n    opaque: true\n    identity: {BOOKS}\n    endpoints: [\"{}\"]\n",
+        server.inbound()
+    );
+    let caller = proxy::inbound_to(backend.addr())
+        .services(&yaml)
+        .identity(ca.identity("web", "default", DAY))
+        .start()
+        .await;
+
+    let mut conn = tokio::net::TcpStream::connect(caller.service("books"))
+        .await
+        .unwrap();
+    conn.write_all(b"opaque bytes").await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut reply))
+        .await
+        .expect("reply in time")
+        .unwrap();
+    assert_eq!(reply, b"got 12 bytes: opaque bytes");
+    let out = caller.metrics().await;
+    assert_eq!(
+        out.sum(
+            "tcp_open_total",
+            &[("direction", "outbound"), ("peer", "dst"), ("tls", "true")]
+        ),
+        1.0
+    );
+    let inn = server.metrics().await;
+    assert_eq!(inn.sum("tls_handshake_errors_total", &[]), 0.0);
+    assert_eq!(
+        inn.sum(
+            "tcp_open_total",
+            &[("direction", "inbound"), ("peer", "dst")]
+        ),
+        1.0
+    );
+}
