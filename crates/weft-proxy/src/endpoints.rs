@@ -11,12 +11,19 @@
 //!     identity: books.default.serviceaccount.identity.weft.cluster.local  # meshed: use mTLS
 //!     endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]
 //! ```
+//!
+//! A file loaded with [`ServiceIndex::load`] can be watched ([`ServiceIndex::watch`]):
+//! when it changes, it is parsed again and the index swapped whole; a file that does not
+//! parse is logged and the last good index keeps serving. A service that keeps its name,
+//! addresses, identity and protocol keeps its object and only its endpoints change, so
+//! connections already open (HTTP keep-alive) balance over the new endpoints too.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use weft_core::identity::Identity;
@@ -72,7 +79,8 @@ pub struct Service {
     pub opaque: bool,
     /// The identity of the workloads behind the service: connections to them use mTLS.
     pub identity: Option<Identity>,
-    endpoints: Vec<SocketAddr>,
+    /// Replaced whole when the endpoints file changes.
+    endpoints: RwLock<Arc<[SocketAddr]>>,
     next: AtomicUsize,
 }
 
@@ -84,145 +92,282 @@ impl Service {
             listen: None,
             opaque: false,
             identity: None,
-            endpoints,
+            endpoints: RwLock::new(endpoints.into()),
             next: AtomicUsize::new(0),
         }
     }
 
     /// Picks the endpoint for the next request (HTTP) or connection (TCP).
     pub fn pick(&self) -> Option<SocketAddr> {
-        if self.endpoints.is_empty() {
+        let endpoints = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
+        if endpoints.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(self.endpoints[i])
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        Some(endpoints[i])
     }
 
-    pub fn endpoints(&self) -> &[SocketAddr] {
-        &self.endpoints
+    pub fn endpoints(&self) -> Arc<[SocketAddr]> {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_endpoints(&self, endpoints: Vec<SocketAddr>) {
+        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = endpoints.into();
+    }
+
+    /// Whether `spec` describes this service with (at most) other endpoints.
+    fn same_as(&self, spec: &ServiceSpec, identity: &Option<Identity>) -> bool {
+        *self.name == *spec.name
+            && self.address == spec.address
+            && self.listen == spec.listen
+            && self.opaque == spec.opaque
+            && self.identity == *identity
     }
 }
 
-/// Services indexed by the ways a connection or request can name them.
+/// Services indexed by the ways a connection or request can name them. Cloning gives
+/// another handle to the same index; [`ServiceIndex::reload`] swaps what every handle
+/// sees.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceIndex {
+    current: Arc<RwLock<Arc<Tables>>>,
+    /// The file the index was loaded from (what `reload` and `watch` read), and its
+    /// stamp from before that read.
+    source: Option<(PathBuf, Stamp)>,
+}
+
+/// What tells that a file changed: modification time, size and inode.
+type Stamp = Option<(SystemTime, u64, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| {
+        (
+            m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            m.len(),
+            m.ino(),
+        )
+    })
+}
+
+#[derive(Clone, Debug, Default)]
+struct Tables {
     by_authority: HashMap<String, Arc<Service>>,
     by_address: HashMap<SocketAddr, Arc<Service>>,
     listeners: Vec<Arc<Service>>,
 }
 
+/// A service whose endpoints a reload changes in place.
+type Update = (Arc<Service>, Vec<SocketAddr>);
+
 impl ServiceIndex {
     pub fn load(path: &Path) -> Result<Self, EndpointsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| EndpointsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        let before = stamp(path);
+        let mut index = Self::parse(path, &read(path)?)?;
+        index.source = Some((path.to_owned(), before));
+        Ok(index)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, EndpointsError> {
-        let file: EndpointsFile =
-            serde_yaml_ng::from_str(text).map_err(|source| EndpointsError::Parse {
-                path: path.to_owned(),
-                source,
-            })?;
-        let mut index = ServiceIndex::default();
-        for (i, spec) in file.services.into_iter().enumerate() {
-            let invalid = |problem: String| EndpointsError::Invalid {
-                path: path.to_owned(),
-                index: i,
-                name: spec.name.clone(),
-                problem,
-            };
-            if spec.name.is_empty() {
-                return Err(invalid("`name` is empty".into()));
+        let (tables, _) = parse_tables(path, text, None)?;
+        Ok(ServiceIndex {
+            current: Arc::new(RwLock::new(Arc::new(tables))),
+            source: None,
+        })
+    }
+
+    fn tables(&self) -> Arc<Tables> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the source file again and swaps the index; on an error the index is left
+    /// as it was.
+    pub fn reload(&self) -> Result<(), EndpointsError> {
+        let Some((path, _)) = &self.source else {
+            return Ok(());
+        };
+        let text = read(path)?;
+        let previous = self.tables();
+        let (tables, updates) = parse_tables(path, &text, Some(&previous))?;
+        for (service, endpoints) in updates {
+            service.set_endpoints(endpoints);
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tables);
+        Ok(())
+    }
+
+    /// Polls the source file every `every` and reloads it when it changes (its mtime,
+    /// size or inode), logging the outcome. Runs until dropped; returns at once for an
+    /// index that was not loaded from a file.
+    pub async fn watch(self, every: Duration) {
+        let Some((path, mut last)) = self.source.clone() else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            let now = stamp(&path);
+            if now == last {
+                continue;
             }
-            if spec.endpoints.is_empty() {
-                return Err(invalid(
-                    "`endpoints` is empty: list at least one address".into(),
-                ));
-            }
-            let identity = match &spec.identity {
-                Some(name) => Some(
-                    name.parse::<Identity>()
-                        .map_err(|e| invalid(format!("identity: {e}")))?,
-                ),
-                None => None,
-            };
-            let service = Arc::new(Service {
-                name: spec.name.as_str().into(),
-                address: spec.address,
-                listen: spec.listen,
-                opaque: spec.opaque,
-                identity,
-                endpoints: spec.endpoints.clone(),
-                next: AtomicUsize::new(0),
-            });
-            for authority in &spec.authorities {
-                let key = normalize_authority(authority);
-                if key.is_empty() || key.contains('/') {
-                    return Err(invalid(format!(
-                        "authority {authority:?} is not host[:port]"
-                    )));
+            last = now;
+            match self.reload() {
+                Ok(_) => tracing::info!(path = %path.display(), "endpoints file reloaded"),
+                Err(error) => {
+                    tracing::warn!(%error, "endpoints file not reloaded; the last good one stays in use")
                 }
-                if index.by_authority.insert(key, service.clone()).is_some() {
-                    return Err(invalid(format!(
-                        "authority {authority:?} is already used by another service"
-                    )));
-                }
-            }
-            if let Some(address) = spec.address {
-                if index.by_address.insert(address, service.clone()).is_some() {
-                    return Err(invalid(format!(
-                        "address {address} is already used by another service"
-                    )));
-                }
-            }
-            if let Some(listen) = spec.listen {
-                if index.listeners.iter().any(|s| s.listen == Some(listen)) {
-                    return Err(invalid(format!(
-                        "listen address {listen} is already used by another service"
-                    )));
-                }
-                index.listeners.push(service.clone());
             }
         }
-        Ok(index)
     }
 
     /// Adds a service; later entries replace earlier ones with the same names.
     pub fn insert(&mut self, authorities: &[&str], service: Service) {
         let service = Arc::new(service);
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let tables = Arc::make_mut(&mut current);
         for a in authorities {
-            self.by_authority
+            tables
+                .by_authority
                 .insert(normalize_authority(a), service.clone());
         }
         if let Some(address) = service.address {
-            self.by_address.insert(address, service.clone());
+            tables.by_address.insert(address, service.clone());
         }
         if service.listen.is_some() {
-            self.listeners.push(service);
+            tables.listeners.push(service);
         }
     }
 
-    pub fn by_authority(&self, authority: &str) -> Option<&Arc<Service>> {
-        self.by_authority.get(authority).or_else(|| {
-            // Requests often omit the default port.
-            let lower = authority.to_ascii_lowercase();
-            self.by_authority
-                .get(&lower)
-                .or_else(|| self.by_authority.get(&format!("{lower}:80")))
-        })
+    pub fn by_authority(&self, authority: &str) -> Option<Arc<Service>> {
+        let tables = self.tables();
+        let by_authority = &tables.by_authority;
+        by_authority
+            .get(authority)
+            .or_else(|| {
+                // Requests often omit the default port.
+                let lower = authority.to_ascii_lowercase();
+                by_authority
+                    .get(&lower)
+                    .or_else(|| by_authority.get(&format!("{lower}:80")))
+            })
+            .cloned()
     }
 
-    pub fn by_address(&self, address: SocketAddr) -> Option<&Arc<Service>> {
-        self.by_address.get(&address)
+    pub fn by_address(&self, address: SocketAddr) -> Option<Arc<Service>> {
+        self.tables().by_address.get(&address).cloned()
     }
 
     /// Services that want a listener of their own (explicit mode).
-    pub fn listeners(&self) -> &[Arc<Service>] {
-        &self.listeners
+    pub fn listeners(&self) -> Vec<Arc<Service>> {
+        self.tables().listeners.clone()
     }
+}
+
+fn read(path: &Path) -> Result<String, EndpointsError> {
+    std::fs::read_to_string(path).map_err(|source| EndpointsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses an endpoints file. With `previous`, services that are unchanged but for
+/// their endpoints keep their object; their new endpoints come back as updates, to
+/// apply once the whole file is known to be good.
+fn parse_tables(
+    path: &Path,
+    text: &str,
+    previous: Option<&Tables>,
+) -> Result<(Tables, Vec<Update>), EndpointsError> {
+    let file: EndpointsFile =
+        serde_yaml_ng::from_str(text).map_err(|source| EndpointsError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut index = Tables::default();
+    let mut updates = Vec::new();
+    for (i, spec) in file.services.into_iter().enumerate() {
+        let invalid = |problem: String| EndpointsError::Invalid {
+            path: path.to_owned(),
+            index: i,
+            name: spec.name.clone(),
+            problem,
+        };
+        if spec.name.is_empty() {
+            return Err(invalid("`name` is empty".into()));
+        }
+        if spec.endpoints.is_empty() {
+            return Err(invalid(
+                "`endpoints` is empty: list at least one address".into(),
+            ));
+        }
+        let identity = match &spec.identity {
+            Some(name) => Some(
+                name.parse::<Identity>()
+                    .map_err(|e| invalid(format!("identity: {e}")))?,
+            ),
+            None => None,
+        };
+        let reusable = previous.and_then(|p| {
+            let old = match (spec.address, spec.listen) {
+                (Some(a), _) => p.by_address.get(&a),
+                (None, Some(l)) => p.listeners.iter().find(|s| s.listen == Some(l)),
+                (None, None) => spec
+                    .authorities
+                    .first()
+                    .and_then(|a| p.by_authority.get(&normalize_authority(a))),
+            }?;
+            old.same_as(&spec, &identity).then(|| old.clone())
+        });
+        let service = match reusable {
+            Some(old) => {
+                updates.push((old.clone(), spec.endpoints.clone()));
+                old
+            }
+            None => Arc::new(Service {
+                name: spec.name.as_str().into(),
+                address: spec.address,
+                listen: spec.listen,
+                opaque: spec.opaque,
+                identity,
+                endpoints: RwLock::new(spec.endpoints.clone().into()),
+                next: AtomicUsize::new(0),
+            }),
+        };
+        for authority in &spec.authorities {
+            let key = normalize_authority(authority);
+            if key.is_empty() || key.contains('/') {
+                return Err(invalid(format!(
+                    "authority {authority:?} is not host[:port]"
+                )));
+            }
+            if index.by_authority.insert(key, service.clone()).is_some() {
+                return Err(invalid(format!(
+                    "authority {authority:?} is already used by another service"
+                )));
+            }
+        }
+        if let Some(address) = spec.address {
+            if index.by_address.insert(address, service.clone()).is_some() {
+                return Err(invalid(format!(
+                    "address {address} is already used by another service"
+                )));
+            }
+        }
+        if let Some(listen) = spec.listen {
+            if index.listeners.iter().any(|s| s.listen == Some(listen)) {
+                return Err(invalid(format!(
+                    "listen address {listen} is already used by another service"
+                )));
+            }
+            index.listeners.push(service.clone());
+        }
+    }
+    Ok((index, updates))
 }
 
 fn normalize_authority(authority: &str) -> String {
@@ -281,6 +426,72 @@ services:
         assert!(err
             .to_string()
             .contains("service #1 (\"b\"): authority \"X\" is already used"));
+    }
+
+    #[test]
+    fn reload_swaps_the_index_and_updates_services_in_place() {
+        let path = std::env::temp_dir().join(format!("weft-endpoints-{}.yaml", std::process::id()));
+        let write = |endpoints: &str| {
+            std::fs::write(
+                &path,
+                format!("services:\n  - name: books\n    address: 198.19.0.1:80\n    endpoints: [{endpoints}]\n"),
+            )
+            .unwrap()
+        };
+        write("\"198.18.0.2:8080\"");
+        let index = ServiceIndex::load(&path).unwrap();
+        let held = index.by_address("198.19.0.1:80".parse().unwrap()).unwrap();
+        assert_eq!(held.endpoints().len(), 1);
+
+        write("\"198.18.0.2:8080\", \"198.18.0.3:8080\"");
+        index.reload().unwrap();
+        // A connection holding the service sees the new endpoint.
+        let picks: std::collections::HashSet<_> = (0..4).map(|_| held.pick().unwrap()).collect();
+        assert_eq!(picks.len(), 2);
+        let clone = index.clone();
+        assert!(Arc::ptr_eq(
+            &held,
+            &clone.by_address("198.19.0.1:80".parse().unwrap()).unwrap()
+        ));
+
+        // A broken file leaves the last good index in place.
+        std::fs::write(&path, "services: [{name: books, endpoints: []}]\n").unwrap();
+        assert!(index.reload().is_err());
+        assert_eq!(held.endpoints().len(), 2);
+        assert!(index.by_address("198.19.0.1:80".parse().unwrap()).is_some());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn watch_reloads_a_changed_file() {
+        let path =
+            std::env::temp_dir().join(format!("weft-endpoints-watch-{}.yaml", std::process::id()));
+        std::fs::write(
+            &path,
+            "services: [{name: a, address: \"198.19.0.1:80\", endpoints: [\"198.18.0.2:80\"]}]\n",
+        )
+        .unwrap();
+        let index = ServiceIndex::load(&path).unwrap();
+        let task = tokio::spawn(index.clone().watch(Duration::from_millis(20)));
+        let tmp = path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            "services: [{name: b, address: \"198.19.0.2:80\", endpoints: [\"198.18.0.3:80\"]}]\n",
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let mut seen = false;
+        for _ in 0..100 {
+            if index.by_address("198.19.0.2:80".parse().unwrap()).is_some() {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
+        std::fs::remove_file(&path).unwrap();
+        assert!(seen, "the new service never appeared");
+        assert!(index.by_address("198.19.0.1:80".parse().unwrap()).is_none());
     }
 
     #[test]

@@ -184,7 +184,7 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
                 c.labels.clone()
             }
             _ => {
-                let labels = route_labels(&ctx, &authority, Some(endpoint), service);
+                let labels = route_labels(&ctx, &authority, Some(endpoint), service.as_deref());
                 let requests = metrics.requests(&labels);
                 requests.inc();
                 *cache = Some(CachedRoute {
@@ -214,7 +214,7 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         }
     }
 
-    let server = service.and_then(|s| s.identity.as_ref());
+    let server = service.as_ref().and_then(|s| s.identity.as_ref());
     let send = ctx.upstreams().send(endpoint, version, server, req);
     let result = match shared.config.response_timeout {
         Some(limit) => match tokio::time::timeout(limit, send).await {
