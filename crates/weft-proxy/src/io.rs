@@ -80,17 +80,65 @@ impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
 
 pin_project_lite::pin_project! {
     /// Counts bytes read and written on a connection into its `tcp_*` counters; the
-    /// connection counts as closed when this is dropped.
+    /// connection counts as closed when this is dropped. Until its labels are known
+    /// (e.g. whether it is mTLS), bytes are tallied aside and handed over later.
     pub struct CountingIo<I> {
         #[pin]
         io: I,
-        counters: ConnCounters,
+        counters: Tally,
     }
 }
 
 impl<I> CountingIo<I> {
     pub fn new(io: I, counters: ConnCounters) -> Self {
-        CountingIo { io, counters }
+        CountingIo {
+            io,
+            counters: Tally::Labelled(counters),
+        }
+    }
+
+    /// Counts into a tally until [`CountingIo::label`] says where the bytes belong.
+    pub fn unlabelled(io: I) -> Self {
+        CountingIo {
+            io,
+            counters: Tally::Pending { read: 0, write: 0 },
+        }
+    }
+
+    /// Opens the connection's counters (now that its labels are known) and adds the
+    /// bytes seen so far. A second call is ignored.
+    pub fn label(&mut self, open: impl FnOnce() -> ConnCounters) {
+        if let Tally::Pending { read, write } = self.counters {
+            let counters = open();
+            counters.read.inc_by(read);
+            counters.write.inc_by(write);
+            self.counters = Tally::Labelled(counters);
+        }
+    }
+}
+
+enum Tally {
+    Pending { read: u64, write: u64 },
+    Labelled(ConnCounters),
+}
+
+impl Tally {
+    fn read(&mut self, n: usize) {
+        match self {
+            Tally::Pending { read, .. } => *read += n as u64,
+            Tally::Labelled(c) => {
+                c.read.inc_by(n as u64);
+            }
+        }
+    }
+
+    fn write(&mut self, n: usize) {
+        match self {
+            Tally::Pending { write, .. } => *write += n as u64,
+            Tally::Labelled(c) => {
+                c.write.inc_by(n as u64);
+            }
+        }
     }
 }
 
@@ -105,7 +153,7 @@ impl<I: AsyncRead> AsyncRead for CountingIo<I> {
         let res = this.io.poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            this.counters.read.inc_by(n as u64);
+            this.counters.read(n);
         }
         res
     }
@@ -120,7 +168,7 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
         let this = self.project();
         let res = this.io.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
-            this.counters.write.inc_by(n as u64);
+            this.counters.write(n);
         }
         res
     }
@@ -133,7 +181,7 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
         let this = self.project();
         let res = this.io.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res {
-            this.counters.write.inc_by(n as u64);
+            this.counters.write(n);
         }
         res
     }

@@ -383,12 +383,18 @@ async fn connection(
             return;
         }
     };
-    let counters = shared.metrics.tcp.open(TcpLabels {
-        direction,
-        peer: Peer::Src,
-        tls: Tls::NoIdentity,
-    });
-    let mut io = CountingIo::new(socket, counters);
+    // Labelled once it is known whether the connection is mTLS.
+    let mut io = CountingIo::unlabelled(socket);
+    let tcp = shared.metrics.tcp.clone();
+    let src_counters = move |tls| {
+        move || {
+            tcp.open(TcpLabels {
+                direction,
+                peer: Peer::Src,
+                tls,
+            })
+        }
+    };
     let peer = Accepted {
         client,
         direction,
@@ -407,6 +413,7 @@ async fn connection(
         .filter(|_| direction == Direction::Inbound);
     let opaque = peer.is_opaque(config);
     if opaque && local.is_none() {
+        io.label(src_counters(Tls::NoIdentity));
         return dispatch(
             io,
             Protocol::Opaque,
@@ -419,10 +426,13 @@ async fn connection(
     }
     let deadline = tokio::time::Instant::now() + config.detect_timeout;
     let detected = match detect::detect(&mut io, config.detect_timeout).await {
-        Ok(d) if d.closed => return,
-        Ok(d) => d,
-        Err(error) => {
-            tracing::debug!(%client, %error, "connection failed during protocol detection");
+        Ok(d) if !d.closed => d,
+        closed_or_failed => {
+            // Still a connection that was opened: count it.
+            io.label(src_counters(Tls::NoIdentity));
+            if let Err(error) = closed_or_failed {
+                tracing::debug!(%client, %error, "connection failed during protocol detection");
+            }
             return;
         }
     };
@@ -436,11 +446,14 @@ async fn connection(
         let hello = match tls::read_client_hello(&mut io, prefix, deadline).await {
             Ok(hello) => hello,
             Err(error) => {
+                io.label(src_counters(Tls::NoIdentity));
                 tracing::debug!(%client, %error, "connection failed while reading a ClientHello");
                 return;
             }
         };
-        if hello.server_name.as_deref() != Some(local.name().dns_name().as_str()) {
+        let ours = hello.server_name.as_deref() == Some(local.name().dns_name().as_str());
+        io.label(src_counters(if ours { Tls::Yes } else { Tls::NoIdentity }));
+        if !ours {
             // TLS for someone else (the application's own): passed through untouched.
             return dispatch(io, Protocol::Opaque, hello.prefix, peer, shared, watch).await;
         }
@@ -473,6 +486,7 @@ async fn connection(
         return detect_and_dispatch(stream, peer, shared, watch).await;
     }
     let protocol = if opaque { Protocol::Opaque } else { protocol };
+    io.label(src_counters(Tls::NoIdentity));
     dispatch(io, protocol, prefix, peer, shared, watch).await
 }
 

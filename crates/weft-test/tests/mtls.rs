@@ -332,6 +332,20 @@ async fn opaque_ports_are_carried_over_mtls_too() {
     assert_eq!(
         inn.sum(
             "tcp_open_total",
+            &[("direction", "inbound"), ("peer", "src"), ("tls", "true")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        inn.sum(
+            "tcp_read_bytes_total",
+            &[("direction", "inbound"), ("peer", "src"), ("tls", "true")]
+        ) > 12.0,
+        true
+    );
+    assert_eq!(
+        inn.sum(
+            "tcp_open_total",
             &[("direction", "inbound"), ("peer", "dst")]
         ),
         1.0
