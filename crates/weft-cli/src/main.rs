@@ -3,6 +3,7 @@
 mod demo;
 mod fetch;
 mod load;
+mod local;
 mod stat;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,12 @@ enum Command {
     Stat(stat::StatArgs),
     /// Send HTTP requests at a fixed rate and report latency percentiles.
     Load(load::LoadArgs),
+    /// Run a mesh directory locally: a network namespace, proxy and command per replica (root).
+    Up(local::up::UpArgs),
+    /// Take down the local mesh `weft up` started (also after it crashed).
+    Down(local::down::DownArgs),
+    /// Preflight checks for `weft up`, each failure with its fix.
+    Check(local::check::CheckArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +46,9 @@ fn main() -> anyhow::Result<()> {
             Command::Demo(args) => demo::run(args).await,
             Command::Stat(args) => stat::run(args).await,
             Command::Load(args) => load::run(args).await,
+            Command::Up(args) => local::up::run(args).await,
+            Command::Down(args) => local::down::run(args),
+            Command::Check(args) => local::check::run(args),
         }
     })
 }

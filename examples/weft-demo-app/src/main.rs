@@ -63,6 +63,10 @@ struct ServeArgs {
     /// Work per request: a delay drawn uniformly from 0..=2×this.
     #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
     latency: Duration,
+    /// Wait this long before the first `--call` (the services called may still be
+    /// starting).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    call_delay: Duration,
     /// How often the load generator prints its totals.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     report: Duration,

@@ -1,0 +1,157 @@
+//! `weft check`: preflight checks for the local mesh, each failure with its fix.
+
+use std::path::PathBuf;
+
+use weft_core::mesh::Mesh;
+
+use super::state::State;
+use super::{sys, LocalArgs};
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// A mesh directory to validate as well.
+    dir: Option<PathBuf>,
+    /// The weft-proxy binary (default: next to this `weft` binary).
+    #[arg(long, env = "WEFT_PROXY_BIN")]
+    proxy_bin: Option<PathBuf>,
+    #[command(flatten)]
+    local: LocalArgs,
+}
+
+struct Report {
+    failed: usize,
+}
+
+impl Report {
+    fn check(&mut self, ok: bool, what: &str, fix: &str) {
+        if ok {
+            println!("  ok    {what}");
+        } else {
+            self.failed += 1;
+            println!("  FAIL  {what}\n        fix: {fix}");
+        }
+    }
+}
+
+pub fn run(args: CheckArgs) -> anyhow::Result<()> {
+    args.local.validate()?;
+    let mut r = Report { failed: 0 };
+    println!("weft check: can `weft up` run here?");
+    r.check(
+        cfg!(target_os = "linux") && std::path::Path::new("/proc/self/ns/net").exists(),
+        "Linux with network namespaces",
+        "run on Linux with CONFIG_NET_NS",
+    );
+    r.check(
+        sys::is_root(),
+        "running as root",
+        "run as root (sudo weft up DIR); a no-root fallback is not implemented yet",
+    );
+    for (tool, pkg) in [
+        ("ip", "iproute2"),
+        ("iptables", "iptables"),
+        ("iptables-restore", "iptables"),
+        ("setpriv", "util-linux"),
+    ] {
+        r.check(
+            sys::which(tool).is_some(),
+            &format!("`{tool}` installed"),
+            &format!("apt-get install {pkg} (or scripts/setup)"),
+        );
+    }
+    let proxy = match &args.proxy_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("weft-proxy"),
+    };
+    r.check(
+        proxy.is_file(),
+        &format!("weft-proxy at {}", proxy.display()),
+        "cargo build --release -p weft-proxy, or pass --proxy-bin",
+    );
+    if sys::is_root() && sys::which("ip").is_some() {
+        let probe = format!("{}-check-{}", args.local.prefix, std::process::id());
+        let nat = sys::run("ip", ["netns", "add", &probe]).and_then(|_| {
+            sys::run(
+                "ip",
+                [
+                    "netns", "exec", &probe, "iptables", "-w", "5", "-t", "nat", "-S",
+                ],
+            )
+        });
+        let _ = sys::run("ip", ["netns", "delete", &probe]);
+        r.check(
+            nat.is_ok(),
+            "iptables nat table usable in a network namespace",
+            &format!(
+                "load the kernel's nat support (modprobe iptable_nat or nf_tables): {}",
+                nat.err().map(|e| format!("{e:#}")).unwrap_or_default()
+            ),
+        );
+    }
+    let hub = args.local.hub();
+    r.check(
+        !sys::netns_exists(&hub),
+        &format!("network namespace {hub} is free"),
+        &format!("`weft down` if a mesh is up, else `ip netns delete {hub}`"),
+    );
+    let state_path = args.local.state_path();
+    match State::load(&state_path) {
+        Ok(None) => r.check(true, "no mesh recorded as up", ""),
+        Ok(Some(state)) => {
+            let running = state.owner.as_ref().is_some_and(|o| o.is_running());
+            let what = if running {
+                format!(
+                    "a mesh is up (weft up pid {}, {})",
+                    state.owner.as_ref().map_or(0, |o| o.pid),
+                    state.mesh_dir.display()
+                )
+            } else {
+                format!(
+                    "{} records a mesh from {} (detached, or left by a crashed weft up)",
+                    state_path.display(),
+                    state.mesh_dir.display()
+                )
+            };
+            r.check(false, &what, "weft down");
+        }
+        Err(e) => r.check(
+            false,
+            &format!("{e:#}"),
+            &format!("remove {} by hand", state_path.display()),
+        ),
+    }
+    if let Some(dir) = &args.dir {
+        match Mesh::load(dir) {
+            Ok(mesh) => {
+                let pods: u32 = mesh.workloads.iter().map(|w| w.replicas).sum();
+                r.check(
+                    true,
+                    &format!(
+                        "{} is a valid mesh: {} workloads, {pods} pods, {} services",
+                        dir.display(),
+                        mesh.workloads.len(),
+                        mesh.services.len()
+                    ),
+                    "",
+                );
+                for w in &mesh.warnings {
+                    println!("        warning: {w}");
+                }
+            }
+            Err(e) => r.check(
+                false,
+                &format!(
+                    "{} is a valid mesh:\n        {}",
+                    dir.display(),
+                    e.to_string().replace('\n', "\n        ")
+                ),
+                "fix the files named above",
+            ),
+        }
+    }
+    if r.failed > 0 {
+        anyhow::bail!("{} check(s) failed", r.failed);
+    }
+    println!("all checks passed");
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! Linux plumbing for the local mesh: running `ip`/`iptables`, code inside a network
+//! namespace (a thread that `setns`es), and processes identified by pid + start time.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::future::Future;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use nix::sched::{setns, CloneFlags};
+
+/// Runs a command to completion; its stderr becomes the error.
+pub fn run<I, S>(program: &str, args: I) -> anyhow::Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_with_input(program, args, None)
+}
+
+/// Runs a command with `input` on its stdin.
+pub fn run_with_input<I, S>(program: &str, args: I, input: Option<&str>) -> anyhow::Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let line = command_line(&cmd);
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {line}"))?;
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .with_context(|| format!("cannot write to {line}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("cannot run {line}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn command_line(cmd: &Command) -> String {
+    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// Where a program is: `PATH`, then the sbin directories `ip` and `iptables` live in.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn netns_path(ns: &str) -> PathBuf {
+    Path::new("/run/netns").join(ns)
+}
+
+pub fn netns_exists(ns: &str) -> bool {
+    netns_path(ns).exists()
+}
+
+/// Runs `f()` to completion inside the network namespace `ns`, on a new OS thread that
+/// enters it and builds a current-thread runtime. Gives up after `limit`.
+pub fn in_netns<F, Fut, T>(ns: &str, limit: Duration, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let ns = ns.to_owned();
+    let thread = std::thread::Builder::new()
+        .name(format!("netns {ns}"))
+        .spawn(move || -> anyhow::Result<T> {
+            let path = netns_path(&ns);
+            let file =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("cannot enter network namespace {ns}"))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot build a runtime")?;
+            rt.block_on(async move {
+                tokio::time::timeout(limit, f())
+                    .await
+                    .map_err(|_| anyhow!("work in network namespace {ns} took over {limit:?}"))
+            })
+        })
+        .context("cannot start a thread")?;
+    match thread.join() {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// What `/proc/{pid}/stat` says about a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub pgrp: i32,
+    /// Clock ticks after boot: with the pid, it names a process for good.
+    pub start_time: u64,
+}
+
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold anything; fields follow the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state); field 5 is pgrp; field 22 is starttime.
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Processes (not zombies) whose process group is `pgrp`.
+pub fn group_members(pgrp: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|s| s.pgrp == pgrp as i32 && s.state != 'Z'))
+        .collect()
+}
+
+/// The command line of a process, for messages.
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// The last `lines` lines of a file (for error messages).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,1162 @@
+//! `weft up [DIR] [-d]`: runs a mesh directory as pods on this machine.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::IsTerminal as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context as _};
+use weft_core::mesh::{Mesh, Workload, MESH_FILE};
+use weft_core::prom::Scrape;
+
+use super::state::{PodRecord, ProcRecord, State, VipRecord};
+use super::{
+    pod_name, sys, LocalArgs, ADMIN_PORT, BRIDGE, DEFAULT_OPAQUE_PORTS, HUB_IP, INBOUND_PORT,
+    NOT_ROOT, OUTBOUND_PORT, POD_PREFIX_LEN, PROXY_UID,
+};
+use crate::{fetch, stat};
+
+/// How often the mesh directory is checked for changes (foreground).
+const WATCH_EVERY: Duration = Duration::from_millis(300);
+/// How long proxies may take to notice a new endpoints file (they poll every 200 ms).
+const PROPAGATION: Duration = Duration::from_millis(450);
+/// Time a process gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// The mesh directory: mesh.yaml (workloads) and Services in other *.yaml files.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Detach: return once every pod is ready, leaving the mesh running (`weft down`
+    /// stops it). Without it, `weft up` stays in the foreground with a live summary,
+    /// applies changes to the directory, and Ctrl-C takes the mesh down.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// The weft-proxy binary (default: next to this `weft` binary).
+    #[arg(long, env = "WEFT_PROXY_BIN")]
+    proxy_bin: Option<PathBuf>,
+    /// How long pods may take to become ready.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// How often the foreground summary is refreshed.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Proxy log filter (tracing syntax).
+    #[arg(long, default_value = "info")]
+    proxy_log: String,
+    #[command(flatten)]
+    local: LocalArgs,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    args.local.validate()?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("mesh directory {}", args.dir.display()))?;
+    let mesh =
+        Mesh::load(&dir).map_err(|e| anyhow!("{}: the mesh is not valid:\n{e}", dir.display()))?;
+    for w in &mesh.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !sys::is_root() {
+        bail!("{NOT_ROOT}");
+    }
+    let proxy_src = match &args.proxy_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("weft-proxy"),
+    };
+    preflight(&args.local, &proxy_src)?;
+
+    let started = Instant::now();
+    let mut runner = Runner::create(&args, &dir, mesh, &proxy_src)?;
+    let result = runner.start_all(args.timeout).await;
+    if let Err(e) = result {
+        eprintln!("weft up failed: {e:#}\ntaking down what was started");
+        runner.teardown();
+        return Err(e);
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "mesh up in {:.2}s: {} pods, {} services",
+        elapsed.as_secs_f64(),
+        runner.state.pods.len(),
+        runner.state.services.len()
+    );
+    if args.detach {
+        runner.state.owner = None;
+        runner.save()?;
+        print!("{}", runner.describe());
+        println!("\nthe mesh keeps running; `weft down` stops it");
+        // Children stay running (they are group leaders of their own); the init process
+        // adopts them when we exit.
+        runner.children.clear();
+        return Ok(());
+    }
+    runner.foreground(args.interval).await
+}
+
+/// Checks that must pass before anything is created.
+fn preflight(local: &LocalArgs, proxy_bin: &Path) -> anyhow::Result<()> {
+    for tool in ["ip", "iptables-restore", "setpriv"] {
+        if sys::which(tool).is_none() {
+            bail!("`{tool}` is not installed (run `weft check` for what to install)");
+        }
+    }
+    anyhow::ensure!(
+        proxy_bin.is_file(),
+        "weft-proxy not found at {}: build it (cargo build --release -p weft-proxy) or pass --proxy-bin",
+        proxy_bin.display()
+    );
+    let state_path = local.state_path();
+    if let Some(state) = super::state::State::load(&state_path)? {
+        match &state.owner {
+            Some(owner) if owner.is_running() => bail!(
+                "a mesh is already up (weft up, pid {}, {}): stop it with `weft down` first",
+                owner.pid,
+                state.mesh_dir.display()
+            ),
+            _ => bail!(
+                "{} records a mesh that is still up or was not cleaned up (from {}): run `weft down` first",
+                state_path.display(),
+                state.mesh_dir.display()
+            ),
+        }
+    }
+    let hub = local.hub();
+    if sys::netns_exists(&hub) {
+        bail!("network namespace {hub} exists but no state records it: remove it with `ip netns delete {hub}` (or use another --prefix)");
+    }
+    Ok(())
+}
+
+/// Fixed paths and settings of one `weft up`.
+struct Paths {
+    state_dir: PathBuf,
+    state_path: PathBuf,
+    log_dir: PathBuf,
+    endpoints: PathBuf,
+    proxy_bin: PathBuf,
+    mesh_dir: PathBuf,
+    prefix: String,
+    hub: String,
+    /// PATH for workload commands: this binary's directory first.
+    path_env: OsString,
+    proxy_log: String,
+}
+
+struct Runner {
+    paths: Paths,
+    state: State,
+    mesh: Mesh,
+    /// Processes started by this run, to reap (foreground).
+    children: HashMap<u32, Child>,
+    /// Pods (by netns) that passed their readiness checks.
+    ready: HashSet<String>,
+    /// Pods (by netns) listed in the endpoints file.
+    published: HashSet<String>,
+    /// Recent events for the live summary.
+    events: VecDeque<String>,
+    interactive: bool,
+}
+
+impl Runner {
+    /// Records the state, makes the state directory and the hub with its bridge.
+    fn create(args: &UpArgs, dir: &Path, mesh: Mesh, proxy_src: &Path) -> anyhow::Result<Runner> {
+        let local = &args.local;
+        let state_dir = local.state_dir.clone();
+        let exe_dir = std::env::current_exe()?
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        let mut path_dirs = vec![exe_dir];
+        path_dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let paths = Paths {
+            state_path: local.state_path(),
+            log_dir: state_dir.join("logs"),
+            endpoints: state_dir.join("endpoints.yaml"),
+            proxy_bin: state_dir.join("bin").join("weft-proxy"),
+            state_dir,
+            mesh_dir: dir.to_owned(),
+            prefix: local.prefix.clone(),
+            hub: local.hub(),
+            path_env: std::env::join_paths(path_dirs)?,
+            proxy_log: args.proxy_log.clone(),
+        };
+        let created_dir = !paths.state_dir.exists();
+        std::fs::create_dir_all(&paths.state_dir)
+            .with_context(|| format!("cannot create {}", paths.state_dir.display()))?;
+        set_mode(&paths.state_dir, 0o755)?;
+        let mut state = State::new(dir, &local.prefix);
+        state.owner = Some(ProcRecord::of("weft-up", std::process::id(), None));
+        if created_dir {
+            state.files.push(paths.state_dir.clone());
+        }
+        let mut runner = Runner {
+            paths,
+            state,
+            mesh,
+            children: HashMap::new(),
+            ready: HashSet::new(),
+            published: HashSet::new(),
+            events: VecDeque::new(),
+            interactive: std::io::stdout().is_terminal(),
+        };
+        if let Err(e) = runner.create_base(proxy_src) {
+            runner.teardown();
+            return Err(e);
+        }
+        Ok(runner)
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        self.state.save(&self.paths.state_path)
+    }
+
+    fn create_base(&mut self, proxy_src: &Path) -> anyhow::Result<()> {
+        let p = &self.paths;
+        let (log_dir, bin_dir, endpoints) = (
+            p.log_dir.clone(),
+            p.proxy_bin.parent().expect("has a parent").to_owned(),
+            p.endpoints.clone(),
+        );
+        self.state
+            .files
+            .extend([log_dir.clone(), bin_dir.clone(), endpoints]);
+        let hub = self.paths.hub.clone();
+        self.state.hub = Some(hub.clone());
+        self.save()?;
+
+        std::fs::create_dir_all(&log_dir)?;
+        std::fs::create_dir_all(&bin_dir)?;
+        set_mode(&bin_dir, 0o755)?;
+        // A copy the proxy's UID can surely read and run (the build directory may sit
+        // in a home directory it cannot enter).
+        std::fs::copy(proxy_src, &self.paths.proxy_bin)
+            .with_context(|| format!("cannot copy {}", proxy_src.display()))?;
+        set_mode(&self.paths.proxy_bin, 0o755)?;
+
+        sys::run("ip", ["netns", "add", &hub])?;
+        sys::run_with_input(
+            "ip",
+            ["-n", &hub, "-batch", "-"],
+            Some(&format!(
+                "link set lo up\nlink add {BRIDGE} type bridge\nlink set {BRIDGE} up\naddr add {HUB_IP}/{POD_PREFIX_LEN} dev {BRIDGE}\n"
+            )),
+        )?;
+        self.sync_vips()?;
+        self.write_endpoints()?;
+        Ok(())
+    }
+
+    /// Gives every Service a VIP (keeping the ones it has) and drops removed ones.
+    fn sync_vips(&mut self) -> anyhow::Result<bool> {
+        let wanted: Vec<(String, String)> = self
+            .mesh
+            .services
+            .iter()
+            .map(|s| (s.namespace.clone(), s.name.clone()))
+            .collect();
+        let before = self.state.services.clone();
+        self.state
+            .services
+            .retain(|v| wanted.contains(&(v.namespace.clone(), v.name.clone())));
+        for (namespace, name) in wanted {
+            if self
+                .state
+                .services
+                .iter()
+                .any(|v| v.namespace == namespace && v.name == name)
+            {
+                continue;
+            }
+            let used: HashSet<Ipv4Addr> = self.state.services.iter().map(|v| v.vip).collect();
+            let vip = (1..=u16::MAX)
+                .map(|i| Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8))
+                .find(|ip| ip.octets()[3] != 0 && ip.octets()[3] != 255 && !used.contains(ip))
+                .ok_or_else(|| anyhow!("no Service address left in 198.19.0.0/16"))?;
+            self.state.services.push(VipRecord {
+                namespace,
+                name,
+                vip,
+            });
+        }
+        let changed = before != self.state.services;
+        if changed {
+            self.save()?;
+        }
+        Ok(changed)
+    }
+
+    fn vip(&self, namespace: &str, name: &str) -> Option<Ipv4Addr> {
+        self.state
+            .services
+            .iter()
+            .find(|v| v.namespace == namespace && v.name == name)
+            .map(|v| v.vip)
+    }
+
+    fn alloc_ip(&self) -> anyhow::Result<Ipv4Addr> {
+        let used: HashSet<Ipv4Addr> = self.state.pods.iter().map(|p| p.ip).collect();
+        (2..=u16::MAX)
+            .map(|i| Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8))
+            .find(|ip| ip.octets()[3] != 0 && ip.octets()[3] != 255 && !used.contains(ip))
+            .ok_or_else(|| anyhow!("no pod address left in 198.18.0.0/16"))
+    }
+
+    fn alloc_link(&self) -> String {
+        let used: HashSet<&str> = self.state.pods.iter().map(|p| p.link.as_str()).collect();
+        (0..)
+            .map(|i| format!("wfv{i}"))
+            .find(|l| !used.contains(l.as_str()))
+            .expect("an unused link name")
+    }
+
+    /// Starts every pod of the mesh and waits until all are ready.
+    async fn start_all(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let wanted: Vec<(Workload, u32)> = self
+            .mesh
+            .workloads
+            .iter()
+            .flat_map(|w| (0..w.replicas).map(move |i| (w.clone(), i)))
+            .collect();
+        let mut new = Vec::new();
+        for (w, i) in &wanted {
+            let netns = self.create_pod(w, *i)?;
+            new.push((w, netns));
+        }
+        // Every pod is in the endpoints before any process starts: an early call meets
+        // a refused connection at once instead of waiting on a VIP that nobody serves.
+        self.published
+            .extend(new.iter().map(|(_, netns)| netns.clone()));
+        self.write_endpoints()?;
+        for (w, netns) in &new {
+            self.start_pod(w, netns)?;
+        }
+        let new: Vec<String> = new.into_iter().map(|(_, n)| n).collect();
+        let failed = self.wait_ready(&new, timeout).await;
+        if let Some(e) = failed.into_iter().next() {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Makes one pod's network: namespace, link, address, rules, hosts file.
+    /// Returns its netns name.
+    fn create_pod(&mut self, w: &Workload, index: u32) -> anyhow::Result<String> {
+        let name = pod_name(w, index);
+        let netns = format!("{}-{name}", self.paths.prefix);
+        let etc = Path::new("/etc/netns").join(&netns);
+        if sys::netns_exists(&netns) {
+            bail!("network namespace {netns} exists but was not made by this weft up: remove it with `ip netns delete {netns}`");
+        }
+        if etc.exists() {
+            bail!(
+                "{} exists but was not made by this weft up: remove it",
+                etc.display()
+            );
+        }
+        let pod = PodRecord {
+            name: name.clone(),
+            workload: w.name.clone(),
+            namespace: w.namespace.clone(),
+            index,
+            zone: w.zone.clone(),
+            netns: netns.clone(),
+            ip: self.alloc_ip()?,
+            link: self.alloc_link(),
+            files: vec![etc.clone()],
+            procs: Vec::new(),
+        };
+        let (ip, link) = (pod.ip, pod.link.clone());
+        self.state.pods.push(pod);
+        self.save()?;
+
+        let hub = &self.paths.hub;
+        sys::run("ip", ["netns", "add", &netns])?;
+        sys::run_with_input(
+            "ip",
+            ["-n", hub, "-batch", "-"],
+            Some(&format!(
+                "link add {link} type veth peer name eth0 netns {netns}\nlink set {link} master {BRIDGE} up\n"
+            )),
+        )?;
+        sys::run_with_input(
+            "ip",
+            ["-n", &netns, "-batch", "-"],
+            Some(&format!(
+                "link set lo up\naddr add {ip}/{POD_PREFIX_LEN} dev eth0\nlink set eth0 up\n"
+            )),
+        )?;
+        sys::run_with_input(
+            "ip",
+            ["netns", "exec", &netns, "iptables-restore", "-w", "5"],
+            Some(&redirect_rules(&w.skip_ports)),
+        )
+        .context("installing the pod's iptables rules")?;
+        std::fs::create_dir_all(&etc)?;
+        std::fs::write(etc.join("hosts"), self.hosts(&w.namespace, &name, ip))?;
+        Ok(netns)
+    }
+
+    /// Starts a pod's proxy (UID 2102) and then the workload's command.
+    fn start_pod(&mut self, w: &Workload, netns: &str) -> anyhow::Result<()> {
+        let pod = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.netns == netns)
+            .expect("recorded pod");
+        let (name, ip, netns) = (pod.name.clone(), pod.ip, netns.to_owned());
+        let mut opaque: Vec<u16> = DEFAULT_OPAQUE_PORTS.to_vec();
+        opaque.extend(&w.opaque_ports);
+        let opaque = opaque
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut proxy = vec![
+            self.paths.proxy_bin.display().to_string(),
+            "--mode".into(),
+            "transparent".into(),
+            "--endpoints".into(),
+            self.paths.endpoints.display().to_string(),
+            "--namespace".into(),
+            w.namespace.clone(),
+            "--deployment".into(),
+            w.name.clone(),
+            "--pod".into(),
+            name.clone(),
+            "--service-account".into(),
+            w.service_account.clone(),
+            "--trust-domain".into(),
+            self.mesh.trust_domain.clone(),
+            "--opaque-ports".into(),
+            opaque,
+            "--drain-grace".into(),
+            "2s".into(),
+            "--log".into(),
+            self.paths.proxy_log.clone(),
+        ];
+        let uid = PROXY_UID.to_string();
+        let mut argv = vec![
+            "setpriv".to_owned(),
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+            "--".into(),
+        ];
+        argv.append(&mut proxy);
+        self.spawn(&netns, "proxy", &argv, &[("NO_COLOR".into(), "1".into())])?;
+
+        let mut env: Vec<(String, String)> = vec![
+            ("WEFT_POD".into(), name.clone()),
+            ("WEFT_POD_IP".into(), ip.to_string()),
+            ("WEFT_WORKLOAD".into(), w.name.clone()),
+            ("WEFT_NAMESPACE".into(), w.namespace.clone()),
+            ("WEFT_SERVICE_ACCOUNT".into(), w.service_account.clone()),
+            ("WEFT_ZONE".into(), w.zone.clone().unwrap_or_default()),
+        ];
+        env.extend(w.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.spawn(&netns, "app", &w.command, &env)
+    }
+
+    /// Starts `argv` in `netns` through `ip netns exec` (which also bind-mounts the
+    /// pod's hosts file), as the leader of a new process group, output to a log file.
+    fn spawn(
+        &mut self,
+        netns: &str,
+        role: &str,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let pod = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.netns == netns)
+            .expect("recorded pod");
+        let log = self.paths.log_dir.join(format!("{}.{role}.log", pod.name));
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .args(argv)
+            .env("PATH", &self.paths.path_env)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.paths.mesh_dir)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {} in {netns}", argv.join(" ")))?;
+        let pid = child.id();
+        let record = ProcRecord::of(role, pid, Some(log));
+        self.children.insert(pid, child);
+        let pod = self
+            .state
+            .pods
+            .iter_mut()
+            .find(|p| p.netns == netns)
+            .expect("recorded pod");
+        pod.procs.push(record);
+        self.save()
+    }
+
+    /// `/etc/hosts` of a pod in `namespace`: every Service by its cluster names, and the
+    /// short name for Services of the pod's own namespace.
+    fn hosts(&self, namespace: &str, pod: &str, ip: Ipv4Addr) -> String {
+        let mut out = String::from(
+            "# written by weft up\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        );
+        let _ = writeln!(out, "{ip}\t{pod}");
+        for v in &self.state.services {
+            let _ = write!(
+                out,
+                "{}\t{n}.{ns}.svc.cluster.local {n}.{ns}.svc {n}.{ns}",
+                v.vip,
+                n = v.name,
+                ns = v.namespace
+            );
+            if v.namespace == namespace {
+                let _ = write!(out, " {}", v.name);
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Rewrites every pod's hosts file in place (running processes see the file through
+    /// a bind mount of its inode, so it must not be replaced).
+    fn write_hosts(&self) -> anyhow::Result<()> {
+        for pod in &self.state.pods {
+            let path = Path::new("/etc/netns").join(&pod.netns).join("hosts");
+            if path.exists() {
+                std::fs::write(&path, self.hosts(&pod.namespace, &pod.name, pod.ip))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The endpoints file: every Service port's VIP → its ready pods' addresses.
+    /// Services without a ready endpoint are left out (the proxy refuses empty lists).
+    fn endpoints_yaml(&self) -> String {
+        let mut out =
+            String::from("# written by weft up: Service VIPs and their ready pods\nservices:\n");
+        for svc in &self.mesh.services {
+            let Some(vip) = self.vip(&svc.namespace, &svc.name) else {
+                continue;
+            };
+            for port in &svc.ports {
+                let mut endpoints = Vec::new();
+                let mut opaque = port.is_opaque();
+                for w in self.mesh.backends(svc) {
+                    let Some(target) = w.resolve(&port.target_port) else {
+                        continue;
+                    };
+                    opaque |= w.opaque_ports.contains(&target);
+                    for pod in self.state.pods.iter().filter(|p| {
+                        p.workload == w.name
+                            && p.namespace == w.namespace
+                            && self.published.contains(&p.netns)
+                    }) {
+                        endpoints.push(format!("\"{}:{target}\"", pod.ip));
+                    }
+                }
+                if endpoints.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "  # {}.{} port {}: no ready endpoints",
+                        svc.name, svc.namespace, port.port
+                    );
+                    continue;
+                }
+                let _ = writeln!(
+                    out,
+                    "  - name: {}\n    address: \"{vip}:{}\"\n    opaque: {opaque}\n    endpoints: [{}]",
+                    svc.name,
+                    port.port,
+                    endpoints.join(", ")
+                );
+            }
+        }
+        out
+    }
+
+    /// Writes the endpoints file atomically (the proxies reload it when it changes).
+    fn write_endpoints(&self) -> anyhow::Result<()> {
+        let tmp = self.paths.endpoints.with_extension("yaml.tmp");
+        std::fs::write(&tmp, self.endpoints_yaml())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        set_mode(&tmp, 0o644)?;
+        std::fs::rename(&tmp, &self.paths.endpoints)?;
+        Ok(())
+    }
+
+    /// Waits until the pods are ready (proxy `/ready` answers, every declared port
+    /// accepts connections, both processes run), printing each as it gets there, and
+    /// publishes them in the endpoints file. Returns the failures.
+    async fn wait_ready(&mut self, netnses: &[String], timeout: Duration) -> Vec<anyhow::Error> {
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for netns in netnses {
+            let Some(pod) = self.state.pods.iter().find(|p| &p.netns == netns).cloned() else {
+                continue;
+            };
+            let ports: Vec<u16> = self
+                .mesh
+                .workload(&pod.namespace, &pod.workload)
+                .map(|w| w.ports.iter().map(|p| p.port).collect())
+                .unwrap_or_default();
+            tasks.spawn_blocking(move || {
+                let result = pod_ready(&pod, &ports, timeout);
+                (pod, result)
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((pod, result)) = joined else {
+                failures.push(anyhow!("a readiness check panicked"));
+                continue;
+            };
+            self.reap();
+            match result {
+                Ok(()) => {
+                    self.ready.insert(pod.netns.clone());
+                    self.published.insert(pod.netns.clone());
+                    self.event(format!(
+                        "pod {:<20} ready  {:<14} zone {:<8} {:.2}s",
+                        pod.name,
+                        pod.ip,
+                        pod.zone.as_deref().unwrap_or("-"),
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
+                Err(e) => {
+                    let mut msg = format!("pod {} ({}) is not ready: {e:#}", pod.name, pod.netns);
+                    for p in &pod.procs {
+                        if let Some(log) = &p.log {
+                            let tail = sys::tail(log, 5);
+                            if !tail.is_empty() {
+                                let _ = write!(
+                                    msg,
+                                    "\n  {} log ({}):\n    {}",
+                                    p.role,
+                                    log.display(),
+                                    tail.replace('\n', "\n    ")
+                                );
+                            }
+                        }
+                    }
+                    self.event(msg.lines().next().unwrap_or_default().to_owned());
+                    failures.push(anyhow!(msg));
+                }
+            }
+        }
+        if let Err(e) = self.write_endpoints() {
+            failures.push(e);
+        }
+        failures
+    }
+
+    fn event(&mut self, line: String) {
+        if !self.interactive {
+            println!("{line}");
+        }
+        self.events.push_back(line);
+        while self.events.len() > 10 {
+            self.events.pop_front();
+        }
+    }
+
+    /// Collects exited children (so they do not linger as zombies).
+    fn reap(&mut self) {
+        self.children
+            .retain(|_, child| matches!(child.try_wait(), Ok(None)));
+    }
+
+    /// Stops a set of pods: processes, namespaces, files; then forgets them.
+    fn remove_pods(&mut self, netnses: &[String]) -> anyhow::Result<()> {
+        let procs: Vec<ProcRecord> = self
+            .state
+            .pods
+            .iter()
+            .filter(|p| netnses.contains(&p.netns))
+            .flat_map(|p| p.procs.clone())
+            .collect();
+        let children = &mut self.children;
+        super::state::stop_all(&procs, STOP_GRACE, || {
+            children.retain(|_, c| matches!(c.try_wait(), Ok(None)))
+        });
+        let mut result = Ok(());
+        for netns in netnses {
+            let Some(i) = self.state.pods.iter().position(|p| &p.netns == netns) else {
+                continue;
+            };
+            self.state.pods[i].procs.clear();
+            let pod = self.state.pods[i].clone();
+            match super::down::remove_pod(&pod) {
+                Ok(()) => {
+                    self.state.pods.remove(i);
+                    self.ready.remove(netns);
+                    self.published.remove(netns);
+                }
+                Err(e) => result = Err(e),
+            }
+            self.save()?;
+        }
+        result
+    }
+
+    /// Takes everything down (errors are printed; the state keeps what could not go).
+    fn teardown(&mut self) {
+        let children = &mut self.children;
+        let outcome = super::down::teardown(&mut self.state, &self.paths.state_path, || {
+            children.retain(|_, c| matches!(c.try_wait(), Ok(None)))
+        });
+        if let Err(e) = outcome {
+            eprintln!("{e:#}");
+        }
+    }
+
+    /// A table of pods and Services.
+    fn describe(&self) -> String {
+        let mut out = format!(
+            "\n{:<22} {:<10} {:<10} {:<8} {:<14} {:<6} {}\n",
+            "POD", "WORKLOAD", "NAMESPACE", "ZONE", "IP", "STATUS", "NETNS"
+        );
+        for p in &self.state.pods {
+            let status = if !p.procs.iter().all(ProcRecord::is_running) {
+                "exited"
+            } else if self.ready.contains(&p.netns) {
+                "ready"
+            } else {
+                "start"
+            };
+            let _ = writeln!(
+                out,
+                "{:<22} {:<10} {:<10} {:<8} {:<14} {:<6} {}",
+                p.name,
+                p.workload,
+                p.namespace,
+                p.zone.as_deref().unwrap_or("-"),
+                p.ip,
+                status,
+                p.netns
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<28} {:<14} {:<12} ENDPOINTS",
+            "SERVICE", "VIP", "PORTS"
+        );
+        for s in &self.mesh.services {
+            let vip = self
+                .vip(&s.namespace, &s.name)
+                .map_or("-".into(), |v| v.to_string());
+            let ports: Vec<String> = s
+                .ports
+                .iter()
+                .map(|p| format!("{}→{}", p.port, p.target_port))
+                .collect();
+            let endpoints = self
+                .state
+                .pods
+                .iter()
+                .filter(|p| {
+                    self.ready.contains(&p.netns)
+                        && self
+                            .mesh
+                            .backends(s)
+                            .any(|w| w.name == p.workload && w.namespace == p.namespace)
+                })
+                .count();
+            let _ = writeln!(
+                out,
+                "{:<28} {:<14} {:<12} {endpoints}",
+                format!("{}.{}", s.name, s.namespace),
+                vip,
+                ports.join(",")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nlogs: {}   state: {}",
+            self.paths.log_dir.display(),
+            self.paths.state_path.display()
+        );
+        if let Some(p) = self.state.pods.first() {
+            let svc = self.mesh.services.first();
+            let url = svc.map_or("http://SERVICE.NAMESPACE.svc:PORT/".into(), |s| {
+                format!("http://{}.{}.svc:{}/", s.name, s.namespace, s.ports[0].port)
+            });
+            let _ = writeln!(
+                out,
+                "call from a pod:  ip netns exec {} weft-demo-app get {url}\nmetrics:          ip netns exec {} weft stat --admin {}:{ADMIN_PORT}",
+                p.netns, self.paths.hub, p.ip
+            );
+        }
+        out
+    }
+
+    /// Foreground: live summary, directory watch, Ctrl-C.
+    async fn foreground(mut self, interval: Duration) -> anyhow::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+        println!(
+            "watching {} for changes; Ctrl-C stops the mesh",
+            self.paths.mesh_dir.display()
+        );
+        let mut stamp = dir_stamp(&self.paths.mesh_dir);
+        let mut before = self.scrape().await;
+        let mut last_summary = Instant::now();
+        let mut exited_reported: HashSet<u32> = HashSet::new();
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut ctrl_c => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => break,
+            }
+            self.reap();
+            for pod in &self.state.pods {
+                for p in &pod.procs {
+                    if !p.is_running() && exited_reported.insert(p.pid) {
+                        let line = format!(
+                            "pod {}: {} (pid {}) exited; see {}",
+                            pod.name,
+                            p.role,
+                            p.pid,
+                            p.log
+                                .as_deref()
+                                .map(Path::display)
+                                .map(|d| d.to_string())
+                                .unwrap_or_default()
+                        );
+                        self.events.push_back(line.clone());
+                        if !self.interactive {
+                            println!("{line}");
+                        }
+                    }
+                }
+            }
+            let now = dir_stamp(&self.paths.mesh_dir);
+            if now != stamp {
+                stamp = now;
+                match Mesh::load(&self.paths.mesh_dir) {
+                    Ok(mesh) => {
+                        if mesh != self.mesh {
+                            if let Err(e) = self.apply(mesh).await {
+                                self.event(format!("applying the change failed: {e:#}"));
+                            }
+                        }
+                    }
+                    Err(e) => self.event(format!(
+                        "{} changed but is not valid; keeping the running mesh:\n{e}",
+                        self.paths.mesh_dir.display()
+                    )),
+                }
+            }
+            if last_summary.elapsed() >= interval {
+                let window = last_summary.elapsed();
+                last_summary = Instant::now();
+                let after = self.scrape().await;
+                self.summary(&before, &after, window);
+                before = after;
+            }
+        }
+        println!("\nstopping the mesh");
+        let started = Instant::now();
+        self.teardown();
+        println!("mesh down in {:.2}s", started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Reads every pod proxy's /metrics from inside the hub namespace.
+    async fn scrape(&self) -> HashMap<String, String> {
+        let targets: Vec<(String, SocketAddr)> = self
+            .state
+            .pods
+            .iter()
+            .map(|p| (p.netns.clone(), SocketAddr::from((p.ip, ADMIN_PORT))))
+            .collect();
+        let hub = self.paths.hub.clone();
+        tokio::task::spawn_blocking(move || {
+            sys::in_netns(&hub, Duration::from_secs(5), move || async move {
+                let mut set = tokio::task::JoinSet::new();
+                for (netns, addr) in targets {
+                    set.spawn(async move {
+                        let text = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            fetch::get(addr, "/metrics"),
+                        )
+                        .await;
+                        (netns, text)
+                    });
+                }
+                let mut out = HashMap::new();
+                while let Some(Ok((netns, text))) = set.join_next().await {
+                    if let Ok(Ok(text)) = text {
+                        out.insert(netns, text);
+                    }
+                }
+                out
+            })
+            .unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Prints the pods and the golden metrics per workload over `window`.
+    fn summary(
+        &self,
+        before: &HashMap<String, String>,
+        after: &HashMap<String, String>,
+        window: Duration,
+    ) {
+        // Per workload: the pods' scrapes joined, counting pods seen both times.
+        let mut joined: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
+        for pod in &self.state.pods {
+            if let (Some(b), Some(a)) = (before.get(&pod.netns), after.get(&pod.netns)) {
+                let entry = joined
+                    .entry((pod.namespace.clone(), pod.workload.clone()))
+                    .or_default();
+                entry.0.push_str(b);
+                entry.1.push_str(a);
+            }
+        }
+        let mut rows = Vec::new();
+        for (b, a) in joined.values() {
+            rows.extend(stat::rows(&Scrape::parse(b), &Scrape::parse(a), window));
+        }
+        let mut out = String::new();
+        if self.interactive {
+            out.push_str("\x1b[2J\x1b[H");
+        }
+        let _ = writeln!(
+            out,
+            "weft up {} — {} pods, {} services — Ctrl-C stops the mesh",
+            self.paths.mesh_dir.display(),
+            self.state.pods.len(),
+            self.state.services.len()
+        );
+        out.push_str(&self.describe());
+        out.push('\n');
+        out.push_str(&stat::table(&rows));
+        if self.interactive && !self.events.is_empty() {
+            out.push_str("\nrecent events:\n");
+            for e in &self.events {
+                let _ = writeln!(out, "  {e}");
+            }
+        }
+        println!("{out}");
+    }
+
+    /// Applies a changed mesh: Services' VIPs and hosts, pods added and removed.
+    async fn apply(&mut self, mesh: Mesh) -> anyhow::Result<()> {
+        let old = std::mem::replace(&mut self.mesh, mesh);
+        for w in &self.mesh.warnings {
+            self.events.push_back(format!("warning: {w}"));
+        }
+        // Pods of workloads removed or changed (other than in replicas) go first.
+        let changed: Vec<String> = self
+            .state
+            .pods
+            .iter()
+            .filter(|p| {
+                let new = self.mesh.workload(&p.namespace, &p.workload);
+                let old = old.workload(&p.namespace, &p.workload);
+                match (new, old) {
+                    (Some(n), Some(o)) => {
+                        let mut o = o.clone();
+                        o.replicas = n.replicas;
+                        o != *n
+                    }
+                    _ => true,
+                }
+            })
+            .map(|p| p.netns.clone())
+            .collect();
+        if !changed.is_empty() {
+            self.event(format!(
+                "replacing {} pods whose workload changed",
+                changed.len()
+            ));
+            self.remove_pods(&changed)?;
+        }
+        let services_changed = self.sync_vips()?;
+        // Scale up.
+        let mut created = Vec::new();
+        for w in self.mesh.workloads.clone() {
+            for i in 0..w.replicas {
+                let exists =
+                    self.state.pods.iter().any(|p| {
+                        p.workload == w.name && p.namespace == w.namespace && p.index == i
+                    });
+                if !exists {
+                    match self.create_pod(&w, i).and_then(|netns| {
+                        self.start_pod(&w, &netns)?;
+                        Ok(netns)
+                    }) {
+                        Ok(netns) => created.push(netns),
+                        Err(e) => {
+                            self.event(format!("cannot start pod {}: {e:#}", pod_name(&w, i)))
+                        }
+                    }
+                }
+            }
+        }
+        if services_changed {
+            self.write_hosts()?;
+        }
+        // Scale down: out of the endpoints first, then stopped once proxies have noticed.
+        let surplus: Vec<String> = self
+            .state
+            .pods
+            .iter()
+            .filter(|p| {
+                self.mesh
+                    .workload(&p.namespace, &p.workload)
+                    .is_none_or(|w| p.index >= w.replicas)
+            })
+            .map(|p| p.netns.clone())
+            .collect();
+        for netns in &surplus {
+            self.published.remove(netns);
+        }
+        // Readiness publishes the new pods (and drops the surplus) in the endpoints file.
+        let failures = self.wait_ready(&created, Duration::from_secs(30)).await;
+        for e in failures {
+            self.events.push_back(format!("{e:#}"));
+        }
+        if !surplus.is_empty() {
+            tokio::time::sleep(PROPAGATION).await;
+            let names: Vec<String> = surplus
+                .iter()
+                .map(|n| {
+                    n.trim_start_matches(&format!("{}-", self.paths.prefix))
+                        .to_owned()
+                })
+                .collect();
+            self.remove_pods(&surplus)?;
+            self.event(format!("removed pods {}", names.join(", ")));
+        }
+        self.save()
+    }
+}
+
+/// The sidecar's nat rules for `iptables-restore` (DESIGN.md, data plane): inbound TCP
+/// to the inbound listener except the admin port and skip ports; outbound TCP to the
+/// outbound listener except the proxy's own UID, loopback and skip ports.
+pub fn redirect_rules(skip_ports: &[u16]) -> String {
+    let mut r = String::from("*nat\n:WEFT_INBOUND - [0:0]\n:WEFT_OUTBOUND - [0:0]\n");
+    r.push_str("-A PREROUTING -p tcp -j WEFT_INBOUND\n");
+    let _ = writeln!(r, "-A WEFT_INBOUND -p tcp --dport {ADMIN_PORT} -j RETURN");
+    for p in skip_ports {
+        let _ = writeln!(r, "-A WEFT_INBOUND -p tcp --dport {p} -j RETURN");
+    }
+    let _ = writeln!(
+        r,
+        "-A WEFT_INBOUND -p tcp -j REDIRECT --to-ports {INBOUND_PORT}"
+    );
+    r.push_str("-A OUTPUT -p tcp -j WEFT_OUTBOUND\n");
+    let _ = writeln!(
+        r,
+        "-A WEFT_OUTBOUND -m owner --uid-owner {PROXY_UID} -j RETURN"
+    );
+    r.push_str("-A WEFT_OUTBOUND -o lo -j RETURN\n");
+    for p in skip_ports {
+        let _ = writeln!(r, "-A WEFT_OUTBOUND -p tcp --dport {p} -j RETURN");
+    }
+    let _ = writeln!(
+        r,
+        "-A WEFT_OUTBOUND -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}"
+    );
+    r.push_str("COMMIT\n");
+    r
+}
+
+/// Polls, from inside the pod, until its proxy is ready and its ports accept
+/// connections; fails early when a process exits.
+fn pod_ready(pod: &PodRecord, ports: &[u16], timeout: Duration) -> anyhow::Result<()> {
+    let procs = pod.procs.clone();
+    let ip = pod.ip;
+    let ports = ports.to_vec();
+    sys::in_netns(
+        &pod.netns,
+        timeout + Duration::from_secs(1),
+        move || async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+            let mut waiting_for = String::from("the proxy's /ready");
+            loop {
+                if let Some(p) = procs.iter().find(|p| !p.is_running()) {
+                    bail!("its {} (pid {}) exited", p.role, p.pid);
+                }
+                let step = Duration::from_millis(500);
+                let proxy = matches!(
+                    tokio::time::timeout(step, fetch::get(admin, "/ready")).await,
+                    Ok(Ok(_))
+                );
+                if proxy {
+                    let mut all = true;
+                    for port in &ports {
+                        let ok = matches!(
+                            tokio::time::timeout(step, tokio::net::TcpStream::connect((ip, *port)))
+                                .await,
+                            Ok(Ok(_))
+                        );
+                        if !ok {
+                            waiting_for = format!("the workload to listen on port {port}");
+                            all = false;
+                            break;
+                        }
+                    }
+                    if all {
+                        return Ok(());
+                    }
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("still waiting for {waiting_for} after {timeout:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )?
+}
+
+/// Names, sizes and modification times of the mesh directory's YAML files.
+fn dir_stamp(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let mut files = weft_core::mesh::yaml_files(dir).unwrap_or_default();
+    files.push(dir.join(MESH_FILE));
+    files.sort();
+    files.dedup();
+    files
+        .into_iter()
+        .filter_map(|p| {
+            let m = std::fs::metadata(&p).ok()?;
+            Some((p, m.len(), m.modified().ok()?))
+        })
+        .collect()
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))
+}
