@@ -1,0 +1,526 @@
+//! `weft up` / `weft down` end to end: a 3-workload mesh from a directory, calls across
+//! it through both proxies, scaling by editing the directory, `weft down` after a
+//! `kill -9` of `weft up`, and nothing left behind. The mesh tests need root (network
+//! namespaces, iptables) and skip with a reason otherwise; the bad-input tests run
+//! anywhere. Each test uses its own namespace prefix and state directory, so they run
+//! side by side (and beside a mesh a developer has up).
+
+#![cfg(target_os = "linux")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weft_core::prom::Scrape;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+fn bin_dir() -> PathBuf {
+    Path::new(WEFT).parent().unwrap().to_owned()
+}
+
+/// `None` when the mesh tests can run here, else why not.
+fn cannot_run() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root: network namespaces and iptables need root".into());
+    }
+    for tool in ["ip", "iptables-restore", "setpriv"] {
+        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).exists());
+        if !found {
+            return Some(format!(
+                "`{tool}` is not installed (scripts/setup installs it)"
+            ));
+        }
+    }
+    // The proxy and the demo app are other packages' binaries: `cargo test --workspace`
+    // builds them; a narrower run builds them here.
+    let missing = ["weft-proxy", "weft-demo-app"]
+        .iter()
+        .any(|b| !bin_dir().join(b).exists());
+    if missing {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "weft-proxy", "-p", "weft-demo-app"])
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            return Some("cannot build weft-proxy and weft-demo-app".into());
+        }
+    }
+    None
+}
+
+macro_rules! require_root {
+    () => {
+        if let Some(reason) = cannot_run() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
+/// One test's mesh: a directory, a state directory and a namespace prefix of its own.
+struct Env {
+    dir: PathBuf,
+    state_dir: PathBuf,
+    prefix: String,
+    /// A foreground `weft up`, if one was started.
+    up: Option<Child>,
+    up_log: PathBuf,
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let id = std::process::id() % 100_000;
+        let prefix = format!("t{tag}{id}");
+        let base = std::env::temp_dir().join(format!("weft-test-{prefix}"));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("mesh");
+        std::fs::create_dir_all(&dir).unwrap();
+        Env {
+            state_dir: base.join("state"),
+            up_log: base.join("up.log"),
+            dir,
+            prefix,
+            up: None,
+        }
+    }
+
+    fn weft(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(WEFT);
+        cmd.args(args)
+            .env("WEFT_STATE_DIR", &self.state_dir)
+            .env("WEFT_PREFIX", &self.prefix)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.weft(args).output().expect("run weft");
+        eprintln!(
+            "$ weft {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.join(name), text).unwrap();
+    }
+
+    fn state(&self) -> Value {
+        let text =
+            std::fs::read_to_string(self.state_dir.join("state.json")).expect("a state file");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn pod_ip(&self, pod: &str) -> Option<String> {
+        self.state()["pods"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == pod)
+            .map(|p| p["ip"].as_str().unwrap().to_owned())
+    }
+
+    fn netns(&self, pod: &str) -> String {
+        format!("{}-{pod}", self.prefix)
+    }
+
+    /// `weft-demo-app get URL` inside `netns` (where /etc/netns/{netns}/hosts applies).
+    fn get_in(&self, netns: &str, url: &str) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(bin_dir().join("weft-demo-app"))
+            .args(["get", url, "--timeout", "2s"])
+            .output()
+            .unwrap()
+    }
+
+    /// A pod proxy's metrics, read from the hub namespace.
+    fn metrics(&self, pod: &str) -> Option<Scrape> {
+        let ip = self.pod_ip(pod)?;
+        let out = self.get_in(
+            &format!("{}-hub", self.prefix),
+            &format!("http://{ip}:4191/metrics"),
+        );
+        out.status.success().then(|| {
+            let text = String::from_utf8_lossy(&out.stdout);
+            Scrape::parse(text.strip_prefix("200 ").unwrap_or(&text))
+        })
+    }
+
+    fn up_output(&self) -> String {
+        std::fs::read_to_string(&self.up_log).unwrap_or_default()
+    }
+
+    /// Everything recorded that must be gone after `weft down`: (pid, start time).
+    fn recorded_procs(&self) -> Vec<(u32, u64)> {
+        let state = self.state();
+        let mut out = Vec::new();
+        for pod in state["pods"].as_array().unwrap() {
+            for p in pod["procs"].as_array().unwrap() {
+                out.push((
+                    p["pid"].as_u64().unwrap() as u32,
+                    p["start_time"].as_u64().unwrap(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Asserts nothing of this mesh is left: namespaces, hosts files, links, rules,
+    /// processes, state.
+    fn assert_nothing_left(&self, procs: &[(u32, u64)]) {
+        let netns = run_ok("ip", &["netns", "list"]);
+        assert!(
+            !netns
+                .lines()
+                .any(|l| l.starts_with(&format!("{}-", self.prefix))),
+            "namespaces left:\n{netns}"
+        );
+        let etc: Vec<_> = std::fs::read_dir("/etc/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("{}-", self.prefix)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(etc.is_empty(), "/etc/netns entries left: {etc:?}");
+        // Nothing was ever made in the root namespace; make sure it stays so.
+        let links = run_ok("ip", &["-o", "link", "show"]);
+        assert!(
+            !links.contains(": wfv") && !links.contains(": weft0"),
+            "links left in the root namespace:\n{links}"
+        );
+        let rules = run_ok("iptables", &["-w", "5", "-t", "nat", "-S"]);
+        assert!(!rules.contains("WEFT_"), "iptables rules left:\n{rules}");
+        for (pid, start) in procs {
+            if let Some((state, started)) = stat(*pid) {
+                assert!(
+                    started != *start || state == 'Z',
+                    "process {pid} is still running: {}",
+                    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                        .unwrap_or_default()
+                        .replace('\0', " ")
+                );
+            }
+        }
+        assert!(
+            !self.state_dir.join("state.json").exists(),
+            "the state file is left"
+        );
+        assert!(
+            !self.state_dir.join("endpoints.yaml").exists(),
+            "the endpoints file is left"
+        );
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut up) = self.up.take() {
+            let _ = up.kill();
+            let _ = up.wait();
+        }
+        if self.state_dir.join("state.json").exists() {
+            eprintln!("cleaning up after the test:\n{}", self.up_output());
+            let _ = self.weft(&["down"]).output();
+        }
+        if let Some(base) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(out.status.success(), "{program} {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// (state, start time) of a process, from /proc.
+fn stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f[0].chars().next()?, f[19].parse().ok()?))
+}
+
+/// Polls `f` every 50 ms until it is `Some` or `limit` passes.
+fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// client (load generator) → books → authors, books with `books_replicas`.
+fn mesh_yaml(books_replicas: u32) -> String {
+    format!(
+        r#"kind: Mesh
+workloads:
+  - name: client
+    zone: zone-a
+    ports: [8080]
+    command: [weft-demo-app, serve, --name, client, --port, "8080",
+              --call, "http://books.default.svc:8080/load", --rps, "50", --call-delay, 0s]
+  - name: books
+    zone: zone-b
+    replicas: {books_replicas}
+    ports: [8080]
+    command: [weft-demo-app, serve, --name, books, --port, "8080",
+              --upstream, "http://authors:8080/"]
+  - name: authors
+    zone: zone-c
+    ports: [8080]
+    command: [weft-demo-app, serve, --name, authors, --port, "8080"]
+"#
+    )
+}
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: books}
+spec:
+  selector: {app: books}
+  ports: [{port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: authors, namespace: default}
+spec:
+  selector: {app: authors}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+"#;
+
+fn inbound_requests(scrape: &Scrape) -> f64 {
+    scrape.sum("request_total", &[("direction", "inbound")])
+}
+
+#[test]
+fn foreground_mesh_calls_scaling_and_down_after_kill_9() {
+    require_root!();
+    let mut env = Env::new("f");
+    env.write("mesh.yaml", &mesh_yaml(1));
+    env.write("services.yaml", SERVICES);
+
+    let log = std::fs::File::create(&env.up_log).unwrap();
+    let started = Instant::now();
+    let up = env
+        .weft(&["up", env.dir.to_str().unwrap(), "--interval", "1s"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    env.up = Some(up);
+    let ready = eventually(Duration::from_secs(30), || {
+        env.up_output().contains("mesh up in").then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "weft up did not come up:\n{}",
+        env.up_output()
+    );
+    eprintln!("weft up ready after {:?}", started.elapsed());
+
+    // A call from inside the client pod, by Service name, through both proxies.
+    let out = env.get_in(
+        &env.netns("client-0"),
+        "http://books.default.svc:8080/hello",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the call failed: {text}");
+    assert!(text.starts_with("200 books /hello (pod books-0"), "{text}");
+    assert!(text.contains("<- [200 authors / (pod authors-0"), "{text}");
+    let client = env.metrics("client-0").expect("client metrics");
+    let out_labels = [
+        ("direction", "outbound"),
+        ("authority", "books.default.svc:8080"),
+        ("dst_service", "books"),
+    ];
+    assert!(
+        client.sum("request_total", &out_labels) >= 1.0,
+        "the client's proxy saw no outbound request:\n{}",
+        client.text
+    );
+    let books = env.metrics("books-0").expect("books metrics");
+    let in_labels = [
+        ("direction", "inbound"),
+        ("authority", "books.default.svc:8080"),
+        ("pod", "books-0"),
+    ];
+    assert!(
+        books.sum("request_total", &in_labels) >= 1.0,
+        "the books proxy saw no inbound request:\n{}",
+        books.text
+    );
+    assert!(
+        books.sum(
+            "request_total",
+            &[("direction", "outbound"), ("dst_service", "authors")]
+        ) >= 1.0,
+        "books' calls to authors did not go through its proxy:\n{}",
+        books.text
+    );
+
+    // Scale books to 2 in the directory: the client's steady load reaches the new
+    // replica once it is up and the proxies have its address.
+    let scaled_at = Instant::now();
+    env.write("mesh.yaml", &mesh_yaml(2));
+    let reached = eventually(Duration::from_secs(10), || {
+        let m = env.metrics("books-1")?;
+        (inbound_requests(&m) > 0.0).then(|| scaled_at.elapsed())
+    });
+    let reached = reached.unwrap_or_else(|| {
+        panic!(
+            "no traffic reached books-1 within 10s:\n{}",
+            env.up_output()
+        )
+    });
+    eprintln!("traffic reached the new replica {reached:?} after the directory changed");
+    assert!(
+        reached <= Duration::from_secs(1),
+        "traffic reached the new replica only after {reached:?}"
+    );
+
+    // Crash: kill -9 weft up. `weft down` finds everything from the state file.
+    let procs = env.recorded_procs();
+    assert_eq!(procs.len(), 8, "4 pods × (proxy + app)");
+    let mut up = env.up.take().unwrap();
+    up.kill().unwrap();
+    up.wait().unwrap();
+    let out = env.run(&["down"]);
+    assert!(out.status.success());
+    env.assert_nothing_left(&procs);
+    let again = env.run(&["down"]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"));
+}
+
+#[test]
+fn detached_up_is_ready_when_it_returns_and_down_removes_it() {
+    require_root!();
+    let env = Env::new("d");
+    env.write("mesh.yaml", &mesh_yaml(2));
+    env.write("services.yaml", SERVICES);
+    let started = Instant::now();
+    let out = env.run(&["up", "-d", env.dir.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert!(out.status.success());
+    eprintln!("weft up -d returned after {took:?}");
+    // Ready means ready: the first call works.
+    let out = env.get_in(&env.netns("client-0"), "http://books:8080/first");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("<- [200 authors"), "{text}");
+    // A second mesh on the same prefix is refused while this one is up.
+    let again = env.run(&["up", "-d", env.dir.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("weft down"));
+    // `weft check` points at the running mesh.
+    let check = env.run(&["check"]);
+    assert!(!check.status.success());
+    assert!(String::from_utf8_lossy(&check.stdout).contains("fix: weft down"));
+
+    let procs = env.recorded_procs();
+    assert_eq!(procs.len(), 8);
+    let out = env.run(&["down"]);
+    assert!(out.status.success());
+    env.assert_nothing_left(&procs);
+}
+
+/// Each case: a broken mesh directory, and what the error must say.
+const BAD: &[(&str, &str, &str)] = &[
+    (
+        "malformed",
+        "kind: Mesh\nworkloads:\n  - name: [web\n",
+        "mesh.yaml: ",
+    ),
+    (
+        "duplicate",
+        "kind: Mesh\nworkloads:\n  - {name: web, command: [x]}\n  - {name: web, command: [y]}\n",
+        "mesh.yaml: workloads[1] (web): duplicate workload: default/web",
+    ),
+    (
+        "unknown field",
+        "kind: Mesh\nworkloads:\n  - {name: web, command: [x]}\n  - {name: books, replica: 2, command: [x]}\n",
+        "mesh.yaml: workloads[1] (books): unknown field `replica`",
+    ),
+    (
+        "port conflict",
+        "kind: Mesh\nworkloads:\n  - {name: web, ports: [8080, 4191], command: [x]}\n",
+        "mesh.yaml: workloads[0] (web): ports[1]: port 4191 conflicts with the proxy's admin port",
+    ),
+];
+
+#[test]
+fn bad_input_is_refused_with_its_location_and_nothing_starts() {
+    for (case, mesh, expected) in BAD {
+        let env = Env::new("b");
+        env.write("mesh.yaml", mesh);
+        env.write("services.yaml", SERVICES);
+        let out = env.run(&["up", "-d", env.dir.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: weft up accepted it");
+        assert!(stderr.contains(expected), "{case}: {stderr}");
+        assert!(
+            !env.state_dir.exists(),
+            "{case}: weft up made its state directory"
+        );
+        if nix::unistd::geteuid().is_root() {
+            let netns = run_ok("ip", &["netns", "list"]);
+            assert!(
+                !netns.contains(&format!("{}-", env.prefix)),
+                "{case}: namespaces were made:\n{netns}"
+            );
+        }
+        // `weft check DIR` reports the same problem.
+        let check = env.run(&["check", env.dir.to_str().unwrap()]);
+        assert!(!check.status.success());
+        assert!(
+            String::from_utf8_lossy(&check.stdout).contains(expected),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn without_root_weft_up_refuses_and_says_why() {
+    let env = Env::new("n");
+    env.write("mesh.yaml", &mesh_yaml(1));
+    env.write("services.yaml", SERVICES);
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        // Run it as nobody.
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(WEFT);
+        c
+    } else {
+        Command::new(WEFT)
+    };
+    let out = cmd
+        .args(["up", env.dir.to_str().unwrap()])
+        .env("WEFT_STATE_DIR", &env.state_dir)
+        .env("WEFT_PREFIX", &env.prefix)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("Permission denied") || stderr.contains("mesh directory") {
+        eprintln!("skipped: nobody cannot reach the test binary or directory: {stderr}");
+        return;
+    }
+    assert!(!out.status.success());
+    assert!(stderr.contains("weft up needs root"), "{stderr}");
+    assert!(!env.state_dir.exists());
+}
