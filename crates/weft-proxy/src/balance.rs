@@ -187,10 +187,12 @@ impl Picked {
 
     /// Reports how the request went (latency counts from the pick).
     pub fn finish(mut self, outcome: Outcome) {
-        self.record(outcome);
+        self.report(outcome);
     }
 
-    fn record(&mut self, outcome: Outcome) {
+    /// Reports the outcome but stays pending until dropped (a TCP connection: its
+    /// connect is the outcome, its lifetime the load).
+    pub fn report(&mut self, outcome: Outcome) {
         if self.done {
             return;
         }

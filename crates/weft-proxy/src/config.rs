@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use weft_core::identity::Identity;
 
+use crate::balance::BalanceConfig;
 use crate::certify::CertifyConfig;
 use crate::endpoints::{EndpointsError, ServiceIndex};
 use crate::identity::LocalIdentity;
@@ -104,6 +105,20 @@ pub struct Args {
     #[arg(long, env = "WEFT_DEPLOYMENT", default_value = "")]
     pub deployment: String,
 
+    /// The zone this workload runs in: traffic stays in it while in-zone endpoints keep
+    /// up (zone-aware balancing), and every metric carries it as `zone`.
+    #[arg(long, env = "WEFT_ZONE")]
+    pub zone: Option<String>,
+
+    /// In-zone load (pending requests per in-zone endpoint) below which other zones'
+    /// endpoints are dropped again.
+    #[arg(long, env = "WEFT_ZONE_LOW", default_value_t = 0.8)]
+    pub zone_low: f64,
+
+    /// In-zone load above which other zones' endpoints are added, one at a time.
+    #[arg(long, env = "WEFT_ZONE_HIGH", default_value_t = 2.0)]
+    pub zone_high: f64,
+
     /// Pod (replica) name, added to every metric as `pod`.
     #[arg(long, env = "WEFT_POD", default_value = "")]
     pub pod: String,
@@ -157,6 +172,7 @@ pub struct WorkloadLabels {
     pub namespace: String,
     pub deployment: String,
     pub pod: String,
+    pub zone: String,
 }
 
 /// The validated settings a proxy runs with.
@@ -175,6 +191,8 @@ pub struct Config {
     pub drain_grace: Duration,
     pub pool_idle_timeout: Duration,
     pub labels: WorkloadLabels,
+    /// How services are balanced (zone awareness and its band, ejection, ...).
+    pub balance: Arc<BalanceConfig>,
     /// mTLS: this proxy's identity and where it gets its certificate.
     pub identity: Option<IdentityConfig>,
 }
@@ -194,6 +212,8 @@ pub enum ConfigError {
     MissingInboundForward,
     #[error("--worker-threads must be at least 1")]
     NoWorkers,
+    #[error("the zone band needs 0 <= --zone-low <= --zone-high (got {0} and {1})")]
+    ZoneBand(f64, f64),
     #[error("--trust-anchors turns on mTLS, which also needs {0}")]
     IdentityIncomplete(&'static str),
     #[error("the proxy's identity: {0}")]
@@ -207,8 +227,21 @@ impl Args {
         if self.worker_threads == 0 {
             return Err(ConfigError::NoWorkers);
         }
+        if !(self.zone_low >= 0.0 && self.zone_low <= self.zone_high) {
+            return Err(ConfigError::ZoneBand(self.zone_low, self.zone_high));
+        }
+        let balance = Arc::new(BalanceConfig {
+            zone: self
+                .zone
+                .as_deref()
+                .filter(|z| !z.is_empty())
+                .map(Into::into),
+            zone_low: self.zone_low,
+            zone_high: self.zone_high,
+            ..BalanceConfig::default()
+        });
         let services = match &self.endpoints {
-            Some(path) => ServiceIndex::load(path)?,
+            Some(path) => ServiceIndex::load_with(path, balance.clone())?,
             None => ServiceIndex::default(),
         };
         if self.mode == Mode::Explicit && self.inbound_forward.is_none() {
@@ -267,7 +300,9 @@ impl Args {
                 namespace: self.namespace,
                 deployment: self.deployment,
                 pod: self.pod,
+                zone: self.zone.unwrap_or_default(),
             },
+            balance,
             identity,
         })
     }
@@ -292,6 +327,7 @@ impl Config {
             drain_grace: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(60),
             labels: WorkloadLabels::default(),
+            balance: Arc::default(),
             identity: None,
         }
     }

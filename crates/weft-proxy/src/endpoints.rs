@@ -9,7 +9,9 @@
 //!     listen: 127.0.0.1:15001                                # local port for this service (explicit mode)
 //!     opaque: false                                          # skip protocol detection
 //!     identity: books.default.serviceaccount.identity.weft.cluster.local  # meshed: use mTLS
-//!     endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]
+//!     endpoints:                                             # an address, or address + zone + weight
+//!       - "127.0.0.1:9001"
+//!       - {addr: "127.0.0.1:9002", zone: zone-b, weight: 2}
 //! ```
 //!
 //! A file loaded with [`ServiceIndex::load`] can be watched ([`ServiceIndex::watch`]):
@@ -21,12 +23,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use weft_core::identity::Identity;
+
+use crate::balance::{BalanceConfig, Balancer, EndpointMeta, Picked};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointsError {
@@ -67,7 +70,43 @@ struct ServiceSpec {
     #[serde(default)]
     opaque: bool,
     identity: Option<String>,
-    endpoints: Vec<SocketAddr>,
+    endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum EndpointSpec {
+    Addr(String),
+    Detailed(DetailedEndpoint),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetailedEndpoint {
+    addr: SocketAddr,
+    zone: Option<String>,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl EndpointSpec {
+    fn meta(&self) -> Result<EndpointMeta, String> {
+        match self {
+            EndpointSpec::Addr(addr) => addr
+                .parse()
+                .map(EndpointMeta::new)
+                .map_err(|e| format!("endpoint {addr:?} is not an ip:port address ({e})")),
+            EndpointSpec::Detailed(d) => Ok(EndpointMeta {
+                addr: d.addr,
+                zone: d.zone.as_deref().map(Into::into),
+                weight: d.weight,
+            }),
+        }
+    }
 }
 
 /// A destination service and the endpoints that serve it.
@@ -79,9 +118,8 @@ pub struct Service {
     pub opaque: bool,
     /// The identity of the workloads behind the service: connections to them use mTLS.
     pub identity: Option<Identity>,
-    /// Replaced whole when the endpoints file changes.
-    endpoints: RwLock<Arc<[SocketAddr]>>,
-    next: AtomicUsize,
+    /// Its endpoints, replaced when the endpoints file changes.
+    balancer: Balancer,
 }
 
 impl Service {
@@ -92,30 +130,33 @@ impl Service {
             listen: None,
             opaque: false,
             identity: None,
-            endpoints: RwLock::new(endpoints.into()),
-            next: AtomicUsize::new(0),
+            balancer: Balancer::new(
+                Arc::default(),
+                endpoints.into_iter().map(EndpointMeta::new).collect(),
+            ),
         }
     }
 
-    /// Picks the endpoint for the next request (HTTP) or connection (TCP).
-    pub fn pick(&self) -> Option<SocketAddr> {
-        let endpoints = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
-        if endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        Some(endpoints[i])
+    /// Picks the endpoint for the next request (HTTP) or connection (TCP); report how
+    /// it went on the returned [`Picked`].
+    pub fn pick(&self) -> Option<Picked> {
+        self.balancer.pick()
     }
 
-    pub fn endpoints(&self) -> Arc<[SocketAddr]> {
-        self.endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.balancer
+            .endpoints()
+            .into_iter()
+            .map(|e| e.addr)
+            .collect()
     }
 
-    fn set_endpoints(&self, endpoints: Vec<SocketAddr>) {
-        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = endpoints.into();
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    fn set_endpoints(&self, endpoints: Vec<EndpointMeta>) {
+        self.balancer.set_endpoints(endpoints);
     }
 
     /// Whether `spec` describes this service with (at most) other endpoints.
@@ -137,6 +178,8 @@ pub struct ServiceIndex {
     /// The file the index was loaded from (what `reload` and `watch` read), and its
     /// stamp from before that read.
     source: Option<(PathBuf, Stamp)>,
+    /// How every service's balancer behaves (the proxy's zone, the zone band, ...).
+    balance: Arc<BalanceConfig>,
 }
 
 /// What tells that a file changed: modification time, size and inode.
@@ -161,22 +204,53 @@ struct Tables {
 }
 
 /// A service whose endpoints a reload changes in place.
-type Update = (Arc<Service>, Vec<SocketAddr>);
+type Update = (Arc<Service>, Vec<EndpointMeta>);
 
 impl ServiceIndex {
     pub fn load(path: &Path) -> Result<Self, EndpointsError> {
+        Self::load_with(path, Arc::default())
+    }
+
+    /// Loads `path`, balancing as `balance` says.
+    pub fn load_with(path: &Path, balance: Arc<BalanceConfig>) -> Result<Self, EndpointsError> {
         let before = stamp(path);
-        let mut index = Self::parse(path, &read(path)?)?;
+        let mut index = Self::parse_with(path, &read(path)?, balance)?;
         index.source = Some((path.to_owned(), before));
         Ok(index)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, EndpointsError> {
-        let (tables, _) = parse_tables(path, text, None)?;
+        Self::parse_with(path, text, Arc::default())
+    }
+
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        balance: Arc<BalanceConfig>,
+    ) -> Result<Self, EndpointsError> {
+        let (tables, _) = parse_tables(path, text, None, &balance)?;
         Ok(ServiceIndex {
             current: Arc::new(RwLock::new(Arc::new(tables))),
             source: None,
+            balance,
         })
+    }
+
+    /// Every service (for metrics).
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        let tables = self.tables();
+        let mut all: Vec<Arc<Service>> = Vec::new();
+        for s in tables
+            .by_authority
+            .values()
+            .chain(tables.by_address.values())
+            .chain(&tables.listeners)
+        {
+            if !all.iter().any(|known| Arc::ptr_eq(known, s)) {
+                all.push(s.clone());
+            }
+        }
+        all
     }
 
     fn tables(&self) -> Arc<Tables> {
@@ -194,7 +268,7 @@ impl ServiceIndex {
         };
         let text = read(path)?;
         let previous = self.tables();
-        let (tables, updates) = parse_tables(path, &text, Some(&previous))?;
+        let (tables, updates) = parse_tables(path, &text, Some(&previous), &self.balance)?;
         for (service, endpoints) in updates {
             service.set_endpoints(endpoints);
         }
@@ -282,6 +356,7 @@ fn parse_tables(
     path: &Path,
     text: &str,
     previous: Option<&Tables>,
+    balance: &Arc<BalanceConfig>,
 ) -> Result<(Tables, Vec<Update>), EndpointsError> {
     let file: EndpointsFile =
         serde_yaml_ng::from_str(text).map_err(|source| EndpointsError::Parse {
@@ -312,6 +387,12 @@ fn parse_tables(
             ),
             None => None,
         };
+        let endpoints = spec
+            .endpoints
+            .iter()
+            .map(EndpointSpec::meta)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
         let reusable = previous.and_then(|p| {
             let old = match (spec.address, spec.listen) {
                 (Some(a), _) => p.by_address.get(&a),
@@ -325,7 +406,7 @@ fn parse_tables(
         });
         let service = match reusable {
             Some(old) => {
-                updates.push((old.clone(), spec.endpoints.clone()));
+                updates.push((old.clone(), endpoints));
                 old
             }
             None => Arc::new(Service {
@@ -334,8 +415,7 @@ fn parse_tables(
                 listen: spec.listen,
                 opaque: spec.opaque,
                 identity,
-                endpoints: RwLock::new(spec.endpoints.clone().into()),
-                next: AtomicUsize::new(0),
+                balancer: Balancer::new(balance.clone(), endpoints),
             }),
         };
         for authority in &spec.authorities {
@@ -383,7 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_services_and_balances_round_robin() {
+    fn parses_services_and_balances_over_their_endpoints() {
         let index = parse(
             r#"
 services:
@@ -397,8 +477,10 @@ services:
         .unwrap();
         let svc = index.by_authority("books.default.svc:8080").unwrap();
         assert_eq!(&*svc.name, "books");
-        let picks: Vec<_> = (0..4).map(|_| svc.pick().unwrap().port()).collect();
-        assert_eq!(picks, [9001, 9002, 9001, 9002]);
+        let picks: std::collections::HashSet<_> = (0..100)
+            .map(|_| svc.pick().unwrap().addr().port())
+            .collect();
+        assert_eq!(picks, [9001, 9002].into());
         assert!(index
             .by_address("198.18.0.10:8080".parse().unwrap())
             .is_some());
@@ -446,7 +528,8 @@ services:
         write("\"198.18.0.2:8080\", \"198.18.0.3:8080\"");
         index.reload().unwrap();
         // A connection holding the service sees the new endpoint.
-        let picks: std::collections::HashSet<_> = (0..4).map(|_| held.pick().unwrap()).collect();
+        let picks: std::collections::HashSet<_> =
+            (0..100).map(|_| held.pick().unwrap().addr()).collect();
         assert_eq!(picks.len(), 2);
         let clone = index.clone();
         assert!(Arc::ptr_eq(
@@ -497,6 +580,10 @@ services:
     #[test]
     fn rejects_bad_addresses() {
         let err = parse("services:\n  - name: a\n    endpoints: [\"nope\"]\n").unwrap_err();
-        assert!(err.to_string().contains("invalid socket address"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("service #0 (\"a\"): endpoint \"nope\" is not an ip:port address"),
+            "{err}"
+        );
     }
 }

@@ -18,12 +18,13 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::balance::Outcome;
 use crate::detect::Protocol;
 use crate::drain::Watch;
 use crate::endpoints::Service;
 use crate::metrics::{Classification, Direction, HttpMetrics, RouteLabels, Str, Tls};
 use crate::upstream::{HttpUpstreams, HttpVersion, Reusable, UpstreamError};
-use crate::{Destination, ResolveError, Shared};
+use crate::{Destination, ResolveError, Resolved, Shared};
 use prometheus_client::metrics::counter::Counter;
 
 /// The header naming the cause of a response the proxy generated itself.
@@ -154,15 +155,15 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
     let authority = match request_authority(&req) {
         Ok(a) => a,
         Err(e) => {
-            let route = route_labels(&ctx, "", None, None);
+            let route = route_labels(&ctx, "", None, None, None);
             return error_response(metrics, route, ctx.direction, grpc, start, e);
         }
     };
 
-    let (endpoint, service) = match shared.resolve(&ctx.destination, &authority) {
-        Ok(pick) => pick,
+    let resolved = match shared.resolve(&ctx.destination, &authority) {
+        Ok(resolved) => resolved,
         Err(e) => {
-            let route = route_labels(&ctx, &authority, None, None);
+            let route = route_labels(&ctx, &authority, None, None, None);
             let e = match e {
                 ResolveError::Loop(_) => {
                     ProxyError::new(StatusCode::BAD_REQUEST, "loop", e.to_string())
@@ -176,6 +177,12 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
             return error_response(metrics, route, ctx.direction, grpc, start, e);
         }
     };
+    let Resolved {
+        addr: endpoint,
+        service,
+        picked,
+    } = resolved;
+    let dst_zone = picked.as_ref().and_then(|p| p.zone().cloned());
     let route = {
         let mut cache = ctx.route_cache.lock().unwrap_or_else(|e| e.into_inner());
         match &*cache {
@@ -184,7 +191,13 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
                 c.labels.clone()
             }
             _ => {
-                let labels = route_labels(&ctx, &authority, Some(endpoint), service.as_deref());
+                let labels = route_labels(
+                    &ctx,
+                    &authority,
+                    Some(endpoint),
+                    service.as_deref(),
+                    dst_zone.as_deref(),
+                );
                 let requests = metrics.requests(&labels);
                 requests.inc();
                 *cache = Some(CachedRoute {
@@ -231,11 +244,24 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         Ok(sent) => sent,
         Err(e) => {
             tracing::info!(direction = ctx.direction.as_str(), client = %ctx.client, %authority, %endpoint, error = %e.message, "request failed");
+            if let Some(p) = picked {
+                p.finish(Outcome::Failure);
+            }
             return error_response(metrics, route, ctx.direction, grpc, start, e);
         }
     };
 
     let status = rsp.status();
+    if let Some(p) = picked {
+        // The balancer learns from the time to response headers; 5xx and 429 count
+        // against the endpoint.
+        let failed = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+        p.finish(if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        });
+    }
     metrics.latency(&route, status.as_u16(), elapsed_ms(start));
 
     let mut reusable = reusable;
@@ -281,6 +307,7 @@ fn route_labels(
     authority: &str,
     endpoint: Option<SocketAddr>,
     service: Option<&Service>,
+    dst_zone: Option<&str>,
 ) -> RouteLabels {
     // Outbound requests to a meshed service go over mTLS (when this proxy has an
     // identity): the route is labelled with the server's identity.
@@ -297,6 +324,7 @@ fn route_labels(
             ctx.tls
         },
         dst_service: service.map_or("", |s| &*s.name).into(),
+        dst_zone: dst_zone.unwrap_or("").into(),
         client_id: ctx.client_id.clone(),
         server_id: Str(server_id.map(|id| id.dns_name()).unwrap_or_default().into()),
     }

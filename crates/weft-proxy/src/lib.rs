@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::balance::Picked;
 pub use crate::config::{Args, Config, Mode};
 use crate::detect::Protocol;
 use crate::drain::{Drain, Watch};
@@ -60,12 +61,12 @@ impl Shared {
         &'a self,
         destination: &'a Destination,
         authority: &str,
-    ) -> Result<(SocketAddr, Option<Arc<Service>>), ResolveError> {
-        let picked = destination.resolve(&self.config.services, authority)?;
-        if self.is_own_listener(picked.0) {
-            return Err(ResolveError::Loop(picked.0));
+    ) -> Result<Resolved, ResolveError> {
+        let resolved = destination.resolve(&self.config.services, authority)?;
+        if self.is_own_listener(resolved.addr) {
+            return Err(ResolveError::Loop(resolved.addr));
         }
-        Ok(picked)
+        Ok(resolved)
     }
 
     fn is_own_listener(&self, addr: SocketAddr) -> bool {
@@ -87,6 +88,21 @@ pub enum Destination {
     ByAuthority,
 }
 
+/// Where one request (or connection) goes.
+#[derive(Debug)]
+pub struct Resolved {
+    pub addr: SocketAddr,
+    pub service: Option<Arc<Service>>,
+    /// The balancer's pick, to report the outcome on (none for a single address).
+    pub picked: Option<Picked>,
+}
+
+impl Resolved {
+    pub fn zone(&self) -> Option<&Arc<str>> {
+        self.picked.as_ref().and_then(|p| p.zone())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("service {0} has no endpoints")]
@@ -104,22 +120,31 @@ impl Destination {
         &'a self,
         services: &'a ServiceIndex,
         authority: &str,
-    ) -> Result<(SocketAddr, Option<Arc<Service>>), ResolveError> {
+    ) -> Result<Resolved, ResolveError> {
+        let single = |addr| Resolved {
+            addr,
+            service: None,
+            picked: None,
+        };
         let service = match self {
-            Destination::Addr(addr) => return Ok((*addr, None)),
+            Destination::Addr(addr) => return Ok(single(*addr)),
             Destination::Service(service) => service.clone(),
             Destination::ByAuthority => match services.by_authority(authority) {
                 Some(service) => service,
                 None => {
                     return authority
                         .parse::<SocketAddr>()
-                        .map(|addr| (addr, None))
+                        .map(single)
                         .map_err(|_| ResolveError::UnknownAuthority(authority.to_owned()))
                 }
             },
         };
         match service.pick() {
-            Some(addr) => Ok((addr, Some(service))),
+            Some(picked) => Ok(Resolved {
+                addr: picked.addr(),
+                service: Some(service),
+                picked: Some(picked),
+            }),
             None => Err(ResolveError::NoEndpoints(service.name.clone())),
         }
     }
@@ -551,14 +576,14 @@ async fn dispatch<I>(
     };
     match protocol {
         Protocol::Opaque => {
-            let (endpoint, server) = match shared.resolve(&peer.destination, "") {
-                Ok((endpoint, service)) => (endpoint, service.and_then(|s| s.identity.clone())),
+            let resolved = match shared.resolve(&peer.destination, "") {
+                Ok(resolved) => resolved,
                 Err(error) => {
                     tracing::info!(client = %peer.client, %error, "opaque TCP connection closed: no destination");
                     return;
                 }
             };
-            tcp::forward(io, prefix, endpoint, server.as_ref(), upstreams.connector()).await;
+            tcp::forward(io, prefix, resolved, upstreams.connector()).await;
         }
         Protocol::Http1 | Protocol::Http2 => {
             let ctx = Arc::new(ConnContext {

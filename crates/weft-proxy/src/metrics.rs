@@ -115,6 +115,8 @@ pub struct RouteLabels {
     pub target_addr: Str,
     pub tls: Tls,
     pub dst_service: Str,
+    /// The zone of the endpoint the request went to (empty when unknown).
+    pub dst_zone: Str,
     /// The caller's identity (inbound mTLS), empty otherwise.
     pub client_id: Str,
     /// The endpoint's identity (outbound mTLS), empty otherwise.
@@ -297,6 +299,7 @@ impl Metrics {
             ("namespace", &workload.namespace),
             ("deployment", &workload.deployment),
             ("pod", &workload.pod),
+            ("zone", &workload.zone),
         ]
         .into_iter()
         .filter(|(_, v)| !v.is_empty())

@@ -1,29 +1,34 @@
 //! Opaque TCP forwarding: bytes both ways, half-close honoured, one endpoint per
 //! connection.
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use weft_core::identity::Identity;
-
+use crate::balance::Outcome;
 use crate::io::PrefixedIo;
 use crate::upstream::Connector;
+use crate::Resolved;
 
-/// Forwards `client` (whose first bytes, `prefix`, were read during detection) to
-/// `endpoint` until both sides have closed.
-/// `server` is the endpoint's identity when it is meshed (the connection uses mTLS).
-pub async fn forward<I>(
-    client: I,
-    prefix: Bytes,
-    endpoint: SocketAddr,
-    server: Option<&Identity>,
-    connector: &Connector,
-) where
+/// Forwards `client` (whose first bytes, `prefix`, were read during detection) to the
+/// resolved endpoint until both sides have closed. The connection counts as pending on
+/// the endpoint until it ends, and uses mTLS when the endpoint's service has an
+/// identity.
+pub async fn forward<I>(client: I, prefix: Bytes, resolved: Resolved, connector: &Connector)
+where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut upstream = match connector.connect(endpoint, server).await {
+    let endpoint = resolved.addr;
+    let server = resolved.service.as_ref().and_then(|s| s.identity.as_ref());
+    let mut picked = resolved.picked;
+    let connected = connector.connect(endpoint, server).await;
+    if let Some(p) = picked.as_mut() {
+        p.report(if connected.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        });
+    }
+    let mut upstream = match connected {
         Ok(io) => io,
         Err(error) => {
             // Closing the client connection is all a TCP proxy can say.
@@ -36,4 +41,5 @@ pub async fn forward<I>(
         Ok((sent, received)) => tracing::debug!(%endpoint, sent, received, "TCP connection closed"),
         Err(error) => tracing::debug!(%endpoint, %error, "TCP connection ended with an error"),
     }
+    drop(picked);
 }

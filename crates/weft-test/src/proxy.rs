@@ -22,10 +22,25 @@ pub fn inbound_to(workload: SocketAddr) -> ProxyBuilder {
 }
 
 impl ProxyBuilder {
-    /// Static services, in the endpoints file's YAML.
+    /// Static services, in the endpoints file's YAML (balanced as set by [`Self::zone`]
+    /// if that came first).
     pub fn services(mut self, yaml: &str) -> Self {
-        self.config.services = ServiceIndex::parse(Path::new("test-endpoints.yaml"), yaml)
-            .expect("valid test endpoints");
+        self.config.services = ServiceIndex::parse_with(
+            Path::new("test-endpoints.yaml"),
+            yaml,
+            self.config.balance.clone(),
+        )
+        .expect("valid test endpoints");
+        self
+    }
+
+    /// The proxy's zone (zone-aware balancing); call before [`Self::services`].
+    pub fn zone(mut self, zone: &str) -> Self {
+        self.config.balance = std::sync::Arc::new(weft_proxy::balance::BalanceConfig {
+            zone: Some(zone.into()),
+            ..Default::default()
+        });
+        self.config.labels.zone = zone.into();
         self
     }
 
@@ -60,6 +75,7 @@ impl ProxyBuilder {
             namespace: namespace.into(),
             deployment: deployment.into(),
             pod: pod.into(),
+            zone: self.config.labels.zone.clone(),
         };
         self
     }
