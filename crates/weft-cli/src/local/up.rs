@@ -670,10 +670,9 @@ impl Runner {
         failures
     }
 
+    /// Prints a line of progress; a terminal's live summary also lists the recent ones.
     fn event(&mut self, line: String) {
-        if !self.interactive {
-            println!("{line}");
-        }
+        println!("{line}");
         self.events.push_back(line);
         while self.events.len() > 10 {
             self.events.pop_front();
@@ -847,10 +846,8 @@ impl Runner {
                                 .map(|d| d.to_string())
                                 .unwrap_or_default()
                         );
-                        self.events.push_back(line.clone());
-                        if !self.interactive {
-                            println!("{line}");
-                        }
+                        println!("{line}");
+                        self.events.push_back(line);
                     }
                 }
             }
