@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::endpoints::ServiceIndex;
 use crate::identity::LocalIdentity;
 use crate::metrics::Metrics;
 use crate::Control;
@@ -21,6 +22,7 @@ pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     control: Arc<Control>,
     identity: Option<Arc<LocalIdentity>>,
+    services: ServiceIndex,
 ) {
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -34,9 +36,17 @@ pub(crate) async fn serve(
         let metrics = metrics.clone();
         let control = control.clone();
         let identity = identity.clone();
+        let services = services.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let rsp = route(&req, peer, &metrics, &control, identity.as_deref());
+                let rsp = route(
+                    &req,
+                    peer,
+                    &metrics,
+                    &control,
+                    identity.as_deref(),
+                    &services,
+                );
                 async move { Ok::<_, Infallible>(rsp) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -55,10 +65,11 @@ fn route(
     metrics: &Metrics,
     control: &Arc<Control>,
     identity: Option<&LocalIdentity>,
+    services: &ServiceIndex,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let mut rsp = text(StatusCode::OK, metrics.encode());
+            let mut rsp = text(StatusCode::OK, metrics.encode(services));
             rsp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(

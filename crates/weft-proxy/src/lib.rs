@@ -309,6 +309,7 @@ impl Proxy {
             metrics.clone(),
             admin_control,
             identity.clone(),
+            config.services.clone(),
         ));
         let certify_task = config.identity.as_ref().and_then(|i| {
             let certify = i.certify.clone()?;

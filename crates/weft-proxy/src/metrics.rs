@@ -283,8 +283,15 @@ pub struct IdentityMetrics {
     pub refreshes: Family<RefreshLabels, Counter>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BalancerLabels {
+    pub dst_service: Str,
+    pub dst_zone: Str,
+}
+
 /// All of a proxy's metrics and the registry that exposes them.
 pub struct Metrics {
+    balancer_endpoints: Family<BalancerLabels, Gauge>,
     registry: Registry,
     pub http: HttpMetrics,
     pub tcp: TcpMetrics,
@@ -400,7 +407,15 @@ impl Metrics {
             process.start_time.clone(),
         );
 
+        let balancer_endpoints = Family::default();
+        registry.register(
+            "balancer_endpoints",
+            "Endpoints each service's balancer is using, per zone (zone-aware balancing narrows them to the proxy's zone)",
+            balancer_endpoints.clone(),
+        );
+
         Arc::new(Metrics {
+            balancer_endpoints,
             registry,
             http,
             tcp,
@@ -416,9 +431,22 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    /// The Prometheus text exposition of every metric, with the balancers' endpoint
+    /// counts read from `services` now.
+    pub fn encode(&self, services: &crate::endpoints::ServiceIndex) -> String {
         self.process.refresh();
+        self.balancer_endpoints.clear();
+        for service in services.services() {
+            for (zone, count) in service.balancer().in_use_by_zone() {
+                let labels = BalancerLabels {
+                    dst_service: Str(service.name.clone()),
+                    dst_zone: zone.map(Str).unwrap_or_else(|| "".into()),
+                };
+                self.balancer_endpoints
+                    .get_or_create(&labels)
+                    .set(count as i64);
+            }
+        }
         let mut out = String::with_capacity(16 * 1024);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             // Encoding into a String cannot fail; say so rather than panic.

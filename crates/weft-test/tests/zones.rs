@@ -49,6 +49,18 @@ async fn traffic_stays_in_zone_and_fails_over_out_of_it() {
         m.text
     );
     assert_eq!((b.requests(), c.requests()), (0, 0));
+    assert_eq!(
+        m.sum(
+            "balancer_endpoints",
+            &[("dst_service", "books"), ("dst_zone", "zone-a")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum("balancer_endpoints", &[("dst_service", "books")]),
+        1.0,
+        "only the in-zone endpoint is in use"
+    );
 
     // The zone's only endpoint goes away: a few requests fail until it is ejected, then
     // everything goes to the other zones.
