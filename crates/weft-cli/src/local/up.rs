@@ -446,6 +446,10 @@ impl Runner {
             "--log".into(),
             self.paths.proxy_log.clone(),
         ];
+        if let Some(zone) = &w.zone {
+            // Zone-aware balancing: the proxy prefers endpoints of its own zone.
+            proxy.extend(["--zone".to_owned(), zone.clone()]);
+        }
         let uid = PROXY_UID.to_string();
         let mut argv = vec![
             "setpriv".to_owned(),
@@ -571,7 +575,12 @@ impl Runner {
                             && p.namespace == w.namespace
                             && self.published.contains(&p.netns)
                     }) {
-                        endpoints.push(format!("\"{}:{target}\"", pod.ip));
+                        endpoints.push(match &pod.zone {
+                            Some(zone) => {
+                                format!("{{addr: \"{}:{target}\", zone: \"{zone}\"}}", pod.ip)
+                            }
+                            None => format!("\"{}:{target}\"", pod.ip),
+                        });
                     }
                 }
                 if endpoints.is_empty() {
