@@ -1,0 +1,223 @@
+//! weft's controller: the control plane proxies talk to over gRPC (TLS), with the
+//! messages of the linkerd2-proxy-api protocol. Today it serves the identity service
+//! (the mesh's certificate authority, `Identity.Certify`); the other services answer
+//! UNIMPLEMENTED.
+
+pub mod admin;
+pub mod identity;
+pub mod metrics;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::identity::{Certifier, Issuer, LocalTokens, TrustAnchors};
+use crate::metrics::Metrics;
+use crate::server::ServingCert;
+
+/// What the controller needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Holds `trust-anchors.pem`, `issuer.crt` and `issuer.key`.
+    pub identity_dir: PathBuf,
+    /// Local-mode tokens, `{dir}/{ns}/{sa}`.
+    pub tokens_dir: PathBuf,
+    pub trust_domain: String,
+    /// Lifetime of issued workload certificates.
+    pub cert_lifetime: Duration,
+    /// gRPC over TLS.
+    pub listen: SocketAddr,
+    /// Plain HTTP: `/metrics`, `/ready`, `/live`.
+    pub admin_listen: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Ca(#[from] identity::CaError),
+    #[error("trust domain: {0}")]
+    TrustDomain(#[from] weft_core::identity::IdentityError),
+    #[error("the certificate lifetime must be at least one second")]
+    Lifetime,
+    #[error(transparent)]
+    Serving(#[from] server::ServingError),
+    #[error("TLS settings: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("the gRPC server task ended abnormally: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A running controller.
+pub struct Controller {
+    grpc_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    serving: Arc<ServingCert>,
+    ready: Arc<AtomicBool>,
+    stop: tokio::sync::watch::Sender<bool>,
+    grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Issuers expiring sooner than this are warned about at start-up.
+const ISSUER_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+impl Controller {
+    /// Loads and checks the identity files, issues the serving certificate, binds both
+    /// listeners and serves.
+    pub async fn start(config: Config) -> Result<Controller, ControllerError> {
+        if config.cert_lifetime < Duration::from_secs(1) {
+            return Err(ControllerError::Lifetime);
+        }
+        let dir = &config.identity_dir;
+        let anchors = TrustAnchors::load(&dir.join(identity::ANCHORS_FILE))?;
+        let issuer = Issuer::load(
+            &dir.join(identity::ISSUER_CERT_FILE),
+            &dir.join(identity::ISSUER_KEY_FILE),
+            &anchors,
+        )?;
+        let remaining = issuer
+            .not_after()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if remaining < ISSUER_WARNING {
+            tracing::warn!(
+                issuer = issuer.subject(),
+                expires_in = %humantime::format_duration(Duration::from_secs(remaining.as_secs())),
+                "the issuer expires soon; make a new one (weft identity init)"
+            );
+        }
+        let metrics = Arc::new(Metrics::new());
+        let tokens = Arc::new(LocalTokens::new(&config.tokens_dir));
+        let certifier = Arc::new(
+            Certifier::new(issuer, &config.trust_domain, tokens)?
+                .with_lifetime(config.cert_lifetime)
+                .with_metrics(metrics.identity.clone()),
+        );
+        let serving = ServingCert::new(
+            server::controller_identity(&config.trust_domain)?,
+            certifier.clone(),
+        )?;
+        let tls = serving.server_config()?;
+
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ControllerError::Bind { what, addr, source })
+        };
+        let grpc_listener = bind("gRPC", config.listen).await?;
+        let admin_listener = bind("admin", config.admin_listen).await?;
+        let local = |l: &TcpListener, what, addr| {
+            l.local_addr()
+                .map_err(|source| ControllerError::Bind { what, addr, source })
+        };
+        let grpc_addr = local(&grpc_listener, "gRPC", config.listen)?;
+        let admin_addr = local(&admin_listener, "admin", config.admin_listen)?;
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let grpc = tokio::spawn(server::serve(grpc_listener, tls, certifier, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        let background = vec![
+            tokio::spawn(admin::serve(admin_listener, metrics.clone(), ready.clone())),
+            tokio::spawn(serving.clone().renew()),
+        ];
+        ready.store(true, Ordering::Release);
+        tracing::info!(
+            %grpc_addr,
+            %admin_addr,
+            identity = %serving.identity(),
+            trust_anchors = anchors.len(),
+            "controller serving"
+        );
+        Ok(Controller {
+            grpc_addr,
+            admin_addr,
+            metrics,
+            serving,
+            ready,
+            stop,
+            grpc: Some(grpc),
+            background,
+        })
+    }
+
+    /// The gRPC (TLS) address actually bound.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The admin address actually bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The controller's own serving certificate.
+    pub fn serving_cert(&self) -> &Arc<ServingCert> {
+        &self.serving
+    }
+
+    /// Completes when the gRPC server stops (after [`Controller::shutdown`], or if it
+    /// fails).
+    pub async fn wait(&mut self) -> Result<(), ControllerError> {
+        match &mut self.grpc {
+            Some(task) => {
+                let result = task.await;
+                self.grpc = None;
+                Ok(result??)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Stops serving: `/ready` turns 503, the gRPC server stops accepting and finishes
+    /// the requests in flight.
+    pub async fn shutdown(mut self) -> Result<(), ControllerError> {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.stop.send(true);
+        let result = self.wait().await;
+        for task in &self.background {
+            task.abort();
+        }
+        result
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(task) = &self.grpc {
+            task.abort();
+        }
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The controller's gRPC server: TLS with a serving certificate the controller issues
+//! itself (identity `weft-controller.weft-system.serviceaccount.identity.weft.{td}`,
+//! key made in memory, renewed at 70 % of its lifetime), so proxies verify it against
+//! the trust anchors with that server name. Callers are not asked for a client
+//! certificate: a proxy asking for its first one has none (its token authenticates it).
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rcgen::KeyPair;
+use rustls::crypto::ring as provider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use weft_core::identity::Identity;
+
+use crate::identity::{Certifier, CertifyError, IdentityService};
+
+/// The controller's service account and namespace: its identity in the mesh.
+pub const CONTROLLER_SERVICE_ACCOUNT: &str = "weft-controller";
+pub const CONTROLLER_NAMESPACE: &str = "weft-system";
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The controller's identity in `trust_domain`.
+pub fn controller_identity(
+    trust_domain: &str,
+) -> Result<Identity, weft_core::identity::IdentityError> {
+    Identity::new(
+        CONTROLLER_SERVICE_ACCOUNT,
+        CONTROLLER_NAMESPACE,
+        trust_domain,
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    #[error("cannot make the serving key: {0}")]
+    Key(rcgen::Error),
+    #[error("cannot issue the serving certificate: {0}")]
+    Issue(#[from] CertifyError),
+    #[error("the serving key is not usable for TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The controller's own TLS certificate, reissued before it expires.
+pub struct ServingCert {
+    identity: Identity,
+    certifier: Arc<Certifier>,
+    current: RwLock<(Arc<CertifiedKey>, SystemTime)>,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert")
+            .field("identity", &self.identity.dns_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServingCert {
+    /// Issues the first certificate for `identity`.
+    pub fn new(
+        identity: Identity,
+        certifier: Arc<Certifier>,
+    ) -> Result<Arc<ServingCert>, ServingError> {
+        let current = issue(&identity, &certifier)?;
+        Ok(Arc::new(ServingCert {
+            identity,
+            certifier,
+            current: RwLock::new(current),
+        }))
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// When the current certificate expires.
+    pub fn expiry(&self) -> SystemTime {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// The current certificate chain (leaf, issuer).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .cert
+            .clone()
+    }
+
+    /// Reissues the certificate at 70 % of its lifetime, forever (drop the task to
+    /// stop); failures are retried every few seconds while the current one serves.
+    pub async fn renew(self: Arc<Self>) {
+        loop {
+            let remaining = self
+                .expiry()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(self.certifier.lifetime().min(remaining).mul_f64(0.7)).await;
+            loop {
+                match issue(&self.identity, &self.certifier) {
+                    Ok(next) => {
+                        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+                        tracing::debug!("serving certificate renewed");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "cannot renew the serving certificate");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// TLS settings serving this certificate (TLS 1.2 and 1.3, ALPN h2).
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .clone(),
+        )
+    }
+}
+
+fn issue(
+    identity: &Identity,
+    certifier: &Certifier,
+) -> Result<(Arc<CertifiedKey>, SystemTime), ServingError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(ServingError::Key)?;
+    let certified = certifier.issue(identity, &key)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing_key = provider::sign::any_ecdsa_type(&der)?;
+    let mut chain = vec![CertificateDer::from(certified.leaf)];
+    chain.extend(
+        certified
+            .intermediates
+            .into_iter()
+            .map(CertificateDer::from),
+    );
+    Ok((
+        Arc::new(CertifiedKey::new(chain, signing_key)),
+        certified.valid_until,
+    ))
+}
+
+/// Serves the controller's gRPC services (today: Identity; others answer
+/// UNIMPLEMENTED) over TLS on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    certifier: Arc<Certifier>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(tls);
+    let accept = tokio::spawn(async move {
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "gRPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(stream).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let _stop_accepting = AbortOnDrop(accept);
+    let incoming = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|stream| (Ok::<_, std::io::Error>(stream), rx))
+    });
+    tonic::transport::Server::builder()
+        .add_service(IdentityService::new(certifier).into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,319 @@
+//! The controller in-process: Identity.Certify over gRPC with TLS, called through the
+//! linkerd2-proxy-api client with a channel that trusts the anchors and expects the
+//! controller's identity as the server name.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use linkerd2_proxy_api::identity::identity_client::IdentityClient;
+use linkerd2_proxy_api::identity::{CertifyRequest, CertifyResponse};
+use rcgen::{CertificateParams, KeyPair, SanType};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use weft_controller::identity::{self, TrustAnchors};
+use weft_controller::{Config, Controller};
+use weft_core::identity::Identity;
+
+const BOOKS: &str = "books.shop.serviceaccount.identity.weft.cluster.local";
+const CONTROLLER: &str = "weft-controller.weft-system.serviceaccount.identity.weft.cluster.local";
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "weft-controller-it-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An identity directory, a tokens directory with a token for shop/books, and a
+/// controller serving them on loopback.
+async fn start(tmp: &TempDir) -> (Controller, String) {
+    let ca = tmp.0.join("identity");
+    identity::init(&ca, "cluster.local", false).unwrap();
+    let tokens = tmp.0.join("tokens");
+    let (_, token) = identity::write_token(&tokens, "shop", "books").unwrap();
+    let controller = Controller::start(config(&tmp.0)).await.unwrap();
+    (controller, token)
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    Config {
+        identity_dir: dir.join("identity"),
+        tokens_dir: dir.join("tokens"),
+        trust_domain: "cluster.local".into(),
+        cert_lifetime: Duration::from_secs(3600),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+    }
+}
+
+async fn channel(controller: &Controller, anchors_pem: &[u8], name: &str) -> Channel {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(anchors_pem))
+        .domain_name(name);
+    Endpoint::from_shared(format!("https://{}", controller.grpc_addr()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn csr_for(names: &[&str]) -> Vec<u8> {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = names
+        .iter()
+        .map(|n| SanType::DnsName(n.to_string().try_into().unwrap()))
+        .collect();
+    params.serialize_request(&key).unwrap().der().to_vec()
+}
+
+async fn admin_get(controller: &Controller, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(controller.admin_addr())
+        .await
+        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn certify_over_tls_with_the_generated_client() {
+    let tmp = TempDir::new("grpc");
+    let (controller, token) = start(&tmp).await;
+    let anchors = std::fs::read(tmp.0.join("identity").join(identity::ANCHORS_FILE)).unwrap();
+    let mut client = IdentityClient::new(channel(&controller, &anchors, CONTROLLER).await);
+
+    let rsp = client
+        .certify(CertifyRequest {
+            identity: BOOKS.into(),
+            token: token.clone().into_bytes(),
+            certificate_signing_request: csr_for(&[BOOKS]),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&rsp.leaf_certificate).unwrap();
+    let names: Vec<String> = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("DNSName({BOOKS})"),
+            "URI(spiffe://cluster.local/ns/shop/sa/books)".to_owned()
+        ]
+    );
+    assert_eq!(rsp.intermediate_certificates.len(), 1);
+    let valid_until = rsp.valid_until.unwrap();
+    assert_eq!(valid_until.seconds, leaf.validity().not_after.timestamp());
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((valid_until.seconds - (now + 3600)).abs() <= 2);
+
+    // A refusal keeps its status and message across the wire.
+    let status = client
+        .certify(CertifyRequest {
+            identity: BOOKS.into(),
+            token: b"wrong".to_vec(),
+            certificate_signing_request: csr_for(&[BOOKS]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        format!("token refused: the token does not match the one registered for {BOOKS}")
+    );
+
+    // Services not served answer UNIMPLEMENTED.
+    let mut grpc = tonic::client::Grpc::new(channel(&controller, &anchors, CONTROLLER).await);
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary::<_, CertifyResponse, _>(
+            tonic::Request::new(CertifyRequest::default()),
+            http::uri::PathAndQuery::from_static("/io.linkerd.proxy.destination.Destination/Get"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+
+    // Admin: counted by result, ready, live.
+    let metrics = admin_get(&controller, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("weft_controller_identity_certify_total{result=\"ok\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weft_controller_identity_certify_total{result=\"bad_token\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("weft_controller_identity_issuer_expiration_timestamp_seconds "));
+    assert!(admin_get(&controller, "/ready")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(admin_get(&controller, "/live")
+        .await
+        .starts_with("HTTP/1.1 200"));
+
+    controller.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_serving_certificate_names_the_controller_identity_only() {
+    let tmp = TempDir::new("serving");
+    let (controller, _) = start(&tmp).await;
+    let chain = controller.serving_cert().chain();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    let names: Vec<String> = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("DNSName({CONTROLLER})"),
+            "URI(spiffe://cluster.local/ns/weft-system/sa/weft-controller)".to_owned()
+        ]
+    );
+
+    // A client expecting another server name, or trusting another anchor, is refused
+    // in the handshake.
+    let anchors = std::fs::read(tmp.0.join("identity").join(identity::ANCHORS_FILE)).unwrap();
+    let other = TempDir::new("other");
+    identity::init(&other.0, "cluster.local", false).unwrap();
+    let other_anchors = std::fs::read(other.0.join(identity::ANCHORS_FILE)).unwrap();
+    for (pem, name) in [(&anchors, BOOKS), (&other_anchors, CONTROLLER)] {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(pem))
+            .domain_name(name);
+        let connected = Endpoint::from_shared(format!("https://{}", controller.grpc_addr()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await;
+        assert!(connected.is_err(), "{name} connected");
+    }
+    controller.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn during_a_rotation_the_bundle_trusts_the_new_issuer() {
+    // Old anchor A, new anchor B; the controller has B's issuer and the bundle A+B.
+    let tmp = TempDir::new("rotation");
+    let old = TempDir::new("rotation-old");
+    identity::init(&old.0, "cluster.local", false).unwrap();
+    let (first, _) = start(&tmp).await;
+    first.shutdown().await.unwrap();
+    let ca = tmp.0.join("identity");
+    let new_anchor = std::fs::read_to_string(ca.join(identity::ANCHORS_FILE)).unwrap();
+    let old_anchor = std::fs::read_to_string(old.0.join(identity::ANCHORS_FILE)).unwrap();
+    let bundle = format!("{old_anchor}{new_anchor}");
+    std::fs::write(ca.join(identity::ANCHORS_FILE), &bundle).unwrap();
+
+    let controller = Controller::start(config(&tmp.0)).await.unwrap();
+    let token =
+        std::fs::read_to_string(identity::token_path(&tmp.0.join("tokens"), "shop", "books"))
+            .unwrap();
+    // A proxy that already has the bundle.
+    let mut client = IdentityClient::new(channel(&controller, bundle.as_bytes(), CONTROLLER).await);
+    let rsp = client
+        .certify(CertifyRequest {
+            identity: BOOKS.into(),
+            token: token.into_bytes(),
+            certificate_signing_request: csr_for(&[BOOKS]),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The leaf verifies against the bundle (as the proxy checks it).
+    let roots = TrustAnchors::from_pem(bundle.as_bytes(), std::path::Path::new("bundle"))
+        .unwrap()
+        .root_store();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots,
+        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    use rustls::client::danger::ServerCertVerifier as _;
+    verifier
+        .verify_server_cert(
+            &rsp.leaf_certificate.clone().into(),
+            &[rsp.intermediate_certificates[0].clone().into()],
+            &rustls::pki_types::ServerName::try_from(BOOKS).unwrap(),
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .unwrap();
+    controller.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_proxy_identity_code_accepts_what_the_controller_issues() {
+    let tmp = TempDir::new("proxy");
+    let (controller, token) = start(&tmp).await;
+    let anchors_path = tmp.0.join("identity").join(identity::ANCHORS_FILE);
+    let roots = weft_proxy::identity::load_anchors(&anchors_path).unwrap();
+    let name = Identity::new("books", "shop", "cluster.local").unwrap();
+    let local = weft_proxy::identity::LocalIdentity::new(name, roots).unwrap();
+    let anchors = std::fs::read(&anchors_path).unwrap();
+    let mut client = IdentityClient::new(channel(&controller, &anchors, CONTROLLER).await);
+    let rsp = client
+        .certify(CertifyRequest {
+            identity: BOOKS.into(),
+            token: token.into_bytes(),
+            certificate_signing_request: local.csr().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let expiry = local
+        .set_certificate(rsp.leaf_certificate, rsp.intermediate_certificates)
+        .unwrap();
+    assert!(local.is_ready());
+    assert_eq!(
+        expiry,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(rsp.valid_until.unwrap().seconds as u64)
+    );
+    controller.shutdown().await.unwrap();
+}
