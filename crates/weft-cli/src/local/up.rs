@@ -805,14 +805,26 @@ impl Runner {
             self.paths.state_path.display()
         );
         if let Some(p) = self.state.pods.first() {
-            let svc = self.mesh.services.first();
+            // A Service the first pod does not serve itself, to call across the mesh.
+            let svc = self
+                .mesh
+                .services
+                .iter()
+                .find(|s| !self.mesh.backends(s).any(|w| w.name == p.workload))
+                .or(self.mesh.services.first());
             let url = svc.map_or("http://SERVICE.NAMESPACE.svc:PORT/".into(), |s| {
                 format!("http://{}.{}.svc:{}/", s.name, s.namespace, s.ports[0].port)
             });
+            let weft = std::env::current_exe().unwrap_or_else(|_| "weft".into());
+            let app = weft.with_file_name("weft-demo-app");
             let _ = writeln!(
                 out,
-                "call from a pod:  ip netns exec {} weft-demo-app get {url}\nmetrics:          ip netns exec {} weft stat --admin {}:{ADMIN_PORT}",
-                p.netns, self.paths.hub, p.ip
+                "call from a pod:  ip netns exec {} {} get {url}\nmetrics:          ip netns exec {} {} stat --admin {}:{ADMIN_PORT}",
+                p.netns,
+                app.display(),
+                self.paths.hub,
+                weft.display(),
+                p.ip
             );
         }
         out
