@@ -2,6 +2,7 @@
 
 mod demo;
 mod fetch;
+mod identity;
 mod load;
 mod local;
 mod stat;
@@ -33,6 +34,8 @@ enum Command {
     Down(local::down::DownArgs),
     /// Preflight checks for `weft up`, each failure with its fix.
     Check(local::check::CheckArgs),
+    /// The mesh's certificate authority: `weft identity init` makes a trust anchor and issuer.
+    Identity(identity::IdentityArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
             Command::Up(args) => local::up::run(args).await,
             Command::Down(args) => local::down::run(args),
             Command::Check(args) => local::check::run(args),
+            Command::Identity(args) => identity::run(args),
         }
     })
 }
