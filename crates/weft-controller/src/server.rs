@@ -104,7 +104,10 @@ impl ServingCert {
                 .expiry()
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
-            tokio::time::sleep(self.certifier.lifetime().min(remaining).mul_f64(0.7)).await;
+            // At least 500 ms apart: near the issuer's end every new certificate is
+            // shorter (it never outlives the issuer) and whole seconds are the unit.
+            let wait = self.certifier.lifetime().min(remaining).mul_f64(0.7);
+            tokio::time::sleep(wait.max(Duration::from_millis(500))).await;
             loop {
                 match issue(&self.identity, &self.certifier) {
                     Ok(next) => {

@@ -317,3 +317,28 @@ async fn the_proxy_identity_code_accepts_what_the_controller_issues() {
     );
     controller.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_serving_certificate_is_renewed_before_it_expires() {
+    let tmp = TempDir::new("renew");
+    identity::init(&tmp.0.join("identity"), "cluster.local", false).unwrap();
+    let controller = Controller::start(Config {
+        cert_lifetime: Duration::from_secs(1),
+        ..config(&tmp.0)
+    })
+    .await
+    .unwrap();
+    let first = controller.serving_cert().chain()[0].clone();
+    // Renewal at 70 % of the lifetime: 0.7 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while controller.serving_cert().chain()[0] == first {
+        assert!(tokio::time::Instant::now() < deadline, "not renewed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // New handshakes get the new certificate and still verify.
+    let anchors = std::fs::read(tmp.0.join("identity").join(identity::ANCHORS_FILE)).unwrap();
+    let mut client = IdentityClient::new(channel(&controller, &anchors, CONTROLLER).await);
+    let status = client.certify(CertifyRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    controller.shutdown().await.unwrap();
+}
