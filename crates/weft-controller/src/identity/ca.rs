@@ -303,7 +303,7 @@ impl Issuer {
                 ),
             ));
         }
-        let signer = {
+        let (subject, not_after) = {
             let (rest, cert) = X509Certificate::from_der(&der)
                 .map_err(|e| invalid(cert_path, format!("does not parse as X.509: {e}")))?;
             if !rest.is_empty() {
@@ -341,7 +341,6 @@ impl Issuer {
             let (_, not_after) = validity(&cert);
             (subject, not_after)
         };
-        let (subject, not_after) = signer;
         let signer = rcgen::Issuer::from_ca_cert_der(&der, key)
             .map_err(|e| invalid(cert_path, format!("unusable as an issuer: {e}")))?;
         Ok(Issuer {
