@@ -210,8 +210,9 @@ async fn outbound_service_listener_balances_per_request() {
         assert_eq!(client.get("/").await.unwrap().status, 200);
     }
     // One client connection, spread per request over both endpoints.
-    assert_eq!(a.requests(), 5);
-    assert_eq!(b.requests(), 5);
+    // P2C over equal endpoints: both take traffic (not an exact split).
+    assert!(a.requests() > 0 && b.requests() > 0);
+    assert_eq!(a.requests() + b.requests(), 10);
     let m = proxy.metrics().await;
     assert_eq!(
         m.sum(
@@ -222,7 +223,7 @@ async fn outbound_service_listener_balances_per_request() {
     );
     assert_eq!(
         m.sum("request_total", &[("target_addr", &a.addr().to_string())]),
-        5.0
+        a.requests() as f64
     );
 }
 
