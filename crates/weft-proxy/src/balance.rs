@@ -282,7 +282,7 @@ impl Balancer {
         let now = Instant::now();
         let config = &self.config;
         let mut state = self.state();
-        let candidates = Self::candidates(config, &mut state, now);
+        let candidates = Self::candidates(config, &mut state, now, true);
         let chosen = {
             let mut rng = rand::rng();
             let first = weighted(&candidates, &mut rng)?;
@@ -308,6 +308,7 @@ impl Balancer {
         config: &BalanceConfig,
         state: &'a mut State,
         now: Instant,
+        step: bool,
     ) -> Vec<&'a Arc<Endpoint>> {
         let all = &state.endpoints;
         let max_ejected = (all.len() as f64 * config.max_ejected_share).floor() as usize;
@@ -334,7 +335,7 @@ impl Balancer {
             return other;
         }
         let load = local.iter().map(|e| e.pending() as f64).sum::<f64>() / local.len() as f64;
-        if now.saturating_duration_since(state.last_step) >= config.zone_step {
+        if step && now.saturating_duration_since(state.last_step) >= config.zone_step {
             if load > config.zone_high && state.extra < other.len() {
                 state.extra += 1;
                 state.last_step = now;
@@ -355,7 +356,8 @@ impl Balancer {
         let now = Instant::now();
         let mut state = self.state();
         let mut counts: Vec<(Option<Arc<str>>, usize)> = Vec::new();
-        for e in Self::candidates(&self.config, &mut state, now) {
+        // Reading the gauge must not move the zone set: no step here.
+        for e in Self::candidates(&self.config, &mut state, now, false) {
             match counts.iter_mut().find(|(z, _)| *z == e.meta.zone) {
                 Some((_, n)) => *n += 1,
                 None => counts.push((e.meta.zone.clone(), 1)),
