@@ -35,17 +35,26 @@ fn cannot_run() -> Option<String> {
             ));
         }
     }
-    // The proxy and the demo app are other packages' binaries: `cargo test --workspace`
-    // builds them; a narrower run builds them here.
-    let missing = ["weft-proxy", "weft-demo-app"]
+    // The proxy, the controller and the demo app are other packages' binaries:
+    // `cargo test --workspace` builds them; a narrower run builds them here.
+    let missing = ["weft-proxy", "weft-controller", "weft-demo-app"]
         .iter()
         .any(|b| !bin_dir().join(b).exists());
     if missing {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "weft-proxy", "-p", "weft-demo-app"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "weft-proxy",
+                "-p",
+                "weft-controller",
+                "-p",
+                "weft-demo-app",
+            ])
             .status();
         if !matches!(status, Ok(s) if s.success()) {
-            return Some("cannot build weft-proxy and weft-demo-app".into());
+            return Some("cannot build weft-proxy, weft-controller and weft-demo-app".into());
         }
     }
     None
@@ -160,6 +169,12 @@ impl Env {
     fn recorded_procs(&self) -> Vec<(u32, u64)> {
         let state = self.state();
         let mut out = Vec::new();
+        if let Some(c) = state["controller"].as_object() {
+            out.push((
+                c["pid"].as_u64().unwrap() as u32,
+                c["start_time"].as_u64().unwrap(),
+            ));
+        }
         for pod in state["pods"].as_array().unwrap() {
             for p in pod["procs"].as_array().unwrap() {
                 out.push((
@@ -373,6 +388,42 @@ fn foreground_mesh_calls_scaling_and_down_after_kill_9() {
         "books' calls to authors did not go through its proxy:\n{}",
         books.text
     );
+    // Meshed without configuration: both hops are mTLS with the workloads' identities.
+    let client_id = "client.default.serviceaccount.identity.weft.cluster.local";
+    let books_id = "books.default.serviceaccount.identity.weft.cluster.local";
+    assert!(
+        client.sum(
+            "request_total",
+            &[
+                ("direction", "outbound"),
+                ("tls", "true"),
+                ("server_id", books_id)
+            ]
+        ) >= 1.0,
+        "the client's calls to books were not mTLS to {books_id}:\n{}",
+        client.text
+    );
+    assert!(
+        books.sum(
+            "request_total",
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", client_id)
+            ]
+        ) >= 1.0,
+        "books did not see the client's identity:\n{}",
+        books.text
+    );
+    assert_eq!(
+        books.sum(
+            "request_total",
+            &[("direction", "inbound"), ("tls", "no_identity")]
+        ),
+        0.0,
+        "plaintext requests reached books inside the mesh:\n{}",
+        books.text
+    );
 
     // Scale books to 2 in the directory: the client's steady load reaches the new
     // replica once it is up and the proxies have its address.
@@ -396,7 +447,7 @@ fn foreground_mesh_calls_scaling_and_down_after_kill_9() {
 
     // Crash: kill -9 weft up. `weft down` finds everything from the state file.
     let procs = env.recorded_procs();
-    assert_eq!(procs.len(), 8, "4 pods × (proxy + app)");
+    assert_eq!(procs.len(), 9, "the controller and 4 pods × (proxy + app)");
     let mut up = env.up.take().unwrap();
     up.kill().unwrap();
     up.wait().unwrap();
@@ -434,7 +485,7 @@ fn detached_up_is_ready_when_it_returns_and_down_removes_it() {
     assert!(String::from_utf8_lossy(&check.stdout).contains("fix: weft down"));
 
     let procs = env.recorded_procs();
-    assert_eq!(procs.len(), 8);
+    assert_eq!(procs.len(), 9, "the controller and 4 pods × (proxy + app)");
     let out = env.run(&["down"]);
     assert!(out.status.success());
     env.assert_nothing_left(&procs);

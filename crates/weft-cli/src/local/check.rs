@@ -14,6 +14,9 @@ pub struct CheckArgs {
     /// The weft-proxy binary (default: next to this `weft` binary).
     #[arg(long, env = "WEFT_PROXY_BIN")]
     proxy_bin: Option<PathBuf>,
+    /// The weft-controller binary (default: next to this `weft` binary).
+    #[arg(long, env = "WEFT_CONTROLLER_BIN")]
+    controller_bin: Option<PathBuf>,
     #[command(flatten)]
     local: LocalArgs,
 }
@@ -67,6 +70,15 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         proxy.is_file(),
         &format!("weft-proxy at {}", proxy.display()),
         "cargo build --release -p weft-proxy, or pass --proxy-bin",
+    );
+    let controller = match &args.controller_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("weft-controller"),
+    };
+    r.check(
+        controller.is_file(),
+        &format!("weft-controller at {}", controller.display()),
+        "cargo build --release -p weft-controller, or pass --controller-bin",
     );
     if sys::is_root() && sys::which("ip").is_some() {
         let probe = format!("{}-check-{}", args.local.prefix, std::process::id());

@@ -73,6 +73,7 @@ pub fn teardown(state: &mut State, path: &Path, reap: impl FnMut()) -> anyhow::R
     for pod in &mut state.pods {
         pod.procs.retain(ProcRecord::is_running);
     }
+    state.controller = state.controller.take().filter(ProcRecord::is_running);
     let _ = state.save(path);
 
     let mut kept = Vec::new();

@@ -34,6 +34,9 @@ pub const PROXY_UID: u32 = 2102;
 pub const OUTBOUND_PORT: u16 = 4140;
 pub const INBOUND_PORT: u16 = 4143;
 pub const ADMIN_PORT: u16 = 4191;
+/// weft-controller's gRPC (identity) and admin ports, on the hub's address.
+pub const CONTROLLER_PORT: u16 = 8090;
+pub const CONTROLLER_ADMIN_PORT: u16 = 9990;
 /// The bridge inside the hub namespace.
 pub const BRIDGE: &str = "weft0";
 /// The hub's address on the bridge; pods are in the same /15.

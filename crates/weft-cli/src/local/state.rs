@@ -18,7 +18,7 @@ pub const STATE_VERSION: u32 = 1;
 /// A process `weft up` started, as the leader of its own process group.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProcRecord {
-    /// `proxy`, `app` or `weft-up`.
+    /// `proxy`, `app`, `controller` or `weft-up`.
     pub role: String,
     pub pid: u32,
     /// From `/proc/{pid}/stat`: a pid reused by another process has another one.
@@ -149,6 +149,9 @@ pub struct State {
     pub hub: Option<String>,
     /// `weft up` itself while it runs in the foreground.
     pub owner: Option<ProcRecord>,
+    /// The mesh's weft-controller (identity), in the hub namespace.
+    #[serde(default)]
+    pub controller: Option<ProcRecord>,
     #[serde(default)]
     pub pods: Vec<PodRecord>,
     #[serde(default)]
@@ -166,6 +169,7 @@ impl State {
             prefix: prefix.to_owned(),
             hub: None,
             owner: None,
+            controller: None,
             pods: Vec::new(),
             services: Vec::new(),
             files: Vec::new(),
@@ -199,8 +203,11 @@ impl State {
         Ok(())
     }
 
-    /// Every recorded process, pods' and the owner's.
+    /// Every recorded process: the pods' and the controller.
     pub fn procs(&self) -> impl Iterator<Item = &ProcRecord> {
-        self.pods.iter().flat_map(|p| p.procs.iter())
+        self.pods
+            .iter()
+            .flat_map(|p| p.procs.iter())
+            .chain(self.controller.iter())
     }
 }

@@ -16,8 +16,8 @@ use weft_core::prom::Scrape;
 
 use super::state::{PodRecord, ProcRecord, State, VipRecord};
 use super::{
-    pod_name, sys, LocalArgs, ADMIN_PORT, BRIDGE, DEFAULT_OPAQUE_PORTS, HUB_IP, INBOUND_PORT,
-    NOT_ROOT, OUTBOUND_PORT, POD_PREFIX_LEN, PROXY_UID,
+    pod_name, sys, LocalArgs, ADMIN_PORT, BRIDGE, CONTROLLER_ADMIN_PORT, CONTROLLER_PORT,
+    DEFAULT_OPAQUE_PORTS, HUB_IP, INBOUND_PORT, NOT_ROOT, OUTBOUND_PORT, POD_PREFIX_LEN, PROXY_UID,
 };
 use crate::{fetch, stat};
 
@@ -41,6 +41,12 @@ pub struct UpArgs {
     /// The weft-proxy binary (default: next to this `weft` binary).
     #[arg(long, env = "WEFT_PROXY_BIN")]
     proxy_bin: Option<PathBuf>,
+    /// The weft-controller binary (default: next to this `weft` binary).
+    #[arg(long, env = "WEFT_CONTROLLER_BIN")]
+    controller_bin: Option<PathBuf>,
+    /// Lifetime of the workloads' certificates (proxies renew at 70 % of it).
+    #[arg(long, env = "WEFT_CERT_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration)]
+    cert_lifetime: Duration,
     /// How long pods may take to become ready.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -72,10 +78,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("weft-proxy"),
     };
-    preflight(&args.local, &proxy_src)?;
+    let controller_bin = match &args.controller_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("weft-controller"),
+    };
+    preflight(&args.local, &proxy_src, &controller_bin)?;
 
     let started = Instant::now();
-    let mut runner = Runner::create(&args, &dir, mesh, &proxy_src)?;
+    let mut runner = Runner::create(&args, &dir, mesh, &proxy_src, &controller_bin)?;
     let result = runner.start_all(args.timeout).await;
     if let Err(e) = result {
         eprintln!("weft up failed: {e:#}\ntaking down what was started");
@@ -103,7 +113,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// Checks that must pass before anything is created.
-fn preflight(local: &LocalArgs, proxy_bin: &Path) -> anyhow::Result<()> {
+fn preflight(local: &LocalArgs, proxy_bin: &Path, controller_bin: &Path) -> anyhow::Result<()> {
     for tool in ["ip", "iptables-restore", "setpriv"] {
         if sys::which(tool).is_none() {
             bail!("`{tool}` is not installed (run `weft check` for what to install)");
@@ -113,6 +123,11 @@ fn preflight(local: &LocalArgs, proxy_bin: &Path) -> anyhow::Result<()> {
         proxy_bin.is_file(),
         "weft-proxy not found at {}: build it (cargo build --release -p weft-proxy) or pass --proxy-bin",
         proxy_bin.display()
+    );
+    anyhow::ensure!(
+        controller_bin.is_file(),
+        "weft-controller not found at {}: build it (cargo build --release -p weft-controller) or pass --controller-bin",
+        controller_bin.display()
     );
     let state_path = local.state_path();
     if let Some(state) = super::state::State::load(&state_path)? {
@@ -143,6 +158,12 @@ struct Paths {
     log_dir: PathBuf,
     endpoints: PathBuf,
     proxy_bin: PathBuf,
+    controller_bin: PathBuf,
+    /// Trust anchor and issuer, made fresh for every `weft up`.
+    identity_dir: PathBuf,
+    /// One token file per service account, `{dir}/{ns}/{sa}`, readable by the proxies.
+    tokens_dir: PathBuf,
+    cert_lifetime: Duration,
     mesh_dir: PathBuf,
     prefix: String,
     hub: String,
@@ -168,7 +189,13 @@ struct Runner {
 
 impl Runner {
     /// Records the state, makes the state directory and the hub with its bridge.
-    fn create(args: &UpArgs, dir: &Path, mesh: Mesh, proxy_src: &Path) -> anyhow::Result<Runner> {
+    fn create(
+        args: &UpArgs,
+        dir: &Path,
+        mesh: Mesh,
+        proxy_src: &Path,
+        controller_bin: &Path,
+    ) -> anyhow::Result<Runner> {
         let local = &args.local;
         let state_dir = local.state_dir.clone();
         let exe_dir = std::env::current_exe()?
@@ -184,6 +211,10 @@ impl Runner {
             log_dir: state_dir.join("logs"),
             endpoints: state_dir.join("endpoints.yaml"),
             proxy_bin: state_dir.join("bin").join("weft-proxy"),
+            controller_bin: controller_bin.to_owned(),
+            identity_dir: state_dir.join("identity"),
+            tokens_dir: state_dir.join("tokens"),
+            cert_lifetime: args.cert_lifetime,
             state_dir,
             mesh_dir: dir.to_owned(),
             prefix: local.prefix.clone(),
@@ -215,6 +246,128 @@ impl Runner {
             return Err(e);
         }
         Ok(runner)
+    }
+
+    /// Makes the mesh's identity (a fresh trust anchor and issuer), a token per service
+    /// account, and starts weft-controller in the hub namespace; waits until it is ready.
+    async fn start_controller(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let (identity_dir, tokens_dir) = (
+            self.paths.identity_dir.clone(),
+            self.paths.tokens_dir.clone(),
+        );
+        self.state
+            .files
+            .extend([identity_dir.clone(), tokens_dir.clone()]);
+        self.save()?;
+        weft_controller::identity::init(&identity_dir, &self.mesh.trust_domain, true)
+            .with_context(|| {
+                format!(
+                    "cannot make the mesh's identity in {}",
+                    identity_dir.display()
+                )
+            })?;
+        // The proxies (UID 2102) read the trust anchors; the issuer key stays 0600 root.
+        set_mode(&identity_dir, 0o755)?;
+        set_mode(
+            &identity_dir.join(weft_controller::identity::ANCHORS_FILE),
+            0o644,
+        )?;
+        std::fs::create_dir_all(&tokens_dir)?;
+        set_mode(&tokens_dir, 0o755)?;
+        self.write_tokens()?;
+
+        let td = self.mesh.trust_domain.clone();
+        let argv = vec![
+            self.paths.controller_bin.display().to_string(),
+            "--identity-dir".into(),
+            identity_dir.display().to_string(),
+            "--tokens-dir".into(),
+            tokens_dir.display().to_string(),
+            "--trust-domain".into(),
+            td,
+            "--cert-lifetime".into(),
+            humantime::format_duration(self.paths.cert_lifetime).to_string(),
+            "--listen".into(),
+            SocketAddr::from((HUB_IP, CONTROLLER_PORT)).to_string(),
+            "--admin-listen".into(),
+            SocketAddr::from((HUB_IP, CONTROLLER_ADMIN_PORT)).to_string(),
+        ];
+        let hub = self.paths.hub.clone();
+        let log = self.paths.log_dir.join("controller.log");
+        let record = self.start_process(&hub, "controller", &argv, &[], log)?;
+        self.state.controller = Some(record.clone());
+        self.save()?;
+
+        let started = Instant::now();
+        let ready = tokio::task::spawn_blocking(move || {
+            sys::in_netns(&hub, timeout + Duration::from_secs(1), move || async move {
+                let admin = SocketAddr::from((HUB_IP, CONTROLLER_ADMIN_PORT));
+                let deadline = tokio::time::Instant::now() + timeout;
+                loop {
+                    if !record.is_running() {
+                        bail!("it exited");
+                    }
+                    let step = Duration::from_millis(500);
+                    if let Ok(Ok(_)) = tokio::time::timeout(step, fetch::get(admin, "/ready")).await
+                    {
+                        return Ok(());
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        bail!("its /ready did not answer within {timeout:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })?
+        })
+        .await?;
+        if let Err(e) = ready {
+            let log = self.paths.log_dir.join("controller.log");
+            bail!(
+                "weft-controller is not ready: {e:#}\n  log ({}):\n    {}",
+                log.display(),
+                sys::tail(&log, 5).replace('\n', "\n    ")
+            );
+        }
+        self.event(format!(
+            "controller ready   {HUB_IP}:{CONTROLLER_PORT}  trust domain {}  {:.2}s",
+            self.mesh.trust_domain,
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    /// A token file for every service account of the mesh that has none yet, owned by
+    /// the proxies' UID (all proxies share it, so any proxy could read any token: local
+    /// mode protects the mesh from other users of the machine, not pods from each other).
+    fn write_tokens(&self) -> anyhow::Result<()> {
+        let mut done = HashSet::new();
+        for w in &self.mesh.workloads {
+            if !done.insert((w.namespace.clone(), w.service_account.clone())) {
+                continue;
+            }
+            let path = weft_controller::identity::token_path(
+                &self.paths.tokens_dir,
+                &w.namespace,
+                &w.service_account,
+            );
+            if path.exists() {
+                continue;
+            }
+            let (path, _) = weft_controller::identity::write_token(
+                &self.paths.tokens_dir,
+                &w.namespace,
+                &w.service_account,
+            )
+            .with_context(|| format!("cannot write the token of workload {}", w.name))?;
+            if let Some(ns_dir) = path.parent() {
+                set_mode(ns_dir, 0o755)?;
+            }
+            let uid = nix::unistd::Uid::from_raw(PROXY_UID);
+            let gid = nix::unistd::Gid::from_raw(PROXY_UID);
+            nix::unistd::chown(&path, Some(uid), Some(gid))
+                .with_context(|| format!("cannot give {} to UID {PROXY_UID}", path.display()))?;
+        }
+        Ok(())
     }
 
     fn save(&self) -> anyhow::Result<()> {
@@ -322,6 +475,7 @@ impl Runner {
 
     /// Starts every pod of the mesh and waits until all are ready.
     async fn start_all(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.start_controller(timeout).await?;
         let wanted: Vec<(Workload, u32)> = self
             .mesh
             .workloads
@@ -439,6 +593,23 @@ impl Runner {
             w.service_account.clone(),
             "--trust-domain".into(),
             self.mesh.trust_domain.clone(),
+            // mTLS: the proxy makes its key, gets its certificate from the controller.
+            "--trust-anchors".into(),
+            self.paths
+                .identity_dir
+                .join(weft_controller::identity::ANCHORS_FILE)
+                .display()
+                .to_string(),
+            "--controller".into(),
+            SocketAddr::from((HUB_IP, CONTROLLER_PORT)).to_string(),
+            "--identity-token".into(),
+            weft_controller::identity::token_path(
+                &self.paths.tokens_dir,
+                &w.namespace,
+                &w.service_account,
+            )
+            .display()
+            .to_string(),
             "--opaque-ports".into(),
             opaque,
             "--drain-grace".into(),
@@ -489,6 +660,27 @@ impl Runner {
             .find(|p| p.netns == netns)
             .expect("recorded pod");
         let log = self.paths.log_dir.join(format!("{}.{role}.log", pod.name));
+        let record = self.start_process(netns, role, argv, env, log)?;
+        let pod = self
+            .state
+            .pods
+            .iter_mut()
+            .find(|p| p.netns == netns)
+            .expect("recorded pod");
+        pod.procs.push(record);
+        self.save()
+    }
+
+    /// Starts `argv` in `netns` (see [`Runner::spawn`]) and returns its record; the
+    /// caller records it in the state.
+    fn start_process(
+        &mut self,
+        netns: &str,
+        role: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> anyhow::Result<ProcRecord> {
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = Command::new("ip");
@@ -505,16 +697,8 @@ impl Runner {
             .spawn()
             .with_context(|| format!("cannot start {} in {netns}", argv.join(" ")))?;
         let pid = child.id();
-        let record = ProcRecord::of(role, pid, Some(log));
         self.children.insert(pid, child);
-        let pod = self
-            .state
-            .pods
-            .iter_mut()
-            .find(|p| p.netns == netns)
-            .expect("recorded pod");
-        pod.procs.push(record);
-        self.save()
+        Ok(ProcRecord::of(role, pid, Some(log)))
     }
 
     /// `/etc/hosts` of a pod in `namespace`: every Service by its cluster names, and the
@@ -562,6 +746,19 @@ impl Runner {
             let Some(vip) = self.vip(&svc.namespace, &svc.name) else {
                 continue;
             };
+            // Meshed: outbound mTLS to the backends' identity, when they share one (the
+            // endpoints file names one identity per service).
+            let mut identities: Vec<String> = self
+                .mesh
+                .backends(svc)
+                .map(|w| w.identity(&self.mesh.trust_domain).to_string())
+                .collect();
+            identities.sort();
+            identities.dedup();
+            let identity = match identities.as_slice() {
+                [one] => format!("\n    identity: {one}"),
+                _ => String::new(),
+            };
             for port in &svc.ports {
                 let mut endpoints = Vec::new();
                 let mut opaque = port.is_opaque();
@@ -593,7 +790,7 @@ impl Runner {
                 }
                 let _ = writeln!(
                     out,
-                    "  - name: {}\n    address: \"{vip}:{}\"\n    opaque: {opaque}\n    endpoints: [{}]",
+                    "  - name: {}\n    address: \"{vip}:{}\"\n    opaque: {opaque}{identity}\n    endpoints: [{}]",
                     svc.name,
                     port.port,
                     endpoints.join(", ")
@@ -800,7 +997,7 @@ impl Runner {
         }
         let _ = writeln!(
             out,
-            "\nlogs: {}   state: {}",
+            "\ncontroller: {HUB_IP}:{CONTROLLER_PORT} (identity, mTLS for every pod; admin :{CONTROLLER_ADMIN_PORT})\nlogs: {}   state: {}",
             self.paths.log_dir.display(),
             self.paths.state_path.display()
         );
@@ -987,10 +1184,20 @@ impl Runner {
 
     /// Applies a changed mesh: Services' VIPs and hosts, pods added and removed.
     async fn apply(&mut self, mesh: Mesh) -> anyhow::Result<()> {
+        let mut mesh = mesh;
+        if mesh.trust_domain != self.mesh.trust_domain {
+            self.event(format!(
+                "trustDomain changed to {:?}: certificates are issued for {:?} until weft up is restarted",
+                mesh.trust_domain, self.mesh.trust_domain
+            ));
+            mesh.trust_domain = self.mesh.trust_domain.clone();
+        }
         let old = std::mem::replace(&mut self.mesh, mesh);
         for w in &self.mesh.warnings {
             self.events.push_back(format!("warning: {w}"));
         }
+        // New service accounts need their tokens before their proxies start.
+        self.write_tokens()?;
         // Pods of workloads removed or changed (other than in replicas) go first.
         let changed: Vec<String> = self
             .state
