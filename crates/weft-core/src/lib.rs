@@ -2,4 +2,5 @@
 
 pub mod identity;
 pub mod mesh;
+pub mod pods;
 pub mod prom;
