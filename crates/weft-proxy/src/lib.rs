@@ -505,9 +505,17 @@ async fn connection(
             .peer_certificates()
             .and_then(|certs| certs.first())
             .and_then(identity::peer_identity);
+        // The anchor signed it, but it must also name a workload of this mesh: a
+        // certificate the CA issued for something else proves no caller identity.
+        let trust_domain = local.name().trust_domain();
+        let Some(client_id) = client_id.filter(|id| id.trust_domain() == trust_domain) else {
+            shared.metrics.tls_handshake_error(direction);
+            tracing::info!(%client, %trust_domain, "mTLS refused: the client certificate names no identity of this trust domain");
+            return;
+        };
         let peer = Accepted {
             tls: Tls::Yes,
-            client_id,
+            client_id: Some(client_id),
             ..peer
         };
         return detect_and_dispatch(stream, peer, shared, watch).await;

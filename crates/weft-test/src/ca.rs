@@ -91,8 +91,19 @@ impl TestCa {
         not_after: SystemTime,
         trust: Arc<RootCertStore>,
     ) -> ClientConfig {
+        self.raw_client_named(&name.dns_name(), not_before, not_after, trust)
+    }
+
+    /// Like [`TestCa::raw_client`], for any DNS name (not necessarily a mesh identity).
+    pub fn raw_client_named(
+        &self,
+        dns_name: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        trust: Arc<RootCertStore>,
+    ) -> ClientConfig {
         let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(vec![name.dns_name()]).expect("params");
+        let mut params = CertificateParams::new(vec![dns_name.to_owned()]).expect("params");
         leaf_params(&mut params, not_before, not_after);
         let leaf = params.signed_by(&key, &self.issuer).expect("sign");
         let chain = vec![

@@ -196,6 +196,20 @@ async fn bad_client_certificates_are_refused_and_others_keep_working() {
     let expired = ca.raw_client(&web, now - 2 * DAY, now - DAY, ca.roots());
     assert!(raw_tls_get(server.inbound(), BOOKS, expired).await.is_err());
 
+    // Signed by our issuer, but for a name that is no identity of this mesh: another
+    // trust domain, or not a workload identity at all.
+    let elsewhere: Identity = "web.default.serviceaccount.identity.weft.other.example"
+        .parse()
+        .unwrap();
+    let other_domain = ca.raw_client(&elsewhere, now - DAY, now + DAY, ca.roots());
+    assert!(raw_tls_get(server.inbound(), BOOKS, other_domain)
+        .await
+        .is_err());
+    let not_a_workload = ca.raw_client_named("evil.example.com", now - DAY, now + DAY, ca.roots());
+    assert!(raw_tls_get(server.inbound(), BOOKS, not_a_workload)
+        .await
+        .is_err());
+
     // The proxy keeps serving everyone else.
     let reply = raw_tls_get(server.inbound(), BOOKS, good).await.unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
@@ -210,7 +224,7 @@ async fn bad_client_certificates_are_refused_and_others_keep_working() {
     let m = server.metrics().await;
     assert_eq!(
         m.sum("tls_handshake_errors_total", &[("direction", "inbound")]),
-        2.0,
+        4.0,
         "{}",
         m.text
     );
@@ -349,4 +363,60 @@ async fn opaque_ports_are_carried_over_mtls_too() {
         ),
         1.0
     );
+}
+
+#[tokio::test]
+async fn during_an_anchor_rotation_old_and_new_certificates_both_work() {
+    // The mesh moves from anchor `old` to anchor `new`: every proxy trusts the bundle
+    // old+new while some proxies still hold certificates from the old issuer.
+    let (old, new) = (TestCa::new("old"), TestCa::new("new"));
+    let bundle = weft_proxy::identity::anchors_from_pem(
+        format!("{}{}", old.anchors_pem(), new.anchors_pem()).as_bytes(),
+    )
+    .unwrap();
+    let local = |ca: &TestCa, sa: &str| {
+        let name = Identity::new(sa, "default", "cluster.local").unwrap();
+        let local =
+            weft_proxy::identity::LocalIdentity::new(name, bundle.clone()).expect("identity");
+        ca.certify(&local, DAY);
+        local
+    };
+    let app = TestServer::loopback("books").await;
+    // The server already has a certificate from the new issuer...
+    let server = proxy::inbound_to(app.addr())
+        .identity(local(&new, "books"))
+        .start()
+        .await;
+    // ...one caller still has the old issuer's, another the new one's.
+    for ca in [&old, &new] {
+        let caller = proxy::inbound_to(app.addr())
+            .services(&books_service(server.inbound(), BOOKS))
+            .identity(local(ca, "web"))
+            .start()
+            .await;
+        let mut c = TestClient::http1(caller.service("books"), "books.default.svc:8080")
+            .await
+            .unwrap();
+        assert_eq!(c.get("/").await.unwrap().status, 200);
+    }
+    let m = server.metrics().await;
+    assert_eq!(
+        m.sum("request_total", &[("tls", "true"), ("client_id", WEB)]),
+        2.0,
+        "{}",
+        m.text
+    );
+    // A proxy that trusts only the new anchor refuses the old issuer's certificates:
+    // the bundle is what makes the switch safe.
+    let strict = proxy::inbound_to(app.addr())
+        .identity(new.identity("books", "default", DAY))
+        .start()
+        .await;
+    let old_web = old.raw_client(
+        &WEB.parse().unwrap(),
+        SystemTime::now() - DAY,
+        SystemTime::now() + DAY,
+        new.roots(),
+    );
+    assert!(raw_tls_get(strict.inbound(), BOOKS, old_web).await.is_err());
 }
