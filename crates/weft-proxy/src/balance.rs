@@ -2,8 +2,11 @@
 //! probability proportional to its weight) over peak-EWMA latency × (pending + 1),
 //! failures as a decaying latency penalty,
 //! ejection of endpoints that keep failing (with backoff, and never more than half of
-//! them), and zone-aware selection that keeps traffic in the proxy's zone while the
-//! in-zone load stays inside a band.
+//! them; a returning endpoint is on probation and gets a single probe request), and a
+//! zone mode: zone-aware selection that keeps traffic in the proxy's zone while the
+//! in-zone load stays inside a band ([`ZoneMode::Aware`]), zone-unaware P2C over every
+//! endpoint ([`ZoneMode::Unaware`]), or in-zone only, topology-hints style
+//! ([`ZoneMode::LocalOnly`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,11 +34,45 @@ impl EndpointMeta {
     }
 }
 
+/// How a proxy that knows its zone uses endpoints' zones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ZoneMode {
+    /// In-zone endpoints while their load stays inside the band (`zone_low` ..
+    /// `zone_high` pending requests per endpoint); other zones' endpoints join one at a
+    /// time above it and leave below it, and take everything at once when no in-zone
+    /// endpoint is healthy.
+    #[default]
+    Aware,
+    /// Zones are ignored: P2C over every healthy endpoint.
+    Unaware,
+    /// Only in-zone endpoints while the zone has any, however they fail or lag
+    /// (Kubernetes topology-aware hints); every endpoint when the zone has none.
+    LocalOnly,
+}
+
+impl ZoneMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZoneMode::Aware => "aware",
+            ZoneMode::Unaware => "unaware",
+            ZoneMode::LocalOnly => "local-only",
+        }
+    }
+}
+
+impl std::fmt::Display for ZoneMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Tuning shared by every balancer of a proxy.
 #[derive(Clone, Debug)]
 pub struct BalanceConfig {
     /// The proxy's own zone; `None` disables zone awareness.
     pub zone: Option<Arc<str>>,
+    /// How the zone is used (only when `zone` is set).
+    pub zone_mode: ZoneMode,
     /// In-zone load (pending requests per in-zone endpoint) below which other zones'
     /// endpoints are dropped again.
     pub zone_low: f64,
@@ -59,6 +96,7 @@ impl Default for BalanceConfig {
     fn default() -> Self {
         BalanceConfig {
             zone: None,
+            zone_mode: ZoneMode::Aware,
             zone_low: 0.8,
             zone_high: 2.0,
             zone_step: Duration::from_millis(50),
@@ -77,6 +115,8 @@ struct Estimate {
     rtt_ns: f64,
     updated: Instant,
     consecutive_failures: u32,
+    /// Set when the endpoint was ejected; once past, the endpoint is on probation until
+    /// a request to it succeeds.
     ejected_until: Option<Instant>,
     backoff: Duration,
 }
@@ -112,6 +152,14 @@ impl Endpoint {
         self.estimate()
             .ejected_until
             .is_some_and(|until| until > now)
+    }
+
+    /// Back from an ejection and not yet answered well: one probe request at a time,
+    /// and one failure ejects it again (with a longer backoff).
+    fn on_probation(&self, now: Instant) -> bool {
+        self.estimate()
+            .ejected_until
+            .is_some_and(|until| until <= now)
     }
 
     /// Peak-EWMA latency (decayed to now) × (pending + 1). Weights act in the draw,
@@ -205,13 +253,15 @@ impl Picked {
                 let mut e = self.endpoint.estimate();
                 e.consecutive_failures = 0;
                 e.backoff = Duration::ZERO;
+                e.ejected_until = None;
             }
             Outcome::Failure => {
                 let rtt = (now - self.start).max(config.failure_penalty);
                 self.endpoint.observe(rtt, now, config.decay);
                 let mut e = self.endpoint.estimate();
                 e.consecutive_failures += 1;
-                if e.consecutive_failures >= config.eject_after {
+                let failed_probe = e.ejected_until.is_some_and(|until| until <= now);
+                if failed_probe || e.consecutive_failures >= config.eject_after {
                     // Asked for; granted by the balancer only within the ejection cap.
                     e.backoff = (e.backoff * 2).clamp(config.eject_base, config.eject_max);
                     e.ejected_until = Some(now + e.backoff);
@@ -302,37 +352,46 @@ impl Balancer {
         })
     }
 
-    /// The endpoints in use: healthy ones (ejection capped), narrowed to the proxy's
-    /// zone while its load allows.
+    /// The endpoints in use: healthy ones (ejection capped; an endpoint on probation
+    /// only while no probe to it is pending), narrowed by the zone mode.
     fn candidates<'a>(
         config: &BalanceConfig,
         state: &'a mut State,
         now: Instant,
         step: bool,
     ) -> Vec<&'a Arc<Endpoint>> {
-        let all = &state.endpoints;
-        let max_ejected = (all.len() as f64 * config.max_ejected_share).floor() as usize;
-        let ejected: Vec<bool> = all.iter().map(|e| e.is_ejected(now)).collect();
-        let n_ejected = ejected.iter().filter(|e| **e).count();
-        let healthy: Vec<&Arc<Endpoint>> = if n_ejected > max_ejected || n_ejected == all.len() {
-            // Too many would be out: an outlier never takes the whole service down.
-            all.iter().filter(|e| e.meta.weight > 0).collect()
-        } else {
-            all.iter()
-                .zip(&ejected)
-                .filter(|(e, out)| !**out && e.meta.weight > 0)
-                .map(|(e, _)| e)
-                .collect()
+        let zone = config
+            .zone
+            .as_ref()
+            .filter(|_| config.zone_mode != ZoneMode::Unaware);
+        let Some(zone) = zone else {
+            return healthy(config, state.endpoints.iter().collect(), now);
         };
-        let Some(zone) = config.zone.as_ref() else {
-            return healthy;
-        };
+        if config.zone_mode == ZoneMode::LocalOnly {
+            let local: Vec<&Arc<Endpoint>> = state
+                .endpoints
+                .iter()
+                .filter(|e| e.meta.zone.as_ref() == Some(zone) && e.meta.weight > 0)
+                .collect();
+            // Topology hints: the zone's endpoints, failing or not, while it has any.
+            let set = if local.is_empty() {
+                state.endpoints.iter().collect()
+            } else {
+                local
+            };
+            return healthy(config, set, now);
+        }
+        let healthy = healthy(config, state.endpoints.iter().collect(), now);
         let (local, other): (Vec<_>, Vec<_>) = healthy
             .into_iter()
             .partition(|e| e.meta.zone.as_ref() == Some(zone));
+        // Endpoints on probation do not hold traffic in the zone: while they are all the
+        // zone has, traffic stays out of it and they only get their probe.
+        let (local, probing): (Vec<_>, Vec<_>) =
+            local.into_iter().partition(|e| !e.on_probation(now));
         if local.is_empty() {
             // No healthy endpoint in the zone: everything else, at once.
-            return other;
+            return other.into_iter().chain(probing).collect();
         }
         let load = local.iter().map(|e| e.pending() as f64).sum::<f64>() / local.len() as f64;
         if step && now.saturating_duration_since(state.last_step) >= config.zone_step {
@@ -347,6 +406,7 @@ impl Balancer {
         let extra = state.extra.min(other.len());
         local
             .into_iter()
+            .chain(probing)
             .chain(other.into_iter().take(extra))
             .collect()
     }
@@ -364,6 +424,35 @@ impl Balancer {
             }
         }
         counts
+    }
+}
+
+/// The endpoints of `set` that may take a request: not ejected (unless more than the
+/// allowed share would be out), weight above zero, and not on probation with its probe
+/// still pending (unless nothing else is left).
+fn healthy<'a>(
+    config: &BalanceConfig,
+    set: Vec<&'a Arc<Endpoint>>,
+    now: Instant,
+) -> Vec<&'a Arc<Endpoint>> {
+    let max_ejected = (set.len() as f64 * config.max_ejected_share).floor() as usize;
+    let ejected: Vec<bool> = set.iter().map(|e| e.is_ejected(now)).collect();
+    let n_ejected = ejected.iter().filter(|e| **e).count();
+    let usable: Vec<&Arc<Endpoint>> = if n_ejected > max_ejected || n_ejected == set.len() {
+        // Too many would be out: an outlier never takes the whole service down.
+        set.into_iter().filter(|e| e.meta.weight > 0).collect()
+    } else {
+        set.into_iter()
+            .zip(&ejected)
+            .filter(|(e, out)| !**out && e.meta.weight > 0)
+            .map(|(e, _)| e)
+            .collect()
+    };
+    let probe_pending = |e: &&&Arc<Endpoint>| e.pending() > 0 && e.on_probation(now);
+    if usable.iter().any(|e| probe_pending(&e)) && !usable.iter().all(|e| probe_pending(&e)) {
+        usable.into_iter().filter(|e| !probe_pending(&e)).collect()
+    } else {
+        usable
     }
 }
 
@@ -402,12 +491,44 @@ mod tests {
     }
 
     fn balancer(zone: Option<&str>, endpoints: Vec<EndpointMeta>) -> Balancer {
+        balancer_in(ZoneMode::Aware, zone, endpoints)
+    }
+
+    fn balancer_in(mode: ZoneMode, zone: Option<&str>, endpoints: Vec<EndpointMeta>) -> Balancer {
         let config = BalanceConfig {
             zone: zone.map(Into::into),
+            zone_mode: mode,
             zone_step: Duration::ZERO,
             ..BalanceConfig::default()
         };
         Balancer::new(Arc::new(config), endpoints)
+    }
+
+    /// Three zones, two endpoints each: 1-2 in a, 3-4 in b, 5-6 in c.
+    fn three_zones() -> Vec<EndpointMeta> {
+        (1..=6u16)
+            .map(|i| meta(i, ["a", "b", "c"][usize::from(i - 1) / 2], 1))
+            .collect()
+    }
+
+    fn zone_of(p: &Picked) -> &str {
+        p.zone().map_or("", |z| &**z)
+    }
+
+    /// Fails every request to zone `failing`, succeeds the others; returns how many
+    /// of `n` picks failed.
+    fn run_with_failing_zone(b: &Balancer, failing: &str, n: usize) -> usize {
+        let mut failed = 0;
+        for _ in 0..n {
+            let p = b.pick().unwrap();
+            if zone_of(&p) == failing {
+                failed += 1;
+                p.finish(Outcome::Failure);
+            } else {
+                p.finish(Outcome::Success);
+            }
+        }
+        failed
     }
 
     #[test]
@@ -510,7 +631,128 @@ mod tests {
         assert!((0..200).all(|_| b.pick().unwrap().addr() != addr(1)));
     }
 
+    #[test]
+    fn zone_unaware_spreads_over_every_zone() {
+        let b = balancer_in(ZoneMode::Unaware, Some("a"), three_zones());
+        let n = 3000;
+        let in_zone = (0..n)
+            .filter(|_| zone_of(&b.pick().unwrap()) == "a")
+            .count();
+        // Idle, equal endpoints: a third of the traffic stays in the zone.
+        let share = in_zone as f64 / n as f64;
+        assert!((share - 1.0 / 3.0).abs() < 0.05, "{share}");
+        assert_eq!(b.in_use_by_zone().len(), 3);
+    }
+
+    #[test]
+    fn local_only_stays_in_a_failing_zone_and_aware_leaves_it() {
+        let local_only = balancer_in(ZoneMode::LocalOnly, Some("a"), three_zones());
+        let failed = run_with_failing_zone(&local_only, "a", 200);
+        assert_eq!(failed, 200, "topology hints never leave the zone");
+        let aware = balancer_in(ZoneMode::Aware, Some("a"), three_zones());
+        let failed = run_with_failing_zone(&aware, "a", 200);
+        // Five consecutive failures eject each of the two in-zone endpoints.
+        assert!(failed <= 10, "{failed}");
+        assert_eq!(run_with_failing_zone(&aware, "a", 200), 0);
+    }
+
+    #[test]
+    fn local_only_uses_other_zones_when_its_zone_has_no_endpoint() {
+        let endpoints = three_zones()
+            .into_iter()
+            .filter(|e| e.zone.as_deref() != Some("a"));
+        let b = balancer_in(ZoneMode::LocalOnly, Some("a"), endpoints.collect());
+        let zones: std::collections::BTreeSet<String> = (0..300)
+            .map(|_| zone_of(&b.pick().unwrap()).to_owned())
+            .collect();
+        assert_eq!(zones, ["b".to_owned(), "c".to_owned()].into());
+        // A weight of zero is no endpoint either.
+        let mut endpoints = three_zones();
+        endpoints[0].weight = 0;
+        endpoints[1].weight = 0;
+        let b = balancer_in(ZoneMode::LocalOnly, Some("a"), endpoints);
+        assert!((0..300).all(|_| zone_of(&b.pick().unwrap()) != "a"));
+    }
+
+    #[test]
+    fn a_returning_endpoint_gets_one_probe_and_a_failed_probe_ejects_it_again() {
+        let b = balancer(None, (1..=4).map(|i| EndpointMeta::new(addr(i))).collect());
+        let mut failed = 0;
+        while failed < 5 {
+            let p = b.pick().unwrap();
+            if p.addr() == addr(1) {
+                p.finish(Outcome::Failure);
+                failed += 1;
+            } else {
+                p.finish(Outcome::Success);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1050));
+        // Back on probation: while a probe is pending, it takes no other request.
+        let probe = std::iter::repeat_with(|| b.pick().unwrap())
+            .take(5000)
+            .find(|p| p.addr() == addr(1))
+            .expect("a probe reaches the returning endpoint");
+        assert!((0..500).all(|_| b.pick().unwrap().addr() != addr(1)));
+        // One failed probe is enough to eject it again, for twice as long.
+        probe.finish(Outcome::Failure);
+        assert!((0..2000).all(|_| b.pick().unwrap().addr() != addr(1)));
+        let e = b.state().endpoints[0].clone();
+        assert_eq!(e.meta.addr, addr(1));
+        assert_eq!(e.estimate().backoff, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn aware_keeps_traffic_out_of_a_failed_zone_while_it_is_on_probation() {
+        let b = balancer_in(ZoneMode::Aware, Some("a"), three_zones());
+        assert!(run_with_failing_zone(&b, "a", 200) <= 10);
+        std::thread::sleep(Duration::from_millis(1050));
+        // Both in-zone endpoints are back on probation: they get a probe each (failed
+        // again) and the rest of the traffic stays in the other zones.
+        assert_eq!(run_with_failing_zone(&b, "a", 2000), 2);
+        assert!((0..500).all(|_| zone_of(&b.pick().unwrap()) != "a"));
+    }
+
+    #[test]
+    fn aware_returns_to_the_zone_once_a_probe_succeeds() {
+        let b = balancer_in(ZoneMode::Aware, Some("a"), three_zones());
+        assert!(run_with_failing_zone(&b, "a", 200) <= 10);
+        std::thread::sleep(Duration::from_millis(1050));
+        // The zone recovered: its probes succeed and traffic comes home.
+        assert_eq!(run_with_failing_zone(&b, "none", 3000), 0);
+        assert!((0..200).all(|_| zone_of(&b.pick().unwrap()) == "a"));
+    }
+
     proptest! {
+        #[test]
+        fn zone_modes_never_leave_or_leave_the_zone_as_they_say(
+            mode in prop_oneof![Just(ZoneMode::Aware), Just(ZoneMode::Unaware), Just(ZoneMode::LocalOnly)],
+            failures in proptest::collection::vec(any::<bool>(), 0..40),
+        ) {
+            let b = balancer_in(mode, Some("a"), three_zones());
+            // Requests to zone a fail or succeed as drawn; other zones always succeed.
+            for fail in &failures {
+                let p = b.pick().unwrap();
+                let outcome = if zone_of(&p) == "a" && *fail { Outcome::Failure } else { Outcome::Success };
+                p.finish(outcome);
+            }
+            let picks: Vec<String> = (0..100).map(|_| zone_of(&b.pick().unwrap()).to_owned()).collect();
+            match mode {
+                // Topology hints: always the zone, healthy or not.
+                ZoneMode::LocalOnly => prop_assert!(picks.iter().all(|z| z == "a")),
+                // Idle (nothing pending): in the zone unless both its endpoints are out.
+                ZoneMode::Aware => {
+                    let now = Instant::now();
+                    let zone_out = b.state().endpoints.iter()
+                        .filter(|e| e.meta.zone.as_deref() == Some("a"))
+                        .all(|e| e.is_ejected(now));
+                    prop_assert!(zone_out || picks.iter().all(|z| z == "a"), "{picks:?}");
+                    prop_assert!(!zone_out || picks.iter().all(|z| z != "a"), "{picks:?}");
+                }
+                ZoneMode::Unaware => prop_assert!(picks.iter().any(|z| z != "a")),
+            }
+        }
+
         #[test]
         fn never_picks_an_ejected_or_removed_endpoint_while_a_healthy_one_exists(
             failures in proptest::collection::vec(0u16..6, 0..60),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use weft_core::identity::Identity;
 
-use crate::balance::BalanceConfig;
+use crate::balance::{BalanceConfig, ZoneMode};
 use crate::certify::CertifyConfig;
 use crate::endpoints::{EndpointsError, ServiceIndex};
 use crate::identity::LocalIdentity;
@@ -109,6 +109,14 @@ pub struct Args {
     /// up (zone-aware balancing), and every metric carries it as `zone`.
     #[arg(long, env = "WEFT_ZONE")]
     pub zone: Option<String>,
+
+    /// How endpoints' zones are used once --zone is set: `aware` keeps traffic in the
+    /// zone while its load stays inside the --zone-low/--zone-high band and leaves the
+    /// zone when its endpoints fail; `unaware` balances over every endpoint (P2C);
+    /// `local-only` sends only to in-zone endpoints while the zone has any, failing or
+    /// not (Kubernetes topology-hints style).
+    #[arg(long, env = "WEFT_ZONE_MODE", value_enum, default_value = "aware")]
+    pub zone_mode: ZoneMode,
 
     /// In-zone load (pending requests per in-zone endpoint) below which other zones'
     /// endpoints are dropped again.
@@ -236,6 +244,7 @@ impl Args {
                 .as_deref()
                 .filter(|z| !z.is_empty())
                 .map(Into::into),
+            zone_mode: self.zone_mode,
             zone_low: self.zone_low,
             zone_high: self.zone_high,
             ..BalanceConfig::default()
@@ -330,5 +339,39 @@ impl Config {
             balance: Arc::default(),
             identity: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("weft-proxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn zone_mode_flag_sets_the_balancer_and_refuses_unknown_modes() {
+        let config = parse(&["--zone", "zone-a"]).unwrap().into_config().unwrap();
+        assert_eq!(config.balance.zone_mode, ZoneMode::Aware);
+        for (flag, mode) in [
+            ("aware", ZoneMode::Aware),
+            ("unaware", ZoneMode::Unaware),
+            ("local-only", ZoneMode::LocalOnly),
+        ] {
+            let config = parse(&["--zone", "zone-a", "--zone-mode", flag])
+                .unwrap()
+                .into_config()
+                .unwrap();
+            assert_eq!(config.balance.zone_mode, mode);
+            assert_eq!(config.balance.zone.as_deref(), Some("zone-a"));
+            assert_eq!(mode.to_string(), flag);
+        }
+        let err = parse(&["--zone-mode", "nearby"]).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid value 'nearby' for '--zone-mode"),
+            "{err}"
+        );
+        assert!(err.contains("aware, unaware, local-only"), "{err}");
     }
 }
