@@ -7,13 +7,19 @@
 //!   load) and prints a line of totals every `--report` interval.
 //! - `get URL [--count N]`: GETs the URL and prints each answer (a curl for pods).
 //!
+//! Faults can change while a server runs, for scenarios: `--fault-file PATH` is re-read
+//! when it changes (`delay=50ms fail_rate=1`; `{pod}`, `{zone}`, `{name}` in the path
+//! are filled in, so one file can steer a whole zone), and `POST /admin/fault` with the
+//! same text sets the fault directly (`GET /admin/fault` shows it).
+//!
 //! Names resolve with the system resolver, so inside a weft pod
 //! `http://books.default.svc:8080` works through the pod's `/etc/hosts`.
 
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -70,6 +76,14 @@ struct ServeArgs {
     /// How often the load generator prints its totals.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     report: Duration,
+    /// Faults to apply while this file exists, re-read within 100 ms of a change:
+    /// `delay=50ms` (added to every request) and `fail_rate=0.5` (replaces
+    /// --fail-rate), separated by spaces, newlines or `&`. `{pod}`, `{zone}` and
+    /// `{name}` in the path become this pod's, zone's and --name's values, so one file
+    /// per zone steers all of its servers. A relative path is from the working
+    /// directory (the mesh directory under `weft up`).
+    #[arg(long)]
+    fault_file: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -158,6 +172,101 @@ async fn get_cmd(args: GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fault injected at run time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Fault {
+    /// Added to every request's work.
+    delay: Duration,
+    /// Replaces --fail-rate when set.
+    fail_rate: Option<f64>,
+}
+
+impl Fault {
+    /// Parses `delay=50ms fail_rate=1` (separated by whitespace, `&` or `,`; `#` starts a
+    /// comment line). Empty text is no fault.
+    fn parse(text: &str) -> Result<Fault, String> {
+        let mut fault = Fault::default();
+        let words = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split(|c: char| c.is_whitespace() || c == '&' || c == ','))
+            .filter(|w| !w.is_empty());
+        for word in words {
+            let (key, value) = word
+                .split_once('=')
+                .ok_or_else(|| format!("{word:?} is not key=value (keys: delay, fail_rate)"))?;
+            match key {
+                "delay" => {
+                    fault.delay = humantime::parse_duration(value)
+                        .map_err(|e| format!("delay={value}: {e} (e.g. delay=50ms)"))?
+                }
+                "fail_rate" => {
+                    let rate: f64 = value
+                        .parse()
+                        .ok()
+                        .filter(|r| (0.0..=1.0).contains(r))
+                        .ok_or_else(|| format!("fail_rate={value}: a number from 0 to 1"))?;
+                    fault.fail_rate = Some(rate);
+                }
+                other => return Err(format!("unknown key {other:?} (keys: delay, fail_rate)")),
+            }
+        }
+        Ok(fault)
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "delay={}", humantime::format_duration(self.delay))?;
+        if let Some(rate) = self.fail_rate {
+            write!(f, " fail_rate={rate}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The path of `--fault-file` with `{pod}`, `{zone}` and `{name}` filled in.
+fn fault_path(template: &str, me: &Me) -> PathBuf {
+    PathBuf::from(
+        template
+            .replace("{pod}", &me.pod)
+            .replace("{zone}", &me.zone)
+            .replace("{name}", &me.name),
+    )
+}
+
+/// Re-reads the fault file whenever it appears, changes or goes away.
+async fn watch_faults(path: PathBuf, fault: Arc<Mutex<Fault>>) {
+    let mut seen: Option<Option<(u64, SystemTime)>> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+        if seen == Some(stamp) {
+            continue;
+        }
+        seen = Some(stamp);
+        let next = match stamp {
+            None => Ok(Fault::default()),
+            Some(_) => match std::fs::read_to_string(&path) {
+                Ok(text) => Fault::parse(&text),
+                // Gone between the two looks: the next tick sees it.
+                Err(_) => continue,
+            },
+        };
+        let mut current = fault.lock().unwrap_or_else(|e| e.into_inner());
+        match next {
+            Ok(next) => {
+                *current = next;
+                println!("fault file {}: {next}", path.display());
+            }
+            Err(e) => eprintln!("fault file {}: {e}; keeping {}", path.display(), *current),
+        }
+    }
+}
+
 /// Who this process is, from the environment `weft up` sets.
 struct Me {
     name: String,
@@ -219,12 +328,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !args.calls.is_empty() || !args.upstreams.is_empty() {
         tokio::spawn(report(args.report, me.clone(), counters.clone()));
     }
+    let fault = Arc::new(Mutex::new(Fault::default()));
+    if let Some(template) = &args.fault_file {
+        let path = fault_path(template, &me);
+        println!("watching fault file {}", path.display());
+        tokio::spawn(watch_faults(path, fault.clone()));
+    }
     let handler = Arc::new(Handler {
         me,
         client,
         upstreams: args.upstreams,
         fail_rate: args.fail_rate,
         latency: args.latency,
+        fault,
         counters,
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -261,12 +377,50 @@ struct Handler {
     upstreams: Vec<Uri>,
     fail_rate: f64,
     latency: Duration,
+    fault: Arc<Mutex<Fault>>,
     counters: Arc<Counters>,
 }
 
+fn text_response(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    let mut rsp = Response::new(Full::new(Bytes::from(text)));
+    *rsp.status_mut() = status;
+    rsp
+}
+
 impl Handler {
+    fn fault(&self) -> Fault {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `GET /admin/fault` shows the fault in force; `POST` sets it from the body.
+    async fn admin_fault(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        if req.method() == http::Method::POST {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            };
+            match Fault::parse(&String::from_utf8_lossy(&body)) {
+                Ok(fault) => {
+                    *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+                    println!("fault set over HTTP: {fault}");
+                }
+                Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        } else if req.method() != http::Method::GET {
+            return text_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "GET or POST /admin/fault\n".into(),
+            );
+        }
+        text_response(StatusCode::OK, format!("{}\n", self.fault()))
+    }
+
     async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() == "/admin/fault" {
+            return self.admin_fault(req).await;
+        }
         self.counters.served.fetch_add(1, Ordering::Relaxed);
+        let fault = self.fault();
         let (delay, fail) = {
             let mut rng = rand::rng();
             let max = self.latency.as_micros() as u64 * 2;
@@ -275,9 +429,10 @@ impl Handler {
             } else {
                 0
             };
-            (delay, rng.random_bool(self.fail_rate))
+            let fail_rate = fault.fail_rate.unwrap_or(self.fail_rate);
+            (delay, rng.random_bool(fail_rate))
         };
-        tokio::time::sleep(Duration::from_micros(delay)).await;
+        tokio::time::sleep(Duration::from_micros(delay) + fault.delay).await;
         let mut text = format!(
             "{} {} (pod {}, zone {})",
             self.me.name,
@@ -355,6 +510,49 @@ async fn report(every: Duration, me: Arc<Me>, counters: Arc<Counters>) {
             counters.served.load(Ordering::Relaxed),
             counters.calls_ok.load(Ordering::Relaxed),
             counters.calls_failed.load(Ordering::Relaxed)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_text_parses_and_bad_text_says_what_is_wrong() {
+        assert_eq!(Fault::parse("").unwrap(), Fault::default());
+        let f = Fault::parse("# zone-a is slow\ndelay=50ms fail_rate=0.25\n").unwrap();
+        assert_eq!(f.delay, Duration::from_millis(50));
+        assert_eq!(f.fail_rate, Some(0.25));
+        assert_eq!(f.to_string(), "delay=50ms fail_rate=0.25");
+        assert_eq!(Fault::parse(&f.to_string()).unwrap(), f);
+        assert_eq!(
+            Fault::parse("delay=1s&fail_rate=1").unwrap(),
+            Fault {
+                delay: Duration::from_secs(1),
+                fail_rate: Some(1.0)
+            }
+        );
+        let err = Fault::parse("fail_rate=2").unwrap_err();
+        assert!(err.contains("fail_rate=2: a number from 0 to 1"), "{err}");
+        let err = Fault::parse("delay=soon").unwrap_err();
+        assert!(err.contains("delay=soon"), "{err}");
+        let err = Fault::parse("latency=5ms").unwrap_err();
+        assert!(err.contains("unknown key \"latency\""), "{err}");
+        let err = Fault::parse("slow").unwrap_err();
+        assert!(err.contains("\"slow\" is not key=value"), "{err}");
+    }
+
+    #[test]
+    fn fault_path_fills_in_pod_zone_and_name() {
+        let me = Me {
+            name: "books".into(),
+            pod: "books-1".into(),
+            zone: "zone-a".into(),
+        };
+        assert_eq!(
+            fault_path("faults/{zone}/{name}-{pod}", &me),
+            PathBuf::from("faults/zone-a/books-books-1")
         );
     }
 }

@@ -96,3 +96,108 @@ fn fail_rate_one_always_fails_and_get_says_so() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `METHOD path` with `body` over HTTP/1.1; the status and body.
+fn request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_owned())
+}
+
+/// Status and time of one GET through `weft-demo-app get`.
+fn timed_status(url: &str) -> (String, Duration) {
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["get", url, "--quiet", "--timeout", "2s"])
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn fault_file_changes_behaviour_while_serving_and_its_removal_restores_it() {
+    let p = free_port();
+    let dir = std::env::temp_dir().join(format!("weft-demo-fault-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // `{zone}` in the path: every server of a zone reads the same file.
+    let template = dir.join("{zone}");
+    let file = dir.join("zone-x");
+    let _s = Killed(
+        Command::new(BIN)
+            .args(["serve", "--name", "f", "--port", &p.to_string()])
+            .arg("--fault-file")
+            .arg(&template)
+            .env("WEFT_POD", "f-0")
+            .env("WEFT_ZONE", "zone-x")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{p}/");
+    get_eventually(&url);
+
+    std::fs::write(&file, "fail_rate=1\n").unwrap();
+    let failing = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        timed_status(&url).0 == "500"
+    });
+    assert!(failing, "the fault file did not make the server fail");
+    assert_eq!(
+        request(p, "GET", "/admin/fault", "").1,
+        "delay=0s fail_rate=1\n"
+    );
+
+    std::fs::write(&file, "delay=300ms").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, took) = timed_status(&url);
+    assert_eq!(status, "200");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+
+    // A broken file is reported and the fault in force stays.
+    std::fs::write(&file, "delay=fast").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(request(p, "GET", "/admin/fault", "").1, "delay=300ms\n");
+
+    std::fs::remove_file(&file).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, took) = timed_status(&url);
+    assert_eq!(status, "200");
+    assert!(took < Duration::from_millis(250), "{took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn admin_fault_over_http_sets_and_shows_the_fault() {
+    let p = free_port();
+    let _s = serve(&["--name", "h", "--port", &p.to_string()]);
+    get_eventually(&format!("http://127.0.0.1:{p}/"));
+    assert_eq!(
+        request(p, "GET", "/admin/fault", ""),
+        (200, "delay=0s\n".into())
+    );
+    let (status, body) = request(p, "POST", "/admin/fault", "fail_rate=1&delay=5ms");
+    assert_eq!((status, body.as_str()), (200, "delay=5ms fail_rate=1\n"));
+    assert_eq!(request(p, "GET", "/anything", "").0, 500);
+    let (status, body) = request(p, "POST", "/admin/fault", "fail_rate=often");
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("fail_rate=often: a number from 0 to 1"),
+        "{body}"
+    );
+    // Cleared with an empty body.
+    assert_eq!(request(p, "POST", "/admin/fault", "").1, "delay=0s\n");
+    assert_eq!(request(p, "GET", "/anything", "").0, 200);
+}
