@@ -54,6 +54,10 @@ pub struct Row {
     pub latency_ms_p99: Option<f64>,
     /// Share of requests received over mTLS, 0..=1.
     pub meshed: Option<f64>,
+    /// Outbound: share of the requests sent to an endpoint of another zone than the
+    /// proxy's, among those whose endpoint's zone is known, 0..=1; `None` inbound,
+    /// without a proxy zone, or without requests to known zones.
+    pub cross_zone: Option<f64>,
 }
 
 pub async fn run(args: StatArgs) -> anyhow::Result<()> {
@@ -121,6 +125,11 @@ pub fn rows(before: &Scrape, after: &Scrape, window: Duration) -> Vec<Row> {
                 &after.buckets("response_latency_ms", &labels),
             );
             let responses = ok + failed;
+            let cross_zone = if direction == "outbound" {
+                cross_zone_share(before, after, &labels)
+            } else {
+                None
+            };
             Row {
                 requests,
                 rps: requests / window.as_secs_f64().max(1e-9),
@@ -129,6 +138,7 @@ pub fn rows(before: &Scrape, after: &Scrape, window: Duration) -> Vec<Row> {
                 latency_ms_p95: histogram_quantile(0.95, &buckets),
                 latency_ms_p99: histogram_quantile(0.99, &buckets),
                 meshed: (requests > 0.0).then(|| tls / requests),
+                cross_zone,
                 deployment,
                 direction,
                 authority,
@@ -137,13 +147,47 @@ pub fn rows(before: &Scrape, after: &Scrape, window: Duration) -> Vec<Row> {
         .collect()
 }
 
+/// Requests with `labels` whose `dst_zone` differs from the proxy's `zone`, as a share
+/// of those with a known `dst_zone`, over the window.
+fn cross_zone_share(before: &Scrape, after: &Scrape, labels: &[(&str, &str)]) -> Option<f64> {
+    // (proxy zone, endpoint zone) pairs seen; the proxy's zone is a constant label.
+    let pairs: BTreeSet<(String, String)> = after
+        .matching("request_total", labels)
+        .map(|s| (s.label("zone").to_owned(), s.label("dst_zone").to_owned()))
+        .filter(|(zone, dst)| !zone.is_empty() && !dst.is_empty())
+        .collect();
+    let (mut known, mut cross) = (0.0, 0.0);
+    for (zone, dst) in &pairs {
+        let mut l = labels.to_vec();
+        l.extend_from_slice(&[("zone", zone.as_str()), ("dst_zone", dst.as_str())]);
+        let n = increase(
+            before.sum("request_total", &l),
+            after.sum("request_total", &l),
+        );
+        known += n;
+        if zone != dst {
+            cross += n;
+        }
+    }
+    (known > 0.0).then(|| cross / known)
+}
+
 /// A fixed-width table of rows.
 pub fn table(rows: &[Row]) -> String {
     let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.2}%", v * 100.0));
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}ms"));
     let mut out = format!(
-        "{:<16} {:<9} {:<32} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
-        "WORKLOAD", "DIRECTION", "AUTHORITY", "SUCCESS", "RPS", "P50", "P95", "P99", "MESHED"
+        "{:<16} {:<9} {:<32} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}\n",
+        "WORKLOAD",
+        "DIRECTION",
+        "AUTHORITY",
+        "SUCCESS",
+        "RPS",
+        "P50",
+        "P95",
+        "P99",
+        "MESHED",
+        "XZONE"
     );
     for r in rows {
         let workload = if r.deployment.is_empty() {
@@ -152,7 +196,7 @@ pub fn table(rows: &[Row]) -> String {
             &r.deployment
         };
         out.push_str(&format!(
-            "{:<16} {:<9} {:<32} {:>9} {:>8.1} {:>8} {:>8} {:>8} {:>7}\n",
+            "{:<16} {:<9} {:<32} {:>9} {:>8.1} {:>8} {:>8} {:>8} {:>7} {:>7}\n",
             workload,
             r.direction,
             r.authority,
@@ -162,6 +206,7 @@ pub fn table(rows: &[Row]) -> String {
             ms(r.latency_ms_p95),
             ms(r.latency_ms_p99),
             pct(r.meshed),
+            pct(r.cross_zone),
         ));
     }
     if rows.is_empty() {
@@ -202,5 +247,53 @@ mod tests {
         assert!((r.latency_ms_p99.unwrap() - 98.2).abs() < 1e-9);
         assert_eq!(r.meshed, Some(0.0));
         assert!(table(&rows).contains("75.00%"));
+    }
+
+    #[test]
+    fn cross_zone_share_from_a_captured_proxy() {
+        // Two scrapes of a zone-a proxy (zone-mode unaware) sending to books in zones
+        // a (2 endpoints), b and c; between them 39 requests to a, 19 to b, 2 to c.
+        let before = Scrape::parse(include_str!("../testdata/zones-before.prom"));
+        let after = Scrape::parse(include_str!("../testdata/zones-after.prom"));
+        let rows = rows(&before, &after, Duration::from_secs(10));
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(
+            (r.deployment.as_str(), r.direction.as_str()),
+            ("web", "outbound")
+        );
+        assert_eq!(r.requests, 60.0);
+        assert_eq!(r.success_rate, Some(59.0 / 60.0));
+        assert_eq!(r.cross_zone, Some(21.0 / 60.0));
+        assert!(table(&rows).contains("35.00%"), "{}", table(&rows));
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["cross_zone"], serde_json::json!(0.35));
+    }
+
+    #[test]
+    fn cross_zone_needs_zones_and_is_outbound_only() {
+        let line = |direction: &str, zone: &str, dst: &str, n: u32| {
+            format!("request_total{{deployment=\"web\",zone=\"{zone}\",direction=\"{direction}\",authority=\"books:80\",dst_zone=\"{dst}\"}} {n}\n")
+        };
+        let before = Scrape::parse("");
+        let after = Scrape::parse(&format!(
+            "{}{}{}",
+            line("inbound", "zone-a", "", 7),
+            line("outbound", "zone-a", "zone-a", 3),
+            line("outbound", "zone-a", "", 5),
+        ));
+        let rows = rows(&before, &after, Duration::from_secs(1));
+        let inbound = rows.iter().find(|r| r.direction == "inbound").unwrap();
+        assert_eq!(inbound.cross_zone, None);
+        // Requests to endpoints of unknown zone do not count either way.
+        let outbound = rows.iter().find(|r| r.direction == "outbound").unwrap();
+        assert_eq!(outbound.cross_zone, Some(0.0));
+        // A proxy without a zone: no share.
+        let after = Scrape::parse(&line("outbound", "", "zone-b", 4));
+        assert_eq!(rows_of(&after)[0].cross_zone, None);
+    }
+
+    fn rows_of(after: &Scrape) -> Vec<Row> {
+        rows(&Scrape::parse(""), after, Duration::from_secs(1))
     }
 }
