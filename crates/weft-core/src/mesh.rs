@@ -6,6 +6,9 @@
 //! # mesh.yaml
 //! kind: Mesh
 //! trustDomain: cluster.local          # default
+//! proxy:                              # every pod's proxy (optional)
+//!   zoneMode: aware                   # aware (default) | unaware | local-only
+//!   args: [--zone-high, "3"]          # more weft-proxy flags
 //! workloads:
 //!   - name: books
 //!     namespace: default              # default
@@ -18,6 +21,7 @@
 //!     labels: {app: books}            # default: {app: NAME}
 //!     opaquePorts: [9090]             # forwarded as TCP, no protocol detection
 //!     skipPorts: []                   # never redirected through the proxy
+//!     proxy: {zoneMode: unaware}      # replaces the mesh's proxy fields it sets
 //! ```
 //!
 //! Parsing is strict: unknown fields, wrong types and broken references are errors that
@@ -39,6 +43,34 @@ pub const MESH_FILE: &str = "mesh.yaml";
 
 /// Ports the proxy itself listens on in every pod; workloads cannot use them.
 pub const PROXY_PORTS: [(u16, &str); 3] = [(4140, "outbound"), (4143, "inbound"), (4191, "admin")];
+
+/// The proxy's `--zone-mode` values.
+pub const ZONE_MODES: [&str; 3] = ["aware", "unaware", "local-only"];
+
+/// weft-proxy flags `weft up` sets itself for every pod; `proxy.args` cannot give them.
+pub const PROXY_FLAGS_SET_BY_WEFT_UP: [&str; 21] = [
+    "--mode",
+    "--endpoints",
+    "--namespace",
+    "--deployment",
+    "--pod",
+    "--service-account",
+    "--trust-domain",
+    "--trust-anchors",
+    "--controller",
+    "--controller-name",
+    "--identity-token",
+    "--destination",
+    "--opaque-ports",
+    "--drain-grace",
+    "--log",
+    "--zone",
+    "--zone-mode",
+    "--outbound-listen",
+    "--inbound-listen",
+    "--admin-listen",
+    "--inbound-forward",
+];
 
 /// Most pods one mesh may run (addresses, names and sanity).
 pub const MAX_PODS: u32 = 1000;
@@ -110,6 +142,38 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     pub opaque_ports: Vec<u16>,
     pub skip_ports: Vec<u16>,
+    /// Settings of its pods' proxies: the mesh's `proxy:` with the workload's on top.
+    pub proxy: ProxySettings,
+}
+
+/// Settings of a pod's proxy, from `proxy:` in `mesh.yaml` (mesh-wide, and per workload
+/// where a field set there replaces the mesh's).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// `--zone-mode`: one of [`ZONE_MODES`]; the proxy's default (aware) when unset.
+    pub zone_mode: Option<String>,
+    /// More weft-proxy flags, passed after the ones `weft up` sets.
+    pub args: Vec<String>,
+}
+
+impl ProxySettings {
+    /// The weft-proxy flags these settings add.
+    pub fn flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(mode) = &self.zone_mode {
+            flags.extend(["--zone-mode".to_owned(), mode.clone()]);
+        }
+        flags.extend(self.args.iter().cloned());
+        flags
+    }
+
+    /// `over`'s fields where it sets them, else this one's.
+    fn overlaid(&self, over: &ProxySpec) -> ProxySettings {
+        ProxySettings {
+            zone_mode: over.zone_mode.clone().or_else(|| self.zone_mode.clone()),
+            args: over.args.clone().unwrap_or_else(|| self.args.clone()),
+        }
+    }
 }
 
 impl Workload {
@@ -200,8 +264,16 @@ struct MeshFile {
     api_version: Option<String>,
     kind: String,
     trust_domain: Option<String>,
+    proxy: Option<ProxySpec>,
     #[serde(default)]
     workloads: Vec<WorkloadSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ProxySpec {
+    zone_mode: Option<String>,
+    args: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +295,7 @@ struct WorkloadSpec {
     opaque_ports: Vec<u16>,
     #[serde(default)]
     skip_ports: Vec<u16>,
+    proxy: Option<ProxySpec>,
 }
 
 #[derive(Deserialize)]
@@ -478,9 +551,13 @@ impl Mesh {
         if parsed.workloads.is_empty() {
             report.error(file, "workloads", "no workloads: list at least one");
         }
+        let mesh_proxy = ProxySettings::default().overlaid(&parsed.proxy.unwrap_or_default());
+        for (field, message) in proxy_problems(&mesh_proxy) {
+            report.error(file, &format!("proxy.{field}"), message);
+        }
         for (i, spec) in parsed.workloads.into_iter().enumerate() {
             let location = format!("workloads[{i}] ({})", spec.name);
-            if let Some(w) = self.parse_workload(spec, &location, report) {
+            if let Some(w) = self.parse_workload(spec, &mesh_proxy, &location, report) {
                 self.workloads.push(w);
             }
         }
@@ -489,6 +566,7 @@ impl Mesh {
     fn parse_workload(
         &self,
         spec: WorkloadSpec,
+        mesh_proxy: &ProxySettings,
         location: &str,
         report: &mut Report,
     ) -> Option<Workload> {
@@ -634,6 +712,18 @@ impl Mesh {
                 ),
             }
         }
+        let proxy = match &spec.proxy {
+            None => mesh_proxy.clone(),
+            Some(own) => {
+                let proxy = mesh_proxy.overlaid(own);
+                // Only what the workload sets itself: the mesh's are reported once.
+                let own = ProxySettings::default().overlaid(own);
+                for (field, message) in proxy_problems(&own) {
+                    err(&format!("proxy.{field}"), message);
+                }
+                proxy
+            }
+        };
         let labels = match spec.labels {
             None => BTreeMap::from([("app".to_owned(), spec.name.clone())]),
             Some(labels) => {
@@ -667,6 +757,7 @@ impl Mesh {
             labels,
             opaque_ports: spec.opaque_ports,
             skip_ports: spec.skip_ports,
+            proxy,
         })
     }
 
@@ -950,6 +1041,40 @@ fn service(
         selector: object.spec.selector,
         ports,
     })
+}
+
+/// What is wrong with proxy settings: (field, message) pairs.
+fn proxy_problems(proxy: &ProxySettings) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(mode) = &proxy.zone_mode {
+        if !ZONE_MODES.contains(&mode.as_str()) {
+            out.push((
+                "zoneMode".to_owned(),
+                format!(
+                    "{mode:?} is not a zone mode (one of {})",
+                    ZONE_MODES.join(", ")
+                ),
+            ));
+        }
+    }
+    for (i, arg) in proxy.args.iter().enumerate() {
+        let field = format!("args[{i}]");
+        let flag = arg.split_once('=').map_or(arg.as_str(), |(f, _)| f);
+        if arg.is_empty() || arg.contains('\0') {
+            out.push((
+                field,
+                "an empty argument (or one with a NUL byte)".to_owned(),
+            ));
+        } else if flag == "--zone-mode" {
+            out.push((field, "--zone-mode: use proxy.zoneMode".to_owned()));
+        } else if PROXY_FLAGS_SET_BY_WEFT_UP.contains(&flag) {
+            out.push((
+                field,
+                format!("{flag} is set by weft up for every proxy; it cannot be given here"),
+            ));
+        }
+    }
+    out
 }
 
 fn selector_text(selector: &BTreeMap<String, String>) -> String {
@@ -1248,6 +1373,86 @@ spec:
             .replace("command: [app]", "command: []");
         let err = parse(&mesh, SERVICES).unwrap_err();
         assert_eq!(err.problems().len(), 2, "{err}");
+    }
+
+    #[test]
+    fn proxy_settings_mesh_wide_and_per_workload() {
+        let mesh = MESH.replace(
+            "kind: Mesh\n",
+            "kind: Mesh\nproxy: {zoneMode: unaware, args: [--zone-high, \"3\"]}\n",
+        );
+        let mesh = mesh.replace(
+            "    labels: {app: books, version: v1}\n",
+            "    labels: {app: books, version: v1}\n    proxy: {zoneMode: local-only}\n",
+        );
+        let mesh = parse(&mesh, SERVICES).unwrap();
+        let web = &mesh.workloads[0].proxy;
+        assert_eq!(web.zone_mode.as_deref(), Some("unaware"));
+        assert_eq!(web.flags(), ["--zone-mode", "unaware", "--zone-high", "3"]);
+        // The workload's zoneMode replaces the mesh's; the mesh's args stay.
+        let books = &mesh.workloads[1].proxy;
+        assert_eq!(
+            books.flags(),
+            ["--zone-mode", "local-only", "--zone-high", "3"]
+        );
+        // Without any: no flags.
+        assert!(parse(MESH, SERVICES).unwrap().workloads[0]
+            .proxy
+            .flags()
+            .is_empty());
+    }
+
+    #[test]
+    fn bad_proxy_settings_name_the_field() {
+        let msg = error(
+            &MESH.replace("kind: Mesh\n", "kind: Mesh\nproxy: {zoneMode: nearby}\n"),
+            SERVICES,
+        );
+        assert!(
+            msg.contains("mesh.yaml: proxy.zoneMode: \"nearby\" is not a zone mode (one of aware, unaware, local-only)"),
+            "{msg}"
+        );
+        let msg = error(
+            &MESH.replace(
+                "    command: [app]\n",
+                "    command: [app]\n    proxy: {args: [--zone-low, \"0.5\", --zone=x, --mode]}\n",
+            ),
+            SERVICES,
+        );
+        assert!(
+            msg.contains("mesh.yaml: workloads[1] (books): proxy.args[2]: --zone is set by weft up for every proxy"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("proxy.args[3]: --mode is set by weft up"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("args[0]") && !msg.contains("args[1]"),
+            "{msg}"
+        );
+        let msg = error(
+            &MESH.replace(
+                "kind: Mesh\n",
+                "kind: Mesh\nproxy: {args: [--zone-mode, aware]}\n",
+            ),
+            SERVICES,
+        );
+        assert!(
+            msg.contains("proxy.args[0]: --zone-mode: use proxy.zoneMode"),
+            "{msg}"
+        );
+        let msg = error(
+            &MESH.replace(
+                "    command: [app]\n",
+                "    command: [app]\n    proxy: {zone_mode: aware}\n",
+            ),
+            SERVICES,
+        );
+        assert!(
+            msg.contains("workloads[1] (books): proxy: unknown field `zone_mode`"),
+            "{msg}"
+        );
     }
 
     #[test]
