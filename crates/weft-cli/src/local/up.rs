@@ -621,6 +621,8 @@ impl Runner {
             // Zone-aware balancing: the proxy prefers endpoints of its own zone.
             proxy.extend(["--zone".to_owned(), zone.clone()]);
         }
+        // mesh.yaml's `proxy:` settings (zone mode, extra flags), after ours.
+        proxy.extend(w.proxy.flags());
         let uid = PROXY_UID.to_string();
         let mut argv = vec![
             "setpriv".to_owned(),
