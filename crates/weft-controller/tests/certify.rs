@@ -342,3 +342,105 @@ async fn the_serving_certificate_is_renewed_before_it_expires() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     controller.shutdown().await.unwrap();
 }
+
+/// GET `path` from a plain-HTTP admin server: (status, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// The sum of the samples of `name` with `labels` in a /metrics text.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    weft_core::prom::Scrape::parse(text).sum(name, labels)
+}
+
+const EXPIRY: &str = "identity_cert_expiration_timestamp_seconds";
+const REFRESH: &str = "identity_cert_refresh_total";
+
+#[tokio::test]
+async fn a_proxy_certifies_keeps_its_certificate_through_an_outage_and_renews_after() {
+    use clap::Parser as _;
+    let tmp = TempDir::new("outage");
+    identity::init(&tmp.0.join("identity"), "cluster.local", false).unwrap();
+    let (token_file, _) = identity::write_token(&tmp.0.join("tokens"), "shop", "books").unwrap();
+    let mut config = config(&tmp.0);
+    // Renewal due at 70 % = 7 s.
+    config.cert_lifetime = Duration::from_secs(10);
+    let controller = Controller::start(config.clone()).await.unwrap();
+    let grpc = controller.grpc_addr();
+
+    // The real proxy, as `weft-proxy` would run with these flags.
+    let anchors = tmp.0.join("identity").join(identity::ANCHORS_FILE);
+    let args = weft_proxy::Args::try_parse_from([
+        "weft-proxy",
+        "--mode=explicit",
+        "--inbound-forward=127.0.0.1:9",
+        "--inbound-listen=127.0.0.1:0",
+        "--outbound-listen=127.0.0.1:0",
+        "--admin-listen=127.0.0.1:0",
+        "--namespace=shop",
+        "--service-account=books",
+        &format!("--trust-anchors={}", anchors.display()),
+        &format!("--controller={grpc}"),
+        &format!("--identity-token={}", token_file.display()),
+    ])
+    .unwrap();
+    let proxy = weft_proxy::Proxy::start(args.into_config().unwrap())
+        .await
+        .unwrap();
+    let admin = proxy.admin_addr();
+    let metrics = || async move { http_get(admin, "/metrics").await.unwrap().1 };
+
+    // Ready once it holds a certificate from the controller.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while http_get(admin, "/ready").await.map(|r| r.0) != Some(200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the proxy never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = metrics().await;
+    let expiry = sample(&first, EXPIRY, &[]);
+    assert!(expiry > 0.0, "{first}");
+    assert_eq!(sample(&first, REFRESH, &[("result", "ok")]), 1.0);
+
+    // The controller goes away past the renewal time: renewals fail, the proxy stays
+    // ready with the certificate it has.
+    controller.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(7600)).await;
+    let during = metrics().await;
+    assert!(
+        sample(&during, REFRESH, &[("result", "error")]) >= 1.0,
+        "{during}"
+    );
+    assert_eq!(sample(&during, EXPIRY, &[]), expiry);
+    assert_eq!(http_get(admin, "/ready").await.map(|r| r.0), Some(200));
+
+    // Back on the same address: the next retry renews (backoff is at most ~1.6 s by
+    // now, well inside the 10 s lifetime).
+    config.listen = grpc;
+    let controller = Controller::start(config).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = metrics().await;
+        if sample(&now, REFRESH, &[("result", "ok")]) >= 2.0 {
+            assert!(sample(&now, EXPIRY, &[]) > expiry);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no renewal after the controller came back:\n{now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.shutdown();
+    controller.shutdown().await.unwrap();
+}
