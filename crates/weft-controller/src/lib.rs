@@ -1,9 +1,11 @@
 //! weft's controller: the control plane proxies talk to over gRPC (TLS), with the
-//! messages of the linkerd2-proxy-api protocol. Today it serves the identity service
-//! (the mesh's certificate authority, `Identity.Certify`); the other services answer
-//! UNIMPLEMENTED.
+//! messages of the linkerd2-proxy-api protocol. It serves the identity service (the
+//! mesh's certificate authority, `Identity.Certify`) and, given a mesh directory, the
+//! destination service (`Destination.Get`, endpoints from the `local` source); the
+//! other services answer UNIMPLEMENTED.
 
 pub mod admin;
+pub mod destination;
 pub mod identity;
 pub mod metrics;
 pub mod server;
@@ -35,6 +37,18 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Plain HTTP: `/metrics`, `/ready`, `/live`.
     pub admin_listen: SocketAddr,
+    /// The destination service and its source; `None` serves identity only.
+    pub destination: Option<DestinationConfig>,
+}
+
+/// The destination service's settings.
+#[derive(Clone, Debug)]
+pub struct DestinationConfig {
+    pub source: destination::LocalSourceConfig,
+    /// Service names are `{name}.{namespace}.svc.{cluster_domain}`.
+    pub cluster_domain: String,
+    /// Ports every workload forwards as opaque TCP (as the proxies' `--opaque-ports`).
+    pub opaque_ports: Vec<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +61,8 @@ pub enum ControllerError {
     Lifetime,
     #[error(transparent)]
     Serving(#[from] server::ServingError),
+    #[error(transparent)]
+    Source(#[from] destination::SourceError),
     #[error("TLS settings: {0}")]
     Tls(#[from] rustls::Error),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -67,6 +83,7 @@ pub struct Controller {
     admin_addr: SocketAddr,
     metrics: Arc<Metrics>,
     serving: Arc<ServingCert>,
+    index: Option<tokio::sync::watch::Receiver<Arc<destination::Index>>>,
     ready: Arc<AtomicBool>,
     stop: tokio::sync::watch::Sender<bool>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
@@ -122,6 +139,16 @@ impl Controller {
             certifier.clone(),
         )?;
         let tls = serving.server_config()?;
+        // The destination source loads before anything listens: a mesh directory that
+        // does not load stops the start with its problems.
+        let source = match &config.destination {
+            Some(d) => Some(destination::LocalSource::load(
+                d.source.clone(),
+                &config.trust_domain,
+                &d.opaque_ports,
+            )?),
+            None => None,
+        };
 
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
@@ -139,13 +166,49 @@ impl Controller {
 
         let ready = Arc::new(AtomicBool::new(false));
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let grpc = tokio::spawn(server::serve(grpc_listener, tls, certifier, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }));
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(admin::serve(admin_listener, metrics.clone(), ready.clone())),
             tokio::spawn(serving.clone().renew()),
         ];
+        let mut index = None;
+        let destinations = match (source, &config.destination) {
+            (Some(source), Some(d)) => {
+                let (publish, subscribe) = tokio::sync::watch::channel(Arc::new(source.index()));
+                metrics
+                    .destination
+                    .index_timestamp
+                    .set(destination::local::unix_now());
+                let (services, pods, ready) = subscribe.borrow().counts();
+                tracing::info!(
+                    mesh_dir = %d.source.mesh_dir.display(),
+                    pods_file = %d.source.pods_file.display(),
+                    services,
+                    pods,
+                    ready,
+                    "destination service: local source loaded"
+                );
+                index = Some(subscribe.clone());
+                background.push(tokio::spawn(
+                    source.watch(publish, metrics.destination.clone()),
+                ));
+                Some(destination::DestinationService::new(
+                    subscribe,
+                    &d.cluster_domain,
+                    metrics.destination.clone(),
+                    stop.subscribe(),
+                ))
+            }
+            _ => None,
+        };
+        let grpc = tokio::spawn(server::serve(
+            grpc_listener,
+            tls,
+            certifier,
+            destinations,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
         ready.store(true, Ordering::Release);
         tracing::info!(
             %grpc_addr,
@@ -159,6 +222,7 @@ impl Controller {
             admin_addr,
             metrics,
             serving,
+            index,
             ready,
             stop,
             grpc: Some(grpc),
@@ -183,6 +247,11 @@ impl Controller {
     /// The controller's own serving certificate.
     pub fn serving_cert(&self) -> &Arc<ServingCert> {
         &self.serving
+    }
+
+    /// The destination service's current index (`None` without a destination source).
+    pub fn destination_index(&self) -> Option<Arc<destination::Index>> {
+        self.index.as_ref().map(|i| i.borrow().clone())
     }
 
     /// Completes when the gRPC server stops (after [`Controller::shutdown`], or if it

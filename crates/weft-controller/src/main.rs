@@ -4,10 +4,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use weft_controller::{Config, Controller};
+use weft_controller::destination::LocalSourceConfig;
+use weft_controller::{Config, Controller, DestinationConfig};
 
-/// weft's control plane. Today: the identity service (the mesh's certificate authority)
-/// answering Identity.Certify over gRPC with TLS; other gRPC services answer
+/// weft's control plane, over gRPC with TLS: the identity service (the mesh's
+/// certificate authority, Identity.Certify) and, with --mesh-dir, the destination
+/// service (Destination.Get: each Service's endpoints, streamed as they change, from a
+/// mesh directory and the pods file `weft up` writes). Other gRPC services answer
 /// UNIMPLEMENTED.
 ///
 /// Its own TLS certificate is issued at start-up by its issuer for
@@ -42,6 +45,45 @@ struct Args {
     #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value = "0.0.0.0:9990")]
     admin_listen: SocketAddr,
 
+    /// Mesh directory (mesh.yaml with the workloads, Services in other *.yaml files):
+    /// turns on the destination service. Watched; changes apply within a second, and a
+    /// directory that does not load is logged while the last good one keeps serving.
+    #[arg(
+        long,
+        env = "WEFT_MESH_DIR",
+        value_name = "DIR",
+        requires = "pods_file"
+    )]
+    mesh_dir: Option<PathBuf>,
+
+    /// Where the mesh's pods run and the Services' addresses (YAML written by `weft
+    /// up`); watched like --mesh-dir. A file that does not exist yet means no pods.
+    #[arg(
+        long,
+        env = "WEFT_PODS_FILE",
+        value_name = "FILE",
+        requires = "mesh_dir"
+    )]
+    pods_file: Option<PathBuf>,
+
+    /// How often --mesh-dir and --pods-file are checked for changes.
+    #[arg(long, env = "WEFT_WATCH_INTERVAL", default_value = "20ms", value_parser = humantime::parse_duration)]
+    watch_interval: Duration,
+
+    /// Cluster domain of Service names ({name}.{namespace}.svc.{cluster-domain}).
+    #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = weft_controller::destination::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
+
+    /// Comma-separated ports every workload forwards as opaque TCP (hinted as opaque to
+    /// proxies); keep it equal to the proxies' --opaque-ports.
+    #[arg(
+        long,
+        env = "WEFT_OPAQUE_PORTS",
+        value_delimiter = ',',
+        default_value = "25,587,3306,4444,5432,6379,9300,11211"
+    )]
+    opaque_ports: Vec<u16>,
+
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -68,6 +110,15 @@ fn main() -> anyhow::Result<()> {
             cert_lifetime: args.cert_lifetime,
             listen: args.listen,
             admin_listen: args.admin_listen,
+            destination: args.mesh_dir.map(|mesh_dir| DestinationConfig {
+                source: LocalSourceConfig {
+                    mesh_dir,
+                    pods_file: args.pods_file.unwrap_or_default(),
+                    watch_interval: args.watch_interval,
+                },
+                cluster_domain: args.cluster_domain,
+                opaque_ports: args.opaque_ports,
+            }),
         })
         .await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

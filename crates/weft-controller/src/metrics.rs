@@ -5,6 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// `result` of `weft_controller_identity_certify_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,9 +23,40 @@ pub struct IdentityMetrics {
     pub issuer_expiration: Gauge,
 }
 
+/// `kind` of `weft_controller_destination_updates_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateLabels {
+    /// `add`, `remove` or `no_endpoints`.
+    pub kind: &'static str,
+}
+
+/// `file` and `result` of `weft_controller_local_reloads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `mesh` (the mesh directory) or `pods` (the pods file).
+    pub file: &'static str,
+    /// `ok` or `error` (the last good one kept serving).
+    pub result: &'static str,
+}
+
+/// The destination service's metrics.
+#[derive(Clone, Debug, Default)]
+pub struct DestinationMetrics {
+    /// `weft_controller_destination_streams`: Destination.Get streams open now.
+    pub streams: Gauge,
+    /// `weft_controller_destination_updates_total{kind}`: updates sent on all streams.
+    pub updates: Family<UpdateLabels, Counter>,
+    /// `weft_controller_destination_index_timestamp_seconds`: when the index last
+    /// changed (Unix time, sub-second), i.e. when streams started sending its updates.
+    pub index_timestamp: Gauge<f64, AtomicU64>,
+    /// `weft_controller_local_reloads_total{file,result}`.
+    pub reloads: Family<ReloadLabels, Counter>,
+}
+
 /// Every metric of the controller, and their registry.
 pub struct Metrics {
     pub identity: IdentityMetrics,
+    pub destination: DestinationMetrics,
     registry: Registry,
 }
 
@@ -54,7 +86,32 @@ impl Metrics {
             "When the issuer certificate expires (Unix time)",
             identity.issuer_expiration.clone(),
         );
-        Metrics { identity, registry }
+        let destination = DestinationMetrics::default();
+        registry.register(
+            "destination_streams",
+            "Destination.Get streams open now",
+            destination.streams.clone(),
+        );
+        registry.register(
+            "destination_updates",
+            "Destination.Get updates sent, by kind (add, remove, no_endpoints)",
+            destination.updates.clone(),
+        );
+        registry.register(
+            "destination_index_timestamp_seconds",
+            "When the destination index last changed (Unix time)",
+            destination.index_timestamp.clone(),
+        );
+        registry.register(
+            "local_reloads",
+            "Reloads of the local source's files (mesh directory, pods file), by result",
+            destination.reloads.clone(),
+        );
+        Metrics {
+            identity,
+            destination,
+            registry,
+        }
     }
 
     /// OpenMetrics text.

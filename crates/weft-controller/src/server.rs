@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use weft_core::identity::Identity;
 
+use crate::destination::DestinationService;
 use crate::identity::{Certifier, CertifyError, IdentityService};
 
 /// The controller's service account and namespace: its identity in the mesh.
@@ -169,12 +170,13 @@ fn issue(
     ))
 }
 
-/// Serves the controller's gRPC services (today: Identity; others answer
-/// UNIMPLEMENTED) over TLS on `listener` until `shutdown` completes.
+/// Serves the controller's gRPC services (Identity, and Destination when given; others
+/// answer UNIMPLEMENTED) over TLS on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     certifier: Arc<Certifier>,
+    destination: Option<DestinationService>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -210,6 +212,7 @@ pub async fn serve(
     });
     tonic::transport::Server::builder()
         .add_service(IdentityService::new(certifier).into_server())
+        .add_optional_service(destination.map(DestinationService::into_server))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

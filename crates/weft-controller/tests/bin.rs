@@ -28,6 +28,11 @@ fn help_lists_every_flag_and_its_environment_variable() {
         ("--cert-lifetime", "WEFT_CERT_LIFETIME"),
         ("--listen", "WEFT_LISTEN"),
         ("--admin-listen", "WEFT_ADMIN_LISTEN"),
+        ("--mesh-dir", "WEFT_MESH_DIR"),
+        ("--pods-file", "WEFT_PODS_FILE"),
+        ("--watch-interval", "WEFT_WATCH_INTERVAL"),
+        ("--cluster-domain", "WEFT_CLUSTER_DOMAIN"),
+        ("--opaque-ports", "WEFT_OPAQUE_PORTS"),
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
         assert!(help.contains(env), "{env} missing from:\n{help}");
@@ -35,6 +40,23 @@ fn help_lists_every_flag_and_its_environment_variable() {
     assert!(help.contains("[default: 24h]"));
     assert!(help.contains("[default: 0.0.0.0:8090]"));
     assert!(help.contains("[default: 0.0.0.0:9990]"));
+}
+
+#[test]
+fn a_mesh_directory_needs_a_pods_file() {
+    let out = Command::new(BIN)
+        .args([
+            "--identity-dir",
+            "/nonexistent",
+            "--tokens-dir",
+            "/nonexistent",
+        ])
+        .args(["--mesh-dir", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--pods-file"), "{stderr}");
 }
 
 #[test]

@@ -59,6 +59,7 @@ fn config(dir: &std::path::Path) -> Config {
         cert_lifetime: Duration::from_secs(3600),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
+        destination: None,
     }
 }
 

@@ -1,0 +1,220 @@
+//! The `local` source: a mesh directory (`mesh.yaml` and Kubernetes objects in other
+//! `*.yaml` files) and the pods file `weft up` writes, both polled for changes. A
+//! change is applied as a new [`Index`]; a mesh directory that does not load is logged
+//! (file, object and field of every problem) and the last good one keeps serving, as
+//! does the last good pods file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use weft_core::mesh::{Mesh, MeshError};
+use weft_core::pods::{PodsFile, PodsFileError};
+
+use super::Index;
+use crate::metrics::{DestinationMetrics, ReloadLabels};
+
+/// How often the files are checked by default: cheap (a directory listing and a few
+/// `stat`s) and short next to the one second a change may take to reach proxies.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Debug)]
+pub struct LocalSourceConfig {
+    pub mesh_dir: PathBuf,
+    /// Where pods run (written by `weft up`); a missing file means no pods yet.
+    pub pods_file: PathBuf,
+    pub watch_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("the mesh directory {dir} does not load:\n{source}")]
+    Mesh { dir: PathBuf, source: MeshError },
+    #[error(transparent)]
+    Pods(#[from] PodsFileError),
+    #[error("--watch-interval must be at least 1 ms")]
+    Interval,
+}
+
+/// A loaded source, ready to watch its files.
+pub struct LocalSource {
+    config: LocalSourceConfig,
+    trust_domain: String,
+    opaque_ports: Vec<u16>,
+    mesh: Mesh,
+    pods: PodsFile,
+    mesh_stamp: Vec<FileStamp>,
+    pods_stamp: Option<FileStamp>,
+}
+
+/// What tells that a file changed: its name, modification time, size and inode.
+type FileStamp = (PathBuf, SystemTime, u64, u64);
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        path.to_owned(),
+        m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        m.len(),
+        m.ino(),
+    ))
+}
+
+fn dir_stamp(dir: &Path) -> Vec<FileStamp> {
+    weft_core::mesh::yaml_files(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| file_stamp(p))
+        .collect()
+}
+
+impl LocalSource {
+    /// Loads both files once: the mesh directory must be valid to start; the pods file
+    /// may not exist yet.
+    pub fn load(
+        config: LocalSourceConfig,
+        trust_domain: &str,
+        opaque_ports: &[u16],
+    ) -> Result<LocalSource, SourceError> {
+        if config.watch_interval < Duration::from_millis(1) {
+            return Err(SourceError::Interval);
+        }
+        let mesh_stamp = dir_stamp(&config.mesh_dir);
+        let pods_stamp = file_stamp(&config.pods_file);
+        let mesh = Mesh::load(&config.mesh_dir).map_err(|source| SourceError::Mesh {
+            dir: config.mesh_dir.clone(),
+            source,
+        })?;
+        let pods = PodsFile::load(&config.pods_file)?.unwrap_or_default();
+        Ok(LocalSource {
+            config,
+            trust_domain: trust_domain.to_owned(),
+            opaque_ports: opaque_ports.to_vec(),
+            mesh,
+            pods,
+            mesh_stamp,
+            pods_stamp,
+        })
+    }
+
+    /// The index of what was loaded.
+    pub fn index(&self) -> Index {
+        Index::new(
+            self.mesh.clone(),
+            self.pods.clone(),
+            &self.trust_domain,
+            &self.opaque_ports,
+        )
+    }
+
+    /// Polls the files forever (until the task is dropped), publishing a new index to
+    /// `publish` whenever what they say changes.
+    pub async fn watch(mut self, publish: watch::Sender<Arc<Index>>, metrics: DestinationMetrics) {
+        if self.mesh.trust_domain != self.trust_domain {
+            tracing::warn!(
+                mesh = %self.mesh.trust_domain,
+                controller = %self.trust_domain,
+                "the mesh directory's trustDomain differs from the controller's; endpoint identities use the controller's"
+            );
+        }
+        loop {
+            tokio::time::sleep(self.config.watch_interval).await;
+            if self.poll(&metrics) {
+                let index = self.index();
+                let changed = publish.send_if_modified(|current| {
+                    if **current == index {
+                        return false;
+                    }
+                    *current = Arc::new(index);
+                    true
+                });
+                if changed {
+                    metrics.index_timestamp.set(unix_now());
+                    let index = publish.borrow().clone();
+                    let (services, pods, ready) = index.counts();
+                    tracing::info!(services, pods, ready, "destination index updated");
+                    let orphans = index.orphans();
+                    if !orphans.is_empty() {
+                        tracing::debug!(?orphans, "pods of workloads the mesh directory no longer defines take no traffic");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reloads what changed; returns whether anything was (re)loaded.
+    fn poll(&mut self, metrics: &DestinationMetrics) -> bool {
+        let mut reloaded = false;
+        let stamp = dir_stamp(&self.config.mesh_dir);
+        if stamp != self.mesh_stamp {
+            self.mesh_stamp = stamp;
+            match Mesh::load(&self.config.mesh_dir) {
+                Ok(mesh) => {
+                    count(metrics, "mesh", "ok");
+                    for w in &mesh.warnings {
+                        tracing::debug!(file = %w.file, at = %w.location, warning = %w.message, "mesh directory warning");
+                    }
+                    tracing::info!(dir = %self.config.mesh_dir.display(), "mesh directory reloaded");
+                    self.mesh = mesh;
+                    reloaded = true;
+                }
+                Err(error) => {
+                    count(metrics, "mesh", "error");
+                    log_mesh_error(&self.config.mesh_dir, &error);
+                }
+            }
+        }
+        let stamp = file_stamp(&self.config.pods_file);
+        if stamp != self.pods_stamp {
+            self.pods_stamp = stamp;
+            match PodsFile::load(&self.config.pods_file) {
+                Ok(pods) => {
+                    count(metrics, "pods", "ok");
+                    if pods.is_none() {
+                        tracing::info!(path = %self.config.pods_file.display(), "the pods file is gone: no pods");
+                    }
+                    self.pods = pods.unwrap_or_default();
+                    reloaded = true;
+                }
+                Err(error) => {
+                    count(metrics, "pods", "error");
+                    tracing::warn!(%error, "pods file not applied; the last good one keeps serving");
+                }
+            }
+        }
+        reloaded
+    }
+}
+
+fn count(metrics: &DestinationMetrics, file: &'static str, result: &'static str) {
+    metrics
+        .reloads
+        .get_or_create(&ReloadLabels { file, result })
+        .inc();
+}
+
+/// One line per problem, naming the file, the object and the field.
+fn log_mesh_error(dir: &Path, error: &MeshError) {
+    let problems = error.problems();
+    if problems.is_empty() {
+        tracing::warn!(dir = %dir.display(), %error, "mesh directory not applied; the last good one keeps serving");
+    }
+    for p in problems {
+        tracing::warn!(
+            dir = %dir.display(),
+            file = %p.file,
+            at = %p.location,
+            problem = %p.message,
+            "mesh directory not applied; the last good one keeps serving"
+        );
+    }
+}
+
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}

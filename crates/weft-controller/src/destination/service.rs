@@ -1,0 +1,264 @@
+//! `Destination.Get` served with tonic: one task per stream follows the index and sends
+//! what changed for its target.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use linkerd2_proxy_api::destination as api;
+use linkerd2_proxy_api::destination::destination_server::{Destination, DestinationServer};
+use linkerd2_proxy_api::destination::update::Update as Kind;
+use tokio::sync::{mpsc, watch};
+
+use super::{Endpoint, Index, Protocol, Resolution, Target};
+use crate::metrics::{DestinationMetrics, UpdateLabels};
+
+/// Updates queued per stream before the sender waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<api::Update, tonic::Status>> + Send>>;
+
+/// The gRPC destination service.
+#[derive(Clone)]
+pub struct DestinationService {
+    index: watch::Receiver<Arc<Index>>,
+    cluster_domain: Arc<str>,
+    metrics: DestinationMetrics,
+    /// Ends every stream (so a graceful shutdown does not wait on them forever).
+    stop: watch::Receiver<bool>,
+}
+
+impl DestinationService {
+    pub fn new(
+        index: watch::Receiver<Arc<Index>>,
+        cluster_domain: &str,
+        metrics: DestinationMetrics,
+        stop: watch::Receiver<bool>,
+    ) -> DestinationService {
+        DestinationService {
+            index,
+            cluster_domain: cluster_domain.into(),
+            metrics,
+            stop,
+        }
+    }
+
+    /// The service ready to add to a tonic server.
+    pub fn into_server(self) -> DestinationServer<DestinationService> {
+        DestinationServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl Destination for DestinationService {
+    type GetStream = UpdateStream;
+    type GetProfileStream =
+        Pin<Box<dyn Stream<Item = Result<api::DestinationProfile, tonic::Status>> + Send>>;
+
+    async fn get(
+        &self,
+        request: tonic::Request<api::GetDestination>,
+    ) -> Result<tonic::Response<UpdateStream>, tonic::Status> {
+        let remote = request.remote_addr();
+        let dst = request.into_inner();
+        if !matches!(dst.scheme.as_str(), "" | "k8s") {
+            return Err(tonic::Status::invalid_argument(format!(
+                "scheme {:?} is not served: use \"k8s\" (or none)",
+                dst.scheme
+            )));
+        }
+        let target = Target::parse(&dst.path, &self.cluster_domain)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        tracing::debug!(?remote, %target, "Destination.Get stream opened");
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(follow(
+            target,
+            self.index.clone(),
+            tx,
+            self.metrics.clone(),
+            self.stop.clone(),
+        ));
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|update| (Ok(update), rx))
+        });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+
+    async fn get_profile(
+        &self,
+        _request: tonic::Request<api::GetDestination>,
+    ) -> Result<tonic::Response<Self::GetProfileStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "Destination.GetProfile is not implemented by weft-controller yet (no service profiles); use Destination.Get for endpoints",
+        ))
+    }
+}
+
+/// Counts an open stream while it lives.
+struct StreamGuard(DestinationMetrics);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.dec();
+    }
+}
+
+/// Sends `target`'s updates until the client goes away or the controller stops.
+async fn follow(
+    target: Target,
+    mut index: watch::Receiver<Arc<Index>>,
+    tx: mpsc::Sender<api::Update>,
+    metrics: DestinationMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    metrics.streams.inc();
+    let _guard = StreamGuard(metrics.clone());
+    let mut sent = Sent::Nothing;
+    loop {
+        let resolution = index.borrow_and_update().resolve(&target);
+        for update in sent.advance(resolution) {
+            let kind = match &update.update {
+                Some(Kind::Add(_)) => "add",
+                Some(Kind::Remove(_)) => "remove",
+                _ => "no_endpoints",
+            };
+            if tx.send(update).await.is_err() {
+                tracing::debug!(%target, "Destination.Get stream closed by the client");
+                return;
+            }
+            metrics.updates.get_or_create(&UpdateLabels { kind }).inc();
+        }
+        tokio::select! {
+            changed = index.changed() => if changed.is_err() { return },
+            _ = tx.closed() => {
+                tracing::debug!(%target, "Destination.Get stream closed by the client");
+                return;
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// What the client has been told so far.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) enum Sent {
+    #[default]
+    Nothing,
+    NoEndpoints {
+        exists: bool,
+    },
+    Endpoints(BTreeMap<SocketAddr, Endpoint>),
+}
+
+impl Sent {
+    /// The updates that take the client from what it was told to `resolution`: new or
+    /// changed endpoints are added before gone ones are removed (so the set is never
+    /// empty in between); an empty set is `NoEndpoints { exists: true }`, an unknown
+    /// target `NoEndpoints { exists: false }`. Nothing when nothing changed.
+    pub(crate) fn advance(&mut self, resolution: Resolution) -> Vec<api::Update> {
+        let (labels, next) = match resolution {
+            Resolution::Unknown => return self.no_endpoints(false),
+            Resolution::Service {
+                namespace,
+                name,
+                endpoints,
+            } => {
+                if endpoints.is_empty() {
+                    return self.no_endpoints(true);
+                }
+                let labels = HashMap::from([
+                    ("namespace".to_owned(), namespace),
+                    ("service".to_owned(), name),
+                ]);
+                (labels, endpoints)
+            }
+            Resolution::Pod(endpoint) => {
+                (HashMap::new(), BTreeMap::from([(endpoint.addr, endpoint)]))
+            }
+        };
+        let empty = BTreeMap::new();
+        let previous = match &*self {
+            Sent::Endpoints(p) => p,
+            _ => &empty,
+        };
+        let added: Vec<api::WeightedAddr> = next
+            .values()
+            .filter(|e| previous.get(&e.addr) != Some(*e))
+            .map(weighted_addr)
+            .collect();
+        let removed: Vec<linkerd2_proxy_api::net::TcpAddress> = previous
+            .keys()
+            .filter(|a| !next.contains_key(a))
+            .map(|a| (*a).into())
+            .collect();
+        let mut updates = Vec::new();
+        if !added.is_empty() {
+            updates.push(api::Update {
+                update: Some(Kind::Add(api::WeightedAddrSet {
+                    addrs: added,
+                    metric_labels: labels,
+                })),
+            });
+        }
+        if !removed.is_empty() {
+            updates.push(api::Update {
+                update: Some(Kind::Remove(api::AddrSet { addrs: removed })),
+            });
+        }
+        *self = Sent::Endpoints(next);
+        updates
+    }
+
+    fn no_endpoints(&mut self, exists: bool) -> Vec<api::Update> {
+        if *self == (Sent::NoEndpoints { exists }) {
+            return Vec::new();
+        }
+        *self = Sent::NoEndpoints { exists };
+        vec![api::Update {
+            update: Some(Kind::NoEndpoints(api::NoEndpoints { exists })),
+        }]
+    }
+}
+
+/// An endpoint as the protocol carries it (labels as Linkerd names them).
+fn weighted_addr(e: &Endpoint) -> api::WeightedAddr {
+    let labels = HashMap::from([
+        ("pod".to_owned(), e.pod.clone()),
+        ("namespace".to_owned(), e.namespace.clone()),
+        ("deployment".to_owned(), e.workload.clone()),
+        ("serviceaccount".to_owned(), e.service_account.clone()),
+        // Always present, empty when unknown (as Linkerd does).
+        ("zone".to_owned(), e.zone.clone().unwrap_or_default()),
+    ]);
+    let tls_identity = e.identity.as_ref().map(|name| {
+        let name = api::tls_identity::DnsLikeIdentity { name: name.clone() };
+        api::TlsIdentity {
+            strategy: Some(api::tls_identity::Strategy::DnsLikeIdentity(name.clone())),
+            server_name: Some(name),
+        }
+    });
+    let protocol = match e.protocol {
+        Protocol::Http => Some(api::protocol_hint::Protocol::H2(api::protocol_hint::H2 {})),
+        Protocol::Opaque => Some(api::protocol_hint::Protocol::Opaque(
+            api::protocol_hint::Opaque {},
+        )),
+        Protocol::Unknown => None,
+    };
+    api::WeightedAddr {
+        addr: Some(e.addr.into()),
+        weight: e.weight,
+        metric_labels: labels,
+        tls_identity,
+        // No opaque transport: weft's inbound proxy does not speak Linkerd's transport
+        // header, so it is not advertised.
+        protocol_hint: protocol.map(|p| api::ProtocolHint {
+            protocol: Some(p),
+            opaque_transport: None,
+        }),
+        authority_override: None,
+        http2: None,
+        resource_ref: None,
+    }
+}
