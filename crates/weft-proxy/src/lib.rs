@@ -213,13 +213,27 @@ impl Control {
     }
 }
 
+/// Accept queue length asked of the kernel (capped by `net.core.somaxconn`). Tokio's
+/// `TcpListener::bind` asks for 128, which a burst of connections (a client opening
+/// hundreds at once) overflows: the kernel then drops SYNs, and each dropped one costs
+/// the caller a 1 s retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Proxy {
     /// Binds every listener and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let bind = |what, addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { what, addr, source })
+            listen(addr).map_err(|source| StartError::Bind { what, addr, source })
         };
         let inbound = bind("inbound", config.inbound_listen).await?;
         let outbound = bind("outbound", config.outbound_listen).await?;
