@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use weft_core::identity::Identity;
 
 /// One endpoint as discovery describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub struct EndpointMeta {
     pub zone: Option<Arc<str>>,
     /// Relative share of traffic (1 when unset); 0 takes no traffic.
     pub weight: u32,
+    /// The identity the endpoint's proxy proves: connections to it use mTLS (when this
+    /// proxy has an identity of its own). `None`: unmeshed, plaintext.
+    pub identity: Option<Identity>,
 }
 
 impl EndpointMeta {
@@ -30,6 +34,7 @@ impl EndpointMeta {
             addr,
             zone: None,
             weight: 1,
+            identity: None,
         }
     }
 }
@@ -231,6 +236,11 @@ impl Picked {
 
     pub fn zone(&self) -> Option<&Arc<str>> {
         self.endpoint.meta.zone.as_ref()
+    }
+
+    /// The endpoint's identity (mTLS), if it is meshed.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.endpoint.meta.identity.as_ref()
     }
 
     /// Reports how the request went (latency counts from the pick).
@@ -487,6 +497,7 @@ mod tests {
             addr: addr(i),
             zone: Some(zone.into()),
             weight,
+            identity: None,
         }
     }
 
@@ -785,7 +796,7 @@ mod tests {
             let endpoints: Vec<EndpointMeta> = weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| EndpointMeta { addr: addr(i as u16), zone: None, weight: *w })
+                .map(|(i, w)| EndpointMeta { weight: *w, ..EndpointMeta::new(addr(i as u16)) })
                 .collect();
             let b = balancer(None, endpoints);
             let n = 6000;

@@ -9,10 +9,13 @@
 //!     listen: 127.0.0.1:15001                                # local port for this service (explicit mode)
 //!     opaque: false                                          # skip protocol detection
 //!     identity: books.default.serviceaccount.identity.weft.cluster.local  # meshed: use mTLS
-//!     endpoints:                                             # an address, or address + zone + weight
+//!     endpoints:                                             # an address, or address + zone + weight (+ identity)
 //!       - "127.0.0.1:9001"
 //!       - {addr: "127.0.0.1:9002", zone: zone-b, weight: 2}
 //! ```
+//!
+//! A service's `identity` is every endpoint's unless the endpoint names its own; an
+//! endpoint with an identity is reached over mTLS.
 //!
 //! A file loaded with [`ServiceIndex::load`] can be watched ([`ServiceIndex::watch`]):
 //! when it changes, it is parsed again and the index swapped whole; a file that does not
@@ -23,6 +26,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -87,6 +91,7 @@ struct DetailedEndpoint {
     zone: Option<String>,
     #[serde(default = "one")]
     weight: u32,
+    identity: Option<String>,
 }
 
 fn one() -> u32 {
@@ -94,16 +99,27 @@ fn one() -> u32 {
 }
 
 impl EndpointSpec {
-    fn meta(&self) -> Result<EndpointMeta, String> {
+    /// The endpoint, with the service's identity unless it names its own.
+    fn meta(&self, service_identity: &Option<Identity>) -> Result<EndpointMeta, String> {
         match self {
             EndpointSpec::Addr(addr) => addr
                 .parse()
-                .map(EndpointMeta::new)
+                .map(|addr| EndpointMeta {
+                    identity: service_identity.clone(),
+                    ..EndpointMeta::new(addr)
+                })
                 .map_err(|e| format!("endpoint {addr:?} is not an ip:port address ({e})")),
             EndpointSpec::Detailed(d) => Ok(EndpointMeta {
                 addr: d.addr,
                 zone: d.zone.as_deref().map(Into::into),
                 weight: d.weight,
+                identity: match &d.identity {
+                    Some(name) => Some(
+                        name.parse::<Identity>()
+                            .map_err(|e| format!("endpoint {}: identity: {e}", d.addr))?,
+                    ),
+                    None => service_identity.clone(),
+                },
             }),
         }
     }
@@ -115,10 +131,10 @@ pub struct Service {
     pub name: Arc<str>,
     pub address: Option<SocketAddr>,
     pub listen: Option<SocketAddr>,
-    pub opaque: bool,
-    /// The identity of the workloads behind the service: connections to them use mTLS.
-    pub identity: Option<Identity>,
-    /// Its endpoints, replaced when the endpoints file changes.
+    /// Forwarded as TCP without protocol detection (discovery may change it).
+    opaque: AtomicBool,
+    /// Its endpoints (each with its zone, weight and identity), replaced when discovery
+    /// says so; the balancer stays, with what it learnt of the endpoints that remain.
     balancer: Balancer,
 }
 
@@ -128,13 +144,36 @@ impl Service {
             name: name.into(),
             address: None,
             listen: None,
-            opaque: false,
-            identity: None,
+            opaque: AtomicBool::new(false),
             balancer: Balancer::new(
                 Arc::default(),
                 endpoints.into_iter().map(EndpointMeta::new).collect(),
             ),
         }
+    }
+
+    /// A service whose endpoints discovery provides later ([`Service::set_endpoints`]).
+    pub fn discovered(
+        name: &str,
+        address: Option<SocketAddr>,
+        balance: Arc<BalanceConfig>,
+    ) -> Self {
+        Service {
+            name: name.into(),
+            address,
+            listen: None,
+            opaque: AtomicBool::new(false),
+            balancer: Balancer::new(balance, Vec::new()),
+        }
+    }
+
+    /// Whether connections to it skip protocol detection (opaque TCP).
+    pub fn is_opaque(&self) -> bool {
+        self.opaque.load(Ordering::Relaxed)
+    }
+
+    pub fn set_opaque(&self, opaque: bool) {
+        self.opaque.store(opaque, Ordering::Relaxed);
     }
 
     /// Picks the endpoint for the next request (HTTP) or connection (TCP); report how
@@ -155,17 +194,17 @@ impl Service {
         &self.balancer
     }
 
-    fn set_endpoints(&self, endpoints: Vec<EndpointMeta>) {
+    /// Replaces the endpoints; those that stay keep what the balancer learnt of them.
+    pub fn set_endpoints(&self, endpoints: Vec<EndpointMeta>) {
         self.balancer.set_endpoints(endpoints);
     }
 
     /// Whether `spec` describes this service with (at most) other endpoints.
-    fn same_as(&self, spec: &ServiceSpec, identity: &Option<Identity>) -> bool {
+    fn same_as(&self, spec: &ServiceSpec) -> bool {
         *self.name == *spec.name
             && self.address == spec.address
             && self.listen == spec.listen
-            && self.opaque == spec.opaque
-            && self.identity == *identity
+            && self.is_opaque() == spec.opaque
     }
 }
 
@@ -390,7 +429,7 @@ fn parse_tables(
         let endpoints = spec
             .endpoints
             .iter()
-            .map(EndpointSpec::meta)
+            .map(|e| e.meta(&identity))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         let reusable = previous.and_then(|p| {
@@ -402,7 +441,7 @@ fn parse_tables(
                     .first()
                     .and_then(|a| p.by_authority.get(&normalize_authority(a))),
             }?;
-            old.same_as(&spec, &identity).then(|| old.clone())
+            old.same_as(&spec).then(|| old.clone())
         });
         let service = match reusable {
             Some(old) => {
@@ -413,8 +452,7 @@ fn parse_tables(
                 name: spec.name.as_str().into(),
                 address: spec.address,
                 listen: spec.listen,
-                opaque: spec.opaque,
-                identity,
+                opaque: AtomicBool::new(spec.opaque),
                 balancer: Balancer::new(balance.clone(), endpoints),
             }),
         };

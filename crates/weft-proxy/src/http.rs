@@ -18,7 +18,7 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::balance::Outcome;
+use crate::balance::{Outcome, Picked};
 use crate::detect::Protocol;
 use crate::drain::Watch;
 use crate::endpoints::Service;
@@ -182,7 +182,6 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         service,
         picked,
     } = resolved;
-    let dst_zone = picked.as_ref().and_then(|p| p.zone().cloned());
     let route = {
         let mut cache = ctx.route_cache.lock().unwrap_or_else(|e| e.into_inner());
         match &*cache {
@@ -196,7 +195,7 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
                     &authority,
                     Some(endpoint),
                     service.as_deref(),
-                    dst_zone.as_deref(),
+                    picked.as_ref(),
                 );
                 let requests = metrics.requests(&labels);
                 requests.inc();
@@ -227,8 +226,11 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         }
     }
 
-    let server = service.as_ref().and_then(|s| s.identity.as_ref());
-    let send = ctx.upstreams().send(endpoint, version, server, req);
+    // mTLS to the endpoint's identity, when it is meshed.
+    let server = picked.as_ref().and_then(|p| p.identity()).cloned();
+    let send = ctx
+        .upstreams()
+        .send(endpoint, version, server.as_ref(), req);
     let result = match shared.config.response_timeout {
         Some(limit) => match tokio::time::timeout(limit, send).await {
             Ok(r) => r.map_err(ProxyError::from),
@@ -307,13 +309,14 @@ fn route_labels(
     authority: &str,
     endpoint: Option<SocketAddr>,
     service: Option<&Service>,
-    dst_zone: Option<&str>,
+    picked: Option<&Picked>,
 ) -> RouteLabels {
-    // Outbound requests to a meshed service go over mTLS (when this proxy has an
+    // Outbound requests to a meshed endpoint go over mTLS (when this proxy has an
     // identity): the route is labelled with the server's identity.
-    let server_id = service
-        .and_then(|s| s.identity.as_ref())
+    let server_id = picked
+        .and_then(|p| p.identity())
         .filter(|_| ctx.direction == Direction::Outbound && ctx.shared.identity.is_some());
+    let dst_zone = picked.and_then(|p| p.zone()).map(|z| &**z);
     RouteLabels {
         direction: ctx.direction,
         authority: authority.into(),

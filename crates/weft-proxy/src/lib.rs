@@ -552,7 +552,7 @@ impl Accepted {
     fn is_opaque(&self, config: &Config) -> bool {
         match &self.destination {
             Destination::Service(s) => {
-                s.opaque
+                s.is_opaque()
                     || s.address
                         .is_some_and(|a| config.opaque_ports.contains(&a.port()))
             }

@@ -11,15 +11,14 @@ use crate::Resolved;
 
 /// Forwards `client` (whose first bytes, `prefix`, were read during detection) to the
 /// resolved endpoint until both sides have closed. The connection counts as pending on
-/// the endpoint until it ends, and uses mTLS when the endpoint's service has an
-/// identity.
+/// the endpoint until it ends, and uses mTLS when the endpoint has an identity.
 pub async fn forward<I>(client: I, prefix: Bytes, resolved: Resolved, connector: &Connector)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let endpoint = resolved.addr;
-    let server = resolved.service.as_ref().and_then(|s| s.identity.as_ref());
     let mut picked = resolved.picked;
+    let server = picked.as_ref().and_then(|p| p.identity());
     let connected = connector.connect(endpoint, server).await;
     if let Some(p) = picked.as_mut() {
         p.report(if connected.is_ok() {
