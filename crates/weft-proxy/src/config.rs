@@ -16,6 +16,9 @@ use crate::balance::{BalanceConfig, ZoneMode};
 use crate::certify::CertifyConfig;
 use crate::endpoints::{EndpointsError, ServiceIndex};
 use crate::identity::LocalIdentity;
+use crate::retry::{
+    BudgetParams, BudgetedPolicy, MethodSet, RequestPolicy, RetryCondition, RetryOn, RetryPolicy,
+};
 
 /// How the proxy learns where a connection was going.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -84,6 +87,53 @@ pub struct Args {
     /// `0s` disables the limit.
     #[arg(long, env = "WEFT_RESPONSE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "0s")]
     pub response_timeout: Duration,
+
+    /// Outbound: deadline of a whole request, its retries and response body included;
+    /// on expiry the caller gets 504 (gRPC: DEADLINE_EXCEEDED). `0s`: none. A service's
+    /// `timeout` in the endpoints file overrides it; a gRPC caller's `grpc-timeout`
+    /// shortens it.
+    #[arg(long, env = "WEFT_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, default_value = "0s")]
+    pub request_timeout: Duration,
+
+    /// Outbound: retries of a request after its first attempt, each to another endpoint
+    /// when there is one; `0` turns retrying off. Requests whose connection failed are
+    /// always retryable; others as --retry-on and --retry-methods say.
+    #[arg(long, env = "WEFT_RETRY_LIMIT", default_value_t = 2)]
+    pub retry_limit: u32,
+
+    /// Comma-separated responses that are retried: HTTP statuses (`503`), ranges
+    /// (`500-504`), `5xx`, `4xx`, `gateway-error` (502-504), and gRPC status names
+    /// (`unavailable`, `resource-exhausted`, ...), which also declare gRPC calls safe
+    /// to retry. Empty: retry connect failures only.
+    #[arg(long, env = "WEFT_RETRY_ON", default_value = "500,502-504")]
+    pub retry_on: String,
+
+    /// Comma-separated HTTP methods retried on a response or a timed-out attempt
+    /// (bodies up to 64 KiB).
+    #[arg(
+        long,
+        env = "WEFT_RETRY_METHODS",
+        default_value = "GET,HEAD,OPTIONS,TRACE,PUT,DELETE"
+    )]
+    pub retry_methods: String,
+
+    /// Base of the jittered wait before a retry (doubles per retry, at most 10×).
+    #[arg(long, env = "WEFT_RETRY_BACKOFF", value_parser = humantime::parse_duration, default_value = "25ms")]
+    pub retry_backoff: Duration,
+
+    /// Retry budget per destination: retries allowed per request over
+    /// --retry-budget-ttl (0.2: at most one retry per five requests).
+    #[arg(long, env = "WEFT_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    pub retry_budget_ratio: f64,
+
+    /// Retry budget: retries per second allowed on top of the ratio, so that quiet
+    /// clients can retry too.
+    #[arg(long, env = "WEFT_RETRY_BUDGET_MIN_PER_SECOND", default_value_t = 10)]
+    pub retry_budget_min_per_second: u32,
+
+    /// Retry budget: the window over which requests and retries count (1s to 60s).
+    #[arg(long, env = "WEFT_RETRY_BUDGET_TTL", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub retry_budget_ttl: Duration,
 
     /// How long in-flight requests may continue after SIGTERM or POST /shutdown.
     #[arg(long, env = "WEFT_DRAIN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
@@ -196,6 +246,9 @@ pub struct Config {
     pub detect_timeout: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Option<Duration>,
+    /// Outbound timeouts and retries by default (services may override them), and the
+    /// retry budget of destinations that are not services.
+    pub request_policy: Arc<BudgetedPolicy>,
     pub drain_grace: Duration,
     pub pool_idle_timeout: Duration,
     pub labels: WorkloadLabels,
@@ -220,6 +273,8 @@ pub enum ConfigError {
     MissingInboundForward,
     #[error("--worker-threads must be at least 1")]
     NoWorkers,
+    #[error("{flag}: {problem}")]
+    Flag { flag: &'static str, problem: String },
     #[error("the zone band needs 0 <= --zone-low <= --zone-high (got {0} and {1})")]
     ZoneBand(f64, f64),
     #[error("--trust-anchors turns on mTLS, which also needs {0}")]
@@ -249,6 +304,7 @@ impl Args {
             zone_high: self.zone_high,
             ..BalanceConfig::default()
         });
+        let request_policy = Arc::new(BudgetedPolicy::new(self.request_policy()?));
         let services = match &self.endpoints {
             Some(path) => ServiceIndex::load_with(path, balance.clone())?,
             None => ServiceIndex::default(),
@@ -303,6 +359,7 @@ impl Args {
             detect_timeout: self.detect_timeout,
             connect_timeout: self.connect_timeout,
             response_timeout: (!self.response_timeout.is_zero()).then_some(self.response_timeout),
+            request_policy,
             drain_grace: self.drain_grace,
             pool_idle_timeout: self.pool_idle_timeout,
             labels: WorkloadLabels {
@@ -313,6 +370,50 @@ impl Args {
             },
             balance,
             identity,
+        })
+    }
+}
+
+impl Args {
+    /// The outbound timeouts and retries the flags ask for.
+    fn request_policy(&self) -> Result<RequestPolicy, ConfigError> {
+        let flag = |flag, problem| ConfigError::Flag { flag, problem };
+        let on = self
+            .retry_on
+            .split(',')
+            .filter(|c| !c.trim().is_empty())
+            .map(str::parse::<RetryCondition>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| flag("--retry-on", e))?;
+        let methods = MethodSet::parse(
+            self.retry_methods
+                .split(',')
+                .filter(|m| !m.trim().is_empty()),
+        )
+        .map_err(|e| flag("--retry-methods", e))?;
+        let budget = BudgetParams {
+            ratio: self.retry_budget_ratio,
+            min_per_second: self.retry_budget_min_per_second,
+            ttl: self.retry_budget_ttl,
+        };
+        budget.validate().map_err(|(field, problem)| {
+            let name = match field {
+                "ratio" => "--retry-budget-ratio",
+                _ => "--retry-budget-ttl",
+            };
+            flag(name, problem)
+        })?;
+        Ok(RequestPolicy {
+            timeout: (!self.request_timeout.is_zero()).then_some(self.request_timeout),
+            retry: RetryPolicy {
+                limit: self.retry_limit,
+                on: RetryOn::new(&on),
+                methods,
+                // Each attempt has --response-timeout.
+                attempt_timeout: None,
+                backoff: self.retry_backoff,
+                budget,
+            },
         })
     }
 }
@@ -333,6 +434,7 @@ impl Config {
             detect_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             response_timeout: None,
+            request_policy: Arc::new(BudgetedPolicy::new(RequestPolicy::default())),
             drain_grace: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(60),
             labels: WorkloadLabels::default(),

@@ -17,6 +17,7 @@ pub mod http;
 pub mod identity;
 pub mod io;
 pub mod metrics;
+pub mod retry;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
