@@ -12,6 +12,8 @@
 //!     endpoints:                                             # an address, or address + zone + weight (+ identity)
 //!       - "127.0.0.1:9001"
 //!       - {addr: "127.0.0.1:9002", zone: zone-b, weight: 2}
+//!     timeout: 2s                                            # whole-request deadline (over --request-timeout)
+//!     retries: {limit: 2, on: ["5xx"], timeout: 500ms}       # over the --retry-* flags (crate::retry)
 //! ```
 //!
 //! A service's `identity` is every endpoint's unless the endpoint names its own; an
@@ -34,6 +36,7 @@ use serde::Deserialize;
 use weft_core::identity::Identity;
 
 use crate::balance::{BalanceConfig, Balancer, EndpointMeta, Picked};
+use crate::retry::{PolicyOverrides, RetrySpec, ServicePolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointsError {
@@ -75,6 +78,10 @@ struct ServiceSpec {
     opaque: bool,
     identity: Option<String>,
     endpoints: Vec<EndpointSpec>,
+    /// Deadline of a whole request (`2s`; `0s`: none), over --request-timeout.
+    timeout: Option<String>,
+    /// How requests are retried, over the --retry-* flags.
+    retries: Option<RetrySpec>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -136,6 +143,8 @@ pub struct Service {
     /// Its endpoints (each with its zone, weight and identity), replaced when discovery
     /// says so; the balancer stays, with what it learnt of the endpoints that remain.
     balancer: Balancer,
+    /// Its timeouts and retries, and its retry budget.
+    pub policy: ServicePolicy,
 }
 
 impl Service {
@@ -149,6 +158,7 @@ impl Service {
                 Arc::default(),
                 endpoints.into_iter().map(EndpointMeta::new).collect(),
             ),
+            policy: ServicePolicy::default(),
         }
     }
 
@@ -164,6 +174,7 @@ impl Service {
             listen: None,
             opaque: AtomicBool::new(false),
             balancer: Balancer::new(balance, Vec::new()),
+            policy: ServicePolicy::default(),
         }
     }
 
@@ -200,11 +211,12 @@ impl Service {
     }
 
     /// Whether `spec` describes this service with (at most) other endpoints.
-    fn same_as(&self, spec: &ServiceSpec) -> bool {
+    fn same_as(&self, spec: &ServiceSpec, policy: &PolicyOverrides) -> bool {
         *self.name == *spec.name
             && self.address == spec.address
             && self.listen == spec.listen
             && self.is_opaque() == spec.opaque
+            && self.policy.overrides() == policy
     }
 }
 
@@ -432,6 +444,8 @@ fn parse_tables(
             .map(|e| e.meta(&identity))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
+        let policy = PolicyOverrides::parse(spec.timeout.as_deref(), spec.retries.as_ref())
+            .map_err(invalid)?;
         let reusable = previous.and_then(|p| {
             let old = match (spec.address, spec.listen) {
                 (Some(a), _) => p.by_address.get(&a),
@@ -441,7 +455,7 @@ fn parse_tables(
                     .first()
                     .and_then(|a| p.by_authority.get(&normalize_authority(a))),
             }?;
-            old.same_as(&spec).then(|| old.clone())
+            old.same_as(&spec, &policy).then(|| old.clone())
         });
         let service = match reusable {
             Some(old) => {
@@ -454,6 +468,7 @@ fn parse_tables(
                 listen: spec.listen,
                 opaque: AtomicBool::new(spec.opaque),
                 balancer: Balancer::new(balance.clone(), endpoints),
+                policy: ServicePolicy::new(policy),
             }),
         };
         for authority in &spec.authorities {
@@ -622,6 +637,78 @@ services:
             err.to_string()
                 .contains("service #0 (\"a\"): endpoint \"nope\" is not an ip:port address"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn services_carry_their_timeouts_and_retries() {
+        let index = parse(
+            "services:\n  - name: books\n    address: \"198.19.0.1:80\"\n    endpoints: [\"198.18.0.2:80\"]\n    timeout: 2s\n    retries: {limit: 1, on: [503, unavailable], budget: {ratio: 0.5}}\n  - name: authors\n    address: \"198.19.0.2:80\"\n    endpoints: [\"198.18.0.3:80\"]\n",
+        )
+        .unwrap();
+        let defaults = crate::retry::RequestPolicy::default();
+        let books = index.by_address("198.19.0.1:80".parse().unwrap()).unwrap();
+        let policy = &books.policy.get(&defaults).policy;
+        assert_eq!(policy.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(policy.retry.limit, 1);
+        assert!(policy.retry.on.grpc_status(14));
+        assert_eq!(policy.retry.budget.ratio, 0.5);
+        assert_eq!(policy.retry.budget.min_per_second, 10, "from the defaults");
+        let authors = index.by_address("198.19.0.2:80".parse().unwrap()).unwrap();
+        assert_eq!(authors.policy.get(&defaults).policy, defaults);
+    }
+
+    #[test]
+    fn rejects_bad_retry_settings_naming_the_field() {
+        let err = parse("services:\n  - name: a\n    endpoints: [\"198.18.0.2:80\"]\n    retries: {on: [200]}\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("service #0 (\"a\"): `retries.on`: 200 is not an error status"),
+            "{err}"
+        );
+        let err = parse(
+            "services:\n  - name: a\n    endpoints: [\"198.18.0.2:80\"]\n    timeout: soon\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("service #0 (\"a\"): `timeout`: \"soon\" is not a duration"),
+            "{err}"
+        );
+        let err = parse("services:\n  - name: a\n    endpoints: [\"198.18.0.2:80\"]\n    retries: {budget: {ratio: 0.2, ttl: 0s}}\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`retries.budget.ttl` must be from 1s to 60s"),
+            "{err}"
+        );
+        let err = parse("services:\n  - name: a\n    endpoints: [\"198.18.0.2:80\"]\n    retries: {limits: 2}\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `limits`"), "{err}");
+    }
+
+    #[test]
+    fn a_changed_retry_policy_makes_a_new_service_object() {
+        let path =
+            std::env::temp_dir().join(format!("weft-endpoints-policy-{}.yaml", std::process::id()));
+        let write = |retries: &str| {
+            std::fs::write(
+                &path,
+                format!("services: [{{name: a, address: \"198.19.0.1:80\", endpoints: [\"198.18.0.2:80\"]{retries}}}]\n"),
+            )
+            .unwrap()
+        };
+        write("");
+        let index = ServiceIndex::load(&path).unwrap();
+        let addr = "198.19.0.1:80".parse().unwrap();
+        let before = index.by_address(addr).unwrap();
+        write(", timeout: 1s");
+        index.reload().unwrap();
+        let after = index.by_address(addr).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(!Arc::ptr_eq(&before, &after));
+        let defaults = crate::retry::RequestPolicy::default();
+        assert_eq!(
+            after.policy.get(&defaults).policy.timeout,
+            Some(Duration::from_secs(1))
         );
     }
 }

@@ -328,6 +328,34 @@ impl BudgetedPolicy {
     }
 }
 
+/// A service's timeouts and retries: what its entry in the endpoints file overrides,
+/// and, made at its first request from the proxy's defaults, its policy and budget.
+#[derive(Debug, Default)]
+pub struct ServicePolicy {
+    overrides: PolicyOverrides,
+    resolved: std::sync::OnceLock<BudgetedPolicy>,
+}
+
+impl ServicePolicy {
+    pub fn new(overrides: PolicyOverrides) -> Self {
+        ServicePolicy {
+            overrides,
+            resolved: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn overrides(&self) -> &PolicyOverrides {
+        &self.overrides
+    }
+
+    /// The service's policy over `defaults` (the proxy's, which do not change while it
+    /// runs), and its own retry budget.
+    pub fn get(&self, defaults: &RequestPolicy) -> &BudgetedPolicy {
+        self.resolved
+            .get_or_init(|| BudgetedPolicy::new(self.overrides.apply(defaults)))
+    }
+}
+
 /// A service's `retries:` section in the endpoints file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
