@@ -97,6 +97,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         host: Some("books.demo.svc:8080".into()),
         timeout: Duration::from_secs(5),
         json: false,
+        histogram: false,
     };
     let mut paths: Vec<String> = vec!["/".into(); 19];
     paths.push("/fail".into());

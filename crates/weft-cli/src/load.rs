@@ -37,6 +37,10 @@ pub struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// With --json: also the latency histogram, `histogram_us: [[µs, count], ...]` (3
+    /// significant digits), so runs in several places can be merged into one.
+    #[arg(long, requires = "json")]
+    pub histogram: bool,
 }
 
 /// What a load run measured.
@@ -51,6 +55,9 @@ pub struct Report {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// `[latency µs, count]` for every latency recorded (with --histogram).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub histogram_us: Option<Vec<[u64; 2]>>,
 }
 
 struct Target {
@@ -165,6 +172,11 @@ pub async fn generate(args: &LoadArgs, paths: Option<Arc<Vec<String>>>) -> anyho
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
         max_ms: h.max() as f64 / 1000.0,
+        histogram_us: args.histogram.then(|| {
+            h.iter_recorded()
+                .map(|v| [v.value_iterated_to(), v.count_at_value()])
+                .collect()
+        }),
     })
 }
 
