@@ -339,10 +339,33 @@ impl Balancer {
 
     /// Picks the endpoint for one request (or connection).
     pub fn pick(&self) -> Option<Picked> {
+        self.pick_avoiding(&[])
+    }
+
+    /// Picks as [`Self::pick`] does, but none of `avoid` (the endpoints a retried
+    /// request already failed on) while there is another: in zone-aware mode another
+    /// zone's endpoint rather than the same one again.
+    pub fn pick_avoiding(&self, avoid: &[SocketAddr]) -> Option<Picked> {
         let now = Instant::now();
         let config = &self.config;
-        let mut state = self.state();
-        let candidates = Self::candidates(config, &mut state, now, true);
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let narrowed = Self::candidates(config, state, now, true);
+        let fresh = |e: &&Arc<Endpoint>| !avoid.contains(&e.meta.addr);
+        let candidates = if avoid.is_empty() {
+            narrowed
+        } else if narrowed.iter().any(fresh) {
+            narrowed.into_iter().filter(fresh).collect()
+        } else if config.zone_mode == ZoneMode::Aware {
+            let all = healthy(config, state.endpoints.iter().collect(), now);
+            if all.iter().any(fresh) {
+                all.into_iter().filter(fresh).collect()
+            } else {
+                all
+            }
+        } else {
+            narrowed
+        };
         let chosen = {
             let mut rng = rand::rng();
             let first = weighted(&candidates, &mut rng)?;
@@ -540,6 +563,38 @@ mod tests {
             }
         }
         failed
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoints_already_tried() {
+        let b = balancer(
+            None,
+            vec![
+                EndpointMeta::new(addr(1)),
+                EndpointMeta::new(addr(2)),
+                EndpointMeta::new(addr(3)),
+            ],
+        );
+        for _ in 0..200 {
+            let p = b.pick_avoiding(&[addr(1), addr(3)]).unwrap();
+            assert_eq!(p.addr(), addr(2));
+            assert_ne!(b.pick_avoiding(&[addr(2)]).unwrap().addr(), addr(2));
+        }
+        // Every endpoint tried: one of them again rather than none.
+        assert!(b.pick_avoiding(&[addr(1), addr(2), addr(3)]).is_some());
+    }
+
+    #[test]
+    fn a_retry_leaves_the_zone_when_its_endpoints_were_tried() {
+        let b = balancer(
+            Some("a"),
+            vec![meta(1, "a", 1), meta(2, "b", 1), meta(3, "c", 1)],
+        );
+        // Unloaded: only the in-zone endpoint is in use, but a retry goes elsewhere.
+        assert_eq!(b.pick().unwrap().addr(), addr(1));
+        for _ in 0..50 {
+            assert_ne!(b.pick_avoiding(&[addr(1)]).unwrap().addr(), addr(1));
+        }
     }
 
     #[test]

@@ -230,17 +230,17 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
     let server = picked.as_ref().and_then(|p| p.identity()).cloned();
     let send = ctx
         .upstreams()
-        .send(endpoint, version, server.as_ref(), req);
+        .send(endpoint, version, server.as_ref(), req.map(crate::retry::RequestBody::Stream));
     let result = match shared.config.response_timeout {
         Some(limit) => match tokio::time::timeout(limit, send).await {
-            Ok(r) => r.map_err(ProxyError::from),
+            Ok(r) => r.map_err(|e| ProxyError::from(e.error)),
             Err(_) => Err(ProxyError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "response timeout",
                 format!("{endpoint} did not respond within {limit:?}"),
             )),
         },
-        None => send.await.map_err(ProxyError::from),
+        None => send.await.map_err(|e| ProxyError::from(e.error)),
     };
     let (mut rsp, reusable) = match result {
         Ok(sent) => sent,

@@ -19,6 +19,7 @@ use weft_core::identity::Identity;
 use crate::identity::LocalIdentity;
 use crate::io::CountingIo;
 use crate::metrics::{Direction, Peer, TcpLabels, TcpMetrics, Tls};
+use crate::retry::RequestBody;
 pub use crate::tls::UpstreamIo;
 
 /// Idle HTTP/1 connections kept per endpoint.
@@ -51,6 +52,24 @@ pub enum UpstreamError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+}
+
+/// A request that could not be sent, and the request itself when none of it reached
+/// the endpoint (connect and handshake failures, a connection closed before it took
+/// the request): such a request can be sent elsewhere as it is.
+#[derive(Debug)]
+pub struct SendError {
+    pub error: UpstreamError,
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl SendError {
+    fn unsent(error: UpstreamError, req: Request<RequestBody>) -> Self {
+        SendError {
+            error,
+            unsent: Some(req),
+        }
+    }
 }
 
 /// Opens TCP connections to endpoints, with a deadline and metrics; to meshed
@@ -156,7 +175,7 @@ pub struct HttpUpstreams {
 /// An HTTP/1 connection lent out for one request. Dropping it closes the connection;
 /// [`Reusable::give_back`] returns it to the pool, for when the response was read whole.
 pub struct Reusable {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     pool: Arc<Pool>,
 }
 
@@ -175,8 +194,8 @@ impl Reusable {
 pub struct Pool {
     /// The endpoint's identity: its connections use mTLS when known.
     server: Option<Identity>,
-    h1_idle: Mutex<Vec<(http1::SendRequest<Incoming>, Instant)>>,
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<Incoming>>>,
+    h1_idle: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
 impl HttpUpstreams {
@@ -208,18 +227,19 @@ impl HttpUpstreams {
 
     /// Sends `req` to the endpoint at `addr` over a pooled connection. An HTTP/1
     /// connection comes back with the response, to be returned to the pool with
-    /// [`Reusable::give_back`] once the response body has been read.
+    /// [`Reusable::give_back`] once the response body has been read. A request that
+    /// never reached the endpoint comes back with the error.
     pub async fn send(
         &self,
         addr: SocketAddr,
         version: HttpVersion,
         server: Option<&Identity>,
-        req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
         let pool = self.pool(addr, version, server);
         match version {
             HttpVersion::Http1 => self.send_h1(addr, pool, req).await,
-            HttpVersion::Http2 => Ok((self.send_h2(addr, pool, req).await?, None)),
+            HttpVersion::Http2 => self.send_h2(addr, pool, req).await.map(|rsp| (rsp, None)),
         }
     }
 
@@ -227,8 +247,8 @@ impl HttpUpstreams {
         &self,
         addr: SocketAddr,
         pool: Arc<Pool>,
-        mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
         loop {
             let (mut sender, reused) = match self.take_idle(&pool) {
                 Some(mut sender) => {
@@ -239,7 +259,10 @@ impl HttpUpstreams {
                     }
                     (sender, true)
                 }
-                None => (self.connect_h1(addr, pool.server.as_ref()).await?, false),
+                None => match self.connect_h1(addr, pool.server.as_ref()).await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => return Err(SendError::unsent(error, req)),
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(rsp) => return Ok((rsp, Some(Reusable { sender, pool }))),
@@ -247,18 +270,19 @@ impl HttpUpstreams {
                     // A pooled connection closed by the server before it took the
                     // request: nothing was sent, so another connection may try.
                     Some(unsent) if reused => req = unsent,
-                    _ => {
-                        return Err(UpstreamError::Http {
+                    unsent => {
+                        let error = UpstreamError::Http {
                             addr,
                             source: e.into_error(),
-                        })
+                        };
+                        return Err(SendError { error, unsent });
                     }
                 },
             }
         }
     }
 
-    fn take_idle(&self, pool: &Pool) -> Option<http1::SendRequest<Incoming>> {
+    fn take_idle(&self, pool: &Pool) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = pool.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((sender, since)) = idle.pop() {
             if !sender.is_closed() && since.elapsed() < self.idle_timeout {
@@ -272,7 +296,7 @@ impl HttpUpstreams {
         &self,
         addr: SocketAddr,
         server: Option<&Identity>,
-    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         let io = self.connector.connect(addr, server).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
@@ -290,21 +314,30 @@ impl HttpUpstreams {
         &self,
         addr: SocketAddr,
         pool: Arc<Pool>,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
         let mut sender = {
             let mut slot = pool.h2.lock().await;
             match slot.as_ref() {
                 Some(s) if !s.is_closed() => s.clone(),
                 _ => {
-                    let io = self.connector.connect(addr, pool.server.as_ref()).await?;
-                    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    let io = match self.connector.connect(addr, pool.server.as_ref()).await {
+                        Ok(io) => io,
+                        Err(error) => return Err(SendError::unsent(error, req)),
+                    };
+                    let handshake = http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
                         .keep_alive_interval(Duration::from_secs(10))
                         .keep_alive_timeout(Duration::from_secs(5))
                         .handshake(TokioIo::new(io))
-                        .await
-                        .map_err(|source| UpstreamError::Handshake { addr, source })?;
+                        .await;
+                    let (sender, conn) = match handshake {
+                        Ok(h) => h,
+                        Err(source) => {
+                            let error = UpstreamError::Handshake { addr, source };
+                            return Err(SendError::unsent(error, req));
+                        }
+                    };
                     tokio::spawn(async move {
                         if let Err(error) = conn.await {
                             tracing::debug!(%addr, %error, "upstream HTTP/2 connection ended with an error");
@@ -315,13 +348,16 @@ impl HttpUpstreams {
                 }
             }
         };
-        sender
-            .ready()
-            .await
-            .map_err(|source| UpstreamError::Http { addr, source })?;
-        sender
-            .send_request(req)
-            .await
-            .map_err(|source| UpstreamError::Http { addr, source })
+        if let Err(source) = sender.ready().await {
+            return Err(SendError::unsent(UpstreamError::Http { addr, source }, req));
+        }
+        sender.try_send_request(req).await.map_err(|mut e| {
+            let unsent = e.take_message();
+            let error = UpstreamError::Http {
+                addr,
+                source: e.into_error(),
+            };
+            SendError { error, unsent }
+        })
     }
 }
