@@ -14,6 +14,7 @@ use weft_core::identity::Identity;
 
 use crate::balance::{BalanceConfig, ZoneMode};
 use crate::certify::CertifyConfig;
+use crate::destination::DestinationConfig;
 use crate::endpoints::{EndpointsError, ServiceIndex};
 use crate::identity::LocalIdentity;
 use crate::retry::{
@@ -196,6 +197,19 @@ pub struct Args {
     #[arg(long, env = "WEFT_CONTROLLER_NAME")]
     pub controller_name: Option<String>,
 
+    /// The controller's destination service, `host:port` (gRPC over TLS, verified with
+    /// --trust-anchors and --controller-name; usually the --controller address).
+    /// Outbound connections to addresses the endpoints file does not know are resolved
+    /// through it (explicit mode: HTTP authorities); the endpoints it streams are
+    /// applied as they change, and kept while the controller is unreachable.
+    #[arg(long, env = "WEFT_DESTINATION", requires = "trust_anchors")]
+    pub destination: Option<String>,
+
+    /// How long connections to a destination met for the first time wait for the
+    /// destination service's first answer before going to their original destination.
+    #[arg(long, env = "WEFT_DESTINATION_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub destination_wait: Duration,
+
     /// File holding the token that proves this workload's identity to the controller.
     #[arg(long, env = "WEFT_IDENTITY_TOKEN")]
     pub identity_token: Option<PathBuf>,
@@ -256,6 +270,8 @@ pub struct Config {
     pub balance: Arc<BalanceConfig>,
     /// mTLS: this proxy's identity and where it gets its certificate.
     pub identity: Option<IdentityConfig>,
+    /// Endpoints from the controller's destination service.
+    pub destination: Option<DestinationConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -279,6 +295,8 @@ pub enum ConfigError {
     ZoneBand(f64, f64),
     #[error("--trust-anchors turns on mTLS, which also needs {0}")]
     IdentityIncomplete(&'static str),
+    #[error("--destination needs --trust-anchors to verify the controller's certificate")]
+    DestinationWithoutAnchors,
     #[error("the proxy's identity: {0}")]
     IdentityName(#[from] weft_core::identity::IdentityError),
     #[error(transparent)]
@@ -348,6 +366,25 @@ impl Args {
                 })
             }
         };
+        let destination = match (&self.destination, &self.trust_anchors) {
+            (Some(controller), Some(anchors)) => Some(DestinationConfig {
+                controller: controller.clone(),
+                controller_name: match &self.controller_name {
+                    Some(n) => n.clone(),
+                    None => Identity::new("weft-controller", "weft-system", &self.trust_domain)?
+                        .dns_name(),
+                },
+                anchors_pem: std::fs::read(anchors).map_err(|source| {
+                    crate::identity::IdentityError::ReadAnchors {
+                        path: anchors.clone(),
+                        source,
+                    }
+                })?,
+                first_update: self.destination_wait,
+            }),
+            (Some(_), None) => return Err(ConfigError::DestinationWithoutAnchors),
+            (None, _) => None,
+        };
         Ok(Config {
             outbound_listen: self.outbound_listen,
             inbound_listen: self.inbound_listen,
@@ -370,6 +407,7 @@ impl Args {
             },
             balance,
             identity,
+            destination,
         })
     }
 }
@@ -440,6 +478,7 @@ impl Config {
             labels: WorkloadLabels::default(),
             balance: Arc::default(),
             identity: None,
+            destination: None,
         }
     }
 }

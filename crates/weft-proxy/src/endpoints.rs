@@ -231,6 +231,9 @@ pub struct ServiceIndex {
     source: Option<(PathBuf, Stamp)>,
     /// How every service's balancer behaves (the proxy's zone, the zone band, ...).
     balance: Arc<BalanceConfig>,
+    /// Services the destination service provides (listed for metrics only: they are
+    /// found through [`crate::destination::Destinations`]).
+    discovered: Arc<RwLock<Vec<Arc<Service>>>>,
 }
 
 /// What tells that a file changed: modification time, size and inode.
@@ -284,18 +287,40 @@ impl ServiceIndex {
             current: Arc::new(RwLock::new(Arc::new(tables))),
             source: None,
             balance,
+            discovered: Arc::default(),
         })
     }
 
-    /// Every service (for metrics).
+    /// Lists a service the destination service provides (for metrics).
+    pub fn add_discovered(&self, service: Arc<Service>) {
+        self.discovered
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(service);
+    }
+
+    pub fn remove_discovered(&self, service: &Arc<Service>) {
+        self.discovered
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| !Arc::ptr_eq(s, service));
+    }
+
+    /// Every service, from the file and discovered (for metrics).
     pub fn services(&self) -> Vec<Arc<Service>> {
         let tables = self.tables();
+        let discovered = self
+            .discovered
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut all: Vec<Arc<Service>> = Vec::new();
         for s in tables
             .by_authority
             .values()
             .chain(tables.by_address.values())
             .chain(&tables.listeners)
+            .chain(&discovered)
         {
             if !all.iter().any(|known| Arc::ptr_eq(known, s)) {
                 all.push(s.clone());

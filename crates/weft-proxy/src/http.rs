@@ -160,6 +160,8 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         }
     };
 
+    // Explicit mode: an authority met for the first time may need the controller.
+    shared.discover(&ctx.destination, &authority).await;
     let resolved = match shared.resolve(&ctx.destination, &authority) {
         Ok(resolved) => resolved,
         Err(e) => {

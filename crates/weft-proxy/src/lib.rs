@@ -10,6 +10,7 @@ pub mod admin;
 pub mod balance;
 pub mod certify;
 pub mod config;
+pub mod destination;
 pub mod detect;
 pub mod drain;
 pub mod endpoints;
@@ -33,6 +34,7 @@ use crate::balance::Picked;
 pub use crate::config::{Args, Config, Mode};
 use crate::detect::Protocol;
 use crate::drain::{Drain, Watch};
+use crate::destination::Destinations;
 use crate::endpoints::{Service, ServiceIndex};
 use crate::http::ConnContext;
 use crate::identity::LocalIdentity;
@@ -53,6 +55,8 @@ pub struct Shared {
     listening: Vec<SocketAddr>,
     /// This proxy's identity, when mTLS is configured.
     pub identity: Option<Arc<LocalIdentity>>,
+    /// The controller's destination service, when configured.
+    pub destinations: Option<Arc<Destinations>>,
 }
 
 impl Shared {
@@ -63,11 +67,35 @@ impl Shared {
         destination: &'a Destination,
         authority: &str,
     ) -> Result<Resolved, ResolveError> {
-        let resolved = destination.resolve(&self.config.services, authority)?;
+        let discovered = match (destination, &self.destinations) {
+            (Destination::ByAuthority, Some(d))
+                if self.config.services.by_authority(authority).is_none() =>
+            {
+                d.cached_authority(authority).map(Destination::Service)
+            }
+            _ => None,
+        };
+        let resolved = discovered
+            .as_ref()
+            .unwrap_or(destination)
+            .resolve(&self.config.services, authority)?;
         if self.is_own_listener(resolved.addr) {
             return Err(ResolveError::Loop(resolved.addr));
         }
         Ok(resolved)
+    }
+
+    /// Explicit mode: looks an authority the endpoints file does not know up in the
+    /// destination service (waiting for its first answer, within bounds), so that
+    /// [`Shared::resolve`] finds it. Does nothing otherwise.
+    pub async fn discover(&self, destination: &Destination, authority: &str) {
+        if let (Destination::ByAuthority, Some(d)) = (destination, &self.destinations) {
+            if self.config.services.by_authority(authority).is_none()
+                && d.cached_authority(authority).is_none()
+            {
+                d.resolve_authority(authority).await;
+            }
+        }
     }
 
     fn is_own_listener(&self, addr: SocketAddr) -> bool {
@@ -159,6 +187,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Destination(#[from] destination::DestinationError),
 }
 
 /// Which listener accepted a connection.
@@ -252,6 +282,15 @@ impl Proxy {
 
         let metrics = Metrics::new(&config.labels);
         let identity = config.identity.as_ref().map(|i| i.local.clone());
+        let destinations = match &config.destination {
+            Some(d) => Some(Arc::new(Destinations::new(
+                d,
+                config.balance.clone(),
+                config.services.clone(),
+                metrics.destination.clone(),
+            )?)),
+            None => None,
+        };
         let connector = |direction| {
             Connector::new(
                 direction,
@@ -266,6 +305,7 @@ impl Proxy {
             metrics: metrics.clone(),
             listening,
             identity: identity.clone(),
+            destinations,
             config,
         });
         let config = &shared.config;
@@ -424,6 +464,17 @@ async fn connection(
             tracing::warn!(%client, reason, "connection refused");
             return;
         }
+    };
+    // An original destination the endpoints file does not know: the destination
+    // service may (a Service VIP, a pod).
+    let destination = match (&destination, &shared.destinations) {
+        (Destination::Addr(addr), Some(d)) if direction == Direction::Outbound => {
+            match d.resolve_addr(*addr).await {
+                Some(service) => Destination::Service(service),
+                None => destination,
+            }
+        }
+        _ => destination,
     };
     // Labelled once it is known whether the connection is mTLS.
     let mut io = CountingIo::unlabelled(socket);

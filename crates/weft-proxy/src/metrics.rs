@@ -379,6 +379,7 @@ pub struct Metrics {
     pub identity: IdentityMetrics,
     tls_errors: Family<DirectionLabels, Counter>,
     process: ProcessMetrics,
+    pub destination: crate::destination::DestinationMetrics,
 }
 
 impl Metrics {
@@ -497,7 +498,11 @@ impl Metrics {
             balancer_endpoints.clone(),
         );
 
+        let destination = crate::destination::DestinationMetrics::default();
+        destination.register(&mut registry);
+
         Arc::new(Metrics {
+            destination,
             balancer_endpoints,
             registry,
             http,

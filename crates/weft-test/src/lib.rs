@@ -9,6 +9,7 @@
 
 pub mod ca;
 pub mod client;
+pub mod controller;
 pub mod grpc;
 pub mod metrics;
 #[cfg(target_os = "linux")]

@@ -44,6 +44,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// Where the inbound listener binds (default: an ephemeral loopback port).
+    pub fn inbound_listen(mut self, addr: SocketAddr) -> Self {
+        self.config.inbound_listen = addr;
+        self
+    }
+
     pub fn opaque_ports(mut self, ports: &[u16]) -> Self {
         self.config.opaque_ports = ports.iter().copied().collect();
         self

@@ -1,0 +1,571 @@
+//! Endpoints from the controller's destination service (`Destination.Get` of the
+//! linkerd2-proxy-api protocol, gRPC over TLS).
+//!
+//! A destination the proxy meets for the first time (transparent mode: the original
+//! `ip:port` of an outbound connection; explicit mode: an HTTP authority not in the
+//! endpoints file) is looked up once and then followed by a background stream: `Add`
+//! and `Remove` change the [`Service`]'s endpoints in place (its balancer, and what it
+//! learnt of the endpoints that stay, survive), `NoEndpoints { exists: false }` makes
+//! it unknown (connections go to their original destination). The first connection
+//! waits for the first answer at most `first_update` (1 s by default), then goes to
+//! its original destination.
+//!
+//! When the stream fails (the controller is down or restarting), the proxy keeps the
+//! endpoints it has and reconnects with backoff; the new stream's first message
+//! replaces them, as the protocol says.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use linkerd2_proxy_api::destination as api;
+use linkerd2_proxy_api::destination::destination_client::DestinationClient;
+use linkerd2_proxy_api::destination::update::Update as Kind;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use weft_core::identity::Identity;
+
+use crate::balance::{BalanceConfig, EndpointMeta};
+use crate::endpoints::{Service, ServiceIndex};
+
+/// Backoff between attempts to reopen a failed stream.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Retry pace when the controller serves no destination service at all.
+const UNSERVED_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Where and how to reach the destination service.
+#[derive(Clone, Debug)]
+pub struct DestinationConfig {
+    /// The controller's gRPC address, `host:port`.
+    pub controller: String,
+    /// The controller's identity (its TLS server name).
+    pub controller_name: String,
+    /// The trust anchors (PEM) the controller's certificate must chain to.
+    pub anchors_pem: Vec<u8>,
+    /// How long a connection to a destination met for the first time waits for the
+    /// controller's first answer.
+    pub first_update: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    #[error("invalid controller address {0:?} for --destination: {1}")]
+    Address(String, tonic::transport::Error),
+}
+
+/// `kind` of `destination_updates_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateLabels {
+    /// `add`, `remove` or `no_endpoints`.
+    pub kind: &'static str,
+}
+
+/// `result` of `destination_lookups_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    /// `service` (resolved), `unknown` (the controller does not know it: original
+    /// destination), `timeout` (no answer in time: original destination).
+    pub result: &'static str,
+}
+
+/// The destination client's metrics.
+#[derive(Clone, Debug, Default)]
+pub struct DestinationMetrics {
+    /// `destination_updates_total{kind}`: updates applied.
+    pub updates: Family<UpdateLabels, Counter>,
+    /// `destination_update_timestamp_seconds`: when the last update was applied (Unix
+    /// time, sub-second): with the controller's index timestamp, how long it took.
+    pub last_update: Gauge<f64, AtomicU64>,
+    /// `destination_streams`: Destination.Get streams open now.
+    pub streams: Gauge,
+    /// `destination_stream_errors_total`: streams that failed or could not open.
+    pub errors: Counter,
+    /// `destination_lookups_total{result}`: connections (or explicit-mode requests)
+    /// that looked a destination up.
+    pub lookups: Family<LookupLabels, Counter>,
+}
+
+impl DestinationMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "destination_updates",
+            "Destination service updates applied, by kind (add, remove, no_endpoints)",
+            self.updates.clone(),
+        );
+        registry.register(
+            "destination_update_timestamp_seconds",
+            "When the last destination service update was applied (Unix time)",
+            self.last_update.clone(),
+        );
+        registry.register(
+            "destination_streams",
+            "Destination.Get streams open now",
+            self.streams.clone(),
+        );
+        registry.register(
+            "destination_stream_errors",
+            "Destination.Get streams that failed or could not open (endpoints are kept)",
+            self.errors.clone(),
+        );
+        registry.register(
+            "destination_lookups",
+            "Destinations looked up by connections or requests, by result (service, unknown, timeout)",
+            self.lookups.clone(),
+        );
+    }
+
+    fn lookup(&self, result: &'static str) {
+        self.lookups.get_or_create(&LookupLabels { result }).inc();
+    }
+}
+
+/// What is known of one destination.
+#[derive(Clone, Debug)]
+enum Known {
+    /// No answer yet.
+    Pending,
+    /// The controller does not know it (or cannot resolve such names): connections go
+    /// to their original destination.
+    Unknown,
+    Service(Arc<Service>),
+}
+
+/// One destination followed by a stream.
+struct Entry {
+    created: Instant,
+    state: watch::Receiver<Known>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The destinations this proxy has met, each followed by its own stream.
+pub struct Destinations {
+    client: DestinationClient<Channel>,
+    balance: Arc<BalanceConfig>,
+    /// Discovered services are listed there too (for `balancer_endpoints`).
+    services: ServiceIndex,
+    first_update: Duration,
+    metrics: DestinationMetrics,
+    cache: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+impl std::fmt::Debug for Destinations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destinations").finish_non_exhaustive()
+    }
+}
+
+impl Destinations {
+    /// A client of the destination service (connecting lazily, on the first lookup).
+    pub fn new(
+        config: &DestinationConfig,
+        balance: Arc<BalanceConfig>,
+        services: ServiceIndex,
+        metrics: DestinationMetrics,
+    ) -> Result<Destinations, DestinationError> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&config.anchors_pem))
+            .domain_name(config.controller_name.clone());
+        let channel = Endpoint::from_shared(format!("https://{}", config.controller))
+            .and_then(|e| e.tls_config(tls))
+            .map_err(|e| DestinationError::Address(config.controller.clone(), e))?
+            .connect_timeout(Duration::from_secs(2))
+            // A dead controller is noticed within seconds even when nothing changes.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(Destinations {
+            client: DestinationClient::new(channel),
+            balance,
+            services,
+            first_update: config.first_update,
+            metrics,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The service at `addr` (transparent mode: a connection's original destination),
+    /// or `None` to go to `addr` itself.
+    pub async fn resolve_addr(&self, addr: SocketAddr) -> Option<Arc<Service>> {
+        self.lookup(&addr.to_string(), Some(addr)).await
+    }
+
+    /// The service an HTTP authority names (explicit mode), or `None` if the controller
+    /// does not know it.
+    pub async fn resolve_authority(&self, authority: &str) -> Option<Arc<Service>> {
+        self.lookup(&authority.to_ascii_lowercase(), None).await
+    }
+
+    /// What is known of `authority` now, without waiting or starting a lookup.
+    pub fn cached_authority(&self, authority: &str) -> Option<Arc<Service>> {
+        let entry = self.entries().get(&authority.to_ascii_lowercase())?.clone();
+        let known = entry.state.borrow().clone();
+        match known {
+            Known::Service(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Entry>>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn lookup(&self, path: &str, address: Option<SocketAddr>) -> Option<Arc<Service>> {
+        let entry = {
+            let mut cache = self.entries();
+            match cache.get(path) {
+                Some(e) => e.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(Known::Pending);
+                    let follower = Follower {
+                        path: path.to_owned(),
+                        address,
+                        client: self.client.clone(),
+                        balance: self.balance.clone(),
+                        services: self.services.clone(),
+                        metrics: self.metrics.clone(),
+                        state: tx,
+                        endpoints: HashMap::new(),
+                    };
+                    let entry = Arc::new(Entry {
+                        created: Instant::now(),
+                        state: rx,
+                        task: tokio::spawn(follower.run()),
+                    });
+                    cache.insert(path.to_owned(), entry.clone());
+                    entry
+                }
+            }
+        };
+        let mut state = entry.state.clone();
+        // Only the first second of a destination's life is waited for: later
+        // connections to a destination the controller never answered for go straight
+        // to their original destination.
+        let deadline = tokio::time::Instant::from_std(entry.created + self.first_update);
+        let known =
+            tokio::time::timeout_at(deadline, state.wait_for(|k| !matches!(k, Known::Pending)))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|k| k.clone());
+        match known {
+            Some(Known::Service(s)) => {
+                self.metrics.lookup("service");
+                Some(s)
+            }
+            Some(_) => {
+                self.metrics.lookup("unknown");
+                None
+            }
+            None => {
+                self.metrics.lookup("timeout");
+                tracing::info!(
+                    destination = path,
+                    waited = ?self.first_update,
+                    "the destination service has not answered; using the original destination"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Follows one destination's stream, reopening it when it fails.
+struct Follower {
+    path: String,
+    address: Option<SocketAddr>,
+    client: DestinationClient<Channel>,
+    balance: Arc<BalanceConfig>,
+    services: ServiceIndex,
+    metrics: DestinationMetrics,
+    state: watch::Sender<Known>,
+    /// The endpoints in use, and whether each is an opaque port.
+    endpoints: HashMap<SocketAddr, (EndpointMeta, bool)>,
+}
+
+/// Counts an open stream while it lives.
+struct StreamGauge(Gauge);
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Follower {
+    async fn run(mut self) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let request = api::GetDestination {
+                scheme: "k8s".into(),
+                path: self.path.clone(),
+                context_token: String::new(),
+            };
+            let wait = match self.client.get(request).await {
+                Ok(rsp) => {
+                    let mut stream = rsp.into_inner();
+                    self.metrics.streams.inc();
+                    let _open = StreamGauge(self.metrics.streams.clone());
+                    let mut first = true;
+                    let ended = loop {
+                        match stream.message().await {
+                            Ok(Some(update)) => {
+                                self.apply(update, first);
+                                first = false;
+                                backoff = FIRST_BACKOFF;
+                            }
+                            Ok(None) => break "the controller ended the stream".to_owned(),
+                            Err(status) => break status.to_string(),
+                        }
+                    };
+                    self.metrics.errors.inc();
+                    tracing::warn!(destination = %self.path, error = %ended, retry_in = ?backoff, "destination stream lost; keeping the endpoints in use");
+                    backoff
+                }
+                Err(status) => {
+                    self.metrics.errors.inc();
+                    match status.code() {
+                        // This destination cannot be resolved by name (an external host,
+                        // a malformed authority): the original destination it is.
+                        tonic::Code::InvalidArgument => {
+                            tracing::debug!(destination = %self.path, error = %status, "not resolvable by the destination service");
+                            self.forget(false);
+                            return;
+                        }
+                        // The controller runs without a destination service.
+                        tonic::Code::Unimplemented => {
+                            tracing::warn!(destination = %self.path, error = %status, "the controller serves no destinations; using original destinations");
+                            self.forget(false);
+                            UNSERVED_BACKOFF
+                        }
+                        _ => {
+                            tracing::warn!(destination = %self.path, error = %status, retry_in = ?backoff, "cannot reach the destination service; keeping the endpoints in use");
+                            backoff
+                        }
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Applies one update; the first of a stream replaces what an earlier stream said.
+    fn apply(&mut self, update: api::Update, first: bool) {
+        let kind = match update.update {
+            Some(Kind::Add(set)) => {
+                if first {
+                    self.endpoints.clear();
+                }
+                let name = set.metric_labels.get("service").cloned();
+                for addr in set.addrs {
+                    match endpoint(addr) {
+                        Ok((meta, opaque)) => {
+                            self.endpoints.insert(meta.addr, (meta, opaque));
+                        }
+                        Err(problem) => {
+                            tracing::warn!(destination = %self.path, problem, "endpoint ignored")
+                        }
+                    }
+                }
+                self.publish(name.as_deref());
+                "add"
+            }
+            Some(Kind::Remove(set)) => {
+                for addr in set.addrs {
+                    if let Ok(addr) = SocketAddr::try_from(addr) {
+                        self.endpoints.remove(&addr);
+                    }
+                }
+                self.publish(None);
+                "remove"
+            }
+            Some(Kind::NoEndpoints(n)) => {
+                if n.exists {
+                    self.endpoints.clear();
+                    self.publish(None);
+                } else {
+                    self.forget(true);
+                }
+                "no_endpoints"
+            }
+            None => return,
+        };
+        self.metrics
+            .updates
+            .get_or_create(&UpdateLabels { kind })
+            .inc();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.metrics.last_update.set(now);
+        tracing::debug!(destination = %self.path, kind, endpoints = self.endpoints.len(), "destination update applied");
+    }
+
+    /// Gives the service its current endpoints, making it first if need be.
+    fn publish(&mut self, name: Option<&str>) {
+        let endpoints: Vec<EndpointMeta> =
+            self.endpoints.values().map(|(m, _)| m.clone()).collect();
+        let opaque = self.endpoints.values().any(|(_, o)| *o);
+        let current = match &*self.state.borrow() {
+            Known::Service(s) => Some(s.clone()),
+            _ => None,
+        };
+        let service = match current {
+            // A service first seen without endpoints had no name yet: it is named
+            // again by the first Add that says its name (nothing could use it before).
+            Some(s) if name.is_none_or(|n| *s.name == *n) || !s.endpoints().is_empty() => s,
+            replaced => {
+                if let Some(old) = replaced {
+                    self.services.remove_discovered(&old);
+                }
+                let s = Arc::new(Service::discovered(
+                    name.unwrap_or_default(),
+                    self.address,
+                    self.balance.clone(),
+                ));
+                self.services.add_discovered(s.clone());
+                self.state.send_replace(Known::Service(s.clone()));
+                s
+            }
+        };
+        service.set_opaque(opaque);
+        service.set_endpoints(endpoints);
+    }
+
+    /// The destination is not (or no longer) known to the controller: new connections
+    /// go to their original destination; a service in use loses its endpoints (the
+    /// protocol says the destination does not exist) only when `clear` is set.
+    fn forget(&mut self, clear: bool) {
+        let previous = self.state.send_replace(Known::Unknown);
+        if let Known::Service(s) = previous {
+            self.services.remove_discovered(&s);
+            if clear {
+                s.set_endpoints(Vec::new());
+            }
+        }
+        self.endpoints.clear();
+    }
+}
+
+/// An endpoint of an `Add`, and whether its port is opaque.
+fn endpoint(addr: api::WeightedAddr) -> Result<(EndpointMeta, bool), String> {
+    let tcp = addr.addr.ok_or("no address")?;
+    if tcp.port == 0 || tcp.port > u32::from(u16::MAX) {
+        return Err(format!("port {} is not a port number", tcp.port));
+    }
+    let socket = SocketAddr::try_from(tcp).map_err(|e| e.to_string())?;
+    let identity = match addr.tls_identity {
+        None => None,
+        Some(tls) => {
+            let name = match (tls.server_name, tls.strategy) {
+                (Some(server_name), _) => server_name.name,
+                (None, Some(api::tls_identity::Strategy::DnsLikeIdentity(d))) => d.name,
+                (None, _) => {
+                    return Err(format!("{socket}: a TLS identity without a DNS-like name"))
+                }
+            };
+            Some(
+                name.parse::<Identity>()
+                    .map_err(|e| format!("{socket}: identity: {e}"))?,
+            )
+        }
+    };
+    let zone = addr
+        .metric_labels
+        .get("zone")
+        .filter(|z| !z.is_empty())
+        .map(|z| Arc::from(z.as_str()));
+    let opaque = matches!(
+        addr.protocol_hint.and_then(|h| h.protocol),
+        Some(api::protocol_hint::Protocol::Opaque(_))
+    );
+    Ok((
+        EndpointMeta {
+            addr: socket,
+            zone,
+            // The protocol's weights are relative; 0 would take no traffic at all.
+            weight: addr.weight.max(1),
+            identity,
+        },
+        opaque,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOOKS: &str = "books.default.serviceaccount.identity.weft.cluster.local";
+
+    fn weighted(addr: &str, zone: &str, identity: Option<&str>, opaque: bool) -> api::WeightedAddr {
+        let addr: SocketAddr = addr.parse().unwrap();
+        api::WeightedAddr {
+            addr: Some(addr.into()),
+            weight: 10_000,
+            metric_labels: HashMap::from([("zone".to_owned(), zone.to_owned())]),
+            tls_identity: identity.map(|n| api::TlsIdentity {
+                strategy: Some(api::tls_identity::Strategy::DnsLikeIdentity(
+                    api::tls_identity::DnsLikeIdentity { name: n.into() },
+                )),
+                server_name: None,
+            }),
+            protocol_hint: Some(api::ProtocolHint {
+                protocol: Some(if opaque {
+                    api::protocol_hint::Protocol::Opaque(api::protocol_hint::Opaque {})
+                } else {
+                    api::protocol_hint::Protocol::H2(api::protocol_hint::H2 {})
+                }),
+                opaque_transport: None,
+            }),
+            authority_override: None,
+            http2: None,
+            resource_ref: None,
+        }
+    }
+
+    #[test]
+    fn endpoints_carry_zone_weight_identity_and_opacity() {
+        let (meta, opaque) =
+            endpoint(weighted("198.18.0.3:8080", "zone-b", Some(BOOKS), false)).unwrap();
+        assert_eq!(meta.addr, "198.18.0.3:8080".parse().unwrap());
+        assert_eq!(meta.zone.as_deref(), Some("zone-b"));
+        assert_eq!(meta.weight, 10_000);
+        assert_eq!(meta.identity.unwrap().dns_name(), BOOKS);
+        assert!(!opaque);
+        let (meta, opaque) = endpoint(weighted("198.18.0.3:9000", "", None, true)).unwrap();
+        assert_eq!((meta.zone, meta.identity), (None, None));
+        assert!(opaque);
+    }
+
+    #[test]
+    fn bad_endpoints_are_refused_with_the_reason() {
+        let mut bad = weighted("198.18.0.3:8080", "", Some("not-an-identity"), false);
+        assert!(endpoint(bad.clone())
+            .unwrap_err()
+            .contains("198.18.0.3:8080: identity"));
+        bad.addr = None;
+        assert_eq!(endpoint(bad).unwrap_err(), "no address");
+        let mut big = weighted("198.18.0.3:8080", "", None, false);
+        big.addr.as_mut().unwrap().port = 70_000;
+        assert_eq!(
+            endpoint(big).unwrap_err(),
+            "port 70000 is not a port number"
+        );
+    }
+}
