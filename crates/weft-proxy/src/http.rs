@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -23,7 +23,8 @@ use crate::detect::Protocol;
 use crate::drain::Watch;
 use crate::endpoints::Service;
 use crate::metrics::{Classification, Direction, HttpMetrics, RouteLabels, Str, Tls};
-use crate::upstream::{HttpUpstreams, HttpVersion, Reusable, UpstreamError};
+use crate::retry::{self, Replay, RequestBody};
+use crate::upstream::{HttpUpstreams, HttpVersion, Reusable, SendError, UpstreamError};
 use crate::{Destination, ResolveError, Resolved, Shared};
 use prometheus_client::metrics::counter::Counter;
 
@@ -228,26 +229,177 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         }
     }
 
-    // mTLS to the endpoint's identity, when it is meshed.
-    let server = picked.as_ref().and_then(|p| p.identity()).cloned();
-    let send = ctx
-        .upstreams()
-        .send(endpoint, version, server.as_ref(), req.map(crate::retry::RequestBody::Stream));
-    let result = match shared.config.response_timeout {
-        Some(limit) => match tokio::time::timeout(limit, send).await {
-            Ok(r) => r.map_err(|e| ProxyError::from(e.error)),
-            Err(_) => Err(ProxyError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "response timeout",
-                format!("{endpoint} did not respond within {limit:?}"),
-            )),
-        },
-        None => send.await.map_err(|e| ProxyError::from(e.error)),
+    // Timeouts and retries are the client's business: outbound only, as in Linkerd.
+    let policy = match ctx.direction {
+        Direction::Outbound => Some(match &service {
+            Some(s) => s.policy.get(&shared.config.request_policy.policy),
+            None => &*shared.config.request_policy,
+        }),
+        Direction::Inbound => None,
+    };
+    let deadline = policy.and_then(|p| {
+        let asked = grpc.then(|| retry::grpc_timeout(req.headers())).flatten();
+        let limit = match (p.policy.timeout, asked) {
+            (Some(ours), Some(asked)) => ours.min(asked),
+            (ours, asked) => ours.or(asked)?,
+        };
+        Some(Deadline {
+            at: tokio::time::Instant::from_std(start + limit),
+            limit,
+        })
+    });
+    let retry = policy.filter(|p| p.policy.retry.limit > 0);
+    if let Some(p) = retry {
+        p.budget.deposit(start);
+    }
+    // A request that may be retried on its response keeps a copy of its head and of
+    // a small body; any other is sent as it is (and retried only if it never left).
+    let (mut req, replay) = match retry {
+        Some(p) if upgrade.is_none() && p.policy.retry.replayable(req.method(), grpc) => {
+            Replay::capture(req, retry::MAX_REPLAY_BODY)
+        }
+        _ => (req.map(RequestBody::Stream), None),
+    };
+    let attempt_timeout = policy
+        .and_then(|p| p.policy.retry.attempt_timeout)
+        .or(shared.config.response_timeout);
+
+    let mut endpoint = endpoint;
+    let mut picked = picked;
+    let mut retries = 0u32;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let result = loop {
+        // mTLS to the endpoint's identity, when it is meshed.
+        let server = picked.as_ref().and_then(|p| p.identity()).cloned();
+        let send = ctx
+            .upstreams()
+            .send(endpoint, version, server.as_ref(), req);
+        let result = bounded(send, attempt_timeout, deadline.as_ref()).await;
+        let Some(p) = retry else {
+            break result;
+        };
+        let reason = match &result {
+            Ok((rsp, _)) => (replay.is_some()
+                && p.policy
+                    .retry
+                    .retry_on_response(rsp.status(), rsp.headers(), grpc))
+            .then_some("status"),
+            Err(Failure::Send(SendError {
+                unsent: Some(_), ..
+            })) => Some("connect-failure"),
+            Err(Failure::Send(_)) if replay.is_some() => Some("reset"),
+            Err(Failure::AttemptTimeout(_)) if replay.is_some() => Some("timeout"),
+            Err(_) => None,
+        };
+        let Some(reason) = reason else {
+            break result;
+        };
+        if retries >= p.policy.retry.limit {
+            metrics.retries.limit_exceeded(&route.dst_service);
+            break result;
+        }
+        let unsent = matches!(
+            &result,
+            Err(Failure::Send(SendError {
+                unsent: Some(_),
+                ..
+            }))
+        );
+        // Where the next attempt goes: an endpoint not tried yet when the service has
+        // one. A failed connection is retried only there (the same endpoint would
+        // refuse it again, or make the caller wait out another connect timeout).
+        tried.push(endpoint);
+        let next_pick = match &service {
+            Some(service) => match service.balancer().pick_avoiding(&tried) {
+                Some(p) => Some(p),
+                None => break result,
+            },
+            None => None,
+        };
+        let next_endpoint = next_pick.as_ref().map_or(endpoint, Picked::addr);
+        if unsent && tried.contains(&next_endpoint) {
+            break result;
+        }
+        // The next request: the same one if it never left, else a replay (none while
+        // the first attempt's body is still streaming, or if it was too large).
+        let replayed = if unsent {
+            None
+        } else {
+            match replay.as_ref().and_then(Replay::request) {
+                Some(r) => Some(r),
+                None => break result,
+            }
+        };
+        if !p.budget.withdraw(Instant::now()) {
+            metrics.retries.overflow(&route.dst_service);
+            break result;
+        }
+        let mut next = match (result, replayed) {
+            (
+                Err(Failure::Send(SendError {
+                    unsent: Some(r), ..
+                })),
+                _,
+            ) => r,
+            (failed, Some(r)) => {
+                if let Ok((rsp, reusable)) = failed {
+                    // Dropping an unread body cancels it; an empty one frees its
+                    // connection.
+                    if let Some(reusable) = reusable.filter(|_| rsp.body().is_end_stream()) {
+                        reusable.give_back();
+                    }
+                }
+                r
+            }
+            (failed, None) => break failed,
+        };
+        retries += 1;
+        tracing::debug!(direction = ctx.direction.as_str(), %authority, %endpoint, next = %next_endpoint, reason, retry = retries, "retrying");
+        metrics.retries.retried(&route.dst_service, reason);
+        if let Some(p) = picked.take() {
+            p.finish(Outcome::Failure);
+        }
+        endpoint = next_endpoint;
+        picked = next_pick;
+        // Another endpoint after a failed connection: at once. Otherwise a short,
+        // jittered wait, within the request's deadline.
+        if !unsent {
+            let wait = tokio::time::sleep(p.policy.retry.backoff(retries));
+            match &deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d.at, wait).await.is_err() {
+                        break Err(Failure::Deadline);
+                    }
+                }
+                None => wait.await,
+            }
+        }
+        let headers = next.headers_mut();
+        headers.insert(retry::RETRY_ATTEMPT_HEADER, HeaderValue::from(retries));
+        if let Some(d) = deadline.as_ref().filter(|_| grpc) {
+            let left = d.at.saturating_duration_since(tokio::time::Instant::now());
+            headers.insert("grpc-timeout", retry::grpc_timeout_value(left));
+        }
+        req = next;
+    };
+
+    // The final attempt labels the response (request_total counted the first).
+    let route = if tried.first().is_some_and(|first| *first != endpoint) {
+        route_labels(
+            &ctx,
+            &authority,
+            Some(endpoint),
+            service.as_deref(),
+            picked.as_ref(),
+        )
+    } else {
+        route
     };
     let (mut rsp, reusable) = match result {
         Ok(sent) => sent,
-        Err(e) => {
-            tracing::info!(direction = ctx.direction.as_str(), client = %ctx.client, %authority, %endpoint, error = %e.message, "request failed");
+        Err(failure) => {
+            let e = failure.into_proxy_error(endpoint, deadline.as_ref());
+            tracing::info!(direction = ctx.direction.as_str(), client = %ctx.client, %authority, %endpoint, retries, error = %e.message, "request failed");
             if let Some(p) = picked {
                 p.finish(Outcome::Failure);
             }
@@ -256,15 +408,18 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
     };
 
     let status = rsp.status();
+    // The balancer learns from the time to response headers; 5xx and 429 count
+    // against the endpoint.
+    let failed = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
     if let Some(p) = picked {
-        // The balancer learns from the time to response headers; 5xx and 429 count
-        // against the endpoint.
-        let failed = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
         p.finish(if failed {
             Outcome::Failure
         } else {
             Outcome::Success
         });
+    }
+    if retries > 0 && !failed && !(grpc && grpc_status_of(rsp.headers()) == Some(false)) {
+        metrics.retries.succeeded(&route.dst_service);
     }
     metrics.latency(&route, status.as_u16(), elapsed_ms(start));
 
@@ -296,14 +451,101 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         grpc_status,
         broken: false,
     };
+    // The deadline still holds for the body (not for a tunnel, which is no longer a
+    // request).
+    let deadline = deadline
+        .filter(|_| !body.is_end_stream() && status != StatusCode::SWITCHING_PROTOCOLS)
+        .map(|d| BodyDeadline {
+            sleep: Box::pin(tokio::time::sleep_until(d.at)),
+            limit: d.limit,
+        });
     Response::from_parts(
         parts,
         ProxyBody::Upstream {
             inner: body,
             recorder,
             reusable,
+            deadline,
+            expired: false,
         },
     )
+}
+
+/// When a request must be over, and the limit that set it.
+struct Deadline {
+    at: tokio::time::Instant,
+    limit: Duration,
+}
+
+/// The request's deadline, carried into its response body.
+pub(crate) struct BodyDeadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+/// Why an attempt produced no response.
+// `Send` holds the unsent request for the next attempt; it lives on the stack of one
+// request's future, where boxing it would only add an allocation per failure.
+#[allow(clippy::large_enum_variant)]
+enum Failure {
+    Send(SendError),
+    /// The attempt's own time ran out (`--response-timeout`, `retries.timeout`).
+    AttemptTimeout(Duration),
+    /// The request's deadline passed.
+    Deadline,
+}
+
+impl Failure {
+    fn into_proxy_error(self, endpoint: SocketAddr, deadline: Option<&Deadline>) -> ProxyError {
+        match self {
+            Failure::Send(e) => ProxyError::from(e.error),
+            Failure::AttemptTimeout(limit) => ProxyError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "response timeout",
+                format!("{endpoint} did not respond within {limit:?}"),
+            ),
+            Failure::Deadline => request_timeout(deadline.map_or(Duration::ZERO, |d| d.limit)),
+        }
+    }
+}
+
+fn request_timeout(limit: Duration) -> ProxyError {
+    ProxyError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "request timeout",
+        format!("request timeout: no response within {limit:?}"),
+    )
+}
+
+type Sent = (Response<Incoming>, Option<Reusable>);
+
+/// Runs one attempt within its own time limit and the request's deadline, whichever
+/// ends first; dropping `send` on expiry cancels the upstream request.
+async fn bounded<F>(
+    send: F,
+    attempt_timeout: Option<Duration>,
+    deadline: Option<&Deadline>,
+) -> Result<Sent, Failure>
+where
+    F: std::future::Future<Output = Result<Sent, SendError>>,
+{
+    let attempt_end = attempt_timeout.map(|t| tokio::time::Instant::now() + t);
+    let (end, expired) = match (attempt_end, deadline) {
+        (None, None) => return send.await.map_err(Failure::Send),
+        (Some(a), Some(d)) if a < d.at => (
+            a,
+            Failure::AttemptTimeout(attempt_timeout.unwrap_or_default()),
+        ),
+        (_, Some(d)) => (d.at, Failure::Deadline),
+        (Some(a), None) => (
+            a,
+            Failure::AttemptTimeout(attempt_timeout.unwrap_or_default()),
+        ),
+    };
+    match tokio::time::timeout_at(end, send).await {
+        Ok(sent) => sent.map_err(Failure::Send),
+        Err(_) => Err(expired),
+    }
 }
 
 fn route_labels(
@@ -538,6 +780,13 @@ impl Drop for ResponseRecorder {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body did not end before the request's deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("request timeout: the response did not end within {0:?}")]
+struct BodyTimeout(Duration);
+
 pin_project_lite::pin_project! {
     /// A response body: the upstream's, streamed through, or one the proxy made.
     #[project = ProxyBodyProj]
@@ -548,6 +797,10 @@ pin_project_lite::pin_project! {
             recorder: ResponseRecorder,
             // The upstream HTTP/1 connection, back to the pool once the body is read.
             reusable: Option<Reusable>,
+            // The request's deadline: past it the body is cut (gRPC: ended with
+            // DEADLINE_EXCEEDED), and the upstream request cancelled.
+            deadline: Option<BodyDeadline>,
+            expired: bool,
         },
         Full {
             data: Option<Bytes>,
@@ -565,18 +818,50 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             ProxyBodyProj::Upstream {
                 mut inner,
                 recorder,
                 reusable,
+                deadline,
+                expired,
             } => {
+                if *expired {
+                    return Poll::Ready(None);
+                }
+                if let Some(d) = deadline {
+                    if std::future::Future::poll(d.sleep.as_mut(), cx).is_ready() {
+                        let limit = d.limit;
+                        *deadline = None;
+                        *expired = true;
+                        // The connection is mid-response: closed, not pooled.
+                        reusable.take();
+                        recorder.broken = true;
+                        recorder.metrics.error(
+                            recorder
+                                .route
+                                .as_ref()
+                                .map_or(Direction::Outbound, |r| r.direction),
+                            "request timeout",
+                        );
+                        recorder.record();
+                        if recorder.grpc {
+                            let mut trailers = HeaderMap::new();
+                            trailers.insert("grpc-status", HeaderValue::from_static("4"));
+                            if let Ok(m) = HeaderValue::from_str(&BodyTimeout(limit).to_string()) {
+                                trailers.insert("grpc-message", m);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        return Poll::Ready(Some(Err(Box::new(BodyTimeout(limit)))));
+                    }
+                }
                 let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -600,7 +885,7 @@ impl Body for ProxyBody {
                         r.give_back();
                     }
                 }
-                polled
+                polled.map(|p| p.map(|r| r.map_err(Into::into)))
             }
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
@@ -608,7 +893,7 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Upstream { inner, expired, .. } => *expired || inner.is_end_stream(),
             ProxyBody::Full { data } => data.is_none(),
         }
     }

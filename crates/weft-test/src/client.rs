@@ -15,6 +15,8 @@ pub struct TestResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: String,
+    /// Trailers (HTTP/2), empty when there were none.
+    pub trailers: HeaderMap,
 }
 
 impl TestResponse {
@@ -78,31 +80,47 @@ impl TestClient {
         path: &str,
         body: impl Into<Bytes>,
     ) -> anyhow::Result<TestResponse> {
+        self.request_with(method, path, &[], body).await
+    }
+
+    /// A request with extra headers.
+    pub async fn request_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<TestResponse> {
+        let builder = match &self.sender {
+            Sender::H1(_) => Request::builder()
+                .uri(path)
+                .header(http::header::HOST, &self.authority),
+            Sender::H2(_) => Request::builder().uri(format!("http://{}{}", self.authority, path)),
+        };
+        let mut builder = builder.method(method);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let req = builder.body(Full::new(body.into()))?;
         let rsp = match &mut self.sender {
             Sender::H1(s) => {
-                let req = Request::builder()
-                    .method(method)
-                    .uri(path)
-                    .header(http::header::HOST, &self.authority)
-                    .body(Full::new(body.into()))?;
                 s.ready().await?;
                 s.send_request(req).await?
             }
             Sender::H2(s) => {
-                let req = Request::builder()
-                    .method(method)
-                    .uri(format!("http://{}{}", self.authority, path))
-                    .body(Full::new(body.into()))?;
                 s.ready().await?;
                 s.send_request(req).await?
             }
         };
         let (parts, body) = rsp.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let collected = body.collect().await?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let body = collected.to_bytes();
         Ok(TestResponse {
             status: parts.status,
             headers: parts.headers,
             body: String::from_utf8_lossy(&body).into_owned(),
+            trailers,
         })
     }
 }

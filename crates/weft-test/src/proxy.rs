@@ -60,6 +60,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// Outbound timeouts and retries by default, as the --request-timeout and
+    /// --retry-* flags set them (services may override them in their YAML).
+    pub fn request_policy(mut self, policy: weft_proxy::retry::RequestPolicy) -> Self {
+        self.config.request_policy =
+            std::sync::Arc::new(weft_proxy::retry::BudgetedPolicy::new(policy));
+        self
+    }
+
     pub fn detect_timeout(mut self, limit: Duration) -> Self {
         self.config.detect_timeout = limit;
         self

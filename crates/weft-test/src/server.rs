@@ -8,17 +8,20 @@
 //! - `/chunks/{n}` → `n` chunks of `chunk {i}\n`, streamed with short pauses
 //! - `/ws` → a WebSocket echo (HTTP/1.1 Upgrade)
 //!
-//! Every response carries `x-served-by: {name}`.
+//! Every response carries `x-served-by: {name}`. [`ServerOptions`] make a server
+//! answer every request with one status, or only after a delay; every server logs
+//! what it received ([`TestServer::received`]) and counts requests it was still
+//! working on when their caller went away ([`TestServer::cancelled`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -34,8 +37,74 @@ type Body = BoxBody<Bytes, hyper::Error>;
 /// A running test application. Stops when dropped.
 pub struct TestServer {
     addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
+    state: Arc<ServerState>,
     task: JoinHandle<()>,
+}
+
+/// How a test server behaves beyond its routes.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Answer every request with this status (and an empty body) instead of routing it.
+    pub status: Option<StatusCode>,
+    /// Wait this long before answering each request.
+    pub delay: Option<Duration>,
+    /// Answer every request as a gRPC server failing with this status would: 200,
+    /// `content-type: application/grpc` and `grpc-status` in the headers.
+    pub grpc_status: Option<u32>,
+}
+
+impl ServerOptions {
+    /// Every request answered with `status`.
+    pub fn status(code: u16) -> Self {
+        ServerOptions {
+            status: Some(StatusCode::from_u16(code).expect("a valid status code")),
+            ..Default::default()
+        }
+    }
+
+    /// Every request answered as a failed gRPC call with status `code`.
+    pub fn grpc_status(code: u32) -> Self {
+        ServerOptions {
+            grpc_status: Some(code),
+            ..Default::default()
+        }
+    }
+
+    /// Every request answered after `delay`.
+    pub fn delay(delay: Duration) -> Self {
+        ServerOptions {
+            delay: Some(delay),
+            ..Default::default()
+        }
+    }
+}
+
+/// A request as the server saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub method: Method,
+    pub path: String,
+    /// The `weft-retry-attempt` header, when the proxy retried the request.
+    pub retry_attempt: Option<String>,
+}
+
+#[derive(Default)]
+struct ServerState {
+    options: ServerOptions,
+    requests: AtomicUsize,
+    cancelled: AtomicUsize,
+    received: Mutex<Vec<Received>>,
+}
+
+/// Counts a request as cancelled if it is dropped before it was answered.
+struct Unanswered<'a>(&'a AtomicUsize, bool);
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl TestServer {
@@ -52,11 +121,30 @@ impl TestServer {
             .expect("bind a loopback port")
     }
 
+    /// Starts the app on an ephemeral loopback port, behaving as `options` say.
+    pub async fn loopback_with(name: &str, options: ServerOptions) -> TestServer {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind a loopback port");
+        Self::from_listener_with(listener, name, options)
+    }
+
     pub fn from_listener(listener: TcpListener, name: &str) -> TestServer {
+        Self::from_listener_with(listener, name, ServerOptions::default())
+    }
+
+    pub fn from_listener_with(
+        listener: TcpListener,
+        name: &str,
+        options: ServerOptions,
+    ) -> TestServer {
         let addr = listener.local_addr().expect("bound listener");
-        let requests = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(ServerState {
+            options,
+            ..Default::default()
+        });
         let name: Arc<str> = name.into();
-        let counter = requests.clone();
+        let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
@@ -64,11 +152,12 @@ impl TestServer {
                 };
                 let _ = socket.set_nodelay(true);
                 let name = name.clone();
-                let counter = counter.clone();
+                let state = shared.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        route(name.clone(), req)
+                        let name = name.clone();
+                        let state = state.clone();
+                        async move { serve(&state, name, req).await }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(socket), svc)
@@ -76,21 +165,77 @@ impl TestServer {
                 });
             }
         });
-        TestServer {
-            addr,
-            requests,
-            task,
-        }
+        TestServer { addr, state, task }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Requests served so far.
+    /// Requests received so far.
     pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::Relaxed)
+        self.state.requests.load(Ordering::Relaxed)
     }
+
+    /// Requests whose caller went away before they were answered.
+    pub fn cancelled(&self) -> usize {
+        self.state.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Every request received so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+async fn serve(
+    state: &ServerState,
+    name: Arc<str>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    state
+        .received
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Received {
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            retry_attempt: req
+                .headers()
+                .get("weft-retry-attempt")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        });
+    let mut answer = Unanswered(&state.cancelled, false);
+    if let Some(delay) = state.options.delay {
+        tokio::time::sleep(delay).await;
+    }
+    let rsp = match (state.options.status, state.options.grpc_status) {
+        (None, None) => route(name, req).await,
+        (status, grpc) => {
+            let mut rsp = Response::new(full(Bytes::new()));
+            *rsp.status_mut() = status.unwrap_or(StatusCode::OK);
+            let h = rsp.headers_mut();
+            if let Some(code) = grpc {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                h.insert("grpc-status", HeaderValue::from(code));
+            }
+            if let Ok(v) = HeaderValue::from_str(&name) {
+                h.insert("x-served-by", v);
+            }
+            Ok(rsp)
+        }
+    };
+    answer.1 = true;
+    rsp
 }
 
 impl Drop for TestServer {
