@@ -515,4 +515,85 @@ mod tests {
         );
         assert!(err.contains("aware, unaware, local-only"), "{err}");
     }
+
+    #[test]
+    fn retry_flags_make_the_default_request_policy() {
+        let config = parse(&[]).unwrap().into_config().unwrap();
+        let policy = &config.request_policy.policy;
+        assert_eq!(policy.timeout, None);
+        assert_eq!(policy.retry, RetryPolicy::default());
+        assert_eq!(
+            policy.retry.methods.to_string(),
+            "GET,HEAD,OPTIONS,TRACE,PUT,DELETE"
+        );
+
+        let config = parse(&[
+            "--request-timeout",
+            "3s",
+            "--retry-limit",
+            "1",
+            "--retry-on",
+            "gateway-error,unavailable",
+            "--retry-methods",
+            "GET,POST",
+            "--retry-backoff",
+            "0s",
+            "--retry-budget-ratio",
+            "0.5",
+            "--retry-budget-min-per-second",
+            "2",
+            "--retry-budget-ttl",
+            "5s",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        let p = &config.request_policy.policy;
+        assert_eq!(p.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(p.retry.limit, 1);
+        assert!(p.retry.on.http_status(http::StatusCode::BAD_GATEWAY));
+        assert!(!p
+            .retry
+            .on
+            .http_status(http::StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(p.retry.on.grpc_status(14));
+        assert!(p.retry.methods.contains(&http::Method::POST));
+        assert_eq!(p.retry.backoff, Duration::ZERO);
+        assert_eq!(
+            p.retry.budget,
+            BudgetParams {
+                ratio: 0.5,
+                min_per_second: 2,
+                ttl: Duration::from_secs(5)
+            }
+        );
+        // An empty --retry-on retries connect failures only.
+        let config = parse(&["--retry-on", ""]).unwrap().into_config().unwrap();
+        assert!(!config.request_policy.policy.retry.on.has_http());
+    }
+
+    #[test]
+    fn bad_retry_flags_are_refused_naming_the_flag() {
+        let err = |args: &[&str]| parse(args).unwrap().into_config().unwrap_err().to_string();
+        assert_eq!(
+            err(&["--retry-on", "5xx,50x"]),
+            "--retry-on: \"50x\" is not a retry condition: expected an HTTP status (503), a range (500-504), 5xx, 4xx, gateway-error or a gRPC status name (unavailable, resource-exhausted, ...)"
+        );
+        assert!(err(&["--retry-methods", "GET,CONNECT"]).starts_with("--retry-methods: CONNECT"));
+        assert_eq!(
+            err(&["--retry-budget-ratio=-1"]),
+            "--retry-budget-ratio: must be a number ≥ 0 (retries per request), got -1"
+        );
+        assert_eq!(
+            err(&["--retry-budget-ttl", "5m"]),
+            "--retry-budget-ttl: must be from 1s to 60s, got 5m"
+        );
+        let e = parse(&["--request-timeout", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid value 'soon' for '--request-timeout"),
+            "{e}"
+        );
+    }
 }
