@@ -230,8 +230,8 @@ impl Env {
             "the state file is left"
         );
         assert!(
-            !self.state_dir.join("endpoints.yaml").exists(),
-            "the endpoints file is left"
+            !self.state_dir.join("pods.yaml").exists(),
+            "the pods file is left"
         );
     }
 }
@@ -370,6 +370,14 @@ fn foreground_mesh_calls_scaling_and_down_after_kill_9() {
         "the client's proxy saw no outbound request:\n{}",
         client.text
     );
+    // The client's proxy learnt books' endpoints from the controller's destination
+    // service (the VIP of its original destination, looked up once).
+    assert!(
+        client.sum("destination_lookups_total", &[("result", "service")]) >= 1.0
+            && client.sum("destination_streams", &[]) >= 1.0,
+        "the client's proxy did not resolve books through the controller:\n{}",
+        client.text
+    );
     let books = env.metrics("books-0").expect("books metrics");
     let in_labels = [
         ("direction", "inbound"),
@@ -487,6 +495,92 @@ fn detached_up_is_ready_when_it_returns_and_down_removes_it() {
 
     let procs = env.recorded_procs();
     assert_eq!(procs.len(), 9, "the controller and 4 pods × (proxy + app)");
+    let out = env.run(&["down"]);
+    assert!(out.status.success());
+    env.assert_nothing_left(&procs);
+}
+
+#[test]
+fn requests_succeed_after_the_controller_is_killed() {
+    require_root!();
+    let env = Env::new("k");
+    env.write("mesh.yaml", &mesh_yaml(2));
+    env.write("services.yaml", SERVICES);
+    let out = env.run(&["up", "-d", env.dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    let client_pod = env.netns("client-0");
+    // Resolved once through the controller (the client's steady load calls books too).
+    let out = env.get_in(&client_pod, "http://books.default.svc:8080/before");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // kill -9 the controller.
+    let state = env.state();
+    let pid = state["controller"]["pid"].as_u64().expect("a controller") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let gone = eventually(Duration::from_secs(5), || {
+        stat(pid as u32).is_none_or(|(s, _)| s == 'Z').then_some(())
+    });
+    assert!(gone.is_some(), "the controller did not die");
+    // The client's proxy notices (its stream breaks, reopening it fails)...
+    let noticed = eventually(Duration::from_secs(10), || {
+        let m = env.metrics("client-0")?;
+        (m.sum("destination_stream_errors_total", &[]) >= 2.0).then_some(())
+    });
+    assert!(noticed.is_some(), "the client's proxy did not notice");
+    let failures_before = env.metrics("client-0").unwrap().sum(
+        "response_total",
+        &[("direction", "outbound"), ("classification", "failure")],
+    );
+
+    // ...and keeps serving with the endpoints it had: every call succeeds, on both
+    // replicas, for new connections too (each call is one).
+    let mut pods = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let out = env.get_in(
+            &client_pod,
+            &format!("http://books.default.svc:8080/after/{i}"),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "call {i} failed without the controller: {text}"
+        );
+        assert!(text.starts_with("200 books"), "{text}");
+        if let Some(pod) = text
+            .split("(pod ")
+            .nth(1)
+            .and_then(|r| r.split([',', ')']).next())
+        {
+            pods.insert(pod.to_owned());
+        }
+    }
+    assert_eq!(
+        pods.into_iter().collect::<Vec<_>>(),
+        ["books-0", "books-1"],
+        "the calls did not reach both replicas"
+    );
+    // The steady load kept succeeding too.
+    std::thread::sleep(Duration::from_millis(500));
+    let client = env.metrics("client-0").unwrap();
+    assert_eq!(
+        client.sum(
+            "response_total",
+            &[("direction", "outbound"), ("classification", "failure")]
+        ),
+        failures_before,
+        "requests failed after the controller died:\n{}",
+        client.text
+    );
+
+    let procs = env.recorded_procs();
     let out = env.run(&["down"]);
     assert!(out.status.success());
     env.assert_nothing_left(&procs);

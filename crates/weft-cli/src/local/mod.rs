@@ -9,10 +9,12 @@
 //!   veth to the bridge, the sidecar's iptables rules, `/etc/netns/{netns}/hosts` naming
 //!   every Service, a `weft-proxy` (UID 2102) and the workload's command;
 //! - Service virtual IPs from 198.19.0.0/16 (inside the pods' /15, so they route to
-//!   `eth0` and the outbound rule catches them), mapped to pod addresses in one
-//!   endpoints file every proxy watches;
-//! - the state file, endpoints file, a copy of the proxy binary and the logs under the
-//!   state directory (`/run/weft`).
+//!   `eth0` and the outbound rule catches them);
+//! - weft-controller in the hub namespace: identity for every proxy, and destinations:
+//!   it joins the mesh directory with the pods file (`pods.yaml`: where pods run, which
+//!   are ready, the VIPs) and streams each Service's endpoints to the proxies;
+//! - the state file, pods file, identity files, a copy of the proxy binary and the logs
+//!   under the state directory (`/run/weft`).
 //!
 //! The bridge lives in its own namespace rather than the root one: nothing appears in
 //! the host's links, routes or firewall (Docker's `FORWARD` policy, `br_netfilter`), and
@@ -53,7 +55,7 @@ proxy on loopback ports in explicit mode) is planned but not implemented yet.";
 /// Settings shared by `up`, `down` and `check`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LocalArgs {
-    /// Where the state file, the endpoints file and the logs go.
+    /// Where the state file, the pods file and the logs go.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/run/weft")]
     pub state_dir: PathBuf,
     /// Prefix of the network namespaces' names (meshes side by side need distinct

@@ -156,7 +156,7 @@ pub struct State {
     pub pods: Vec<PodRecord>,
     #[serde(default)]
     pub services: Vec<VipRecord>,
-    /// Files and directories of the mesh as a whole (endpoints file, logs, ...).
+    /// Files and directories of the mesh as a whole (pods file, logs, ...).
     #[serde(default)]
     pub files: Vec<PathBuf>,
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context as _};
 use weft_core::mesh::{Mesh, Workload, MESH_FILE};
+use weft_core::pods::{PodEntry, PodsFile, ServiceAddress};
 use weft_core::prom::Scrape;
 
 use super::state::{PodRecord, ProcRecord, State, VipRecord};
@@ -23,8 +24,10 @@ use crate::{fetch, stat};
 
 /// How often the mesh directory is checked for changes (foreground).
 const WATCH_EVERY: Duration = Duration::from_millis(300);
-/// How long proxies may take to notice a new endpoints file (they poll every 200 ms).
-const PROPAGATION: Duration = Duration::from_millis(450);
+/// How long a change of the pods file takes to reach every proxy (the controller polls
+/// it every 20 ms and streams the change; bench/local-mesh measures the rest), with a
+/// wide margin: pods leaving are stopped only after it.
+const PROPAGATION: Duration = Duration::from_millis(300);
 /// Time a process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -156,7 +159,8 @@ struct Paths {
     state_dir: PathBuf,
     state_path: PathBuf,
     log_dir: PathBuf,
-    endpoints: PathBuf,
+    /// Where pods run and the Services' VIPs, for the controller (see [`PodsFile`]).
+    pods_file: PathBuf,
     proxy_bin: PathBuf,
     controller_bin: PathBuf,
     /// Trust anchor and issuer, made fresh for every `weft up`.
@@ -180,7 +184,7 @@ struct Runner {
     children: HashMap<u32, Child>,
     /// Pods (by netns) that passed their readiness checks.
     ready: HashSet<String>,
-    /// Pods (by netns) listed in the endpoints file.
+    /// Pods (by netns) that take traffic (`ready` in the pods file).
     published: HashSet<String>,
     /// Recent events for the live summary.
     events: VecDeque<String>,
@@ -209,7 +213,7 @@ impl Runner {
         let paths = Paths {
             state_path: local.state_path(),
             log_dir: state_dir.join("logs"),
-            endpoints: state_dir.join("endpoints.yaml"),
+            pods_file: std::path::absolute(state_dir.join("pods.yaml"))?,
             proxy_bin: state_dir.join("bin").join("weft-proxy"),
             controller_bin: controller_bin.to_owned(),
             identity_dir: state_dir.join("identity"),
@@ -291,6 +295,12 @@ impl Runner {
             SocketAddr::from((HUB_IP, CONTROLLER_PORT)).to_string(),
             "--admin-listen".into(),
             SocketAddr::from((HUB_IP, CONTROLLER_ADMIN_PORT)).to_string(),
+            // The destination service: Services and workloads from the mesh directory,
+            // where their pods run from the pods file.
+            "--mesh-dir".into(),
+            self.paths.mesh_dir.display().to_string(),
+            "--pods-file".into(),
+            self.paths.pods_file.display().to_string(),
         ];
         let hub = self.paths.hub.clone();
         let log = self.paths.log_dir.join("controller.log");
@@ -376,14 +386,14 @@ impl Runner {
 
     fn create_base(&mut self, proxy_src: &Path) -> anyhow::Result<()> {
         let p = &self.paths;
-        let (log_dir, bin_dir, endpoints) = (
+        let (log_dir, bin_dir, pods_file) = (
             p.log_dir.clone(),
             p.proxy_bin.parent().expect("has a parent").to_owned(),
-            p.endpoints.clone(),
+            p.pods_file.clone(),
         );
         self.state
             .files
-            .extend([log_dir.clone(), bin_dir.clone(), endpoints]);
+            .extend([log_dir.clone(), bin_dir.clone(), pods_file]);
         let hub = self.paths.hub.clone();
         self.state.hub = Some(hub.clone());
         self.save()?;
@@ -406,7 +416,7 @@ impl Runner {
             )),
         )?;
         self.sync_vips()?;
-        self.write_endpoints()?;
+        self.write_pods()?;
         Ok(())
     }
 
@@ -487,11 +497,11 @@ impl Runner {
             let netns = self.create_pod(w, *i)?;
             new.push((w, netns));
         }
-        // Every pod is in the endpoints before any process starts: an early call meets
+        // Every pod takes traffic before any process starts: an early call meets
         // a refused connection at once instead of waiting on a VIP that nobody serves.
         self.published
             .extend(new.iter().map(|(_, netns)| netns.clone()));
-        self.write_endpoints()?;
+        self.write_pods()?;
         for (w, netns) in &new {
             self.start_pod(w, netns)?;
         }
@@ -581,8 +591,9 @@ impl Runner {
             self.paths.proxy_bin.display().to_string(),
             "--mode".into(),
             "transparent".into(),
-            "--endpoints".into(),
-            self.paths.endpoints.display().to_string(),
+            // Endpoints from the controller's destination service.
+            "--destination".into(),
+            SocketAddr::from((HUB_IP, CONTROLLER_PORT)).to_string(),
             "--namespace".into(),
             w.namespace.clone(),
             "--deployment".into(),
@@ -739,82 +750,48 @@ impl Runner {
         Ok(())
     }
 
-    /// The endpoints file: every Service port's VIP → its ready pods' addresses.
-    /// Services without a ready endpoint are left out (the proxy refuses empty lists).
-    fn endpoints_yaml(&self) -> String {
-        let mut out =
-            String::from("# written by weft up: Service VIPs and their ready pods\nservices:\n");
-        for svc in &self.mesh.services {
-            let Some(vip) = self.vip(&svc.namespace, &svc.name) else {
-                continue;
-            };
-            // Meshed: outbound mTLS to the backends' identity, when they share one (the
-            // endpoints file names one identity per service).
-            let mut identities: Vec<String> = self
-                .mesh
-                .backends(svc)
-                .map(|w| w.identity(&self.mesh.trust_domain).to_string())
-                .collect();
-            identities.sort();
-            identities.dedup();
-            let identity = match identities.as_slice() {
-                [one] => format!("\n    identity: {one}"),
-                _ => String::new(),
-            };
-            for port in &svc.ports {
-                let mut endpoints = Vec::new();
-                let mut opaque = port.is_opaque();
-                for w in self.mesh.backends(svc) {
-                    let Some(target) = w.resolve(&port.target_port) else {
-                        continue;
-                    };
-                    opaque |= w.opaque_ports.contains(&target);
-                    for pod in self.state.pods.iter().filter(|p| {
-                        p.workload == w.name
-                            && p.namespace == w.namespace
-                            && self.published.contains(&p.netns)
-                    }) {
-                        endpoints.push(match &pod.zone {
-                            Some(zone) => {
-                                format!("{{addr: \"{}:{target}\", zone: \"{zone}\"}}", pod.ip)
-                            }
-                            None => format!("\"{}:{target}\"", pod.ip),
-                        });
-                    }
-                }
-                if endpoints.is_empty() {
-                    let _ = writeln!(
-                        out,
-                        "  # {}.{} port {}: no ready endpoints",
-                        svc.name, svc.namespace, port.port
-                    );
-                    continue;
-                }
-                let _ = writeln!(
-                    out,
-                    "  - name: {}\n    address: \"{vip}:{}\"\n    opaque: {opaque}{identity}\n    endpoints: [{}]",
-                    svc.name,
-                    port.port,
-                    endpoints.join(", ")
-                );
-            }
+    /// The pods file: every pod (ready once it passed its checks and until it is on
+    /// its way out) and every Service's VIP. The controller's destination service
+    /// joins it with the mesh directory and streams the endpoints to the proxies.
+    fn pods_file(&self) -> PodsFile {
+        PodsFile {
+            pods: self
+                .state
+                .pods
+                .iter()
+                .map(|p| PodEntry {
+                    name: p.name.clone(),
+                    namespace: p.namespace.clone(),
+                    workload: p.workload.clone(),
+                    index: p.index,
+                    ip: p.ip.into(),
+                    zone: p.zone.clone(),
+                    ready: self.published.contains(&p.netns),
+                })
+                .collect(),
+            services: self
+                .state
+                .services
+                .iter()
+                .map(|v| ServiceAddress {
+                    name: v.name.clone(),
+                    namespace: v.namespace.clone(),
+                    ip: v.vip.into(),
+                })
+                .collect(),
         }
-        out
     }
 
-    /// Writes the endpoints file atomically (the proxies reload it when it changes).
-    fn write_endpoints(&self) -> anyhow::Result<()> {
-        let tmp = self.paths.endpoints.with_extension("yaml.tmp");
-        std::fs::write(&tmp, self.endpoints_yaml())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        set_mode(&tmp, 0o644)?;
-        std::fs::rename(&tmp, &self.paths.endpoints)?;
+    /// Writes the pods file atomically (the controller reloads it when it changes).
+    fn write_pods(&self) -> anyhow::Result<()> {
+        self.pods_file().write(&self.paths.pods_file)?;
+        set_mode(&self.paths.pods_file, 0o644)?;
         Ok(())
     }
 
     /// Waits until the pods are ready (proxy `/ready` answers, every declared port
     /// accepts connections, both processes run), printing each as it gets there, and
-    /// publishes them in the endpoints file. Returns the failures.
+    /// publishes them in the pods file. Returns the failures.
     async fn wait_ready(&mut self, netnses: &[String], timeout: Duration) -> Vec<anyhow::Error> {
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
@@ -872,7 +849,7 @@ impl Runner {
                 }
             }
         }
-        if let Err(e) = self.write_endpoints() {
+        if let Err(e) = self.write_pods() {
             failures.push(e);
         }
         failures
@@ -923,6 +900,8 @@ impl Runner {
             }
             self.save()?;
         }
+        // Gone from the pods file too (they were out of the endpoints already).
+        self.write_pods()?;
         result
     }
 
@@ -999,7 +978,7 @@ impl Runner {
         }
         let _ = writeln!(
             out,
-            "\ncontroller: {HUB_IP}:{CONTROLLER_PORT} (identity, mTLS for every pod; admin :{CONTROLLER_ADMIN_PORT})\nlogs: {}   state: {}",
+            "\ncontroller: {HUB_IP}:{CONTROLLER_PORT} (identity: mTLS for every pod; destinations: endpoints for every proxy; admin :{CONTROLLER_ADMIN_PORT})\nlogs: {}   state: {}",
             self.paths.log_dir.display(),
             self.paths.state_path.display()
         );
@@ -1251,7 +1230,9 @@ impl Runner {
         if services_changed {
             self.write_hosts()?;
         }
-        // Scale down: out of the endpoints first, then stopped once proxies have noticed.
+        // Scale down: out of the endpoints first (the controller drops pods beyond the
+        // replicas at once, and the pods file marks them not ready), then stopped once
+        // proxies have noticed.
         let surplus: Vec<String> = self
             .state
             .pods
@@ -1266,7 +1247,7 @@ impl Runner {
         for netns in &surplus {
             self.published.remove(netns);
         }
-        // Readiness publishes the new pods (and drops the surplus) in the endpoints file.
+        // Readiness publishes the new pods (and drops the surplus) in the pods file.
         let failures = self.wait_ready(&created, Duration::from_secs(30)).await;
         for e in failures {
             self.events.push_back(format!("{e:#}"));
