@@ -47,8 +47,9 @@ pub const PROXY_PORTS: [(u16, &str); 3] = [(4140, "outbound"), (4143, "inbound")
 /// The proxy's `--zone-mode` values.
 pub const ZONE_MODES: [&str; 3] = ["aware", "unaware", "local-only"];
 
-/// weft-proxy flags `weft up` sets itself for every pod; `proxy.args` cannot give them.
-pub const PROXY_FLAGS_SET_BY_WEFT_UP: [&str; 21] = [
+/// weft-proxy flags `weft up` manages (discovery, identity, listeners, labels); `proxy.args`
+/// cannot give them.
+pub const PROXY_FLAGS_MANAGED_BY_WEFT_UP: [&str; 21] = [
     "--mode",
     "--endpoints",
     "--namespace",
@@ -1067,10 +1068,10 @@ fn proxy_problems(proxy: &ProxySettings) -> Vec<(String, String)> {
             ));
         } else if flag == "--zone-mode" {
             out.push((field, "--zone-mode: use proxy.zoneMode".to_owned()));
-        } else if PROXY_FLAGS_SET_BY_WEFT_UP.contains(&flag) {
+        } else if PROXY_FLAGS_MANAGED_BY_WEFT_UP.contains(&flag) {
             out.push((
                 field,
-                format!("{flag} is set by weft up for every proxy; it cannot be given here"),
+                format!("{flag} is managed by weft up (discovery, identity, listeners, labels); it cannot be given here"),
             ));
         }
     }
@@ -1420,11 +1421,13 @@ spec:
             SERVICES,
         );
         assert!(
-            msg.contains("mesh.yaml: workloads[1] (books): proxy.args[2]: --zone is set by weft up for every proxy"),
+            msg.contains(
+                "mesh.yaml: workloads[1] (books): proxy.args[2]: --zone is managed by weft up"
+            ),
             "{msg}"
         );
         assert!(
-            msg.contains("proxy.args[3]: --mode is set by weft up"),
+            msg.contains("proxy.args[3]: --mode is managed by weft up"),
             "{msg}"
         );
         assert!(
