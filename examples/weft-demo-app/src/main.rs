@@ -13,7 +13,12 @@
 //! same text sets the fault directly (`GET /admin/fault` shows it).
 //!
 //! Names resolve with the system resolver, so inside a weft pod
-//! `http://books.default.svc:8080` works through the pod's `/etc/hosts`.
+//! `http://books.default.svc:8080` works through the pod's `/etc/hosts`. With
+//! `HTTP_PROXY` (or `http_proxy`) set, as `weft up` does in loopback mode, http:// calls
+//! go through that proxy instead (absolute-form requests; the proxy resolves the name),
+//! except to hosts `NO_PROXY` lists (`*`, names with their subdomains, IPs, CIDRs).
+//! `serve` listens on `WEFT_LISTEN_ADDR` when it is set (loopback mode: the pod's own
+//! address, as pods share the machine's ports), else on every address.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -26,8 +31,9 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
 
@@ -51,7 +57,7 @@ struct ServeArgs {
     /// The service's name, in answers and logs.
     #[arg(long)]
     name: String,
-    /// Port to listen on (all addresses).
+    /// Port to listen on (on $WEFT_LISTEN_ADDR when set, else on all addresses).
     #[arg(long, default_value_t = 8080)]
     port: u16,
     /// Called for every request served; the answer includes theirs.
@@ -100,9 +106,34 @@ struct GetArgs {
     quiet: bool,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<ProxyConnector, Full<Bytes>>;
 
 fn client() -> HttpClient {
+    let var = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok())
+            .unwrap_or_default()
+    };
+    client_via(proxies(
+        &var(["HTTP_PROXY", "http_proxy"]),
+        &var(["NO_PROXY", "no_proxy"]),
+    ))
+}
+
+/// The proxy for http:// calls (`http`, e.g. `http://127.18.0.2:4140`) and the hosts
+/// that bypass it (`no`: comma-separated names, which include their subdomains, IPs,
+/// CIDRs, or `*` for every host).
+fn proxies(http: &str, no: &str) -> Matcher {
+    if no.split(',').any(|entry| entry.trim() == "*") {
+        // hyper-util's matcher applies `*` to names only; curl's applies it to IPs too.
+        return Matcher::builder().build();
+    }
+    Matcher::builder().http(http).no(no).build()
+}
+
+/// A client that sends http:// requests through the proxies `proxies` names.
+fn client_via(proxies: Matcher) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -112,7 +143,102 @@ fn client() -> HttpClient {
     // endpoint, unbalanced and out of the HTTP metrics.
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_millis(300))
-        .build(connector)
+        .build(ProxyConnector {
+            inner: connector,
+            proxies: Arc::new(proxies),
+        })
+}
+
+/// Connects to the destination, or to the HTTP proxy the environment names for it
+/// (`HTTP_PROXY`/`http_proxy`, `NO_PROXY`/`no_proxy`): connections to a proxy say so,
+/// and the client then sends absolute-form requests (`GET http://books:8080/ HTTP/1.1`).
+#[derive(Clone)]
+struct ProxyConnector {
+    inner: HttpConnector,
+    proxies: Arc<Matcher>,
+}
+
+impl tower_service::Service<Uri> for ProxyConnector {
+    type Response = Proxied;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Proxied, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let proxy = self.proxies.intercept(&dst).map(|i| i.uri().clone());
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let Some(proxy) = proxy else {
+                return Ok(Proxied {
+                    io: inner.call(dst).await?,
+                    proxied: false,
+                });
+            };
+            if proxy.scheme_str() != Some("http") {
+                return Err(
+                    format!("HTTP_PROXY {proxy}: only http:// proxies are supported").into(),
+                );
+            }
+            let io = inner
+                .call(proxy.clone())
+                .await
+                .map_err(|e| format!("cannot connect to the HTTP proxy {proxy}: {e}"))?;
+            Ok(Proxied { io, proxied: true })
+        })
+    }
+}
+
+/// A client connection, straight or to a proxy.
+struct Proxied {
+    io: TokioIo<tokio::net::TcpStream>,
+    proxied: bool,
+}
+
+impl Connection for Proxied {
+    fn connected(&self) -> Connected {
+        self.io.connected().proxy(self.proxied)
+    }
+}
+
+impl hyper::rt::Read for Proxied {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Proxied {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// GETs `uri`; the status and body, or the error.
@@ -299,15 +425,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pod: env("WEFT_POD"),
         zone: env("WEFT_ZONE"),
     });
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", args.port))
+    // Under `weft up` in loopback mode pods share the machine's ports: listen on the
+    // pod's own address only.
+    let host = match std::env::var("WEFT_LISTEN_ADDR") {
+        Ok(addr) if !addr.is_empty() => addr
+            .parse::<std::net::IpAddr>()
+            .with_context(|| format!("WEFT_LISTEN_ADDR {addr:?} is not an IP address"))?,
+        _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+    };
+    let listen = std::net::SocketAddr::new(host, args.port);
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on port {}", args.port))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     println!(
-        "{} ({}, zone {}) serving on :{}; upstreams {:?}; calling {:?} at {} rps",
+        "{} ({}, zone {}) serving on {}; upstreams {:?}; calling {:?} at {} rps",
         me.name,
         me.pod,
         me.zone,
-        args.port,
+        listen,
         args.upstreams
             .iter()
             .map(Uri::to_string)
@@ -545,6 +680,118 @@ mod tests {
         assert!(err.contains("unknown key \"latency\""), "{err}");
         let err = Fault::parse("slow").unwrap_err();
         assert!(err.contains("\"slow\" is not key=value"), "{err}");
+    }
+
+    /// A one-request-per-connection HTTP/1 server that answers `200 {name} {request
+    /// line}`; returns its address.
+    async fn recording_server(name: &'static str) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            // Bounded: a test makes a handful of requests.
+            for _ in 0..16 {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let line = head.lines().next().unwrap_or_default();
+                let body = format!("{name} {line}");
+                let rsp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(rsp.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    async fn body_of(client: &HttpClient, url: &str) -> String {
+        let (status, body) = get(client, &url.parse().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    #[tokio::test]
+    async fn http_proxy_gets_absolute_form_requests_and_no_proxy_goes_direct() {
+        let proxy = recording_server("proxy").await;
+        let direct = recording_server("direct").await;
+        let proxied = client_via(proxies(
+            &format!("http://{proxy}"),
+            "localhost, other.example",
+        ));
+        // Through the proxy: the whole URL in the request line, the name unresolved.
+        assert_eq!(
+            body_of(&proxied, "http://books.default.svc:8080/hello?x=1").await,
+            "proxy GET http://books.default.svc:8080/hello?x=1 HTTP/1.1"
+        );
+        assert_eq!(
+            body_of(&proxied, &format!("http://{direct}/ip")).await,
+            format!("proxy GET http://{direct}/ip HTTP/1.1")
+        );
+        // NO_PROXY by exact host: straight to the server, origin-form.
+        let direct_port = direct.port();
+        assert_eq!(
+            body_of(&proxied, &format!("http://localhost:{direct_port}/near")).await,
+            "direct GET /near HTTP/1.1"
+        );
+        // `*` bypasses the proxy for every host.
+        let none = client_via(proxies(&format!("http://{proxy}"), "example.org, *"));
+        assert_eq!(
+            body_of(&none, &format!("http://{direct}/all")).await,
+            "direct GET /all HTTP/1.1"
+        );
+        // Without a proxy setting every call is direct.
+        let plain = client_via(proxies("", ""));
+        assert_eq!(
+            body_of(&plain, &format!("http://{direct}/plain")).await,
+            "direct GET /plain HTTP/1.1"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unusable_proxy_setting_is_named_in_the_error() {
+        let socks = client_via(proxies("socks5://127.0.0.1:1", ""));
+        let err = get(
+            &socks,
+            &"http://books:8080/".parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("only http:// proxies are supported"),
+            "{err:#}"
+        );
+        // A proxy that is not there: the error names it.
+        let gone = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let absent = client_via(proxies(&format!("http://{gone}"), ""));
+        let err = get(
+            &absent,
+            &"http://books:8080/".parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .contains(&format!("cannot connect to the HTTP proxy http://{gone}/")),
+            "{err:#}"
+        );
     }
 
     #[test]

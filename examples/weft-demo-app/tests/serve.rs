@@ -201,3 +201,36 @@ fn admin_fault_over_http_sets_and_shows_the_fault() {
     assert_eq!(request(p, "POST", "/admin/fault", "").1, "delay=0s\n");
     assert_eq!(request(p, "GET", "/anything", "").0, 200);
 }
+
+#[test]
+fn weft_listen_addr_binds_that_address_only_and_bad_values_are_named() {
+    let p = free_port();
+    let _s = Killed(
+        Command::new(BIN)
+            .args(["serve", "--name", "solo", "--port", &p.to_string()])
+            .env("WEFT_LISTEN_ADDR", "127.0.0.3")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start weft-demo-app"),
+    );
+    let out = get_eventually(&format!("http://127.0.0.3:{p}/here"));
+    assert!(out.starts_with("200 solo /here"), "{out}");
+    // Another loopback address of the same port is not served (pods share the ports).
+    let other = Command::new(BIN)
+        .args(["get", &format!("http://127.0.0.1:{p}/"), "--timeout", "1s"])
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+
+    let bad = Command::new(BIN)
+        .args(["serve", "--name", "solo", "--port", &p.to_string()])
+        .env("WEFT_LISTEN_ADDR", "pod-3")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("WEFT_LISTEN_ADDR \"pod-3\" is not an IP address"),
+        "{stderr}"
+    );
+}
