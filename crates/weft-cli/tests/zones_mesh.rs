@@ -72,9 +72,13 @@ macro_rules! require_root {
 }
 
 /// `mesh.yaml`: servers in every zone (the `server` Service) and an idle client per
-/// zone, whose pods `weft load` runs in; every proxy in `mode`.
-fn mesh_yaml(mode: &str, server_replicas: u32) -> String {
-    let mut out = format!("kind: Mesh\nproxy: {{zoneMode: {mode}}}\nworkloads:\n");
+/// zone, whose pods `weft load` runs in; every proxy in `mode`, with `args`.
+fn mesh_yaml(mode: &str, args: &[&str], server_replicas: u32) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    let mut out = format!(
+        "kind: Mesh\nproxy: {{zoneMode: {mode}, args: [{}]}}\nworkloads:\n",
+        args.join(", ")
+    );
     for zone in ZONES {
         let z = zone.trim_start_matches("zone-");
         out.push_str(&format!(
@@ -109,12 +113,17 @@ struct ZoneMesh {
 
 impl ZoneMesh {
     fn up(tag: &str, mode: &str) -> ZoneMesh {
+        Self::up_with(tag, mode, &[])
+    }
+
+    /// A mesh whose proxies also get `args`.
+    fn up_with(tag: &str, mode: &str, args: &[&str]) -> ZoneMesh {
         let prefix = format!("z{tag}{}", std::process::id() % 100_000);
         let base = std::env::temp_dir().join(format!("weft-test-{prefix}"));
         let _ = std::fs::remove_dir_all(&base);
         let dir = base.join("mesh");
         std::fs::create_dir_all(dir.join("faults")).unwrap();
-        std::fs::write(dir.join("mesh.yaml"), mesh_yaml(mode, 2)).unwrap();
+        std::fs::write(dir.join("mesh.yaml"), mesh_yaml(mode, args, 2)).unwrap();
         std::fs::write(dir.join("services.yaml"), SERVICES).unwrap();
         let mut mesh = ZoneMesh {
             state_dir: base.join("state"),
@@ -499,6 +508,33 @@ fn zone_modes_unaware_spreads_and_local_only_stays_in_a_failing_zone() {
         );
         assert_eq!(balanced.failed(), 0);
     }
+    {
+        // Zone-aware with retries off: what the balancer alone does when a zone fails.
+        // Five failures per in-zone endpoint eject them; after that only the probes of
+        // the returning endpoints fail (one each per backoff step, at about 1 s and 3 s).
+        let mesh = ZoneMesh::up_with("r", "aware", &["--retry-limit", "0"]);
+        let _warm = mesh.measure(Duration::from_secs(1), RPS);
+        mesh.fault("zone-a", Some("fail_rate=1"));
+        let failover = mesh.measure(Duration::from_secs(1), RPS);
+        eprint!(
+            "{}",
+            failover.describe("aware, no retries, zone-a failing, first second")
+        );
+        let after = mesh.measure(Duration::from_secs(3), RPS);
+        eprint!(
+            "{}",
+            after.describe("aware, no retries, zone-a failing, after")
+        );
+        let a = failover.client("zone-a");
+        assert!(
+            (5..=12).contains(&a.failed),
+            "{}",
+            failover.describe("first second")
+        );
+        let a = after.client("zone-a");
+        assert!(a.failed <= 4, "{}", after.describe("after the failover"));
+        assert!(a.cross_zone() >= 0.95);
+    }
     let mesh = ZoneMesh::up("l", "local-only");
     let _warm = mesh.measure(Duration::from_secs(1), RPS);
     let balanced = mesh.measure(Duration::from_secs(2), RPS);
@@ -543,12 +579,16 @@ fn bench_zones() {
     let mut table = String::from(
         "| strategy | scenario | cross-zone | cross-zone (zone-a client) | success | p50 | p99 | p99 (zone-a client) | failed in the 1st second |\n|---|---|---|---|---|---|---|---|---|\n",
     );
-    for (tag, mode, name) in [
-        ("bu", "unaware", "zone-unaware P2C"),
-        ("bl", "local-only", "in-zone only (topology hints)"),
-        ("ba", "aware", "weft zone-aware"),
+    // Retries are on (the proxy's default: 2, budget 20 % + 10/s) except in the last row,
+    // which shows what the zone-aware balancer does alone.
+    let no_retries: &[&str] = &["--retry-limit", "0"];
+    for (tag, mode, name, args) in [
+        ("bu", "unaware", "zone-unaware P2C", &[][..]),
+        ("bl", "local-only", "in-zone only (topology hints)", &[]),
+        ("ba", "aware", "weft zone-aware", &[]),
+        ("bn", "aware", "weft zone-aware, retries off", no_retries),
     ] {
-        let mesh = ZoneMesh::up(tag, mode);
+        let mesh = ZoneMesh::up_with(tag, mode, args);
         let _warm = mesh.measure(Duration::from_secs(2), rps);
         let balanced = mesh.measure(window, rps);
         mesh.fault("zone-a", Some("delay=50ms"));
