@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use weft_core::mesh::Mesh;
 
 use super::state::State;
-use super::{sys, LocalArgs};
+use super::{loopback_ip, sys, LocalArgs};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
@@ -40,26 +40,54 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     args.local.validate()?;
     let mut r = Report { failed: 0 };
     println!("weft check: can `weft up` run here?");
-    r.check(
-        cfg!(target_os = "linux") && std::path::Path::new("/proc/self/ns/net").exists(),
-        "Linux with network namespaces",
-        "run on Linux with CONFIG_NET_NS",
-    );
-    r.check(
-        sys::is_root(),
-        "running as root",
-        "run as root (sudo weft up DIR); a no-root fallback is not implemented yet",
-    );
-    for (tool, pkg) in [
-        ("ip", "iproute2"),
-        ("iptables", "iptables"),
-        ("iptables-restore", "iptables"),
-        ("setpriv", "util-linux"),
-    ] {
+    let root = sys::is_root();
+    if root {
         r.check(
-            sys::which(tool).is_some(),
-            &format!("`{tool}` installed"),
-            &format!("apt-get install {pkg} (or scripts/setup)"),
+            cfg!(target_os = "linux") && std::path::Path::new("/proc/self/ns/net").exists(),
+            "Linux with network namespaces",
+            "run on Linux with CONFIG_NET_NS",
+        );
+        r.check(true, "running as root", "");
+        for (tool, pkg) in [
+            ("ip", "iproute2"),
+            ("iptables", "iptables"),
+            ("iptables-restore", "iptables"),
+            ("setpriv", "util-linux"),
+        ] {
+            r.check(
+                sys::which(tool).is_some(),
+                &format!("`{tool}` installed"),
+                &format!("apt-get install {pkg} (or scripts/setup)"),
+            );
+        }
+    } else {
+        println!(
+            "  note  not root: `weft up` will run in loopback mode (pods on 127.18.0.0/16, proxies in explicit mode); skipping the checks for network namespaces, ip, iptables and setpriv (run as root for those)"
+        );
+        let ip = loopback_ip(0, 1);
+        let bound = std::net::TcpListener::bind((ip, 0));
+        r.check(
+            bound.is_ok(),
+            &format!("loopback addresses can be bound ({ip})"),
+            &format!(
+                "the lo interface must hold 127.0.0.0/8 (ip addr show lo): {}",
+                bound.err().map(|e| e.to_string()).unwrap_or_default()
+            ),
+        );
+        let state_dir = args.local.state_dir();
+        // The directory, or the nearest parent it would be made in.
+        let existing = state_dir
+            .ancestors()
+            .find(|d| d.exists())
+            .unwrap_or(std::path::Path::new("/"));
+        let writable = nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK);
+        r.check(
+            writable.is_ok(),
+            &format!("state directory {} is writable", state_dir.display()),
+            &format!(
+                "pass --state-dir (WEFT_STATE_DIR) naming a directory of yours: {}",
+                writable.err().map(|e| e.to_string()).unwrap_or_default()
+            ),
         );
     }
     let proxy = match &args.proxy_bin {
@@ -80,7 +108,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         &format!("weft-controller at {}", controller.display()),
         "cargo build --release -p weft-controller, or pass --controller-bin",
     );
-    if sys::is_root() && sys::which("ip").is_some() {
+    if root && sys::which("ip").is_some() {
         let probe = format!("{}-check-{}", args.local.prefix, std::process::id());
         let nat = sys::run("ip", ["netns", "add", &probe]).and_then(|_| {
             sys::run(
@@ -101,11 +129,13 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         );
     }
     let hub = args.local.hub();
-    r.check(
-        !sys::netns_exists(&hub),
-        &format!("network namespace {hub} is free"),
-        &format!("`weft down` if a mesh is up, else `ip netns delete {hub}`"),
-    );
+    if root {
+        r.check(
+            !sys::netns_exists(&hub),
+            &format!("network namespace {hub} is free"),
+            &format!("`weft down` if a mesh is up, else `ip netns delete {hub}`"),
+        );
+    }
     let state_path = args.local.state_path();
     match State::load(&state_path) {
         Ok(None) => r.check(true, "no mesh recorded as up", ""),

@@ -26,8 +26,9 @@ pub fn run(args: DownArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     };
+    // A loopback mesh (no namespaces) is taken down by the user who made it.
     anyhow::ensure!(
-        sys::is_root(),
+        state.loopback || sys::is_root(),
         "weft down needs root to delete network namespaces and stop the mesh's processes"
     );
     let started = Instant::now();
@@ -49,9 +50,14 @@ pub fn run(args: DownArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "taking down the mesh from {} ({} pods)",
+        "taking down the mesh from {} ({} pods{})",
         state.mesh_dir.display(),
-        state.pods.len()
+        state.pods.len(),
+        if state.loopback {
+            ", loopback mode"
+        } else {
+            ""
+        }
     );
     teardown(&mut state, &path, || {})?;
     println!("mesh down in {:.2}s", started.elapsed().as_secs_f64());
@@ -82,7 +88,7 @@ pub fn teardown(state: &mut State, path: &Path, reap: impl FnMut()) -> anyhow::R
             kept.push(pod);
             continue;
         }
-        if let Err(e) = remove_pod(&pod) {
+        if let Err(e) = remove_pod(&pod, state.loopback) {
             errors.push(format!("{e:#}"));
             kept.push(pod);
         }
@@ -135,8 +141,12 @@ pub fn teardown(state: &mut State, path: &Path, reap: impl FnMut()) -> anyhow::R
 }
 
 /// Deletes a pod's namespace (its veth pair and iptables rules go with it) and files.
-pub fn remove_pod(pod: &PodRecord) -> anyhow::Result<()> {
-    delete_netns(&pod.netns)?;
+/// A loopback pod has no namespace (its `netns` names none; a namespace of that name
+/// would be someone else's).
+pub fn remove_pod(pod: &PodRecord, loopback: bool) -> anyhow::Result<()> {
+    if !loopback {
+        delete_netns(&pod.netns)?;
+    }
     for f in &pod.files {
         remove_path(f)?;
     }

@@ -19,6 +19,15 @@
 //! The bridge lives in its own namespace rather than the root one: nothing appears in
 //! the host's links, routes or firewall (Docker's `FORWARD` policy, `br_netfilter`), and
 //! deleting the hub removes every link at once.
+//!
+//! Loopback mode (without root, or `weft up --loopback`): no namespaces, links, rules or
+//! hosts files. Every pod is an address from 127.18.0.0/16 (Linux lets any user bind
+//! any 127/8 address); its proxy runs in explicit mode on that address, forwards
+//! inbound traffic to the workload's first port, and routes the HTTP requests the app
+//! sends through `HTTP_PROXY` by the endpoints files `weft up` writes (one per
+//! namespace: each Service's names → its ready pods' inbound proxies, so calls are
+//! proxy-to-proxy mTLS). The controller (identity only) runs on the block's first
+//! address. Every process runs as the invoking user.
 
 pub mod check;
 pub mod down;
@@ -48,16 +57,35 @@ pub const POD_PREFIX_LEN: u8 = 15;
 /// The proxy's default opaque ports (as `weft-proxy --help` lists them).
 pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
 
-const NOT_ROOT: &str = "weft up needs root: it creates network namespaces, veth links and \
-iptables rules. Run it as root (e.g. `sudo weft up DIR`). Running without root (every \
-proxy on loopback ports in explicit mode) is planned but not implemented yet.";
+/// Loopback mode: each mesh takes a block of 127.18.0.0/16, `127.18.{16 k}.0/20` for
+/// block `k` (so meshes side by side do not meet); the controller gets the block's
+/// first address and pods the ones after it.
+pub const LOOPBACK_BLOCKS: u8 = 16;
+
+/// Block `k`'s `i`-th address (`i` from 1; at most [`LOOPBACK_BLOCK_SIZE`] - 2).
+pub fn loopback_ip(block: u8, i: u16) -> Ipv4Addr {
+    let n = u32::from(block) * u32::from(LOOPBACK_BLOCK_SIZE) + u32::from(i);
+    Ipv4Addr::new(127, 18, (n >> 8) as u8, n as u8)
+}
+
+/// Addresses per loopback block (a /20).
+pub const LOOPBACK_BLOCK_SIZE: u16 = 4096;
+
+/// What `weft up` says when it runs in loopback mode (`why`: not root, or --loopback).
+pub fn loopback_notice(why: &str) -> String {
+    format!(
+        "{why}: running every pod on loopback addresses (127.18.0.0/16) with proxies in \
+explicit mode; apps must listen on $WEFT_LISTEN_ADDR and send HTTP through $HTTP_PROXY"
+    )
+}
 
 /// Settings shared by `up`, `down` and `check`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LocalArgs {
-    /// Where the state file, the pods file and the logs go.
-    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/run/weft")]
-    pub state_dir: PathBuf,
+    /// Where the state file, the pods file and the logs go [default: /run/weft as root,
+    /// else $XDG_RUNTIME_DIR/weft, or /tmp/weft-{uid} without XDG_RUNTIME_DIR].
+    #[arg(long, env = "WEFT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Prefix of the network namespaces' names (meshes side by side need distinct
     /// prefixes and state directories).
     #[arg(long, env = "WEFT_PREFIX", default_value = "wf")]
@@ -65,8 +93,21 @@ pub struct LocalArgs {
 }
 
 impl LocalArgs {
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        if sys::is_root() {
+            return PathBuf::from("/run/weft");
+        }
+        match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("weft"),
+            _ => std::env::temp_dir().join(format!("weft-{}", nix::unistd::geteuid())),
+        }
+    }
+
     pub fn state_path(&self) -> PathBuf {
-        self.state_dir.join("state.json")
+        self.state_dir().join("state.json")
     }
 
     pub fn hub(&self) -> String {

@@ -120,7 +120,8 @@ pub struct PodRecord {
     pub namespace: String,
     pub index: u32,
     pub zone: Option<String>,
-    /// The network namespace.
+    /// The network namespace; in loopback mode no namespace exists and this is only
+    /// the pod's key (`{prefix}-{name}`).
     pub netns: String,
     pub ip: Ipv4Addr,
     /// The veth end in the hub namespace (the pod's end is `eth0`).
@@ -145,6 +146,10 @@ pub struct State {
     pub version: u32,
     pub mesh_dir: PathBuf,
     pub prefix: String,
+    /// Loopback mode (no root): pods are loopback addresses, not network namespaces,
+    /// so there are no namespaces, links, rules or hosts files to remove.
+    #[serde(default)]
+    pub loopback: bool,
     /// The hub namespace holding the bridge (recorded before it is made).
     pub hub: Option<String>,
     /// `weft up` itself while it runs in the foreground.
@@ -167,6 +172,7 @@ impl State {
             version: STATE_VERSION,
             mesh_dir: mesh_dir.to_owned(),
             prefix: prefix.to_owned(),
+            loopback: false,
             hub: None,
             owner: None,
             controller: None,

@@ -84,23 +84,34 @@ pub fn netns_exists(ns: &str) -> bool {
     netns_path(ns).exists()
 }
 
-/// Runs `f()` to completion inside the network namespace `ns`, on a new OS thread that
-/// enters it and builds a current-thread runtime. Gives up after `limit`.
-pub fn in_netns<F, Fut, T>(ns: &str, limit: Duration, f: F) -> anyhow::Result<T>
+/// Runs `f()` to completion inside the network namespace `ns` (with `None`, loopback
+/// mode, in this process's own), on a new OS thread that enters it and builds a
+/// current-thread runtime. Gives up after `limit`.
+pub fn in_netns<F, Fut, T>(ns: Option<&str>, limit: Duration, f: F) -> anyhow::Result<T>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
-    let ns = ns.to_owned();
+    let ns = ns.map(str::to_owned);
+    let place = ns
+        .as_deref()
+        .map_or("this network namespace".to_owned(), |ns| {
+            format!("network namespace {ns}")
+        });
     let thread = std::thread::Builder::new()
-        .name(format!("netns {ns}"))
+        .name(
+            ns.as_deref()
+                .map_or("local".into(), |ns| format!("netns {ns}")),
+        )
         .spawn(move || -> anyhow::Result<T> {
-            let path = netns_path(&ns);
-            let file =
-                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("cannot enter network namespace {ns}"))?;
+            if let Some(ns) = &ns {
+                let path = netns_path(ns);
+                let file =
+                    File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+                setns(&file, CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("cannot enter network namespace {ns}"))?;
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -108,7 +119,7 @@ where
             rt.block_on(async move {
                 tokio::time::timeout(limit, f())
                     .await
-                    .map_err(|_| anyhow!("work in network namespace {ns} took over {limit:?}"))
+                    .map_err(|_| anyhow!("work in {place} took over {limit:?}"))
             })
         })
         .context("cannot start a thread")?;

@@ -17,8 +17,9 @@ use weft_core::prom::Scrape;
 
 use super::state::{PodRecord, ProcRecord, State, VipRecord};
 use super::{
-    pod_name, sys, LocalArgs, ADMIN_PORT, BRIDGE, CONTROLLER_ADMIN_PORT, CONTROLLER_PORT,
-    DEFAULT_OPAQUE_PORTS, HUB_IP, INBOUND_PORT, NOT_ROOT, OUTBOUND_PORT, POD_PREFIX_LEN, PROXY_UID,
+    loopback_ip, loopback_notice, pod_name, sys, LocalArgs, ADMIN_PORT, BRIDGE,
+    CONTROLLER_ADMIN_PORT, CONTROLLER_PORT, DEFAULT_OPAQUE_PORTS, HUB_IP, INBOUND_PORT,
+    LOOPBACK_BLOCKS, LOOPBACK_BLOCK_SIZE, OUTBOUND_PORT, POD_PREFIX_LEN, PROXY_UID,
 };
 use crate::{fetch, stat};
 
@@ -28,6 +29,21 @@ const WATCH_EVERY: Duration = Duration::from_millis(300);
 /// it every 20 ms and streams the change; bench/local-mesh measures the rest), with a
 /// wide margin: pods leaving are stopped only after it.
 const PROPAGATION: Duration = Duration::from_millis(300);
+/// The same in loopback mode, where proxies poll their endpoints file every 200 ms.
+const LOOPBACK_PROPAGATION: Duration = Duration::from_millis(450);
+/// Proxy settings a workload's process would otherwise inherit from `weft up`'s
+/// environment; weft up sets its own in loopback mode and none with namespaces (where
+/// iptables takes the app's traffic to its proxy).
+const PROXY_ENV: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
 /// Time a process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -59,6 +75,17 @@ pub struct UpArgs {
     /// Proxy log filter (tracing syntax).
     #[arg(long, default_value = "info")]
     proxy_log: String,
+    /// Loopback mode even as root (without root it is the only mode): every pod is an
+    /// address from 127.18.0.0/16 instead of a network namespace, its proxy runs in
+    /// explicit mode there, and its app must listen on $WEFT_LISTEN_ADDR and send HTTP
+    /// through $HTTP_PROXY. No namespaces, iptables rules or hosts files are made.
+    #[arg(long, env = "WEFT_LOOPBACK")]
+    loopback: bool,
+    /// Loopback mode: the block of 127.18.0.0/16 the mesh uses, 0-15 (block N is
+    /// 127.18.{16N}.0/20: the controller on its first address, pods after it)
+    /// [default: the first block whose controller address is free].
+    #[arg(long, env = "WEFT_LOOPBACK_BLOCK", value_parser = clap::value_parser!(u8).range(0..16))]
+    loopback_block: Option<u8>,
     #[command(flatten)]
     local: LocalArgs,
 }
@@ -74,8 +101,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for w in &mesh.warnings {
         eprintln!("warning: {w}");
     }
-    if !sys::is_root() {
-        bail!("{NOT_ROOT}");
+    let loopback = args.loopback || !sys::is_root();
+    if loopback {
+        println!(
+            "{}",
+            loopback_notice(if args.loopback {
+                "--loopback"
+            } else {
+                "not root"
+            })
+        );
+        for w in loopback_warnings(&mesh) {
+            eprintln!("warning: {w}");
+        }
     }
     let proxy_src = match &args.proxy_bin {
         Some(p) => p.clone(),
@@ -85,10 +123,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("weft-controller"),
     };
-    preflight(&args.local, &proxy_src, &controller_bin)?;
+    preflight(&args.local, &proxy_src, &controller_bin, loopback)?;
+    let block = if loopback {
+        Some(loopback_block(args.loopback_block)?)
+    } else {
+        None
+    };
 
     let started = Instant::now();
-    let mut runner = Runner::create(&args, &dir, mesh, &proxy_src, &controller_bin)?;
+    let mut runner = Runner::create(&args, &dir, mesh, &proxy_src, &controller_bin, block)?;
     let result = runner.start_all(args.timeout).await;
     if let Err(e) = result {
         eprintln!("weft up failed: {e:#}\ntaking down what was started");
@@ -100,7 +143,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "mesh up in {:.2}s: {} pods, {} services",
         elapsed.as_secs_f64(),
         runner.state.pods.len(),
-        runner.state.services.len()
+        runner.mesh.services.len()
     );
     if args.detach {
         runner.state.owner = None;
@@ -116,8 +159,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// Checks that must pass before anything is created.
-fn preflight(local: &LocalArgs, proxy_bin: &Path, controller_bin: &Path) -> anyhow::Result<()> {
-    for tool in ["ip", "iptables-restore", "setpriv"] {
+fn preflight(
+    local: &LocalArgs,
+    proxy_bin: &Path,
+    controller_bin: &Path,
+    loopback: bool,
+) -> anyhow::Result<()> {
+    let tools: &[&str] = if loopback {
+        &[]
+    } else {
+        &["ip", "iptables-restore", "setpriv"]
+    };
+    for tool in tools {
         if sys::which(tool).is_none() {
             bail!("`{tool}` is not installed (run `weft check` for what to install)");
         }
@@ -148,10 +201,58 @@ fn preflight(local: &LocalArgs, proxy_bin: &Path, controller_bin: &Path) -> anyh
         }
     }
     let hub = local.hub();
-    if sys::netns_exists(&hub) {
+    if !loopback && sys::netns_exists(&hub) {
         bail!("network namespace {hub} exists but no state records it: remove it with `ip netns delete {hub}` (or use another --prefix)");
     }
     Ok(())
+}
+
+/// Whether the controller of loopback block `block` could listen (nothing else does).
+fn loopback_block_free(block: u8) -> bool {
+    let ip = loopback_ip(block, 1);
+    [CONTROLLER_PORT, CONTROLLER_ADMIN_PORT]
+        .iter()
+        .all(|port| std::net::TcpListener::bind((ip, *port)).is_ok())
+}
+
+/// The loopback block to use: the one asked for if it is free, else the first free one.
+fn loopback_block(asked: Option<u8>) -> anyhow::Result<u8> {
+    match asked {
+        Some(block) if loopback_block_free(block) => Ok(block),
+        Some(block) => bail!(
+            "loopback block {block} is in use ({}:{CONTROLLER_PORT} or :{CONTROLLER_ADMIN_PORT} cannot be bound): another mesh runs there; take another --loopback-block (0-{})",
+            loopback_ip(block, 1),
+            LOOPBACK_BLOCKS - 1
+        ),
+        None => (0..LOOPBACK_BLOCKS).find(|b| loopback_block_free(*b)).ok_or_else(|| {
+            anyhow!(
+                "every loopback block (127.18.0.0/16, {LOOPBACK_BLOCKS} meshes) is in use: `weft down` a mesh first"
+            )
+        }),
+    }
+}
+
+/// What loopback mode cannot do for this mesh: a Service port that targets another
+/// port than its workload's first (inbound traffic goes to the first port only).
+fn loopback_warnings(mesh: &Mesh) -> Vec<String> {
+    let mut out = Vec::new();
+    for svc in &mesh.services {
+        for port in &svc.ports {
+            for w in mesh.backends(svc) {
+                let (Some(target), Some(first)) = (w.resolve(&port.target_port), w.ports.first())
+                else {
+                    continue;
+                };
+                if target != first.port {
+                    out.push(format!(
+                        "Service {}/{} port {} targets port {target} of workload {}, but in loopback mode a pod's inbound traffic goes to its first port ({})",
+                        svc.namespace, svc.name, port.port, w.name, first.port
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Fixed paths and settings of one `weft up`.
@@ -161,6 +262,10 @@ struct Paths {
     log_dir: PathBuf,
     /// Where pods run and the Services' VIPs, for the controller (see [`PodsFile`]).
     pods_file: PathBuf,
+    /// Loopback mode: the proxies' endpoints files, `{dir}/{namespace}.yaml`.
+    endpoints_dir: PathBuf,
+    /// Loopback mode: the block of 127.18.0.0/16 in use (`None`: network namespaces).
+    loopback: Option<u8>,
     proxy_bin: PathBuf,
     controller_bin: PathBuf,
     /// Trust anchor and issuer, made fresh for every `weft up`.
@@ -199,9 +304,10 @@ impl Runner {
         mesh: Mesh,
         proxy_src: &Path,
         controller_bin: &Path,
+        loopback: Option<u8>,
     ) -> anyhow::Result<Runner> {
         let local = &args.local;
-        let state_dir = local.state_dir.clone();
+        let state_dir = local.state_dir();
         let exe_dir = std::env::current_exe()?
             .parent()
             .map(Path::to_owned)
@@ -214,7 +320,13 @@ impl Runner {
             state_path: local.state_path(),
             log_dir: state_dir.join("logs"),
             pods_file: std::path::absolute(state_dir.join("pods.yaml"))?,
-            proxy_bin: state_dir.join("bin").join("weft-proxy"),
+            endpoints_dir: std::path::absolute(state_dir.join("endpoints"))?,
+            loopback,
+            // Loopback mode runs the proxies as this user, who can run the build.
+            proxy_bin: match loopback {
+                Some(_) => proxy_src.to_owned(),
+                None => state_dir.join("bin").join("weft-proxy"),
+            },
             controller_bin: controller_bin.to_owned(),
             identity_dir: state_dir.join("identity"),
             tokens_dir: state_dir.join("tokens"),
@@ -229,8 +341,21 @@ impl Runner {
         let created_dir = !paths.state_dir.exists();
         std::fs::create_dir_all(&paths.state_dir)
             .with_context(|| format!("cannot create {}", paths.state_dir.display()))?;
+        {
+            // A shared directory (the /tmp default without root) that another user
+            // made could be theirs to read and change.
+            use std::os::unix::fs::MetadataExt as _;
+            let owner = std::fs::metadata(&paths.state_dir)?.uid();
+            let me = nix::unistd::geteuid().as_raw();
+            anyhow::ensure!(
+                owner == me,
+                "state directory {} belongs to UID {owner}, not to you (UID {me}): pass another --state-dir",
+                paths.state_dir.display()
+            );
+        }
         set_mode(&paths.state_dir, 0o755)?;
         let mut state = State::new(dir, &local.prefix);
+        state.loopback = loopback.is_some();
         state.owner = Some(ProcRecord::of("weft-up", std::process::id(), None));
         if created_dir {
             state.files.push(paths.state_dir.clone());
@@ -281,7 +406,8 @@ impl Runner {
         self.write_tokens()?;
 
         let td = self.mesh.trust_domain.clone();
-        let argv = vec![
+        let ip = self.controller_ip();
+        let mut argv = vec![
             self.paths.controller_bin.display().to_string(),
             "--identity-dir".into(),
             identity_dir.display().to_string(),
@@ -292,26 +418,33 @@ impl Runner {
             "--cert-lifetime".into(),
             humantime::format_duration(self.paths.cert_lifetime).to_string(),
             "--listen".into(),
-            SocketAddr::from((HUB_IP, CONTROLLER_PORT)).to_string(),
+            SocketAddr::from((ip, CONTROLLER_PORT)).to_string(),
             "--admin-listen".into(),
-            SocketAddr::from((HUB_IP, CONTROLLER_ADMIN_PORT)).to_string(),
-            // The destination service: Services and workloads from the mesh directory,
-            // where their pods run from the pods file.
-            "--mesh-dir".into(),
-            self.paths.mesh_dir.display().to_string(),
-            "--pods-file".into(),
-            self.paths.pods_file.display().to_string(),
+            SocketAddr::from((ip, CONTROLLER_ADMIN_PORT)).to_string(),
         ];
-        let hub = self.paths.hub.clone();
+        if self.paths.loopback.is_none() {
+            // The destination service: Services and workloads from the mesh directory,
+            // where their pods run from the pods file. (Loopback proxies read endpoints
+            // files instead: the destination service would give them the apps' ports
+            // and the calls would bypass the callee's proxy.)
+            argv.extend([
+                "--mesh-dir".into(),
+                self.paths.mesh_dir.display().to_string(),
+                "--pods-file".into(),
+                self.paths.pods_file.display().to_string(),
+            ]);
+        }
+        let hub = self.hub_netns();
         let log = self.paths.log_dir.join("controller.log");
-        let record = self.start_process(&hub, "controller", &argv, &[], log)?;
+        let record = self.start_process(hub.as_deref(), "controller", &argv, &[], log)?;
         self.state.controller = Some(record.clone());
         self.save()?;
 
         let started = Instant::now();
         let ready = tokio::task::spawn_blocking(move || {
-            sys::in_netns(&hub, timeout + Duration::from_secs(1), move || async move {
-                let admin = SocketAddr::from((HUB_IP, CONTROLLER_ADMIN_PORT));
+            let limit = timeout + Duration::from_secs(1);
+            sys::in_netns(hub.as_deref(), limit, move || async move {
+                let admin = SocketAddr::from((ip, CONTROLLER_ADMIN_PORT));
                 let deadline = tokio::time::Instant::now() + timeout;
                 loop {
                     if !record.is_running() {
@@ -339,7 +472,7 @@ impl Runner {
             );
         }
         self.event(format!(
-            "controller ready   {HUB_IP}:{CONTROLLER_PORT}  trust domain {}  {:.2}s",
+            "controller ready   {ip}:{CONTROLLER_PORT}  trust domain {}  {:.2}s",
             self.mesh.trust_domain,
             started.elapsed().as_secs_f64()
         ));
@@ -372,6 +505,10 @@ impl Runner {
             if let Some(ns_dir) = path.parent() {
                 set_mode(ns_dir, 0o755)?;
             }
+            if self.paths.loopback.is_some() {
+                // The proxies run as this user, who owns the token already.
+                continue;
+            }
             let uid = nix::unistd::Uid::from_raw(PROXY_UID);
             let gid = nix::unistd::Gid::from_raw(PROXY_UID);
             nix::unistd::chown(&path, Some(uid), Some(gid))
@@ -384,7 +521,54 @@ impl Runner {
         self.state.save(&self.paths.state_path)
     }
 
+    /// The controller's address: the hub's, or the loopback block's first.
+    fn controller_ip(&self) -> Ipv4Addr {
+        match self.paths.loopback {
+            Some(block) => loopback_ip(block, 1),
+            None => HUB_IP,
+        }
+    }
+
+    /// The hub namespace, `None` in loopback mode.
+    fn hub_netns(&self) -> Option<String> {
+        self.paths
+            .loopback
+            .is_none()
+            .then(|| self.paths.hub.clone())
+    }
+
+    /// A pod's network namespace, `None` in loopback mode (`key` is the pod's key).
+    fn pod_netns<'a>(&self, key: &'a str) -> Option<&'a str> {
+        self.paths.loopback.is_none().then_some(key)
+    }
+
+    /// How long to wait, after pods left the endpoints, before they are stopped.
+    fn propagation(&self) -> Duration {
+        match self.paths.loopback {
+            Some(_) => LOOPBACK_PROPAGATION,
+            None => PROPAGATION,
+        }
+    }
+
+    /// Loopback mode: log and endpoints directories; no namespaces, no proxy copy.
+    fn create_loopback_base(&mut self) -> anyhow::Result<()> {
+        let (log_dir, endpoints_dir) =
+            (self.paths.log_dir.clone(), self.paths.endpoints_dir.clone());
+        self.state
+            .files
+            .extend([log_dir.clone(), endpoints_dir.clone()]);
+        self.save()?;
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("cannot create {}", log_dir.display()))?;
+        std::fs::create_dir_all(&endpoints_dir)
+            .with_context(|| format!("cannot create {}", endpoints_dir.display()))?;
+        self.write_pods()
+    }
+
     fn create_base(&mut self, proxy_src: &Path) -> anyhow::Result<()> {
+        if self.paths.loopback.is_some() {
+            return self.create_loopback_base();
+        }
         let p = &self.paths;
         let (log_dir, bin_dir, pods_file) = (
             p.log_dir.clone(),
@@ -469,6 +653,16 @@ impl Runner {
 
     fn alloc_ip(&self) -> anyhow::Result<Ipv4Addr> {
         let used: HashSet<Ipv4Addr> = self.state.pods.iter().map(|p| p.ip).collect();
+        if let Some(block) = self.paths.loopback {
+            // Skipping addresses whose proxy port something else holds (a mesh left
+            // running by a killed weft up whose controller is gone).
+            return (2..LOOPBACK_BLOCK_SIZE - 1)
+                .map(|i| loopback_ip(block, i))
+                .find(|ip| {
+                    !used.contains(ip) && std::net::TcpListener::bind((*ip, INBOUND_PORT)).is_ok()
+                })
+                .ok_or_else(|| anyhow!("no pod address left in 127.18.0.0/16 block {block}"));
+        }
         (2..=u16::MAX)
             .map(|i| Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8))
             .find(|ip| ip.octets()[3] != 0 && ip.octets()[3] != 255 && !used.contains(ip))
@@ -518,6 +712,23 @@ impl Runner {
     fn create_pod(&mut self, w: &Workload, index: u32) -> anyhow::Result<String> {
         let name = pod_name(w, index);
         let netns = format!("{}-{name}", self.paths.prefix);
+        if self.paths.loopback.is_some() {
+            // Only an address: nothing to make but the record.
+            self.state.pods.push(PodRecord {
+                name,
+                workload: w.name.clone(),
+                namespace: w.namespace.clone(),
+                index,
+                zone: w.zone.clone(),
+                netns: netns.clone(),
+                ip: self.alloc_ip()?,
+                link: String::new(),
+                files: Vec::new(),
+                procs: Vec::new(),
+            });
+            self.save()?;
+            return Ok(netns);
+        }
         let etc = Path::new("/etc/netns").join(&netns);
         if sys::netns_exists(&netns) {
             bail!("network namespace {netns} exists but was not made by this weft up: remove it with `ip netns delete {netns}`");
@@ -587,13 +798,37 @@ impl Runner {
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let mut proxy = vec![
-            self.paths.proxy_bin.display().to_string(),
-            "--mode".into(),
-            "transparent".into(),
-            // Endpoints from the controller's destination service.
-            "--destination".into(),
-            SocketAddr::from((HUB_IP, CONTROLLER_PORT)).to_string(),
+        let controller = SocketAddr::from((self.controller_ip(), CONTROLLER_PORT)).to_string();
+        let mut proxy = vec![self.paths.proxy_bin.display().to_string()];
+        match self.paths.loopback {
+            None => proxy.extend([
+                "--mode".into(),
+                "transparent".into(),
+                // Endpoints from the controller's destination service.
+                "--destination".into(),
+                controller.clone(),
+            ]),
+            Some(_) => {
+                // Inbound traffic goes to the workload's first port (a workload
+                // without ports gets none: nothing listens on port 9).
+                let forward = w.ports.first().map_or(9, |p| p.port);
+                proxy.extend([
+                    "--mode".into(),
+                    "explicit".into(),
+                    "--endpoints".into(),
+                    self.endpoints_path(&w.namespace).display().to_string(),
+                    "--inbound-listen".into(),
+                    SocketAddr::from((ip, INBOUND_PORT)).to_string(),
+                    "--outbound-listen".into(),
+                    SocketAddr::from((ip, OUTBOUND_PORT)).to_string(),
+                    "--admin-listen".into(),
+                    SocketAddr::from((ip, ADMIN_PORT)).to_string(),
+                    "--inbound-forward".into(),
+                    SocketAddr::from((ip, forward)).to_string(),
+                ]);
+            }
+        }
+        proxy.extend([
             "--namespace".into(),
             w.namespace.clone(),
             "--deployment".into(),
@@ -612,7 +847,7 @@ impl Runner {
                 .display()
                 .to_string(),
             "--controller".into(),
-            SocketAddr::from((HUB_IP, CONTROLLER_PORT)).to_string(),
+            controller,
             "--identity-token".into(),
             weft_controller::identity::token_path(
                 &self.paths.tokens_dir,
@@ -627,22 +862,28 @@ impl Runner {
             "2s".into(),
             "--log".into(),
             self.paths.proxy_log.clone(),
-        ];
+        ]);
         if let Some(zone) = &w.zone {
             // Zone-aware balancing: the proxy prefers endpoints of its own zone.
             proxy.extend(["--zone".to_owned(), zone.clone()]);
         }
         // mesh.yaml's `proxy:` settings (zone mode, extra flags), after ours.
         proxy.extend(w.proxy.flags());
-        let uid = PROXY_UID.to_string();
-        let mut argv = vec![
-            "setpriv".to_owned(),
-            format!("--reuid={uid}"),
-            format!("--regid={uid}"),
-            "--clear-groups".into(),
-            "--".into(),
-        ];
-        argv.append(&mut proxy);
+        let argv = match self.paths.loopback {
+            Some(_) => proxy,
+            None => {
+                let uid = PROXY_UID.to_string();
+                let mut argv = vec![
+                    "setpriv".to_owned(),
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".into(),
+                    "--".into(),
+                ];
+                argv.append(&mut proxy);
+                argv
+            }
+        };
         self.spawn(&netns, "proxy", &argv, &[("NO_COLOR".into(), "1".into())])?;
 
         let mut env: Vec<(String, String)> = vec![
@@ -653,6 +894,18 @@ impl Runner {
             ("WEFT_SERVICE_ACCOUNT".into(), w.service_account.clone()),
             ("WEFT_ZONE".into(), w.zone.clone().unwrap_or_default()),
         ];
+        if self.paths.loopback.is_some() {
+            // No iptables: the app listens on its pod's address and sends HTTP to its
+            // proxy itself, which resolves Service names.
+            let proxy = format!("http://{}", SocketAddr::from((ip, OUTBOUND_PORT)));
+            env.extend([
+                ("WEFT_LISTEN_ADDR".into(), ip.to_string()),
+                ("HTTP_PROXY".into(), proxy.clone()),
+                ("http_proxy".into(), proxy),
+                ("NO_PROXY".into(), "localhost,127.0.0.1,::1".into()),
+                ("no_proxy".into(), "localhost,127.0.0.1,::1".into()),
+            ]);
+        }
         env.extend(w.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.spawn(&netns, "app", &w.command, &env)
     }
@@ -673,7 +926,7 @@ impl Runner {
             .find(|p| p.netns == netns)
             .expect("recorded pod");
         let log = self.paths.log_dir.join(format!("{}.{role}.log", pod.name));
-        let record = self.start_process(netns, role, argv, env, log)?;
+        let record = self.start_process(self.pod_netns(netns), role, argv, env, log)?;
         let pod = self
             .state
             .pods
@@ -684,11 +937,11 @@ impl Runner {
         self.save()
     }
 
-    /// Starts `argv` in `netns` (see [`Runner::spawn`]) and returns its record; the
-    /// caller records it in the state.
+    /// Starts `argv` in `netns` (see [`Runner::spawn`]; directly in loopback mode) and
+    /// returns its record; the caller records it in the state.
     fn start_process(
         &mut self,
-        netns: &str,
+        netns: Option<&str>,
         role: &str,
         argv: &[String],
         env: &[(String, String)],
@@ -696,9 +949,21 @@ impl Runner {
     ) -> anyhow::Result<ProcRecord> {
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns])
-            .args(argv)
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| anyhow!("{role}: empty command"))?;
+        let mut cmd = match netns {
+            Some(netns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", netns, program]);
+                cmd
+            }
+            None => Command::new(program),
+        };
+        for var in PROXY_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.args(args)
             .env("PATH", &self.paths.path_env)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.paths.mesh_dir)
@@ -706,9 +971,10 @@ impl Runner {
             .stdout(file.try_clone()?)
             .stderr(file)
             .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {} in {netns}", argv.join(" ")))?;
+        let child = cmd.spawn().with_context(|| match netns {
+            Some(netns) => format!("cannot start {} in {netns}", argv.join(" ")),
+            None => format!("cannot start {}", argv.join(" ")),
+        })?;
         let pid = child.id();
         self.children.insert(pid, child);
         Ok(ProcRecord::of(role, pid, Some(log)))
@@ -782,10 +1048,113 @@ impl Runner {
         }
     }
 
-    /// Writes the pods file atomically (the controller reloads it when it changes).
+    /// Writes the pods file atomically (the controller reloads it when it changes); in
+    /// loopback mode the endpoints files instead.
     fn write_pods(&self) -> anyhow::Result<()> {
+        if self.paths.loopback.is_some() {
+            return self.write_endpoints();
+        }
         self.pods_file().write(&self.paths.pods_file)?;
         set_mode(&self.paths.pods_file, 0o644)?;
+        Ok(())
+    }
+
+    /// Loopback mode: the endpoints file of the proxies of `namespace`'s pods.
+    fn endpoints_path(&self, namespace: &str) -> PathBuf {
+        self.paths.endpoints_dir.join(format!("{namespace}.yaml"))
+    }
+
+    /// Loopback mode: the endpoints file of `namespace`'s proxies. Every Service port is
+    /// a service named by its authorities (`{svc}.{ns}.svc.cluster.local:{port}`,
+    /// `{svc}.{ns}.svc:{port}`, `{svc}.{ns}:{port}`, and `{svc}:{port}` for Services of
+    /// `namespace`) whose endpoints are its ready pods' inbound proxies (`IP:4143`, with
+    /// zone and identity): calls go proxy to proxy over mTLS, and the callee's proxy
+    /// hands them to its app. Service ports without a ready pod are left out.
+    fn endpoints_yaml(&self, namespace: &str) -> String {
+        let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
+        let mut entries = String::new();
+        let mut listed = false;
+        for svc in &self.mesh.services {
+            for port in &svc.ports {
+                let mut endpoints = Vec::new();
+                for w in self.mesh.backends(svc) {
+                    if w.resolve(&port.target_port).is_none() {
+                        continue;
+                    }
+                    let identity = w.identity(&self.mesh.trust_domain).to_string();
+                    for pod in self.state.pods.iter().filter(|p| {
+                        p.workload == w.name
+                            && p.namespace == w.namespace
+                            && self.published.contains(&p.netns)
+                    }) {
+                        let mut e = format!(
+                            "{{addr: {}, identity: {}",
+                            q(&SocketAddr::from((pod.ip, INBOUND_PORT)).to_string()),
+                            q(&identity)
+                        );
+                        if let Some(zone) = &pod.zone {
+                            let _ = write!(e, ", zone: {}", q(zone));
+                        }
+                        e.push('}');
+                        endpoints.push(e);
+                    }
+                }
+                let (n, ns, p) = (&svc.name, &svc.namespace, port.port);
+                if endpoints.is_empty() {
+                    let _ = writeln!(entries, "  # {n}.{ns} port {p}: no ready endpoints");
+                    continue;
+                }
+                let mut authorities = vec![
+                    format!("{n}.{ns}.svc.cluster.local:{p}"),
+                    format!("{n}.{ns}.svc:{p}"),
+                    format!("{n}.{ns}:{p}"),
+                ];
+                if *ns == namespace {
+                    authorities.push(format!("{n}:{p}"));
+                }
+                let authorities: Vec<String> = authorities.iter().map(|a| q(a)).collect();
+                listed = true;
+                let _ = writeln!(
+                    entries,
+                    "  - name: {}\n    authorities: [{}]\n    endpoints:\n      - {}",
+                    q(n),
+                    authorities.join(", "),
+                    endpoints.join("\n      - ")
+                );
+            }
+        }
+        let mut out = format!(
+            "# written by weft up (loopback mode): the Services as namespace {namespace}'s proxies name them, and their ready pods' inbound proxies\n"
+        );
+        // Only comments (or nothing) below `services:` would be a null, not a list.
+        out.push_str(if listed {
+            "services:\n"
+        } else {
+            "services: []\n"
+        });
+        out.push_str(&entries);
+        out
+    }
+
+    /// Loopback mode: writes every namespace's endpoints file atomically (the proxies
+    /// reload it within 200 ms of a change).
+    fn write_endpoints(&self) -> anyhow::Result<()> {
+        let mut namespaces: Vec<&str> = self
+            .mesh
+            .workloads
+            .iter()
+            .map(|w| w.namespace.as_str())
+            .collect();
+        namespaces.sort();
+        namespaces.dedup();
+        for ns in namespaces {
+            let path = self.endpoints_path(ns);
+            let tmp = path.with_extension("yaml.tmp");
+            std::fs::write(&tmp, self.endpoints_yaml(ns))
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         Ok(())
     }
 
@@ -804,8 +1173,9 @@ impl Runner {
                 .workload(&pod.namespace, &pod.workload)
                 .map(|w| w.ports.iter().map(|p| p.port).collect())
                 .unwrap_or_default();
+            let loopback = self.paths.loopback.is_some();
             tasks.spawn_blocking(move || {
-                let result = pod_ready(&pod, &ports, timeout);
+                let result = pod_ready(&pod, &ports, timeout, loopback);
                 (pod, result)
             });
         }
@@ -890,7 +1260,7 @@ impl Runner {
             };
             self.state.pods[i].procs.clear();
             let pod = self.state.pods[i].clone();
-            match super::down::remove_pod(&pod) {
+            match super::down::remove_pod(&pod, self.state.loopback) {
                 Ok(()) => {
                     self.state.pods.remove(i);
                     self.ready.remove(netns);
@@ -918,9 +1288,16 @@ impl Runner {
 
     /// A table of pods and Services.
     fn describe(&self) -> String {
+        let loopback = self.paths.loopback.is_some();
         let mut out = format!(
             "\n{:<22} {:<10} {:<10} {:<8} {:<14} {:<6} {}\n",
-            "POD", "WORKLOAD", "NAMESPACE", "ZONE", "IP", "STATUS", "NETNS"
+            "POD",
+            "WORKLOAD",
+            "NAMESPACE",
+            "ZONE",
+            "IP",
+            "STATUS",
+            if loopback { "PROXY" } else { "NETNS" }
         );
         for p in &self.state.pods {
             let status = if !p.procs.iter().all(ProcRecord::is_running) {
@@ -939,7 +1316,11 @@ impl Runner {
                 p.zone.as_deref().unwrap_or("-"),
                 p.ip,
                 status,
-                p.netns
+                if loopback {
+                    format!("http://{}:{OUTBOUND_PORT}", p.ip)
+                } else {
+                    p.netns.clone()
+                }
             );
         }
         let _ = writeln!(
@@ -976,12 +1357,23 @@ impl Runner {
                 ports.join(",")
             );
         }
-        let _ = writeln!(
-            out,
-            "\ncontroller: {HUB_IP}:{CONTROLLER_PORT} (identity: mTLS for every pod; destinations: endpoints for every proxy; admin :{CONTROLLER_ADMIN_PORT})\nlogs: {}   state: {}",
-            self.paths.log_dir.display(),
-            self.paths.state_path.display()
-        );
+        if loopback {
+            let _ = writeln!(
+                out,
+                "\ncontroller: {}:{CONTROLLER_PORT} (identity: mTLS for every pod; admin :{CONTROLLER_ADMIN_PORT})\nendpoints: {} (loopback mode: every Service's ready pods, by name, for the proxies)\nlogs: {}   state: {}",
+                self.controller_ip(),
+                self.paths.endpoints_dir.display(),
+                self.paths.log_dir.display(),
+                self.paths.state_path.display()
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "\ncontroller: {HUB_IP}:{CONTROLLER_PORT} (identity: mTLS for every pod; destinations: endpoints for every proxy; admin :{CONTROLLER_ADMIN_PORT})\nlogs: {}   state: {}",
+                self.paths.log_dir.display(),
+                self.paths.state_path.display()
+            );
+        }
         if let Some(p) = self.state.pods.first() {
             // A Service the first pod does not serve itself, to call across the mesh.
             let svc = self
@@ -995,6 +1387,17 @@ impl Runner {
             });
             let weft = std::env::current_exe().unwrap_or_else(|_| "weft".into());
             let app = weft.with_file_name("weft-demo-app");
+            if loopback {
+                let _ = writeln!(
+                    out,
+                    "call as a pod:    HTTP_PROXY=http://{}:{OUTBOUND_PORT} {} get {url}\nmetrics:          {} stat --admin {}:{ADMIN_PORT}",
+                    p.ip,
+                    app.display(),
+                    weft.display(),
+                    p.ip
+                );
+                return out;
+            }
             let _ = writeln!(
                 out,
                 "call from a pod:  ip netns exec {} {} get {url}\nmetrics:          ip netns exec {} {} stat --admin {}:{ADMIN_PORT}",
@@ -1090,9 +1493,9 @@ impl Runner {
             .iter()
             .map(|p| (p.netns.clone(), SocketAddr::from((p.ip, ADMIN_PORT))))
             .collect();
-        let hub = self.paths.hub.clone();
+        let hub = self.hub_netns();
         tokio::task::spawn_blocking(move || {
-            sys::in_netns(&hub, Duration::from_secs(5), move || async move {
+            sys::in_netns(hub.as_deref(), Duration::from_secs(5), move || async move {
                 let mut set = tokio::task::JoinSet::new();
                 for (netns, addr) in targets {
                     set.spawn(async move {
@@ -1149,7 +1552,7 @@ impl Runner {
             "weft up {} — {} pods, {} services — Ctrl-C stops the mesh",
             self.paths.mesh_dir.display(),
             self.state.pods.len(),
-            self.state.services.len()
+            self.mesh.services.len()
         );
         out.push_str(&self.describe());
         out.push('\n');
@@ -1179,6 +1582,10 @@ impl Runner {
         }
         // New service accounts need their tokens before their proxies start.
         self.write_tokens()?;
+        if self.paths.loopback.is_some() {
+            // New namespaces' proxies need their endpoints file before they start.
+            self.write_pods()?;
+        }
         // Pods of workloads removed or changed (other than in replicas) go first.
         let changed: Vec<String> = self
             .state
@@ -1205,7 +1612,7 @@ impl Runner {
             ));
             self.remove_pods(&changed)?;
         }
-        let services_changed = self.sync_vips()?;
+        let services_changed = self.paths.loopback.is_none() && self.sync_vips()?;
         // Scale up.
         let mut created = Vec::new();
         for w in self.mesh.workloads.clone() {
@@ -1253,7 +1660,7 @@ impl Runner {
             self.events.push_back(format!("{e:#}"));
         }
         if !surplus.is_empty() {
-            tokio::time::sleep(PROPAGATION).await;
+            tokio::time::sleep(self.propagation()).await;
             let names: Vec<String> = surplus
                 .iter()
                 .map(|n| {
@@ -1299,18 +1706,27 @@ pub fn redirect_rules(skip_ports: &[u16]) -> String {
     r
 }
 
-/// Polls, from inside the pod, until its proxy is ready and its ports accept
-/// connections; fails early when a process exits.
-fn pod_ready(pod: &PodRecord, ports: &[u16], timeout: Duration) -> anyhow::Result<()> {
+/// Polls, from inside the pod (in loopback mode: at its address), until its proxy is
+/// ready and its ports accept connections; fails early when a process exits.
+fn pod_ready(
+    pod: &PodRecord,
+    ports: &[u16],
+    timeout: Duration,
+    loopback: bool,
+) -> anyhow::Result<()> {
     let procs = pod.procs.clone();
     let ip = pod.ip;
     let ports = ports.to_vec();
     sys::in_netns(
-        &pod.netns,
+        (!loopback).then_some(pod.netns.as_str()),
         timeout + Duration::from_secs(1),
         move || async move {
             let deadline = tokio::time::Instant::now() + timeout;
-            let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+            let admin = if loopback {
+                SocketAddr::from((ip, ADMIN_PORT))
+            } else {
+                SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT))
+            };
             let mut waiting_for = String::from("the proxy's /ready");
             loop {
                 if let Some(p) = procs.iter().find(|p| !p.is_running()) {
