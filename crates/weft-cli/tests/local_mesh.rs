@@ -641,35 +641,8 @@ fn bad_input_is_refused_with_its_location_and_nothing_starts() {
     }
 }
 
-#[test]
-fn without_root_weft_up_refuses_and_says_why() {
-    let env = Env::new("n");
-    env.write("mesh.yaml", &mesh_yaml(1));
-    env.write("services.yaml", SERVICES);
-    let mut cmd = if nix::unistd::geteuid().is_root() {
-        // Run it as nobody.
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(WEFT);
-        c
-    } else {
-        Command::new(WEFT)
-    };
-    let out = cmd
-        .args(["up", env.dir.to_str().unwrap()])
-        .env("WEFT_STATE_DIR", &env.state_dir)
-        .env("WEFT_PREFIX", &env.prefix)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("Permission denied") || stderr.contains("mesh directory") {
-        eprintln!("skipped: nobody cannot reach the test binary or directory: {stderr}");
-        return;
-    }
-    assert!(!out.status.success());
-    assert!(stderr.contains("weft up needs root"), "{stderr}");
-    assert!(!env.state_dir.exists());
-}
+// Without root `weft up` runs the mesh in loopback mode: tests/loopback_mesh.rs
+// (`without_root_weft_up_runs_in_loopback_mode`).
 
 /// Every frame seen in network namespace `netns` (all its interfaces) while it runs:
 /// an `AF_PACKET` socket for all protocols, read on a thread that entered the namespace.

@@ -1,0 +1,596 @@
+//! `weft up` in loopback mode (without root, or `--loopback`): pods are addresses from
+//! 127.18.0.0/16, proxies run in explicit mode, apps send HTTP through `HTTP_PROXY`.
+//! A 3-workload mesh (client → books → authors) answers a call made through the
+//! client pod's proxy, over mTLS between the proxies with the workloads' identities;
+//! scaling in the foreground reaches the new replica; `weft down` (also after `kill -9`
+//! of `weft up`) leaves no process, state or endpoints file; and a user without root
+//! gets the loopback mesh too. No test here needs root: as root they run the same (the
+//! unprivileged one then runs as `nobody` through `setpriv`). Each test takes its own
+//! loopback block, prefix and state directory, so they run side by side.
+
+#![cfg(target_os = "linux")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weft_core::prom::Scrape;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+const NOBODY: u32 = 65534;
+
+fn bin_dir() -> PathBuf {
+    Path::new(WEFT).parent().unwrap().to_owned()
+}
+
+/// `None` when the binaries the mesh runs are there (built if need be), else why not.
+fn cannot_run() -> Option<String> {
+    // The proxy, the controller and the demo app are other packages' binaries:
+    // `cargo test --workspace` builds them; a narrower run builds them here.
+    let missing = ["weft-proxy", "weft-controller", "weft-demo-app"]
+        .iter()
+        .any(|b| !bin_dir().join(b).exists());
+    if missing {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "weft-proxy",
+                "-p",
+                "weft-controller",
+                "-p",
+                "weft-demo-app",
+            ])
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            return Some("cannot build weft-proxy, weft-controller and weft-demo-app".into());
+        }
+    }
+    None
+}
+
+macro_rules! require_binaries {
+    () => {
+        if let Some(reason) = cannot_run() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// One test's loopback mesh: a directory, a state directory, a prefix and a loopback
+/// block of its own; `user` runs `weft` (`Some(uid)`: through setpriv, as root only).
+struct Env {
+    dir: PathBuf,
+    state_dir: PathBuf,
+    prefix: String,
+    block: u8,
+    user: Option<u32>,
+    /// A foreground `weft up`, if one was started.
+    up: Option<Child>,
+    up_log: PathBuf,
+}
+
+impl Env {
+    fn new(tag: &str, block: u8) -> Env {
+        let id = std::process::id() % 100_000;
+        let prefix = format!("l{tag}{id}");
+        let base = std::env::temp_dir().join(format!("weft-test-{prefix}"));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("mesh");
+        std::fs::create_dir_all(&dir).unwrap();
+        Env {
+            state_dir: base.join("state"),
+            up_log: base.join("up.log"),
+            dir,
+            prefix,
+            block,
+            user: None,
+            up: None,
+        }
+    }
+
+    fn weft(&self, args: &[&str]) -> Command {
+        let mut cmd = match self.user {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "--",
+                    WEFT,
+                ]);
+                c
+            }
+            None => Command::new(WEFT),
+        };
+        cmd.args(args)
+            .env("WEFT_STATE_DIR", &self.state_dir)
+            .env("WEFT_PREFIX", &self.prefix)
+            .env("WEFT_LOOPBACK_BLOCK", self.block.to_string())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.weft(args).output().expect("run weft");
+        eprintln!(
+            "$ weft {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.join(name), text).unwrap();
+    }
+
+    fn state(&self) -> Value {
+        let text =
+            std::fs::read_to_string(self.state_dir.join("state.json")).expect("a state file");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn pod_ip(&self, pod: &str) -> Option<String> {
+        self.state()["pods"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == pod)
+            .map(|p| p["ip"].as_str().unwrap().to_owned())
+    }
+
+    /// `weft-demo-app get URL` as the app of pod `pod` would call: through its proxy.
+    fn get_as(&self, pod: &str, url: &str) -> Output {
+        let ip = self.pod_ip(pod).expect("the pod is recorded");
+        demo_get(url, Some(&format!("http://{ip}:4140")))
+    }
+
+    /// A pod proxy's metrics, read straight from its admin address.
+    fn metrics(&self, pod: &str) -> Option<Scrape> {
+        let ip = self.pod_ip(pod)?;
+        let out = demo_get(&format!("http://{ip}:4191/metrics"), None);
+        out.status.success().then(|| {
+            let text = String::from_utf8_lossy(&out.stdout);
+            Scrape::parse(text.strip_prefix("200 ").unwrap_or(&text))
+        })
+    }
+
+    fn up_output(&self) -> String {
+        std::fs::read_to_string(&self.up_log).unwrap_or_default()
+    }
+
+    /// Every recorded process: (pid, start time).
+    fn recorded_procs(&self) -> Vec<(u32, u64)> {
+        let state = self.state();
+        let mut out = Vec::new();
+        let mut push = |p: &Value| {
+            out.push((
+                p["pid"].as_u64().unwrap() as u32,
+                p["start_time"].as_u64().unwrap(),
+            ))
+        };
+        if state["controller"].is_object() {
+            push(&state["controller"]);
+        }
+        for pod in state["pods"].as_array().unwrap() {
+            for p in pod["procs"].as_array().unwrap() {
+                push(p);
+            }
+        }
+        out
+    }
+
+    /// Asserts nothing of this mesh is left: processes, state file, endpoints files,
+    /// logs, tokens; and that no namespace was ever made for it.
+    fn assert_nothing_left(&self, procs: &[(u32, u64)]) {
+        for (pid, start) in procs {
+            if let Some((state, started)) = stat(*pid) {
+                assert!(
+                    started != *start || state == 'Z',
+                    "process {pid} is still running: {}",
+                    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                        .unwrap_or_default()
+                        .replace('\0', " ")
+                );
+            }
+        }
+        for left in ["state.json", "endpoints", "logs", "tokens", "identity"] {
+            assert!(
+                !self.state_dir.join(left).exists(),
+                "{left} is left in {}",
+                self.state_dir.display()
+            );
+        }
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            let list = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !list.contains(&format!("{}-", self.prefix)),
+                "a network namespace was made in loopback mode:\n{list}"
+            );
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut up) = self.up.take() {
+            let _ = up.kill();
+            let _ = up.wait();
+        }
+        if self.state_dir.join("state.json").exists() {
+            eprintln!("cleaning up after the test:\n{}", self.up_output());
+            let _ = self.weft(&["down"]).output();
+        }
+        if let Some(base) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+/// `weft-demo-app get URL`, through `proxy` if given (never through one inherited
+/// from the test's environment).
+fn demo_get(url: &str, proxy: Option<&str>) -> Output {
+    let mut cmd = Command::new(bin_dir().join("weft-demo-app"));
+    cmd.args(["get", url, "--timeout", "2s"]);
+    for var in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    if let Some(proxy) = proxy {
+        cmd.env("HTTP_PROXY", proxy);
+    }
+    cmd.output().unwrap()
+}
+
+/// (state, start time) of a process, from /proc.
+fn stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f[0].chars().next()?, f[19].parse().ok()?))
+}
+
+/// The real UID a process runs as, from /proc.
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Polls `f` every 50 ms until it is `Some` or `limit` passes.
+fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// client (load generator) → books → authors, books with `books_replicas`.
+fn mesh_yaml(books_replicas: u32) -> String {
+    format!(
+        r#"kind: Mesh
+workloads:
+  - name: client
+    zone: zone-a
+    ports: [8080]
+    command: [weft-demo-app, serve, --name, client, --port, "8080",
+              --call, "http://books.default.svc:8080/load", --rps, "50", --call-delay, 0s]
+  - name: books
+    zone: zone-b
+    replicas: {books_replicas}
+    ports: [8080]
+    command: [weft-demo-app, serve, --name, books, --port, "8080",
+              --upstream, "http://authors:8080/"]
+  - name: authors
+    zone: zone-c
+    ports: [8080]
+    command: [weft-demo-app, serve, --name, authors, --port, "8080"]
+"#
+    )
+}
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: books}
+spec:
+  selector: {app: books}
+  ports: [{port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: authors, namespace: default}
+spec:
+  selector: {app: authors}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+"#;
+
+const CLIENT_ID: &str = "client.default.serviceaccount.identity.weft.cluster.local";
+const BOOKS_ID: &str = "books.default.serviceaccount.identity.weft.cluster.local";
+
+/// A call as the client pod's app makes it, and the proxies' view of it: through the
+/// client's proxy to books' (mTLS, both identities), then books' call to authors.
+fn assert_meshed_call(env: &Env) {
+    let out = env.get_as("client-0", "http://books.default.svc:8080/hello");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the call failed: {text}");
+    assert!(text.starts_with("200 books /hello (pod books-0"), "{text}");
+    assert!(text.contains("<- [200 authors / (pod authors-0"), "{text}");
+
+    let client = env.metrics("client-0").expect("client metrics");
+    assert!(
+        client.sum(
+            "request_total",
+            &[
+                ("direction", "outbound"),
+                ("authority", "books.default.svc:8080"),
+                ("dst_service", "books"),
+                ("tls", "true"),
+                ("server_id", BOOKS_ID),
+            ]
+        ) >= 1.0,
+        "the client's proxy did not send the call to books over mTLS:\n{}",
+        client.text
+    );
+    let books = env.metrics("books-0").expect("books metrics");
+    assert!(
+        books.sum(
+            "request_total",
+            &[
+                ("direction", "inbound"),
+                ("authority", "books.default.svc:8080"),
+                ("tls", "true"),
+                ("client_id", CLIENT_ID),
+            ]
+        ) >= 1.0,
+        "books' proxy did not see the client's identity:\n{}",
+        books.text
+    );
+    assert_eq!(
+        books.sum(
+            "request_total",
+            &[("direction", "inbound"), ("tls", "no_identity")]
+        ),
+        0.0,
+        "plaintext requests reached books inside the mesh:\n{}",
+        books.text
+    );
+    // books' own call to authors (by its short name) went through books' proxy.
+    assert!(
+        books.sum(
+            "request_total",
+            &[
+                ("direction", "outbound"),
+                ("authority", "authors:8080"),
+                ("dst_service", "authors"),
+                ("tls", "true"),
+            ]
+        ) >= 1.0,
+        "books' calls to authors did not go through its proxy:\n{}",
+        books.text
+    );
+}
+
+#[test]
+fn loopback_mesh_calls_go_proxy_to_proxy_over_mtls_and_down_removes_everything() {
+    require_binaries!();
+    let env = Env::new("d", 13);
+    env.write("mesh.yaml", &mesh_yaml(1));
+    env.write("services.yaml", SERVICES);
+    let started = Instant::now();
+    let out = env.run(&["up", "-d", "--loopback", env.dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    eprintln!(
+        "weft up -d --loopback returned after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stdout.contains(
+            "--loopback: running every pod on loopback addresses (127.18.0.0/16) with proxies in explicit mode; apps must listen on $WEFT_LISTEN_ADDR and send HTTP through $HTTP_PROXY"
+        ),
+        "{stdout}"
+    );
+    // Block 13 is 127.18.208.0/20: the controller first, the pods after it.
+    let state = env.state();
+    assert_eq!(state["loopback"], true);
+    assert_eq!(env.pod_ip("client-0").as_deref(), Some("127.18.208.2"));
+    assert!(
+        stdout.contains("controller ready   127.18.208.1:8090"),
+        "{stdout}"
+    );
+
+    // Ready means ready: the first call works, meshed.
+    assert_meshed_call(&env);
+
+    // The endpoints file names books' ready pod by its inbound proxy and identity.
+    let endpoints = std::fs::read_to_string(env.state_dir.join("endpoints/default.yaml")).unwrap();
+    let books_ip = env.pod_ip("books-0").unwrap();
+    assert!(
+        endpoints.contains(&format!(
+            "{{addr: \"{books_ip}:4143\", identity: \"{BOOKS_ID}\", zone: \"zone-b\"}}"
+        )),
+        "{endpoints}"
+    );
+
+    // A second mesh on the same state directory is refused while this one is up.
+    let again = env.run(&["up", "-d", "--loopback", env.dir.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("weft down"));
+
+    let procs = env.recorded_procs();
+    assert_eq!(procs.len(), 7, "the controller and 3 pods × (proxy + app)");
+    let out = env.run(&["down"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("loopback mode"));
+    env.assert_nothing_left(&procs);
+    // The block is free again.
+    for port in [8090, 9990] {
+        assert!(std::net::TcpListener::bind(("127.18.208.1", port)).is_ok());
+    }
+}
+
+#[test]
+fn loopback_foreground_scaling_and_down_after_kill_9() {
+    require_binaries!();
+    let mut env = Env::new("f", 14);
+    env.write("mesh.yaml", &mesh_yaml(1));
+    env.write("services.yaml", SERVICES);
+    let log = std::fs::File::create(&env.up_log).unwrap();
+    let up = env
+        .weft(&[
+            "up",
+            "--loopback",
+            env.dir.to_str().unwrap(),
+            "--interval",
+            "1s",
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    env.up = Some(up);
+    let ready = eventually(Duration::from_secs(30), || {
+        env.up_output().contains("mesh up in").then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "weft up did not come up:\n{}",
+        env.up_output()
+    );
+    assert_meshed_call(&env);
+
+    // Scale books to 2 in the directory: the client's steady load (50/s through its
+    // proxy) reaches the new replica once it is ready and in the endpoints file.
+    let scaled_at = Instant::now();
+    env.write("mesh.yaml", &mesh_yaml(2));
+    let reached = eventually(Duration::from_secs(10), || {
+        let m = env.metrics("books-1")?;
+        (m.sum(
+            "request_total",
+            &[("direction", "inbound"), ("tls", "true")],
+        ) > 0.0)
+            .then(|| scaled_at.elapsed())
+    });
+    let reached = reached.unwrap_or_else(|| {
+        panic!(
+            "no traffic reached books-1 within 10s:\n{}",
+            env.up_output()
+        )
+    });
+    eprintln!("traffic reached the new replica {reached:?} after the directory changed");
+    assert!(
+        reached <= Duration::from_secs(2),
+        "traffic reached the new replica only after {reached:?}"
+    );
+    // The summary scraped every pod's proxy directly (no hub namespace).
+    let summary = eventually(Duration::from_secs(5), || {
+        let out = env.up_output();
+        out.contains("books            inbound").then_some(out)
+    });
+    assert!(
+        summary.is_some(),
+        "no golden metrics in the summary:\n{}",
+        env.up_output()
+    );
+
+    // Crash: kill -9 weft up. `weft down` finds everything from the state file.
+    let procs = env.recorded_procs();
+    assert_eq!(procs.len(), 9, "the controller and 4 pods × (proxy + app)");
+    let mut up = env.up.take().unwrap();
+    up.kill().unwrap();
+    up.wait().unwrap();
+    let out = env.run(&["down"]);
+    assert!(out.status.success());
+    env.assert_nothing_left(&procs);
+    let again = env.run(&["down"]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"));
+}
+
+#[test]
+fn without_root_weft_up_runs_in_loopback_mode() {
+    require_binaries!();
+    let mut env = Env::new("n", 15);
+    env.write("mesh.yaml", &mesh_yaml(1));
+    env.write("services.yaml", SERVICES);
+    if is_root() {
+        // Run it as nobody, in a state directory nobody may write.
+        env.user = Some(NOBODY);
+        let base = env.state_dir.parent().unwrap().to_owned();
+        std::fs::create_dir_all(&env.state_dir).unwrap();
+        for dir in [&base, &env.state_dir] {
+            nix::unistd::chown(
+                dir,
+                Some(nix::unistd::Uid::from_raw(NOBODY)),
+                Some(nix::unistd::Gid::from_raw(NOBODY)),
+            )
+            .unwrap();
+        }
+    }
+    let out = env.run(&["up", "-d", env.dir.to_str().unwrap()]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    if stderr.contains("Permission denied") && !out.status.success() {
+        eprintln!("skipped: nobody cannot reach the test binaries or directories: {stderr}");
+        return;
+    }
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(
+            "not root: running every pod on loopback addresses (127.18.0.0/16) with proxies in explicit mode; apps must listen on $WEFT_LISTEN_ADDR and send HTTP through $HTTP_PROXY"
+        ),
+        "{stdout}"
+    );
+    assert_meshed_call(&env);
+    let procs = env.recorded_procs();
+    if let Some(uid) = env.user {
+        for (pid, _) in &procs {
+            assert_eq!(
+                uid_of(*pid),
+                Some(uid),
+                "process {pid} runs as another user"
+            );
+        }
+    }
+    // `weft check` without root skips what needs root and says why.
+    let check = env.run(&["check"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains("not root: `weft up` will run in loopback mode"),
+        "{text}"
+    );
+    assert!(!text.contains("running as root"), "{text}");
+
+    let out = env.run(&["down"]);
+    assert!(out.status.success());
+    env.assert_nothing_left(&procs);
+}
