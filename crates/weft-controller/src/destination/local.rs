@@ -123,6 +123,8 @@ impl LocalSource {
             tokio::time::sleep(self.config.watch_interval).await;
             if self.poll(&metrics) {
                 let index = self.index();
+                // Taken before streams can see the index: updates count from here.
+                let now = unix_now();
                 let changed = publish.send_if_modified(|current| {
                     if **current == index {
                         return false;
@@ -131,7 +133,7 @@ impl LocalSource {
                     true
                 });
                 if changed {
-                    metrics.index_timestamp.set(unix_now());
+                    metrics.index_timestamp.set(now);
                     let index = publish.borrow().clone();
                     let (services, pods, ready) = index.counts();
                     tracing::info!(services, pods, ready, "destination index updated");
