@@ -429,6 +429,12 @@ fn loopback_mesh_calls_go_proxy_to_proxy_over_mtls_and_down_removes_everything()
     // Ready means ready: the first call works, meshed.
     assert_meshed_call(&env);
 
+    // A pod calling its own Service reaches its own app through its inbound proxy.
+    let out = env.get_as("books-0", "http://books:8080/self");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the self-call failed: {text}");
+    assert!(text.starts_with("200 books /self (pod books-0"), "{text}");
+
     // The endpoints file names books' ready pod by its inbound proxy and identity.
     let endpoints = std::fs::read_to_string(env.state_dir.join("endpoints/default.yaml")).unwrap();
     let books_ip = env.pod_ip("books-0").unwrap();

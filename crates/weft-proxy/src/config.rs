@@ -287,6 +287,8 @@ pub enum ConfigError {
     Endpoints(#[from] EndpointsError),
     #[error("--inbound-forward is required in explicit mode: inbound traffic needs the local workload's address")]
     MissingInboundForward,
+    #[error("--inbound-forward {0} is the inbound listener itself (--inbound-listen {1}): inbound traffic would loop; name the local workload's address")]
+    InboundForwardLoop(SocketAddr, SocketAddr),
     #[error("--worker-threads must be at least 1")]
     NoWorkers,
     #[error("{flag}: {problem}")]
@@ -329,6 +331,15 @@ impl Args {
         };
         if self.mode == Mode::Explicit && self.inbound_forward.is_none() {
             return Err(ConfigError::MissingInboundForward);
+        }
+        if let Some(forward) = self.inbound_forward {
+            let listen = self.inbound_listen;
+            let same_ip = listen.ip() == forward.ip()
+                || (listen.ip().is_unspecified()
+                    && (forward.ip().is_loopback() || forward.ip().is_unspecified()));
+            if listen.port() == forward.port() && same_ip {
+                return Err(ConfigError::InboundForwardLoop(forward, listen));
+            }
         }
         let identity = match &self.trust_anchors {
             None => None,
@@ -570,6 +581,42 @@ mod tests {
         // An empty --retry-on retries connect failures only.
         let config = parse(&["--retry-on", ""]).unwrap().into_config().unwrap();
         assert!(!config.request_policy.policy.retry.on.has_http());
+    }
+
+    #[test]
+    fn an_inbound_forward_to_the_inbound_listener_is_refused() {
+        let err = |args: &[&str]| parse(args).unwrap().into_config().unwrap_err().to_string();
+        assert_eq!(
+            err(&[
+                "--mode",
+                "explicit",
+                "--inbound-listen",
+                "127.18.0.3:4143",
+                "--inbound-forward",
+                "127.18.0.3:4143"
+            ]),
+            "--inbound-forward 127.18.0.3:4143 is the inbound listener itself (--inbound-listen 127.18.0.3:4143): inbound traffic would loop; name the local workload's address"
+        );
+        // The default listener (0.0.0.0:4143) takes loopback connections too.
+        assert!(
+            err(&["--mode", "explicit", "--inbound-forward", "127.0.0.1:4143"])
+                .starts_with("--inbound-forward 127.0.0.1:4143 is the inbound listener itself")
+        );
+        // Another address or port is the workload's.
+        for forward in ["127.18.0.3:8080", "127.18.0.4:4143"] {
+            let config = parse(&[
+                "--mode",
+                "explicit",
+                "--inbound-listen",
+                "127.18.0.3:4143",
+                "--inbound-forward",
+                forward,
+            ])
+            .unwrap()
+            .into_config()
+            .unwrap();
+            assert_eq!(config.inbound_forward, Some(forward.parse().unwrap()));
+        }
     }
 
     #[test]

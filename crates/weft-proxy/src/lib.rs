@@ -32,9 +32,9 @@ use tokio::sync::watch;
 
 use crate::balance::Picked;
 pub use crate::config::{Args, Config, Mode};
+use crate::destination::Destinations;
 use crate::detect::Protocol;
 use crate::drain::{Drain, Watch};
-use crate::destination::Destinations;
 use crate::endpoints::{Service, ServiceIndex};
 use crate::http::ConnContext;
 use crate::identity::LocalIdentity;
@@ -277,7 +277,10 @@ impl Proxy {
             }
         }
         let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
-        let mut listening = vec![local(&inbound), local(&outbound), local(&admin)];
+        // Not the inbound listener: a request sent to it from the outbound side goes on
+        // to the local workload (a pod calling its own Service in explicit mode, where
+        // endpoints are inbound proxies), and config refuses an inbound forward to it.
+        let mut listening = vec![local(&outbound), local(&admin)];
         listening.extend(service_listeners.iter().map(|(_, l)| local(l)));
 
         let metrics = Metrics::new(&config.labels);
