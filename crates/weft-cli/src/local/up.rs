@@ -1064,78 +1064,6 @@ impl Runner {
         self.paths.endpoints_dir.join(format!("{namespace}.yaml"))
     }
 
-    /// Loopback mode: the endpoints file of `namespace`'s proxies. Every Service port is
-    /// a service named by its authorities (`{svc}.{ns}.svc.cluster.local:{port}`,
-    /// `{svc}.{ns}.svc:{port}`, `{svc}.{ns}:{port}`, and `{svc}:{port}` for Services of
-    /// `namespace`) whose endpoints are its ready pods' inbound proxies (`IP:4143`, with
-    /// zone and identity): calls go proxy to proxy over mTLS, and the callee's proxy
-    /// hands them to its app. Service ports without a ready pod are left out.
-    fn endpoints_yaml(&self, namespace: &str) -> String {
-        let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
-        let mut entries = String::new();
-        let mut listed = false;
-        for svc in &self.mesh.services {
-            for port in &svc.ports {
-                let mut endpoints = Vec::new();
-                for w in self.mesh.backends(svc) {
-                    if w.resolve(&port.target_port).is_none() {
-                        continue;
-                    }
-                    let identity = w.identity(&self.mesh.trust_domain).to_string();
-                    for pod in self.state.pods.iter().filter(|p| {
-                        p.workload == w.name
-                            && p.namespace == w.namespace
-                            && self.published.contains(&p.netns)
-                    }) {
-                        let mut e = format!(
-                            "{{addr: {}, identity: {}",
-                            q(&SocketAddr::from((pod.ip, INBOUND_PORT)).to_string()),
-                            q(&identity)
-                        );
-                        if let Some(zone) = &pod.zone {
-                            let _ = write!(e, ", zone: {}", q(zone));
-                        }
-                        e.push('}');
-                        endpoints.push(e);
-                    }
-                }
-                let (n, ns, p) = (&svc.name, &svc.namespace, port.port);
-                if endpoints.is_empty() {
-                    let _ = writeln!(entries, "  # {n}.{ns} port {p}: no ready endpoints");
-                    continue;
-                }
-                let mut authorities = vec![
-                    format!("{n}.{ns}.svc.cluster.local:{p}"),
-                    format!("{n}.{ns}.svc:{p}"),
-                    format!("{n}.{ns}:{p}"),
-                ];
-                if *ns == namespace {
-                    authorities.push(format!("{n}:{p}"));
-                }
-                let authorities: Vec<String> = authorities.iter().map(|a| q(a)).collect();
-                listed = true;
-                let _ = writeln!(
-                    entries,
-                    "  - name: {}\n    authorities: [{}]\n    endpoints:\n      - {}",
-                    q(n),
-                    authorities.join(", "),
-                    endpoints.join("\n      - ")
-                );
-            }
-        }
-        let mut out = format!(
-            "# written by weft up (loopback mode): the Services as namespace {namespace}'s proxies name them, and their ready pods' inbound proxies\n"
-        );
-        // Only comments (or nothing) below `services:` would be a null, not a list.
-        out.push_str(if listed {
-            "services:\n"
-        } else {
-            "services: []\n"
-        });
-        out.push_str(&entries);
-        out
-    }
-
     /// Loopback mode: writes every namespace's endpoints file atomically (the proxies
     /// reload it within 200 ms of a change).
     fn write_endpoints(&self) -> anyhow::Result<()> {
@@ -1150,8 +1078,11 @@ impl Runner {
         for ns in namespaces {
             let path = self.endpoints_path(ns);
             let tmp = path.with_extension("yaml.tmp");
-            std::fs::write(&tmp, self.endpoints_yaml(ns))
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::write(
+                &tmp,
+                endpoints_yaml(&self.mesh, &self.state.pods, &self.published, ns),
+            )
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
             std::fs::rename(&tmp, &path)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
@@ -1675,6 +1606,83 @@ impl Runner {
     }
 }
 
+/// Loopback mode: the endpoints file of `namespace`'s proxies. Every Service port is
+/// a service named by its authorities (`{svc}.{ns}.svc.cluster.local:{port}`,
+/// `{svc}.{ns}.svc:{port}`, `{svc}.{ns}:{port}`, and `{svc}:{port}` for Services of
+/// `namespace`) whose endpoints are its ready pods' inbound proxies (`IP:4143`, with
+/// zone and identity): calls go proxy to proxy over mTLS, and the callee's proxy
+/// hands them to its app. Service ports without a ready pod are left out.
+fn endpoints_yaml(
+    mesh: &Mesh,
+    pods: &[PodRecord],
+    published: &HashSet<String>,
+    namespace: &str,
+) -> String {
+    let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let mut entries = String::new();
+    let mut listed = false;
+    for svc in &mesh.services {
+        for port in &svc.ports {
+            let mut endpoints = Vec::new();
+            for w in mesh.backends(svc) {
+                if w.resolve(&port.target_port).is_none() {
+                    continue;
+                }
+                let identity = w.identity(&mesh.trust_domain).to_string();
+                for pod in pods.iter().filter(|p| {
+                    p.workload == w.name
+                        && p.namespace == w.namespace
+                        && published.contains(&p.netns)
+                }) {
+                    let mut e = format!(
+                        "{{addr: {}, identity: {}",
+                        q(&SocketAddr::from((pod.ip, INBOUND_PORT)).to_string()),
+                        q(&identity)
+                    );
+                    if let Some(zone) = &pod.zone {
+                        let _ = write!(e, ", zone: {}", q(zone));
+                    }
+                    e.push('}');
+                    endpoints.push(e);
+                }
+            }
+            let (n, ns, p) = (&svc.name, &svc.namespace, port.port);
+            if endpoints.is_empty() {
+                let _ = writeln!(entries, "  # {n}.{ns} port {p}: no ready endpoints");
+                continue;
+            }
+            let mut authorities = vec![
+                format!("{n}.{ns}.svc.cluster.local:{p}"),
+                format!("{n}.{ns}.svc:{p}"),
+                format!("{n}.{ns}:{p}"),
+            ];
+            if *ns == namespace {
+                authorities.push(format!("{n}:{p}"));
+            }
+            let authorities: Vec<String> = authorities.iter().map(|a| q(a)).collect();
+            listed = true;
+            let _ = writeln!(
+                entries,
+                "  - name: {}\n    authorities: [{}]\n    endpoints:\n      - {}",
+                q(n),
+                authorities.join(", "),
+                endpoints.join("\n      - ")
+            );
+        }
+    }
+    let mut out = format!(
+        "# written by weft up (loopback mode): the Services as namespace {namespace}'s proxies name them, and their ready pods' inbound proxies\n"
+    );
+    // Only comments (or nothing) below `services:` would be a null, not a list.
+    out.push_str(if listed {
+        "services:\n"
+    } else {
+        "services: []\n"
+    });
+    out.push_str(&entries);
+    out
+}
+
 /// The sidecar's nat rules for `iptables-restore` (DESIGN.md, data plane): inbound TCP
 /// to the inbound listener except the admin port and skip ports; outbound TCP to the
 /// outbound listener except the proxy's own UID, loopback and skip ports.
@@ -1783,4 +1791,159 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set the mode of {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proxy::endpoints::ServiceIndex;
+
+    const MESH: &str = r#"kind: Mesh
+workloads:
+  - {name: books, zone: zone-b, replicas: 2, ports: [8080], command: [x]}
+  - {name: books, namespace: shop, ports: [9000], command: [x]}
+  - {name: idle, ports: [8080], command: [x]}
+"#;
+    const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: books}
+spec: {selector: {app: books}, ports: [{name: http, port: 8080}, {name: alt, port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: books, namespace: shop}
+spec: {selector: {app: books}, ports: [{port: 8080, targetPort: 9000}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: idle}
+spec: {selector: {app: idle}, ports: [{port: 8080}]}
+"#;
+
+    fn pod(workload: &str, namespace: &str, index: u32, ip: [u8; 4]) -> PodRecord {
+        PodRecord {
+            name: format!("{workload}-{index}"),
+            workload: workload.into(),
+            namespace: namespace.into(),
+            index,
+            zone: (namespace == "default" && workload == "books").then(|| "zone-b".into()),
+            netns: format!("wf-{workload}.{namespace}-{index}"),
+            ip: ip.into(),
+            link: String::new(),
+            files: Vec::new(),
+            procs: Vec::new(),
+        }
+    }
+
+    /// (address, zone, identity) of a service's endpoints, sorted.
+    fn endpoints_of(index: &ServiceIndex, authority: &str) -> Vec<(String, String, String)> {
+        let service = index
+            .by_authority(authority)
+            .unwrap_or_else(|| panic!("no service for {authority}"));
+        let mut out: Vec<_> = service
+            .balancer()
+            .endpoints()
+            .into_iter()
+            .map(|e| {
+                (
+                    e.addr.to_string(),
+                    e.zone.as_deref().unwrap_or("-").to_owned(),
+                    e.identity.map(|i| i.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn loopback_endpoints_files_name_services_per_namespace_and_list_ready_inbound_proxies() {
+        let mesh = Mesh::parse(&[
+            ("mesh.yaml".into(), MESH.into()),
+            ("services.yaml".into(), SERVICES.into()),
+        ])
+        .unwrap();
+        let pods = vec![
+            pod("books", "default", 0, [127, 18, 0, 2]),
+            pod("books", "default", 1, [127, 18, 0, 3]),
+            pod("books", "shop", 0, [127, 18, 0, 4]),
+            pod("idle", "default", 0, [127, 18, 0, 5]),
+        ];
+        // books-1 and idle-0 are not ready.
+        let published: HashSet<String> = [&pods[0], &pods[2]]
+            .iter()
+            .map(|p| p.netns.clone())
+            .collect();
+        let books_id = "books.default.serviceaccount.identity.weft.cluster.local";
+        let shop_id = "books.shop.serviceaccount.identity.weft.cluster.local";
+
+        let text = endpoints_yaml(&mesh, &pods, &published, "default");
+        let index = ServiceIndex::parse(Path::new("default.yaml"), &text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let books = vec![(
+            "127.18.0.2:4143".to_owned(),
+            "zone-b".to_owned(),
+            books_id.to_owned(),
+        )];
+        for authority in [
+            "books:8080",
+            "books.default:8080",
+            "books.default.svc:8080",
+            "books.default.svc.cluster.local:8080",
+            // Port 80 also without the port, as Host headers name it.
+            "books",
+            "books.default.svc",
+        ] {
+            assert_eq!(endpoints_of(&index, authority), books, "{authority}");
+        }
+        // The other namespace's books by its qualified names only; its inbound proxy
+        // forwards to its own first port (9000), whatever the Service's port is.
+        let shop = vec![(
+            "127.18.0.4:4143".to_owned(),
+            "-".to_owned(),
+            shop_id.to_owned(),
+        )];
+        assert_eq!(endpoints_of(&index, "books.shop.svc:8080"), shop);
+        assert_eq!(endpoints_of(&index, "books.shop:8080"), shop);
+        // No ready pod: left out (the proxy refuses empty lists), said in a comment.
+        assert!(index.by_authority("idle:8080").is_none());
+        assert!(
+            text.contains("# idle.default port 8080: no ready endpoints"),
+            "{text}"
+        );
+
+        // In shop's file the short name is shop's books.
+        let text = endpoints_yaml(&mesh, &pods, &published, "shop");
+        let index = ServiceIndex::parse(Path::new("shop.yaml"), &text).unwrap();
+        assert_eq!(endpoints_of(&index, "books:8080"), shop);
+        assert_eq!(endpoints_of(&index, "books.default.svc:8080"), books);
+
+        // Nothing ready: an empty list the proxy accepts.
+        let text = endpoints_yaml(&mesh, &pods, &HashSet::new(), "default");
+        assert!(text.contains("services: []"), "{text}");
+        let index = ServiceIndex::parse(Path::new("default.yaml"), &text).unwrap();
+        assert!(index.services().is_empty());
+    }
+
+    #[test]
+    fn loopback_warns_about_service_ports_that_target_another_port_than_the_first() {
+        let mesh = Mesh::parse(&[
+            (
+                "mesh.yaml".into(),
+                "kind: Mesh\nworkloads:\n  - {name: api, ports: [8080, {name: admin, port: 9090}], command: [x]}\n"
+                    .into(),
+            ),
+            (
+                "services.yaml".into(),
+                "apiVersion: v1\nkind: Service\nmetadata: {name: api}\nspec: {selector: {app: api}, ports: [{name: http, port: 80, targetPort: 8080}, {name: admin, port: 9090, targetPort: admin}]}\n"
+                    .into(),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            loopback_warnings(&mesh),
+            ["Service default/api port 9090 targets port 9090 of workload api, but in loopback mode a pod's inbound traffic goes to its first port (8080)"]
+        );
+    }
 }
