@@ -450,6 +450,30 @@ fn loopback_mesh_calls_go_proxy_to_proxy_over_mtls_and_down_removes_everything()
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("weft down"));
 
+    // Another mesh (its own state directory) cannot take the same loopback block...
+    let other = Env::new("o", 13);
+    other.write("mesh.yaml", &mesh_yaml(1));
+    other.write("services.yaml", SERVICES);
+    let out = other.run(&["up", "-d", "--loopback", other.dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("loopback block 13 is in use (127.18.208.1:8090 or :9990 cannot be bound): another mesh runs there; take another --loopback-block (0-15)"),
+        "{stderr}"
+    );
+    assert!(!other.state_dir.exists(), "the refused mesh made its state");
+    // ...and a block out of range is refused by name.
+    let out = other.run(&[
+        "up",
+        "-d",
+        "--loopback",
+        "--loopback-block",
+        "16",
+        other.dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--loopback-block"));
+
     let procs = env.recorded_procs();
     assert_eq!(procs.len(), 7, "the controller and 3 pods × (proxy + app)");
     let out = env.run(&["down"]);
