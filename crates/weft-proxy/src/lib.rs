@@ -295,12 +295,16 @@ impl Proxy {
             None => None,
         };
         let connector = |direction| {
-            Connector::new(
+            let connector = Connector::new(
                 direction,
                 config.connect_timeout,
                 metrics.tcp.clone(),
                 identity.clone(),
-            )
+            );
+            match config.mode {
+                Mode::Transparent => connector.with_plaintext_to_self(),
+                Mode::Explicit => connector,
+            }
         };
         let shared = Arc::new(Shared {
             inbound: HttpUpstreams::new(connector(Direction::Inbound), config.pool_idle_timeout),

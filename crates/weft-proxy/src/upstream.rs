@@ -80,6 +80,10 @@ pub struct Connector {
     timeout: Duration,
     metrics: TcpMetrics,
     identity: Option<Arc<LocalIdentity>>,
+    /// Transparent mode: a connection to this pod's own address is not redirected to
+    /// its inbound proxy (the proxy's own traffic never is), so it reaches the
+    /// application directly and must stay plaintext. It never leaves the pod.
+    plaintext_to_self: bool,
 }
 
 impl Connector {
@@ -94,7 +98,14 @@ impl Connector {
             timeout,
             metrics,
             identity,
+            plaintext_to_self: false,
         }
+    }
+
+    /// Connections to this host's own address skip mTLS (see [`Connector`]).
+    pub fn with_plaintext_to_self(mut self) -> Self {
+        self.plaintext_to_self = true;
+        self
     }
 
     /// Connects to `addr`; with mTLS when `server` (the endpoint's identity) is known
@@ -122,6 +133,8 @@ impl Connector {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        let to_self = || stream.local_addr().is_ok_and(|l| l.ip() == addr.ip());
+        let tls = tls.filter(|_| !(self.plaintext_to_self && to_self()));
         let counters = self.metrics.open(TcpLabels {
             direction: self.direction,
             peer: Peer::Dst,
