@@ -220,6 +220,15 @@ impl Destinations {
         }
     }
 
+    /// Stops following every destination (the proxy is shutting down); services in
+    /// use keep their endpoints.
+    pub fn stop(&self) {
+        let entries: Vec<Arc<Entry>> = self.entries().drain().map(|(_, e)| e).collect();
+        for entry in entries {
+            entry.task.abort();
+        }
+    }
+
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Entry>>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -383,8 +383,12 @@ impl Proxy {
         });
         // An endpoints file is watched and reloaded when it changes.
         let reload_task = tokio::spawn(config.services.clone().watch(ENDPOINTS_POLL));
+        let destinations = shared.destinations.clone();
         tokio::spawn(async move {
             let _ = done.wait_for(|d| *d).await;
+            if let Some(d) = destinations {
+                d.stop();
+            }
             reload_task.abort();
             admin_task.abort();
             if let Some(task) = certify_task {
