@@ -254,11 +254,14 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
     }
     // A request that may be retried on its response keeps a copy of its head and of
     // a small body; any other is sent as it is (and retried only if it never left).
-    let (mut req, replay) = match retry {
+    let mut replay = None;
+    let mut req = match retry {
         Some(p) if upgrade.is_none() && p.policy.retry.replayable(req.method(), grpc) => {
-            Replay::capture(req, retry::MAX_REPLAY_BODY)
+            let (req, copy) = Replay::capture(req, retry::MAX_REPLAY_BODY);
+            replay = copy;
+            req
         }
-        _ => (req.map(RequestBody::Stream), None),
+        _ => req.map(RequestBody::Stream),
     };
     let attempt_timeout = policy
         .and_then(|p| p.policy.retry.attempt_timeout)
@@ -271,10 +274,20 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
     let result = loop {
         // mTLS to the endpoint's identity, when it is meshed.
         let server = picked.as_ref().and_then(|p| p.identity()).cloned();
+        // Within the attempt's own time and the request's deadline, whichever ends
+        // first; dropping `send` on expiry cancels the upstream request. (Inline: the
+        // send future is large, and every move of it is a copy.)
+        let limit = attempt_limit(attempt_timeout, deadline.as_ref());
         let send = ctx
             .upstreams()
             .send(endpoint, version, server.as_ref(), req);
-        let result = bounded(send, attempt_timeout, deadline.as_ref()).await;
+        let mut result = match limit {
+            None => send.await.map_err(|e| Failure::Send(Box::new(e))),
+            Some((end, expired)) => match tokio::time::timeout_at(end, send).await {
+                Ok(sent) => sent.map_err(|e| Failure::Send(Box::new(e))),
+                Err(_) => Err(expired),
+            },
+        };
         let Some(p) = retry else {
             break result;
         };
@@ -284,9 +297,7 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
                     .retry
                     .retry_on_response(rsp.status(), rsp.headers(), grpc))
             .then_some("status"),
-            Err(Failure::Send(SendError {
-                unsent: Some(_), ..
-            })) => Some("connect-failure"),
+            Err(Failure::Send(e)) if e.unsent.is_some() => Some("connect-failure"),
             Err(Failure::Send(_)) if replay.is_some() => Some("reset"),
             Err(Failure::AttemptTimeout(_)) if replay.is_some() => Some("timeout"),
             Err(_) => None,
@@ -298,13 +309,11 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
             metrics.retries.limit_exceeded(&route.dst_service);
             break result;
         }
-        let unsent = matches!(
-            &result,
-            Err(Failure::Send(SendError {
-                unsent: Some(_),
-                ..
-            }))
-        );
+        // A request that never left is sent again as it is.
+        let unsent = match &mut result {
+            Err(Failure::Send(e)) => e.unsent.take(),
+            _ => None,
+        };
         // Where the next attempt goes: an endpoint not tried yet when the service has
         // one. A failed connection is retried only there (the same endpoint would
         // refuse it again, or make the caller wait out another connect timeout).
@@ -317,12 +326,12 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
             None => None,
         };
         let next_endpoint = next_pick.as_ref().map_or(endpoint, Picked::addr);
-        if unsent && tried.contains(&next_endpoint) {
+        if unsent.is_some() && tried.contains(&next_endpoint) {
             break result;
         }
         // The next request: the same one if it never left, else a replay (none while
         // the first attempt's body is still streaming, or if it was too large).
-        let replayed = if unsent {
+        let replayed = if unsent.is_some() {
             None
         } else {
             match replay.as_ref().and_then(Replay::request) {
@@ -334,25 +343,16 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
             metrics.retries.overflow(&route.dst_service);
             break result;
         }
-        let mut next = match (result, replayed) {
-            (
-                Err(Failure::Send(SendError {
-                    unsent: Some(r), ..
-                })),
-                _,
-            ) => r,
-            (failed, Some(r)) => {
-                if let Ok((rsp, reusable)) = failed {
-                    // Dropping an unread body cancels it; an empty one frees its
-                    // connection.
-                    if let Some(reusable) = reusable.filter(|_| rsp.body().is_end_stream()) {
-                        reusable.give_back();
-                    }
-                }
-                r
-            }
-            (failed, None) => break failed,
+        let retry_connect = unsent.is_some();
+        let Some(mut next) = unsent.or(replayed) else {
+            break result;
         };
+        if let Ok((rsp, reusable)) = result {
+            // Dropping an unread body cancels it; an empty one frees its connection.
+            if let Some(reusable) = reusable.filter(|_| rsp.body().is_end_stream()) {
+                reusable.give_back();
+            }
+        }
         retries += 1;
         tracing::debug!(direction = ctx.direction.as_str(), %authority, %endpoint, next = %next_endpoint, reason, retry = retries, "retrying");
         metrics.retries.retried(&route.dst_service, reason);
@@ -363,7 +363,7 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
         picked = next_pick;
         // Another endpoint after a failed connection: at once. Otherwise a short,
         // jittered wait, within the request's deadline.
-        if !unsent {
+        if !retry_connect {
             let wait = tokio::time::sleep(p.policy.retry.backoff(retries));
             match &deadline {
                 Some(d) => {
@@ -484,11 +484,10 @@ pub(crate) struct BodyDeadline {
 }
 
 /// Why an attempt produced no response.
-// `Send` holds the unsent request for the next attempt; it lives on the stack of one
-// request's future, where boxing it would only add an allocation per failure.
-#[allow(clippy::large_enum_variant)]
 enum Failure {
-    Send(SendError),
+    /// Boxed: it holds the unsent request, and a large error would make every
+    /// attempt's result (moved a few times per request) large too.
+    Send(Box<SendError>),
     /// The attempt's own time ran out (`--response-timeout`, `retries.timeout`).
     AttemptTimeout(Duration),
     /// The request's deadline passed.
@@ -517,34 +516,18 @@ fn request_timeout(limit: Duration) -> ProxyError {
     )
 }
 
-type Sent = (Response<Incoming>, Option<Reusable>);
-
-/// Runs one attempt within its own time limit and the request's deadline, whichever
-/// ends first; dropping `send` on expiry cancels the upstream request.
-async fn bounded<F>(
-    send: F,
+/// When an attempt must be over (its own time limit or the request's deadline,
+/// whichever ends first), and the failure it then is.
+fn attempt_limit(
     attempt_timeout: Option<Duration>,
     deadline: Option<&Deadline>,
-) -> Result<Sent, Failure>
-where
-    F: std::future::Future<Output = Result<Sent, SendError>>,
-{
-    let attempt_end = attempt_timeout.map(|t| tokio::time::Instant::now() + t);
-    let (end, expired) = match (attempt_end, deadline) {
-        (None, None) => return send.await.map_err(Failure::Send),
-        (Some(a), Some(d)) if a < d.at => (
-            a,
-            Failure::AttemptTimeout(attempt_timeout.unwrap_or_default()),
-        ),
-        (_, Some(d)) => (d.at, Failure::Deadline),
-        (Some(a), None) => (
-            a,
-            Failure::AttemptTimeout(attempt_timeout.unwrap_or_default()),
-        ),
-    };
-    match tokio::time::timeout_at(end, send).await {
-        Ok(sent) => sent.map_err(Failure::Send),
-        Err(_) => Err(expired),
+) -> Option<(tokio::time::Instant, Failure)> {
+    let attempt_end = attempt_timeout.map(|t| (tokio::time::Instant::now() + t, t));
+    match (attempt_end, deadline) {
+        (None, None) => None,
+        (Some((end, t)), Some(d)) if end < d.at => Some((end, Failure::AttemptTimeout(t))),
+        (_, Some(d)) => Some((d.at, Failure::Deadline)),
+        (Some((end, t)), None) => Some((end, Failure::AttemptTimeout(t))),
     }
 }
 
