@@ -84,8 +84,9 @@ pub struct Args {
     #[arg(long, env = "WEFT_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1s")]
     pub connect_timeout: Duration,
 
-    /// Time allowed for an upstream to answer an HTTP request with response headers;
-    /// `0s` disables the limit.
+    /// Time allowed for an upstream to answer an HTTP request with response headers,
+    /// per attempt (outbound, a timed-out idempotent request may be retried); `0s`
+    /// disables the limit.
     #[arg(long, env = "WEFT_RESPONSE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "0s")]
     pub response_timeout: Duration,
 
