@@ -341,7 +341,7 @@ impl Runner {
         let created_dir = !paths.state_dir.exists();
         std::fs::create_dir_all(&paths.state_dir)
             .with_context(|| format!("cannot create {}", paths.state_dir.display()))?;
-        {
+        if !sys::is_root() {
             // A shared directory (the /tmp default without root) that another user
             // made could be theirs to read and change.
             use std::os::unix::fs::MetadataExt as _;
