@@ -44,10 +44,22 @@ fn help_lists_every_flag_with_its_environment_variable() {
         "--endpoints",
         "--opaque-ports",
         "--drain-grace",
+        "--destination",
+        "--destination-wait",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
     assert!(help.contains("WEFT_INBOUND_LISTEN"));
+    assert!(help.contains("WEFT_DESTINATION"));
+    assert!(help.contains("WEFT_DESTINATION_WAIT"));
+}
+
+#[test]
+fn the_destination_service_needs_trust_anchors() {
+    let out = run(&["--destination", "198.18.0.1:8090"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--trust-anchors"), "{err}");
 }
 
 #[test]
