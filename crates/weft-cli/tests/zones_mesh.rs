@@ -261,11 +261,16 @@ impl ZoneMesh {
 impl Drop for ZoneMesh {
     fn drop(&mut self) {
         if self.state_dir.join("state.json").exists() {
-            let out = self.weft(&["down"]).output();
-            if let Ok(out) = out {
-                if !out.status.success() {
-                    eprintln!("weft down failed: {}", String::from_utf8_lossy(&out.stderr));
-                }
+            let down = self.weft(&["down"]).output();
+            if !matches!(&down, Ok(out) if out.status.success()) {
+                // Keep the state file: `weft down` can be run again on it.
+                eprintln!(
+                    "weft down failed ({down:?}); the mesh's state stays in {}: run WEFT_STATE_DIR={} WEFT_PREFIX={} weft down",
+                    self.state_dir.display(),
+                    self.state_dir.display(),
+                    self.prefix
+                );
+                return;
             }
         }
         let _ = std::fs::remove_dir_all(&self.base);
