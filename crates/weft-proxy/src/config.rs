@@ -76,8 +76,10 @@ pub struct Args {
     pub opaque_ports: Vec<u16>,
 
     /// How long to wait for a client's first bytes before treating the connection as
-    /// opaque TCP.
-    #[arg(long, env = "WEFT_DETECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1s")]
+    /// opaque TCP. Long (as Linkerd's 10 s) because HTTP clients open pooled connections
+    /// ahead of their first request; server-speaks-first protocols belong in
+    /// --opaque-ports instead.
+    #[arg(long, env = "WEFT_DETECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub detect_timeout: Duration,
 
     /// Time allowed to open a connection to an upstream endpoint.
@@ -481,7 +483,7 @@ impl Config {
             services: ServiceIndex::default(),
             inbound_forward: Some(inbound_forward),
             opaque_ports: HashSet::new(),
-            detect_timeout: Duration::from_secs(1),
+            detect_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
             response_timeout: None,
             request_policy: Arc::new(BudgetedPolicy::new(RequestPolicy::default())),
