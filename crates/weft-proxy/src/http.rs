@@ -243,8 +243,10 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
             (Some(ours), Some(asked)) => ours.min(asked),
             (ours, asked) => ours.or(asked)?,
         };
+        // A deadline past what the clock holds (grpc-timeout allows 99,999,999 hours)
+        // is no deadline.
         Some(Deadline {
-            at: tokio::time::Instant::from_std(start + limit),
+            at: tokio::time::Instant::from_std(start.checked_add(limit)?),
             limit,
         })
     });

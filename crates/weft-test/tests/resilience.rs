@@ -362,6 +362,42 @@ async fn grpc_timeout_is_honoured_and_the_smaller_limit_wins() {
 }
 
 #[tokio::test]
+async fn grpc_timeout_alone_sets_the_deadline() {
+    trace_init();
+    let app = TestServer::loopback("slow").await;
+    let proxy = proxy::inbound_to(app.addr())
+        .services(&books(&[app.addr()], ""))
+        .start()
+        .await;
+    let mut client = TestClient::http2(proxy.service("books"), "books:9090")
+        .await
+        .unwrap();
+    let call = |timeout| {
+        [
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", timeout),
+        ]
+    };
+    let rsp = client
+        .request_with(Method::POST, "/delay/3000", &call("150m"), "")
+        .await
+        .unwrap();
+    assert_eq!(rsp.header("grpc-status"), Some("4"));
+    // The largest grpc-timeout there is (99,999,999 hours): no trouble, no deadline.
+    let rsp = client
+        .request_with(Method::POST, "/delay/10", &call("99999999H"), "")
+        .await
+        .unwrap();
+    assert_eq!((rsp.status.as_u16(), rsp.body.as_str()), (200, "slept 10"));
+    // Malformed: ignored.
+    let rsp = client
+        .request_with(Method::POST, "/delay/10", &call("soon"), "")
+        .await
+        .unwrap();
+    assert_eq!((rsp.status.as_u16(), rsp.body.as_str()), (200, "slept 10"));
+}
+
+#[tokio::test]
 async fn an_http1_body_past_the_deadline_is_cut() {
     trace_init();
     let app = TestServer::loopback("chunky").await;
