@@ -2,35 +2,90 @@
 //! read twice over a window (the maths of Prometheus's `increase` and
 //! `histogram_quantile`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::{bail, Context as _};
 use clap::ValueEnum;
 use serde::Serialize;
+use weft_core::mesh::Mesh;
 use weft_core::prom::{bucket_increase, histogram_quantile, increase, Scrape};
 
 use crate::fetch;
+use crate::local::state::State;
+use crate::local::sys::is_root;
+use crate::local::{scrape, LocalArgs};
+
+pub mod mesh;
+
+/// What `weft stat` shows one row of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Deploy,
+    Svc,
+    Route,
+}
+
+const KINDS: &str = "deploy (deployment, deployments), svc (service, services), route (routes)";
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    match s {
+        "deploy" | "deployment" | "deployments" => Ok(Kind::Deploy),
+        "svc" | "service" | "services" => Ok(Kind::Svc),
+        "route" | "routes" => Ok(Kind::Route),
+        _ => Err(format!("unknown kind {s:?}; valid kinds: {KINDS}")),
+    }
+}
 
 #[derive(clap::Args)]
+#[command(after_help = "\
+Without --admin, weft stat reads the local mesh `weft up` runs (found by its state \
+file: --state-dir / WEFT_STATE_DIR) and scrapes every pod's proxy twice, --window apart:
+  deploy  one row per workload: what its pods served (their inbound proxies), and the
+          cross-zone share of what they sent
+  svc     one row per Service: what its callers saw (their outbound proxies: retries' \
+effects and proxy errors included)
+  route   per-HTTPRoute figures: not served yet (exit code 1)
+In namespace mode the pods' admin ports are inside network namespaces: run it as root.")]
 pub struct StatArgs {
-    /// Admin address (host:port) of a proxy to read; repeat or comma-separate for several.
+    /// What to show a row per: deploy (default; also deployment, deployments), svc
+    /// (service, services) or route (routes).
+    #[arg(value_parser = parse_kind)]
+    kind: Option<Kind>,
+    /// Namespace whose rows are shown.
+    #[arg(
+        short = 'n',
+        long,
+        default_value = "default",
+        env = "WEFT_NAMESPACE",
+        conflicts_with = "all_namespaces"
+    )]
+    namespace: String,
+    /// Rows of every namespace (with a NAMESPACE column).
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Read these proxies instead of the local mesh: admin address (host:port) of a
+    /// proxy; repeat or comma-separate for several. Prints raw rows per (workload,
+    /// direction, authority).
     #[arg(
         long = "admin",
-        required = true,
         value_delimiter = ',',
-        env = "WEFT_STAT_ADMIN"
+        env = "WEFT_STAT_ADMIN",
+        conflicts_with_all = ["kind", "all_namespaces", "namespace"]
     )]
     admins: Vec<SocketAddr>,
     /// Time window the figures cover.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     window: Duration,
-    /// Output format.
+    /// Output format (json: an array of rows).
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Output,
     /// Keep printing, one window after another, until interrupted.
     #[arg(long)]
     watch: bool,
+    #[command(flatten)]
+    local: LocalArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -61,6 +116,15 @@ pub struct Row {
 }
 
 pub async fn run(args: StatArgs) -> anyhow::Result<()> {
+    if args.admins.is_empty() {
+        run_local(args).await
+    } else {
+        run_admin(args).await
+    }
+}
+
+/// `--admin`: raw rows per proxy.
+async fn run_admin(args: StatArgs) -> anyhow::Result<()> {
     let mut before = scrape_all(&args.admins).await?;
     loop {
         tokio::select! {
@@ -82,6 +146,127 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
         }
         before = after;
     }
+}
+
+/// The local mesh: rows per workload or Service, from every pod's proxy.
+async fn run_local(args: StatArgs) -> anyhow::Result<()> {
+    args.local.validate()?;
+    let kind = args.kind.unwrap_or(Kind::Deploy);
+    if kind == Kind::Route {
+        bail!(
+            "weft stat route: HTTPRoutes are not served by weft yet, so there are no \
+per-route figures; `weft stat svc` shows per-Service ones"
+        );
+    }
+    let state = load_state(&args.local)?;
+    let mut before = scrape_mesh(&state).await?;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(args.window) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        // Pods may come and go between windows (a foreground `weft up` applies
+        // changes): the rows are those of the mesh as it is now.
+        let state = load_state(&args.local)?;
+        let after = scrape_mesh(&state).await?;
+        let silent = state
+            .pods
+            .iter()
+            .filter(|p| !after.contains_key(&p.netns))
+            .count();
+        if silent > 0 {
+            eprintln!(
+                "warning: {silent} of {} pods' proxies did not answer (see weft up's logs in {})",
+                state.pods.len(),
+                args.local.state_dir().join("logs").display()
+            );
+        }
+        let mesh = Mesh::load(&state.mesh_dir).ok();
+        let rows = match kind {
+            Kind::Deploy => {
+                let workloads = mesh
+                    .iter()
+                    .flat_map(|m| &m.workloads)
+                    .map(|w| (w.namespace.clone(), w.name.clone()))
+                    .collect();
+                mesh::deploy_rows(&workloads, &state.pods, &before, &after, args.window)
+            }
+            _ => {
+                let services = mesh
+                    .iter()
+                    .flat_map(|m| &m.services)
+                    .map(|s| (s.namespace.clone(), s.name.clone()))
+                    .chain(
+                        state
+                            .services
+                            .iter()
+                            .map(|v| (v.namespace.clone(), v.name.clone())),
+                    )
+                    .collect();
+                mesh::svc_rows(
+                    &services,
+                    &state.pods,
+                    &state.services,
+                    &before,
+                    &after,
+                    args.window,
+                )
+            }
+        };
+        let rows: Vec<mesh::MeshRow> = rows
+            .into_iter()
+            .filter(|r| args.all_namespaces || r.namespace == args.namespace)
+            .collect();
+        match args.output {
+            Output::Table => {
+                let what = if kind == Kind::Deploy {
+                    "deployments"
+                } else {
+                    "services"
+                };
+                let scope = if args.all_namespaces {
+                    "in the mesh".to_owned()
+                } else {
+                    format!("in namespace {}", args.namespace)
+                };
+                print!("{}", mesh::table(&rows, args.all_namespaces, what, &scope));
+            }
+            Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        before = after;
+    }
+}
+
+/// The running local mesh's state, or why there is none to read.
+fn load_state(local: &LocalArgs) -> anyhow::Result<State> {
+    let path = local.state_path();
+    let Some(state) = State::load(&path)? else {
+        bail!(
+            "no local mesh is up ({} not found): start one with `weft up`, or pass --admin",
+            path.display()
+        );
+    };
+    if !state.loopback && !is_root() {
+        bail!(
+            "reading pods' metrics needs root (their admin ports are inside network \
+namespaces): run weft stat as root, or pass --admin from inside the hub namespace"
+        );
+    }
+    Ok(state)
+}
+
+/// Every pod's scrape, parsed, by pod key.
+async fn scrape_mesh(state: &State) -> anyhow::Result<HashMap<String, Scrape>> {
+    let texts = scrape::pod_metrics(scrape::admin_netns(state), &state.pods)
+        .await
+        .context("cannot read the pods' metrics")?;
+    Ok(texts
+        .into_iter()
+        .map(|(k, t)| (k, Scrape::parse(&t)))
+        .collect())
 }
 
 async fn scrape_all(admins: &[SocketAddr]) -> anyhow::Result<Vec<Scrape>> {
@@ -150,6 +335,13 @@ pub fn rows(before: &Scrape, after: &Scrape, window: Duration) -> Vec<Row> {
 /// Requests with `labels` whose `dst_zone` differs from the proxy's `zone`, as a share
 /// of those with a known `dst_zone`, over the window.
 fn cross_zone_share(before: &Scrape, after: &Scrape, labels: &[(&str, &str)]) -> Option<f64> {
+    let (known, cross) = cross_zone_counts(before, after, labels);
+    (known > 0.0).then(|| cross / known)
+}
+
+/// Requests with `labels` over the window whose endpoint's zone is known, and those
+/// of them whose endpoint is in another zone than the proxy's.
+fn cross_zone_counts(before: &Scrape, after: &Scrape, labels: &[(&str, &str)]) -> (f64, f64) {
     // (proxy zone, endpoint zone) pairs seen; the proxy's zone is a constant label.
     let pairs: BTreeSet<(String, String)> = after
         .matching("request_total", labels)
@@ -169,7 +361,7 @@ fn cross_zone_share(before: &Scrape, after: &Scrape, labels: &[(&str, &str)]) ->
             cross += n;
         }
     }
-    (known > 0.0).then(|| cross / known)
+    (known, cross)
 }
 
 /// A fixed-width table of rows.

@@ -31,6 +31,7 @@
 
 pub mod check;
 pub mod down;
+pub mod scrape;
 pub mod state;
 pub mod sys;
 pub mod up;

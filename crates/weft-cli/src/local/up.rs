@@ -1,6 +1,6 @@
 //! `weft up [DIR] [-d]`: runs a mesh directory as pods on this machine.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
@@ -17,7 +17,7 @@ use weft_core::prom::Scrape;
 
 use super::state::{PodRecord, ProcRecord, State, VipRecord};
 use super::{
-    loopback_ip, loopback_notice, pod_name, sys, LocalArgs, ADMIN_PORT, BRIDGE,
+    loopback_ip, loopback_notice, pod_name, scrape, sys, LocalArgs, ADMIN_PORT, BRIDGE,
     CONTROLLER_ADMIN_PORT, CONTROLLER_PORT, DEFAULT_OPAQUE_PORTS, HUB_IP, INBOUND_PORT,
     LOOPBACK_BLOCKS, LOOPBACK_BLOCK_SIZE, OUTBOUND_PORT, POD_PREFIX_LEN, PROXY_UID,
 };
@@ -1416,40 +1416,12 @@ impl Runner {
         Ok(())
     }
 
-    /// Reads every pod proxy's /metrics from inside the hub namespace.
+    /// Reads every pod proxy's /metrics (from inside the hub namespace unless in
+    /// loopback mode); pods that do not answer are left out.
     async fn scrape(&self) -> HashMap<String, String> {
-        let targets: Vec<(String, SocketAddr)> = self
-            .state
-            .pods
-            .iter()
-            .map(|p| (p.netns.clone(), SocketAddr::from((p.ip, ADMIN_PORT))))
-            .collect();
-        let hub = self.hub_netns();
-        tokio::task::spawn_blocking(move || {
-            sys::in_netns(hub.as_deref(), Duration::from_secs(5), move || async move {
-                let mut set = tokio::task::JoinSet::new();
-                for (netns, addr) in targets {
-                    set.spawn(async move {
-                        let text = tokio::time::timeout(
-                            Duration::from_secs(2),
-                            fetch::get(addr, "/metrics"),
-                        )
-                        .await;
-                        (netns, text)
-                    });
-                }
-                let mut out = HashMap::new();
-                while let Some(Ok((netns, text))) = set.join_next().await {
-                    if let Ok(Ok(text)) = text {
-                        out.insert(netns, text);
-                    }
-                }
-                out
-            })
+        scrape::pod_metrics(self.hub_netns(), &self.state.pods)
+            .await
             .unwrap_or_default()
-        })
-        .await
-        .unwrap_or_default()
     }
 
     /// Prints the pods and the golden metrics per workload over `window`.
@@ -1459,21 +1431,25 @@ impl Runner {
         after: &HashMap<String, String>,
         window: Duration,
     ) {
-        // Per workload: the pods' scrapes joined, counting pods seen both times.
-        let mut joined: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
-        for pod in &self.state.pods {
-            if let (Some(b), Some(a)) = (before.get(&pod.netns), after.get(&pod.netns)) {
-                let entry = joined
-                    .entry((pod.namespace.clone(), pod.workload.clone()))
-                    .or_default();
-                entry.0.push_str(b);
-                entry.1.push_str(a);
-            }
-        }
-        let mut rows = Vec::new();
-        for (b, a) in joined.values() {
-            rows.extend(stat::rows(&Scrape::parse(b), &Scrape::parse(a), window));
-        }
+        // The `weft stat deploy -A` view: what each workload's pods served.
+        let parse = |m: &HashMap<String, String>| -> HashMap<String, Scrape> {
+            m.iter()
+                .map(|(k, t)| (k.clone(), Scrape::parse(t)))
+                .collect()
+        };
+        let workloads = self
+            .mesh
+            .workloads
+            .iter()
+            .map(|w| (w.namespace.clone(), w.name.clone()))
+            .collect();
+        let rows = stat::mesh::deploy_rows(
+            &workloads,
+            &self.state.pods,
+            &parse(before),
+            &parse(after),
+            window,
+        );
         let mut out = String::new();
         if self.interactive {
             out.push_str("\x1b[2J\x1b[H");
@@ -1487,7 +1463,12 @@ impl Runner {
         );
         out.push_str(&self.describe());
         out.push('\n');
-        out.push_str(&stat::table(&rows));
+        out.push_str(&stat::mesh::table(
+            &rows,
+            true,
+            "deployments",
+            "in the mesh",
+        ));
         if self.interactive && !self.events.is_empty() {
             out.push_str("\nrecent events:\n");
             for e in &self.events {
