@@ -279,3 +279,258 @@ pub fn table(rows: &[MeshRow], namespaces: bool, what: &str, scope: &str) -> Str
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, workload: &str, namespace: &str, ip: [u8; 4]) -> PodRecord {
+        PodRecord {
+            name: name.into(),
+            workload: workload.into(),
+            namespace: namespace.into(),
+            index: 0,
+            zone: None,
+            netns: format!("t-{name}"),
+            ip: ip.into(),
+            link: String::new(),
+            files: Vec::new(),
+            procs: Vec::new(),
+        }
+    }
+
+    /// Proxy scrapes by pod key, in the proxy's label layout (trimmed to what matters).
+    fn scrapes(texts: &[(&str, &str)]) -> HashMap<String, Scrape> {
+        texts
+            .iter()
+            .map(|(pod, text)| (format!("t-{pod}"), Scrape::parse(text)))
+            .collect()
+    }
+
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn deploy_rows_sum_the_pods_inbound_side_over_the_window() {
+        let inbound = |tls: &str| {
+            format!("namespace=\"default\",deployment=\"books\",zone=\"zone-b\",direction=\"inbound\",authority=\"books:8080\",target_addr=\"127.18.0.3:8080\",tls=\"{tls}\",dst_service=\"\",dst_zone=\"\"")
+        };
+        let out = |dst_zone: &str| {
+            format!("namespace=\"default\",deployment=\"books\",zone=\"zone-b\",direction=\"outbound\",authority=\"authors:8080\",target_addr=\"127.18.0.9:4143\",tls=\"true\",dst_service=\"authors\",dst_zone=\"{dst_zone}\"")
+        };
+        let (t, n) = (inbound("true"), inbound("no_identity"));
+        let books0_before = format!(
+            "request_total{{{t}}} 100\n\
+             response_total{{{t},status_code=\"200\",classification=\"success\"}} 100\n\
+             response_latency_ms_bucket{{{t},status_code=\"200\",le=\"10.0\"}} 100\n\
+             response_latency_ms_bucket{{{t},status_code=\"200\",le=\"100.0\"}} 100\n\
+             response_latency_ms_bucket{{{t},status_code=\"200\",le=\"+Inf\"}} 100\n"
+        );
+        // +60 over mTLS and 20 plaintext; 70 successes and 10 failures; 50 answered
+        // within 10 ms and 30 within 100 ms. Outbound: 30 requests to zone-c, 10 to
+        // zone-b (its own).
+        let books0_after = format!(
+            "request_total{{{t}}} 160\nrequest_total{{{n}}} 20\n\
+             response_total{{{t},status_code=\"200\",classification=\"success\"}} 170\n\
+             response_total{{{n},status_code=\"500\",classification=\"failure\"}} 10\n\
+             response_latency_ms_bucket{{{t},status_code=\"200\",le=\"10.0\"}} 150\n\
+             response_latency_ms_bucket{{{t},status_code=\"200\",le=\"100.0\"}} 170\n\
+             response_latency_ms_bucket{{{t},status_code=\"200\",le=\"+Inf\"}} 170\n\
+             response_latency_ms_bucket{{{n},status_code=\"500\",le=\"10.0\"}} 0\n\
+             response_latency_ms_bucket{{{n},status_code=\"500\",le=\"100.0\"}} 10\n\
+             response_latency_ms_bucket{{{n},status_code=\"500\",le=\"+Inf\"}} 10\n\
+             request_total{{{}}} 30\nrequest_total{{{}}} 10\n",
+            out("zone-c"),
+            out("zone-b"),
+        );
+        // books-1 started inside the window: everything it counted is new (20 mTLS
+        // successes between 10 and 100 ms).
+        let books1_after = format!(
+            "request_total{{{t}}} 20\n\
+             response_total{{{t},status_code=\"200\",classification=\"success\"}} 20\n\
+             response_latency_ms_bucket{{{t},status_code=\"200\",le=\"10.0\"}} 0\n\
+             response_latency_ms_bucket{{{t},status_code=\"200\",le=\"100.0\"}} 20\n\
+             response_latency_ms_bucket{{{t},status_code=\"200\",le=\"+Inf\"}} 20\n"
+        );
+        let pods = [
+            pod("books-0", "books", "default", [127, 18, 0, 3]),
+            pod("books-1", "books", "default", [127, 18, 0, 4]),
+            // Answered only the second time: no window to measure, so not counted.
+            pod("authors-0", "authors", "shop", [127, 18, 0, 9]),
+        ];
+        let before = scrapes(&[("books-0", &books0_before), ("books-1", "")]);
+        let after = scrapes(&[
+            ("books-0", &books0_after),
+            ("books-1", &books1_after),
+            ("authors-0", &books1_after),
+        ]);
+        let workloads = BTreeSet::from([("default".to_owned(), "idle".to_owned())]);
+        let rows = deploy_rows(&workloads, &pods, &before, &after, WINDOW);
+        let names: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.namespace.as_str(), r.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("default", "books"),
+                ("default", "idle"),
+                ("shop", "authors")
+            ]
+        );
+        let books = &rows[0];
+        assert_eq!(books.requests, 100.0);
+        assert_eq!(books.rps, 10.0);
+        assert_eq!(books.success, Some(0.9));
+        assert_eq!(books.meshed, Some(0.8));
+        // 50 of 100 within 10 ms, the other 50 in (10, 100]: p50 = 10 ms,
+        // p95 = 10 + 90 × 45/50 = 91 ms, p99 = 10 + 90 × 49/50 = 98.2 ms.
+        assert_eq!(books.latency_ms_p50, Some(10.0));
+        assert!((books.latency_ms_p95.unwrap() - 91.0).abs() < 1e-9);
+        assert!((books.latency_ms_p99.unwrap() - 98.2).abs() < 1e-9);
+        assert_eq!(books.xzone, Some(0.75));
+        // Workloads without a window's traffic: a row of "-".
+        for idle in &rows[1..] {
+            assert_eq!(idle.requests, 0.0);
+            assert_eq!(
+                (idle.success, idle.meshed, idle.latency_ms_p50, idle.xzone),
+                (None, None, None, None)
+            );
+        }
+        let table = table(&rows, false, "deployments", "in namespace default");
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("NAME "), "{table}");
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["books", "80.00%", "90.00%", "10.0", "10.0ms", "91.0ms", "98.2ms", "75.00%"]
+        );
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["idle", "-", "-", "-", "-", "-", "-", "-"]
+        );
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["success"], 0.9);
+        assert_eq!(json[0]["meshed"], 0.8);
+        assert_eq!(json[1]["success"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn svc_rows_come_from_the_callers_outbound_side() {
+        let out = |authority: &str, target: &str, tls: &str, service: &str, dst_zone: &str| {
+            format!("namespace=\"default\",deployment=\"client\",zone=\"zone-a\",direction=\"outbound\",authority=\"{authority}\",target_addr=\"{target}\",tls=\"{tls}\",dst_service=\"{service}\",dst_zone=\"{dst_zone}\"")
+        };
+        // client-0 → books (Service in default): 40 to books-0 in zone-b (38 ok, 2
+        // failed), 10 to books-1 in zone-a; 5 to a host that is no Service.
+        let b0 = out(
+            "books.default.svc:8080",
+            "127.18.0.3:4143",
+            "true",
+            "books",
+            "zone-b",
+        );
+        let b1 = out(
+            "books.default.svc:8080",
+            "127.18.0.4:4143",
+            "true",
+            "books",
+            "zone-a",
+        );
+        let ext = out("example.com:80", "93.184.216.34:80", "no_identity", "", "");
+        // client-0 → authors by its VIP, no endpoint reached (5 proxy errors).
+        let vip = out("198.19.0.9:8080", "", "no_identity", "authors", "");
+        let client_after = format!(
+            "request_total{{{b0}}} 40\nrequest_total{{{b1}}} 10\nrequest_total{{{ext}}} 5\n\
+             request_total{{{vip}}} 5\n\
+             response_total{{{b0},status_code=\"200\",classification=\"success\"}} 38\n\
+             response_total{{{b0},status_code=\"502\",classification=\"failure\"}} 2\n\
+             response_total{{{b1},status_code=\"200\",classification=\"success\"}} 10\n\
+             response_total{{{vip},status_code=\"503\",classification=\"failure\"}} 5\n\
+             response_latency_ms_bucket{{{b0},status_code=\"200\",le=\"5.0\"}} 40\n\
+             response_latency_ms_bucket{{{b0},status_code=\"200\",le=\"+Inf\"}} 40\n\
+             response_latency_ms_bucket{{{b1},status_code=\"200\",le=\"5.0\"}} 0\n\
+             response_latency_ms_bucket{{{b1},status_code=\"200\",le=\"+Inf\"}} 10\n"
+        );
+        // books-0 (namespace default) → authors by `authors.shop:8080`: 5 over mTLS
+        // to authors-0 and 5 that reached no endpoint.
+        let a = |target: &str, tls: &str| {
+            format!("namespace=\"default\",deployment=\"books\",zone=\"zone-b\",direction=\"outbound\",authority=\"authors.shop:8080\",target_addr=\"{target}\",tls=\"{tls}\",dst_service=\"authors\",dst_zone=\"\"")
+        };
+        let (a0, none) = (a("127.18.0.9:4143", "true"), a("", "no_identity"));
+        let books_after = format!(
+            "request_total{{{a0}}} 5\nrequest_total{{{none}}} 5\n\
+             response_total{{{a0},status_code=\"200\",classification=\"success\"}} 5\n\
+             response_total{{{none},status_code=\"503\",classification=\"failure\"}} 5\n"
+        );
+        let pods = [
+            pod("client-0", "client", "default", [127, 18, 0, 2]),
+            pod("books-0", "books", "default", [127, 18, 0, 3]),
+            pod("books-1", "books", "default", [127, 18, 0, 4]),
+            pod("authors-0", "authors", "shop", [127, 18, 0, 9]),
+        ];
+        let vips = [VipRecord {
+            namespace: "shop".into(),
+            name: "authors".into(),
+            vip: [198, 19, 0, 9].into(),
+        }];
+        let before = scrapes(&[("client-0", ""), ("books-0", "")]);
+        let after = scrapes(&[("client-0", &client_after), ("books-0", &books_after)]);
+        let services = BTreeSet::from([("default".to_owned(), "quiet".to_owned())]);
+        let rows = svc_rows(&services, &pods, &vips, &before, &after, WINDOW);
+        let names: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.namespace.as_str(), r.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("default", "books"),
+                ("default", "quiet"),
+                ("shop", "authors")
+            ]
+        );
+        let books = &rows[0];
+        assert_eq!((books.requests, books.rps), (50.0, 5.0));
+        assert_eq!(books.success, Some(48.0 / 50.0));
+        assert_eq!(books.meshed, Some(1.0));
+        // 40 within 5 ms, 10 above the highest finite bound (reported as 5 ms).
+        assert_eq!(books.latency_ms_p50, Some(5.0 * 25.0 / 40.0));
+        assert_eq!(books.latency_ms_p99, Some(5.0));
+        // From zone-a: 40 to zone-b, 10 to zone-a.
+        assert_eq!(books.xzone, Some(0.8));
+        let quiet = &rows[1];
+        assert_eq!(
+            (quiet.requests, quiet.success, quiet.meshed),
+            (0.0, None, None)
+        );
+        let authors = &rows[2];
+        assert_eq!((authors.requests, authors.rps), (15.0, 1.5));
+        assert_eq!(authors.success, Some(5.0 / 15.0));
+        assert_eq!(authors.meshed, Some(5.0 / 15.0));
+        assert_eq!(authors.xzone, None);
+        assert_eq!(authors.latency_ms_p50, None);
+    }
+
+    #[test]
+    fn a_services_namespace_from_the_pod_reached_its_vip_or_its_name() {
+        let pods = [pod("authors-0", "authors", "shop", [198, 18, 0, 9])];
+        let vips = [VipRecord {
+            namespace: "shop".into(),
+            name: "authors".into(),
+            vip: [198, 19, 0, 9].into(),
+        }];
+        let ns = |authority: &str, target: &str| {
+            service_namespace("authors", authority, target, "default", &pods, &vips)
+        };
+        // The pod reached decides, whatever the name said.
+        assert_eq!(ns("authors:8080", "198.18.0.9:8080"), "shop");
+        assert_eq!(ns("198.19.0.9:8080", ""), "shop");
+        assert_eq!(ns("authors.shop.svc.cluster.local:8080", ""), "shop");
+        assert_eq!(ns("authors.shop.svc:8080", ""), "shop");
+        assert_eq!(ns("authors.shop:8080", ""), "shop");
+        // A short name is the caller's namespace's Service.
+        assert_eq!(ns("authors:8080", ""), "default");
+        assert_eq!(ns("authors", ""), "default");
+        // An address that is no VIP, or a name of something else: the caller's.
+        assert_eq!(ns("198.19.0.77:8080", "203.0.113.5:80"), "default");
+        assert_eq!(ns("example.com:80", ""), "default");
+    }
+}
