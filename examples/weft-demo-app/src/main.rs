@@ -5,7 +5,12 @@
 //!   (`--latency`), calls every `--upstream` and answers with who served it. With
 //!   `--call`, it also sends `--rps` requests per second to each URL (the demo's built-in
 //!   load) and prints a line of totals every `--report` interval.
+//!   With `--grpc-port`, it also listens there; every port answers both HTTP and the
+//!   gRPC service `weft.demo.Authors/Lookup`, and `--grpc-upstream` calls that service
+//!   on another server for every request served.
 //! - `get URL [--count N]`: GETs the URL and prints each answer (a curl for pods).
+//! - `lookup URL [--book B] [--count N]`: calls `weft.demo.Authors/Lookup` (a grpcurl
+//!   for pods).
 //!
 //! Faults can change while a server runs, for scenarios: `--fault-file PATH` is re-read
 //! when it changes (`delay=50ms fail_rate=1`; `{pod}`, `{zone}`, `{name}` in the path
@@ -16,7 +21,8 @@
 //! `http://books.default.svc:8080` works through the pod's `/etc/hosts`. With
 //! `HTTP_PROXY` (or `http_proxy`) set, as `weft up` does in loopback mode, http:// calls
 //! go through that proxy instead (absolute-form requests; the proxy resolves the name),
-//! except to hosts `NO_PROXY` lists (`*`, names with their subdomains, IPs, CIDRs).
+//! except to hosts `NO_PROXY` lists (`*`, names with their subdomains, IPs, CIDRs). gRPC
+//! calls go to the same proxy in cleartext HTTP/2 with the upstream as `:authority`.
 //! `serve` listens on `WEFT_LISTEN_ADDR` when it is set (loopback mode: the pod's own
 //! address, as pods share the machine's ports), else on every address.
 
@@ -37,6 +43,8 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
 
+mod grpc;
+
 #[derive(Parser)]
 #[command(name = "weft-demo-app", version, about = "weft's demo service")]
 struct Cli {
@@ -50,6 +58,8 @@ enum Command {
     Serve(ServeArgs),
     /// GET a URL and print the answers.
     Get(GetArgs),
+    /// Call the gRPC method weft.demo.Authors/Lookup and print the answers.
+    Lookup(LookupArgs),
 }
 
 #[derive(clap::Args)]
@@ -57,19 +67,28 @@ struct ServeArgs {
     /// The service's name, in answers and logs.
     #[arg(long)]
     name: String,
-    /// Port to listen on (on $WEFT_LISTEN_ADDR when set, else on all addresses).
+    /// Port to listen on (on $WEFT_LISTEN_ADDR when set, else on all addresses). It
+    /// answers HTTP/1.1, HTTP/2 and the gRPC service weft.demo.Authors/Lookup.
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// A second port to listen on, for gRPC clients (it answers the same as --port).
+    #[arg(long)]
+    grpc_port: Option<u16>,
     /// Called for every request served; the answer includes theirs.
     #[arg(long = "upstream")]
     upstreams: Vec<Uri>,
+    /// A gRPC server (`http://authors:9090`) whose weft.demo.Authors/Lookup is called
+    /// for every HTTP request served, with the request's last path segment as the book;
+    /// the answer includes its reply or status.
+    #[arg(long = "grpc-upstream")]
+    grpc_upstreams: Vec<Uri>,
     /// Called `--rps` times per second each, whether or not anyone calls us.
     #[arg(long = "call")]
     calls: Vec<Uri>,
     /// Requests per second to each `--call` URL.
     #[arg(long, default_value_t = 10.0)]
     rps: f64,
-    /// Share of requests answered with 500, 0..=1.
+    /// Share of requests answered with 500 (gRPC: UNAVAILABLE), 0..=1.
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
     /// Work per request: a delay drawn uniformly from 0..=2×this.
@@ -106,19 +125,39 @@ struct GetArgs {
     quiet: bool,
 }
 
+#[derive(clap::Args)]
+struct LookupArgs {
+    /// The gRPC server, `http://HOST:PORT`.
+    url: Uri,
+    /// The book to look up.
+    #[arg(long, default_value = "dune")]
+    book: String,
+    /// Number of calls (one after the other).
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// Per-call time limit.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
 type HttpClient = Client<ProxyConnector, Full<Bytes>>;
 
 fn client() -> HttpClient {
+    client_via(env_proxies())
+}
+
+/// The proxies the environment sets (`HTTP_PROXY`/`http_proxy`, `NO_PROXY`/`no_proxy`).
+fn env_proxies() -> Matcher {
     let var = |names: [&str; 2]| {
         names
             .iter()
             .find_map(|n| std::env::var(n).ok())
             .unwrap_or_default()
     };
-    client_via(proxies(
+    proxies(
         &var(["HTTP_PROXY", "http_proxy"]),
         &var(["NO_PROXY", "no_proxy"]),
-    ))
+    )
 }
 
 /// The proxy for http:// calls (`http`, e.g. `http://127.18.0.2:4140`) and the hosts
@@ -269,6 +308,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Get(args) => get_cmd(args).await,
+            Command::Lookup(args) => lookup_cmd(args).await,
         }
     })
 }
@@ -299,6 +339,22 @@ async fn get_cmd(args: GetArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(failed == 0, "{failed} of {} requests failed", args.count);
+    Ok(())
+}
+
+async fn lookup_cmd(args: LookupArgs) -> anyhow::Result<()> {
+    let upstream = grpc::Upstream::new(args.url.clone(), &env_proxies())?;
+    let mut failed = 0;
+    for _ in 0..args.count {
+        match upstream.lookup(&args.book, args.timeout).await {
+            Ok(reply) => println!("OK {reply}"),
+            Err(status) => {
+                failed += 1;
+                println!("{}", grpc::status_line(&status));
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} of {} calls failed", args.count);
     Ok(())
 }
 
@@ -419,6 +475,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.rps > 0.0 && args.rps <= 10_000.0,
         "--rps is in (0, 10000]"
     );
+    anyhow::ensure!(
+        args.grpc_port != Some(args.port),
+        "--grpc-port {} is --port already (every port answers gRPC; drop --grpc-port or pick another)",
+        args.port
+    );
     let env = |k: &str| std::env::var(k).unwrap_or_default();
     let me = Arc::new(Me {
         name: args.name.clone(),
@@ -433,24 +494,41 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("WEFT_LISTEN_ADDR {addr:?} is not an IP address"))?,
         _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
     };
-    let listen = std::net::SocketAddr::new(host, args.port);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let mut listeners = Vec::new();
+    for port in std::iter::once(args.port).chain(args.grpc_port) {
+        let listen = std::net::SocketAddr::new(host, port);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        listeners.push(listener);
+    }
+    let proxies = env_proxies();
+    let grpc_upstreams = args
+        .grpc_upstreams
+        .iter()
+        .map(|uri| grpc::Upstream::new(uri.clone(), &proxies))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     println!(
-        "{} ({}, zone {}) serving on {}; upstreams {:?}; calling {:?} at {} rps",
+        "{} ({}, zone {}) serving on {}{}; upstreams {:?}; gRPC upstreams {:?}; calling {:?} at {} rps",
         me.name,
         me.pod,
         me.zone,
-        listen,
+        std::net::SocketAddr::new(host, args.port),
+        args.grpc_port
+            .map(|p| format!(" and {} (gRPC)", std::net::SocketAddr::new(host, p)))
+            .unwrap_or_default(),
         args.upstreams
             .iter()
             .map(Uri::to_string)
             .collect::<Vec<_>>(),
+        grpc_upstreams
+            .iter()
+            .map(|u| format!("{} via {}", u.uri(), u.via()))
+            .collect::<Vec<_>>(),
         args.calls.iter().map(Uri::to_string).collect::<Vec<_>>(),
         args.rps
     );
-    let client = client();
+    let client = client_via(proxies);
     let counters = Arc::new(Counters {
         served: AtomicU64::new(0),
         calls_ok: AtomicU64::new(0),
@@ -464,7 +542,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             counters.clone(),
         ));
     }
-    if !args.calls.is_empty() || !args.upstreams.is_empty() {
+    if !args.calls.is_empty() || !args.upstreams.is_empty() || !grpc_upstreams.is_empty() {
         tokio::spawn(report(args.report, me.clone(), counters.clone()));
     }
     let fault = Arc::new(Mutex::new(Fault::default()));
@@ -473,35 +551,47 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("watching fault file {}", path.display());
         tokio::spawn(watch_faults(path, fault.clone()));
     }
-    let handler = Arc::new(Handler {
+    let work = Arc::new(Work {
         me,
-        client,
-        upstreams: args.upstreams,
         fail_rate: args.fail_rate,
         latency: args.latency,
         fault,
         counters,
     });
+    let handler = Arc::new(Handler {
+        authors: Arc::new(Authors(work.clone())),
+        work,
+        client,
+        upstreams: args.upstreams,
+        grpc_upstreams,
+    });
+    for listener in listeners {
+        tokio::spawn(accept(listener, handler.clone()));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (gRPC included) on every connection `listener` accepts.
+async fn accept(listener: tokio::net::TcpListener, handler: Arc<Handler>) {
     loop {
-        let (socket, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = term.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+        let socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(e) => {
+                eprintln!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let handler = handler.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(req).await) }
+                async move { Ok::<_, Infallible>(handler.serve(req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(socket), svc)
@@ -510,54 +600,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
-struct Handler {
+/// What every request costs, HTTP or gRPC: the configured latency, the fault in force,
+/// and the count.
+struct Work {
     me: Arc<Me>,
-    client: HttpClient,
-    upstreams: Vec<Uri>,
     fail_rate: f64,
     latency: Duration,
     fault: Arc<Mutex<Fault>>,
     counters: Arc<Counters>,
 }
 
-fn text_response(status: StatusCode, text: String) -> Response<Full<Bytes>> {
-    let mut rsp = Response::new(Full::new(Bytes::from(text)));
-    *rsp.status_mut() = status;
-    rsp
-}
-
-impl Handler {
+impl Work {
     fn fault(&self) -> Fault {
         *self.fault.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `GET /admin/fault` shows the fault in force; `POST` sets it from the body.
-    async fn admin_fault(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        if req.method() == http::Method::POST {
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
-            };
-            match Fault::parse(&String::from_utf8_lossy(&body)) {
-                Ok(fault) => {
-                    *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
-                    println!("fault set over HTTP: {fault}");
-                }
-                Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
-            }
-        } else if req.method() != http::Method::GET {
-            return text_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "GET or POST /admin/fault\n".into(),
-            );
-        }
-        text_response(StatusCode::OK, format!("{}\n", self.fault()))
-    }
-
-    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        if req.uri().path() == "/admin/fault" {
-            return self.admin_fault(req).await;
-        }
+    /// Counts the request, waits its latency plus the fault's delay, and says whether
+    /// to fail it (by --fail-rate, or the fault's fail_rate).
+    async fn run(&self) -> bool {
         self.counters.served.fetch_add(1, Ordering::Relaxed);
         let fault = self.fault();
         let (delay, fail) = {
@@ -572,12 +632,100 @@ impl Handler {
             (delay, rng.random_bool(fail_rate))
         };
         tokio::time::sleep(Duration::from_micros(delay) + fault.delay).await;
+        fail
+    }
+}
+
+/// The gRPC service: `Lookup` answers who wrote the book and who answered.
+struct Authors(Arc<Work>);
+
+impl grpc::Lookup for Authors {
+    fn lookup(
+        &self,
+        book: String,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<grpc::LookupReply, tonic::Status>> + Send>,
+    > {
+        let work = self.0.clone();
+        Box::pin(async move {
+            if work.run().await {
+                // UNAVAILABLE rather than INTERNAL: the failure is transient by design
+                // (drawn per call), which is what UNAVAILABLE means to gRPC clients and
+                // what retry policies (gRPC's own, the mesh's `unavailable`) act on;
+                // INTERNAL says an invariant broke and is not worth retrying.
+                return Err(tonic::Status::unavailable(format!(
+                    "{} (pod {}) failed on purpose",
+                    work.me.name, work.me.pod
+                )));
+            }
+            Ok(grpc::LookupReply {
+                author: grpc::author_of(&book).to_owned(),
+                name: work.me.name.clone(),
+                pod: work.me.pod.clone(),
+                zone: work.me.zone.clone(),
+            })
+        })
+    }
+}
+
+struct Handler {
+    work: Arc<Work>,
+    authors: Arc<dyn grpc::Lookup>,
+    client: HttpClient,
+    upstreams: Vec<Uri>,
+    grpc_upstreams: Vec<grpc::Upstream>,
+}
+
+fn text_response(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    let mut rsp = Response::new(Full::new(Bytes::from(text)));
+    *rsp.status_mut() = status;
+    rsp
+}
+
+impl Handler {
+    /// gRPC requests (by content type) go to the gRPC service, the rest to `handle`.
+    async fn serve(&self, req: Request<hyper::body::Incoming>) -> Response<tonic::body::Body> {
+        if grpc::is_grpc(&req) {
+            return grpc::serve(self.authors.clone(), req).await;
+        }
+        self.handle(req).await.map(tonic::body::Body::new)
+    }
+
+    /// `GET /admin/fault` shows the fault in force; `POST` sets it from the body.
+    async fn admin_fault(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        if req.method() == http::Method::POST {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            };
+            match Fault::parse(&String::from_utf8_lossy(&body)) {
+                Ok(fault) => {
+                    *self.work.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+                    println!("fault set over HTTP: {fault}");
+                }
+                Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        } else if req.method() != http::Method::GET {
+            return text_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "GET or POST /admin/fault\n".into(),
+            );
+        }
+        text_response(StatusCode::OK, format!("{}\n", self.work.fault()))
+    }
+
+    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() == "/admin/fault" {
+            return self.admin_fault(req).await;
+        }
+        let fail = self.work.run().await;
+        let me = &self.work.me;
         let mut text = format!(
             "{} {} (pod {}, zone {})",
-            self.me.name,
+            me.name,
             req.uri().path(),
-            self.me.pod,
-            self.me.zone
+            me.pod,
+            me.zone
         );
         let mut status = StatusCode::OK;
         for uri in &self.upstreams {
@@ -595,6 +743,20 @@ impl Handler {
                 Err(e) => {
                     status = StatusCode::BAD_GATEWAY;
                     text.push_str(&format!(" <- [error: {e:#}]"));
+                }
+            }
+        }
+        let book = req.uri().path().rsplit('/').next().unwrap_or_default();
+        for upstream in &self.grpc_upstreams {
+            match upstream.lookup(book, Duration::from_secs(5)).await {
+                Ok(reply) => text.push_str(&format!(" <- [gRPC OK {reply}]")),
+                Err(e) => {
+                    status = StatusCode::BAD_GATEWAY;
+                    text.push_str(&format!(
+                        " <- [gRPC {} {}]",
+                        upstream.uri(),
+                        grpc::status_line(&e)
+                    ));
                 }
             }
         }
@@ -792,6 +954,148 @@ mod tests {
                 .contains(&format!("cannot connect to the HTTP proxy http://{gone}/")),
             "{err:#}"
         );
+    }
+
+    /// An HTTP/2-only (h2c) server answering `Lookup` with the `:authority` it was sent
+    /// and `name` as the server's name; returns its address.
+    async fn h2c_recorder(name: &'static str) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            // Bounded: a test opens a handful of connections.
+            for _ in 0..16 {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<_>| {
+                        let authority = req
+                            .uri()
+                            .authority()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
+                        async move {
+                            let answer: Arc<dyn grpc::Lookup> =
+                                Arc::new(Fixed(format!("{name} saw {authority}")));
+                            Ok::<_, Infallible>(grpc::serve(answer, req).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(socket), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// Answers every lookup with this author.
+    struct Fixed(String);
+
+    impl grpc::Lookup for Fixed {
+        fn lookup(
+            &self,
+            book: String,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<grpc::LookupReply, tonic::Status>> + Send>,
+        > {
+            let author = self.0.clone();
+            Box::pin(async move {
+                Ok(grpc::LookupReply {
+                    author,
+                    name: book,
+                    ..Default::default()
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_goes_to_the_http_proxy_in_h2c_with_the_upstream_as_authority() {
+        let proxy = h2c_recorder("proxy").await;
+        let direct = h2c_recorder("direct").await;
+        let proxied = proxies(&format!("http://{proxy}"), "localhost");
+        let limit = Duration::from_secs(5);
+        // Through the proxy: the connection goes there, `:authority` names the upstream.
+        let authors =
+            grpc::Upstream::new("http://authors:9090".parse().unwrap(), &proxied).unwrap();
+        assert_eq!(authors.via().to_string(), format!("http://{proxy}/"));
+        let reply = authors.lookup("dune", limit).await.unwrap();
+        assert_eq!(
+            (reply.author.as_str(), reply.name.as_str()),
+            ("proxy saw authors:9090", "dune")
+        );
+        // NO_PROXY: straight to the server.
+        let port = direct.port();
+        let near = grpc::Upstream::new(
+            format!("http://localhost:{port}").parse().unwrap(),
+            &proxied,
+        )
+        .unwrap();
+        let reply = near.lookup("solaris", limit).await.unwrap();
+        assert_eq!(reply.author, format!("direct saw localhost:{port}"));
+        // No proxy set: straight to the server.
+        let plain = grpc::Upstream::new(
+            format!("http://{direct}").parse().unwrap(),
+            &proxies("", ""),
+        )
+        .unwrap();
+        assert_eq!(
+            plain.lookup("x", limit).await.unwrap().author,
+            format!("direct saw {direct}")
+        );
+    }
+
+    #[tokio::test]
+    async fn unusable_grpc_upstreams_are_refused_and_unreachable_ones_are_unavailable() {
+        let none = proxies("", "");
+        for (url, says) in [
+            ("https://authors:9090", "expected http://HOST:PORT"),
+            (
+                "http://authors:9090/weft.demo.Authors/Lookup",
+                "no path expected",
+            ),
+        ] {
+            let err = grpc::Upstream::new(url.parse().unwrap(), &none)
+                .err()
+                .unwrap();
+            assert!(format!("{err:#}").contains(says), "{url}: {err:#}");
+        }
+        let err = grpc::Upstream::new(
+            "http://authors:9090".parse().unwrap(),
+            &proxies("socks5://127.0.0.1:1", ""),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            format!("{err:#}").contains("only http:// proxies are supported"),
+            "{err:#}"
+        );
+        let gone = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let absent = grpc::Upstream::new(format!("http://{gone}").parse().unwrap(), &none).unwrap();
+        let status = absent
+            .lookup("dune", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            grpc::status_line(&status)
+                .starts_with(&format!("UNAVAILABLE: cannot reach http://{gone}/: ")),
+            "{}",
+            grpc::status_line(&status)
+        );
+    }
+
+    #[test]
+    fn the_catalogue_reads_titles_loosely() {
+        assert_eq!(grpc::author_of("dune"), "Frank Herbert");
+        assert_eq!(grpc::author_of("The_Dispossessed"), "Ursula K. Le Guin");
+        assert_eq!(grpc::author_of("the-dispossessed"), "Ursula K. Le Guin");
+        assert_eq!(grpc::author_of(""), "various authors");
+        assert_eq!(grpc::author_of("nothing"), "unknown");
     }
 
     #[test]

@@ -234,3 +234,173 @@ fn weft_listen_addr_binds_that_address_only_and_bad_values_are_named() {
         "{stderr}"
     );
 }
+
+/// `weft-demo-app lookup URL --book BOOK`: whether it succeeded, and what it printed.
+fn lookup(url: &str, book: &str, timeout: &str) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["lookup", url, "--book", book, "--timeout", timeout])
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
+}
+
+/// `lookup`, retried until it succeeds (for up to 5 s).
+fn lookup_eventually(url: &str, book: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ok, out) = lookup(url, book, "1s");
+        if ok {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lookup {url} kept failing: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn grpc_lookup_is_answered_on_the_grpc_port_and_the_http_port() {
+    let (p, g) = (free_port(), free_port());
+    let _authors = Killed(
+        Command::new(BIN)
+            .args(["serve", "--name", "authors", "--port", &p.to_string()])
+            .args(["--grpc-port", &g.to_string()])
+            .env("WEFT_POD", "authors-0")
+            .env("WEFT_ZONE", "zone-c")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(
+        lookup_eventually(&format!("http://127.0.0.1:{g}"), "dune"),
+        "OK authors by Frank Herbert (pod authors-0, zone zone-c)"
+    );
+    // The HTTP port answers gRPC too (loopback mode sends a pod's inbound traffic to its
+    // first port), and the gRPC port answers HTTP.
+    assert_eq!(
+        lookup_eventually(&format!("http://127.0.0.1:{p}"), "solaris"),
+        "OK authors by Stanisław Lem (pod authors-0, zone zone-c)"
+    );
+    let out = get_eventually(&format!("http://127.0.0.1:{g}/authors"));
+    assert!(
+        out.starts_with("200 authors /authors (pod authors-0"),
+        "{out}"
+    );
+    // --grpc-port equal to --port is refused, naming both.
+    let same = Command::new(BIN)
+        .args(["serve", "--name", "x", "--port", &p.to_string()])
+        .args(["--grpc-port", &p.to_string()])
+        .output()
+        .unwrap();
+    assert!(!same.status.success());
+    let stderr = String::from_utf8_lossy(&same.stderr);
+    assert!(
+        stderr.contains(&format!("--grpc-port {p} is --port already")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn grpc_faults_answer_unavailable_and_delays_hit_the_deadline() {
+    let (p, g) = (free_port(), free_port());
+    let _s = serve(&[
+        "--name",
+        "authors",
+        "--port",
+        &p.to_string(),
+        "--grpc-port",
+        &g.to_string(),
+    ]);
+    let url = format!("http://127.0.0.1:{g}");
+    lookup_eventually(&url, "dune");
+    assert_eq!(request(p, "POST", "/admin/fault", "fail_rate=1").0, 200);
+    let (ok, out) = lookup(&url, "dune", "2s");
+    assert!(!ok, "a failed call makes lookup fail: {out}");
+    assert_eq!(out, "UNAVAILABLE: authors (pod test-0) failed on purpose");
+    assert_eq!(
+        request(p, "POST", "/admin/fault", "delay=1s").1,
+        "delay=1s\n"
+    );
+    let started = Instant::now();
+    let (ok, out) = lookup(&url, "dune", "200ms");
+    assert!(!ok);
+    assert_eq!(
+        out,
+        format!(
+            "DEADLINE_EXCEEDED: {url}/ /weft.demo.Authors/Lookup: no answer within the deadline"
+        )
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    // Cleared: answered again.
+    request(p, "POST", "/admin/fault", "");
+    assert_eq!(
+        lookup(&url, "dune", "2s"),
+        (
+            true,
+            "OK authors by Frank Herbert (pod test-0, zone )".into()
+        )
+    );
+}
+
+#[test]
+fn grpc_upstream_answers_are_included_and_failures_make_a_502() {
+    let (a, g, b) = (free_port(), free_port(), free_port());
+    let _authors = serve(&[
+        "--name",
+        "authors",
+        "--port",
+        &a.to_string(),
+        "--grpc-port",
+        &g.to_string(),
+    ]);
+    let upstream = format!("http://localhost:{g}");
+    let _books = serve(&[
+        "--name",
+        "books",
+        "--port",
+        &b.to_string(),
+        "--grpc-upstream",
+        &upstream,
+    ]);
+    // The book is the request's last path segment.
+    let out = get_eventually(&format!("http://127.0.0.1:{b}/books/the-dispossessed"));
+    assert_eq!(
+        out.trim_end(),
+        "200 books /books/the-dispossessed (pod test-0, zone ) \
+         <- [gRPC OK authors by Ursula K. Le Guin (pod test-0, zone )]"
+    );
+    // The upstream's failure is named in a 502.
+    request(a, "POST", "/admin/fault", "fail_rate=1");
+    let (status, body) = request(b, "GET", "/books/dune", "");
+    assert_eq!(status, 502);
+    assert_eq!(
+        body.trim_end(),
+        format!(
+            "books /books/dune (pod test-0, zone ) \
+             <- [gRPC {upstream}/ UNAVAILABLE: authors (pod test-0) failed on purpose]"
+        )
+    );
+    // A gRPC upstream that is not a plain http://HOST:PORT is refused at start.
+    let bad = Command::new(BIN)
+        .args(["serve", "--name", "x", "--port", &free_port().to_string()])
+        .args(["--grpc-upstream", "http://authors:9090/Lookup"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("gRPC upstream http://authors:9090/Lookup: no path expected"),
+        "{stderr}"
+    );
+}
