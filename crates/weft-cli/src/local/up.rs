@@ -1321,22 +1321,19 @@ impl Runner {
             if loopback {
                 let _ = writeln!(
                     out,
-                    "call as a pod:    HTTP_PROXY=http://{}:{OUTBOUND_PORT} {} get {url}\nmetrics:          {} stat --admin {}:{ADMIN_PORT}",
+                    "call as a pod:    HTTP_PROXY=http://{}:{OUTBOUND_PORT} {} get {url}\nmetrics:          {} stat -A (per workload; `stat svc -A` per Service)",
                     p.ip,
                     app.display(),
                     weft.display(),
-                    p.ip
                 );
                 return out;
             }
             let _ = writeln!(
                 out,
-                "call from a pod:  ip netns exec {} {} get {url}\nmetrics:          ip netns exec {} {} stat --admin {}:{ADMIN_PORT}",
+                "call from a pod:  ip netns exec {} {} get {url}\nmetrics:          {} stat -A (per workload; `stat svc -A` per Service)",
                 p.netns,
                 app.display(),
-                self.paths.hub,
                 weft.display(),
-                p.ip
             );
         }
         out
