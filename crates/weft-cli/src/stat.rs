@@ -54,11 +54,12 @@ pub struct StatArgs {
     #[arg(value_parser = parse_kind)]
     kind: Option<Kind>,
     /// Namespace whose rows are shown.
+    // No env equivalent: WEFT_NAMESPACE is the namespace `weft up` gives each pod's
+    // command, and would make `weft stat --admin` run there a conflict.
     #[arg(
         short = 'n',
         long,
         default_value = "default",
-        env = "WEFT_NAMESPACE",
         conflicts_with = "all_namespaces"
     )]
     namespace: String,
