@@ -506,6 +506,30 @@ fn detached_up_is_ready_when_it_returns_and_down_removes_it() {
         answered.contains("books-0"),
         "books-0 never answered itself: {answered:?}"
     );
+    // `weft stat` reads every pod's proxy from inside the hub: books (2 replicas,
+    // summed) served the client's steady calls over mTLS; the callers saw books too.
+    let stat = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut argv = vec!["stat"];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["-o", "json", "--window", "2s"]);
+        let out = env.run(&argv);
+        assert!(out.status.success(), "weft {argv:?} failed");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .expect("JSON")
+            .as_array()
+            .expect("an array")
+            .clone()
+    };
+    for kind in ["deploy", "svc"] {
+        let rows = stat(&[kind]);
+        let books = rows
+            .iter()
+            .find(|r| r["name"] == "books" && r["namespace"] == "default")
+            .unwrap_or_else(|| panic!("no books row in weft stat {kind}: {rows:?}"));
+        assert!(books["rps"].as_f64().unwrap() > 10.0, "{kind}: {books}");
+        assert_eq!(books["success"], 1.0, "{kind}: {books}");
+        assert_eq!(books["meshed"], 1.0, "{kind}: {books}");
+    }
     // A second mesh on the same prefix is refused while this one is up.
     let again = env.run(&["up", "-d", env.dir.to_str().unwrap()]);
     assert!(!again.status.success());
