@@ -539,10 +539,16 @@ fn loopback_foreground_scaling_and_down_after_kill_9() {
         reached <= Duration::from_secs(2),
         "traffic reached the new replica only after {reached:?}"
     );
-    // The summary scraped every pod's proxy directly (no hub namespace).
+    // The summary scraped every pod's proxy directly (no hub namespace): the
+    // `weft stat deploy -A` view, books served over mTLS.
     let summary = eventually(Duration::from_secs(5), || {
         let out = env.up_output();
-        out.contains("books            inbound").then_some(out)
+        out.lines()
+            .any(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.starts_with(&["default", "books", "100.00%"])
+            })
+            .then_some(out)
     });
     assert!(
         summary.is_some(),
