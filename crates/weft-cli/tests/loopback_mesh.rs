@@ -239,8 +239,13 @@ impl Drop for Env {
 /// `weft-demo-app get URL`, through `proxy` if given (never through one inherited
 /// from the test's environment).
 fn demo_get(url: &str, proxy: Option<&str>) -> Output {
+    demo_app(&["get", url, "--timeout", "2s"], proxy)
+}
+
+/// `weft-demo-app ARGS`, through `proxy` (an `HTTP_PROXY`) or none.
+fn demo_app(args: &[&str], proxy: Option<&str>) -> Output {
     let mut cmd = Command::new(bin_dir().join("weft-demo-app"));
-    cmd.args(["get", url, "--timeout", "2s"]);
+    cmd.args(args);
     for var in [
         "HTTP_PROXY",
         "http_proxy",
@@ -428,6 +433,42 @@ fn loopback_mesh_calls_go_proxy_to_proxy_over_mtls_and_down_removes_everything()
 
     // Ready means ready: the first call works, meshed.
     assert_meshed_call(&env);
+
+    // gRPC through the client's proxy (h2c, resolved by `:authority`) to authors' first
+    // port, which answers weft.demo.Authors/Lookup too; counted as a gRPC success.
+    let client_proxy = format!("http://{}:4140", env.pod_ip("client-0").unwrap());
+    let out = demo_app(
+        &[
+            "lookup",
+            "http://authors:8080",
+            "--book",
+            "dune",
+            "--timeout",
+            "2s",
+        ],
+        Some(&client_proxy),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the gRPC call failed: {text}");
+    assert!(
+        text.starts_with("OK authors by Frank Herbert (pod authors-0, zone zone-c)"),
+        "{text}"
+    );
+    let client = env.metrics("client-0").expect("client metrics");
+    assert_eq!(
+        client.sum(
+            "response_total",
+            &[
+                ("direction", "outbound"),
+                ("authority", "authors:8080"),
+                ("tls", "true"),
+                ("classification", "success"),
+            ]
+        ),
+        1.0,
+        "the client's proxy did not count one successful gRPC call to authors:\n{}",
+        client.text
+    );
 
     // A pod calling its own Service reaches its own app through its inbound proxy.
     let out = env.get_as("books-0", "http://books:8080/self");
