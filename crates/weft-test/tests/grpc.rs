@@ -73,3 +73,38 @@ async fn grpc_callers_get_grpc_errors_from_the_proxy() {
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert!(err.message().contains("refused"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn outbound_grpc_errors_are_failures_and_not_retried_by_default() {
+    let server = GrpcServer::loopback().await;
+    let services = format!(
+        "services:\n  - name: echo\n    listen: 127.0.0.1:0\n    endpoints: [\"{}\"]\n",
+        server.addr()
+    );
+    let proxy = proxy::inbound_to(server.addr())
+        .services(&services)
+        .start()
+        .await;
+    let mut client = EchoClient::connect(proxy.service("echo"), "echo.default.svc:9090")
+        .await
+        .unwrap();
+    assert_eq!(client.unary("hi").await.unwrap(), "echo: hi");
+    let err = client.unary("fail").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    let m = proxy.metrics().await;
+    let outbound = |classification| {
+        m.sum(
+            "response_total",
+            &[
+                ("direction", "outbound"),
+                ("dst_service", "echo"),
+                ("classification", classification),
+            ],
+        )
+    };
+    assert_eq!(outbound("success"), 1.0, "{}", m.text);
+    assert_eq!(outbound("failure"), 1.0, "{}", m.text);
+    // gRPC calls are POSTs: retried on a response only when a gRPC status is listed.
+    assert_eq!(m.sum("retry_requests_total", &[]), 0.0, "{}", m.text);
+}
