@@ -139,8 +139,8 @@ async fn run_admin(args: StatArgs) -> anyhow::Result<()> {
             .flat_map(|(b, a)| rows(b, a, args.window))
             .collect();
         match args.output {
-            Output::Table => print!("{}", table(&rows)),
-            Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            Output::Table => emit(&table(&rows)),
+            Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?)),
         }
         if !args.watch {
             return Ok(());
@@ -230,9 +230,9 @@ per-route figures; `weft stat svc` shows per-Service ones"
                 } else {
                     format!("in namespace {}", args.namespace)
                 };
-                print!("{}", mesh::table(&rows, args.all_namespaces, what, &scope));
+                emit(&mesh::table(&rows, args.all_namespaces, what, &scope));
             }
-            Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?)),
         }
         if !args.watch {
             return Ok(());
@@ -406,6 +406,20 @@ pub fn table(rows: &[Row]) -> String {
         out.push_str("(no HTTP traffic seen yet)\n");
     }
     out
+}
+
+/// Writes `text` to stdout. A reader that went away (`weft stat | head`) ends the
+/// command quietly, as it would for any Unix filter, instead of a panic from `print!`.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("weft stat: cannot write the output: {e}");
+        std::process::exit(1);
+    }
 }
 
 #[cfg(test)]
