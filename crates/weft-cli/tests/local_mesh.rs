@@ -8,57 +8,21 @@
 
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_core::prom::Scrape;
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-fn bin_dir() -> PathBuf {
-    Path::new(WEFT).parent().unwrap().to_owned()
-}
+mod common;
+use common::{
+    bin_dir, build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, stat, SERVICES, WEFT,
+};
 
 /// `None` when the mesh tests can run here, else why not.
 fn cannot_run() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root: network namespaces and iptables need root".into());
-    }
-    for tool in ["ip", "iptables-restore", "setpriv"] {
-        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!(
-                "`{tool}` is not installed (scripts/setup installs it)"
-            ));
-        }
-    }
-    // The proxy, the controller and the demo app are other packages' binaries:
-    // `cargo test --workspace` builds them; a narrower run builds them here.
-    let missing = ["weft-proxy", "weft-controller", "weft-demo-app"]
-        .iter()
-        .any(|b| !bin_dir().join(b).exists());
-    if missing {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "weft-proxy",
-                "-p",
-                "weft-controller",
-                "-p",
-                "weft-demo-app",
-            ])
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            return Some("cannot build weft-proxy, weft-controller and weft-demo-app".into());
-        }
-    }
-    None
+    not_root_or_missing_tools().or_else(build_binaries)
 }
 
 macro_rules! require_root {
@@ -257,68 +221,6 @@ fn run_ok(program: &str, args: &[&str]) -> String {
     assert!(out.status.success(), "{program} {args:?} failed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
-
-/// (state, start time) of a process, from /proc.
-fn stat(pid: u32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some((f[0].chars().next()?, f[19].parse().ok()?))
-}
-
-/// Polls `f` every 50 ms until it is `Some` or `limit` passes.
-fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// client (load generator) → books → authors, books with `books_replicas`.
-fn mesh_yaml(books_replicas: u32) -> String {
-    format!(
-        r#"kind: Mesh
-workloads:
-  - name: client
-    zone: zone-a
-    ports: [8080]
-    command: [weft-demo-app, serve, --name, client, --port, "8080",
-              --call, "http://books.default.svc:8080/load", --rps, "50", --call-delay, 0s]
-  - name: books
-    zone: zone-b
-    replicas: {books_replicas}
-    ports: [8080]
-    command: [weft-demo-app, serve, --name, books, --port, "8080",
-              --upstream, "http://authors:8080/"]
-  - name: authors
-    zone: zone-c
-    ports: [8080]
-    command: [weft-demo-app, serve, --name, authors, --port, "8080"]
-"#
-    )
-}
-
-const SERVICES: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: books}
-spec:
-  selector: {app: books}
-  ports: [{port: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: authors, namespace: default}
-spec:
-  selector: {app: authors}
-  ports: [{name: http, port: 8080, targetPort: 8080}]
-"#;
 
 fn inbound_requests(scrape: &Scrape) -> f64 {
     scrape.sum("request_total", &[("direction", "inbound")])

@@ -18,7 +18,7 @@
 
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,40 +26,13 @@ use hdrhistogram::Histogram;
 use serde_json::Value;
 use weft_core::prom::{increase, Scrape};
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+mod common;
+use common::{bin_dir, build_binaries, not_root_or_missing_tools, WEFT};
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
-
-fn bin_dir() -> PathBuf {
-    Path::new(WEFT).parent().unwrap().to_owned()
-}
 
 /// `None` when the mesh can run here, else why not.
 fn cannot_run() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root: network namespaces and iptables need root".into());
-    }
-    for tool in ["ip", "iptables-restore", "setpriv"] {
-        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!(
-                "`{tool}` is not installed (scripts/setup installs it)"
-            ));
-        }
-    }
-    // The other packages' binaries, current and of this build's profile (a no-op when
-    // they are up to date).
-    let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "-q", "-p", "weft-proxy", "-p", "weft-demo-app"]);
-    build.args(["-p", "weft-controller"]);
-    if !cfg!(debug_assertions) {
-        build.arg("--release");
-    }
-    if !matches!(build.status(), Ok(s) if s.success()) {
-        return Some("cannot build weft-proxy, weft-demo-app and weft-controller".into());
-    }
-    None
+    not_root_or_missing_tools().or_else(build_binaries)
 }
 
 macro_rules! require_root {

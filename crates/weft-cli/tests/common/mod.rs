@@ -1,0 +1,112 @@
+//! What the local-mesh tests share (each test binary uses part of it, hence the
+//! `dead_code` allowance): the binaries, root checks, polling, and the 3-workload mesh.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+pub const CLIENT_ID: &str = "client.default.serviceaccount.identity.weft.cluster.local";
+pub const BOOKS_ID: &str = "books.default.serviceaccount.identity.weft.cluster.local";
+
+/// Where `weft` and the other packages' binaries are.
+pub fn bin_dir() -> PathBuf {
+    Path::new(WEFT).parent().unwrap().to_owned()
+}
+
+/// `None` when this runs as root with the tools namespace meshes need, else why not.
+pub fn not_root_or_missing_tools() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root: network namespaces and iptables need root".into());
+    }
+    for tool in ["ip", "iptables-restore", "setpriv"] {
+        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).exists());
+        if !found {
+            return Some(format!(
+                "`{tool}` is not installed (scripts/setup installs it)"
+            ));
+        }
+    }
+    None
+}
+
+/// Builds the other packages' binaries the mesh runs, current and of this build's
+/// profile (a no-op when they are up to date); `Some(why)` if that fails.
+pub fn build_binaries() -> Option<String> {
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "-q", "-p", "weft-proxy", "-p", "weft-demo-app"]);
+    build.args(["-p", "weft-controller"]);
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    if !matches!(build.status(), Ok(s) if s.success()) {
+        return Some("cannot build weft-proxy, weft-demo-app and weft-controller".into());
+    }
+    None
+}
+
+/// (state, start time) of a process, from /proc.
+pub fn stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f[0].chars().next()?, f[19].parse().ok()?))
+}
+
+/// Polls `f` every 50 ms until it is `Some` or `limit` passes.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// client (load generator) → books → authors, books with `books_replicas`.
+pub fn mesh_yaml(books_replicas: u32) -> String {
+    format!(
+        r#"kind: Mesh
+workloads:
+  - name: client
+    zone: zone-a
+    ports: [8080]
+    command: [weft-demo-app, serve, --name, client, --port, "8080",
+              --call, "http://books.default.svc:8080/load", --rps, "50", --call-delay, 0s]
+  - name: books
+    zone: zone-b
+    replicas: {books_replicas}
+    ports: [8080]
+    command: [weft-demo-app, serve, --name, books, --port, "8080",
+              --upstream, "http://authors:8080/"]
+  - name: authors
+    zone: zone-c
+    ports: [8080]
+    command: [weft-demo-app, serve, --name, authors, --port, "8080"]
+"#
+    )
+}
+
+pub const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: books}
+spec:
+  selector: {app: books}
+  ports: [{port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: authors, namespace: default}
+spec:
+  selector: {app: authors}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+"#;
