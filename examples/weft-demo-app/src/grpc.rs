@@ -181,7 +181,7 @@ impl Upstream {
 
     /// A status the client made from a transport error (it carries its source; a
     /// server's status does not) says where it tried to go and why it failed there.
-    fn transport_context(&self, status: Status) -> Status {
+    fn transport_context(&self, status: Status, limit: Duration) -> Status {
         use std::error::Error as _;
         let Some(source) = status.source() else {
             return status;
@@ -191,11 +191,9 @@ impl Upstream {
         while let Some(e) = next {
             if e.is::<tonic::TimeoutExpired>() {
                 // The client's own deadline (the request's grpc-timeout) ran out: that is
-                // DEADLINE_EXCEEDED to gRPC, though tonic reports it as CANCELLED.
-                return Status::deadline_exceeded(format!(
-                    "{} {LOOKUP}: no answer within the deadline",
-                    self.uri
-                ));
+                // DEADLINE_EXCEEDED to gRPC, though tonic reports it as CANCELLED. Same
+                // words as the outer timer's, whichever of the two fires first.
+                return deadline_exceeded(&self.uri, limit);
             }
             causes.push(e.to_string());
             next = e.source();
@@ -225,16 +223,17 @@ impl Upstream {
                     ProstCodec::<LookupRequest, LookupReply>::default(),
                 )
                 .await
-                .map_err(|status| self.transport_context(status))?;
+                .map_err(|status| self.transport_context(status, limit))?;
             Ok(rsp.into_inner())
         };
-        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-            Err(Status::deadline_exceeded(format!(
-                "{} {LOOKUP}: no answer within {limit:?}",
-                self.uri
-            )))
-        })
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(deadline_exceeded(&self.uri, limit)))
     }
+}
+
+fn deadline_exceeded(uri: &impl std::fmt::Display, limit: Duration) -> Status {
+    Status::deadline_exceeded(format!("{uri} {LOOKUP}: no answer within {limit:?}"))
 }
 
 /// A status in one line: its code's name as the gRPC spec writes it
