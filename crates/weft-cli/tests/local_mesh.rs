@@ -8,16 +8,16 @@
 
 #![cfg(target_os = "linux")]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use weft_core::prom::Scrape;
 
 mod common;
 use common::{
-    bin_dir, build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, stat, SERVICES, WEFT,
+    bin_dir, build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, stat, MeshEnv as _,
+    SERVICES, WEFT,
 };
 
 /// `None` when the mesh tests can run here, else why not.
@@ -68,35 +68,6 @@ impl Env {
             .env("WEFT_PREFIX", &self.prefix)
             .stdin(Stdio::null());
         cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.weft(args).output().expect("run weft");
-        eprintln!(
-            "$ weft {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        std::fs::write(self.dir.join(name), text).unwrap();
-    }
-
-    fn state(&self) -> Value {
-        let text =
-            std::fs::read_to_string(self.state_dir.join("state.json")).expect("a state file");
-        serde_json::from_str(&text).unwrap()
-    }
-
-    fn pod_ip(&self, pod: &str) -> Option<String> {
-        self.state()["pods"]
-            .as_array()?
-            .iter()
-            .find(|p| p["name"] == pod)
-            .map(|p| p["ip"].as_str().unwrap().to_owned())
     }
 
     fn netns(&self, pod: &str) -> String {
@@ -197,6 +168,18 @@ impl Env {
             !self.state_dir.join("pods.yaml").exists(),
             "the pods file is left"
         );
+    }
+}
+
+impl common::MeshEnv for Env {
+    fn weft(&self, args: &[&str]) -> Command {
+        Env::weft(self, args)
+    }
+    fn mesh_dir(&self) -> &Path {
+        &self.dir
+    }
+    fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 }
 

@@ -10,7 +10,7 @@
 
 #![cfg(target_os = "linux")]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,8 @@ use weft_core::prom::Scrape;
 
 mod common;
 use common::{
-    bin_dir, build_binaries, eventually, mesh_yaml, stat, BOOKS_ID, CLIENT_ID, SERVICES, WEFT,
+    bin_dir, build_binaries, eventually, mesh_yaml, stat, MeshEnv as _, BOOKS_ID, CLIENT_ID,
+    SERVICES, WEFT,
 };
 const NOBODY: u32 = 65534;
 
@@ -96,35 +97,6 @@ impl Env {
         cmd
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.weft(args).output().expect("run weft");
-        eprintln!(
-            "$ weft {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        std::fs::write(self.dir.join(name), text).unwrap();
-    }
-
-    fn state(&self) -> Value {
-        let text =
-            std::fs::read_to_string(self.state_dir.join("state.json")).expect("a state file");
-        serde_json::from_str(&text).unwrap()
-    }
-
-    fn pod_ip(&self, pod: &str) -> Option<String> {
-        self.state()["pods"]
-            .as_array()?
-            .iter()
-            .find(|p| p["name"] == pod)
-            .map(|p| p["ip"].as_str().unwrap().to_owned())
-    }
-
     /// `weft-demo-app get URL` as the app of pod `pod` would call: through its proxy.
     fn get_as(&self, pod: &str, url: &str) -> Output {
         let ip = self.pod_ip(pod).expect("the pod is recorded");
@@ -194,6 +166,18 @@ impl Env {
                 "a network namespace was made in loopback mode:\n{list}"
             );
         }
+    }
+}
+
+impl common::MeshEnv for Env {
+    fn weft(&self, args: &[&str]) -> Command {
+        Env::weft(self, args)
+    }
+    fn mesh_dir(&self) -> &Path {
+        &self.dir
+    }
+    fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 }
 

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -110,3 +110,41 @@ spec:
   selector: {app: authors}
   ports: [{name: http, port: 8080, targetPort: 8080}]
 "#;
+
+/// What a test's mesh (its directories and its `weft` command) gives the shared steps.
+pub trait MeshEnv {
+    /// `weft ARGS` for this test's mesh (its state directory, prefix, ...).
+    fn weft(&self, args: &[&str]) -> Command;
+    fn mesh_dir(&self) -> &Path;
+    fn state_dir(&self) -> &Path;
+
+    /// Runs `weft ARGS`, logging what it printed.
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.weft(args).output().expect("run weft");
+        eprintln!(
+            "$ weft {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.mesh_dir().join(name), text).unwrap();
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(self.state_dir().join("state.json")).expect("a state file");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn pod_ip(&self, pod: &str) -> Option<String> {
+        self.state()["pods"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == pod)
+            .map(|p| p["ip"].as_str().unwrap().to_owned())
+    }
+}
