@@ -97,10 +97,6 @@ impl Env {
         })
     }
 
-    fn up_output(&self) -> String {
-        std::fs::read_to_string(&self.up_log).unwrap_or_default()
-    }
-
     /// Everything recorded that must be gone after `weft down`: (pid, start time).
     fn recorded_procs(&self) -> Vec<(u32, u64)> {
         let state = self.state();
@@ -181,21 +177,15 @@ impl common::MeshEnv for Env {
     fn state_dir(&self) -> &Path {
         &self.state_dir
     }
+    fn up_log(&self) -> &Path {
+        &self.up_log
+    }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if let Some(mut up) = self.up.take() {
-            let _ = up.kill();
-            let _ = up.wait();
-        }
-        if self.state_dir.join("state.json").exists() {
-            eprintln!("cleaning up after the test:\n{}", self.up_output());
-            let _ = self.weft(&["down"]).output();
-        }
-        if let Some(base) = self.dir.parent() {
-            let _ = std::fs::remove_dir_all(base);
-        }
+        let up = self.up.take();
+        self.clean_up(up);
     }
 }
 

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -117,6 +117,28 @@ pub trait MeshEnv {
     fn weft(&self, args: &[&str]) -> Command;
     fn mesh_dir(&self) -> &Path;
     fn state_dir(&self) -> &Path;
+    /// Where a foreground `weft up` of the test writes its output.
+    fn up_log(&self) -> &Path;
+
+    fn up_output(&self) -> String {
+        std::fs::read_to_string(self.up_log()).unwrap_or_default()
+    }
+
+    /// After a test, passed or not: stops its foreground `weft up`, takes down what is
+    /// still recorded, and removes the test's directories.
+    fn clean_up(&self, up: Option<Child>) {
+        if let Some(mut up) = up {
+            let _ = up.kill();
+            let _ = up.wait();
+        }
+        if self.state_dir().join("state.json").exists() {
+            eprintln!("cleaning up after the test:\n{}", self.up_output());
+            let _ = self.weft(&["down"]).output();
+        }
+        if let Some(base) = self.mesh_dir().parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
 
     /// Runs `weft ARGS`, logging what it printed.
     fn run(&self, args: &[&str]) -> Output {
