@@ -28,7 +28,7 @@ fn cannot_run() -> Option<String> {
 macro_rules! require_root {
     () => {
         if let Some(reason) = cannot_run() {
-            eprintln!("skipped: {reason}");
+            common::skip(&reason);
             return;
         }
     };

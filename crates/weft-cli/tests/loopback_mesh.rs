@@ -32,7 +32,7 @@ fn cannot_run() -> Option<String> {
 macro_rules! require_binaries {
     () => {
         if let Some(reason) = cannot_run() {
-            eprintln!("skipped: {reason}");
+            common::skip(&reason);
             return;
         }
     };
@@ -680,7 +680,7 @@ fn weft_stat_reads_the_local_mesh_per_deployment_and_service() {
 #[test]
 fn weft_stat_on_a_namespace_mesh_needs_root() {
     if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("skipped: needs root and setpriv (to run weft as nobody)");
+        common::skip("needs root and setpriv (to run weft as nobody)");
         return;
     }
     // A namespace-mode state file, readable by nobody: no mesh needs to run.

@@ -96,7 +96,7 @@ fn scrape(net: &TestNet, pod: usize) -> Scrape {
 #[test]
 fn client_reaches_server_through_both_proxies() {
     if let Err(reason) = netns::can_run() {
-        eprintln!("skipped: {reason}");
+        netns::skip(&reason);
         return;
     }
     let net = TestNet::new(2).unwrap_or_else(|e| panic!("create the namespaces: {e:#}"));

@@ -53,6 +53,15 @@ const TERM_GRACE: Duration = Duration::from_secs(2);
 
 static NETS: AtomicU32 = AtomicU32::new(0);
 
+/// Skips a test that cannot run here with its reason, except under CI (`CI` set),
+/// where a skipped root test would hide a failure: there it fails.
+pub fn skip(reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("cannot run under CI: {reason}");
+    }
+    eprintln!("skipped: {reason}");
+}
+
 /// `Ok` when this process can build namespaces: root, with `ip`, `iptables` and
 /// `setpriv` installed. Otherwise the reason to print when skipping.
 pub fn can_run() -> Result<(), String> {
