@@ -9,6 +9,7 @@
 //! proxy:                              # every pod's proxy (optional)
 //!   zoneMode: aware                   # aware (default) | unaware | local-only
 //!   args: [--zone-high, "3"]          # more weft-proxy flags
+//! user: 2103                          # apps' user (default 2103): UID, "UID:GID" or a name
 //! workloads:
 //!   - name: books
 //!     namespace: default              # default
@@ -22,6 +23,7 @@
 //!     opaquePorts: [9090]             # forwarded as TCP, no protocol detection
 //!     skipPorts: []                   # never redirected through the proxy
 //!     proxy: {zoneMode: unaware}      # replaces the mesh's proxy fields it sets
+//!     user: nobody                    # replaces the mesh's user
 //! ```
 //!
 //! Parsing is strict: unknown fields, wrong types and broken references are errors that
@@ -72,6 +74,14 @@ pub const PROXY_FLAGS_MANAGED_BY_WEFT_UP: [&str; 21] = [
     "--admin-listen",
     "--inbound-forward",
 ];
+
+/// The UID every pod's proxy runs as (namespace mode). Apps cannot use it: the pod's
+/// outbound rule lets this UID's traffic past the proxy.
+pub const PROXY_UID: u32 = 2102;
+
+/// The user (and group) apps run as when `mesh.yaml` names none (namespace mode): an
+/// unprivileged UID of their own, neither root nor the proxies'.
+pub const DEFAULT_APP_UID: u32 = 2103;
 
 /// Most pods one mesh may run (addresses, names and sanity).
 pub const MAX_PODS: u32 = 1000;
@@ -145,6 +155,85 @@ pub struct Workload {
     pub skip_ports: Vec<u16>,
     /// Settings of its pods' proxies: the mesh's `proxy:` with the workload's on top.
     pub proxy: ProxySettings,
+    /// The user its command runs as: the workload's `user:`, else the mesh's; `None`:
+    /// neither names one ([`DEFAULT_APP_UID`]).
+    pub user: Option<AppUser>,
+}
+
+/// Who a workload's command runs as (`user:` in `mesh.yaml`). Never root nor the
+/// proxies' UID (validated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppUser {
+    /// `user: 2103` (the group is the same number) or `user: "1000:1000"`.
+    Id { uid: u32, gid: u32 },
+    /// `user: nobody`: a user of the machine, with its primary group (`weft up`
+    /// resolves it).
+    Name(String),
+}
+
+impl fmt::Display for AppUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppUser::Id { uid, gid } => write!(f, "{uid}:{gid}"),
+            AppUser::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+impl AppUser {
+    /// Parses a `user:` value: a UID, `"UID:GID"` or a user name.
+    fn parse(value: &Value) -> Result<AppUser, String> {
+        const EXPECTED: &str =
+            "expected a UID (2103), \"UID:GID\" (\"2103:2103\") or a user name (nobody)";
+        let id = |s: &str| -> Result<u32, String> {
+            s.parse::<u32>()
+                .ok()
+                .filter(|n| *n != u32::MAX)
+                .ok_or_else(|| format!("{s:?} is not a UID or GID (0-4294967294)"))
+        };
+        let user = match value {
+            Value::Number(n) => {
+                let uid = id(&n.to_string())?;
+                AppUser::Id { uid, gid: uid }
+            }
+            Value::String(s) if s.starts_with(|c: char| c.is_ascii_digit()) => {
+                match s.split_once(':') {
+                    Some((uid, gid)) => AppUser::Id {
+                        uid: id(uid)?,
+                        gid: id(gid)?,
+                    },
+                    None => {
+                        let uid = id(s)?;
+                        AppUser::Id { uid, gid: uid }
+                    }
+                }
+            }
+            Value::String(s) => {
+                let name_ok = s.len() <= 32
+                    && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && s.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    });
+                if !name_ok {
+                    return Err(format!("{s:?} is not a user name; {EXPECTED}"));
+                }
+                AppUser::Name(s.clone())
+            }
+            _ => return Err(EXPECTED.to_owned()),
+        };
+        match &user {
+            AppUser::Id { uid: 0, .. } | AppUser::Id { gid: 0, .. } => Err(format!(
+                "{user} is root (UID or GID 0): apps run unprivileged, so that they cannot read the mesh's CA key or the proxies' tokens"
+            )),
+            AppUser::Name(name) if name == "root" => Err(
+                "root: apps run unprivileged, so that they cannot read the mesh's CA key or the proxies' tokens".to_owned(),
+            ),
+            AppUser::Id { uid, gid } if *uid == PROXY_UID || *gid == PROXY_UID => Err(format!(
+                "{user}: UID/GID {PROXY_UID} is the proxies'; an app running as it would bypass its proxy (the outbound rule lets that UID through)"
+            )),
+            _ => Ok(user),
+        }
+    }
 }
 
 /// Settings of a pod's proxy, from `proxy:` in `mesh.yaml` (mesh-wide, and per workload
@@ -266,6 +355,7 @@ struct MeshFile {
     kind: String,
     trust_domain: Option<String>,
     proxy: Option<ProxySpec>,
+    user: Option<Value>,
     #[serde(default)]
     workloads: Vec<WorkloadSpec>,
 }
@@ -297,6 +387,7 @@ struct WorkloadSpec {
     #[serde(default)]
     skip_ports: Vec<u16>,
     proxy: Option<ProxySpec>,
+    user: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -556,9 +647,18 @@ impl Mesh {
         for (field, message) in proxy_problems(&mesh_proxy) {
             report.error(file, &format!("proxy.{field}"), message);
         }
+        let mesh_user = match parsed.user.as_ref().map(AppUser::parse) {
+            None => None,
+            Some(Ok(user)) => Some(user),
+            Some(Err(message)) => {
+                report.error(file, "user", message);
+                None
+            }
+        };
         for (i, spec) in parsed.workloads.into_iter().enumerate() {
             let location = format!("workloads[{i}] ({})", spec.name);
-            if let Some(w) = self.parse_workload(spec, &mesh_proxy, &location, report) {
+            let defaults = (&mesh_proxy, &mesh_user);
+            if let Some(w) = self.parse_workload(spec, defaults, &location, report) {
                 self.workloads.push(w);
             }
         }
@@ -567,7 +667,7 @@ impl Mesh {
     fn parse_workload(
         &self,
         spec: WorkloadSpec,
-        mesh_proxy: &ProxySettings,
+        (mesh_proxy, mesh_user): (&ProxySettings, &Option<AppUser>),
         location: &str,
         report: &mut Report,
     ) -> Option<Workload> {
@@ -725,6 +825,14 @@ impl Mesh {
                 proxy
             }
         };
+        let user = match spec.user.as_ref().map(AppUser::parse) {
+            None => mesh_user.clone(),
+            Some(Ok(user)) => Some(user),
+            Some(Err(message)) => {
+                err("user", message);
+                None
+            }
+        };
         let labels = match spec.labels {
             None => BTreeMap::from([("app".to_owned(), spec.name.clone())]),
             Some(labels) => {
@@ -759,6 +867,7 @@ impl Mesh {
             opaque_ports: spec.opaque_ports,
             skip_ports: spec.skip_ports,
             proxy,
+            user,
         })
     }
 
@@ -1401,6 +1510,83 @@ spec:
             .proxy
             .flags()
             .is_empty());
+    }
+
+    #[test]
+    fn app_user_mesh_wide_and_per_workload() {
+        let mesh = parse(MESH, SERVICES).unwrap();
+        assert_eq!(mesh.workloads[0].user, None);
+        let mesh = parse(
+            &MESH
+                .replace("kind: Mesh\n", "kind: Mesh\nuser: \"3000:3001\"\n")
+                .replace(
+                    "    command: [app]\n",
+                    "    command: [app]\n    user: nobody\n",
+                ),
+            SERVICES,
+        )
+        .unwrap();
+        assert_eq!(
+            mesh.workloads[0].user,
+            Some(AppUser::Id {
+                uid: 3000,
+                gid: 3001
+            })
+        );
+        assert_eq!(mesh.workloads[1].user, Some(AppUser::Name("nobody".into())));
+        let mesh = parse(
+            &MESH.replace(
+                "    command: [app]\n",
+                "    command: [app]\n    user: 4000\n",
+            ),
+            SERVICES,
+        )
+        .unwrap();
+        assert_eq!(
+            mesh.workloads[1].user,
+            Some(AppUser::Id {
+                uid: 4000,
+                gid: 4000
+            })
+        );
+    }
+
+    #[test]
+    fn bad_app_users_name_the_field() {
+        let msg = error(
+            &MESH.replace("kind: Mesh\n", "kind: Mesh\nuser: 0\n"),
+            SERVICES,
+        );
+        assert!(
+            msg.contains("mesh.yaml: user: 0:0 is root (UID or GID 0): apps run unprivileged"),
+            "{msg}"
+        );
+        for (user, expected) in [
+            ("root", "user: root: apps run unprivileged"),
+            ("\"1000:0\"", "user: 1000:0 is root"),
+            ("2102", "user: 2102:2102: UID/GID 2102 is the proxies'"),
+            (
+                "\"2103:2102\"",
+                "user: 2103:2102: UID/GID 2102 is the proxies'",
+            ),
+            ("Bad!", "user: \"Bad!\" is not a user name; expected a UID"),
+            ("\"12x\"", "user: \"12x\" is not a UID or GID"),
+            ("4294967295", "user: \"4294967295\" is not a UID or GID"),
+            ("-5", "user: \"-5\" is not a UID or GID"),
+            ("[1]", "user: expected a UID (2103)"),
+        ] {
+            let msg = error(
+                &MESH.replace(
+                    "    command: [app]\n",
+                    &format!("    command: [app]\n    user: {user}\n"),
+                ),
+                SERVICES,
+            );
+            assert!(
+                msg.contains(&format!("mesh.yaml: workloads[1] (books): {expected}")),
+                "{user}: {msg}"
+            );
+        }
     }
 
     #[test]
