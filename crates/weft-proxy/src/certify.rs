@@ -21,10 +21,46 @@ pub struct CertifyConfig {
     pub controller: String,
     /// The controller's identity (its TLS server name).
     pub controller_name: String,
-    /// The file holding the token that proves this workload's identity.
-    pub token_file: PathBuf,
+    /// The token that proves this workload's identity.
+    pub token: TokenSource,
     /// The trust anchors (PEM) the controller's certificate must chain to.
     pub anchors_pem: Vec<u8>,
+}
+
+/// Where the identity token comes from.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// A file, read again for every request (a rotated token is picked up).
+    File(PathBuf),
+    /// The token itself, given once at start-up (`--identity-token -`: read from stdin,
+    /// so no file readable by the proxy's user needs to hold it).
+    Inline(Arc<[u8]>),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::File(path) => f.debug_tuple("File").field(path).finish(),
+            // Never the token itself in logs.
+            TokenSource::Inline(token) => write!(f, "Inline({} bytes)", token.len()),
+        }
+    }
+}
+
+impl TokenSource {
+    async fn read(&self) -> Result<Vec<u8>, CertifyError> {
+        match self {
+            TokenSource::File(path) => {
+                tokio::fs::read(path)
+                    .await
+                    .map_err(|source| CertifyError::Token {
+                        path: path.clone(),
+                        source,
+                    })
+            }
+            TokenSource::Inline(token) => Ok(token.to_vec()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,12 +140,7 @@ async fn certify(
     local: &LocalIdentity,
     config: &CertifyConfig,
 ) -> Result<(SystemTime, Duration), CertifyError> {
-    let token = tokio::fs::read(&config.token_file)
-        .await
-        .map_err(|source| CertifyError::Token {
-            path: config.token_file.clone(),
-            source,
-        })?;
+    let token = config.token.read().await?;
     let rsp = client
         .certify(CertifyRequest {
             identity: local.name().dns_name(),

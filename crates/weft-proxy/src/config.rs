@@ -13,7 +13,7 @@ use std::sync::Arc;
 use weft_core::identity::Identity;
 
 use crate::balance::{BalanceConfig, ZoneMode};
-use crate::certify::CertifyConfig;
+use crate::certify::{CertifyConfig, TokenSource};
 use crate::destination::DestinationConfig;
 use crate::endpoints::{EndpointsError, ServiceIndex};
 use crate::identity::LocalIdentity;
@@ -213,7 +213,9 @@ pub struct Args {
     #[arg(long, env = "WEFT_DESTINATION_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub destination_wait: Duration,
 
-    /// File holding the token that proves this workload's identity to the controller.
+    /// File holding the token that proves this workload's identity to the controller
+    /// (read again for every certificate request); `-` reads it once from stdin, up to
+    /// its end, and keeps it in memory, so no file the proxy's user can read holds it.
     #[arg(long, env = "WEFT_IDENTITY_TOKEN")]
     pub identity_token: Option<PathBuf>,
 
@@ -300,12 +302,28 @@ pub enum ConfigError {
     ZoneBand(f64, f64),
     #[error("--trust-anchors turns on mTLS, which also needs {0}")]
     IdentityIncomplete(&'static str),
+    #[error("--identity-token -: cannot read the token from stdin: {0}")]
+    TokenStdin(std::io::Error),
+    #[error("--identity-token -: stdin held no token")]
+    EmptyToken,
     #[error("--destination needs --trust-anchors to verify the controller's certificate")]
     DestinationWithoutAnchors,
     #[error("the proxy's identity: {0}")]
     IdentityName(#[from] weft_core::identity::IdentityError),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+}
+
+/// The whole of `input` (stdin for `--identity-token -`), which must not be empty.
+fn read_token(mut input: impl std::io::Read) -> Result<Vec<u8>, ConfigError> {
+    let mut token = Vec::new();
+    input
+        .read_to_end(&mut token)
+        .map_err(ConfigError::TokenStdin)?;
+    if token.is_empty() {
+        return Err(ConfigError::EmptyToken);
+    }
+    Ok(token)
 }
 
 impl Args {
@@ -351,10 +369,13 @@ impl Args {
                     .controller
                     .clone()
                     .ok_or(ConfigError::IdentityIncomplete("--controller"))?;
-                let token_file = self
-                    .identity_token
-                    .clone()
-                    .ok_or(ConfigError::IdentityIncomplete("--identity-token"))?;
+                let token = match self.identity_token.as_deref() {
+                    None => return Err(ConfigError::IdentityIncomplete("--identity-token")),
+                    Some(path) if path == std::path::Path::new("-") => {
+                        TokenSource::Inline(read_token(std::io::stdin().lock())?.into())
+                    }
+                    Some(path) => TokenSource::File(path.to_owned()),
+                };
                 let name =
                     Identity::new(&self.service_account, &self.namespace, &self.trust_domain)?;
                 let roots = crate::identity::load_anchors(anchors)?;
@@ -374,7 +395,7 @@ impl Args {
                     certify: Some(CertifyConfig {
                         controller,
                         controller_name,
-                        token_file,
+                        token,
                         anchors_pem,
                     }),
                 })
@@ -503,6 +524,18 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("weft-proxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn identity_token_from_stdin_is_read_whole_and_must_not_be_empty() {
+        let token = b"abc\ndef\n".as_slice();
+        assert_eq!(read_token(token).unwrap(), token);
+        assert_eq!(
+            read_token(b"".as_slice()).unwrap_err().to_string(),
+            "--identity-token -: stdin held no token"
+        );
+        let source = TokenSource::Inline(b"secret".as_slice().into());
+        assert_eq!(format!("{source:?}"), "Inline(6 bytes)");
     }
 
     #[test]

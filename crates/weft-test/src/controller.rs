@@ -18,7 +18,7 @@ use weft_controller::destination::LocalSourceConfig;
 use weft_controller::{identity, Config, Controller, DestinationConfig};
 use weft_core::identity::Identity;
 use weft_core::pods::{PodEntry, PodsFile, ServiceAddress};
-use weft_proxy::certify::CertifyConfig;
+use weft_proxy::certify::{CertifyConfig, TokenSource};
 use weft_proxy::config::IdentityConfig;
 use weft_proxy::destination::DestinationConfig as ProxyDestinationConfig;
 use weft_proxy::identity::{anchors_from_pem, LocalIdentity};
@@ -195,7 +195,11 @@ impl TestController {
             certify: Some(CertifyConfig {
                 controller: self.grpc.to_string(),
                 controller_name: CONTROLLER_NAME.into(),
-                token_file: identity::token_path(&self.dir.join("tokens"), "default", sa),
+                token: TokenSource::File(identity::token_path(
+                    &self.dir.join("tokens"),
+                    "default",
+                    sa,
+                )),
                 anchors_pem: self.anchors_pem.clone(),
             }),
         });
