@@ -21,10 +21,15 @@ use x509_parser::prelude::FromDer as _;
 
 use super::ca::{random_serial, rfc3339, Issuer, BACKDATE};
 use super::token::{TokenError, TokenVerifier};
+use crate::server::{CONTROLLER_NAMESPACE, CONTROLLER_SERVICE_ACCOUNT};
 use crate::metrics::{CertifyLabels, IdentityMetrics};
 
 /// Lifetime of workload certificates unless configured otherwise.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Certify requests checked at once unless configured otherwise; more are refused at
+/// once with RESOURCE_EXHAUSTED (the proxy retries with backoff), never queued.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
 /// An issued certificate.
 #[derive(Clone, Debug)]
@@ -56,6 +61,10 @@ pub enum CertifyError {
     Token(TokenError),
     #[error("the CSR is not for {identity}: {problem}")]
     WrongIdentity { identity: String, problem: String },
+    #[error("identity {name} is reserved for the controller (service account {CONTROLLER_SERVICE_ACCOUNT} in namespace {CONTROLLER_NAMESPACE}): Certify never issues it to a workload")]
+    Reserved { name: String },
+    #[error("the identity service is busy: {limit} Certify requests are being checked (the limit); retry shortly")]
+    Busy { limit: usize },
     #[error("malformed CSR: {0}")]
     MalformedCsr(String),
     #[error("the CSR's signature does not verify with its own public key ({0})")]
@@ -80,7 +89,10 @@ impl CertifyError {
             | CertifyError::UnsupportedKey(_) => Code::InvalidArgument,
             CertifyError::Token(TokenError::Unavailable { .. }) => Code::Unavailable,
             CertifyError::Token(_) => Code::Unauthenticated,
-            CertifyError::WrongIdentity { .. } => Code::PermissionDenied,
+            CertifyError::WrongIdentity { .. } | CertifyError::Reserved { .. } => {
+                Code::PermissionDenied
+            }
+            CertifyError::Busy { .. } => Code::ResourceExhausted,
             CertifyError::IssuerExpired(_) => Code::Unavailable,
             CertifyError::Sign(_) => Code::Internal,
         }
@@ -93,6 +105,8 @@ impl CertifyError {
             CertifyError::Token(TokenError::Unavailable { .. }) => "token_check_failed",
             CertifyError::Token(_) => "bad_token",
             CertifyError::WrongIdentity { .. } => "wrong_identity",
+            CertifyError::Reserved { .. } => "reserved",
+            CertifyError::Busy { .. } => "overloaded",
             CertifyError::MalformedCsr(_) => "malformed_csr",
             CertifyError::BadSignature(_) => "bad_signature",
             CertifyError::UnsupportedKey(_) => "unsupported_key",
@@ -115,6 +129,9 @@ pub struct Certifier {
     lifetime: Duration,
     tokens: Arc<dyn TokenVerifier>,
     metrics: IdentityMetrics,
+    /// Permits for requests being checked ([`Certifier::with_max_in_flight`]).
+    in_flight: Arc<tokio::sync::Semaphore>,
+    max_in_flight: usize,
 }
 
 impl std::fmt::Debug for Certifier {
@@ -141,6 +158,8 @@ impl Certifier {
             lifetime: DEFAULT_LIFETIME,
             tokens,
             metrics: IdentityMetrics::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         })
     }
 
@@ -171,6 +190,15 @@ impl Certifier {
         &self.trust_domain
     }
 
+    /// At most `limit` requests are checked at once; more are refused with
+    /// [`CertifyError::Busy`] (RESOURCE_EXHAUSTED) without waiting.
+    pub fn with_max_in_flight(mut self, limit: usize) -> Certifier {
+        let limit = limit.max(1);
+        self.in_flight = Arc::new(tokio::sync::Semaphore::new(limit));
+        self.max_in_flight = limit;
+        self
+    }
+
     pub fn lifetime(&self) -> Duration {
         self.lifetime
     }
@@ -184,7 +212,14 @@ impl Certifier {
         token: &[u8],
         csr: &[u8],
     ) -> Result<Certified, CertifyError> {
-        let result = self.check_and_sign(identity_name, token, csr).await;
+        // Beyond the limit the request is refused at once: queueing would let callers
+        // pile up work (and memory) faster than it is done.
+        let result = match self.in_flight.clone().try_acquire_owned() {
+            Ok(_permit) => self.check_and_sign(identity_name, token, csr).await,
+            Err(_) => Err(CertifyError::Busy {
+                limit: self.max_in_flight,
+            }),
+        };
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => e.result(),
@@ -226,6 +261,15 @@ impl Certifier {
                 name: identity_name.to_owned(),
                 theirs: identity.trust_domain().to_owned(),
                 ours: self.trust_domain.clone(),
+            });
+        }
+        // The controller serves TLS with this identity: a workload holding it could
+        // pose as the controller (or be taken for it by proxies), whatever its token.
+        if identity.namespace() == CONTROLLER_NAMESPACE
+            && identity.service_account() == CONTROLLER_SERVICE_ACCOUNT
+        {
+            return Err(CertifyError::Reserved {
+                name: identity.dns_name(),
             });
         }
         self.tokens

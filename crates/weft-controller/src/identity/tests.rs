@@ -621,3 +621,106 @@ async fn a_bundle_of_two_anchors_accepts_either_issuer() {
     assert!(verify_as_server(&old.anchors, &from_new, BOOKS).is_err());
     assert!(verify_as_server(&new.anchors, &from_old, BOOKS).is_err());
 }
+
+#[tokio::test]
+async fn the_controller_identity_is_reserved_even_with_a_valid_token() {
+    let f = fixture();
+    // A workload declared as the controller's service account, with a token for it.
+    let tokens = f.dir.join("tokens");
+    let (_, token) = write_token(&tokens, "weft-system", "weft-controller").unwrap();
+    let controller = "weft-controller.weft-system.serviceaccount.identity.weft.cluster.local";
+    let status = refused(&f, controller, token.as_bytes(), &csr(&[controller])).await;
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        format!("identity {controller} is reserved for the controller (service account weft-controller in namespace weft-system): Certify never issues it to a workload")
+    );
+    // Spelled in capitals it is no identity name at all.
+    let status = refused(
+        &f,
+        &controller.to_ascii_uppercase(),
+        token.as_bytes(),
+        &csr(&[controller]),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(count(&f.metrics, "reserved"), 1);
+    assert_eq!(count(&f.metrics, "ok"), 0);
+    // Other service accounts of its namespace are ordinary workloads.
+    let (_, other) = write_token(&tokens, "weft-system", "weft-dashboard").unwrap();
+    let dashboard = "weft-dashboard.weft-system.serviceaccount.identity.weft.cluster.local";
+    f.certifier
+        .certify(dashboard, other.as_bytes(), &csr(&[dashboard]))
+        .await
+        .unwrap();
+}
+
+/// A token verifier that holds every request until released.
+struct HeldTokens {
+    entered: tokio::sync::watch::Sender<usize>,
+    release: tokio::sync::Semaphore,
+}
+
+impl TokenVerifier for HeldTokens {
+    fn verify<'a>(&'a self, _: &'a weft_core::identity::Identity, _: &'a [u8]) -> VerifyFuture<'a> {
+        Box::pin(async move {
+            self.entered.send_modify(|n| *n += 1);
+            let _held = self.release.acquire().await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn certify_beyond_the_in_flight_limit_is_refused_at_once() {
+    let f = fixture();
+    let (entered, mut watch_entered) = tokio::sync::watch::channel(0);
+    let tokens = Arc::new(HeldTokens {
+        entered,
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let ca = f.dir.join("identity");
+    let issuer = Issuer::load(
+        &ca.join(ISSUER_CERT_FILE),
+        &ca.join(ISSUER_KEY_FILE),
+        &f.anchors,
+    )
+    .unwrap();
+    let metrics = IdentityMetrics::default();
+    let certifier = Arc::new(
+        Certifier::new(issuer, TD, tokens.clone())
+            .unwrap()
+            .with_metrics(metrics.clone())
+            .with_max_in_flight(2),
+    );
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let c = certifier.clone();
+            tokio::spawn(async move { c.certify(BOOKS, b"t", &csr(&[BOOKS])).await })
+        })
+        .collect();
+    watch_entered.wait_for(|n| *n == 2).await.unwrap();
+    // The third is answered without waiting for the two in flight.
+    let err = certifier
+        .certify(BOOKS, b"t", &csr(&[BOOKS]))
+        .await
+        .unwrap_err();
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        "the identity service is busy: 2 Certify requests are being checked (the limit); retry shortly"
+    );
+    assert_eq!(count(&metrics, "overloaded"), 1);
+    tokens.release.add_permits(2);
+    for task in held {
+        task.await.unwrap().unwrap();
+    }
+    // Permits are given back: the next request is served.
+    tokens.release.add_permits(1);
+    certifier
+        .certify(BOOKS, b"t", &csr(&[BOOKS]))
+        .await
+        .unwrap();
+    assert_eq!(count(&metrics, "ok"), 3);
+}
