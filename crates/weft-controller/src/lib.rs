@@ -14,12 +14,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::identity::{Certifier, Issuer, LocalTokens, TrustAnchors};
+use crate::identity::{Certifier, IdentityFiles, LocalTokens, ReloadOptions};
 use crate::metrics::Metrics;
 use crate::server::ServingCert;
 
@@ -99,34 +99,25 @@ impl std::fmt::Debug for Controller {
     }
 }
 
-/// Issuers expiring sooner than this are warned about at start-up.
-const ISSUER_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
-
 impl Controller {
     /// Loads and checks the identity files, issues the serving certificate, binds both
-    /// listeners and serves.
+    /// listeners and serves. The identity files are watched with the default
+    /// [`ReloadOptions`].
     pub async fn start(config: Config) -> Result<Controller, ControllerError> {
+        Self::start_with(config, ReloadOptions::default()).await
+    }
+
+    /// [`Controller::start`], watching the identity files as `reload` says: a new
+    /// issuer (or trust bundle) that loads replaces the current one without a restart.
+    pub async fn start_with(
+        config: Config,
+        reload: ReloadOptions,
+    ) -> Result<Controller, ControllerError> {
         if config.cert_lifetime < Duration::from_secs(1) {
             return Err(ControllerError::Lifetime);
         }
-        let dir = &config.identity_dir;
-        let anchors = TrustAnchors::load(&dir.join(identity::ANCHORS_FILE))?;
-        let issuer = Issuer::load(
-            &dir.join(identity::ISSUER_CERT_FILE),
-            &dir.join(identity::ISSUER_KEY_FILE),
-            &anchors,
-        )?;
-        let remaining = issuer
-            .not_after()
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        if remaining < ISSUER_WARNING {
-            tracing::warn!(
-                issuer = issuer.subject(),
-                expires_in = %humantime::format_duration(Duration::from_secs(remaining.as_secs())),
-                "the issuer expires soon; make a new one (weft identity init)"
-            );
-        }
+        let files = IdentityFiles::read(&config.identity_dir);
+        let (anchors, issuer) = files.load()?;
         let metrics = Arc::new(Metrics::new());
         let tokens = Arc::new(LocalTokens::new(&config.tokens_dir));
         let certifier = Arc::new(
@@ -170,6 +161,17 @@ impl Controller {
             tokio::spawn(admin::serve(admin_listener, metrics.clone(), ready.clone())),
             tokio::spawn(serving.clone().renew()),
         ];
+        let reissue = serving.clone();
+        background.push(tokio::spawn(identity::watch(
+            files,
+            certifier.clone(),
+            reload,
+            metrics.identity.clone(),
+            move || match reissue.reissue() {
+                Ok(()) => tracing::info!("serving certificate reissued by the new issuer"),
+                Err(error) => tracing::error!(%error, "cannot reissue the serving certificate"),
+            },
+        )));
         let mut index = None;
         let destinations = match (source, &config.destination) {
             (Some(source), Some(d)) => {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use weft_controller::destination::LocalSourceConfig;
+use weft_controller::identity::ReloadOptions;
 use weft_controller::{Config, Controller, DestinationConfig};
 
 /// weft's control plane, over gRPC with TLS: the identity service (the mesh's
@@ -84,6 +85,16 @@ struct Args {
     )]
     opaque_ports: Vec<u16>,
 
+    /// How often the identity files (--identity-dir) are checked for changes: a new
+    /// issuer or trust bundle that loads replaces the current one without a restart;
+    /// one that does not is logged and the current issuer keeps signing.
+    #[arg(long, env = "WEFT_IDENTITY_RELOAD_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    identity_reload_interval: Duration,
+
+    /// Warn (in the log, daily) when the issuer has less than this left.
+    #[arg(long, env = "WEFT_ISSUER_EXPIRY_WARNING", default_value = "30days", value_parser = humantime::parse_duration)]
+    issuer_expiry_warning: Duration,
+
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -103,23 +114,30 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let mut controller = Controller::start(Config {
-            identity_dir: args.identity_dir,
-            tokens_dir: args.tokens_dir,
-            trust_domain: args.trust_domain,
-            cert_lifetime: args.cert_lifetime,
-            listen: args.listen,
-            admin_listen: args.admin_listen,
-            destination: args.mesh_dir.map(|mesh_dir| DestinationConfig {
-                source: LocalSourceConfig {
-                    mesh_dir,
-                    pods_file: args.pods_file.unwrap_or_default(),
-                    watch_interval: args.watch_interval,
-                },
-                cluster_domain: args.cluster_domain,
-                opaque_ports: args.opaque_ports,
-            }),
-        })
+        let reload = ReloadOptions {
+            interval: args.identity_reload_interval,
+            expiry_warning: args.issuer_expiry_warning,
+        };
+        let mut controller = Controller::start_with(
+            Config {
+                identity_dir: args.identity_dir,
+                tokens_dir: args.tokens_dir,
+                trust_domain: args.trust_domain,
+                cert_lifetime: args.cert_lifetime,
+                listen: args.listen,
+                admin_listen: args.admin_listen,
+                destination: args.mesh_dir.map(|mesh_dir| DestinationConfig {
+                    source: LocalSourceConfig {
+                        mesh_dir,
+                        pods_file: args.pods_file.unwrap_or_default(),
+                        watch_interval: args.watch_interval,
+                    },
+                    cluster_domain: args.cluster_domain,
+                    opaque_ports: args.opaque_ports,
+                }),
+            },
+            reload,
+        )
         .await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot listen for SIGTERM")?;

@@ -21,6 +21,9 @@ pub struct IdentityMetrics {
     pub certify: Family<CertifyLabels, Counter>,
     /// `weft_controller_identity_issuer_expiration_timestamp_seconds`.
     pub issuer_expiration: Gauge,
+    /// `weft_controller_identity_reloads_total{result}`: changes of the identity files
+    /// loaded (`ok`) or refused (`error`, the current issuer kept signing).
+    pub reloads: Family<CertifyLabels, Counter>,
 }
 
 /// `kind` of `weft_controller_destination_updates_total`.
@@ -85,6 +88,11 @@ impl Metrics {
             "identity_issuer_expiration_timestamp_seconds",
             "When the issuer certificate expires (Unix time)",
             identity.issuer_expiration.clone(),
+        );
+        registry.register(
+            "identity_reloads",
+            "Changes of the identity files (trust anchors, issuer), by result: ok (loaded) or error (refused; the current issuer kept signing)",
+            identity.reloads.clone(),
         );
         let destination = DestinationMetrics::default();
         registry.register(

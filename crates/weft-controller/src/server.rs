@@ -97,6 +97,14 @@ impl ServingCert {
             .clone()
     }
 
+    /// Issues a new certificate now (the issuer changed): new handshakes present a
+    /// certificate from the current issuer.
+    pub fn reissue(&self) -> Result<(), ServingError> {
+        let next = issue(&self.identity, &self.certifier)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+
     /// Reissues the certificate at 70 % of its lifetime, forever (drop the task to
     /// stop); failures are retried every few seconds while the current one serves.
     pub async fn renew(self: Arc<Self>) {

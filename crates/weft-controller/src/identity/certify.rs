@@ -1,7 +1,7 @@
 //! Certify: checks a workload's request (identity name, token, CSR) and signs its leaf
 //! certificate with the issuer.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -124,7 +124,8 @@ impl From<CertifyError> for tonic::Status {
 
 /// Signs workload certificates for requests that prove their identity.
 pub struct Certifier {
-    issuer: Issuer,
+    /// Replaced when the controller reloads its issuer files ([`Certifier::set_issuer`]).
+    issuer: RwLock<Arc<Issuer>>,
     trust_domain: String,
     lifetime: Duration,
     tokens: Arc<dyn TokenVerifier>,
@@ -137,7 +138,7 @@ pub struct Certifier {
 impl std::fmt::Debug for Certifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Certifier")
-            .field("issuer", &self.issuer)
+            .field("issuer", &self.issuer())
             .field("trust_domain", &self.trust_domain)
             .field("lifetime", &self.lifetime)
             .finish_non_exhaustive()
@@ -153,7 +154,7 @@ impl Certifier {
     ) -> Result<Certifier, weft_core::identity::IdentityError> {
         Identity::new("weft", "weft", trust_domain)?;
         Ok(Certifier {
-            issuer,
+            issuer: RwLock::new(Arc::new(issuer)),
             trust_domain: trust_domain.to_owned(),
             lifetime: DEFAULT_LIFETIME,
             tokens,
@@ -171,19 +172,33 @@ impl Certifier {
 
     /// Counts results in `metrics` (the default ones are not registered anywhere).
     pub fn with_metrics(mut self, metrics: IdentityMetrics) -> Certifier {
+        self.metrics = metrics;
+        self.export_issuer_expiry();
+        self
+    }
+
+    /// The issuer signing now.
+    pub fn issuer(&self) -> Arc<Issuer> {
+        self.issuer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Signs with `issuer` from now on (requests being signed finish with the old one).
+    pub fn set_issuer(&self, issuer: Issuer) {
+        *self.issuer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(issuer);
+        self.export_issuer_expiry();
+    }
+
+    fn export_issuer_expiry(&self) {
         let expiry = self
-            .issuer
+            .issuer()
             .not_after()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        metrics.issuer_expiration.set(expiry);
-        self.metrics = metrics;
-        self
-    }
-
-    pub fn issuer(&self) -> &Issuer {
-        &self.issuer
+        self.metrics.issuer_expiration.set(expiry);
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -296,7 +311,8 @@ impl Certifier {
         key: &impl PublicKeyData,
     ) -> Result<Certified, CertifyError> {
         let now = SystemTime::now();
-        let issuer_end = self.issuer.not_after();
+        let issuer = self.issuer();
+        let issuer_end = issuer.not_after();
         if issuer_end <= now {
             return Err(CertifyError::IssuerExpired(rfc3339(issuer_end)));
         }
@@ -327,11 +343,11 @@ impl Certifier {
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
         let leaf = params
-            .signed_by(key, self.issuer.signer())
+            .signed_by(key, issuer.signer())
             .map_err(CertifyError::Sign)?;
         Ok(Certified {
             leaf: leaf.der().to_vec(),
-            intermediates: vec![self.issuer.certificate().to_vec()],
+            intermediates: vec![issuer.certificate().to_vec()],
             valid_until: not_after,
         })
     }

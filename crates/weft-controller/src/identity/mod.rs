@@ -8,14 +8,18 @@
 
 mod ca;
 mod certify;
+mod reload;
+pub(crate) use reload::watch;
 mod service;
 mod token;
 
 pub use ca::{
-    init, init_with, CaError, InitOptions, Issuer, TrustAnchors, Written, ANCHORS_FILE,
-    ANCHOR_LIFETIME, ISSUER_CERT_FILE, ISSUER_KEY_FILE, ISSUER_LIFETIME,
+    certificate_expiry, init, init_with, new_anchor, rotate_issuer, CaError, InitOptions, Issuer,
+    NewAnchor, RotateOptions, Rotated, TrustAnchors, Written, ANCHORS_FILE, ANCHOR_LIFETIME,
+    ISSUER_CERT_FILE, ISSUER_KEY_FILE, ISSUER_LIFETIME,
 };
 pub use certify::{Certified, Certifier, CertifyError, DEFAULT_LIFETIME};
+pub use reload::{IdentityFiles, ReloadOptions, DEFAULT_EXPIRY_WARNING, DEFAULT_RELOAD_INTERVAL};
 pub use service::IdentityService;
 pub use token::{
     token_path, write_token, LocalTokens, TokenError, TokenVerifier, VerifyFuture, WriteTokenError,
