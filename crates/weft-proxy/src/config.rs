@@ -213,6 +213,20 @@ pub struct Args {
     #[arg(long, env = "WEFT_DESTINATION_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub destination_wait: Duration,
 
+    /// The mesh's pod networks (CIDRs, comma-separated). With --destination, an
+    /// outbound connection to an address in them that the destination service has not
+    /// answered for is refused (HTTP 503, `weft-proxy-error: discovery unavailable`)
+    /// instead of going out in plaintext: fail closed. Addresses outside them go to
+    /// their original destination.
+    #[arg(
+        long,
+        env = "WEFT_MESH_NETWORKS",
+        value_delimiter = ',',
+        default_value = crate::destination::DestinationConfig::DEFAULT_MESH_NETWORKS,
+        value_parser = parse_network
+    )]
+    pub mesh_networks: Vec<ipnet::IpNet>,
+
     /// File holding the token that proves this workload's identity to the controller
     /// (read again for every certificate request); `-` reads it once from stdin, up to
     /// its end, and keeps it in memory, so no file the proxy's user can read holds it.
@@ -326,6 +340,14 @@ fn read_token(mut input: impl std::io::Read) -> Result<Vec<u8>, ConfigError> {
     Ok(token)
 }
 
+/// A CIDR (`198.18.0.0/15`), or a single address as its /32 or /128.
+fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not a network (CIDR like 198.18.0.0/15) or an address"))
+}
+
 impl Args {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         if self.worker_threads == 0 {
@@ -416,6 +438,7 @@ impl Args {
                     }
                 })?,
                 first_update: self.destination_wait,
+                mesh_networks: self.mesh_networks.clone(),
             }),
             (Some(_), None) => return Err(ConfigError::DestinationWithoutAnchors),
             (None, _) => None,

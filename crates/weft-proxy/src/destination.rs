@@ -53,6 +53,30 @@ pub struct DestinationConfig {
     /// How long a connection to a destination met for the first time waits for the
     /// controller's first answer.
     pub first_update: Duration,
+    /// The mesh's pod networks: a destination in them whose lookup is unanswered is
+    /// refused (fail closed) instead of being reached in plaintext.
+    pub mesh_networks: Vec<ipnet::IpNet>,
+}
+
+impl DestinationConfig {
+    /// The networks Kubernetes clusters usually give pods and Services (private and
+    /// carrier-grade NAT ranges, IPv6 unique local) plus weft's local mesh
+    /// (198.18.0.0/15), as Linkerd's default `clusterNetworks`.
+    pub const DEFAULT_MESH_NETWORKS: &'static str =
+        "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,198.18.0.0/15,fd00::/8";
+
+    /// [`Self::DEFAULT_MESH_NETWORKS`], parsed.
+    pub fn default_mesh_networks() -> Vec<ipnet::IpNet> {
+        Self::DEFAULT_MESH_NETWORKS
+            .split(',')
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    }
+
+    /// Whether `ip` is in the mesh's pod networks.
+    pub fn in_mesh_network(&self, ip: std::net::IpAddr) -> bool {
+        self.mesh_networks.iter().any(|n| n.contains(&ip))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,16 +222,19 @@ impl Destinations {
         })
     }
 
-    /// The service at `addr` (transparent mode: a connection's original destination),
-    /// or `None` to go to `addr` itself.
-    pub async fn resolve_addr(&self, addr: SocketAddr) -> Option<Arc<Service>> {
+    /// What the destination service says of `addr` (transparent mode: a connection's
+    /// original destination).
+    pub async fn resolve_addr(&self, addr: SocketAddr) -> Lookup {
         self.lookup(&addr.to_string(), Some(addr)).await
     }
 
     /// The service an HTTP authority names (explicit mode), or `None` if the controller
-    /// does not know it.
+    /// does not know it (or has not answered).
     pub async fn resolve_authority(&self, authority: &str) -> Option<Arc<Service>> {
-        self.lookup(&authority.to_ascii_lowercase(), None).await
+        match self.lookup(&authority.to_ascii_lowercase(), None).await {
+            Lookup::Service(s) => Some(s),
+            Lookup::Unknown | Lookup::Unanswered => None,
+        }
     }
 
     /// What is known of `authority` now, without waiting or starting a lookup.
@@ -218,6 +245,14 @@ impl Destinations {
             Known::Service(s) => Some(s),
             _ => None,
         }
+    }
+
+    /// Whether the controller has answered that it does not know `authority` (so it
+    /// is outside the mesh), as opposed to not having answered at all.
+    pub fn known_outside(&self, authority: &str) -> bool {
+        self.entries()
+            .get(&authority.to_ascii_lowercase())
+            .is_some_and(|e| matches!(*e.state.borrow(), Known::Unknown))
     }
 
     /// Stops following every destination (the proxy is shutting down); services in
@@ -233,7 +268,7 @@ impl Destinations {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn lookup(&self, path: &str, address: Option<SocketAddr>) -> Option<Arc<Service>> {
+    async fn lookup(&self, path: &str, address: Option<SocketAddr>) -> Lookup {
         let entry = {
             let mut cache = self.entries();
             match cache.get(path) {
@@ -274,23 +309,35 @@ impl Destinations {
         match known {
             Some(Known::Service(s)) => {
                 self.metrics.lookup("service");
-                Some(s)
+                Lookup::Service(s)
             }
             Some(_) => {
                 self.metrics.lookup("unknown");
-                None
+                Lookup::Unknown
             }
             None => {
                 self.metrics.lookup("timeout");
                 tracing::info!(
                     destination = path,
                     waited = ?self.first_update,
-                    "the destination service has not answered; using the original destination"
+                    "the destination service has not answered"
                 );
-                None
+                Lookup::Unanswered
             }
         }
     }
+}
+
+/// What the destination service says of a destination.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A service (or a pod) it knows: balanced over the endpoints it streams.
+    Service(Arc<Service>),
+    /// It answered that it does not know the destination (outside the mesh): the
+    /// original destination, as it is.
+    Unknown,
+    /// It has not answered (unreachable, or slower than the first-contact wait).
+    Unanswered,
 }
 
 /// Follows one destination's stream, reopening it when it fails.

@@ -1,6 +1,11 @@
 //! Protocol detection: the HTTP/2 connection preface, an HTTP/1 request line, or else
 //! opaque TCP. Detection reads at most [`MAX_DETECT`] bytes and waits at most the
 //! configured timeout, so server-speaks-first protocols fall through to TCP.
+//!
+//! Bytes that start like an HTTP request (a standard method and a space) are HTTP even
+//! when the rest of the line is malformed, cut short or too long: the HTTP server then
+//! refuses them with a 4xx. Forwarding them as opaque TCP would hand the application a
+//! request the proxy never saw (no metrics, and no HTTP policy).
 
 use std::time::Duration;
 
@@ -51,10 +56,11 @@ pub async fn detect<I: AsyncRead + Unpin>(
                     prefix: buf.freeze(),
                 })
             }
-            // The client waits for the server to speak first.
+            // The client waits for the server to speak first (or stopped half-way
+            // through a request head).
             Err(_) => {
                 return Ok(Detected {
-                    protocol: Protocol::Opaque,
+                    protocol: after_silence(&buf),
                     closed: false,
                     prefix: buf.freeze(),
                 })
@@ -78,11 +84,53 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
             None
         };
     }
-    match request_line(buf) {
-        LineCheck::Valid => Some(Protocol::Http1),
-        LineCheck::Invalid => Some(Protocol::Opaque),
-        LineCheck::Incomplete if buf.len() >= MAX_DETECT => Some(Protocol::Opaque),
-        LineCheck::Incomplete => None,
+    let line = request_line(buf);
+    match (starts_like_http(buf), line) {
+        (_, LineCheck::Valid) => Some(Protocol::Http1),
+        // Too short to tell.
+        (None, _) => None,
+        // A standard method: malformed or too long, it is still HTTP (a 4xx).
+        (Some(true), LineCheck::Incomplete) if buf.len() < MAX_DETECT => None,
+        (Some(true), _) => Some(Protocol::Http1),
+        (Some(false), LineCheck::Invalid) => Some(Protocol::Opaque),
+        (Some(false), LineCheck::Incomplete) if buf.len() >= MAX_DETECT => Some(Protocol::Opaque),
+        (Some(false), LineCheck::Incomplete) => None,
+    }
+}
+
+/// The standard methods (RFC 9110 §9 and PATCH), each followed by a space.
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"CONNECT ",
+    b"OPTIONS ",
+    b"TRACE ",
+    b"PATCH ",
+];
+/// `Some(true)` when `buf` starts with a standard method and a space, `Some(false)`
+/// when it cannot, `None` while too short to tell.
+fn starts_like_http(buf: &[u8]) -> Option<bool> {
+    let mut undecided = false;
+    for m in METHODS {
+        if buf.starts_with(m) {
+            return Some(true);
+        }
+        undecided |= m.starts_with(buf);
+    }
+    (!undecided).then_some(false)
+}
+
+/// What to make of bytes a client sent before falling silent (the detect timeout):
+/// the start of an HTTP request stays HTTP (the HTTP server bounds how long a request
+/// head may take), anything else is opaque.
+pub fn after_silence(buf: &[u8]) -> Protocol {
+    if starts_like_http(buf) == Some(true) {
+        Protocol::Http1
+    } else {
+        Protocol::Opaque
     }
 }
 
@@ -149,16 +197,53 @@ mod tests {
         assert_eq!(classify(b"GET /"), None);
         assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Protocol::Opaque));
         assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Some(Protocol::Opaque));
-        assert_eq!(classify(b"GET / SMTP/1.1\r\n"), Some(Protocol::Opaque));
-        assert_eq!(classify(b"GET / HTTP/2.0\r\n"), Some(Protocol::Opaque));
         assert_eq!(classify(b"hello world\n"), Some(Protocol::Opaque));
+        // An extension method in a valid line is HTTP; junk after an unknown word is not.
+        assert_eq!(classify(b"PROPFIND / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"GETTING / FTP\r\n"), Some(Protocol::Opaque));
     }
 
     #[test]
-    fn long_lines_become_opaque() {
+    fn malformed_http_stays_http() {
+        // A standard method and a space: the HTTP server answers 4xx; never opaque.
+        assert_eq!(classify(b"GET / SMTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"GET / HTTP/2.0\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"GET /a\x01b HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"POST  / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"DELETE / HTTP/1.1 extra\r\n"),
+            Some(Protocol::Http1)
+        );
+        // Still waiting for the line's end.
+        assert_eq!(classify(b"GET /incomplete"), None);
+        assert_eq!(classify(b"GE"), None);
+    }
+
+    #[test]
+    fn long_lines() {
         let mut line = b"GET /".to_vec();
         line.resize(MAX_DETECT, b'a');
+        assert_eq!(
+            classify(&line),
+            Some(Protocol::Http1),
+            "an HTTP server's 414"
+        );
+        let mut line = b"XYZZY /".to_vec();
+        line.resize(MAX_DETECT, b'a');
         assert_eq!(classify(&line), Some(Protocol::Opaque));
+    }
+
+    #[tokio::test]
+    async fn a_request_head_cut_short_stays_http() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET /slow")
+            .await
+            .unwrap();
+        let d = detect(&mut server, Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert_eq!(d.protocol, Protocol::Http1);
+        assert_eq!(&d.prefix[..], b"GET /slow");
     }
 
     #[tokio::test]

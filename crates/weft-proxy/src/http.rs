@@ -171,6 +171,11 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
                 ResolveError::Loop(_) => {
                     ProxyError::new(StatusCode::BAD_REQUEST, "loop", e.to_string())
                 }
+                ResolveError::DiscoveryUnavailable(_) => ProxyError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "discovery unavailable",
+                    e.to_string(),
+                ),
                 _ => ProxyError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no endpoints",
@@ -568,6 +573,15 @@ fn elapsed_ms(start: Instant) -> f64 {
 
 /// The request's authority: the URI's (HTTP/2, absolute-form HTTP/1) or the Host header.
 fn request_authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
+    // RFC 9112 §3.2: a request with more than one Host field is refused (which one a
+    // server reads is up to it: the proxy and the application could disagree).
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed request",
+            "more than one Host header",
+        ));
+    }
     if let Some(a) = req.uri().authority() {
         return Ok(a.as_str().to_ascii_lowercase());
     }
@@ -612,10 +626,10 @@ fn prepare_h1_request(
                 "invalid request target",
             )
         })?;
-        if !req.headers().contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(authority) {
-                req.headers_mut().insert(header::HOST, v);
-            }
+        // RFC 9112 §3.2.2: the target's authority replaces any Host the client sent
+        // (the request was routed by it; the upstream must see the same).
+        if let Ok(v) = HeaderValue::from_str(authority) {
+            req.headers_mut().insert(header::HOST, v);
         }
     }
     let upgrade_value = upgrade

@@ -75,6 +75,24 @@ impl Shared {
             }
             _ => None,
         };
+        // Explicit mode's fail-closed rule: an address literal in the mesh's pod
+        // network that the controller has not answered for is refused, as in
+        // `connection` for transparent destinations.
+        if let (Destination::ByAuthority, None, Some(d), Some(config)) = (
+            destination,
+            &discovered,
+            &self.destinations,
+            &self.config.destination,
+        ) {
+            if let Ok(addr) = authority.parse::<SocketAddr>() {
+                if config.in_mesh_network(addr.ip())
+                    && self.config.services.by_authority(authority).is_none()
+                    && !d.known_outside(authority)
+                {
+                    return Err(ResolveError::DiscoveryUnavailable(addr));
+                }
+            }
+        }
         let resolved = discovered
             .as_ref()
             .unwrap_or(destination)
@@ -115,6 +133,9 @@ pub enum Destination {
     Addr(SocketAddr),
     /// Unknown until an HTTP request names it (explicit outbound listener).
     ByAuthority,
+    /// An address in the mesh's pod network the destination service has not answered
+    /// for: refused rather than reached without mTLS.
+    Unavailable(SocketAddr),
 }
 
 /// Where one request (or connection) goes.
@@ -140,6 +161,8 @@ pub enum ResolveError {
     UnknownAuthority(String),
     #[error("{0} is this proxy's own listener: the request would loop")]
     Loop(SocketAddr),
+    #[error("{0} is in the mesh's pod network but the destination service has not said how to reach it (is the controller up?): refused rather than sent without mTLS")]
+    DiscoveryUnavailable(SocketAddr),
 }
 
 impl Destination {
@@ -157,6 +180,9 @@ impl Destination {
         };
         let service = match self {
             Destination::Addr(addr) => return Ok(single(*addr)),
+            Destination::Unavailable(addr) => {
+                return Err(ResolveError::DiscoveryUnavailable(*addr))
+            }
             Destination::Service(service) => service.clone(),
             Destination::ByAuthority => match services.by_authority(authority) {
                 Some(service) => service,
@@ -471,18 +497,33 @@ async fn connection(
     let config = &shared.config;
     let (direction, destination) = match destination(&socket, &kind, config) {
         Ok(d) => d,
-        Err(reason) => {
-            tracing::warn!(%client, reason, "connection refused");
+        Err(refused) => {
+            let direction = match kind {
+                ListenerKind::Inbound => Direction::Inbound,
+                _ => Direction::Outbound,
+            };
+            shared.metrics.refused(direction, refused.reason());
+            tracing::warn!(%client, reason = %refused, "connection refused");
             return;
         }
     };
     // An original destination the endpoints file does not know: the destination
     // service may (a Service VIP, a pod).
+    // Fail closed: an address in the mesh's pod network is never reached in plaintext
+    // because the destination service could not say whether (and as whom) it is meshed.
     let destination = match (&destination, &shared.destinations) {
         (Destination::Addr(addr), Some(d)) if direction == Direction::Outbound => {
             match d.resolve_addr(*addr).await {
-                Some(service) => Destination::Service(service),
-                None => destination,
+                destination::Lookup::Service(service) => Destination::Service(service),
+                destination::Lookup::Unanswered
+                    if config
+                        .destination
+                        .as_ref()
+                        .is_some_and(|c| c.in_mesh_network(addr.ip())) =>
+                {
+                    Destination::Unavailable(*addr)
+                }
+                destination::Lookup::Unanswered | destination::Lookup::Unknown => destination,
             }
         }
         _ => destination,
@@ -619,7 +660,9 @@ impl Accepted {
                     || s.address
                         .is_some_and(|a| config.opaque_ports.contains(&a.port()))
             }
-            Destination::Addr(a) => config.opaque_ports.contains(&a.port()),
+            Destination::Addr(a) | Destination::Unavailable(a) => {
+                config.opaque_ports.contains(&a.port())
+            }
             Destination::ByAuthority => false,
         }
     }
@@ -665,6 +708,11 @@ async fn dispatch<I>(
             let resolved = match shared.resolve(&peer.destination, "") {
                 Ok(resolved) => resolved,
                 Err(error) => {
+                    if let ResolveError::DiscoveryUnavailable(_) = error {
+                        shared
+                            .metrics
+                            .refused(peer.direction, "discovery_unavailable");
+                    }
                     tracing::info!(client = %peer.client, %error, "opaque TCP connection closed: no destination");
                     return;
                 }
@@ -691,14 +739,41 @@ async fn dispatch<I>(
     }
 }
 
+/// Why an accepted connection is closed without being forwarded.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("inbound connection has no original destination and no --inbound-forward is set")]
+    NoDestination,
+    /// The inbound proxy forwards only to its own pod: anything else would make it an
+    /// open relay (a caller reaching another pod as if it were this one).
+    #[error("inbound connection for {0}, which is not an address of this pod: not relayed")]
+    NotLocal(SocketAddr),
+}
+
+impl Refused {
+    fn reason(&self) -> &'static str {
+        match self {
+            Refused::NoDestination => "no_destination",
+            Refused::NotLocal(_) => "not_local",
+        }
+    }
+}
+
+/// Whether `ip` is one of this host's (this pod's) own addresses: the kernel lets a
+/// socket bind only to those (anything else is `EADDRNOTAVAIL`).
+fn is_local_address(ip: std::net::IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
 /// Decides where an accepted connection goes.
 fn destination(
     socket: &TcpStream,
     kind: &ListenerKind,
     config: &Config,
-) -> Result<(Direction, Destination), &'static str> {
+) -> Result<(Direction, Destination), Refused> {
+    let local = socket.local_addr().ok();
     let original = || -> Option<SocketAddr> {
-        let local = socket.local_addr().ok()?;
+        let local = local?;
         let sock = socket2::SockRef::from(socket);
         let orig = if local.is_ipv4() {
             sock.original_dst_v4()
@@ -715,14 +790,23 @@ fn destination(
         }
         ListenerKind::Inbound => {
             let target = match config.mode {
-                Mode::Transparent => original().or(config.inbound_forward),
+                Mode::Transparent => match original() {
+                    // Redirected to the address it arrived on (the usual case), or to
+                    // another of the pod's own addresses.
+                    Some(orig)
+                        if local.is_some_and(|l| l.ip() == orig.ip())
+                            || is_local_address(orig.ip()) =>
+                    {
+                        Some(orig)
+                    }
+                    Some(orig) => return Err(Refused::NotLocal(orig)),
+                    None => config.inbound_forward,
+                },
                 Mode::Explicit => config.inbound_forward,
             };
             target
                 .map(|t| (Direction::Inbound, Destination::Addr(t)))
-                .ok_or(
-                "inbound connection has no original destination and no --inbound-forward is set",
-            )
+                .ok_or(Refused::NoDestination)
         }
         ListenerKind::Outbound => {
             let target = match config.mode {

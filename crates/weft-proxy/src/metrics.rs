@@ -353,6 +353,12 @@ pub struct DirectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefreshLabels {
     pub result: &'static str,
 }
@@ -378,6 +384,7 @@ pub struct Metrics {
     pub tcp: TcpMetrics,
     pub identity: IdentityMetrics,
     tls_errors: Family<DirectionLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
     process: ProcessMetrics,
     pub destination: crate::destination::DestinationMetrics,
 }
@@ -467,6 +474,13 @@ impl Metrics {
             tls_errors.clone(),
         );
 
+        let refused = Family::default();
+        registry.register(
+            "tcp_refused",
+            "Connections the proxy closed without forwarding them, by reason (not_local: an inbound connection for an address that is not this pod's; discovery_unavailable: a mesh address met while the destination service could not say how to reach it)",
+            refused.clone(),
+        );
+
         let process = ProcessMetrics {
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
@@ -509,6 +523,7 @@ impl Metrics {
             tcp,
             identity,
             tls_errors,
+            refused,
             process,
         })
     }
@@ -516,6 +531,13 @@ impl Metrics {
     pub fn tls_handshake_error(&self, direction: Direction) {
         self.tls_errors
             .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// Counts a connection closed without forwarding it.
+    pub fn refused(&self, direction: Direction, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabels { direction, reason })
             .inc();
     }
 

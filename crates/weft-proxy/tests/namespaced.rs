@@ -267,3 +267,65 @@ fn client_reaches_server_through_both_proxies() {
         );
     }
 }
+
+/// An inbound proxy forwards only to its own pod. Pod A (no proxy, an attacker's
+/// view) routes packets for pod C through pod B; B's iptables hand them to B's inbound
+/// proxy with C as the original destination. Relaying them would let A reach C as if
+/// it were B (C would see B's address); the proxy refuses and counts them instead.
+#[test]
+fn an_inbound_proxy_relays_to_no_other_pod() {
+    if let Err(reason) = netns::can_run() {
+        netns::skip(&reason);
+        return;
+    }
+    let net = TestNet::new(3).unwrap_or_else(|e| panic!("create the namespaces: {e:#}"));
+    let (a, b, c) = (net.pod(0).clone(), net.pod(1).clone(), net.pod(2).clone());
+    let target = SocketAddr::from((c.ip, APP_PORT));
+    let app: TestServer = net
+        .spawn_server_in(&c.ns, ([0, 0, 0, 0], APP_PORT).into(), "target")
+        .unwrap_or_else(|e| panic!("start the app: {e:#}"));
+    wait_reachable(&net, 0, target);
+    let relay = start_proxy(&net, 1, "relay");
+    wait_ready(&net, 1, "relay-proxy", relay);
+    netns::install_redirect(&b.ns, PROXY_UID, &[])
+        .unwrap_or_else(|e| panic!("redirect in {}: {e:#}", b.ns));
+
+    // Control: A reaches C's app directly.
+    let get = move || {
+        run_in(&a.ns, move || async move {
+            match timeout(STEP, client::get(target, &target.to_string(), "/")).await {
+                Ok(Ok(rsp)) => Ok(rsp.status.as_u16()),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(_) => Err("no response".to_owned()),
+            }
+        })
+        .expect("run the client in pod A")
+    };
+    assert_eq!(get(), Ok(200));
+    assert_eq!(app.requests(), 1);
+
+    // Through B: C is routed via B's address.
+    let route = Command::new("ip")
+        .args(["netns", "exec", &net.pod(0).ns, "ip", "route", "add"])
+        .args([&format!("{}/32", c.ip), "via", &b.ip.to_string()])
+        .status()
+        .expect("run ip route");
+    assert!(route.success(), "ip route add in pod A");
+    for _ in 0..3 {
+        assert!(get().is_err(), "a request relayed by B's inbound proxy");
+    }
+    assert_eq!(app.requests(), 1, "C's app saw only the direct request");
+    let scraped = scrape(&net, 1);
+    assert_eq!(
+        scraped.sum(
+            "tcp_refused_total",
+            &[("direction", "inbound"), ("reason", "not_local")]
+        ),
+        3.0,
+        "{}",
+        scraped.text
+    );
+    assert!(net
+        .log("relay-proxy")
+        .contains("not an address of this pod"));
+}

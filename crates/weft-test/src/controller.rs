@@ -208,6 +208,7 @@ impl TestController {
             controller_name: CONTROLLER_NAME.into(),
             anchors_pem: self.anchors_pem.clone(),
             first_update: Duration::from_secs(1),
+            mesh_networks: weft_proxy::destination::DestinationConfig::default_mesh_networks(),
         });
         proxy
     }

@@ -86,6 +86,8 @@ pub struct Received {
     pub path: String,
     /// The `weft-retry-attempt` header, when the proxy retried the request.
     pub retry_attempt: Option<String>,
+    /// The `Host` headers, in order.
+    pub hosts: Vec<String>,
 }
 
 #[derive(Default)]
@@ -205,6 +207,12 @@ async fn serve(
         .push(Received {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
+            hosts: req
+                .headers()
+                .get_all(http::header::HOST)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect(),
             retry_attempt: req
                 .headers()
                 .get("weft-retry-attempt")

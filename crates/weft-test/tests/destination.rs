@@ -256,6 +256,7 @@ async fn a_controller_that_never_answers_delays_first_contact_by_at_most_a_secon
         controller_name: weft_test::controller::CONTROLLER_NAME.into(),
         anchors_pem: weft_test::ca::TestCa::default().anchors_pem().into_bytes(),
         first_update: Duration::from_millis(300),
+        mesh_networks: weft_proxy::destination::DestinationConfig::default_mesh_networks(),
     });
     let web = builder.start().await;
 
@@ -283,4 +284,47 @@ async fn a_controller_that_never_answers_delays_first_contact_by_at_most_a_secon
         2.0
     );
     assert!(m.sum("destination_stream_errors_total", &[]) >= 1.0);
+}
+
+#[tokio::test]
+async fn a_mesh_address_is_refused_not_sent_in_plaintext_while_the_controller_is_down() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    // In the mesh's pod network (here: loopback), unanswered by the controller.
+    let meshed = TestServer::loopback("meshed").await;
+    let sink = TestServer::loopback("web").await;
+    let mut builder = proxy::inbound_to(sink.addr());
+    builder.config_mut().destination = Some(weft_proxy::destination::DestinationConfig {
+        controller: dead_addr.to_string(),
+        controller_name: weft_test::controller::CONTROLLER_NAME.into(),
+        anchors_pem: weft_test::ca::TestCa::default().anchors_pem().into_bytes(),
+        first_update: Duration::from_millis(300),
+        mesh_networks: vec!["127.0.0.0/8".parse().unwrap()],
+    });
+    let web = builder.start().await;
+
+    for _ in 0..2 {
+        let rsp = client::get(web.outbound(), &meshed.addr().to_string(), "/")
+            .await
+            .unwrap();
+        assert_eq!(rsp.status, 503);
+        let why = rsp.header("weft-proxy-error").unwrap_or_default();
+        assert!(
+            why.contains("destination service") && why.contains("without mTLS"),
+            "{why}"
+        );
+    }
+    assert_eq!(meshed.requests(), 0, "nothing reached the app in plaintext");
+    let m = web.metrics().await;
+    assert_eq!(
+        m.sum(
+            "http_errors_total",
+            &[
+                ("direction", "outbound"),
+                ("error", "discovery unavailable")
+            ]
+        ),
+        2.0
+    );
 }

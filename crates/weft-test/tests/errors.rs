@@ -75,6 +75,95 @@ async fn request_without_host_is_a_400() {
 }
 
 #[tokio::test]
+async fn two_host_headers_are_a_400() {
+    let app = TestServer::loopback("books").await;
+    let proxy = proxy::inbound_to(app.addr()).start().await;
+    let mut conn = TcpStream::connect(proxy.inbound()).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: books\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_head(&mut conn).await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("weft-proxy-error: more than one host header"),
+        "{text}"
+    );
+    assert_eq!(app.requests(), 0);
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_replaces_the_host_header() {
+    let app = TestServer::loopback("books").await;
+    let proxy = proxy::inbound_to(app.addr()).start().await;
+    let mut conn = TcpStream::connect(proxy.inbound()).await.unwrap();
+    conn.write_all(b"GET http://books.example:8080/?b=c HTTP/1.1\r\nHost: other\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_head(&mut conn).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let received = app.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].path, "/");
+    assert_eq!(received[0].hosts, vec!["books.example:8080".to_owned()]);
+}
+
+/// Bytes that start like an HTTP request are HTTP: a malformed request line, or a head
+/// cut short, gets the HTTP server's 4xx and never reaches the application as opaque
+/// bytes (which the proxy could neither count nor authorize).
+#[tokio::test]
+async fn malformed_request_lines_are_answered_not_forwarded_as_tcp() {
+    // An application that would echo whatever opaque bytes reached it.
+    let app = weft_test::tcp::TcpServer::echo_after_eof().await;
+    let proxy = proxy::inbound_to(app.addr())
+        .detect_timeout(Duration::from_millis(100))
+        .start()
+        .await;
+    for line in [
+        &b"GET /a b HTTP/1.1\r\nHost: books\r\n\r\n"[..],
+        b"GET / HTTP/2.0\r\nHost: books\r\n\r\n",
+        b"POST /\x01 HTTP/1.1\r\n\r\n",
+    ] {
+        let mut conn = TcpStream::connect(proxy.inbound()).await.unwrap();
+        conn.write_all(line).await.unwrap();
+        conn.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut reply))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 4") || reply.starts_with("HTTP/1.1 505"),
+            "{:?}: {reply}",
+            String::from_utf8_lossy(line)
+        );
+        assert!(!reply.contains("got "), "forwarded as TCP: {reply}");
+    }
+    // A request line cut short, then silence past the detect timeout: still HTTP
+    // (the server's head timeout bounds it), not a tunnel to the application.
+    let mut slow = TcpStream::connect(proxy.inbound()).await.unwrap();
+    slow.write_all(b"GET /slow").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slow.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut reply)).await;
+    assert!(
+        !String::from_utf8_lossy(&reply).contains("got "),
+        "forwarded as TCP"
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum(
+            "tcp_open_total",
+            &[("direction", "inbound"), ("peer", "dst")]
+        ),
+        0.0,
+        "no connection to the application was opened"
+    );
+}
+
+#[tokio::test]
 async fn malformed_requests_are_refused_and_others_keep_working() {
     let app = TestServer::loopback("books").await;
     let proxy = proxy::inbound_to(app.addr())
