@@ -155,6 +155,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
                 )
             };
             r.check(false, &what, "weft down");
+            report_issuer(&args.local.state_dir());
         }
         Err(e) => r.check(
             false,
@@ -196,4 +197,32 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     }
     println!("all checks passed");
     Ok(())
+}
+
+/// When the running mesh's issuer (STATE/identity/issuer.crt) expires: a note, a
+/// warning inside the controller's default warning period.
+fn report_issuer(state_dir: &std::path::Path) {
+    use weft_controller::identity;
+    let path = state_dir.join("identity").join(identity::ISSUER_CERT_FILE);
+    match identity::certificate_expiry(&path) {
+        Ok((subject, not_after)) => {
+            let left = not_after
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            let level = if left < identity::DEFAULT_EXPIRY_WARNING {
+                "warn"
+            } else {
+                "note"
+            };
+            println!(
+                "  {level}  the mesh's issuer {subject} ({}) expires {} (in {}); renew it with weft identity rotate-issuer",
+                path.display(),
+                humantime::format_rfc3339_seconds(not_after),
+                humantime::format_duration(std::time::Duration::from_secs(left.as_secs() / 3600 * 3600))
+            );
+        }
+        Err(identity::CaError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => println!("  note  cannot read the mesh's issuer: {e}"),
+    }
 }
