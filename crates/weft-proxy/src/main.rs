@@ -4,6 +4,10 @@ use weft_proxy::config::LogFormat;
 use weft_proxy::{Args, Proxy};
 
 fn main() -> anyhow::Result<()> {
+    // Not dumpable: no other process of this UID (a local mesh runs every pod's proxy
+    // as UID 2102) can ptrace this one or read its memory, environment or descriptors,
+    // where its private key and identity token are. Only root can.
+    nix::sys::prctl::set_dumpable(false).context("cannot make the proxy non-dumpable")?;
     let args = Args::parse();
     init_tracing(&args.log, args.log_format)?;
     let workers = args.worker_threads;
