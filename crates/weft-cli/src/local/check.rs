@@ -53,6 +53,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
             ("iptables", "iptables"),
             ("iptables-restore", "iptables"),
             ("setpriv", "util-linux"),
+            ("unshare", "util-linux"),
+            ("mount", "mount"),
         ] {
             r.check(
                 sys::which(tool).is_some(),

@@ -129,6 +129,64 @@ where
     }
 }
 
+/// The sysctls that turn IPv6 off in a network namespace: `all` for the links it
+/// has, `default` for links made later.
+const DISABLE_IPV6: [&str; 2] = [
+    "/proc/sys/net/ipv6/conf/all/disable_ipv6",
+    "/proc/sys/net/ipv6/conf/default/disable_ipv6",
+];
+
+/// Turns IPv6 off in network namespace `ns` (`net.ipv6.conf.{all,default}.disable_ipv6
+/// = 1`, written from a thread inside it) and reads both back. The pods' iptables
+/// rules are IPv4 only: with IPv6 on, apps could reach each other over link-local
+/// addresses, past the proxies. A kernel without IPv6 has nothing to turn off.
+pub fn disable_ipv6(ns: &str) -> anyhow::Result<()> {
+    let ns = ns.to_owned();
+    let thread = std::thread::Builder::new()
+        .name(format!("ipv6 off {ns}"))
+        .spawn(move || -> anyhow::Result<()> {
+            let path = netns_path(&ns);
+            let file =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("cannot enter network namespace {ns}"))?;
+            if !Path::new("/proc/sys/net/ipv6").exists() {
+                return Ok(());
+            }
+            for knob in DISABLE_IPV6 {
+                std::fs::write(knob, "1")
+                    .with_context(|| format!("cannot turn IPv6 off in {ns}: writing {knob}"))?;
+                let now = std::fs::read_to_string(knob)
+                    .with_context(|| format!("cannot read {knob} in {ns}"))?;
+                if now.trim() != "1" {
+                    bail!(
+                        "IPv6 is still on in {ns}: {knob} is {:?} after writing 1",
+                        now.trim()
+                    );
+                }
+            }
+            Ok(())
+        })
+        .context("cannot start a thread")?;
+    match thread.join() {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Fails if any link of network namespace `ns` has an IPv6 address (checked once its
+/// links are up, after [`disable_ipv6`]).
+pub fn ensure_no_ipv6(ns: &str) -> anyhow::Result<()> {
+    let addrs = run("ip", ["-n", ns, "-6", "-o", "addr", "show"])?;
+    if !addrs.trim().is_empty() {
+        bail!(
+            "network namespace {ns} has IPv6 addresses although IPv6 was turned off:\n{}",
+            addrs.trim()
+        );
+    }
+    Ok(())
+}
+
 /// What `/proc/{pid}/stat` says about a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcStat {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context as _};
-use weft_core::mesh::{Mesh, Workload, MESH_FILE};
+use weft_core::mesh::{AppUser, Mesh, Workload, DEFAULT_APP_UID, MESH_FILE};
 use weft_core::pods::{PodEntry, PodsFile, ServiceAddress};
 use weft_core::prom::Scrape;
 
@@ -124,6 +124,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("weft-controller"),
     };
     preflight(&args.local, &proxy_src, &controller_bin, loopback)?;
+    if !loopback {
+        let state_dir = std::path::absolute(args.local.state_dir())?;
+        anyhow::ensure!(
+            !dir.starts_with(&state_dir),
+            "the mesh directory {} is inside the state directory {}: apps start there, and would see the state directory that is hidden from them; move one of them",
+            dir.display(),
+            state_dir.display()
+        );
+        for w in &mesh.workloads {
+            app_ids(w)?;
+        }
+    }
     let block = if loopback {
         Some(loopback_block(args.loopback_block)?)
     } else {
@@ -168,7 +180,7 @@ fn preflight(
     let tools: &[&str] = if loopback {
         &[]
     } else {
-        &["ip", "iptables-restore", "setpriv"]
+        &["ip", "iptables-restore", "setpriv", "unshare", "mount"]
     };
     for tool in tools {
         if sys::which(tool).is_none() {
@@ -236,6 +248,12 @@ fn loopback_block(asked: Option<u8>) -> anyhow::Result<u8> {
 /// port than its workload's first (inbound traffic goes to the first port only).
 fn loopback_warnings(mesh: &Mesh) -> Vec<String> {
     let mut out = Vec::new();
+    for w in mesh.workloads.iter().filter(|w| w.user.is_some()) {
+        out.push(format!(
+            "workload {}: user: is ignored in loopback mode (every process runs as you)",
+            w.name
+        ));
+    }
     for svc in &mesh.services {
         for port in &svc.ports {
             for w in mesh.backends(svc) {
@@ -268,9 +286,12 @@ struct Paths {
     loopback: Option<u8>,
     proxy_bin: PathBuf,
     controller_bin: PathBuf,
-    /// Trust anchor and issuer, made fresh for every `weft up`.
+    /// Trust anchor and issuer, made fresh for every `weft up`; root only (0700/0600).
     identity_dir: PathBuf,
-    /// One token file per service account, `{dir}/{ns}/{sa}`, readable by the proxies.
+    /// A copy of the trust anchors (public) that the proxies' UID reads.
+    anchors: PathBuf,
+    /// One token file per service account, `{dir}/{ns}/{sa}`; root only: each proxy gets
+    /// its own token on stdin (`--identity-token -`).
     tokens_dir: PathBuf,
     cert_lifetime: Duration,
     mesh_dir: PathBuf,
@@ -329,6 +350,7 @@ impl Runner {
             },
             controller_bin: controller_bin.to_owned(),
             identity_dir: state_dir.join("identity"),
+            anchors: state_dir.join("trust-anchors.pem"),
             tokens_dir: state_dir.join("tokens"),
             cert_lifetime: args.cert_lifetime,
             state_dir,
@@ -384,9 +406,12 @@ impl Runner {
             self.paths.identity_dir.clone(),
             self.paths.tokens_dir.clone(),
         );
-        self.state
-            .files
-            .extend([identity_dir.clone(), tokens_dir.clone()]);
+        let anchors_copy = self.paths.anchors.clone();
+        self.state.files.extend([
+            identity_dir.clone(),
+            tokens_dir.clone(),
+            anchors_copy.clone(),
+        ]);
         self.save()?;
         weft_controller::identity::init(&identity_dir, &self.mesh.trust_domain, true)
             .with_context(|| {
@@ -395,14 +420,23 @@ impl Runner {
                     identity_dir.display()
                 )
             })?;
-        // The proxies (UID 2102) read the trust anchors; the issuer key stays 0600 root.
-        set_mode(&identity_dir, 0o755)?;
-        set_mode(
+        // Identity files are root's alone (the issuer key mints any identity); the
+        // proxies read a copy of the trust anchors, which are public.
+        set_mode(&identity_dir, 0o700)?;
+        for entry in std::fs::read_dir(&identity_dir)
+            .with_context(|| format!("cannot read {}", identity_dir.display()))?
+        {
+            let path = entry?.path();
+            if path.is_file() {
+                set_mode(&path, 0o600)?;
+            }
+        }
+        copy_public(
             &identity_dir.join(weft_controller::identity::ANCHORS_FILE),
-            0o644,
+            &anchors_copy,
         )?;
         std::fs::create_dir_all(&tokens_dir)?;
-        set_mode(&tokens_dir, 0o755)?;
+        set_mode(&tokens_dir, 0o700)?;
         self.write_tokens()?;
 
         let td = self.mesh.trust_domain.clone();
@@ -436,7 +470,7 @@ impl Runner {
         }
         let hub = self.hub_netns();
         let log = self.paths.log_dir.join("controller.log");
-        let record = self.start_process(hub.as_deref(), "controller", &argv, &[], log)?;
+        let record = self.start_process(hub.as_deref(), "controller", &argv, &[], None, log)?;
         self.state.controller = Some(record.clone());
         self.save()?;
 
@@ -479,9 +513,10 @@ impl Runner {
         Ok(())
     }
 
-    /// A token file for every service account of the mesh that has none yet, owned by
-    /// the proxies' UID (all proxies share it, so any proxy could read any token: local
-    /// mode protects the mesh from other users of the machine, not pods from each other).
+    /// A token file for every service account of the mesh that has none yet, readable
+    /// by root only: the controller reads them, and `weft up` hands each proxy its own
+    /// token on stdin (all proxies share UID 2102, so a token file that one proxy could
+    /// read, every proxy could).
     fn write_tokens(&self) -> anyhow::Result<()> {
         let mut done = HashSet::new();
         for w in &self.mesh.workloads {
@@ -503,18 +538,21 @@ impl Runner {
             )
             .with_context(|| format!("cannot write the token of workload {}", w.name))?;
             if let Some(ns_dir) = path.parent() {
-                set_mode(ns_dir, 0o755)?;
+                set_mode(ns_dir, 0o700)?;
             }
-            if self.paths.loopback.is_some() {
-                // The proxies run as this user, who owns the token already.
-                continue;
-            }
-            let uid = nix::unistd::Uid::from_raw(PROXY_UID);
-            let gid = nix::unistd::Gid::from_raw(PROXY_UID);
-            nix::unistd::chown(&path, Some(uid), Some(gid))
-                .with_context(|| format!("cannot give {} to UID {PROXY_UID}", path.display()))?;
+            set_mode(&path, 0o600)?;
         }
         Ok(())
+    }
+
+    /// The token of `w`'s service account, for its proxy's stdin.
+    fn token(&self, w: &Workload) -> anyhow::Result<Vec<u8>> {
+        let path = weft_controller::identity::token_path(
+            &self.paths.tokens_dir,
+            &w.namespace,
+            &w.service_account,
+        );
+        std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
     }
 
     fn save(&self) -> anyhow::Result<()> {
@@ -592,6 +630,8 @@ impl Runner {
         set_mode(&self.paths.proxy_bin, 0o755)?;
 
         sys::run("ip", ["netns", "add", &hub])?;
+        // IPv6 off before any link exists (pods' traffic is redirected for IPv4 only).
+        sys::disable_ipv6(&hub)?;
         sys::run_with_input(
             "ip",
             ["-n", &hub, "-batch", "-"],
@@ -599,6 +639,7 @@ impl Runner {
                 "link set lo up\nlink add {BRIDGE} type bridge\nlink set {BRIDGE} up\naddr add {HUB_IP}/{POD_PREFIX_LEN} dev {BRIDGE}\n"
             )),
         )?;
+        sys::ensure_no_ipv6(&hub)?;
         self.sync_vips()?;
         self.write_pods()?;
         Ok(())
@@ -757,6 +798,9 @@ impl Runner {
 
         let hub = &self.paths.hub;
         sys::run("ip", ["netns", "add", &netns])?;
+        // IPv6 off before the pod has links: only IPv4 is redirected to the proxy, so an
+        // app reachable over IPv6 (link-local addresses) would bypass the mesh.
+        sys::disable_ipv6(&netns)?;
         sys::run_with_input(
             "ip",
             ["-n", hub, "-batch", "-"],
@@ -771,6 +815,7 @@ impl Runner {
                 "link set lo up\naddr add {ip}/{POD_PREFIX_LEN} dev eth0\nlink set eth0 up\n"
             )),
         )?;
+        sys::ensure_no_ipv6(&netns)?;
         sys::run_with_input(
             "ip",
             ["netns", "exec", &netns, "iptables-restore", "-w", "5"],
@@ -841,21 +886,12 @@ impl Runner {
             self.mesh.trust_domain.clone(),
             // mTLS: the proxy makes its key, gets its certificate from the controller.
             "--trust-anchors".into(),
-            self.paths
-                .identity_dir
-                .join(weft_controller::identity::ANCHORS_FILE)
-                .display()
-                .to_string(),
+            self.paths.anchors.display().to_string(),
             "--controller".into(),
             controller,
+            // The token on stdin: no file the proxies' shared UID can read holds it.
             "--identity-token".into(),
-            weft_controller::identity::token_path(
-                &self.paths.tokens_dir,
-                &w.namespace,
-                &w.service_account,
-            )
-            .display()
-            .to_string(),
+            "-".into(),
             "--opaque-ports".into(),
             opaque,
             "--drain-grace".into(),
@@ -878,13 +914,21 @@ impl Runner {
                     format!("--reuid={uid}"),
                     format!("--regid={uid}"),
                     "--clear-groups".into(),
+                    "--no-new-privs".into(),
                     "--".into(),
                 ];
                 argv.append(&mut proxy);
                 argv
             }
         };
-        self.spawn(&netns, "proxy", &argv, &[("NO_COLOR".into(), "1".into())])?;
+        let token = self.token(w)?;
+        self.spawn(
+            &netns,
+            "proxy",
+            &argv,
+            &[("NO_COLOR".into(), "1".into())],
+            Some(token),
+        )?;
 
         let mut env: Vec<(String, String)> = vec![
             ("WEFT_POD".into(), name.clone()),
@@ -907,7 +951,16 @@ impl Runner {
             ]);
         }
         env.extend(w.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        self.spawn(&netns, "app", &w.command, &env)
+        let argv = match self.paths.loopback {
+            // Loopback mode: as the invoking user, like everything else (no isolation).
+            Some(_) => w.command.clone(),
+            None => {
+                let (uid, gid) = app_ids(w)?;
+                let state_dir = std::path::absolute(&self.paths.state_dir)?;
+                app_argv(&state_dir, uid, gid, &w.command)
+            }
+        };
+        self.spawn(&netns, "app", &argv, &env, None)
     }
 
     /// Starts `argv` in `netns` through `ip netns exec` (which also bind-mounts the
@@ -918,6 +971,7 @@ impl Runner {
         role: &str,
         argv: &[String],
         env: &[(String, String)],
+        stdin: Option<Vec<u8>>,
     ) -> anyhow::Result<()> {
         let pod = self
             .state
@@ -926,7 +980,7 @@ impl Runner {
             .find(|p| p.netns == netns)
             .expect("recorded pod");
         let log = self.paths.log_dir.join(format!("{}.{role}.log", pod.name));
-        let record = self.start_process(self.pod_netns(netns), role, argv, env, log)?;
+        let record = self.start_process(self.pod_netns(netns), role, argv, env, stdin, log)?;
         let pod = self
             .state
             .pods
@@ -938,13 +992,15 @@ impl Runner {
     }
 
     /// Starts `argv` in `netns` (see [`Runner::spawn`]; directly in loopback mode) and
-    /// returns its record; the caller records it in the state.
+    /// returns its record; the caller records it in the state. `stdin` is written to the
+    /// process's stdin, which is then closed (else it reads nothing).
     fn start_process(
         &mut self,
         netns: Option<&str>,
         role: &str,
         argv: &[String],
         env: &[(String, String)],
+        stdin: Option<Vec<u8>>,
         log: PathBuf,
     ) -> anyhow::Result<ProcRecord> {
         let file = std::fs::File::create(&log)
@@ -967,15 +1023,31 @@ impl Runner {
             .env("PATH", &self.paths.path_env)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.paths.mesh_dir)
-            .stdin(Stdio::null())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(file.try_clone()?)
             .stderr(file)
             .process_group(0);
-        let child = cmd.spawn().with_context(|| match netns {
+        let mut child = cmd.spawn().with_context(|| match netns {
             Some(netns) => format!("cannot start {} in {netns}", argv.join(" ")),
             None => format!("cannot start {}", argv.join(" ")),
         })?;
         let pid = child.id();
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use std::io::Write as _;
+            // A token is far below a pipe's buffer: this does not wait for the reader.
+            // Dropping the pipe closes it, so the reader sees the end.
+            let written = pipe.write_all(&input);
+            drop(pipe);
+            if let Err(e) = written {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e).with_context(|| format!("cannot write to {role}'s stdin"));
+            }
+        }
         self.children.insert(pid, child);
         Ok(ProcRecord::of(role, pid, Some(log)))
     }
@@ -1763,6 +1835,72 @@ fn dir_stamp(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
             Some((p, m.len(), m.modified().ok()?))
         })
         .collect()
+}
+
+/// The UID and GID a workload's command runs as (namespace mode): its `user:`, else
+/// [`DEFAULT_APP_UID`]. A user name is looked up on this machine; it must not be root
+/// nor the proxies' UID (mesh.yaml's numbers are checked when it is loaded).
+fn app_ids(w: &Workload) -> anyhow::Result<(u32, u32)> {
+    let (uid, gid) = match &w.user {
+        None => (DEFAULT_APP_UID, DEFAULT_APP_UID),
+        Some(AppUser::Id { uid, gid }) => (*uid, *gid),
+        Some(AppUser::Name(name)) => {
+            let user = nix::unistd::User::from_name(name)
+                .with_context(|| format!("workload {}: cannot look up user {name}", w.name))?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "workload {}: user: {name} is no user of this machine (give a UID instead, e.g. user: {DEFAULT_APP_UID})",
+                        w.name
+                    )
+                })?;
+            (user.uid.as_raw(), user.gid.as_raw())
+        }
+    };
+    anyhow::ensure!(
+        uid != 0 && gid != 0 && uid != PROXY_UID && gid != PROXY_UID,
+        "workload {}: user: {} is UID {uid}, GID {gid}: apps may run neither as root nor as the proxies' UID {PROXY_UID}",
+        w.name,
+        w.user.as_ref().map_or(String::new(), ToString::to_string)
+    );
+    Ok((uid, gid))
+}
+
+/// How a workload's command starts inside its pod (after `ip netns exec`, as root): in
+/// a mount namespace of its own where an empty read-only tmpfs covers the state
+/// directory (identity, tokens, logs, other pods' files), then as `uid`:`gid` with no
+/// supplementary groups and no way to gain privileges (setuid binaries), then `command`.
+fn app_argv(state_dir: &Path, uid: u32, gid: u32, command: &[String]) -> Vec<String> {
+    const SCRIPT: &str = r#"mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k,mode=0555 weft-hidden "$1" || exit 126
+uid=$2 gid=$3
+shift 3
+exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@""#;
+    let mut argv: Vec<String> = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        SCRIPT,
+        "weft-app",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    argv.extend([
+        state_dir.display().to_string(),
+        uid.to_string(),
+        gid.to_string(),
+    ]);
+    argv.extend(command.iter().cloned());
+    argv
+}
+
+/// Copies `from` to `to` readable by everyone (0644).
+fn copy_public(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::copy(from, to)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    set_mode(to, 0o644)
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
