@@ -3,9 +3,19 @@
 //! key made in memory, renewed at 70 % of its lifetime), so proxies verify it against
 //! the trust anchors with that server name. Callers are not asked for a client
 //! certificate: a proxy asking for its first one has none (its token authenticates it).
+//!
+//! Limits, so that callers cannot make the controller hold unbounded memory: at most
+//! [`MAX_CONNECTIONS`] connections (TLS handshakes included; more wait in the listen
+//! backlog), [`MAX_STREAMS_PER_CONNECTION`] concurrent HTTP/2 streams per connection,
+//! small HTTP/2 receive windows and header lists, and per-service message size limits
+//! checked on the gRPC frame header, before a message is buffered
+//! ([`crate::identity::MAX_CERTIFY_MESSAGE`],
+//! [`crate::destination::MAX_DESTINATION_MESSAGE`]).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use rcgen::KeyPair;
@@ -14,8 +24,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tonic::transport::server::Connected;
 use weft_core::identity::Identity;
 
 use crate::destination::DestinationService;
@@ -27,6 +40,20 @@ pub const CONTROLLER_NAMESPACE: &str = "weft-system";
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once (TLS handshakes in progress included); beyond it the
+/// controller stops accepting until one closes. A proxy keeps two (identity,
+/// destination).
+pub const MAX_CONNECTIONS: usize = 2048;
+/// Concurrent HTTP/2 streams per connection: a proxy follows one Destination.Get stream
+/// per destination over one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
+/// HTTP/2 receive windows: how much request data one stream, and one connection, may
+/// have buffered in the controller before it is read. Requests are a few KiB.
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * 1024;
+/// Largest header list (all of a request's headers) accepted.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// The controller's identity in `trust_domain`.
 pub fn controller_identity(
@@ -189,8 +216,13 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let accept = tokio::spawn(async move {
         loop {
+            // At the limit, stop accepting: new connections wait in the backlog.
+            let Ok(permit) = connections.clone().acquire_owned().await else {
+                return;
+            };
             let (socket, peer) = match listener.accept().await {
                 Ok(a) => a,
                 Err(error) => {
@@ -204,7 +236,12 @@ pub async fn serve(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(stream).await;
+                        let _ = tx
+                            .send(Counted {
+                                io: stream,
+                                _permit: permit,
+                            })
+                            .await;
                     }
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -219,10 +256,69 @@ pub async fn serve(
             .map(|stream| (Ok::<_, std::io::Error>(stream), rx))
     });
     tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_max_header_list_size(MAX_HEADER_LIST)
         .add_service(IdentityService::new(certifier).into_server())
         .add_optional_service(destination.map(DestinationService::into_server))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// A served connection, holding its place under [`MAX_CONNECTIONS`] until it closes.
+struct Counted {
+    io: tokio_rustls::server::TlsStream<TcpStream>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Counted {
+    // The TLS stream's own, so handlers see the peer's address and certificates.
+    type ConnectInfo = <tokio_rustls::server::TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -445,3 +445,35 @@ async fn a_proxy_certifies_keeps_its_certificate_through_an_outage_and_renews_af
     proxy.shutdown();
     controller.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_controller_identity_is_never_issued_over_the_wire() {
+    let tmp = TempDir::new("reserved");
+    let (controller, _) = start(&tmp).await;
+    // A workload declared in the controller's namespace and service account, with a
+    // valid token: still refused.
+    let (_, token) =
+        identity::write_token(&tmp.0.join("tokens"), "weft-system", "weft-controller").unwrap();
+    let anchors = std::fs::read(tmp.0.join("identity").join(identity::ANCHORS_FILE)).unwrap();
+    let mut client = IdentityClient::new(channel(&controller, &anchors, CONTROLLER).await);
+    let status = client
+        .certify(CertifyRequest {
+            identity: CONTROLLER.into(),
+            token: token.into_bytes(),
+            certificate_signing_request: csr_for(&[CONTROLLER]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        format!("identity {CONTROLLER} is reserved for the controller (service account weft-controller in namespace weft-system): Certify never issues it to a workload")
+    );
+    let metrics = admin_get(&controller, "/metrics").await;
+    assert!(
+        metrics.contains("weft_controller_identity_certify_total{result=\"reserved\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("result=\"ok\""), "{metrics}");
+    controller.shutdown().await.unwrap();
+}

@@ -16,7 +16,7 @@ mod service;
 
 pub use index::{Endpoint, Index, Protocol, Resolution};
 pub use local::{LocalSource, LocalSourceConfig, SourceError};
-pub use service::DestinationService;
+pub use service::{DestinationService, MAX_DESTINATION_MESSAGE};
 
 use std::net::{IpAddr, SocketAddr};
 

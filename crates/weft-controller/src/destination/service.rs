@@ -18,6 +18,10 @@ use crate::metrics::{DestinationMetrics, UpdateLabels};
 /// Updates queued per stream before the sender waits for the client.
 const STREAM_BUFFER: usize = 16;
 
+/// The largest Destination request decoded (a path and a context token); larger ones
+/// are refused with OUT_OF_RANGE from their gRPC frame header, before being buffered.
+pub const MAX_DESTINATION_MESSAGE: usize = 16 * 1024;
+
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<api::Update, tonic::Status>> + Send>>;
 
 /// The gRPC destination service.
@@ -45,9 +49,10 @@ impl DestinationService {
         }
     }
 
-    /// The service ready to add to a tonic server.
+    /// The service ready to add to a tonic server (requests up to
+    /// [`MAX_DESTINATION_MESSAGE`]).
     pub fn into_server(self) -> DestinationServer<DestinationService> {
-        DestinationServer::new(self)
+        DestinationServer::new(self).max_decoding_message_size(MAX_DESTINATION_MESSAGE)
     }
 }
 

@@ -21,8 +21,8 @@ use x509_parser::prelude::FromDer as _;
 
 use super::ca::{random_serial, rfc3339, Issuer, BACKDATE};
 use super::token::{TokenError, TokenVerifier};
-use crate::server::{CONTROLLER_NAMESPACE, CONTROLLER_SERVICE_ACCOUNT};
 use crate::metrics::{CertifyLabels, IdentityMetrics};
+use crate::server::{CONTROLLER_NAMESPACE, CONTROLLER_SERVICE_ACCOUNT};
 
 /// Lifetime of workload certificates unless configured otherwise.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);

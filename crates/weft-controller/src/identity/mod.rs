@@ -20,7 +20,7 @@ pub use ca::{
 };
 pub use certify::{Certified, Certifier, CertifyError, DEFAULT_LIFETIME};
 pub use reload::{IdentityFiles, ReloadOptions, DEFAULT_EXPIRY_WARNING, DEFAULT_RELOAD_INTERVAL};
-pub use service::IdentityService;
+pub use service::{IdentityService, MAX_CERTIFY_MESSAGE};
 pub use token::{
     token_path, write_token, LocalTokens, TokenError, TokenVerifier, VerifyFuture, WriteTokenError,
 };

@@ -7,6 +7,10 @@ use linkerd2_proxy_api::identity::{CertifyRequest, CertifyResponse};
 
 use super::Certifier;
 
+/// The largest Certify request decoded: a CSR and a token are a few KiB. Larger ones
+/// are refused with OUT_OF_RANGE from their gRPC frame header, before being buffered.
+pub const MAX_CERTIFY_MESSAGE: usize = 64 * 1024;
+
 /// The gRPC identity service.
 #[derive(Clone, Debug)]
 pub struct IdentityService {
@@ -18,9 +22,10 @@ impl IdentityService {
         IdentityService { certifier }
     }
 
-    /// The service ready to add to a tonic server.
+    /// The service ready to add to a tonic server (requests up to
+    /// [`MAX_CERTIFY_MESSAGE`]).
     pub fn into_server(self) -> IdentityServer<IdentityService> {
-        IdentityServer::new(self)
+        IdentityServer::new(self).max_decoding_message_size(MAX_CERTIFY_MESSAGE)
     }
 }
 
