@@ -1,5 +1,5 @@
-//! The admin server: `/metrics`, `/ready`, `/live`, and `POST /shutdown` (loopback
-//! callers only).
+//! The admin server: `/metrics` (loopback and `--admin-metrics-from` callers),
+//! `/ready`, `/live`, and `POST /shutdown` (loopback callers only).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +23,7 @@ pub(crate) async fn serve(
     control: Arc<Control>,
     identity: Option<Arc<LocalIdentity>>,
     services: ServiceIndex,
+    metrics_from: Arc<[ipnet::IpNet]>,
 ) {
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -37,6 +38,7 @@ pub(crate) async fn serve(
         let control = control.clone();
         let identity = identity.clone();
         let services = services.clone();
+        let metrics_from = metrics_from.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let rsp = route(
@@ -46,6 +48,7 @@ pub(crate) async fn serve(
                     &control,
                     identity.as_deref(),
                     &services,
+                    &metrics_from,
                 );
                 async move { Ok::<_, Infallible>(rsp) }
             });
@@ -66,8 +69,22 @@ fn route(
     control: &Arc<Control>,
     identity: Option<&LocalIdentity>,
     services: &ServiceIndex,
+    metrics_from: &[ipnet::IpNet],
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
+        // Metrics name identities and topology: off loopback, only the configured
+        // scrapers read them.
+        (&Method::GET, "/metrics")
+            if !peer.ip().is_loopback() && !metrics_from.iter().any(|n| n.contains(&peer.ip())) =>
+        {
+            text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} may not read metrics (--admin-metrics-from)\n",
+                    peer.ip()
+                ),
+            )
+        }
         (&Method::GET, "/metrics") => {
             let mut rsp = text(StatusCode::OK, metrics.encode(services));
             rsp.headers_mut().insert(
@@ -82,10 +99,16 @@ fn route(
         (&Method::GET, "/ready") if control.is_draining() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
-        (&Method::GET, "/ready") if identity.is_some_and(|i| !i.is_ready()) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for a certificate from the identity service\n",
-        ),
+        (&Method::GET, "/ready") if identity.is_some_and(|i| !i.is_ready()) => {
+            let why = match identity.and_then(|i| i.expiry()) {
+                Some(expiry) => format!(
+                    "the certificate expired at {} and has not been renewed\n",
+                    humantime::format_rfc3339_seconds(expiry)
+                ),
+                None => "waiting for a certificate from the identity service\n".to_owned(),
+            };
+            text(StatusCode::SERVICE_UNAVAILABLE, why)
+        }
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
         (&Method::POST, "/shutdown") if peer.ip().is_loopback() => {
             control.shutdown();

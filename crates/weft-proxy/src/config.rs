@@ -52,6 +52,13 @@ pub struct Args {
     #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value = "0.0.0.0:4191")]
     pub admin_listen: SocketAddr,
 
+    /// Who may read `/metrics` on the admin port besides loopback (CIDRs or addresses,
+    /// comma-separated): the metrics name identities and topology. Everyone by
+    /// default, as Prometheus scrapes pods from anywhere; the local mesh allows its hub
+    /// only. `/ready` and `/live` answer everyone; `POST /shutdown` only loopback.
+    #[arg(long, env = "WEFT_ADMIN_METRICS_FROM", value_delimiter = ',', default_value = "0.0.0.0/0,::/0", value_parser = parse_network)]
+    pub admin_metrics_from: Vec<ipnet::IpNet>,
+
     /// How destinations are learnt: `transparent` (iptables redirect, needs root to set
     /// up) or `explicit` (endpoints file and --inbound-forward).
     #[arg(long, env = "WEFT_MODE", value_enum, default_value = "transparent")]
@@ -291,6 +298,8 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     /// Endpoints from the controller's destination service.
     pub destination: Option<DestinationConfig>,
+    /// Who may read `/metrics` from off loopback.
+    pub admin_metrics_from: Vec<ipnet::IpNet>,
 }
 
 #[derive(Clone, Debug)]
@@ -447,6 +456,7 @@ impl Args {
             outbound_listen: self.outbound_listen,
             inbound_listen: self.inbound_listen,
             admin_listen: self.admin_listen,
+            admin_metrics_from: self.admin_metrics_from,
             mode: self.mode,
             services,
             inbound_forward: self.inbound_forward,
@@ -537,6 +547,7 @@ impl Config {
             balance: Arc::default(),
             identity: None,
             destination: None,
+            admin_metrics_from: Vec::new(),
         }
     }
 }

@@ -216,11 +216,10 @@ impl LocalIdentity {
     }
 
     /// Whether a certificate is installed (the proxy is not ready before).
+    /// Whether the proxy holds a certificate that is valid now (an expired one, when
+    /// renewal keeps failing, makes every mTLS handshake fail: not ready).
     pub fn is_ready(&self) -> bool {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.expiry().is_some_and(|e| e > SystemTime::now())
     }
 
     pub fn expiry(&self) -> Option<SystemTime> {

@@ -314,6 +314,7 @@ impl Proxy {
         let destinations = match &config.destination {
             Some(d) => Some(Arc::new(Destinations::new(
                 d,
+                identity.clone(),
                 config.balance.clone(),
                 config.services.clone(),
                 metrics.destination.clone(),
@@ -398,6 +399,7 @@ impl Proxy {
             admin_control,
             identity.clone(),
             config.services.clone(),
+            config.admin_metrics_from.clone().into(),
         ));
         let certify_task = config.identity.as_ref().and_then(|i| {
             let certify = i.certify.clone()?;

@@ -31,7 +31,13 @@ const STEP: Duration = Duration::from_secs(2);
 
 /// Starts `weft-proxy` in pod `pod` as UID 2102, named `{deployment}-proxy`.
 fn start_proxy(net: &TestNet, pod: usize, deployment: &str) -> u32 {
+    start_proxy_with(net, pod, deployment, &[])
+}
+
+/// [`start_proxy`] with more arguments.
+fn start_proxy_with(net: &TestNet, pod: usize, deployment: &str, args: &[&str]) -> u32 {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-proxy"));
+    cmd.args(args);
     cmd.args(["--mode", "transparent"])
         .args(["--outbound-listen", "127.0.0.1:4140"])
         .args(["--inbound-listen", "0.0.0.0:4143"])
@@ -285,7 +291,13 @@ fn an_inbound_proxy_relays_to_no_other_pod() {
         .spawn_server_in(&c.ns, ([0, 0, 0, 0], APP_PORT).into(), "target")
         .unwrap_or_else(|e| panic!("start the app: {e:#}"));
     wait_reachable(&net, 0, target);
-    let relay = start_proxy(&net, 1, "relay");
+    // Only C may scrape B's metrics (besides B itself, on loopback).
+    let relay = start_proxy_with(
+        &net,
+        1,
+        "relay",
+        &["--admin-metrics-from", &c.ip.to_string()],
+    );
     wait_ready(&net, 1, "relay-proxy", relay);
     netns::install_redirect(&b.ns, PROXY_UID, &[])
         .unwrap_or_else(|e| panic!("redirect in {}: {e:#}", b.ns));

@@ -420,3 +420,31 @@ async fn during_an_anchor_rotation_old_and_new_certificates_both_work() {
     );
     assert!(raw_tls_get(strict.inbound(), BOOKS, old_web).await.is_err());
 }
+
+/// A proxy whose certificate expired (renewal failing, e.g. after a CA change) cannot
+/// complete an mTLS handshake: `/ready` says so instead of answering 200.
+#[tokio::test]
+async fn an_expired_certificate_makes_the_proxy_unready() {
+    let ca = TestCa::default();
+    let app = TestServer::loopback("books").await;
+    let identity = ca.identity("books", "default", Duration::from_secs(2));
+    let proxy = proxy::inbound_to(app.addr())
+        .identity(identity.clone())
+        .start()
+        .await;
+    let ready = |proxy: &weft_test::proxy::TestProxy| {
+        let admin = proxy.admin();
+        async move { client::get(admin, "localhost", "/ready").await.unwrap() }
+    };
+    assert_eq!(ready(&proxy).await.status, 200);
+    let expired = weft_test::eventually(Duration::from_secs(10), || async {
+        ready(&proxy).await.status == 503
+    })
+    .await;
+    assert!(expired, "still ready after the certificate expired");
+    let rsp = ready(&proxy).await;
+    assert!(rsp.body.contains("expired"), "{}", rsp.body);
+    // A renewed certificate makes it ready again.
+    ca.certify(&identity, Duration::from_secs(60));
+    assert_eq!(ready(&proxy).await.status, 200);
+}
