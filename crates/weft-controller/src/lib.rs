@@ -129,7 +129,7 @@ impl Controller {
             server::controller_identity(&config.trust_domain)?,
             certifier.clone(),
         )?;
-        let tls = serving.server_config()?;
+        let tls = serving.server_config(&anchors)?;
         // The destination source loads before anything listens: a mesh directory that
         // does not load stops the start with its problems.
         let source = match &config.destination {
@@ -196,6 +196,7 @@ impl Controller {
                 Some(destination::DestinationService::new(
                     subscribe,
                     &d.cluster_domain,
+                    &config.trust_domain,
                     metrics.destination.clone(),
                     stop.subscribe(),
                 ))

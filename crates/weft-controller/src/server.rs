@@ -1,8 +1,12 @@
 //! The controller's gRPC server: TLS with a serving certificate the controller issues
 //! itself (identity `weft-controller.weft-system.serviceaccount.identity.weft.{td}`,
 //! key made in memory, renewed at 70 % of its lifetime), so proxies verify it against
-//! the trust anchors with that server name. Callers are not asked for a client
-//! certificate: a proxy asking for its first one has none (its token authenticates it).
+//! the trust anchors with that server name.
+//!
+//! Callers are asked for a client certificate, verified against the trust anchors
+//! (loaded at start-up), but may present none at the TLS level: a proxy asking for its
+//! first certificate has none (its token authenticates it). The destination service
+//! serves only callers that presented a mesh workload certificate.
 //!
 //! Limits, so that callers cannot make the controller hold unbounded memory: at most
 //! [`MAX_CONNECTIONS`] connections (TLS handshakes included; more wait in the listen
@@ -21,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use rcgen::KeyPair;
 use rustls::crypto::ring as provider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,7 +36,7 @@ use tonic::transport::server::Connected;
 use weft_core::identity::Identity;
 
 use crate::destination::DestinationService;
-use crate::identity::{Certifier, CertifyError, IdentityService};
+use crate::identity::{Certifier, CertifyError, IdentityService, TrustAnchors};
 
 /// The controller's service account and namespace: its identity in the mesh.
 pub const CONTROLLER_SERVICE_ACCOUNT: &str = "weft-controller";
@@ -160,13 +164,22 @@ impl ServingCert {
         }
     }
 
-    /// TLS settings serving this certificate (TLS 1.2 and 1.3, ALPN h2).
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, rustls::Error> {
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_cert_resolver(self.clone());
+    /// TLS settings serving this certificate (TLS 1.2 and 1.3, ALPN h2), asking for an
+    /// optional client certificate that, when presented, must chain to `anchors`.
+    pub fn server_config(
+        self: &Arc<Self>,
+        anchors: &TrustAnchors,
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let crypto = Arc::new(provider::default_provider());
+        let clients =
+            WebPkiClientVerifier::builder_with_provider(anchors.root_store(), crypto.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| rustls::Error::General(format!("client certificate verifier: {e}")))?;
+        let mut config = ServerConfig::builder_with_provider(crypto)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(clients)
+            .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }

@@ -1,5 +1,7 @@
 //! The destination service in-process: Destination.Get over gRPC with TLS, answering
 //! from a mesh directory and a pods file that the tests change while streams are open.
+//! Clients present a workload certificate (web's, obtained with Certify), as proxies
+//! do; a client without one is refused.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,8 +11,10 @@ use std::time::Duration;
 use linkerd2_proxy_api::destination::destination_client::DestinationClient;
 use linkerd2_proxy_api::destination::update::Update as Kind;
 use linkerd2_proxy_api::destination::{GetDestination, Update};
+use linkerd2_proxy_api::identity::identity_client::IdentityClient;
+use linkerd2_proxy_api::identity::CertifyRequest;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Streaming;
 use weft_controller::destination::LocalSourceConfig;
 use weft_controller::{identity, Config, Controller, DestinationConfig};
@@ -18,6 +22,7 @@ use weft_core::pods::{PodEntry, PodsFile, ServiceAddress};
 
 const CONTROLLER: &str = "weft-controller.weft-system.serviceaccount.identity.weft.cluster.local";
 const BOOKS_ID: &str = "books.default.serviceaccount.identity.weft.cluster.local";
+const WEB_ID: &str = "web.default.serviceaccount.identity.weft.cluster.local";
 /// How long an update may take to arrive after a file changed.
 const PROMPT: Duration = Duration::from_secs(1);
 
@@ -84,6 +89,7 @@ impl Mesh {
         std::fs::write(dir.join("mesh/services.yaml"), SERVICES).unwrap();
         pods(books_ready).write(&dir.join("pods.yaml")).unwrap();
         identity::init(&dir.join("identity"), "cluster.local", false).unwrap();
+        identity::write_token(&dir.join("tokens"), "default", "web").unwrap();
         let mut mesh = Mesh {
             anchors: std::fs::read(dir.join("identity").join(identity::ANCHORS_FILE)).unwrap(),
             dir,
@@ -121,18 +127,63 @@ impl Mesh {
         self.dir.join(file)
     }
 
-    async fn client(&self) -> DestinationClient<Channel> {
-        let tls = ClientTlsConfig::new()
+    async fn channel(&self, client_cert: Option<Identity>) -> Channel {
+        let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.anchors))
             .domain_name(CONTROLLER);
-        let channel = Endpoint::from_shared(format!("https://{}", self.controller().grpc_addr()))
+        if let Some(id) = client_cert {
+            tls = tls.identity(id);
+        }
+        Endpoint::from_shared(format!("https://{}", self.controller().grpc_addr()))
             .unwrap()
             .tls_config(tls)
             .unwrap()
             .connect()
             .await
-            .unwrap();
-        DestinationClient::new(channel)
+            .unwrap()
+    }
+
+    /// web's workload certificate (chain and key), issued by the controller through
+    /// Certify with web's token, as a proxy obtains its own.
+    async fn web_certificate(&self) -> Identity {
+        let token = std::fs::read(identity::token_path(
+            &self.dir.join("tokens"),
+            "default",
+            "web",
+        ))
+        .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(vec![WEB_ID.to_owned()])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec();
+        let rsp = IdentityClient::new(self.channel(None).await)
+            .certify(CertifyRequest {
+                identity: WEB_ID.into(),
+                token,
+                certificate_signing_request: csr,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let chain: String = std::iter::once(rsp.leaf_certificate)
+            .chain(rsp.intermediate_certificates)
+            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der)))
+            .collect();
+        Identity::from_pem(chain, key.serialize_pem())
+    }
+
+    /// A client presenting web's workload certificate.
+    async fn client(&self) -> DestinationClient<Channel> {
+        let id = self.web_certificate().await;
+        DestinationClient::new(self.channel(Some(id)).await)
+    }
+
+    /// A client presenting no certificate.
+    async fn anonymous_client(&self) -> DestinationClient<Channel> {
+        DestinationClient::new(self.channel(None).await)
     }
 
     async fn get(&self, path: &str) -> Streaming<Update> {
@@ -427,6 +478,38 @@ async fn shutdown_ends_open_streams() {
         .await
         .expect("the stream ends");
     assert!(!matches!(end, Ok(Some(_))), "{end:?}");
+}
+
+#[tokio::test]
+async fn only_clients_with_a_mesh_certificate_are_served() {
+    let mesh = Mesh::start(1, &[true]).await;
+    let get = || GetDestination {
+        scheme: "k8s".into(),
+        path: "books.default.svc.cluster.local:80".into(),
+        context_token: String::new(),
+    };
+    // No client certificate: nothing is listed, whatever the request.
+    let mut anonymous = mesh.anonymous_client().await;
+    let status = anonymous.get(get()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "a mesh client certificate is required: the destination service answers only proxies presenting their workload certificate (an identity of trust domain \"cluster.local\") in the TLS handshake"
+    );
+    let status = anonymous.get_profile(get()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(status
+        .message()
+        .starts_with("a mesh client certificate is required"));
+    assert!(!mesh
+        .metrics()
+        .await
+        .contains("weft_controller_destination_updates_total{kind=\"add\"}"));
+
+    // web's workload certificate: served on the same controller.
+    let mut client = mesh.client().await;
+    let mut s = client.get(get()).await.unwrap().into_inner();
+    assert_eq!(added(next(&mut s).await), [books(3)]);
 }
 
 async fn weft_eventually<F, Fut>(mut check: F) -> bool

@@ -29,11 +29,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use weft_core::identity::Identity;
 
 use crate::balance::{BalanceConfig, EndpointMeta};
 use crate::endpoints::{Service, ServiceIndex};
+use crate::identity::LocalIdentity;
 
 /// Backoff between attempts to reopen a failed stream.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -83,6 +84,10 @@ impl DestinationConfig {
 pub enum DestinationError {
     #[error("invalid controller address {0:?} for --destination: {1}")]
     Address(String, tonic::transport::Error),
+    #[error("invalid controller name {0:?} (--controller-name): {1}")]
+    ControllerName(String, String),
+    #[error("the destination service's trust anchors: {0}")]
+    Anchors(String),
 }
 
 /// `kind` of `destination_updates_total`.
@@ -194,24 +199,25 @@ impl std::fmt::Debug for Destinations {
 
 impl Destinations {
     /// A client of the destination service (connecting lazily, on the first lookup).
+    /// The controller serves only mesh workloads: connections present `identity`'s
+    /// current certificate, so discovery works once the proxy has its first one.
     pub fn new(
         config: &DestinationConfig,
+        identity: Option<Arc<LocalIdentity>>,
         balance: Arc<BalanceConfig>,
         services: ServiceIndex,
         metrics: DestinationMetrics,
     ) -> Result<Destinations, DestinationError> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&config.anchors_pem))
-            .domain_name(config.controller_name.clone());
-        let channel = Endpoint::from_shared(format!("https://{}", config.controller))
-            .and_then(|e| e.tls_config(tls))
+        let connector = ControllerConnector::new(config, identity)?;
+        // TLS is the connector's: the URI only carries the address.
+        let channel = Endpoint::from_shared(format!("http://{}", config.controller))
             .map_err(|e| DestinationError::Address(config.controller.clone(), e))?
             .connect_timeout(Duration::from_secs(2))
             // A dead controller is noticed within seconds even when nothing changes.
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
-            .connect_lazy();
+            .connect_with_connector_lazy(connector);
         Ok(Destinations {
             client: DestinationClient::new(channel),
             balance,
@@ -338,6 +344,89 @@ pub enum Lookup {
     Unknown,
     /// It has not answered (unreachable, or slower than the first-contact wait).
     Unanswered,
+}
+
+/// Opens the connections to the controller: TCP to `host:port`, then TLS verifying
+/// the controller's certificate against the trust anchors for its identity name and
+/// presenting this proxy's current workload certificate (the one renewed in place by
+/// [`crate::certify`]), ALPN h2.
+#[derive(Clone)]
+struct ControllerConnector {
+    addr: Arc<str>,
+    server_name: rustls::pki_types::ServerName<'static>,
+    tls: tokio_rustls::TlsConnector,
+    identity: Option<Arc<LocalIdentity>>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl ControllerConnector {
+    fn new(
+        config: &DestinationConfig,
+        identity: Option<Arc<LocalIdentity>>,
+    ) -> Result<ControllerConnector, DestinationError> {
+        let server_name = rustls::pki_types::ServerName::try_from(config.controller_name.clone())
+            .map_err(|e| {
+            DestinationError::ControllerName(config.controller_name.clone(), e.to_string())
+        })?;
+        let mut tls = match &identity {
+            // The mTLS client settings: the anchors, and the current certificate.
+            Some(local) => (*local.client_config()).clone(),
+            // No identity: the controller will refuse to answer, but says why.
+            None => {
+                let roots = crate::identity::anchors_from_pem(&config.anchors_pem)
+                    .map_err(DestinationError::Anchors)?;
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| DestinationError::Anchors(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+            }
+        };
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ControllerConnector {
+            addr: config.controller.as_str().into(),
+            server_name,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            identity,
+        })
+    }
+}
+
+impl tonic::codegen::Service<http::Uri> for ControllerConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if let Some(local) = &this.identity {
+                if !local.is_ready() {
+                    return Err(format!(
+                        "{} has no valid workload certificate yet, and the destination service answers only mesh workloads presenting one",
+                        local.name()
+                    )
+                    .into());
+                }
+            }
+            let tcp = tokio::net::TcpStream::connect(&*this.addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = this.tls.connect(this.server_name.clone(), tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
 }
 
 /// Follows one destination's stream, reopening it when it fails.

@@ -1,5 +1,7 @@
 //! `Destination.Get` served with tonic: one task per stream follows the index and sends
-//! what changed for its target.
+//! what changed for its target. Only mesh workloads are served: the caller must have
+//! presented a client certificate naming a workload identity of the mesh's trust
+//! domain (verified against the trust anchors by the TLS server), else UNAUTHENTICATED.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -11,6 +13,7 @@ use linkerd2_proxy_api::destination as api;
 use linkerd2_proxy_api::destination::destination_server::{Destination, DestinationServer};
 use linkerd2_proxy_api::destination::update::Update as Kind;
 use tokio::sync::{mpsc, watch};
+use weft_core::identity::Identity;
 
 use super::{Endpoint, Index, Protocol, Resolution, Target};
 use crate::metrics::{DestinationMetrics, UpdateLabels};
@@ -29,21 +32,26 @@ type UpdateStream = Pin<Box<dyn Stream<Item = Result<api::Update, tonic::Status>
 pub struct DestinationService {
     index: watch::Receiver<Arc<Index>>,
     cluster_domain: Arc<str>,
+    /// Callers must hold a workload certificate of this trust domain.
+    trust_domain: Arc<str>,
     metrics: DestinationMetrics,
     /// Ends every stream (so a graceful shutdown does not wait on them forever).
     stop: watch::Receiver<bool>,
 }
 
 impl DestinationService {
+    /// Serves `index` to callers presenting a workload certificate of `trust_domain`.
     pub fn new(
         index: watch::Receiver<Arc<Index>>,
         cluster_domain: &str,
+        trust_domain: &str,
         metrics: DestinationMetrics,
         stop: watch::Receiver<bool>,
     ) -> DestinationService {
         DestinationService {
             index,
             cluster_domain: cluster_domain.into(),
+            trust_domain: trust_domain.into(),
             metrics,
             stop,
         }
@@ -54,6 +62,36 @@ impl DestinationService {
     pub fn into_server(self) -> DestinationServer<DestinationService> {
         DestinationServer::new(self).max_decoding_message_size(MAX_DESTINATION_MESSAGE)
     }
+
+    /// The mesh workload calling, from the client certificate it presented in the TLS
+    /// handshake (already verified against the trust anchors there).
+    fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
+        let certs = request.peer_certs();
+        let Some(leaf) = certs.as_deref().and_then(|c| c.first()) else {
+            return Err(tonic::Status::unauthenticated(format!(
+                "a mesh client certificate is required: the destination service answers only proxies presenting their workload certificate (an identity of trust domain {:?}) in the TLS handshake",
+                self.trust_domain
+            )));
+        };
+        match workload_identity(leaf) {
+            Some(id) if id.trust_domain() == &*self.trust_domain => Ok(id),
+            named => Err(tonic::Status::unauthenticated(format!(
+                "a mesh client certificate is required: the client certificate names {}, not a workload identity of trust domain {:?}",
+                named.map_or_else(|| "no weft identity".to_owned(), |id| id.dns_name()),
+                self.trust_domain
+            ))),
+        }
+    }
+}
+
+/// The weft identity a certificate's DNS subject alternative name gives, if any.
+fn workload_identity(cert: &[u8]) -> Option<Identity> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(dns) => dns.parse().ok(),
+        _ => None,
+    })
 }
 
 #[tonic::async_trait]
@@ -66,6 +104,7 @@ impl Destination for DestinationService {
         &self,
         request: tonic::Request<api::GetDestination>,
     ) -> Result<tonic::Response<UpdateStream>, tonic::Status> {
+        let client = self.authenticate(&request)?;
         let remote = request.remote_addr();
         let dst = request.into_inner();
         if !matches!(dst.scheme.as_str(), "" | "k8s") {
@@ -76,7 +115,7 @@ impl Destination for DestinationService {
         }
         let target = Target::parse(&dst.path, &self.cluster_domain)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        tracing::debug!(?remote, %target, "Destination.Get stream opened");
+        tracing::debug!(?remote, %client, %target, "Destination.Get stream opened");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(follow(
             target,
@@ -93,8 +132,9 @@ impl Destination for DestinationService {
 
     async fn get_profile(
         &self,
-        _request: tonic::Request<api::GetDestination>,
+        request: tonic::Request<api::GetDestination>,
     ) -> Result<tonic::Response<Self::GetProfileStream>, tonic::Status> {
+        self.authenticate(&request)?;
         Err(tonic::Status::unimplemented(
             "Destination.GetProfile is not implemented by weft-controller yet (no service profiles); use Destination.Get for endpoints",
         ))
