@@ -147,8 +147,49 @@ impl From<UpstreamError> for ProxyError {
     }
 }
 
-async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+/// Status code recorded for a request whose caller went away (hung up, reset the
+/// stream, gave up at its own deadline) before response headers: nginx's "client
+/// closed request".
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Counts a request that never got its response headers because its caller gave up:
+/// dropping the request's future with a route set records it in `response_total` as a
+/// failure with status 499, so every counted request ends in a response.
+struct Unanswered {
+    metrics: Arc<crate::metrics::Metrics>,
+    route: Option<RouteLabels>,
+    start: Instant,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(route) = self.route.take() {
+            let http = &self.metrics.http;
+            http.latency(&route, CLIENT_CLOSED_REQUEST, elapsed_ms(self.start));
+            http.response(route, CLIENT_CLOSED_REQUEST, Classification::Failure);
+        }
+    }
+}
+
+async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
+    let mut unanswered = Unanswered {
+        metrics: ctx.shared.metrics.clone(),
+        route: None,
+        start,
+    };
+    let rsp = forward(ctx, req, start, &mut unanswered).await;
+    unanswered.route = None;
+    rsp
+}
+
+/// One request, from resolution to response headers.
+async fn forward(
+    ctx: Arc<ConnContext>,
+    mut req: Request<Incoming>,
+    start: Instant,
+    unanswered: &mut Unanswered,
+) -> Response<ProxyBody> {
     let grpc = is_grpc(req.headers());
     let shared = &ctx.shared;
     let metrics = &shared.metrics.http;
@@ -217,6 +258,8 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
             }
         }
     };
+
+    unanswered.route = Some(route.clone());
 
     let version = if req.version() == Version::HTTP_2 {
         HttpVersion::Http2
@@ -417,7 +460,11 @@ async fn handle(ctx: Arc<ConnContext>, mut req: Request<Incoming>) -> Response<P
     let status = rsp.status();
     // The balancer learns from the time to response headers; 5xx and 429 count
     // against the endpoint.
-    let failed = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+    // A gRPC error in a trailers-only response (how servers fail a call) counts too;
+    // one in trailers after a body is seen only by the metrics.
+    let failed = status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || (grpc && grpc_status_of(rsp.headers()) == Some(false));
     if let Some(p) = picked {
         p.finish(if failed {
             Outcome::Failure

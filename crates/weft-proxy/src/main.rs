@@ -46,9 +46,13 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("invalid log filter {filter:?}"))?;
+    // Lines stderr cannot take are dropped and counted (`log_lines_dropped`), never a
+    // panic; colour only on a terminal (log files stay plain text).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
+        .with_writer(|| weft_core::log::LossyStderr);
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -327,6 +327,7 @@ struct ProcessMetrics {
     resident_memory: Gauge,
     open_fds: Gauge,
     start_time: Gauge,
+    log_dropped: Gauge,
 }
 
 impl ProcessMetrics {
@@ -344,6 +345,8 @@ impl ProcessMetrics {
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             self.open_fds.set(dir.count() as i64);
         }
+        self.log_dropped
+            .set(i64::try_from(weft_core::log::dropped_lines()).unwrap_or(i64::MAX));
     }
 }
 
@@ -485,6 +488,7 @@ impl Metrics {
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
             start_time: Gauge::default(),
+            log_dropped: Gauge::default(),
         };
         if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
             process.start_time.set(now.as_secs() as i64);
@@ -498,6 +502,11 @@ impl Metrics {
             "process_open_fds",
             "Open file descriptors",
             process.open_fds.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because standard error could not take them (a full disk, a closed pipe)",
+            process.log_dropped.clone(),
         );
         registry.register(
             "process_start_time_seconds",

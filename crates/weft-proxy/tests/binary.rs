@@ -159,3 +159,43 @@ async fn sigterm_lets_in_flight_requests_finish() {
     };
     assert!(status.success(), "clean exit after drain: {status}");
 }
+
+/// A full disk under the log file (here `/dev/full`, where every write fails with
+/// ENOSPC) costs log lines, counted, never the process or a request.
+#[tokio::test]
+async fn a_log_that_cannot_be_written_loses_lines_not_requests() {
+    let full = match std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("skipped: /dev/full is not available here: {e}");
+            return;
+        }
+    };
+    let app = TestServer::loopback("books").await;
+    let (inbound, admin) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .args(["--mode", "explicit", "--log", "debug"])
+        .args(["--inbound-forward", &app.addr().to_string()])
+        .args(["--inbound-listen", &inbound.to_string()])
+        .args(["--outbound-listen", &free_port().to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .stdin(Stdio::null())
+        .stderr(full)
+        .spawn()
+        .expect("start weft-proxy");
+    let mut proxy = ProxyProcess(child);
+    let ready = weft_test::eventually(Duration::from_secs(10), || async move {
+        client::get(admin, "admin", "/ready")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(ready, "weft-proxy became ready");
+    for _ in 0..20 {
+        let rsp = client::get(inbound, "books", "/").await.unwrap();
+        assert_eq!(rsp.status, 200);
+    }
+    assert!(proxy.0.try_wait().unwrap().is_none(), "the proxy is alive");
+    let m = weft_test::metrics::fetch(admin).await.unwrap();
+    assert!(m.sum("log_lines_dropped", &[]) > 0.0, "{}", m.text);
+}

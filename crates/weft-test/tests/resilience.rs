@@ -534,3 +534,63 @@ async fn proxy_wide_defaults_apply_to_destinations_that_are_not_services() {
     assert_eq!(rsp.status, 503);
     assert_eq!(app.requests(), 4);
 }
+
+#[tokio::test]
+async fn an_endpoint_failing_every_grpc_call_loses_its_traffic() {
+    trace_init();
+    // 200 with grpc-status 14 in a trailers-only response: how gRPC servers fail.
+    let down = TestServer::loopback_with("down", ServerOptions::grpc_status(14)).await;
+    let good = TestServer::loopback("good").await;
+    let yaml = books(&[down.addr(), good.addr()], "");
+    let proxy = proxy::inbound_to(good.addr()).services(&yaml).start().await;
+    let mut client = TestClient::http2(proxy.service("books"), "books:9090")
+        .await
+        .unwrap();
+    let grpc = [("content-type", "application/grpc")];
+    for _ in 0..100 {
+        client
+            .request_with(Method::POST, "/", &grpc, "")
+            .await
+            .unwrap();
+    }
+    // Without penalties the two endpoints would share the calls about evenly.
+    assert!(
+        down.requests() < 20,
+        "the failing endpoint got {} of 100 calls",
+        down.requests()
+    );
+}
+
+#[tokio::test]
+async fn a_request_its_caller_gives_up_on_is_counted_as_a_failure() {
+    trace_init();
+    let slow =
+        TestServer::loopback_with("slow", ServerOptions::delay(Duration::from_secs(10))).await;
+    let proxy = proxy::inbound_to(slow.addr())
+        .services(&books(&[slow.addr()], ""))
+        .start()
+        .await;
+    let mut client = TestClient::http2(proxy.service("books"), "books:8080")
+        .await
+        .unwrap();
+    // The caller's own deadline: it resets the stream before any response.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), client.get("/")).await;
+    assert!(gave_up.is_err());
+    let counted = eventually(Duration::from_secs(5), || async {
+        let m = proxy.metrics().await;
+        m.sum(
+            "response_total",
+            &[
+                ("direction", "outbound"),
+                ("status_code", "499"),
+                ("classification", "failure"),
+            ],
+        ) == 1.0
+    })
+    .await;
+    let m = proxy.metrics().await;
+    assert!(counted, "{}", m.text);
+    let outbound = [("direction", "outbound")];
+    assert_eq!(m.sum("request_total", &outbound), 1.0);
+    assert_eq!(m.sum("response_total", &outbound), 1.0);
+}
