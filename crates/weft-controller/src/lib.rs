@@ -129,7 +129,8 @@ impl Controller {
             server::controller_identity(&config.trust_domain)?,
             certifier.clone(),
         )?;
-        let tls = serving.server_config(&anchors)?;
+        let clients = server::ClientVerifier::new(&anchors)?;
+        let tls = serving.server_config(clients.clone())?;
         // The destination source loads before anything listens: a mesh directory that
         // does not load stops the start with its problems.
         let source = match &config.destination {
@@ -167,9 +168,15 @@ impl Controller {
             certifier.clone(),
             reload,
             metrics.identity.clone(),
-            move || match reissue.reissue() {
-                Ok(()) => tracing::info!("serving certificate reissued by the new issuer"),
-                Err(error) => tracing::error!(%error, "cannot reissue the serving certificate"),
+            move |anchors: &identity::TrustAnchors| {
+                match reissue.reissue() {
+                    Ok(()) => tracing::info!("serving certificate reissued by the new issuer"),
+                    Err(error) => tracing::error!(%error, "cannot reissue the serving certificate"),
+                }
+                // Client certificates from the new bundle's anchors are accepted.
+                if let Err(error) = clients.set_anchors(anchors) {
+                    tracing::error!(%error, "cannot verify client certificates with the new trust anchors; keeping the previous ones");
+                }
             },
         )));
         let mut index = None;

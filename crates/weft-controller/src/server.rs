@@ -4,7 +4,8 @@
 //! the trust anchors with that server name.
 //!
 //! Callers are asked for a client certificate, verified against the trust anchors
-//! (loaded at start-up), but may present none at the TLS level: a proxy asking for its
+//! (the current bundle: [`ClientVerifier::set_anchors`] follows its reloads), but may
+//! present none at the TLS level: a proxy asking for its
 //! first certificate has none (its token authenticates it). The destination service
 //! serves only callers that presented a mesh workload certificate.
 //!
@@ -23,11 +24,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use rcgen::KeyPair;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::ring as provider;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -165,17 +170,12 @@ impl ServingCert {
     }
 
     /// TLS settings serving this certificate (TLS 1.2 and 1.3, ALPN h2), asking for an
-    /// optional client certificate that, when presented, must chain to `anchors`.
+    /// optional client certificate that, when presented, `clients` must accept.
     pub fn server_config(
         self: &Arc<Self>,
-        anchors: &TrustAnchors,
+        clients: Arc<ClientVerifier>,
     ) -> Result<Arc<ServerConfig>, rustls::Error> {
         let crypto = Arc::new(provider::default_provider());
-        let clients =
-            WebPkiClientVerifier::builder_with_provider(anchors.root_store(), crypto.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| rustls::Error::General(format!("client certificate verifier: {e}")))?;
         let mut config = ServerConfig::builder_with_provider(crypto)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(clients)
@@ -194,6 +194,98 @@ impl ResolvesServerCert for ServingCert {
                 .0
                 .clone(),
         )
+    }
+}
+
+/// Verifies client certificates against the trust anchors, which may change while the
+/// controller runs (an anchor rotation adds one to the bundle). A client may present
+/// no certificate at all; one that it presents must chain to an anchor.
+pub struct ClientVerifier {
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl std::fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientVerifier").finish_non_exhaustive()
+    }
+}
+
+impl ClientVerifier {
+    pub fn new(anchors: &TrustAnchors) -> Result<Arc<ClientVerifier>, rustls::Error> {
+        Ok(Arc::new(ClientVerifier {
+            current: RwLock::new(Self::build(anchors)?),
+        }))
+    }
+
+    /// Verifies against `anchors` from the next handshake on.
+    pub fn set_anchors(&self, anchors: &TrustAnchors) -> Result<(), rustls::Error> {
+        let next = Self::build(anchors)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+
+    fn build(anchors: &TrustAnchors) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        WebPkiClientVerifier::builder_with_provider(
+            anchors.root_store(),
+            Arc::new(provider::default_provider()),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| rustls::Error::General(format!("client certificate verifier: {e}")))
+    }
+
+    fn get(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    // No hints: a proxy presents its one certificate whatever the server names.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.get()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.get().supported_verify_schemes()
     }
 }
 

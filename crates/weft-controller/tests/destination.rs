@@ -37,7 +37,6 @@ const SERVICES: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: books}\n
 struct Mesh {
     dir: PathBuf,
     controller: Option<Controller>,
-    anchors: Vec<u8>,
 }
 
 impl Drop for Mesh {
@@ -91,7 +90,6 @@ impl Mesh {
         identity::init(&dir.join("identity"), "cluster.local", false).unwrap();
         identity::write_token(&dir.join("tokens"), "default", "web").unwrap();
         let mut mesh = Mesh {
-            anchors: std::fs::read(dir.join("identity").join(identity::ANCHORS_FILE)).unwrap(),
             dir,
             controller: None,
         };
@@ -128,8 +126,11 @@ impl Mesh {
     }
 
     async fn channel(&self, client_cert: Option<Identity>) -> Channel {
+        // The bundle as it is now (an anchor rotation may have added one).
+        let anchors =
+            std::fs::read(self.dir.join("identity").join(identity::ANCHORS_FILE)).unwrap();
         let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.anchors))
+            .ca_certificate(Certificate::from_pem(anchors))
             .domain_name(CONTROLLER);
         if let Some(id) = client_cert {
             tls = tls.identity(id);
@@ -512,12 +513,70 @@ async fn only_clients_with_a_mesh_certificate_are_served() {
     assert_eq!(added(next(&mut s).await), [books(3)]);
 }
 
-async fn weft_eventually<F, Fut>(mut check: F) -> bool
+#[tokio::test]
+async fn after_an_anchor_rotation_certificates_from_the_new_anchor_are_served() {
+    let mesh = Mesh::start(1, &[true]).await;
+    // A new anchor joins the bundle and signs a new issuer; the controller reloads both.
+    let offline = mesh.path("offline");
+    let anchor = identity::new_anchor(
+        &offline.join("anchor.crt"),
+        &offline.join("anchor.key"),
+        "cluster.local",
+        identity::ANCHOR_LIFETIME,
+        false,
+    )
+    .unwrap();
+    let bundle = mesh.path("identity").join(identity::ANCHORS_FILE);
+    let mut pem = std::fs::read(&bundle).unwrap();
+    pem.extend(std::fs::read(&anchor.cert).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    identity::rotate_issuer(&identity::RotateOptions::new(
+        &anchor.cert,
+        &anchor.key,
+        &mesh.path("identity"),
+    ))
+    .unwrap();
+    let reloaded = weft_eventually_for(Duration::from_secs(10), || async {
+        mesh.metrics()
+            .await
+            .contains("weft_controller_identity_reloads_total{result=\"ok\"} 1")
+    })
+    .await;
+    assert!(
+        reloaded,
+        "the controller did not load the new identity files"
+    );
+
+    // web's certificate now chains to the new anchor only: still a mesh certificate.
+    let mut client = mesh.client().await;
+    let mut s = client
+        .get(GetDestination {
+            scheme: "k8s".into(),
+            path: "books.default:80".into(),
+            context_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(added(next(&mut s).await), [books(3)]);
+}
+
+async fn weft_eventually<F, Fut>(check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..100 {
+    weft_eventually_for(Duration::from_secs(1), check).await
+}
+
+/// Whether `check` holds within `limit` (checked every 10 ms).
+async fn weft_eventually_for<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
         if check().await {
             return true;
         }

@@ -104,14 +104,15 @@ pub(crate) fn warn_if_expiring(issuer: &Issuer, threshold: Duration) -> bool {
 }
 
 /// Watches the files `loaded` were read from, forever (abort the task to stop): a
-/// change that loads replaces `certifier`'s issuer and calls `changed`; one that does
+/// change that loads replaces `certifier`'s issuer and calls `changed` with the trust
+/// anchors loaded; one that does
 /// not is logged once and counted, and the current issuer keeps signing.
 pub(crate) async fn watch(
     loaded: IdentityFiles,
     certifier: Arc<Certifier>,
     options: ReloadOptions,
     metrics: IdentityMetrics,
-    changed: impl Fn() + Send + 'static,
+    changed: impl Fn(&TrustAnchors) + Send + 'static,
 ) {
     let dir = loaded.dir.clone();
     let mut loaded = loaded;
@@ -143,7 +144,7 @@ pub(crate) async fn watch(
                         "identity files changed: signing with the issuer loaded from them"
                     );
                     certifier.set_issuer(issuer);
-                    changed();
+                    changed(&anchors);
                     metrics
                         .reloads
                         .get_or_create(&CertifyLabels { result: "ok" })
