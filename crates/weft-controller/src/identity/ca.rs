@@ -28,8 +28,9 @@ pub const ISSUER_KEY_FILE: &str = "issuer.key";
 /// Lifetime of a trust anchor made by [`init`]: one year. Proxies carry the anchor, so
 /// replacing it is a rotation (a bundle with both anchors while proxies switch).
 pub const ANCHOR_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Lifetime of an issuer made by [`init`]: 90 days (never past the anchor's end). Only
-/// the controller holds it, so replacing it is a restart with new files.
+/// Lifetime of an issuer made by [`init`] or [`rotate_issuer`]: 90 days (never past the
+/// anchor's end). Only the controller holds it; [`rotate_issuer`] replaces its files and
+/// the running controller picks them up.
 pub const ISSUER_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// How far back `not_before` is set, for clocks that lag a little.
