@@ -7,7 +7,10 @@
 //! - per replica, a network namespace `wf-{workload}-{i}` (`wf-{workload}.{ns}-{i}`
 //!   outside the `default` namespace) with `eth0` at an address from 198.18.0.0/16, a
 //!   veth to the bridge, the sidecar's iptables rules, `/etc/netns/{netns}/hosts` naming
-//!   every Service, a `weft-proxy` (UID 2102) and the workload's command;
+//!   every Service, a `weft-proxy` (UID 2102, its token on stdin) and the workload's
+//!   command (as its `user:`, default UID 2103, in a mount namespace where the state
+//!   directory is an empty tmpfs); IPv6 is off in every pod and the hub, as the rules
+//!   redirect IPv4 only;
 //! - Service virtual IPs from 198.19.0.0/16 (inside the pods' /15, so they route to
 //!   `eth0` and the outbound rule catches them);
 //! - weft-controller in the hub namespace: identity for every proxy, and destinations:

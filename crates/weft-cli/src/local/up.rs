@@ -2042,6 +2042,76 @@ spec: {selector: {app: idle}, ports: [{port: 8080}]}
         assert!(index.services().is_empty());
     }
 
+    fn workload(user: &str) -> Workload {
+        let mesh = Mesh::parse(&[(
+            "mesh.yaml".into(),
+            format!("kind: Mesh\nworkloads:\n  - {{name: api, command: [x]{user}}}\n"),
+        )])
+        .unwrap();
+        mesh.workloads[0].clone()
+    }
+
+    #[test]
+    fn apps_run_as_their_user_or_2103_never_root_nor_the_proxies_uid() {
+        assert_eq!(app_ids(&workload("")).unwrap(), (2103, 2103));
+        assert_eq!(app_ids(&workload(", user: 3000")).unwrap(), (3000, 3000));
+        assert_eq!(
+            app_ids(&workload(", user: \"3000:3001\"")).unwrap(),
+            (3000, 3001)
+        );
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert_eq!(
+            app_ids(&workload(", user: nobody")).unwrap(),
+            (nobody.uid.as_raw(), nobody.gid.as_raw())
+        );
+        let e = app_ids(&workload(", user: no-such-user-here")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("user: no-such-user-here is no user of this machine"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn apps_start_with_the_state_directory_hidden_then_drop_privileges() {
+        let argv = app_argv(
+            Path::new("/run/weft"),
+            2103,
+            2104,
+            &["weft-demo-app".into(), "serve".into()],
+        );
+        assert_eq!(
+            argv[..7],
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c"
+            ]
+        );
+        let script = &argv[7];
+        assert!(script.contains(r#"mount -t tmpfs -o ro,"#), "{script}");
+        assert!(
+            script.contains(r#"exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@""#),
+            "{script}"
+        );
+        // The paths and ids are arguments, never spliced into the script.
+        assert_eq!(
+            argv[8..],
+            [
+                "weft-app",
+                "/run/weft",
+                "2103",
+                "2104",
+                "weft-demo-app",
+                "serve"
+            ]
+        );
+    }
+
     #[test]
     fn loopback_warns_about_service_ports_that_target_another_port_than_the_first() {
         let mesh = Mesh::parse(&[
