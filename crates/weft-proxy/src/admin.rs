@@ -41,16 +41,28 @@ pub(crate) async fn serve(
         let metrics_from = metrics_from.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let rsp = route(
-                    &req,
-                    peer,
-                    &metrics,
-                    &control,
-                    identity.as_deref(),
-                    &services,
-                    &metrics_from,
-                );
-                async move { Ok::<_, Infallible>(rsp) }
+                let rsp = route(&req, peer, &control, identity.as_deref(), &metrics_from);
+                let metrics = metrics.clone();
+                let services = services.clone();
+                async move {
+                    let rsp = match rsp {
+                        Routed::Done(rsp) => rsp,
+                        // Rendering takes a while with many series: off the threads
+                        // that forward requests.
+                        Routed::RenderMetrics => {
+                            match tokio::task::spawn_blocking(move || metrics.encode(&services))
+                                .await
+                            {
+                                Ok(text) => metrics_response(text),
+                                Err(_) => text(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "rendering the metrics failed\n",
+                                ),
+                            }
+                        }
+                    };
+                    Ok::<_, Infallible>(rsp)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -62,16 +74,21 @@ pub(crate) async fn serve(
     }
 }
 
+/// What a request to the admin server gets: an answer, or the metrics (rendered on a
+/// blocking thread).
+enum Routed {
+    Done(Response<Full<Bytes>>),
+    RenderMetrics,
+}
+
 fn route(
     req: &Request<Incoming>,
     peer: SocketAddr,
-    metrics: &Metrics,
     control: &Arc<Control>,
     identity: Option<&LocalIdentity>,
-    services: &ServiceIndex,
     metrics_from: &[ipnet::IpNet],
-) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+) -> Routed {
+    Routed::Done(match (req.method(), req.uri().path()) {
         // Metrics name identities and topology: off loopback, only the configured
         // scrapers read them.
         (&Method::GET, "/metrics")
@@ -85,16 +102,7 @@ fn route(
                 ),
             )
         }
-        (&Method::GET, "/metrics") => {
-            let mut rsp = text(StatusCode::OK, metrics.encode(services));
-            rsp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            rsp
-        }
+        (&Method::GET, "/metrics") => return Routed::RenderMetrics,
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") if control.is_draining() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
@@ -125,7 +133,18 @@ fn route(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /ready, /live or POST /shutdown\n",
         ),
-    }
+    })
+}
+
+fn metrics_response(body: String) -> Response<Full<Bytes>> {
+    let mut rsp = text(StatusCode::OK, body);
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    rsp
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -600,7 +600,7 @@ fn route_labels(
     let dst_zone = picked.and_then(|p| p.zone()).map(|z| &**z);
     RouteLabels {
         direction: ctx.direction,
-        authority: authority.into(),
+        authority: ctx.shared.metrics.authority_label(authority),
         target_addr: Str(endpoint.map(|e| e.to_string()).unwrap_or_default().into()),
         tls: if server_id.is_some() {
             Tls::Yes

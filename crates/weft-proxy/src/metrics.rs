@@ -379,6 +379,12 @@ pub struct BalancerLabels {
     pub dst_zone: Str,
 }
 
+/// Distinct `authority` label values a proxy records before it folds new ones into
+/// [`OVERFLOW_AUTHORITY`].
+pub const MAX_AUTHORITIES: usize = 500;
+/// The `authority` label of requests past [`MAX_AUTHORITIES`].
+pub const OVERFLOW_AUTHORITY: &str = "_overflow";
+
 /// All of a proxy's metrics and the registry that exposes them.
 pub struct Metrics {
     balancer_endpoints: Family<BalancerLabels, Gauge>,
@@ -388,6 +394,9 @@ pub struct Metrics {
     pub identity: IdentityMetrics,
     tls_errors: Family<DirectionLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
+    /// The `authority` label values in use: callers choose them (the Host header), so
+    /// they are capped.
+    authorities: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     process: ProcessMetrics,
     pub destination: crate::destination::DestinationMetrics,
 }
@@ -533,6 +542,7 @@ impl Metrics {
             identity,
             tls_errors,
             refused,
+            authorities: Default::default(),
             process,
         })
     }
@@ -541,6 +551,23 @@ impl Metrics {
         self.tls_errors
             .get_or_create(&DirectionLabels { direction })
             .inc();
+    }
+
+    /// The `authority` label for `authority`: itself while fewer than
+    /// [`MAX_AUTHORITIES`] distinct ones have been seen, then [`OVERFLOW_AUTHORITY`]
+    /// for new ones, so that a caller sending random Host headers cannot grow the
+    /// metrics without bound.
+    pub fn authority_label(&self, authority: &str) -> Str {
+        let mut seen = self.authorities.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = seen.get(authority) {
+            return Str(known.clone());
+        }
+        if seen.len() >= MAX_AUTHORITIES {
+            return Str(Arc::from(OVERFLOW_AUTHORITY));
+        }
+        let label: Arc<str> = authority.into();
+        seen.insert(label.clone());
+        Str(label)
     }
 
     /// Counts a connection closed without forwarding it.

@@ -283,3 +283,44 @@ async fn read_head(conn: &mut TcpStream) -> String {
     }
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
+
+/// The `authority` label comes from the caller's Host header: a caller sending
+/// thousands of them must not grow `/metrics` without bound.
+#[tokio::test]
+async fn random_hosts_do_not_grow_the_metrics_without_bound() {
+    let app = TestServer::loopback("books").await;
+    let proxy = proxy::inbound_to(app.addr()).start().await;
+    let mut conn = TcpStream::connect(proxy.inbound()).await.unwrap();
+    let hosts = weft_proxy::metrics::MAX_AUTHORITIES + 300;
+    for i in 0..hosts {
+        let request = format!("GET /nope HTTP/1.1\r\nHost: host-{i}.example\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        // The whole response: its head and the small body ("not found").
+        let mut rsp = Vec::new();
+        while !rsp.ends_with(b"not found") {
+            let mut buf = [0u8; 1024];
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&rsp));
+            rsp.extend_from_slice(&buf[..n]);
+        }
+        assert!(rsp.starts_with(b"HTTP/1.1 404"));
+    }
+    let m = proxy.metrics().await;
+    let inbound = [("direction", "inbound")];
+    assert_eq!(m.sum("request_total", &inbound), hosts as f64);
+    let distinct: std::collections::HashSet<&str> = m
+        .text
+        .lines()
+        .filter(|l| l.starts_with("request_total{"))
+        .filter_map(|l| l.split("authority=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(distinct.len(), weft_proxy::metrics::MAX_AUTHORITIES + 1);
+    assert!(distinct.contains(weft_proxy::metrics::OVERFLOW_AUTHORITY));
+    assert_eq!(
+        m.sum(
+            "request_total",
+            &[("authority", weft_proxy::metrics::OVERFLOW_AUTHORITY)]
+        ),
+        300.0
+    );
+}
