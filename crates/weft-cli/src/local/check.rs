@@ -216,11 +216,17 @@ fn report_issuer(state_dir: &std::path::Path) {
             } else {
                 "note"
             };
+            // weft up makes a fresh anchor and issuer for every run.
             println!(
-                "  {level}  the mesh's issuer {subject} ({}) expires {} (in {}); renew it with weft identity rotate-issuer",
+                "  {level}  the running mesh's issuer {subject} ({}) expires {} (in {} days){}",
                 path.display(),
                 humantime::format_rfc3339_seconds(not_after),
-                humantime::format_duration(std::time::Duration::from_secs(left.as_secs() / 3600 * 3600))
+                left.as_secs() / 86400,
+                if level == "warn" {
+                    "; weft down and weft up again for a fresh one"
+                } else {
+                    ""
+                }
             );
         }
         Err(identity::CaError::Read { source, .. })
