@@ -323,8 +323,16 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let accept = tokio::spawn(async move {
+        let mut at_limit = false;
         loop {
             // At the limit, stop accepting: new connections wait in the backlog.
+            if connections.available_permits() == 0 && !at_limit {
+                tracing::warn!(
+                    limit = MAX_CONNECTIONS,
+                    "gRPC connection limit reached: not accepting until a connection closes"
+                );
+            }
+            at_limit = connections.available_permits() == 0;
             let Ok(permit) = connections.clone().acquire_owned().await else {
                 return;
             };
