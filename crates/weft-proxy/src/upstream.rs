@@ -25,6 +25,13 @@ pub use crate::tls::UpstreamIo;
 /// Idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
+/// Flow-control window of each stream on a shared upstream HTTP/2 connection: enough
+/// for full speed on a LAN, small enough that a stalled caller holds little.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// Flow-control window of a shared upstream HTTP/2 connection: 64 stalled streams'
+/// worth. It is also the most one connection buffers for callers that do not read.
+const H2_CONNECTION_WINDOW: u32 = 64 * H2_STREAM_WINDOW;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("connection to {addr} timed out after {after:?}")]
@@ -338,8 +345,14 @@ impl HttpUpstreams {
                         Ok(io) => io,
                         Err(error) => return Err(SendError::unsent(error, req)),
                     };
+                    // Many callers share this connection: a caller that stops reading
+                    // holds at most one stream window of it, and it takes
+                    // H2_CONNECTION_WINDOW / H2_STREAM_WINDOW such callers to stall it
+                    // (hyper's defaults, 5 MB / 2 MB, stalled on the third).
                     let handshake = http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
+                        .initial_stream_window_size(H2_STREAM_WINDOW)
+                        .initial_connection_window_size(H2_CONNECTION_WINDOW)
                         .keep_alive_interval(Duration::from_secs(10))
                         .keep_alive_timeout(Duration::from_secs(5))
                         .handshake(TokioIo::new(io))

@@ -293,6 +293,10 @@ async fn route(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<Bo
             });
             Response::new(BodyExt::boxed(StreamBody::new(stream)))
         }
+        ("bytes", Some(n)) => {
+            let n: usize = n.parse().unwrap_or(0);
+            Response::new(full(vec![b'x'; n]))
+        }
         ("ws", None) => websocket(&mut req),
         _ => {
             let mut rsp = Response::new(full("not found"));

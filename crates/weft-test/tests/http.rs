@@ -307,3 +307,55 @@ async fn two_hops_outbound_then_inbound() {
         3.0
     );
 }
+
+/// Callers share one upstream HTTP/2 connection per endpoint. A caller that stops
+/// reading its responses (zero-window streams) must not use up that connection's
+/// flow-control window and stall everybody else's requests.
+#[tokio::test]
+async fn a_caller_that_stops_reading_does_not_stall_others_on_a_shared_connection() {
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let app = TestServer::loopback("books").await;
+    let proxy = proxy::inbound_to(app.addr()).start().await;
+
+    // The stalling caller: small windows, and response bodies it never reads.
+    let io = tokio::net::TcpStream::connect(proxy.inbound())
+        .await
+        .unwrap();
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535 * 16)
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut s = sender.clone();
+        s.ready().await.unwrap();
+        let req = http::Request::get("http://books:8080/bytes/8000000")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let rsp = s.send_request(req).await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        held.push(rsp);
+    }
+
+    // Another caller on a connection of its own, to the same endpoint.
+    let mut other = TestClient::http2(proxy.inbound(), "books:8080")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let rsp = tokio::time::timeout(Duration::from_secs(5), other.get("/"))
+        .await
+        .expect("the other caller was stalled")
+        .unwrap();
+    assert_eq!(rsp.body, "hello from books");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(held);
+}
