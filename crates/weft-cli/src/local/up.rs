@@ -852,6 +852,10 @@ impl Runner {
                 // Endpoints from the controller's destination service.
                 "--destination".into(),
                 controller.clone(),
+                // Metrics (identities, topology) for `weft stat` in the hub, not for
+                // other pods.
+                "--admin-metrics-from".into(),
+                HUB_IP.to_string(),
             ]),
             Some(_) => {
                 // Inbound traffic goes to the workload's first port (a workload
