@@ -174,3 +174,55 @@ pub(crate) async fn watch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{init_with, test_dir, InitOptions};
+
+    #[test]
+    fn an_issuer_inside_the_warning_period_is_warned_about() {
+        let dir = test_dir("reload-warn");
+        init_with(
+            &dir,
+            &InitOptions {
+                issuer_lifetime: Duration::from_secs(10 * 24 * 3600),
+                ..InitOptions::new("cluster.local")
+            },
+        )
+        .unwrap();
+        let (_, issuer) = IdentityFiles::read(&dir).load().unwrap();
+        assert!(warn_if_expiring(&issuer, DEFAULT_EXPIRY_WARNING));
+        assert!(!warn_if_expiring(
+            &issuer,
+            Duration::from_secs(9 * 24 * 3600)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_that_do_not_load_are_named_with_their_problem() {
+        let dir = test_dir("reload-bad");
+        init_with(&dir, &InitOptions::new("cluster.local")).unwrap();
+        let good = IdentityFiles::read(&dir);
+        std::fs::remove_file(dir.join(ISSUER_KEY_FILE)).unwrap();
+        let missing = IdentityFiles::read(&dir);
+        assert_ne!(missing, good);
+        let err = missing.load().unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "cannot read {}",
+                dir.join(ISSUER_KEY_FILE).display()
+            )),
+            "{err}"
+        );
+        std::fs::write(dir.join(ANCHORS_FILE), "junk").unwrap();
+        let err = IdentityFiles::read(&dir).load().unwrap_err().to_string();
+        assert!(
+            err.starts_with(&dir.join(ANCHORS_FILE).display().to_string())
+                && err.contains("holds no PEM certificate"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
