@@ -1,8 +1,10 @@
 //! weft's controller: the control plane proxies talk to over gRPC (TLS), with the
 //! messages of the linkerd2-proxy-api protocol. It serves the identity service (the
 //! mesh's certificate authority, `Identity.Certify`) and, given a mesh directory, the
-//! destination service (`Destination.Get`, endpoints from the `local` source); the
-//! other services answer UNIMPLEMENTED.
+//! destination service (`Destination.Get`, endpoints from the `local` source, to
+//! callers presenting a mesh workload certificate); the other services answer
+//! UNIMPLEMENTED. Message sizes, Certify concurrency, connections and HTTP/2 streams are
+//! bounded ([`server`]).
 
 pub mod admin;
 pub mod destination;

@@ -16,7 +16,9 @@ use weft_controller::{Config, Controller, DestinationConfig};
 ///
 /// Its own TLS certificate is issued at start-up by its issuer for
 /// weft-controller.weft-system.serviceaccount.identity.weft.{trust-domain}; proxies
-/// verify it against the trust anchors with that name.
+/// verify it against the trust anchors with that name. That identity is never issued
+/// through Certify. The destination service answers only callers presenting a mesh
+/// workload certificate (the TLS client certificate is optional for Certify).
 #[derive(Debug, Parser)]
 #[command(name = "weft-controller", version)]
 struct Args {
