@@ -150,6 +150,17 @@ pub struct Args {
     #[arg(long, env = "WEFT_DRAIN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub drain_grace: Duration,
 
+    /// Most connections (inbound and outbound together) served at once; past it, new
+    /// ones wait in the listen queue until one closes. 0: derived from the open file
+    /// limit (each proxied connection holds two descriptors).
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// How long an opaque TCP connection may pass no byte either way before the proxy
+    /// closes it (0: never).
+    #[arg(long, env = "WEFT_TCP_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub tcp_idle_timeout: Duration,
+
     /// How long an idle pooled upstream connection is kept.
     #[arg(long, env = "WEFT_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub pool_idle_timeout: Duration,
@@ -300,6 +311,10 @@ pub struct Config {
     pub destination: Option<DestinationConfig>,
     /// Who may read `/metrics` from off loopback.
     pub admin_metrics_from: Vec<ipnet::IpNet>,
+    /// Most connections served at once (`None`: from the open file limit).
+    pub max_connections: Option<usize>,
+    /// Opaque TCP connections idle this long are closed.
+    pub tcp_idle_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -457,6 +472,8 @@ impl Args {
             inbound_listen: self.inbound_listen,
             admin_listen: self.admin_listen,
             admin_metrics_from: self.admin_metrics_from,
+            max_connections: (self.max_connections > 0).then_some(self.max_connections),
+            tcp_idle_timeout: (!self.tcp_idle_timeout.is_zero()).then_some(self.tcp_idle_timeout),
             mode: self.mode,
             services,
             inbound_forward: self.inbound_forward,
@@ -548,6 +565,8 @@ impl Config {
             identity: None,
             destination: None,
             admin_metrics_from: Vec::new(),
+            max_connections: None,
+            tcp_idle_timeout: Some(Duration::from_secs(3600)),
         }
     }
 }

@@ -57,6 +57,10 @@ pub struct Shared {
     pub identity: Option<Arc<LocalIdentity>>,
     /// The controller's destination service, when configured.
     pub destinations: Option<Arc<Destinations>>,
+    /// One permit per connection served (inbound and outbound): at the limit, the
+    /// listeners stop accepting until a connection closes.
+    connections: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
 }
 
 impl Shared {
@@ -333,7 +337,10 @@ impl Proxy {
                 Mode::Explicit => connector,
             }
         };
+        let max_connections = config.max_connections.unwrap_or_else(connection_limit);
         let shared = Arc::new(Shared {
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            max_connections,
             inbound: HttpUpstreams::new(connector(Direction::Inbound), config.pool_idle_timeout),
             outbound: HttpUpstreams::new(connector(Direction::Outbound), config.pool_idle_timeout),
             metrics: metrics.clone(),
@@ -463,21 +470,56 @@ impl Proxy {
     }
 }
 
+/// The connection limit derived from the open file limit: two descriptors per
+/// proxied connection, and some left for upstream pools, discovery and the admin port.
+fn connection_limit() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    let limit = soft.saturating_sub(256) / 2;
+    usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .clamp(64, 1 << 20)
+}
+
 async fn accept(listener: TcpListener, kind: ListenerKind, shared: Arc<Shared>, mut watch: Watch) {
+    let mut last_warned = None;
     loop {
+        // Back-pressure at the connection limit: new connections wait in the listen
+        // queue (the kernel's), not in the proxy, and the file table never fills.
+        let permit = match shared.connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Once per minute at most: under a flood this is hit at every accept.
+                if last_warned
+                    .is_none_or(|t: tokio::time::Instant| t.elapsed() >= Duration::from_secs(60))
+                {
+                    tracing::warn!(
+                        limit = shared.max_connections,
+                        "connection limit reached: new connections wait until one closes (--max-connections)"
+                    );
+                    last_warned = Some(tokio::time::Instant::now());
+                }
+                shared.metrics.connection_limit_reached();
+                tokio::select! {
+                    _ = watch.signaled() => break,
+                    permit = shared.connections.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let accepted = tokio::select! {
             _ = watch.signaled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((socket, client)) => {
-                tokio::spawn(connection(
-                    socket,
-                    client,
-                    kind.clone(),
-                    shared.clone(),
-                    watch.clone(),
-                ));
+                let (kind, shared, watch) = (kind.clone(), shared.clone(), watch.clone());
+                tokio::spawn(async move {
+                    connection(socket, client, kind, shared, watch).await;
+                    drop(permit);
+                });
             }
             Err(error) => {
                 // Usually out of file descriptors: back off instead of spinning.
@@ -719,7 +761,14 @@ async fn dispatch<I>(
                     return;
                 }
             };
-            tcp::forward(io, prefix, resolved, upstreams.connector()).await;
+            tcp::forward(
+                io,
+                prefix,
+                resolved,
+                upstreams.connector(),
+                shared.config.tcp_idle_timeout,
+            )
+            .await;
         }
         Protocol::Http1 | Protocol::Http2 => {
             let ctx = Arc::new(ConnContext {

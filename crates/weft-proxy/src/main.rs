@@ -10,6 +10,7 @@ fn main() -> anyhow::Result<()> {
     nix::sys::prctl::set_dumpable(false).context("cannot make the proxy non-dumpable")?;
     let args = Args::parse();
     init_tracing(&args.log, args.log_format)?;
+    raise_open_file_limit();
     let workers = args.worker_threads;
     let config = args.into_config()?;
 
@@ -41,6 +42,21 @@ fn main() -> anyhow::Result<()> {
     // Connections still open after the grace period end with the process.
     runtime.shutdown_background();
     Ok(())
+}
+
+/// Every proxied connection holds two descriptors: the soft limit (often 1,024) is
+/// raised to the hard one, so that the connection cap (derived from it) and not the
+/// file table is what bounds connections.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "open file limit raised"),
+            Err(error) => tracing::warn!(%error, soft, hard, "cannot raise the open file limit"),
+        },
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open file limit"),
+    }
 }
 
 fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {

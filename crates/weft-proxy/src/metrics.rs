@@ -394,6 +394,7 @@ pub struct Metrics {
     pub identity: IdentityMetrics,
     tls_errors: Family<DirectionLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
+    limit_reached: Counter,
     /// The `authority` label values in use: callers choose them (the Host header), so
     /// they are capped.
     authorities: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
@@ -493,6 +494,13 @@ impl Metrics {
             refused.clone(),
         );
 
+        let limit_reached = Counter::default();
+        registry.register(
+            "tcp_connection_limit_reached",
+            "Times the proxy reached --max-connections and stopped accepting until a connection closed",
+            limit_reached.clone(),
+        );
+
         let process = ProcessMetrics {
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
@@ -542,6 +550,7 @@ impl Metrics {
             identity,
             tls_errors,
             refused,
+            limit_reached,
             authorities: Default::default(),
             process,
         })
@@ -568,6 +577,11 @@ impl Metrics {
         let label: Arc<str> = authority.into();
         seen.insert(label.clone());
         Str(label)
+    }
+
+    /// Counts a stop of accepting at the connection limit.
+    pub fn connection_limit_reached(&self) {
+        self.limit_reached.inc();
     }
 
     /// Counts a connection closed without forwarding it.

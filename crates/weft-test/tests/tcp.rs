@@ -103,3 +103,67 @@ async fn silent_clients_become_opaque_after_the_detect_timeout() {
     assert_eq!(&banner, b"+OK ready\r\n");
     assert!(start.elapsed() >= Duration::from_millis(200));
 }
+
+/// Idle connections cannot exhaust the proxy: at --max-connections it stops accepting
+/// (new clients wait in the listen queue, the file table never fills), and opaque
+/// connections that pass no byte for --tcp-idle-timeout are closed, which lets the
+/// waiting clients in.
+#[tokio::test]
+async fn idle_connections_are_bounded_and_reclaimed_so_new_clients_get_in() {
+    let server = TcpServer::echo_after_eof().await;
+    let mut builder = proxy::inbound_to(server.addr()).opaque_ports(&[server.addr().port()]);
+    builder.config_mut().max_connections = Some(4);
+    builder.config_mut().tcp_idle_timeout = Some(Duration::from_millis(500));
+    let proxy = builder.start().await;
+
+    // Four clients that connect and say nothing; each notes when the proxy closes it.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut conn = TcpStream::connect(proxy.inbound()).await.unwrap();
+        idle.push(tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+                .await
+                .expect("closed by the proxy")
+                .unwrap_or(0);
+            (n, Instant::now())
+        }));
+    }
+    let p = &proxy;
+    assert!(
+        weft_test::eventually(Duration::from_secs(2), || async move {
+            p.metrics().await.sum(
+                "tcp_open_total",
+                &[("direction", "inbound"), ("peer", "src")],
+            ) == 4.0
+        })
+        .await
+    );
+    // A fifth: the kernel queues it, the proxy takes it once an idle one is closed.
+    let mut late = TcpStream::connect(proxy.inbound()).await.unwrap();
+    late.write_all(b"ping").await.unwrap();
+    late.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), late.read_to_end(&mut reply))
+        .await
+        .expect("the waiting client is served")
+        .unwrap();
+    let served = Instant::now();
+    assert_eq!(reply, b"got 4 bytes: ping");
+    let mut first_closed = served;
+    for reader in idle {
+        let (n, closed) = reader.await.unwrap();
+        assert_eq!(n, 0, "an idle client got bytes");
+        first_closed = first_closed.min(closed);
+    }
+    assert!(
+        first_closed <= served,
+        "the fifth client was served before any idle one was closed"
+    );
+    let m = proxy.metrics().await;
+    assert!(
+        m.sum("tcp_connection_limit_reached_total", &[]) >= 1.0,
+        "{}",
+        m.text
+    );
+}
