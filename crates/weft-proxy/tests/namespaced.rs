@@ -341,3 +341,121 @@ fn an_inbound_proxy_relays_to_no_other_pod() {
         .log("relay-proxy")
         .contains("not an address of this pod"));
 }
+
+/// Fail closed: with the destination service unreachable, an outbound connection to
+/// an address in the mesh's pod network is refused (HTTP 503 naming the reason, TCP
+/// closed), never sent to the pod in plaintext.
+#[test]
+fn with_discovery_down_mesh_addresses_are_refused_not_reached_in_plaintext() {
+    if let Err(reason) = netns::can_run() {
+        netns::skip(&reason);
+        return;
+    }
+    let net = TestNet::new(2).unwrap_or_else(|e| panic!("create the namespaces: {e:#}"));
+    let (a, b) = (net.pod(0).clone(), net.pod(1).clone());
+    let app_addr = SocketAddr::from((b.ip, APP_PORT));
+    let echo_addr = SocketAddr::from((b.ip, OPAQUE_PORT));
+    let app: TestServer = net
+        .spawn_server_in(&b.ns, ([0, 0, 0, 0], APP_PORT).into(), "books")
+        .unwrap_or_else(|e| panic!("start the app: {e:#}"));
+    let _echo: TcpServer = net
+        .runtime(&b.ns)
+        .and_then(|rt| {
+            rt.run(STEP, || {
+                TcpServer::echo_after_eof_at(([0, 0, 0, 0], OPAQUE_PORT).into())
+            })
+        })
+        .and_then(|r| Ok(r?))
+        .unwrap_or_else(|e| panic!("start the TCP echo server: {e:#}"));
+    wait_reachable(&net, 0, app_addr);
+
+    // A's proxy: mTLS and discovery configured, the controller nowhere (nothing
+    // listens on the hub's port 1).
+    let anchors = net.log_dir().join("anchors.pem");
+    let token = net.log_dir().join("token");
+    std::fs::write(&anchors, weft_test::ca::TestCa::default().anchors_pem()).unwrap();
+    std::fs::write(&token, "not-a-real-token").unwrap();
+    let dead = "198.18.255.254:1";
+    let client = start_proxy_with(
+        &net,
+        0,
+        "client",
+        &[
+            "--trust-anchors",
+            anchors.to_str().unwrap(),
+            "--identity-token",
+            token.to_str().unwrap(),
+            "--controller",
+            dead,
+            "--destination",
+            dead,
+            "--destination-wait",
+            "300ms",
+        ],
+    );
+    // Not ready (no certificate can be had): wait until it listens instead.
+    let live = run_in(&a.ns, || async {
+        weft_test::eventually(Duration::from_secs(5), || async {
+            matches!(
+                timeout(STEP, client::get(ADMIN, "localhost", "/live")).await,
+                Ok(Ok(rsp)) if rsp.status == 200
+            )
+        })
+        .await
+    })
+    .expect("poll /live inside pod A");
+    assert!(
+        live,
+        "client proxy (pid {client}) never listened\n{}",
+        net.log("client-proxy")
+    );
+    netns::install_redirect(&a.ns, PROXY_UID, &[])
+        .unwrap_or_else(|e| panic!("redirect in {}: {e:#}", a.ns));
+
+    let authority = app_addr.to_string();
+    let (http, tcp) = run_in(&a.ns, move || async move {
+        let http = match timeout(STEP, client::get(app_addr, &authority, "/")).await {
+            Ok(Ok(rsp)) => Ok((
+                rsp.status.as_u16(),
+                rsp.header("weft-proxy-error")
+                    .unwrap_or_default()
+                    .to_owned(),
+            )),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err("no response".to_owned()),
+        };
+        let tcp = async {
+            let mut socket = TcpStream::connect(echo_addr).await?;
+            socket.write_all(b"secret").await?;
+            socket.shutdown().await?;
+            let mut reply = String::new();
+            socket.read_to_string(&mut reply).await?;
+            Ok::<_, std::io::Error>(reply)
+        };
+        let tcp = match timeout(STEP, tcp).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => "no reply".to_owned(),
+        };
+        (http, tcp)
+    })
+    .expect("run the client in pod A");
+    let (status, why) = http.unwrap_or_else(|e| panic!("HTTP: {e}"));
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("without mTLS"), "{why}");
+    assert!(!tcp.contains("secret"), "TCP reached the pod: {tcp}");
+    assert_eq!(app.requests(), 0, "nothing reached the app in plaintext");
+    let m = scrape(&net, 0);
+    assert_eq!(
+        m.sum(
+            "tcp_refused_total",
+            &[
+                ("direction", "outbound"),
+                ("reason", "discovery_unavailable")
+            ]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+}
