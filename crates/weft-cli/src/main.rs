@@ -38,7 +38,22 @@ enum Command {
     Identity(identity::IdentityArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors are for people: one message with its causes (`error: what: why`), no
+/// backtrace even under `RUST_BACKTRACE=1`, unless `WEFT_DEBUG` asks for the details.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if std::env::var_os("WEFT_DEBUG").is_some_and(|v| !v.is_empty() && v != "0") {
+                eprintln!("\n{error:?}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
