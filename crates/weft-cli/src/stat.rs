@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::ValueEnum;
@@ -101,7 +101,8 @@ pub struct Row {
     pub deployment: String,
     pub direction: String,
     pub authority: String,
-    pub requests: f64,
+    /// Requests over the window (a count: an integer in JSON).
+    pub requests: u64,
     pub rps: f64,
     /// Share of responses classified as success, 0..=1; `None` without responses.
     pub success_rate: Option<f64>,
@@ -127,16 +128,19 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
 /// `--admin`: raw rows per proxy.
 async fn run_admin(args: StatArgs) -> anyhow::Result<()> {
     let mut before = scrape_all(&args.admins).await?;
+    let mut scraped = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(args.window) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
         let after = scrape_all(&args.admins).await?;
+        let elapsed = scraped.elapsed();
+        scraped = Instant::now();
         let rows: Vec<Row> = before
             .iter()
             .zip(&after)
-            .flat_map(|(b, a)| rows(b, a, args.window))
+            .flat_map(|(b, a)| rows(b, a, elapsed))
             .collect();
         match args.output {
             Output::Table => emit(&table(&rows)),
@@ -161,6 +165,7 @@ per-route figures; `weft stat svc` shows per-Service ones"
     }
     let state = load_state(&args.local)?;
     let mut before = scrape_mesh(&state).await?;
+    let mut scraped = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(args.window) => {}
@@ -170,6 +175,9 @@ per-route figures; `weft stat svc` shows per-Service ones"
         // changes): the rows are those of the mesh as it is now.
         let state = load_state(&args.local)?;
         let after = scrape_mesh(&state).await?;
+        // Rates over the time measured between the scrapes, not the nominal window.
+        let elapsed = scraped.elapsed();
+        scraped = Instant::now();
         let silent = state
             .pods
             .iter()
@@ -190,7 +198,7 @@ per-route figures; `weft stat svc` shows per-Service ones"
                     .flat_map(|m| &m.workloads)
                     .map(|w| (w.namespace.clone(), w.name.clone()))
                     .collect();
-                mesh::deploy_rows(&workloads, &state.pods, &before, &after, args.window)
+                mesh::deploy_rows(&workloads, &state.pods, &before, &after, elapsed)
             }
             _ => {
                 let services = mesh
@@ -210,7 +218,7 @@ per-route figures; `weft stat svc` shows per-Service ones"
                     &state.services,
                     &before,
                     &after,
-                    args.window,
+                    elapsed,
                 )
             }
         };
@@ -279,6 +287,16 @@ async fn scrape_all(admins: &[SocketAddr]) -> anyhow::Result<Vec<Scrape>> {
 }
 
 /// Rows for every route seen in `after`.
+/// Events per second over `elapsed`: the time actually measured between the two
+/// scrapes, never the nominal window (a `--window 0s` still takes the scrapes' time).
+pub fn rate(count: f64, elapsed: Duration) -> f64 {
+    if elapsed.is_zero() {
+        0.0
+    } else {
+        count / elapsed.as_secs_f64()
+    }
+}
+
 pub fn rows(before: &Scrape, after: &Scrape, window: Duration) -> Vec<Row> {
     let keys: BTreeSet<(String, String, String)> = after
         .matching("request_total", &[])
@@ -317,8 +335,8 @@ pub fn rows(before: &Scrape, after: &Scrape, window: Duration) -> Vec<Row> {
                 None
             };
             Row {
-                requests,
-                rps: requests / window.as_secs_f64().max(1e-9),
+                requests: requests.round().max(0.0) as u64,
+                rps: rate(requests, window),
                 success_rate: (responses > 0.0).then(|| ok / responses),
                 latency_ms_p50: histogram_quantile(0.5, &buckets),
                 latency_ms_p95: histogram_quantile(0.95, &buckets),
@@ -427,6 +445,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rates_divide_by_the_time_measured_never_by_zero() {
+        assert_eq!(rate(30.0, Duration::from_millis(1500)), 20.0);
+        // `--window 0s`: the scrapes' own time is measured; nothing at all is 0/s,
+        // never 30 / 1 ns.
+        assert_eq!(rate(30.0, Duration::ZERO), 0.0);
+        assert!(rate(30.0, Duration::from_millis(3)) < 1e5);
+    }
+
+    #[test]
     fn rows_use_increases_over_the_window() {
         let before = Scrape::parse(concat!(
             "request_total{deployment=\"web\",direction=\"outbound\",authority=\"books:80\",tls=\"no_identity\"} 10\n",
@@ -446,7 +473,7 @@ mod tests {
         let rows = rows(&before, &after, Duration::from_secs(10));
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
-        assert_eq!(r.requests, 20.0);
+        assert_eq!(r.requests, 20);
         assert_eq!(r.rps, 2.0);
         assert_eq!(r.success_rate, Some(0.75));
         // 10 new observations under 10 ms, 10 between 10 and 100 ms.
@@ -469,7 +496,7 @@ mod tests {
             (r.deployment.as_str(), r.direction.as_str()),
             ("web", "outbound")
         );
-        assert_eq!(r.requests, 60.0);
+        assert_eq!(r.requests, 60);
         assert_eq!(r.success_rate, Some(59.0 / 60.0));
         assert_eq!(r.cross_zone, Some(21.0 / 60.0));
         assert!(table(&rows).contains("35.00%"), "{}", table(&rows));

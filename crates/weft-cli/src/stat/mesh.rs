@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use weft_core::prom::{bucket_increase, histogram_quantile, increase, Scrape};
 
-use super::cross_zone_counts;
+use super::{cross_zone_counts, rate};
 use crate::local::state::{PodRecord, VipRecord};
 
 /// Golden metrics of one workload or Service over a window. The JSON field names are
@@ -18,8 +18,8 @@ use crate::local::state::{PodRecord, VipRecord};
 pub struct MeshRow {
     pub namespace: String,
     pub name: String,
-    /// Requests over the window.
-    pub requests: f64,
+    /// Requests over the window (a count: an integer in JSON).
+    pub requests: u64,
     pub rps: f64,
     /// Share of responses classified as success, 0..=1; `None` without responses.
     pub success: Option<f64>,
@@ -83,8 +83,8 @@ impl Totals {
         MeshRow {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            requests: self.requests,
-            rps: self.requests / window.as_secs_f64().max(1e-9),
+            requests: self.requests.round().max(0.0) as u64,
+            rps: rate(self.requests, window),
             success: (responses > 0.0).then(|| self.ok / responses),
             latency_ms_p50: histogram_quantile(0.5, &self.buckets),
             latency_ms_p95: histogram_quantile(0.95, &self.buckets),
@@ -254,7 +254,7 @@ pub fn table(rows: &[MeshRow], namespaces: bool, what: &str, scope: &str) -> Str
         ],
     );
     for r in rows {
-        let idle = r.requests <= 0.0;
+        let idle = r.requests == 0;
         let rps = if idle {
             "-".to_owned()
         } else {
@@ -378,7 +378,7 @@ mod tests {
             ]
         );
         let books = &rows[0];
-        assert_eq!(books.requests, 100.0);
+        assert_eq!(books.requests, 100);
         assert_eq!(books.rps, 10.0);
         assert_eq!(books.success, Some(0.9));
         assert_eq!(books.meshed, Some(0.8));
@@ -390,7 +390,7 @@ mod tests {
         assert_eq!(books.xzone, Some(0.75));
         // Workloads without a window's traffic: a row of "-".
         for idle in &rows[1..] {
-            assert_eq!(idle.requests, 0.0);
+            assert_eq!(idle.requests, 0);
             assert_eq!(
                 (idle.success, idle.meshed, idle.latency_ms_p50, idle.xzone),
                 (None, None, None, None)
@@ -488,7 +488,7 @@ mod tests {
             ]
         );
         let books = &rows[0];
-        assert_eq!((books.requests, books.rps), (50.0, 5.0));
+        assert_eq!((books.requests, books.rps), (50, 5.0));
         assert_eq!(books.success, Some(48.0 / 50.0));
         assert_eq!(books.meshed, Some(1.0));
         // 40 within 5 ms, 10 above the highest finite bound (reported as 5 ms).
@@ -499,10 +499,10 @@ mod tests {
         let quiet = &rows[1];
         assert_eq!(
             (quiet.requests, quiet.success, quiet.meshed),
-            (0.0, None, None)
+            (0, None, None)
         );
         let authors = &rows[2];
-        assert_eq!((authors.requests, authors.rps), (15.0, 1.5));
+        assert_eq!((authors.requests, authors.rps), (15, 1.5));
         assert_eq!(authors.success, Some(5.0 / 15.0));
         assert_eq!(authors.meshed, Some(5.0 / 15.0));
         assert_eq!(authors.xzone, None);
