@@ -25,6 +25,10 @@ pub struct ProcRecord {
     pub start_time: u64,
     #[serde(default)]
     pub log: Option<PathBuf>,
+    /// How many times `weft up` restarted this role after it exited (the record is
+    /// replaced by the new process's, atomically, with the count carried over).
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 /// Whether a recorded process (group) is still ours and running.
@@ -48,6 +52,7 @@ impl ProcRecord {
             pid,
             start_time: sys::proc_stat(pid).map(|s| s.start_time).unwrap_or(0),
             log,
+            restarts: 0,
         }
     }
 
@@ -74,6 +79,12 @@ impl ProcRecord {
             }
             Liveness::Gone | Liveness::Reused => {}
         }
+    }
+
+    /// Kills what is left of the process group (members of a leader that exited)
+    /// before the role is started again.
+    pub fn kill_group(&self) {
+        self.signal(Signal::SIGKILL);
     }
 
     /// Signals only the process itself (not its group) if it is still ours.
@@ -131,6 +142,13 @@ pub struct PodRecord {
     pub files: Vec<PathBuf>,
     #[serde(default)]
     pub procs: Vec<ProcRecord>,
+}
+
+impl PodRecord {
+    /// How many times the pod's processes (proxy and app) were restarted.
+    pub fn restarts(&self) -> u32 {
+        self.procs.iter().map(|p| p.restarts).sum()
+    }
 }
 
 /// A Service's virtual IP.

@@ -46,6 +46,145 @@ const PROXY_ENV: [&str; 8] = [
 ];
 /// Time a process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How often the foreground checks its processes (exits, restarts due, probe results).
+const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
+/// How often every pod proxy's `/ready` and the controller's are polled (foreground).
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// How long one readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+/// Probes that time out in a row before a pod is out of the endpoints (a refused
+/// connection or a 503 takes it out at once).
+const PROBE_TIMEOUTS_UNREADY: u32 = 2;
+/// Restart backoff: the first restart waits this long, each next one twice as long up
+/// to [`RESTART_MAX`]; a process that ran [`RESTART_RESET`] starts over at the first.
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+const RESTART_RESET: Duration = Duration::from_secs(60);
+/// How long a restarted pod may take to pass its readiness checks before they start
+/// over (with an event).
+const RESTART_CHECK: Duration = Duration::from_secs(30);
+/// A command line.
+type Argv = Vec<String>;
+/// Environment variables to set.
+type EnvVars = Vec<(String, String)>;
+/// The supervision key of the controller (pods use their `netns`).
+const CONTROLLER_KEY: &str = "controller";
+
+/// The delay before restarting a process that exited after running `ran`, given the
+/// delay before its previous restart (`None`: none yet): 1 s, doubling up to 30 s, and
+/// 1 s again after a run of 60 s (Kubernetes' CrashLoopBackOff, shorter).
+fn restart_delay(last: Option<Duration>, ran: Duration) -> Duration {
+    match last {
+        Some(d) if ran < RESTART_RESET => (d * 2).min(RESTART_MAX),
+        _ => RESTART_FIRST,
+    }
+}
+
+/// An exit status in words: `exit status 1`, `signal 9 (SIGKILL)`.
+fn exit_words(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (_, Some(sig)) => match nix::sys::signal::Signal::try_from(sig) {
+            Ok(name) => format!("signal {sig} ({name})"),
+            Err(_) => format!("signal {sig}"),
+        },
+        _ => status.to_string(),
+    }
+}
+
+/// Restarts of one supervised process (a pod's proxy or app, or the controller).
+#[derive(Default)]
+struct Restarts {
+    /// The delay before the last restart.
+    last_delay: Option<Duration>,
+    /// A restart is due then (the process exited), with how it exited.
+    due: Option<(Instant, String)>,
+}
+
+/// A readiness probe's outcome.
+#[derive(Clone, Debug)]
+enum Probe {
+    Ok,
+    /// No answer within [`PROBE_TIMEOUT`].
+    TimedOut,
+    /// Refused, or an answer other than 200 (503 without a certificate).
+    Failed(String),
+}
+
+/// Consecutive failed probes of one target, and the last failure.
+#[derive(Default)]
+struct ProbeFailures {
+    count: u32,
+    timeouts: u32,
+    last: String,
+}
+
+impl ProbeFailures {
+    /// Whether the target counts as not ready.
+    fn failing(&self) -> bool {
+        self.count > self.timeouts || self.timeouts >= PROBE_TIMEOUTS_UNREADY
+    }
+}
+
+/// What the prober polls: (key, admin address) of every pod proxy and the controller.
+type ProbeTargets = std::sync::Arc<std::sync::Mutex<Vec<(String, SocketAddr)>>>;
+
+/// Polls every target's `/ready` every [`PROBE_EVERY`] from inside `netns` (the hub;
+/// `None`: here) on a thread of its own, sending each round's outcomes. Ends when the
+/// receiver is gone.
+fn start_prober(
+    netns: Option<String>,
+    targets: ProbeTargets,
+) -> tokio::sync::mpsc::UnboundedReceiver<Vec<(String, Probe)>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let spawned = std::thread::Builder::new()
+        .name("weft up prober".into())
+        .spawn(move || {
+            let forever = Duration::from_secs(100 * 365 * 24 * 3600);
+            let outcome = sys::in_netns(netns.as_deref(), forever, move || async move {
+                let mut tick = tokio::time::interval(PROBE_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let now: Vec<(String, SocketAddr)> =
+                        targets.lock().map(|t| t.clone()).unwrap_or_default();
+                    let mut set = tokio::task::JoinSet::new();
+                    for (key, addr) in now {
+                        set.spawn(async move {
+                            let probe = match tokio::time::timeout(
+                                PROBE_TIMEOUT,
+                                fetch::get(addr, "/ready"),
+                            )
+                            .await
+                            {
+                                Ok(Ok(_)) => Probe::Ok,
+                                Ok(Err(e)) => Probe::Failed(format!("{e:#}")),
+                                Err(_) => Probe::TimedOut,
+                            };
+                            (key, probe)
+                        });
+                    }
+                    let mut round = Vec::new();
+                    while let Some(joined) = set.join_next().await {
+                        if let Ok(r) = joined {
+                            round.push(r);
+                        }
+                    }
+                    if tx.send(round).is_err() {
+                        return;
+                    }
+                }
+            });
+            if let Err(e) = outcome {
+                eprintln!("weft up: readiness probes stopped: {e:#}");
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("weft up: cannot start the readiness probes: {e:#}");
+    }
+    rx
+}
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -86,11 +225,71 @@ pub struct UpArgs {
     /// [default: the first block whose controller address is free].
     #[arg(long, env = "WEFT_LOOPBACK_BLOCK", value_parser = clap::value_parser!(u8).range(0..16))]
     loopback_block: Option<u8>,
+    /// Internal (`-d`): this process is the detached mesh's supervisor that `weft up -d`
+    /// started; its output goes to the `weft up -d` that waits for it until the mesh is
+    /// up, then to `{state}/logs/weft-up.log`.
+    #[arg(long, hide = true, requires = "detach")]
+    detached_supervisor: bool,
     #[command(flatten)]
     local: LocalArgs,
 }
 
+/// The line a detached supervisor prints last before its output goes to its log: the
+/// `weft up -d` relaying its output returns successfully once it has seen it.
+const DETACHED_LAST_LINE: &str = "the mesh keeps running; `weft down` stops it";
+
+/// `weft up -d`: starts this same command as the mesh's supervisor in a session of its
+/// own, relays its output until the mesh is up (or the supervisor fails: then with its
+/// exit code), and returns leaving it running.
+fn run_detached() -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let mut argv = std::env::args_os();
+    let _ = argv.next();
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(argv)
+        .arg("--detached-supervisor")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start the mesh's supervisor")?;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let relay_err = std::thread::spawn(move || {
+        let mut out = std::io::stderr();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(out, "{line}");
+        }
+    });
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut up = false;
+    {
+        let mut out = std::io::stdout().lock();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = writeln!(out, "{line}");
+            if line == DETACHED_LAST_LINE {
+                up = true;
+            }
+        }
+        let _ = out.flush();
+    }
+    let _ = relay_err.join();
+    if up {
+        // It keeps running; `weft down` asks it to stop.
+        return Ok(());
+    }
+    let status = child.wait()?;
+    let _ = std::io::stderr().flush();
+    std::process::exit(status.code().unwrap_or(1).max(1));
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    if args.detach && !args.detached_supervisor {
+        return tokio::task::block_in_place(run_detached);
+    }
+    if args.detached_supervisor {
+        // Away from the terminal's session: no SIGHUP or Ctrl-C of it reaches the mesh.
+        let _ = nix::unistd::setsid();
+    }
     args.local.validate()?;
     let dir = args
         .dir
@@ -158,16 +357,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         runner.mesh.services.len()
     );
     if args.detach {
-        runner.state.owner = None;
-        runner.save()?;
         print!("{}", runner.describe());
-        println!("\nthe mesh keeps running; `weft down` stops it");
-        // Children stay running (they are group leaders of their own); the init process
-        // adopts them when we exit.
-        runner.children.clear();
-        return Ok(());
+        println!(
+            "\nsupervisor: weft up (pid {}) restarts exited processes and follows readiness; log {}",
+            std::process::id(),
+            runner.paths.log_dir.join("weft-up.log").display()
+        );
+        println!("\n{DETACHED_LAST_LINE}");
+        runner.detach_output()?;
     }
-    runner.foreground(args.interval).await
+    runner.foreground(args.interval, !args.detach).await
 }
 
 /// Checks that must pass before anything is created.
@@ -299,6 +498,9 @@ struct Paths {
     hub: String,
     /// PATH for workload commands: this binary's directory first.
     path_env: OsString,
+    /// Where copies of the build's binaries go for apps that cannot reach the build
+    /// directory, and that directory.
+    apps_bin: Option<(PathBuf, PathBuf)>,
     proxy_log: String,
 }
 
@@ -315,6 +517,21 @@ struct Runner {
     /// Recent events for the live summary.
     events: VecDeque<String>,
     interactive: bool,
+    /// When each process this run started began (by pid): the restart backoff starts
+    /// over after a long run.
+    started_at: HashMap<u32, Instant>,
+    /// Exit statuses of reaped children, by pid, until supervision reports them.
+    exits: HashMap<u32, std::process::ExitStatus>,
+    /// Restarts per (pod key or [`CONTROLLER_KEY`], role).
+    restarts: HashMap<(String, String), Restarts>,
+    /// Failing readiness probes per pod key (and [`CONTROLLER_KEY`]).
+    probe_failures: HashMap<String, ProbeFailures>,
+    /// Readiness checks of restarted pods: (pod key, the pids checked, outcome).
+    checks: tokio::task::JoinSet<(String, Vec<u32>, anyhow::Result<()>)>,
+    /// The controller's command line (to restart it).
+    controller_argv: Vec<String>,
+    /// Whether the controller's `/ready` answered last time (and it runs).
+    controller_ready: bool,
 }
 
 impl Runner {
@@ -333,7 +550,13 @@ impl Runner {
             .parent()
             .map(Path::to_owned)
             .unwrap_or_default();
-        let mut path_dirs = vec![exe_dir];
+        // Apps run as an unprivileged user: when it cannot reach the build directory
+        // (in /root or a home directory), the binaries apps call by name are copied
+        // beside the state directory (which apps cannot see) and found there first.
+        let apps_bin = (loopback.is_none() && !world_traversable(&exe_dir))
+            .then(|| PathBuf::from(format!("{}.bin", state_dir.display())));
+        let mut path_dirs: Vec<PathBuf> = apps_bin.iter().cloned().collect();
+        path_dirs.push(exe_dir.clone());
         path_dirs.extend(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_default(),
         ));
@@ -358,6 +581,7 @@ impl Runner {
             prefix: local.prefix.clone(),
             hub: local.hub(),
             path_env: std::env::join_paths(path_dirs)?,
+            apps_bin: apps_bin.map(|dir| (dir, exe_dir)),
             proxy_log: args.proxy_log.clone(),
         };
         let created_dir = !paths.state_dir.exists();
@@ -391,6 +615,13 @@ impl Runner {
             published: HashSet::new(),
             events: VecDeque::new(),
             interactive: std::io::stdout().is_terminal(),
+            started_at: HashMap::new(),
+            exits: HashMap::new(),
+            restarts: HashMap::new(),
+            probe_failures: HashMap::new(),
+            checks: tokio::task::JoinSet::new(),
+            controller_argv: Vec::new(),
+            controller_ready: false,
         };
         if let Err(e) = runner.create_base(proxy_src) {
             runner.teardown();
@@ -470,6 +701,7 @@ impl Runner {
         }
         let hub = self.hub_netns();
         let log = self.paths.log_dir.join("controller.log");
+        self.controller_argv = argv.clone();
         let record = self.start_process(hub.as_deref(), "controller", &argv, &[], None, log)?;
         self.state.controller = Some(record.clone());
         self.save()?;
@@ -505,6 +737,7 @@ impl Runner {
                 sys::tail(&log, 5).replace('\n', "\n    ")
             );
         }
+        self.controller_ready = true;
         self.event(format!(
             "controller ready   {ip}:{CONTROLLER_PORT}  trust domain {}  {:.2}s",
             self.mesh.trust_domain,
@@ -628,6 +861,22 @@ impl Runner {
         std::fs::copy(proxy_src, &self.paths.proxy_bin)
             .with_context(|| format!("cannot copy {}", proxy_src.display()))?;
         set_mode(&self.paths.proxy_bin, 0o755)?;
+        if let Some((apps_bin, exe_dir)) = self.paths.apps_bin.clone() {
+            self.state.files.push(apps_bin.clone());
+            self.save()?;
+            std::fs::create_dir_all(&apps_bin)
+                .with_context(|| format!("cannot create {}", apps_bin.display()))?;
+            set_mode(&apps_bin, 0o755)?;
+            for name in ["weft", "weft-demo-app"] {
+                let src = exe_dir.join(name);
+                if src.is_file() {
+                    let dst = apps_bin.join(name);
+                    std::fs::copy(&src, &dst)
+                        .with_context(|| format!("cannot copy {}", src.display()))?;
+                    set_mode(&dst, 0o755)?;
+                }
+            }
+        }
 
         sys::run("ip", ["netns", "add", &hub])?;
         // IPv6 off before any link exists (pods' traffic is redirected for IPv4 only).
@@ -829,13 +1078,21 @@ impl Runner {
 
     /// Starts a pod's proxy (UID 2102) and then the workload's command.
     fn start_pod(&mut self, w: &Workload, netns: &str) -> anyhow::Result<()> {
+        let (argv, env, token) = self.proxy_command(w, netns)?;
+        self.spawn(netns, "proxy", &argv, &env, Some(token), 0)?;
+        let (argv, env) = self.app_command(w, netns)?;
+        self.spawn(netns, "app", &argv, &env, None, 0)
+    }
+
+    /// A pod's proxy: its command line, environment and stdin (its token).
+    fn proxy_command(&self, w: &Workload, netns: &str) -> anyhow::Result<(Argv, EnvVars, Vec<u8>)> {
         let pod = self
             .state
             .pods
             .iter()
             .find(|p| p.netns == netns)
             .expect("recorded pod");
-        let (name, ip, netns) = (pod.name.clone(), pod.ip, netns.to_owned());
+        let (name, ip) = (pod.name.clone(), pod.ip);
         let mut opaque: Vec<u16> = DEFAULT_OPAQUE_PORTS.to_vec();
         opaque.extend(&w.opaque_ports);
         let opaque = opaque
@@ -926,14 +1183,18 @@ impl Runner {
             }
         };
         let token = self.token(w)?;
-        self.spawn(
-            &netns,
-            "proxy",
-            &argv,
-            &[("NO_COLOR".into(), "1".into())],
-            Some(token),
-        )?;
+        Ok((argv, vec![("NO_COLOR".into(), "1".into())], token))
+    }
 
+    /// A pod's workload command: its command line and environment.
+    fn app_command(&self, w: &Workload, netns: &str) -> anyhow::Result<(Argv, EnvVars)> {
+        let pod = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.netns == netns)
+            .expect("recorded pod");
+        let (name, ip) = (pod.name.clone(), pod.ip);
         let mut env: Vec<(String, String)> = vec![
             ("WEFT_POD".into(), name.clone()),
             ("WEFT_POD_IP".into(), ip.to_string()),
@@ -964,11 +1225,13 @@ impl Runner {
                 app_argv(&state_dir, uid, gid, &w.command)
             }
         };
-        self.spawn(&netns, "app", &argv, &env, None)
+        Ok((argv, env))
     }
 
     /// Starts `argv` in `netns` through `ip netns exec` (which also bind-mounts the
     /// pod's hosts file), as the leader of a new process group, output to a log file.
+    /// Its record replaces the role's earlier one (a restart: `restarts` so far), and the
+    /// state file is saved at once, so `weft down` finds the new pid.
     fn spawn(
         &mut self,
         netns: &str,
@@ -976,6 +1239,7 @@ impl Runner {
         argv: &[String],
         env: &[(String, String)],
         stdin: Option<Vec<u8>>,
+        restarts: u32,
     ) -> anyhow::Result<()> {
         let pod = self
             .state
@@ -984,14 +1248,18 @@ impl Runner {
             .find(|p| p.netns == netns)
             .expect("recorded pod");
         let log = self.paths.log_dir.join(format!("{}.{role}.log", pod.name));
-        let record = self.start_process(self.pod_netns(netns), role, argv, env, stdin, log)?;
+        let mut record = self.start_process(self.pod_netns(netns), role, argv, env, stdin, log)?;
+        record.restarts = restarts;
         let pod = self
             .state
             .pods
             .iter_mut()
             .find(|p| p.netns == netns)
             .expect("recorded pod");
-        pod.procs.push(record);
+        match pod.procs.iter_mut().find(|p| p.role == role) {
+            Some(old) => *old = record,
+            None => pod.procs.push(record),
+        }
         self.save()
     }
 
@@ -1007,7 +1275,11 @@ impl Runner {
         stdin: Option<Vec<u8>>,
         log: PathBuf,
     ) -> anyhow::Result<ProcRecord> {
-        let file = std::fs::File::create(&log)
+        // Appended to: a restarted process's log follows its predecessor's.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let (program, args) = argv
             .split_first()
@@ -1053,6 +1325,7 @@ impl Runner {
             }
         }
         self.children.insert(pid, child);
+        self.started_at.insert(pid, Instant::now());
         Ok(ProcRecord::of(role, pid, Some(log)))
     }
 
@@ -1241,10 +1514,362 @@ impl Runner {
         }
     }
 
-    /// Collects exited children (so they do not linger as zombies).
+    /// Collects exited children (so they do not linger as zombies), keeping their exit
+    /// statuses for supervision.
     fn reap(&mut self) {
-        self.children
-            .retain(|_, child| matches!(child.try_wait(), Ok(None)));
+        let exits = &mut self.exits;
+        self.children.retain(|pid, child| match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                exits.insert(*pid, status);
+                false
+            }
+            Err(_) => false,
+        });
+    }
+
+    /// Whether a pod is one the mesh wants (not beyond its workload's replicas, nor of
+    /// a workload that is gone).
+    fn wanted(&self, pod: &PodRecord) -> bool {
+        self.mesh
+            .workload(&pod.namespace, &pod.workload)
+            .is_some_and(|w| pod.index < w.replicas)
+    }
+
+    /// Supervision (foreground): a pod's proxy or app, or the controller, that exited is
+    /// taken out of readiness at once and restarted after its backoff (1 s doubling to
+    /// 30 s; 1 s again after a run of 60 s), each exit and restart an event.
+    fn supervise(&mut self) {
+        let now = Instant::now();
+        let mut exited: Vec<(String, String, ProcRecord)> = Vec::new();
+        for pod in self.state.pods.iter().filter(|p| self.wanted(p)) {
+            for p in pod.procs.iter().filter(|p| !p.is_running()) {
+                exited.push((pod.netns.clone(), pod.name.clone(), p.clone()));
+            }
+        }
+        if let Some(c) = self.state.controller.as_ref().filter(|c| !c.is_running()) {
+            exited.push((CONTROLLER_KEY.into(), String::new(), c.clone()));
+        }
+        for (key, pod, record) in exited {
+            let entry = self
+                .restarts
+                .entry((key.clone(), record.role.clone()))
+                .or_default();
+            if entry.due.is_some() {
+                continue;
+            }
+            // Members of its process group that outlived it (an app's children) would
+            // hold its ports.
+            record.kill_group();
+            let how = self
+                .exits
+                .remove(&record.pid)
+                .map_or_else(|| "exited".to_owned(), exit_words);
+            let ran = self
+                .started_at
+                .remove(&record.pid)
+                .map_or(Duration::ZERO, |t| now - t);
+            let delay = restart_delay(entry.last_delay, ran);
+            entry.last_delay = Some(delay);
+            entry.due = Some((now + delay, how.clone()));
+            let what = if key == CONTROLLER_KEY {
+                "controller".to_owned()
+            } else {
+                self.ready.remove(&key);
+                format!("pod {pod}: {}", record.role)
+            };
+            if key == CONTROLLER_KEY {
+                self.controller_ready = false;
+            }
+            self.event(format!(
+                "{what} (pid {}) exited ({how}) after {:.1}s; restart {} in {}",
+                record.pid,
+                ran.as_secs_f64(),
+                record.restarts + 1,
+                humantime::format_duration(delay)
+            ));
+        }
+        let due: Vec<(String, String, String)> = self
+            .restarts
+            .iter()
+            .filter_map(|((key, role), r)| match &r.due {
+                Some((at, how)) if *at <= now => Some((key.clone(), role.clone(), how.clone())),
+                _ => None,
+            })
+            .collect();
+        for (key, role, how) in due {
+            match self.restart(&key, &role, &how) {
+                Ok(()) => {
+                    if let Some(r) = self.restarts.get_mut(&(key, role)) {
+                        r.due = None;
+                    }
+                }
+                Err(e) => {
+                    let entry = self
+                        .restarts
+                        .entry((key.clone(), role.clone()))
+                        .or_default();
+                    let delay = restart_delay(entry.last_delay, Duration::ZERO);
+                    entry.last_delay = Some(delay);
+                    entry.due = Some((now + delay, how));
+                    self.event(format!(
+                        "cannot restart {role} of {key}: {e:#}; trying again in {}",
+                        humantime::format_duration(delay)
+                    ));
+                }
+            }
+        }
+        // Pods gone (scaled down, replaced): their supervision goes too.
+        let keys: HashSet<&str> = self
+            .state
+            .pods
+            .iter()
+            .map(|p| p.netns.as_str())
+            .chain([CONTROLLER_KEY])
+            .collect();
+        self.restarts
+            .retain(|(key, _), _| keys.contains(key.as_str()));
+        self.probe_failures
+            .retain(|key, _| keys.contains(key.as_str()));
+        let pids: HashSet<u32> = self.state.procs().map(|p| p.pid).collect();
+        self.started_at.retain(|pid, _| pids.contains(pid));
+        self.exits.retain(|pid, _| pids.contains(pid));
+    }
+
+    /// Starts `role` of pod `key` (or the controller) again after it exited `how`;
+    /// the new pid is in the state file before this returns.
+    fn restart(&mut self, key: &str, role: &str, how: &str) -> anyhow::Result<()> {
+        if key == CONTROLLER_KEY {
+            let old = self
+                .state
+                .controller
+                .clone()
+                .ok_or_else(|| anyhow!("no controller is recorded"))?;
+            let restarts = old.restarts + 1;
+            let log = self.paths.log_dir.join("controller.log");
+            note_restart(&log, role, how, restarts);
+            let argv = self.controller_argv.clone();
+            let mut record =
+                self.start_process(self.hub_netns().as_deref(), role, &argv, &[], None, log)?;
+            record.restarts = restarts;
+            let pid = record.pid;
+            self.state.controller = Some(record);
+            self.save()?;
+            self.event(format!(
+                "controller restarted (pid {pid}, restart {restarts})"
+            ));
+            return Ok(());
+        }
+        let pod = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.netns == key)
+            .cloned()
+            .ok_or_else(|| anyhow!("pod {key} is gone"))?;
+        let w = self
+            .mesh
+            .workload(&pod.namespace, &pod.workload)
+            .cloned()
+            .ok_or_else(|| anyhow!("workload {} is gone", pod.workload))?;
+        let old = pod.procs.iter().find(|p| p.role == role);
+        let restarts = old.map_or(0, |p| p.restarts) + 1;
+        if let Some(log) = old.and_then(|p| p.log.as_deref()) {
+            note_restart(log, role, how, restarts);
+        }
+        match role {
+            "proxy" => {
+                let (argv, env, token) = self.proxy_command(&w, key)?;
+                self.spawn(key, role, &argv, &env, Some(token), restarts)?;
+            }
+            "app" => {
+                let (argv, env) = self.app_command(&w, key)?;
+                self.spawn(key, role, &argv, &env, None, restarts)?;
+            }
+            other => bail!("unknown role {other}"),
+        }
+        let pid = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.netns == key)
+            .and_then(|p| p.procs.iter().find(|p| p.role == role))
+            .map_or(0, |p| p.pid);
+        self.event(format!(
+            "pod {}: {role} restarted (pid {pid}, restart {restarts}; pod restarts {})",
+            pod.name,
+            pod.restarts() + 1
+        ));
+        self.check_pod(key);
+        Ok(())
+    }
+
+    /// Checks a restarted pod as at its start (its proxy ready, its ports accepting)
+    /// once all its processes run; it takes traffic again when that passes.
+    fn check_pod(&mut self, key: &str) {
+        let Some(pod) = self.state.pods.iter().find(|p| p.netns == key).cloned() else {
+            return;
+        };
+        if pod.procs.is_empty() || !pod.procs.iter().all(ProcRecord::is_running) {
+            return;
+        }
+        let ports: Vec<u16> = self
+            .mesh
+            .workload(&pod.namespace, &pod.workload)
+            .map(|w| w.ports.iter().map(|p| p.port).collect())
+            .unwrap_or_default();
+        let loopback = self.paths.loopback.is_some();
+        let pids: Vec<u32> = pod.procs.iter().map(|p| p.pid).collect();
+        self.checks.spawn_blocking(move || {
+            let result = pod_ready(&pod, &ports, RESTART_CHECK, loopback);
+            (pod.netns, pids, result)
+        });
+    }
+
+    /// Outcomes of restarted pods' readiness checks (those of processes since replaced
+    /// are dropped).
+    fn collect_checks(&mut self) {
+        while let Some(joined) = self.checks.try_join_next() {
+            let Ok((key, pids, result)) = joined else {
+                continue;
+            };
+            let Some(pod) = self.state.pods.iter().find(|p| p.netns == key) else {
+                continue;
+            };
+            let now: Vec<u32> = pod.procs.iter().map(|p| p.pid).collect();
+            if now != pids {
+                continue;
+            }
+            let name = pod.name.clone();
+            match result {
+                Ok(()) => {
+                    // The check saw its /ready answer.
+                    self.probe_failures.remove(&key);
+                    self.ready.insert(key);
+                    self.event(format!("pod {name}: ready again after its restart"));
+                }
+                Err(e) => {
+                    self.event(format!(
+                        "pod {name}: not ready after its restart: {e:#}; checking again"
+                    ));
+                    self.check_pod(&key);
+                }
+            }
+        }
+    }
+
+    /// Who the prober polls: every pod proxy's admin port and the controller's.
+    fn probe_targets(&self) -> Vec<(String, SocketAddr)> {
+        self.state
+            .pods
+            .iter()
+            .map(|p| (p.netns.clone(), SocketAddr::from((p.ip, ADMIN_PORT))))
+            .chain([(
+                CONTROLLER_KEY.to_owned(),
+                SocketAddr::from((self.controller_ip(), CONTROLLER_ADMIN_PORT)),
+            )])
+            .collect()
+    }
+
+    /// Takes in a round of probes: failures and recoveries of pods that passed their
+    /// checks are events.
+    fn probed(&mut self, round: Vec<(String, Probe)>) {
+        for (key, probe) in round {
+            let name = if key == CONTROLLER_KEY {
+                "controller".to_owned()
+            } else {
+                match self.state.pods.iter().find(|p| p.netns == key) {
+                    Some(p) => format!("pod {}: proxy", p.name),
+                    None => continue,
+                }
+            };
+            let watched = if key == CONTROLLER_KEY {
+                self.state
+                    .controller
+                    .as_ref()
+                    .is_some_and(ProcRecord::is_running)
+            } else {
+                self.ready.contains(&key)
+            };
+            match probe {
+                Probe::Ok => {
+                    if let Some(f) = self.probe_failures.remove(&key) {
+                        if f.failing() && watched {
+                            self.event(format!("{name} /ready answers again"));
+                        }
+                    }
+                    if key == CONTROLLER_KEY {
+                        self.controller_ready = watched;
+                    }
+                }
+                failed => {
+                    let f = self.probe_failures.entry(key.clone()).or_default();
+                    let was = f.failing();
+                    f.count += 1;
+                    match failed {
+                        Probe::TimedOut => {
+                            f.timeouts += 1;
+                            f.last = format!("no answer within {PROBE_TIMEOUT:?}");
+                        }
+                        Probe::Failed(e) => f.last = e,
+                        Probe::Ok => {}
+                    }
+                    let (now, last) = (f.failing(), f.last.clone());
+                    if now && key == CONTROLLER_KEY {
+                        self.controller_ready = false;
+                    }
+                    if now && !was && watched {
+                        self.event(format!("{name} not ready: {last}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the last probes of `key` did not fail.
+    fn probe_ok(&self, key: &str) -> bool {
+        self.probe_failures.get(key).is_none_or(|f| !f.failing())
+    }
+
+    /// Makes the pods file (loopback: endpoints files) follow readiness: a pod takes
+    /// traffic while it passed its checks since its processes started, both run, its
+    /// proxy's `/ready` answers, and the mesh wants it.
+    fn refresh_published(&mut self) -> anyhow::Result<()> {
+        let now: HashSet<String> = self
+            .state
+            .pods
+            .iter()
+            .filter(|p| {
+                self.ready.contains(&p.netns)
+                    && !p.procs.is_empty()
+                    && p.procs.iter().all(ProcRecord::is_running)
+                    && self.probe_ok(&p.netns)
+                    && self.wanted(p)
+            })
+            .map(|p| p.netns.clone())
+            .collect();
+        if now == self.published {
+            return Ok(());
+        }
+        let mut lines = Vec::new();
+        for p in &self.state.pods {
+            match (self.published.contains(&p.netns), now.contains(&p.netns)) {
+                (true, false) => lines.push(format!(
+                    "pod {}: ready: false (out of the endpoints)",
+                    p.name
+                )),
+                (false, true) => {
+                    lines.push(format!("pod {}: ready: true (in the endpoints)", p.name))
+                }
+                _ => {}
+            }
+        }
+        self.published = now;
+        self.write_pods()?;
+        for line in lines {
+            self.event(line);
+        }
+        Ok(())
     }
 
     /// Stops a set of pods: processes, namespaces, files; then forgets them.
@@ -1297,32 +1922,36 @@ impl Runner {
     fn describe(&self) -> String {
         let loopback = self.paths.loopback.is_some();
         let mut out = format!(
-            "\n{:<22} {:<10} {:<10} {:<8} {:<14} {:<6} {}\n",
+            "\n{:<22} {:<10} {:<10} {:<8} {:<14} {:<8} {:<8} {}\n",
             "POD",
             "WORKLOAD",
             "NAMESPACE",
             "ZONE",
             "IP",
             "STATUS",
+            "RESTARTS",
             if loopback { "PROXY" } else { "NETNS" }
         );
         for p in &self.state.pods {
             let status = if !p.procs.iter().all(ProcRecord::is_running) {
                 "exited"
-            } else if self.ready.contains(&p.netns) {
+            } else if self.published.contains(&p.netns) && self.ready.contains(&p.netns) {
                 "ready"
+            } else if self.ready.contains(&p.netns) {
+                "unready"
             } else {
                 "start"
             };
             let _ = writeln!(
                 out,
-                "{:<22} {:<10} {:<10} {:<8} {:<14} {:<6} {}",
+                "{:<22} {:<10} {:<10} {:<8} {:<14} {:<8} {:<8} {}",
                 p.name,
                 p.workload,
                 p.namespace,
                 p.zone.as_deref().unwrap_or("-"),
                 p.ip,
                 status,
+                p.restarts(),
                 if loopback {
                     format!("http://{}:{OUTBOUND_PORT}", p.ip)
                 } else {
@@ -1349,7 +1978,8 @@ impl Runner {
                 .pods
                 .iter()
                 .filter(|p| {
-                    self.ready.contains(&p.netns)
+                    self.published.contains(&p.netns)
+                        && self.ready.contains(&p.netns)
                         && self
                             .mesh
                             .backends(s)
@@ -1364,11 +1994,24 @@ impl Runner {
                 ports.join(",")
             );
         }
+        let controller = self.state.controller.as_ref();
+        let running = controller.is_some_and(ProcRecord::is_running);
+        let _ = write!(
+            out,
+            "\ncontroller: {}:{CONTROLLER_PORT}  {}  pid {}  restarts {}",
+            self.controller_ip(),
+            match (running, self.controller_ready) {
+                (false, _) => "exited",
+                (true, true) => "ready",
+                (true, false) => "unready",
+            },
+            controller.map_or("-".into(), |c| c.pid.to_string()),
+            controller.map_or(0, |c| c.restarts)
+        );
         if loopback {
             let _ = writeln!(
                 out,
-                "\ncontroller: {}:{CONTROLLER_PORT} (identity: mTLS for every pod; admin :{CONTROLLER_ADMIN_PORT})\nendpoints: {} (loopback mode: every Service's ready pods, by name, for the proxies)\nlogs: {}   state: {}",
-                self.controller_ip(),
+                " (identity: mTLS for every pod; admin :{CONTROLLER_ADMIN_PORT})\nendpoints: {} (loopback mode: every Service's ready pods, by name, for the proxies)\nlogs: {}   state: {}",
                 self.paths.endpoints_dir.display(),
                 self.paths.log_dir.display(),
                 self.paths.state_path.display()
@@ -1376,7 +2019,7 @@ impl Runner {
         } else {
             let _ = writeln!(
                 out,
-                "\ncontroller: {HUB_IP}:{CONTROLLER_PORT} (identity: mTLS for every pod; destinations: endpoints for every proxy; admin :{CONTROLLER_ADMIN_PORT})\nlogs: {}   state: {}",
+                " (identity: mTLS for every pod; destinations: endpoints for every proxy; admin :{CONTROLLER_ADMIN_PORT})\nlogs: {}   state: {}",
                 self.paths.log_dir.display(),
                 self.paths.state_path.display()
             );
@@ -1416,20 +2059,51 @@ impl Runner {
     }
 
     /// Foreground: live summary, directory watch, Ctrl-C.
-    async fn foreground(mut self, interval: Duration) -> anyhow::Result<()> {
+    /// The detached supervisor's output goes to `{logs}/weft-up.log` from now on (the
+    /// `weft up -d` that relayed it returns when its pipes close).
+    fn detach_output(&self) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        let path = self.paths.log_dir.join("weft-up.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        nix::unistd::dup2_stdout(&log).context("cannot redirect stdout")?;
+        nix::unistd::dup2_stderr(&log).context("cannot redirect stderr")?;
+        Ok(())
+    }
+
+    /// Foreground: supervision, readiness, Ctrl-C; with `watch` (not detached) also the
+    /// directory watch and the live summary every `interval`.
+    async fn foreground(mut self, interval: Duration, watch: bool) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
-        println!(
-            "watching {} for changes; Ctrl-C stops the mesh",
-            self.paths.mesh_dir.display()
-        );
+        if watch {
+            println!(
+                "watching {} for changes; Ctrl-C stops the mesh",
+                self.paths.mesh_dir.display()
+            );
+        } else {
+            println!("supervising the detached mesh; `weft down` stops it");
+        }
         let mut stamp = dir_stamp(&self.paths.mesh_dir);
-        let mut before = self.scrape().await;
+        let mut before = if watch {
+            self.scrape().await
+        } else {
+            HashMap::new()
+        };
         let mut last_summary = Instant::now();
-        let mut exited_reported: HashSet<u32> = HashSet::new();
-        let mut tick = tokio::time::interval(WATCH_EVERY);
+        let mut last_watch = Instant::now();
+        let targets: ProbeTargets =
+            std::sync::Arc::new(std::sync::Mutex::new(self.probe_targets()));
+        let mut probes = start_prober(self.hub_netns(), targets.clone());
+        let mut tick = tokio::time::interval(SUPERVISE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -1438,25 +2112,21 @@ impl Runner {
                 _ = hup.recv() => break,
             }
             self.reap();
-            for pod in &self.state.pods {
-                for p in &pod.procs {
-                    if !p.is_running() && exited_reported.insert(p.pid) {
-                        let line = format!(
-                            "pod {}: {} (pid {}) exited; see {}",
-                            pod.name,
-                            p.role,
-                            p.pid,
-                            p.log
-                                .as_deref()
-                                .map(Path::display)
-                                .map(|d| d.to_string())
-                                .unwrap_or_default()
-                        );
-                        println!("{line}");
-                        self.events.push_back(line);
-                    }
-                }
+            self.supervise();
+            self.collect_checks();
+            while let Ok(round) = probes.try_recv() {
+                self.probed(round);
             }
+            if let Err(e) = self.refresh_published() {
+                self.event(format!("cannot write the pods' readiness: {e:#}"));
+            }
+            if let Ok(mut t) = targets.lock() {
+                *t = self.probe_targets();
+            }
+            if !watch || last_watch.elapsed() < WATCH_EVERY {
+                continue;
+            }
+            last_watch = Instant::now();
             let now = dir_stamp(&self.paths.mesh_dir);
             if now != stamp {
                 stamp = now;
@@ -1826,6 +2496,17 @@ fn pod_ready(
     )?
 }
 
+/// Notes a restart in the log the new process appends to.
+fn note_restart(log: &Path, role: &str, how: &str, restarts: u32) {
+    use std::io::Write as _;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+        let _ = writeln!(
+            f,
+            "--- weft up: the {role} exited ({how}); restart {restarts} ---"
+        );
+    }
+}
+
 /// Names, sizes and modification times of the mesh directory's YAML files.
 fn dir_stamp(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
     let mut files = weft_core::mesh::yaml_files(dir).unwrap_or_default();
@@ -1898,6 +2579,16 @@ exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@"
     ]);
     argv.extend(command.iter().cloned());
     argv
+}
+
+/// Whether any user may reach `dir`: every directory from the root down to it can
+/// be searched by others (mode o+x).
+fn world_traversable(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    dir.ancestors().all(|d| {
+        d.as_os_str().is_empty()
+            || std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    })
 }
 
 /// Copies `from` to `to` readable by everyone (0644).
