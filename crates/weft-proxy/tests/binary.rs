@@ -31,6 +31,34 @@ impl Drop for ProxyProcess {
     }
 }
 
+/// A `weft-proxy` process in explicit mode in front of `app`, with `args`, once
+/// ready: the process, its inbound and its admin address.
+async fn ready_proxy(
+    app: &TestServer,
+    args: &[&str],
+    adjust: impl FnOnce(&mut Command),
+) -> (ProxyProcess, SocketAddr, SocketAddr) {
+    let (inbound, admin) = (free_port(), free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--mode", "explicit"])
+        .args(["--inbound-forward", &app.addr().to_string()])
+        .args(["--inbound-listen", &inbound.to_string()])
+        .args(["--outbound-listen", &free_port().to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(args)
+        .stdin(Stdio::null());
+    adjust(&mut cmd);
+    let proxy = ProxyProcess(cmd.spawn().expect("start weft-proxy"));
+    let ready = weft_test::eventually(Duration::from_secs(10), || async move {
+        client::get(admin, "admin", "/ready")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(ready, "weft-proxy became ready");
+    (proxy, inbound, admin)
+}
+
 #[test]
 fn help_lists_every_flag_with_its_environment_variable() {
     let out = run(&["--help"]);
@@ -112,25 +140,8 @@ fn a_busy_port_is_a_clear_error() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let app = TestServer::loopback("books").await;
-    let (inbound, admin) = (free_port(), free_port());
-    let child = Command::new(BIN)
-        .args(["--mode", "explicit", "--log", "warn"])
-        .args(["--inbound-forward", &app.addr().to_string()])
-        .args(["--inbound-listen", &inbound.to_string()])
-        .args(["--outbound-listen", &free_port().to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .args(["--drain-grace", "5s"])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start weft-proxy");
-    let mut proxy = ProxyProcess(child);
-    let ready = weft_test::eventually(Duration::from_secs(10), || async move {
-        client::get(admin, "admin", "/ready")
-            .await
-            .is_ok_and(|r| r.status == 200)
-    })
-    .await;
-    assert!(ready, "weft-proxy became ready");
+    let (mut proxy, inbound, _) =
+        ready_proxy(&app, &["--log", "warn", "--drain-grace", "5s"], |_| {}).await;
 
     let in_flight = tokio::spawn(async move { client::get(inbound, "books", "/delay/500").await });
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -172,25 +183,10 @@ async fn a_log_that_cannot_be_written_loses_lines_not_requests() {
         }
     };
     let app = TestServer::loopback("books").await;
-    let (inbound, admin) = (free_port(), free_port());
-    let child = Command::new(BIN)
-        .args(["--mode", "explicit", "--log", "debug"])
-        .args(["--inbound-forward", &app.addr().to_string()])
-        .args(["--inbound-listen", &inbound.to_string()])
-        .args(["--outbound-listen", &free_port().to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .stdin(Stdio::null())
-        .stderr(full)
-        .spawn()
-        .expect("start weft-proxy");
-    let mut proxy = ProxyProcess(child);
-    let ready = weft_test::eventually(Duration::from_secs(10), || async move {
-        client::get(admin, "admin", "/ready")
-            .await
-            .is_ok_and(|r| r.status == 200)
+    let (mut proxy, inbound, admin) = ready_proxy(&app, &["--log", "debug"], |cmd| {
+        cmd.stderr(full);
     })
     .await;
-    assert!(ready, "weft-proxy became ready");
     for _ in 0..20 {
         let rsp = client::get(inbound, "books", "/").await.unwrap();
         assert_eq!(rsp.status, 200);

@@ -88,6 +88,23 @@ fn wait_reachable(net: &TestNet, from: usize, to: SocketAddr) {
     );
 }
 
+/// The HTTP app on [`APP_PORT`] and the TCP echo server on [`OPAQUE_PORT`] in `ns`.
+fn start_servers(net: &TestNet, ns: &str) -> (TestServer, TcpServer) {
+    let app = net
+        .spawn_server_in(ns, ([0, 0, 0, 0], APP_PORT).into(), "books")
+        .unwrap_or_else(|e| panic!("start the app: {e:#}"));
+    let echo = net
+        .runtime(ns)
+        .and_then(|rt| {
+            rt.run(STEP, || {
+                TcpServer::echo_after_eof_at(([0, 0, 0, 0], OPAQUE_PORT).into())
+            })
+        })
+        .and_then(|r| Ok(r?))
+        .unwrap_or_else(|e| panic!("start the TCP echo server: {e:#}"));
+    (app, echo)
+}
+
 /// The metrics of the proxy in pod `pod`, fetched from inside the pod.
 fn scrape(net: &TestNet, pod: usize) -> Scrape {
     run_in(&net.pod(pod).ns, || async {
@@ -110,18 +127,7 @@ fn client_reaches_server_through_both_proxies() {
     let app_addr = SocketAddr::from((b.ip, APP_PORT));
     let echo_addr = SocketAddr::from((b.ip, OPAQUE_PORT));
 
-    let app: TestServer = net
-        .spawn_server_in(&b.ns, ([0, 0, 0, 0], APP_PORT).into(), "books")
-        .unwrap_or_else(|e| panic!("start the app: {e:#}"));
-    let echo: TcpServer = net
-        .runtime(&b.ns)
-        .and_then(|rt| {
-            rt.run(STEP, || {
-                TcpServer::echo_after_eof_at(([0, 0, 0, 0], OPAQUE_PORT).into())
-            })
-        })
-        .and_then(|r| Ok(r?))
-        .unwrap_or_else(|e| panic!("start the TCP echo server: {e:#}"));
+    let (app, echo) = start_servers(&net, &b.ns);
     wait_reachable(&net, 0, app_addr);
 
     let client_proxy = start_proxy(&net, 0, "client");
@@ -355,18 +361,7 @@ fn with_discovery_down_mesh_addresses_are_refused_not_reached_in_plaintext() {
     let (a, b) = (net.pod(0).clone(), net.pod(1).clone());
     let app_addr = SocketAddr::from((b.ip, APP_PORT));
     let echo_addr = SocketAddr::from((b.ip, OPAQUE_PORT));
-    let app: TestServer = net
-        .spawn_server_in(&b.ns, ([0, 0, 0, 0], APP_PORT).into(), "books")
-        .unwrap_or_else(|e| panic!("start the app: {e:#}"));
-    let _echo: TcpServer = net
-        .runtime(&b.ns)
-        .and_then(|rt| {
-            rt.run(STEP, || {
-                TcpServer::echo_after_eof_at(([0, 0, 0, 0], OPAQUE_PORT).into())
-            })
-        })
-        .and_then(|r| Ok(r?))
-        .unwrap_or_else(|e| panic!("start the TCP echo server: {e:#}"));
+    let (app, _echo) = start_servers(&net, &b.ns);
     wait_reachable(&net, 0, app_addr);
 
     // A's proxy: mTLS and discovery configured, the controller nowhere (nothing
