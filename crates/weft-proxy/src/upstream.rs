@@ -1,12 +1,20 @@
 //! Upstream connections: opened with a deadline, counted in `tcp_*` metrics, and pooled
 //! per endpoint (HTTP/1: idle keep-alive connections; HTTP/2: one multiplexed
 //! connection).
+//!
+//! Requests that find no HTTP/2 connection to their endpoint share one attempt to open
+//! it (connect, mTLS, handshake), which no lock is held across: each waits on the
+//! attempt's outcome, and a failed attempt fails them all at once and lets the next
+//! request try again. A pool that has no request in flight and was not used for the
+//! pool idle timeout is removed by [`HttpUpstreams::evict_idle`] (closing its idle
+//! connections), so the pools follow the endpoints in use, not every endpoint ever met.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{BoxFuture, FutureExt as _, Shared};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -46,7 +54,8 @@ pub enum UpstreamError {
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
-        source: hyper::Error,
+        /// Shared by the requests that waited on the same connection attempt.
+        source: Arc<hyper::Error>,
     },
     #[error("mTLS handshake with {addr} (expecting {identity}) failed: {source}")]
     TlsHandshake {
@@ -59,6 +68,43 @@ pub enum UpstreamError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+}
+
+impl UpstreamError {
+    /// The same error, for another request that waited on the same connection
+    /// attempt (I/O errors keep their kind and message).
+    fn duplicate(&self) -> UpstreamError {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            UpstreamError::ConnectTimeout { addr, after } => UpstreamError::ConnectTimeout {
+                addr: *addr,
+                after: *after,
+            },
+            UpstreamError::ConnectRefused { addr } => UpstreamError::ConnectRefused { addr: *addr },
+            UpstreamError::Connect { addr, source } => UpstreamError::Connect {
+                addr: *addr,
+                source: io(source),
+            },
+            UpstreamError::Handshake { addr, source } => UpstreamError::Handshake {
+                addr: *addr,
+                source: source.clone(),
+            },
+            UpstreamError::TlsHandshake {
+                addr,
+                identity,
+                source,
+            } => UpstreamError::TlsHandshake {
+                addr: *addr,
+                identity: identity.clone(),
+                source: io(source),
+            },
+            // Not an outcome of a connection attempt; kept as a connect error.
+            UpstreamError::Http { addr, source } => UpstreamError::Connect {
+                addr: *addr,
+                source: std::io::Error::other(source.to_string()),
+            },
+        }
+    }
 }
 
 /// A request that could not be sent, and the request itself when none of it reached
@@ -204,6 +250,7 @@ impl Reusable {
         if self.sender.is_closed() {
             return;
         }
+        self.pool.touch();
         let mut idle = self.pool.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push((self.sender, Instant::now()));
@@ -211,11 +258,46 @@ impl Reusable {
     }
 }
 
+/// The outcome of one attempt to open an HTTP/2 connection, shared by every request
+/// that waited on it.
+type H2Result = Result<http2::SendRequest<RequestBody>, Arc<UpstreamError>>;
+type H2Attempt = Shared<BoxFuture<'static, H2Result>>;
+
+/// An endpoint's HTTP/2 connection.
+#[derive(Default)]
+enum H2Slot {
+    #[default]
+    None,
+    /// Being opened: requests wait on the attempt together.
+    Connecting(H2Attempt),
+    Ready(http2::SendRequest<RequestBody>),
+}
+
 pub struct Pool {
     /// The endpoint's identity: its connections use mTLS when known.
     server: Option<Identity>,
     h1_idle: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Locked only to look at or replace the slot, never across an await.
+    h2: Mutex<H2Slot>,
+    /// When a request last took this pool or gave a connection back (the runtime's
+    /// clock, which tests may pause).
+    last_used: Mutex<tokio::time::Instant>,
+}
+
+impl Pool {
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+    }
+
+    fn last_used(&self) -> tokio::time::Instant {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where a request gets its HTTP/2 connection: at once, or from an attempt to wait on.
+enum H2Sender {
+    Ready(http2::SendRequest<RequestBody>),
+    Wait(H2Attempt),
 }
 
 impl HttpUpstreams {
@@ -231,18 +313,51 @@ impl HttpUpstreams {
         &self.connector
     }
 
+    /// How long an unused pool (and an idle connection) is kept.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn pool(&self, addr: SocketAddr, version: HttpVersion, server: Option<&Identity>) -> Arc<Pool> {
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools
+        let pool = self
+            .pools()
             .entry((addr, version, server.cloned()))
             .or_insert_with(|| {
                 Arc::new(Pool {
                     server: server.cloned(),
                     h1_idle: Mutex::default(),
-                    h2: tokio::sync::Mutex::default(),
+                    h2: Mutex::default(),
+                    last_used: Mutex::new(tokio::time::Instant::now()),
                 })
             })
-            .clone()
+            .clone();
+        pool.touch();
+        pool
+    }
+
+    /// Endpoint pools held now.
+    pub fn pool_count(&self) -> usize {
+        self.pools().len()
+    }
+
+    /// Removes the pools that no request holds (none in flight, no HTTP/1 connection
+    /// lent out) and that were not used for the idle timeout before `now`: their idle
+    /// connections close (an HTTP/2 connection once its last stream ends). Returns how
+    /// many were removed.
+    pub fn evict_idle(&self, now: tokio::time::Instant) -> usize {
+        let mut pools = self.pools();
+        let before = pools.len();
+        pools.retain(|_, pool| {
+            // The map's reference is the only one: nothing is using the pool, and
+            // nothing can start to without taking the map's lock, held here.
+            Arc::strong_count(pool) > 1
+                || now.saturating_duration_since(pool.last_used()) < self.idle_timeout
+        });
+        before - pools.len()
     }
 
     /// Sends `req` to the endpoint at `addr` over a pooled connection. An HTTP/1
@@ -336,43 +451,14 @@ impl HttpUpstreams {
         pool: Arc<Pool>,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = {
-            let mut slot = pool.h2.lock().await;
-            match slot.as_ref() {
-                Some(s) if !s.is_closed() => s.clone(),
-                _ => {
-                    let io = match self.connector.connect(addr, pool.server.as_ref()).await {
-                        Ok(io) => io,
-                        Err(error) => return Err(SendError::unsent(error, req)),
-                    };
-                    // Many callers share this connection: a caller that stops reading
-                    // holds at most one stream window of it, and it takes
-                    // H2_CONNECTION_WINDOW / H2_STREAM_WINDOW such callers to stall it
-                    // (hyper's defaults, 5 MB / 2 MB, stalled on the third).
-                    let handshake = http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .initial_stream_window_size(H2_STREAM_WINDOW)
-                        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-                        .keep_alive_interval(Duration::from_secs(10))
-                        .keep_alive_timeout(Duration::from_secs(5))
-                        .handshake(TokioIo::new(io))
-                        .await;
-                    let (sender, conn) = match handshake {
-                        Ok(h) => h,
-                        Err(source) => {
-                            let error = UpstreamError::Handshake { addr, source };
-                            return Err(SendError::unsent(error, req));
-                        }
-                    };
-                    tokio::spawn(async move {
-                        if let Err(error) = conn.await {
-                            tracing::debug!(%addr, %error, "upstream HTTP/2 connection ended with an error");
-                        }
-                    });
-                    *slot = Some(sender.clone());
-                    sender
-                }
-            }
+        let mut sender = match self.h2_sender(addr, &pool) {
+            H2Sender::Ready(sender) => sender,
+            // Outside any lock: a slow attempt delays only the requests that need its
+            // connection, and they all learn its outcome at once.
+            H2Sender::Wait(attempt) => match attempt.await {
+                Ok(sender) => sender,
+                Err(error) => return Err(SendError::unsent(error.duplicate(), req)),
+            },
         };
         if let Err(source) = sender.ready().await {
             return Err(SendError::unsent(UpstreamError::Http { addr, source }, req));
@@ -386,4 +472,71 @@ impl HttpUpstreams {
             SendError { error, unsent }
         })
     }
+
+    /// The pool's open HTTP/2 connection, or the attempt to open one: the one in
+    /// progress, else a new one (when there is no connection, it closed, or the last
+    /// attempt failed).
+    fn h2_sender(&self, addr: SocketAddr, pool: &Pool) -> H2Sender {
+        let mut slot = pool.h2.lock().unwrap_or_else(|e| e.into_inner());
+        let open = match &*slot {
+            H2Slot::Ready(sender) => Some(sender.clone()),
+            H2Slot::Connecting(attempt) => match attempt.peek() {
+                None => return H2Sender::Wait(attempt.clone()),
+                Some(Ok(sender)) => Some(sender.clone()),
+                Some(Err(_)) => None,
+            },
+            H2Slot::None => None,
+        };
+        if let Some(sender) = open.filter(|s| !s.is_closed()) {
+            *slot = H2Slot::Ready(sender.clone());
+            return H2Sender::Ready(sender);
+        }
+        let attempt = self.h2_connect(addr, pool.server.clone());
+        *slot = H2Slot::Connecting(attempt.clone());
+        H2Sender::Wait(attempt)
+    }
+
+    /// Starts opening an HTTP/2 connection to `addr`. The attempt runs as a task of
+    /// its own: it completes (within the connect timeout) even if every request
+    /// waiting on it goes away, and its connection then serves the next ones.
+    fn h2_connect(&self, addr: SocketAddr, server: Option<Identity>) -> H2Attempt {
+        let connector = self.connector.clone();
+        let task = tokio::spawn(async move {
+            let io = connector.connect(addr, server.as_ref()).await?;
+            // Many callers share this connection: a caller that stops reading holds at
+            // most one stream window of it, and it takes H2_CONNECTION_WINDOW /
+            // H2_STREAM_WINDOW such callers to stall it (hyper's defaults, 5 MB / 2 MB,
+            // stalled on the third).
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|source| UpstreamError::Handshake {
+                    addr,
+                    source: Arc::new(source),
+                })?;
+            tokio::spawn(async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(%addr, %error, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            Ok(sender)
+        });
+        async move {
+            match task.await {
+                Ok(result) => result.map_err(Arc::new),
+                Err(error) => Err(Arc::new(UpstreamError::Connect {
+                    addr,
+                    source: std::io::Error::other(format!("connection attempt failed: {error}")),
+                })),
+            }
+        }
+        .boxed()
+        .shared()
+    }
 }
+
