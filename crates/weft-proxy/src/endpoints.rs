@@ -342,9 +342,13 @@ impl ServiceIndex {
         let Some((path, _)) = &self.source else {
             return Ok(());
         };
-        let text = read(path)?;
+        self.apply(path, &read(path)?)
+    }
+
+    /// Swaps the index for what `text` (the source file's content) says.
+    fn apply(&self, path: &Path, text: &str) -> Result<(), EndpointsError> {
         let previous = self.tables();
-        let (tables, updates) = parse_tables(path, &text, Some(&previous), &self.balance)?;
+        let (tables, updates) = parse_tables(path, text, Some(&previous), &self.balance)?;
         for (service, endpoints) in updates {
             service.set_endpoints(endpoints);
         }
@@ -354,19 +358,28 @@ impl ServiceIndex {
 
     /// Polls the source file every `every` and reloads it when it changes (its mtime,
     /// size or inode), logging the outcome. Runs until dropped; returns at once for an
-    /// index that was not loaded from a file.
+    /// index that was not loaded from a file. The file system is read on the blocking
+    /// pool, never on the runtime's worker threads.
     pub async fn watch(self, every: Duration) {
         let Some((path, mut last)) = self.source.clone() else {
             return;
         };
         loop {
             tokio::time::sleep(every).await;
-            let now = stamp(&path);
-            if now == last {
+            let read_path = path.clone();
+            let polled = tokio::task::spawn_blocking(move || {
+                let now = stamp(&read_path);
+                // Read again only when it changed.
+                let text = (now != last).then(|| read(&read_path));
+                (now, text)
+            })
+            .await;
+            // Unchanged, or not polled (the runtime is shutting down).
+            let Ok((now, Some(text))) = polled else {
                 continue;
-            }
+            };
             last = now;
-            match self.reload() {
+            match text.and_then(|text| self.apply(&path, &text)) {
                 Ok(_) => tracing::info!(path = %path.display(), "endpoints file reloaded"),
                 Err(error) => {
                     tracing::warn!(%error, "endpoints file not reloaded; the last good one stays in use")

@@ -3,6 +3,9 @@
 //! change is applied as a new [`Index`]; a mesh directory that does not load is logged
 //! (file, object and field of every problem) and the last good one keeps serving, as
 //! does the last good pods file.
+//!
+//! The files are read (and the mesh directory parsed) on the blocking pool
+//! (`spawn_blocking`), never on the runtime's worker threads that serve the streams.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -121,7 +124,24 @@ impl LocalSource {
         }
         loop {
             tokio::time::sleep(self.config.watch_interval).await;
-            if self.poll(&metrics) {
+            let poll_metrics = metrics.clone();
+            let polled = tokio::task::spawn_blocking(move || {
+                let reloaded = self.poll(&poll_metrics);
+                (self, reloaded)
+            })
+            .await;
+            let reloaded;
+            (self, reloaded) = match polled {
+                Ok(polled) => polled,
+                // The runtime is shutting down.
+                Err(error) if error.is_cancelled() => return,
+                Err(error) => {
+                    // A panic while loading: the source is gone with it.
+                    tracing::error!(%error, "the local source stopped: its files are no longer watched");
+                    return;
+                }
+            };
+            if reloaded {
                 let index = self.index();
                 // Taken before streams can see the index: updates count from here.
                 let now = unix_now();
@@ -146,7 +166,8 @@ impl LocalSource {
         }
     }
 
-    /// Reloads what changed; returns whether anything was (re)loaded.
+    /// Reloads what changed; returns whether anything was (re)loaded. Blocking: file
+    /// system calls and parsing.
     fn poll(&mut self, metrics: &DestinationMetrics) -> bool {
         let mut reloaded = false;
         let stamp = dir_stamp(&self.config.mesh_dir);
