@@ -618,8 +618,15 @@ fn elapsed_ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
 
+/// The authority a request head is routed by (lowercased), or why the proxy refuses it
+/// as malformed (400): what `forward` does first with every request. Public for the
+/// fuzz targets (`fuzz/`); the body type does not matter.
+pub fn authority_of<B>(req: &Request<B>) -> Result<String, String> {
+    request_authority(req).map_err(|e| e.message)
+}
+
 /// The request's authority: the URI's (HTTP/2, absolute-form HTTP/1) or the Host header.
-fn request_authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
+fn request_authority<B>(req: &Request<B>) -> Result<String, ProxyError> {
     // RFC 9112 §3.2: a request with more than one Host field is refused (which one a
     // server reads is up to it: the proxy and the application could disagree).
     if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
@@ -691,7 +698,8 @@ fn prepare_h1_request(
     Ok(())
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
+/// Whether the request asks for a protocol upgrade (`Upgrade` named in `Connection`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
@@ -703,7 +711,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes headers that apply to one connection only (RFC 9110 §7.6.1), including
 /// those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

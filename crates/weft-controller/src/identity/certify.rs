@@ -361,8 +361,13 @@ fn truncate_to_seconds(t: SystemTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// Parses and checks a CSR for `identity`; returns its public key.
-fn check_csr(identity: &Identity, csr: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, CertifyError> {
+/// Parses and checks a CSR (DER, or PEM) for `identity`: an ECDSA P-256 key, a valid
+/// signature, and the identity's names as its only SANs; returns its public key. Public
+/// for the fuzz targets (`fuzz/`); `Certifier::issue` calls it on every request.
+pub fn check_csr(
+    identity: &Identity,
+    csr: &[u8],
+) -> Result<rcgen::SubjectPublicKeyInfo, CertifyError> {
     let malformed = |m: String| CertifyError::MalformedCsr(m);
     if csr.is_empty() {
         return Err(malformed("the request carries no CSR".into()));

@@ -18,7 +18,7 @@ pub use ca::{
     NewAnchor, RotateOptions, Rotated, TrustAnchors, Written, ANCHORS_FILE, ANCHOR_LIFETIME,
     ISSUER_CERT_FILE, ISSUER_KEY_FILE, ISSUER_LIFETIME,
 };
-pub use certify::{Certified, Certifier, CertifyError, DEFAULT_LIFETIME};
+pub use certify::{check_csr, Certified, Certifier, CertifyError, DEFAULT_LIFETIME};
 pub use reload::{IdentityFiles, ReloadOptions, DEFAULT_EXPIRY_WARNING, DEFAULT_RELOAD_INTERVAL};
 pub use service::{IdentityService, MAX_CERTIFY_MESSAGE};
 pub use token::{
