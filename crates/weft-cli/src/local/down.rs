@@ -32,10 +32,15 @@ pub fn run(args: DownArgs) -> anyhow::Result<()> {
         "weft down needs root to delete network namespaces and stop the mesh's processes"
     );
     let started = Instant::now();
-    // A foreground `weft up` takes its own mesh down when asked to stop.
+    // A foreground `weft up` (or a detached mesh's supervisor) takes its own mesh down
+    // when asked to stop.
     if let Some(owner) = state.owner.clone() {
         if owner.signal_leader(Signal::SIGTERM) {
-            println!("asked weft up (pid {}) to stop the mesh", owner.pid);
+            println!(
+                "asked weft up (pid {}) to take down {}",
+                owner.pid,
+                describe(&state)
+            );
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline && path.exists() && owner.is_running() {
                 std::thread::sleep(Duration::from_millis(50));
@@ -49,8 +54,16 @@ pub fn run(args: DownArgs) -> anyhow::Result<()> {
             }
         }
     }
-    println!(
-        "taking down the mesh from {} ({} pods{})",
+    println!("taking down {}", describe(&state));
+    teardown(&mut state, &path, || {})?;
+    println!("mesh down in {:.2}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `the mesh from DIR (N pods[, loopback mode])`.
+fn describe(state: &State) -> String {
+    format!(
+        "the mesh from {} ({} pods{})",
         state.mesh_dir.display(),
         state.pods.len(),
         if state.loopback {
@@ -58,10 +71,7 @@ pub fn run(args: DownArgs) -> anyhow::Result<()> {
         } else {
             ""
         }
-    );
-    teardown(&mut state, &path, || {})?;
-    println!("mesh down in {:.2}s", started.elapsed().as_secs_f64());
-    Ok(())
+    )
 }
 
 /// Stops every recorded process, deletes the pods' and the hub's namespaces and the
