@@ -2808,6 +2808,54 @@ spec: {selector: {app: idle}, ports: [{port: 8080}]}
     }
 
     #[test]
+    fn restarts_back_off_from_1s_doubling_to_30s_and_start_over_after_a_run_of_60s() {
+        let s = Duration::from_secs;
+        assert_eq!(restart_delay(None, s(0)), s(1));
+        let mut last = None;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let d = restart_delay(last, s(2));
+            delays.push(d.as_secs());
+            last = Some(d);
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+        // A process that ran 60 s before it exited starts over at 1 s.
+        assert_eq!(restart_delay(Some(s(30)), s(60)), s(1));
+        assert_eq!(restart_delay(Some(s(30)), s(59)), s(30));
+    }
+
+    #[test]
+    fn a_pod_is_out_at_once_when_refused_and_after_two_probes_without_answer() {
+        let mut f = ProbeFailures::default();
+        assert!(!f.failing());
+        f.count += 1;
+        f.timeouts += 1;
+        assert!(!f.failing(), "one probe without answer is not enough");
+        f.count += 1;
+        f.timeouts += 1;
+        assert!(f.failing());
+        let refused = ProbeFailures {
+            count: 1,
+            timeouts: 0,
+            last: "refused".into(),
+        };
+        assert!(refused.failing());
+    }
+
+    #[test]
+    fn exit_statuses_are_said_in_words() {
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(
+            exit_words(std::process::ExitStatus::from_raw(9)),
+            "signal 9 (SIGKILL)"
+        );
+        assert_eq!(
+            exit_words(std::process::ExitStatus::from_raw(1 << 8)),
+            "exit status 1"
+        );
+    }
+
+    #[test]
     fn loopback_warns_about_service_ports_that_target_another_port_than_the_first() {
         let mesh = Mesh::parse(&[
             (
