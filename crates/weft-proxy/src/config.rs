@@ -21,6 +21,9 @@ use crate::retry::{
     BudgetParams, BudgetedPolicy, MethodSet, RequestPolicy, RetryCondition, RetryOn, RetryPolicy,
 };
 
+/// `--destination-idle-timeout`'s default (keep it in step with the flag's).
+pub const DEFAULT_DESTINATION_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// How the proxy learns where a connection was going.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -165,6 +168,11 @@ pub struct Args {
     #[arg(long, env = "WEFT_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub pool_idle_timeout: Duration,
 
+    /// How long a destination learnt from the destination service is followed (its
+    /// stream kept open) after its last lookup, once no connection uses it.
+    #[arg(long, env = "WEFT_DESTINATION_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub destination_idle_timeout: Duration,
+
     /// Worker threads; 1 runs a single-threaded runtime (the sidecar default).
     #[arg(long, env = "WEFT_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
@@ -301,7 +309,11 @@ pub struct Config {
     /// retry budget of destinations that are not services.
     pub request_policy: Arc<BudgetedPolicy>,
     pub drain_grace: Duration,
+    /// Idle pooled connections, and endpoint pools nothing uses, are dropped after this.
     pub pool_idle_timeout: Duration,
+    /// Destinations from the destination service that nothing used for this long are
+    /// no longer followed.
+    pub destination_idle_timeout: Duration,
     pub labels: WorkloadLabels,
     /// How services are balanced (zone awareness and its band, ejection, ...).
     pub balance: Arc<BalanceConfig>,
@@ -484,6 +496,7 @@ impl Args {
             request_policy,
             drain_grace: self.drain_grace,
             pool_idle_timeout: self.pool_idle_timeout,
+            destination_idle_timeout: self.destination_idle_timeout,
             labels: WorkloadLabels {
                 namespace: self.namespace,
                 deployment: self.deployment,
@@ -560,6 +573,7 @@ impl Config {
             request_policy: Arc::new(BudgetedPolicy::new(RequestPolicy::default())),
             drain_grace: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(60),
+            destination_idle_timeout: DEFAULT_DESTINATION_IDLE_TIMEOUT,
             labels: WorkloadLabels::default(),
             balance: Arc::default(),
             identity: None,

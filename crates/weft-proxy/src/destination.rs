@@ -13,6 +13,11 @@
 //! When the stream fails (the controller is down or restarting), the proxy keeps the
 //! endpoints it has and reconnects with backoff; the new stream's first message
 //! replaces them, as the protocol says.
+//!
+//! A destination is followed while it is used: one not looked up for the idle timeout
+//! (`--destination-idle-timeout`, 10 minutes) whose service no connection holds is
+//! forgotten by [`Destinations::evict_idle`] (its stream closed, its service unlisted);
+//! the next connection to it looks it up again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -170,8 +175,30 @@ enum Known {
 /// One destination followed by a stream.
 struct Entry {
     created: Instant,
+    /// When it was last looked up (the runtime's clock, which tests may pause).
+    last_used: Mutex<tokio::time::Instant>,
     state: watch::Receiver<Known>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Entry {
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+    }
+
+    /// Whether it can be forgotten at `now`: unused for `idle`, and its service (if
+    /// any) held by nothing but the cache (the state and the index's list), so no
+    /// connection loses the endpoint updates it balances over.
+    fn is_idle(&self, now: tokio::time::Instant, idle: Duration) -> bool {
+        let last_used = *self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        if now.saturating_duration_since(last_used) < idle {
+            return false;
+        }
+        match &*self.state.borrow() {
+            Known::Service(s) => Arc::strong_count(s) <= 2,
+            Known::Pending | Known::Unknown => true,
+        }
+    }
 }
 
 impl Drop for Entry {
@@ -246,6 +273,7 @@ impl Destinations {
     /// What is known of `authority` now, without waiting or starting a lookup.
     pub fn cached_authority(&self, authority: &str) -> Option<Arc<Service>> {
         let entry = self.entries().get(&authority.to_ascii_lowercase())?.clone();
+        entry.touch();
         let known = entry.state.borrow().clone();
         match known {
             Known::Service(s) => Some(s),
@@ -270,6 +298,41 @@ impl Destinations {
         }
     }
 
+    /// Destinations followed now.
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stops following the destinations not looked up for `idle` before `now` whose
+    /// service no connection holds: their streams close, their services leave the
+    /// index. Connections still open keep what they have; the next lookup of such a
+    /// destination starts over. Returns how many were forgotten.
+    pub fn evict_idle(&self, now: tokio::time::Instant, idle: Duration) -> usize {
+        let evicted: Vec<(String, Arc<Entry>)> = {
+            let mut cache = self.entries();
+            let idle: Vec<String> = cache
+                .iter()
+                .filter(|(_, e)| e.is_idle(now, idle))
+                .map(|(path, _)| path.clone())
+                .collect();
+            idle.into_iter()
+                .filter_map(|path| cache.remove_entry(&path))
+                .collect()
+        };
+        for (path, entry) in &evicted {
+            entry.task.abort();
+            if let Known::Service(s) = &*entry.state.borrow() {
+                self.services.remove_discovered(s);
+            }
+            tracing::debug!(destination = %path, "destination unused: no longer followed");
+        }
+        evicted.len()
+    }
+
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Entry>>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -278,7 +341,10 @@ impl Destinations {
         let entry = {
             let mut cache = self.entries();
             match cache.get(path) {
-                Some(e) => e.clone(),
+                Some(e) => {
+                    e.touch();
+                    e.clone()
+                }
                 None => {
                     let (tx, rx) = watch::channel(Known::Pending);
                     let follower = Follower {
@@ -293,6 +359,7 @@ impl Destinations {
                     };
                     let entry = Arc::new(Entry {
                         created: Instant::now(),
+                        last_used: Mutex::new(tokio::time::Instant::now()),
                         state: rx,
                         task: tokio::spawn(follower.run()),
                     });
@@ -440,6 +507,15 @@ struct Follower {
     state: watch::Sender<Known>,
     /// The endpoints in use, and whether each is an opaque port.
     endpoints: HashMap<SocketAddr, (EndpointMeta, bool)>,
+}
+
+/// A follower stopped (evicted, or the proxy is stopping) no longer lists its service.
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Known::Service(s) = &*self.state.borrow() {
+            self.services.remove_discovered(s);
+        }
+    }
 }
 
 /// Counts an open stream while it lives.
@@ -655,6 +731,91 @@ fn endpoint(addr: api::WeightedAddr) -> Result<(EndpointMeta, bool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Destinations whose client never connects (the channel is lazy), for tests that
+    /// put entries in the cache themselves.
+    fn destinations(services: ServiceIndex) -> Destinations {
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        Destinations {
+            client: DestinationClient::new(channel),
+            balance: Arc::default(),
+            services,
+            first_update: Duration::from_secs(1),
+            metrics: DestinationMetrics::default(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Follows `path` as if the controller had named `service` for it: the state
+    /// holds the service and the index lists it; the stream is a task that never ends.
+    fn follow(d: &Destinations, path: &str, service: Option<Arc<Service>>) {
+        let known = match &service {
+            Some(s) => {
+                d.services.add_discovered(s.clone());
+                Known::Service(s.clone())
+            }
+            None => Known::Unknown,
+        };
+        let (tx, rx) = watch::channel(known);
+        let task = tokio::spawn(async move {
+            let _state = tx;
+            std::future::pending::<()>().await
+        });
+        let entry = Entry {
+            created: Instant::now(),
+            last_used: Mutex::new(tokio::time::Instant::now()),
+            state: rx,
+            task,
+        };
+        d.entries().insert(path.to_owned(), Arc::new(entry));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn destinations_unused_for_the_idle_timeout_are_forgotten() {
+        const IDLE: Duration = Duration::from_secs(600);
+        let index = ServiceIndex::default();
+        let d = destinations(index.clone());
+        let books = Arc::new(Service::discovered("books", None, Arc::default()));
+        follow(
+            &d,
+            "books.default.svc.cluster.local:80",
+            Some(books.clone()),
+        );
+        follow(&d, "example.com:80", None);
+        assert_eq!((d.len(), index.services().len()), (2, 1));
+        let stream = d
+            .entries()
+            .get("books.default.svc.cluster.local:80")
+            .unwrap()
+            .task
+            .abort_handle();
+
+        // Looked up within the idle timeout: kept.
+        tokio::time::advance(IDLE / 2).await;
+        assert!(d
+            .cached_authority("books.default.svc.cluster.local:80")
+            .is_some());
+        tokio::time::advance(IDLE / 2).await;
+        assert_eq!(d.evict_idle(tokio::time::Instant::now(), IDLE), 1);
+        assert!(!d.known_outside("example.com:80"), "the unused one is gone");
+        assert_eq!(d.len(), 1);
+
+        // Unused for longer, but a connection holds its service: kept, so the
+        // connection keeps getting endpoint updates.
+        tokio::time::advance(IDLE).await;
+        let held = books.clone();
+        drop(books);
+        assert_eq!(d.evict_idle(tokio::time::Instant::now(), IDLE), 0);
+        assert_eq!(d.len(), 1);
+
+        // The connection closed: forgotten, its stream stopped, its service unlisted.
+        drop(held);
+        assert_eq!(d.evict_idle(tokio::time::Instant::now(), IDLE), 1);
+        assert!(d.is_empty());
+        assert!(index.services().is_empty());
+        tokio::task::yield_now().await;
+        assert!(stream.is_finished(), "the stream's task was stopped");
+    }
 
     const BOOKS: &str = "books.default.serviceaccount.identity.weft.cluster.local";
 

@@ -418,12 +418,14 @@ impl Proxy {
         });
         // An endpoints file is watched and reloaded when it changes.
         let reload_task = tokio::spawn(config.services.clone().watch(ENDPOINTS_POLL));
+        let evict_task = tokio::spawn(evict_idle(Arc::downgrade(&shared)));
         let destinations = shared.destinations.clone();
         tokio::spawn(async move {
             let _ = done.wait_for(|d| *d).await;
             if let Some(d) = destinations {
                 d.stop();
             }
+            evict_task.abort();
             reload_task.abort();
             admin_task.abort();
             if let Some(task) = certify_task {
@@ -467,6 +469,43 @@ impl Proxy {
     pub async fn closed(&self) {
         let mut done = self.control.done.subscribe();
         let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+/// How often idle pools and destinations are looked for: a fraction of the shorter
+/// idle timeout, within bounds (so an entry lives at most a quarter longer).
+fn eviction_interval(config: &Config) -> Duration {
+    let shortest = config
+        .pool_idle_timeout
+        .min(config.destination_idle_timeout);
+    (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(30))
+}
+
+/// Drops what nothing used for its idle timeout: endpoint pools (both directions) and
+/// destinations followed through the destination service. Runs until the proxy stops.
+async fn evict_idle(shared: std::sync::Weak<Shared>) {
+    let Some(every) = shared.upgrade().map(|s| eviction_interval(&s.config)) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let pools = shared.inbound.evict_idle(now) + shared.outbound.evict_idle(now);
+        let destinations = shared.destinations.as_ref().map_or(0, |d| {
+            d.evict_idle(now, shared.config.destination_idle_timeout)
+        });
+        if pools + destinations > 0 {
+            tracing::debug!(
+                pools,
+                destinations,
+                "idle upstream pools and destinations dropped"
+            );
+        }
     }
 }
 

@@ -328,3 +328,52 @@ async fn a_mesh_address_is_refused_not_sent_in_plaintext_while_the_controller_is
         2.0
     );
 }
+
+#[tokio::test]
+async fn destinations_nothing_uses_are_no_longer_followed_and_come_back_on_use() {
+    let (ips, port) = replica_ips(4);
+    let ctl = TestController::start(&mesh_yaml(port, 1), &services_yaml(port)).await;
+    ctl.set_pods(&[pod("books", 0, ips[0], true)]);
+    let (_app0, _books0) = replica(&ctl, "books-0", ips[0], port).await;
+    let sink = TestServer::loopback("web").await;
+    let mut builder = ctl.meshed(proxy::inbound_to(sink.addr()), "web");
+    builder.config_mut().destination_idle_timeout = Duration::from_millis(300);
+    let web = builder.start().await;
+    wait_ready(&web).await;
+
+    let mut c = TestClient::http1(web.outbound(), AUTHORITY).await.unwrap();
+    assert_eq!(replicas_answering(&mut c, 3).await, set(&["books-0"]));
+    let m = web.metrics().await;
+    assert_eq!(m.sum("destination_streams", &[]), 1.0);
+    assert_eq!(
+        m.sum("balancer_endpoints", &[("dst_service", "books")]),
+        1.0
+    );
+
+    // Unused (the client's connection stays open, idle): the stream closes and the
+    // service is no longer listed.
+    let forgotten = eventually(Duration::from_secs(5), || async {
+        let m = web.metrics().await;
+        m.sum("destination_streams", &[]) == 0.0
+            && m.sum("balancer_endpoints", &[("dst_service", "books")]) == 0.0
+    })
+    .await;
+    assert!(forgotten, "{}", web.metrics().await.text);
+
+    // Used again, on the connection left open and on a new one: looked up again.
+    assert_eq!(replicas_answering(&mut c, 3).await, set(&["books-0"]));
+    let mut fresh = TestClient::http1(web.outbound(), AUTHORITY).await.unwrap();
+    assert_eq!(replicas_answering(&mut fresh, 3).await, set(&["books-0"]));
+    let m = web.metrics().await;
+    assert_eq!(m.sum("destination_streams", &[]), 1.0, "{}", m.text);
+    assert_eq!(
+        m.sum("destination_lookups_total", &[("result", "service")]),
+        2.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum("balancer_endpoints", &[("dst_service", "books")]),
+        1.0
+    );
+}
