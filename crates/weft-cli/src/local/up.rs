@@ -136,7 +136,7 @@ type ProbeTargets = std::sync::Arc<std::sync::Mutex<Vec<(String, SocketAddr)>>>;
 fn start_prober(
     netns: Option<String>,
     targets: ProbeTargets,
-) -> tokio::sync::mpsc::UnboundedReceiver<Vec<(String, Probe)>> {
+) -> tokio::sync::mpsc::UnboundedReceiver<(Instant, Vec<(String, Probe)>)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let spawned = std::thread::Builder::new()
         .name("weft up prober".into())
@@ -147,6 +147,7 @@ fn start_prober(
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
+                    let started = Instant::now();
                     let now: Vec<(String, SocketAddr)> =
                         targets.lock().map(|t| t.clone()).unwrap_or_default();
                     let mut set = tokio::task::JoinSet::new();
@@ -171,7 +172,7 @@ fn start_prober(
                             round.push(r);
                         }
                     }
-                    if tx.send(round).is_err() {
+                    if tx.send((started, round)).is_err() {
                         return;
                     }
                 }
@@ -526,6 +527,8 @@ struct Runner {
     restarts: HashMap<(String, String), Restarts>,
     /// Failing readiness probes per pod key (and [`CONTROLLER_KEY`]).
     probe_failures: HashMap<String, ProbeFailures>,
+    /// When each pod last passed its readiness checks: probes begun before do not count.
+    checked_at: HashMap<String, Instant>,
     /// Readiness checks of restarted pods: (pod key, the pids checked, outcome).
     checks: tokio::task::JoinSet<(String, Vec<u32>, anyhow::Result<()>)>,
     /// The controller's command line (to restart it).
@@ -619,6 +622,7 @@ impl Runner {
             exits: HashMap::new(),
             restarts: HashMap::new(),
             probe_failures: HashMap::new(),
+            checked_at: HashMap::new(),
             checks: tokio::task::JoinSet::new(),
             controller_argv: Vec::new(),
             controller_ready: false,
@@ -1468,6 +1472,10 @@ impl Runner {
             self.reap();
             match result {
                 Ok(()) => {
+                    // The check saw its /ready answer: earlier probes (while it started)
+                    // do not count.
+                    self.probe_failures.remove(&pod.netns);
+                    self.checked_at.insert(pod.netns.clone(), Instant::now());
                     self.ready.insert(pod.netns.clone());
                     self.published.insert(pod.netns.clone());
                     self.event(format!(
@@ -1631,6 +1639,7 @@ impl Runner {
             .retain(|(key, _), _| keys.contains(key.as_str()));
         self.probe_failures
             .retain(|key, _| keys.contains(key.as_str()));
+        self.checked_at.retain(|key, _| keys.contains(key.as_str()));
         let pids: HashSet<u32> = self.state.procs().map(|p| p.pid).collect();
         self.started_at.retain(|pid, _| pids.contains(pid));
         self.exits.retain(|pid, _| pids.contains(pid));
@@ -1745,6 +1754,7 @@ impl Runner {
                 Ok(()) => {
                     // The check saw its /ready answer.
                     self.probe_failures.remove(&key);
+                    self.checked_at.insert(key.clone(), Instant::now());
                     self.ready.insert(key);
                     self.event(format!("pod {name}: ready again after its restart"));
                 }
@@ -1773,8 +1783,11 @@ impl Runner {
 
     /// Takes in a round of probes: failures and recoveries of pods that passed their
     /// checks are events.
-    fn probed(&mut self, round: Vec<(String, Probe)>) {
+    fn probed(&mut self, started: Instant, round: Vec<(String, Probe)>) {
         for (key, probe) in round {
+            if self.checked_at.get(&key).is_some_and(|t| *t > started) {
+                continue;
+            }
             let name = if key == CONTROLLER_KEY {
                 "controller".to_owned()
             } else {
@@ -2114,8 +2127,8 @@ impl Runner {
             self.reap();
             self.supervise();
             self.collect_checks();
-            while let Ok(round) = probes.try_recv() {
-                self.probed(round);
+            while let Ok((started, round)) = probes.try_recv() {
+                self.probed(started, round);
             }
             if let Err(e) = self.refresh_published() {
                 self.event(format!("cannot write the pods' readiness: {e:#}"));
