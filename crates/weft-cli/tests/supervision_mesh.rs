@@ -1,7 +1,8 @@
 //! Supervision and readiness of the local mesh (root): a pod whose proxy is killed is
 //! `ready: false` in the pods file at once (so the controller stops advertising it),
 //! its proxy is restarted and it is ready again, while calls to its Service keep
-//! succeeding through the other replica; a killed app is restarted and counted; a
+//! succeeding through the other replica; a proxy that stops answering takes its pod
+//! out until it answers again; a killed app is restarted and counted; a
 //! killed controller is restarted (in a detached mesh, whose `weft up -d` leaves a
 //! supervisor running) and the proxies keep working; `weft down` after a `kill -9` of
 //! the supervisor still finds every current process. Each test has its own prefix and
@@ -422,6 +423,37 @@ fn a_killed_proxy_takes_its_pod_out_until_restarted_and_a_killed_app_is_restarte
         summary.contains("controller: 198.18.0.1:8090  ready"),
         "the summary does not show the controller:\n{summary}"
     );
+
+    // A proxy that stops answering (SIGSTOP: it runs but its /ready does not answer)
+    // takes its pod out after two probes, and back in once it answers; no restart.
+    let (proxy, restarts) = env.proc("books-0", "proxy");
+    kill(Pid::from_raw(proxy as i32), Signal::SIGSTOP).unwrap();
+    let stopped = Instant::now();
+    let out = eventually(Duration::from_secs(3), || {
+        (env.ready_in_pods_file("books-0") == Some(false)).then(|| stopped.elapsed())
+    });
+    kill(Pid::from_raw(proxy as i32), Signal::SIGCONT).unwrap();
+    let out = out.unwrap_or_else(|| {
+        panic!(
+            "books-0 stayed ready with its proxy stopped:
+{}",
+            env.up_output()
+        )
+    });
+    eprintln!("books-0 out of the endpoints {out:?} after its proxy stopped answering");
+    let back = eventually(Duration::from_secs(5), || {
+        (env.ready_in_pods_file("books-0") == Some(true)).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "books-0 did not come back:
+{}",
+        env.up_output()
+    );
+    assert_eq!(env.proc("books-0", "proxy"), (proxy, restarts));
+    assert!(env
+        .up_output()
+        .contains("pod books-0: proxy not ready: no answer within"));
 
     // Crash: kill -9 weft up; `weft down` finds the restarted processes too.
     let procs = env.recorded_procs();
