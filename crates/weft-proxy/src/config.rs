@@ -746,4 +746,22 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn destination_idle_timeout_flag_defaults_to_ten_minutes() {
+        let config = parse(&[]).unwrap().into_config().unwrap();
+        assert_eq!(
+            config.destination_idle_timeout,
+            DEFAULT_DESTINATION_IDLE_TIMEOUT
+        );
+        assert_eq!(
+            Config::explicit(([127, 0, 0, 1], 1).into()).destination_idle_timeout,
+            Duration::from_secs(600)
+        );
+        let config = parse(&["--destination-idle-timeout", "90s"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(config.destination_idle_timeout, Duration::from_secs(90));
+    }
 }

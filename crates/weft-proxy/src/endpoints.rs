@@ -669,6 +669,74 @@ services:
     }
 
     #[test]
+    fn watch_reads_the_file_off_the_runtime_thread() {
+        use std::io::Write as _;
+        // The sidecar's single-threaded runtime: a read that blocks (a FIFO whose
+        // writer has not written yet) must leave it free to serve traffic.
+        let path =
+            std::env::temp_dir().join(format!("weft-endpoints-fifo-{}.yaml", std::process::id()));
+        std::fs::write(
+            &path,
+            "services: [{name: a, address: \"198.19.0.1:80\", endpoints: [\"198.18.0.2:80\"]}]\n",
+        )
+        .unwrap();
+        let index = ServiceIndex::load(&path).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // Replaced by a FIFO: the watcher's next read waits for a writer.
+                let fifo = path.with_extension("fifo");
+                let made = std::process::Command::new("mkfifo")
+                    .arg(&fifo)
+                    .status()
+                    .unwrap();
+                assert!(made.success());
+                std::fs::rename(&fifo, &path).unwrap();
+                // Opens once the watcher opened it to read, and is blocked reading.
+                let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                opened_tx.send(()).unwrap();
+                let runtime_ran = ack_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+                file.write_all(
+                    b"services: [{name: b, address: \"198.19.0.2:80\", endpoints: [\"198.18.0.3:80\"]}]\n",
+                )
+                .unwrap();
+                runtime_ran
+            })
+        };
+        let reloaded = runtime.block_on(async {
+            let task = tokio::spawn(index.clone().watch(Duration::from_millis(10)));
+            // Runs while the watcher's read is blocked.
+            opened_rx.await.unwrap();
+            // (The writer stopped waiting after 5 s: it says so below.)
+            let _ = ack_tx.send(());
+            let mut seen = false;
+            for _ in 0..500 {
+                if index.by_address("198.19.0.2:80".parse().unwrap()).is_some() {
+                    seen = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            task.abort();
+            seen
+        });
+        // A later poll may be blocked on the FIFO again: not waited for.
+        runtime.shutdown_background();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            writer.join().unwrap(),
+            "the runtime stood still while the endpoints file was read"
+        );
+        assert!(reloaded, "the file the FIFO gave was not loaded");
+    }
+
+    #[test]
     fn rejects_bad_addresses() {
         let err = parse("services:\n  - name: a\n    endpoints: [\"nope\"]\n").unwrap_err();
         assert!(
