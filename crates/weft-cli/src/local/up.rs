@@ -1536,6 +1536,13 @@ impl Runner {
         });
     }
 
+    /// Whether a process this run started still runs (after [`Runner::reap`]: its
+    /// child is not collected yet). Cheaper than reading `/proc` for every process
+    /// every tick.
+    fn alive(&self, p: &ProcRecord) -> bool {
+        self.children.contains_key(&p.pid)
+    }
+
     /// Whether a pod is one the mesh wants (not beyond its workload's replicas, nor of
     /// a workload that is gone).
     fn wanted(&self, pod: &PodRecord) -> bool {
@@ -1551,11 +1558,11 @@ impl Runner {
         let now = Instant::now();
         let mut exited: Vec<(String, String, ProcRecord)> = Vec::new();
         for pod in self.state.pods.iter().filter(|p| self.wanted(p)) {
-            for p in pod.procs.iter().filter(|p| !p.is_running()) {
+            for p in pod.procs.iter().filter(|p| !self.alive(p)) {
                 exited.push((pod.netns.clone(), pod.name.clone(), p.clone()));
             }
         }
-        if let Some(c) = self.state.controller.as_ref().filter(|c| !c.is_running()) {
+        if let Some(c) = self.state.controller.as_ref().filter(|c| !self.alive(c)) {
             exited.push((CONTROLLER_KEY.into(), String::new(), c.clone()));
         }
         for (key, pod, record) in exited {
@@ -1719,7 +1726,7 @@ impl Runner {
         let Some(pod) = self.state.pods.iter().find(|p| p.netns == key).cloned() else {
             return;
         };
-        if pod.procs.is_empty() || !pod.procs.iter().all(ProcRecord::is_running) {
+        if pod.procs.is_empty() || !pod.procs.iter().all(|p| self.alive(p)) {
             return;
         }
         let ports: Vec<u16> = self
@@ -1800,7 +1807,7 @@ impl Runner {
                 self.state
                     .controller
                     .as_ref()
-                    .is_some_and(ProcRecord::is_running)
+                    .is_some_and(|c| self.alive(c))
             } else {
                 self.ready.contains(&key)
             };
@@ -1855,7 +1862,7 @@ impl Runner {
             .filter(|p| {
                 self.ready.contains(&p.netns)
                     && !p.procs.is_empty()
-                    && p.procs.iter().all(ProcRecord::is_running)
+                    && p.procs.iter().all(|p| self.alive(p))
                     && self.probe_ok(&p.netns)
                     && self.wanted(p)
             })
