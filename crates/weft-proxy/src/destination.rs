@@ -312,6 +312,8 @@ impl Destinations {
     /// index. Connections still open keep what they have; the next lookup of such a
     /// destination starts over. Returns how many were forgotten.
     pub fn evict_idle(&self, now: tokio::time::Instant, idle: Duration) -> usize {
+        // Never while a lookup may still wait for the first answer.
+        let idle = idle.max(self.first_update);
         let evicted: Vec<(String, Arc<Entry>)> = {
             let mut cache = self.entries();
             let idle: Vec<String> = cache
@@ -789,6 +791,9 @@ mod tests {
             .unwrap()
             .task
             .abort_handle();
+
+        // Never sooner than the first answer is waited for, whatever the timeout.
+        assert_eq!(d.evict_idle(tokio::time::Instant::now(), Duration::ZERO), 0);
 
         // Looked up within the idle timeout: kept.
         tokio::time::advance(IDLE / 2).await;
