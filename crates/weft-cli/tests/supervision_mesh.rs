@@ -215,7 +215,7 @@ fn answered_by(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Calls the books Service from the client pod one after another on a thread of its
+/// Calls the books Service from the client pod, about 15 a second, on a thread of its
 /// own until stopped: (pod that answered, or the failure) per call.
 struct Caller {
     stop: Arc<AtomicBool>,
@@ -243,6 +243,9 @@ impl Caller {
                     ))
                 };
                 r.lock().unwrap().push(result);
+                // About 15 calls a second: a steady caller, not a CPU hog beside the
+                // other tests (this paces the load; it waits for nothing).
+                std::thread::sleep(Duration::from_millis(50));
             }
         });
         Caller {
