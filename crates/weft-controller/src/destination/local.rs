@@ -241,3 +241,92 @@ pub(crate) fn unix_now() -> f64 {
         .unwrap_or_default()
         .as_secs_f64()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn files_are_read_off_the_runtime_thread() {
+        // A single-threaded runtime: a read that blocks (a pods file that is a FIFO
+        // whose writer has not written yet) must leave it free to serve streams.
+        let dir = std::env::temp_dir().join(format!("weft-local-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mesh")).unwrap();
+        std::fs::write(
+            dir.join("mesh/mesh.yaml"),
+            "kind: Mesh\nworkloads:\n  - name: web\n    ports: [8080]\n    command: [app]\n",
+        )
+        .unwrap();
+        let pods_file = dir.join("pods.yaml");
+        PodsFile::default().write(&pods_file).unwrap();
+        let pods_text = std::fs::read(&pods_file).unwrap();
+        let config = LocalSourceConfig {
+            mesh_dir: dir.join("mesh"),
+            pods_file: pods_file.clone(),
+            watch_interval: Duration::from_millis(10),
+        };
+        let source = LocalSource::load(config, "cluster.local", &[]).unwrap();
+        let metrics = DestinationMetrics::default();
+        let reloads = metrics.reloads.get_or_create(&ReloadLabels {
+            file: "pods",
+            result: "ok",
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        let writer = {
+            let pods_file = pods_file.clone();
+            std::thread::spawn(move || {
+                // Replaced by a FIFO: the next read waits for a writer.
+                let fifo = pods_file.with_extension("fifo");
+                let made = std::process::Command::new("mkfifo")
+                    .arg(&fifo)
+                    .status()
+                    .unwrap();
+                assert!(made.success());
+                std::fs::rename(&fifo, &pods_file).unwrap();
+                // Opens once the source opened it to read, and is blocked reading.
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&pods_file)
+                    .unwrap();
+                opened_tx.send(()).unwrap();
+                let runtime_ran = ack_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+                file.write_all(&pods_text).unwrap();
+                runtime_ran
+            })
+        };
+        let reloaded = runtime.block_on(async {
+            let (publish, _subscribe) = watch::channel(Arc::new(source.index()));
+            let task = tokio::spawn(source.watch(publish, metrics.clone()));
+            // Runs while the source's read is blocked.
+            opened_rx.await.unwrap();
+            // (The writer stopped waiting after 5 s: it says so below.)
+            let _ = ack_tx.send(());
+            let mut seen = false;
+            for _ in 0..500 {
+                if reloads.get() >= 1 {
+                    seen = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            task.abort();
+            seen
+        });
+        // A later poll may be blocked on the FIFO again: not waited for.
+        runtime.shutdown_background();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            writer.join().unwrap(),
+            "the runtime stood still while the pods file was read"
+        );
+        assert!(reloaded, "the pods file the FIFO gave was not loaded");
+    }
+}
