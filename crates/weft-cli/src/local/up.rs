@@ -2117,7 +2117,11 @@ impl Runner {
         } else {
             HashMap::new()
         };
-        let mut last_summary = Instant::now();
+        // When `before` was read, and a reading under way (the summary's scrape waits up
+        // to 2 s for a proxy that does not answer: supervision must not wait with it).
+        let mut before_at = Instant::now();
+        let mut scraping: Option<(Instant, tokio::task::JoinHandle<HashMap<String, String>>)> =
+            None;
         let mut last_watch = Instant::now();
         let targets: ProbeTargets =
             std::sync::Arc::new(std::sync::Mutex::new(self.probe_targets()));
@@ -2143,6 +2147,24 @@ impl Runner {
             if let Ok(mut t) = targets.lock() {
                 *t = self.probe_targets();
             }
+            if watch {
+                match scraping.take() {
+                    Some((at, handle)) if handle.is_finished() => {
+                        let after = handle.await.unwrap_or_default();
+                        self.summary(&before, &after, at - before_at);
+                        (before, before_at) = (after, at);
+                    }
+                    Some(running) => scraping = Some(running),
+                    None if before_at.elapsed() >= interval => {
+                        let (hub, pods) = (self.hub_netns(), self.state.pods.clone());
+                        let handle = tokio::spawn(async move {
+                            scrape::pod_metrics(hub, &pods).await.unwrap_or_default()
+                        });
+                        scraping = Some((Instant::now(), handle));
+                    }
+                    None => {}
+                }
+            }
             if !watch || last_watch.elapsed() < WATCH_EVERY {
                 continue;
             }
@@ -2163,13 +2185,6 @@ impl Runner {
                         self.paths.mesh_dir.display()
                     )),
                 }
-            }
-            if last_summary.elapsed() >= interval {
-                let window = last_summary.elapsed();
-                last_summary = Instant::now();
-                let after = self.scrape().await;
-                self.summary(&before, &after, window);
-                before = after;
             }
         }
         println!("\nstopping the mesh");
