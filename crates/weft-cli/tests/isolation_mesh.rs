@@ -10,16 +10,13 @@
 use std::fs::File;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
-
-use weft_core::prom::Scrape;
 
 mod common;
 use common::{
-    bin_dir, build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, MeshEnv as _,
-    SERVICES, WEFT,
+    build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, MeshEnv as _, NsEnv, SERVICES,
 };
 
 macro_rules! require_root {
@@ -31,62 +28,31 @@ macro_rules! require_root {
     };
 }
 
-/// One test's mesh: a directory, a state directory and a namespace prefix of its own;
-/// dropping it takes down what is left and removes the directories.
-struct Env {
-    dir: PathBuf,
-    state_dir: PathBuf,
-    prefix: String,
-    up_log: PathBuf,
+/// This file's test mesh: the shared one ([`NsEnv`]) and what only these tests need.
+struct Env(NsEnv);
+
+impl std::ops::Deref for Env {
+    type Target = NsEnv;
+    fn deref(&self) -> &NsEnv {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut NsEnv {
+        &mut self.0
+    }
 }
 
 impl Env {
     fn new(tag: &str) -> Env {
-        let id = std::process::id() % 100_000;
-        let prefix = format!("i{tag}{id}");
-        let base = std::env::temp_dir().join(format!("weft-test-{prefix}"));
-        let _ = std::fs::remove_dir_all(&base);
-        let dir = base.join("mesh");
-        std::fs::create_dir_all(&dir).unwrap();
-        Env {
-            state_dir: base.join("state"),
-            up_log: base.join("up.log"),
-            dir,
-            prefix,
-        }
-    }
-
-    fn netns(&self, pod: &str) -> String {
-        format!("{}-{pod}", self.prefix)
+        Env(NsEnv::new("i", tag))
     }
 
     /// `weft up -d`, which returns once every pod is ready.
     fn up(&self) {
         let out = self.run(&["up", "-d", self.dir.to_str().unwrap()]);
         assert!(out.status.success(), "weft up -d failed");
-    }
-
-    /// `weft-demo-app get URL` inside `netns`.
-    fn get_in(&self, netns: &str, url: &str) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(bin_dir().join("weft-demo-app"))
-            .args(["get", url, "--timeout", "2s"])
-            .output()
-            .unwrap()
-    }
-
-    /// A pod proxy's metrics, read from the hub namespace.
-    fn metrics(&self, pod: &str) -> Option<Scrape> {
-        let ip = self.pod_ip(pod)?;
-        let out = self.get_in(
-            &format!("{}-hub", self.prefix),
-            &format!("http://{ip}:4191/metrics"),
-        );
-        out.status.success().then(|| {
-            let text = String::from_utf8_lossy(&out.stdout);
-            Scrape::parse(text.strip_prefix("200 ").unwrap_or(&text))
-        })
     }
 
     /// The recorded pid of `pod`'s process with `role` (proxy, app).
@@ -119,32 +85,6 @@ impl Env {
                 .map(|p| p["netns"].as_str().unwrap().to_owned()),
         );
         out
-    }
-}
-
-impl common::MeshEnv for Env {
-    fn weft(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(WEFT);
-        cmd.args(args)
-            .env("WEFT_STATE_DIR", &self.state_dir)
-            .env("WEFT_PREFIX", &self.prefix)
-            .stdin(Stdio::null());
-        cmd
-    }
-    fn mesh_dir(&self) -> &Path {
-        &self.dir
-    }
-    fn state_dir(&self) -> &Path {
-        &self.state_dir
-    }
-    fn up_log(&self) -> &Path {
-        &self.up_log
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.clean_up(None);
     }
 }
 
@@ -259,7 +199,7 @@ fn ipv6_is_off_in_every_pod_so_pods_meet_only_through_the_proxies_over_ipv4() {
     drop(listener);
 
     // IPv4 goes through both proxies, over mTLS.
-    let out = env.get_in(&client, "http://books.default.svc:8080/");
+    let out = NsEnv::get_in(&client, "http://books.default.svc:8080/");
     assert!(
         out.status.success(),
         "a call over IPv4 failed: {}{}",
@@ -420,7 +360,7 @@ fn apps_run_unprivileged_and_cannot_read_the_ca_key_or_tokens_and_proxies_only_t
     }
     // The probes serve too (a call into them from another pod).
     let probe_ip = env.pod_ip("probe-0").expect("probe-0's address");
-    let out = env.get_in(&env.netns("client-0"), &format!("http://{probe_ip}:8080/"));
+    let out = NsEnv::get_in(&env.netns("client-0"), &format!("http://{probe_ip}:8080/"));
     assert!(
         out.status.success(),
         "{}{}",

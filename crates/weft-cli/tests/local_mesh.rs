@@ -8,16 +8,15 @@
 
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_core::prom::Scrape;
 
 mod common;
 use common::{
-    bin_dir, build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, stat, MeshEnv as _,
-    SERVICES, WEFT,
+    build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, stat, MeshEnv as _, NsEnv,
+    SERVICES,
 };
 
 /// `None` when the mesh tests can run here, else why not.
@@ -34,67 +33,25 @@ macro_rules! require_root {
     };
 }
 
-/// One test's mesh: a directory, a state directory and a namespace prefix of its own.
-struct Env {
-    dir: PathBuf,
-    state_dir: PathBuf,
-    prefix: String,
-    /// A foreground `weft up`, if one was started.
-    up: Option<Child>,
-    up_log: PathBuf,
+/// This file's test mesh: the shared one ([`NsEnv`]) and what only these tests need.
+struct Env(NsEnv);
+
+impl std::ops::Deref for Env {
+    type Target = NsEnv;
+    fn deref(&self) -> &NsEnv {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut NsEnv {
+        &mut self.0
+    }
 }
 
 impl Env {
     fn new(tag: &str) -> Env {
-        let id = std::process::id() % 100_000;
-        let prefix = format!("t{tag}{id}");
-        let base = std::env::temp_dir().join(format!("weft-test-{prefix}"));
-        let _ = std::fs::remove_dir_all(&base);
-        let dir = base.join("mesh");
-        std::fs::create_dir_all(&dir).unwrap();
-        Env {
-            state_dir: base.join("state"),
-            up_log: base.join("up.log"),
-            dir,
-            prefix,
-            up: None,
-        }
-    }
-
-    fn weft(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(WEFT);
-        cmd.args(args)
-            .env("WEFT_STATE_DIR", &self.state_dir)
-            .env("WEFT_PREFIX", &self.prefix)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn netns(&self, pod: &str) -> String {
-        format!("{}-{pod}", self.prefix)
-    }
-
-    /// `weft-demo-app get URL` inside `netns` (where /etc/netns/{netns}/hosts applies).
-    fn get_in(&self, netns: &str, url: &str) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(bin_dir().join("weft-demo-app"))
-            .args(["get", url, "--timeout", "2s"])
-            .output()
-            .unwrap()
-    }
-
-    /// A pod proxy's metrics, read from the hub namespace.
-    fn metrics(&self, pod: &str) -> Option<Scrape> {
-        let ip = self.pod_ip(pod)?;
-        let out = self.get_in(
-            &format!("{}-hub", self.prefix),
-            &format!("http://{ip}:4191/metrics"),
-        );
-        out.status.success().then(|| {
-            let text = String::from_utf8_lossy(&out.stdout);
-            Scrape::parse(text.strip_prefix("200 ").unwrap_or(&text))
-        })
+        Env(NsEnv::new("t", tag))
     }
 
     /// Everything recorded that must be gone after `weft down`: (pid, start time).
@@ -167,28 +124,6 @@ impl Env {
     }
 }
 
-impl common::MeshEnv for Env {
-    fn weft(&self, args: &[&str]) -> Command {
-        Env::weft(self, args)
-    }
-    fn mesh_dir(&self) -> &Path {
-        &self.dir
-    }
-    fn state_dir(&self) -> &Path {
-        &self.state_dir
-    }
-    fn up_log(&self) -> &Path {
-        &self.up_log
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let up = self.up.take();
-        self.clean_up(up);
-    }
-}
-
 fn run_ok(program: &str, args: &[&str]) -> String {
     let out = Command::new(program).args(args).output().unwrap();
     assert!(out.status.success(), "{program} {args:?} failed");
@@ -226,7 +161,7 @@ fn foreground_mesh_calls_scaling_and_down_after_kill_9() {
     eprintln!("weft up ready after {:?}", started.elapsed());
 
     // A call from inside the client pod, by Service name, through both proxies.
-    let out = env.get_in(
+    let out = NsEnv::get_in(
         &env.netns("client-0"),
         "http://books.default.svc:8080/hello",
     );
@@ -355,7 +290,7 @@ fn detached_up_is_ready_when_it_returns_and_down_removes_it() {
     assert!(out.status.success());
     eprintln!("weft up -d returned after {took:?}");
     // Ready means ready: the first call works.
-    let out = env.get_in(&env.netns("client-0"), "http://books:8080/first");
+    let out = NsEnv::get_in(&env.netns("client-0"), "http://books:8080/first");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("<- [200 authors"), "{text}");
@@ -363,7 +298,7 @@ fn detached_up_is_ready_when_it_returns_and_down_removes_it() {
     // bypasses its inbound proxy, so it must not be mTLS (it never leaves the pod).
     let mut answered = std::collections::BTreeSet::new();
     for i in 0..20 {
-        let out = env.get_in(
+        let out = NsEnv::get_in(
             &env.netns("books-0"),
             &format!("http://books:8080/self/{i}"),
         );
@@ -434,7 +369,7 @@ fn requests_succeed_after_the_controller_is_killed() {
     // both replicas in use: a replica refused early calls while it started, and may sit
     // out an ejection backoff first.
     let answered_by = |path: &str| -> Option<String> {
-        let out = env.get_in(
+        let out = NsEnv::get_in(
             &client_pod,
             &format!("http://books.default.svc:8080/{path}"),
         );
@@ -644,7 +579,7 @@ fn meshed_calls_are_encrypted_on_the_wire() {
     let capture = Capture::start(&hub);
     let secret = format!("wire-secret-{}", std::process::id());
     for i in 0..5 {
-        let out = env.get_in(
+        let out = NsEnv::get_in(
             &env.netns("client-0"),
             &format!("http://books.default.svc:8080/{secret}/{i}"),
         );
@@ -656,7 +591,7 @@ fn meshed_calls_are_encrypted_on_the_wire() {
     // Control: an unmeshed caller (the hub itself) speaks plaintext, and the capture
     // must see it, or seeing nothing above would prove nothing.
     let control = format!("plaintext-control-{}", std::process::id());
-    let out = env.get_in(&hub, &format!("http://{books_ip}:8080/{control}"));
+    let out = NsEnv::get_in(&hub, &format!("http://{books_ip}:8080/{control}"));
     assert!(
         out.status.success(),
         "{}",

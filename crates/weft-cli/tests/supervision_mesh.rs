@@ -10,8 +10,7 @@
 
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,12 +18,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use weft_core::pods::PodsFile;
-use weft_core::prom::Scrape;
 
 mod common;
 use common::{
-    bin_dir, build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, stat, MeshEnv as _,
-    SERVICES, WEFT,
+    build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, stat, MeshEnv as _, NsEnv,
+    SERVICES,
 };
 
 macro_rules! require_root {
@@ -36,68 +34,25 @@ macro_rules! require_root {
     };
 }
 
-/// One test's mesh: a directory, a state directory and a namespace prefix of its own;
-/// dropping it stops its foreground `weft up`, takes down what is left and removes the
-/// directories.
-struct Env {
-    dir: PathBuf,
-    state_dir: PathBuf,
-    prefix: String,
-    up: Option<Child>,
-    up_log: PathBuf,
+/// This file's test mesh: the shared one ([`NsEnv`]) and what only these tests need.
+struct Env(NsEnv);
+
+impl std::ops::Deref for Env {
+    type Target = NsEnv;
+    fn deref(&self) -> &NsEnv {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut NsEnv {
+        &mut self.0
+    }
 }
 
 impl Env {
     fn new(tag: &str) -> Env {
-        let id = std::process::id() % 100_000;
-        let prefix = format!("s{tag}{id}");
-        let base = std::env::temp_dir().join(format!("weft-test-{prefix}"));
-        let _ = std::fs::remove_dir_all(&base);
-        let dir = base.join("mesh");
-        std::fs::create_dir_all(&dir).unwrap();
-        Env {
-            state_dir: base.join("state"),
-            up_log: base.join("up.log"),
-            dir,
-            prefix,
-            up: None,
-        }
-    }
-
-    fn weft(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(WEFT);
-        cmd.args(args)
-            .env("WEFT_STATE_DIR", &self.state_dir)
-            .env("WEFT_PREFIX", &self.prefix)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn netns(&self, pod: &str) -> String {
-        format!("{}-{pod}", self.prefix)
-    }
-
-    /// `weft-demo-app get URL` inside `netns`.
-    fn get_in(netns: &str, url: &str) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(bin_dir().join("weft-demo-app"))
-            .args(["get", url, "--timeout", "2s"])
-            .output()
-            .unwrap()
-    }
-
-    /// A pod proxy's metrics, read from the hub namespace.
-    fn metrics(&self, pod: &str) -> Option<Scrape> {
-        let ip = self.pod_ip(pod)?;
-        let out = Env::get_in(
-            &format!("{}-hub", self.prefix),
-            &format!("http://{ip}:4191/metrics"),
-        );
-        out.status.success().then(|| {
-            let text = String::from_utf8_lossy(&out.stdout);
-            Scrape::parse(text.strip_prefix("200 ").unwrap_or(&text))
-        })
+        Env(NsEnv::new("s", tag))
     }
 
     /// (pid, restarts) of `pod`'s process with `role` (proxy, app) in the state file.
@@ -181,28 +136,6 @@ impl Env {
     }
 }
 
-impl common::MeshEnv for Env {
-    fn weft(&self, args: &[&str]) -> Command {
-        Env::weft(self, args)
-    }
-    fn mesh_dir(&self) -> &Path {
-        &self.dir
-    }
-    fn state_dir(&self) -> &Path {
-        &self.state_dir
-    }
-    fn up_log(&self) -> &Path {
-        &self.up_log
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let up = self.up.take();
-        self.clean_up(up);
-    }
-}
-
 fn kill_9(pid: u32) {
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
 }
@@ -232,7 +165,7 @@ impl Caller {
             let mut i = 0;
             while !s.load(Ordering::Relaxed) {
                 i += 1;
-                let out = Env::get_in(&netns, &format!("http://books.default.svc:8080/c/{i}"));
+                let out = NsEnv::get_in(&netns, &format!("http://books.default.svc:8080/c/{i}"));
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();
                 let result = if out.status.success() && text.starts_with("200 books") {
                     Ok(answered_by(&text).unwrap_or_default())
@@ -487,7 +420,7 @@ fn a_detached_mesh_restarts_its_controller_and_down_after_kill_9_of_the_supervis
 
     let client = env.netns("client-0");
     let call = |path: &str| -> Result<String, String> {
-        let out = Env::get_in(&client, &format!("http://books.default.svc:8080/{path}"));
+        let out = NsEnv::get_in(&client, &format!("http://books.default.svc:8080/{path}"));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() && text.starts_with("200 books") {
             Ok(answered_by(&text).unwrap_or_default())

@@ -181,3 +181,88 @@ pub trait MeshEnv {
             .map(|p| p["ip"].as_str().unwrap().to_owned())
     }
 }
+
+/// One namespace-mode test mesh: a directory, a state directory and a namespace prefix
+/// (`{kind}{tag}{pid}`) of its own. Dropping it stops its foreground `weft up`, takes
+/// down what is still recorded and removes the directories.
+pub struct NsEnv {
+    pub dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub prefix: String,
+    /// A foreground `weft up`, if one was started.
+    pub up: Option<Child>,
+    pub up_log: PathBuf,
+}
+
+impl NsEnv {
+    /// `kind` keeps test files apart (one letter each), `tag` the tests of a file.
+    pub fn new(kind: &str, tag: &str) -> NsEnv {
+        let id = std::process::id() % 100_000;
+        let prefix = format!("{kind}{tag}{id}");
+        let base = std::env::temp_dir().join(format!("weft-test-{prefix}"));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("mesh");
+        std::fs::create_dir_all(&dir).unwrap();
+        NsEnv {
+            state_dir: base.join("state"),
+            up_log: base.join("up.log"),
+            dir,
+            prefix,
+            up: None,
+        }
+    }
+
+    pub fn netns(&self, pod: &str) -> String {
+        format!("{}-{pod}", self.prefix)
+    }
+
+    /// `weft-demo-app get URL` inside `netns` (where /etc/netns/{netns}/hosts applies).
+    pub fn get_in(netns: &str, url: &str) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(bin_dir().join("weft-demo-app"))
+            .args(["get", url, "--timeout", "2s"])
+            .output()
+            .unwrap()
+    }
+
+    /// A pod proxy's metrics, read from the hub namespace.
+    pub fn metrics(&self, pod: &str) -> Option<weft_core::prom::Scrape> {
+        let ip = self.pod_ip(pod)?;
+        let out = NsEnv::get_in(
+            &format!("{}-hub", self.prefix),
+            &format!("http://{ip}:4191/metrics"),
+        );
+        out.status.success().then(|| {
+            let text = String::from_utf8_lossy(&out.stdout);
+            weft_core::prom::Scrape::parse(text.strip_prefix("200 ").unwrap_or(&text))
+        })
+    }
+}
+
+impl MeshEnv for NsEnv {
+    fn weft(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(WEFT);
+        cmd.args(args)
+            .env("WEFT_STATE_DIR", &self.state_dir)
+            .env("WEFT_PREFIX", &self.prefix)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+    fn mesh_dir(&self) -> &Path {
+        &self.dir
+    }
+    fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+    fn up_log(&self) -> &Path {
+        &self.up_log
+    }
+}
+
+impl Drop for NsEnv {
+    fn drop(&mut self) {
+        let up = self.up.take();
+        self.clean_up(up);
+    }
+}
