@@ -2,8 +2,6 @@
 //! linkerd2-proxy-api client with a channel that trusts the anchors and expects the
 //! controller's identity as the server name.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use linkerd2_proxy_api::identity::identity_client::IdentityClient;
@@ -18,36 +16,22 @@ use weft_core::identity::Identity;
 const BOOKS: &str = "books.shop.serviceaccount.identity.weft.cluster.local";
 const CONTROLLER: &str = "weft-controller.weft-system.serviceaccount.identity.weft.cluster.local";
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "weft-controller-it-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A directory of this test's own, removed when dropped.
+fn temp_dir(what: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("weft-controller-it-{what}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// An identity directory, a tokens directory with a token for shop/books, and a
 /// controller serving them on loopback.
-async fn start(tmp: &TempDir) -> (Controller, String) {
-    let ca = tmp.0.join("identity");
+async fn start(tmp: &tempfile::TempDir) -> (Controller, String) {
+    let ca = tmp.path().join("identity");
     identity::init(&ca, "cluster.local", false).unwrap();
-    let tokens = tmp.0.join("tokens");
+    let tokens = tmp.path().join("tokens");
     let (_, token) = identity::write_token(&tokens, "shop", "books").unwrap();
-    let controller = Controller::start(config(&tmp.0)).await.unwrap();
+    let controller = Controller::start(config(&tmp.path())).await.unwrap();
     (controller, token)
 }
 
@@ -103,9 +87,9 @@ async fn admin_get(controller: &Controller, path: &str) -> String {
 
 #[tokio::test]
 async fn certify_over_tls_with_the_generated_client() {
-    let tmp = TempDir::new("grpc");
+    let tmp = temp_dir("grpc");
     let (controller, token) = start(&tmp).await;
-    let anchors = std::fs::read(tmp.0.join("identity").join(identity::ANCHORS_FILE)).unwrap();
+    let anchors = std::fs::read(tmp.path().join("identity").join(identity::ANCHORS_FILE)).unwrap();
     let mut client = IdentityClient::new(channel(&controller, &anchors, CONTROLLER).await);
 
     let rsp = client
@@ -195,7 +179,7 @@ async fn certify_over_tls_with_the_generated_client() {
 
 #[tokio::test]
 async fn the_serving_certificate_names_the_controller_identity_only() {
-    let tmp = TempDir::new("serving");
+    let tmp = temp_dir("serving");
     let (controller, _) = start(&tmp).await;
     let chain = controller.serving_cert().chain();
     let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
@@ -218,10 +202,10 @@ async fn the_serving_certificate_names_the_controller_identity_only() {
 
     // A client expecting another server name, or trusting another anchor, is refused
     // in the handshake.
-    let anchors = std::fs::read(tmp.0.join("identity").join(identity::ANCHORS_FILE)).unwrap();
-    let other = TempDir::new("other");
-    identity::init(&other.0, "cluster.local", false).unwrap();
-    let other_anchors = std::fs::read(other.0.join(identity::ANCHORS_FILE)).unwrap();
+    let anchors = std::fs::read(tmp.path().join("identity").join(identity::ANCHORS_FILE)).unwrap();
+    let other = temp_dir("other");
+    identity::init(&other.path(), "cluster.local", false).unwrap();
+    let other_anchors = std::fs::read(other.path().join(identity::ANCHORS_FILE)).unwrap();
     for (pem, name) in [(&anchors, BOOKS), (&other_anchors, CONTROLLER)] {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(pem))
@@ -240,21 +224,24 @@ async fn the_serving_certificate_names_the_controller_identity_only() {
 #[tokio::test]
 async fn during_a_rotation_the_bundle_trusts_the_new_issuer() {
     // Old anchor A, new anchor B; the controller has B's issuer and the bundle A+B.
-    let tmp = TempDir::new("rotation");
-    let old = TempDir::new("rotation-old");
-    identity::init(&old.0, "cluster.local", false).unwrap();
+    let tmp = temp_dir("rotation");
+    let old = temp_dir("rotation-old");
+    identity::init(&old.path(), "cluster.local", false).unwrap();
     let (first, _) = start(&tmp).await;
     first.shutdown().await.unwrap();
-    let ca = tmp.0.join("identity");
+    let ca = tmp.path().join("identity");
     let new_anchor = std::fs::read_to_string(ca.join(identity::ANCHORS_FILE)).unwrap();
-    let old_anchor = std::fs::read_to_string(old.0.join(identity::ANCHORS_FILE)).unwrap();
+    let old_anchor = std::fs::read_to_string(old.path().join(identity::ANCHORS_FILE)).unwrap();
     let bundle = format!("{old_anchor}{new_anchor}");
     std::fs::write(ca.join(identity::ANCHORS_FILE), &bundle).unwrap();
 
-    let controller = Controller::start(config(&tmp.0)).await.unwrap();
-    let token =
-        std::fs::read_to_string(identity::token_path(&tmp.0.join("tokens"), "shop", "books"))
-            .unwrap();
+    let controller = Controller::start(config(&tmp.path())).await.unwrap();
+    let token = std::fs::read_to_string(identity::token_path(
+        &tmp.path().join("tokens"),
+        "shop",
+        "books",
+    ))
+    .unwrap();
     // A proxy that already has the bundle.
     let mut client = IdentityClient::new(channel(&controller, bundle.as_bytes(), CONTROLLER).await);
     let rsp = client
@@ -291,9 +278,9 @@ async fn during_a_rotation_the_bundle_trusts_the_new_issuer() {
 
 #[tokio::test]
 async fn the_proxy_identity_code_accepts_what_the_controller_issues() {
-    let tmp = TempDir::new("proxy");
+    let tmp = temp_dir("proxy");
     let (controller, token) = start(&tmp).await;
-    let anchors_path = tmp.0.join("identity").join(identity::ANCHORS_FILE);
+    let anchors_path = tmp.path().join("identity").join(identity::ANCHORS_FILE);
     let roots = weft_proxy::identity::load_anchors(&anchors_path).unwrap();
     let name = Identity::new("books", "shop", "cluster.local").unwrap();
     let local = weft_proxy::identity::LocalIdentity::new(name, roots).unwrap();
@@ -321,11 +308,11 @@ async fn the_proxy_identity_code_accepts_what_the_controller_issues() {
 
 #[tokio::test]
 async fn the_serving_certificate_is_renewed_before_it_expires() {
-    let tmp = TempDir::new("renew");
-    identity::init(&tmp.0.join("identity"), "cluster.local", false).unwrap();
+    let tmp = temp_dir("renew");
+    identity::init(&tmp.path().join("identity"), "cluster.local", false).unwrap();
     let controller = Controller::start(Config {
         cert_lifetime: Duration::from_secs(1),
-        ..config(&tmp.0)
+        ..config(&tmp.path())
     })
     .await
     .unwrap();
@@ -337,7 +324,7 @@ async fn the_serving_certificate_is_renewed_before_it_expires() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // New handshakes get the new certificate and still verify.
-    let anchors = std::fs::read(tmp.0.join("identity").join(identity::ANCHORS_FILE)).unwrap();
+    let anchors = std::fs::read(tmp.path().join("identity").join(identity::ANCHORS_FILE)).unwrap();
     let mut client = IdentityClient::new(channel(&controller, &anchors, CONTROLLER).await);
     let status = client.certify(CertifyRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -368,17 +355,18 @@ const REFRESH: &str = "identity_cert_refresh_total";
 #[tokio::test]
 async fn a_proxy_certifies_keeps_its_certificate_through_an_outage_and_renews_after() {
     use clap::Parser as _;
-    let tmp = TempDir::new("outage");
-    identity::init(&tmp.0.join("identity"), "cluster.local", false).unwrap();
-    let (token_file, _) = identity::write_token(&tmp.0.join("tokens"), "shop", "books").unwrap();
-    let mut config = config(&tmp.0);
+    let tmp = temp_dir("outage");
+    identity::init(&tmp.path().join("identity"), "cluster.local", false).unwrap();
+    let (token_file, _) =
+        identity::write_token(&tmp.path().join("tokens"), "shop", "books").unwrap();
+    let mut config = config(&tmp.path());
     // Renewal due at 70 % = 7 s.
     config.cert_lifetime = Duration::from_secs(10);
     let controller = Controller::start(config.clone()).await.unwrap();
     let grpc = controller.grpc_addr();
 
     // The real proxy, as `weft-proxy` would run with these flags.
-    let anchors = tmp.0.join("identity").join(identity::ANCHORS_FILE);
+    let anchors = tmp.path().join("identity").join(identity::ANCHORS_FILE);
     let args = weft_proxy::Args::try_parse_from([
         "weft-proxy",
         "--mode=explicit",
@@ -448,13 +436,14 @@ async fn a_proxy_certifies_keeps_its_certificate_through_an_outage_and_renews_af
 
 #[tokio::test]
 async fn the_controller_identity_is_never_issued_over_the_wire() {
-    let tmp = TempDir::new("reserved");
+    let tmp = temp_dir("reserved");
     let (controller, _) = start(&tmp).await;
     // A workload declared in the controller's namespace and service account, with a
     // valid token: still refused.
     let (_, token) =
-        identity::write_token(&tmp.0.join("tokens"), "weft-system", "weft-controller").unwrap();
-    let anchors = std::fs::read(tmp.0.join("identity").join(identity::ANCHORS_FILE)).unwrap();
+        identity::write_token(&tmp.path().join("tokens"), "weft-system", "weft-controller")
+            .unwrap();
+    let anchors = std::fs::read(tmp.path().join("identity").join(identity::ANCHORS_FILE)).unwrap();
     let mut client = IdentityClient::new(channel(&controller, &anchors, CONTROLLER).await);
     let status = client
         .certify(CertifyRequest {

@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
@@ -14,26 +13,12 @@ use weft_controller::identity::{
 };
 use weft_controller::{Config, Controller};
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "weft-controller-rotation-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A directory of this test's own, removed when dropped.
+fn temp_dir(what: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("weft-controller-rotation-{what}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// `identity/` with an anchor whose key is kept in `anchor.key`.
@@ -62,8 +47,8 @@ fn der(pem_file: &Path) -> CertificateDer<'static> {
 
 #[test]
 fn rotate_issuer_signs_a_new_issuer_with_the_kept_anchor_key() {
-    let tmp = TempDir::new("rotate");
-    let (ca, anchors, anchor_key) = init(&tmp.0);
+    let tmp = temp_dir("rotate");
+    let (ca, anchors, anchor_key) = init(tmp.path());
     assert_eq!(mode(&anchor_key), 0o600);
     let old_cert = der(&ca.join(identity::ISSUER_CERT_FILE));
     let old_key = std::fs::read(ca.join(identity::ISSUER_KEY_FILE)).unwrap();
@@ -96,11 +81,11 @@ fn rotate_issuer_signs_a_new_issuer_with_the_kept_anchor_key() {
 
 #[test]
 fn rotate_issuer_refuses_an_anchor_the_controller_does_not_trust_yet_or_a_wrong_key() {
-    let tmp = TempDir::new("refuse");
-    let (ca, anchors, anchor_key) = init(&tmp.0);
+    let tmp = temp_dir("refuse");
+    let (ca, anchors, anchor_key) = init(tmp.path());
     let before = std::fs::read(ca.join(identity::ISSUER_CERT_FILE)).unwrap();
-    let new_cert = tmp.0.join("new/anchor.crt");
-    let new_key = tmp.0.join("new/anchor.key");
+    let new_cert = tmp.path().join("new/anchor.crt");
+    let new_key = tmp.path().join("new/anchor.key");
     let made = identity::new_anchor(
         &new_cert,
         &new_key,
@@ -188,10 +173,10 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn a_running_controller_switches_issuers_and_keeps_its_issuer_when_new_files_are_bad() {
-    let tmp = TempDir::new("reload");
-    let (ca, anchors, anchor_key) = init(&tmp.0);
+    let tmp = temp_dir("reload");
+    let (ca, anchors, anchor_key) = init(tmp.path());
     let controller = Controller::start_with(
-        config(&tmp.0),
+        config(&tmp.path()),
         ReloadOptions {
             interval: Duration::from_millis(50),
             ..ReloadOptions::default()
@@ -236,10 +221,10 @@ async fn a_running_controller_switches_issuers_and_keeps_its_issuer_when_new_fil
     assert_eq!(metric(&controller, RELOAD_ERROR), 1.0);
 
     // An issuer from an anchor outside the bundle: refused with the file named.
-    let other = TempDir::new("reload-other");
-    identity::init(&other.0, "cluster.local", false).unwrap();
+    let other = temp_dir("reload-other");
+    identity::init(&other.path(), "cluster.local", false).unwrap();
     for name in [identity::ISSUER_KEY_FILE, identity::ISSUER_CERT_FILE] {
-        std::fs::copy(other.0.join(name), ca.join(name)).unwrap();
+        std::fs::copy(other.path().join(name), ca.join(name)).unwrap();
     }
     until("the foreign issuer is refused", || {
         metric(&controller, RELOAD_ERROR) == 2.0

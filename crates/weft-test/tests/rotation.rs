@@ -5,7 +5,7 @@
 //! request may fail.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,26 +22,12 @@ use weft_test::{client, TestServer};
 const BOOKS: &str = "books.default.serviceaccount.identity.weft.cluster.local";
 const CERT_LIFETIME: Duration = Duration::from_secs(3);
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "weft-test-rotation-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A directory of this test's own, removed when dropped.
+fn temp_dir(what: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("weft-test-rotation-{what}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// A controller on loopback with short-lived certificates, watching its identity
@@ -272,8 +258,8 @@ fn reloads_ok(controller: &Controller) -> usize {
 #[tokio::test]
 async fn issuer_rotation_under_steady_load_fails_no_request() {
     weft_test::trace_init();
-    let tmp = TempDir::new("issuer");
-    let dir = &tmp.0;
+    let tmp = temp_dir("issuer");
+    let dir = &tmp.path();
     let controller = controller(dir).await;
     let anchors = dir.join("identity").join(identity::ANCHORS_FILE);
     let app = TestServer::loopback("books").await;
@@ -321,8 +307,8 @@ async fn issuer_rotation_under_steady_load_fails_no_request() {
 #[tokio::test]
 async fn anchor_rotation_bundle_then_new_issuer_then_old_anchor_removed_fails_no_request() {
     weft_test::trace_init();
-    let tmp = TempDir::new("anchor");
-    let dir = &tmp.0;
+    let tmp = temp_dir("anchor");
+    let dir = &tmp.path();
     let controller = controller(dir).await;
     let ca = dir.join("identity");
     let controller_anchors = ca.join(identity::ANCHORS_FILE);
