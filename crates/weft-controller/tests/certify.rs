@@ -31,7 +31,7 @@ async fn start(tmp: &tempfile::TempDir) -> (Controller, String) {
     identity::init(&ca, "cluster.local", false).unwrap();
     let tokens = tmp.path().join("tokens");
     let (_, token) = identity::write_token(&tokens, "shop", "books").unwrap();
-    let controller = Controller::start(config(&tmp.path())).await.unwrap();
+    let controller = Controller::start(config(tmp.path())).await.unwrap();
     (controller, token)
 }
 
@@ -204,7 +204,7 @@ async fn the_serving_certificate_names_the_controller_identity_only() {
     // in the handshake.
     let anchors = std::fs::read(tmp.path().join("identity").join(identity::ANCHORS_FILE)).unwrap();
     let other = temp_dir("other");
-    identity::init(&other.path(), "cluster.local", false).unwrap();
+    identity::init(other.path(), "cluster.local", false).unwrap();
     let other_anchors = std::fs::read(other.path().join(identity::ANCHORS_FILE)).unwrap();
     for (pem, name) in [(&anchors, BOOKS), (&other_anchors, CONTROLLER)] {
         let tls = ClientTlsConfig::new()
@@ -226,7 +226,7 @@ async fn during_a_rotation_the_bundle_trusts_the_new_issuer() {
     // Old anchor A, new anchor B; the controller has B's issuer and the bundle A+B.
     let tmp = temp_dir("rotation");
     let old = temp_dir("rotation-old");
-    identity::init(&old.path(), "cluster.local", false).unwrap();
+    identity::init(old.path(), "cluster.local", false).unwrap();
     let (first, _) = start(&tmp).await;
     first.shutdown().await.unwrap();
     let ca = tmp.path().join("identity");
@@ -235,7 +235,7 @@ async fn during_a_rotation_the_bundle_trusts_the_new_issuer() {
     let bundle = format!("{old_anchor}{new_anchor}");
     std::fs::write(ca.join(identity::ANCHORS_FILE), &bundle).unwrap();
 
-    let controller = Controller::start(config(&tmp.path())).await.unwrap();
+    let controller = Controller::start(config(tmp.path())).await.unwrap();
     let token = std::fs::read_to_string(identity::token_path(
         &tmp.path().join("tokens"),
         "shop",
@@ -312,7 +312,7 @@ async fn the_serving_certificate_is_renewed_before_it_expires() {
     identity::init(&tmp.path().join("identity"), "cluster.local", false).unwrap();
     let controller = Controller::start(Config {
         cert_lifetime: Duration::from_secs(1),
-        ..config(&tmp.path())
+        ..config(tmp.path())
     })
     .await
     .unwrap();
@@ -359,7 +359,7 @@ async fn a_proxy_certifies_keeps_its_certificate_through_an_outage_and_renews_af
     identity::init(&tmp.path().join("identity"), "cluster.local", false).unwrap();
     let (token_file, _) =
         identity::write_token(&tmp.path().join("tokens"), "shop", "books").unwrap();
-    let mut config = config(&tmp.path());
+    let mut config = config(tmp.path());
     // Renewal due at 70 % = 7 s.
     config.cert_lifetime = Duration::from_secs(10);
     let controller = Controller::start(config.clone()).await.unwrap();

@@ -176,7 +176,7 @@ async fn a_running_controller_switches_issuers_and_keeps_its_issuer_when_new_fil
     let tmp = temp_dir("reload");
     let (ca, anchors, anchor_key) = init(tmp.path());
     let controller = Controller::start_with(
-        config(&tmp.path()),
+        config(tmp.path()),
         ReloadOptions {
             interval: Duration::from_millis(50),
             ..ReloadOptions::default()
@@ -222,7 +222,7 @@ async fn a_running_controller_switches_issuers_and_keeps_its_issuer_when_new_fil
 
     // An issuer from an anchor outside the bundle: refused with the file named.
     let other = temp_dir("reload-other");
-    identity::init(&other.path(), "cluster.local", false).unwrap();
+    identity::init(other.path(), "cluster.local", false).unwrap();
     for name in [identity::ISSUER_KEY_FILE, identity::ISSUER_CERT_FILE] {
         std::fs::copy(other.path().join(name), ca.join(name)).unwrap();
     }
