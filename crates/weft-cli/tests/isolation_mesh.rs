@@ -28,27 +28,9 @@ macro_rules! require_root {
     };
 }
 
-/// This file's test mesh: the shared one ([`NsEnv`]) and what only these tests need.
-struct Env(NsEnv);
-
-impl std::ops::Deref for Env {
-    type Target = NsEnv;
-    fn deref(&self) -> &NsEnv {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Env {
-    fn deref_mut(&mut self) -> &mut NsEnv {
-        &mut self.0
-    }
-}
+common::ns_env!(Env, "i");
 
 impl Env {
-    fn new(tag: &str) -> Env {
-        Env(NsEnv::new("i", tag))
-    }
-
     /// `weft up -d`, which returns once every pod is ready.
     fn up(&self) {
         let out = self.run(&["up", "-d", self.dir.to_str().unwrap()]);

@@ -33,27 +33,9 @@ macro_rules! require_root {
     };
 }
 
-/// This file's test mesh: the shared one ([`NsEnv`]) and what only these tests need.
-struct Env(NsEnv);
-
-impl std::ops::Deref for Env {
-    type Target = NsEnv;
-    fn deref(&self) -> &NsEnv {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Env {
-    fn deref_mut(&mut self) -> &mut NsEnv {
-        &mut self.0
-    }
-}
+common::ns_env!(Env, "t");
 
 impl Env {
-    fn new(tag: &str) -> Env {
-        Env(NsEnv::new("t", tag))
-    }
-
     /// Everything recorded that must be gone after `weft down`: (pid, start time).
     fn recorded_procs(&self) -> Vec<(u32, u64)> {
         let state = self.state();
@@ -141,23 +123,9 @@ fn foreground_mesh_calls_scaling_and_down_after_kill_9() {
     env.write("mesh.yaml", &mesh_yaml(1));
     env.write("services.yaml", SERVICES);
 
-    let log = std::fs::File::create(&env.up_log).unwrap();
     let started = Instant::now();
-    let up = env
-        .weft(&["up", env.dir.to_str().unwrap(), "--interval", "1s"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let up = env.up_foreground(&[]);
     env.up = Some(up);
-    let ready = eventually(Duration::from_secs(30), || {
-        env.up_output().contains("mesh up in").then_some(())
-    });
-    assert!(
-        ready.is_some(),
-        "weft up did not come up:\n{}",
-        env.up_output()
-    );
     eprintln!("weft up ready after {:?}", started.elapsed());
 
     // A call from inside the client pod, by Service name, through both proxies.

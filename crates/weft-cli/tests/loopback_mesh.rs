@@ -419,28 +419,8 @@ fn loopback_foreground_scaling_and_down_after_kill_9() {
     let mut env = Env::new("f", 14);
     env.write("mesh.yaml", &mesh_yaml(1));
     env.write("services.yaml", SERVICES);
-    let log = std::fs::File::create(&env.up_log).unwrap();
-    let up = env
-        .weft(&[
-            "up",
-            "--loopback",
-            env.dir.to_str().unwrap(),
-            "--interval",
-            "1s",
-        ])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let up = env.up_foreground(&["--loopback"]);
     env.up = Some(up);
-    let ready = eventually(Duration::from_secs(30), || {
-        env.up_output().contains("mesh up in").then_some(())
-    });
-    assert!(
-        ready.is_some(),
-        "weft up did not come up:\n{}",
-        env.up_output()
-    );
     assert_meshed_call(&env);
 
     // Scale books to 2 in the directory: the client's steady load (50/s through its

@@ -34,27 +34,9 @@ macro_rules! require_root {
     };
 }
 
-/// This file's test mesh: the shared one ([`NsEnv`]) and what only these tests need.
-struct Env(NsEnv);
-
-impl std::ops::Deref for Env {
-    type Target = NsEnv;
-    fn deref(&self) -> &NsEnv {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Env {
-    fn deref_mut(&mut self) -> &mut NsEnv {
-        &mut self.0
-    }
-}
+common::ns_env!(Env, "s");
 
 impl Env {
-    fn new(tag: &str) -> Env {
-        Env(NsEnv::new("s", tag))
-    }
-
     /// (pid, restarts) of `pod`'s process with `role` (proxy, app) in the state file.
     fn proc(&self, pod: &str, role: &str) -> (u32, u64) {
         let state = self.state();
@@ -216,22 +198,8 @@ fn a_killed_proxy_takes_its_pod_out_until_restarted_and_a_killed_app_is_restarte
     let mut env = Env::new("p");
     env.write("mesh.yaml", &mesh_yaml(2));
     env.write("services.yaml", SERVICES);
-    let log = std::fs::File::create(&env.up_log).unwrap();
-    let up = env
-        .weft(&["up", env.dir.to_str().unwrap(), "--interval", "1s"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let up = env.up_foreground(&[]);
     env.up = Some(up);
-    let ready = eventually(Duration::from_secs(30), || {
-        env.up_output().contains("mesh up in").then_some(())
-    });
-    assert!(
-        ready.is_some(),
-        "weft up did not come up:\n{}",
-        env.up_output()
-    );
     assert_eq!(env.ready_in_pods_file("books-0"), Some(true));
 
     // Calls to the Service all along: both replicas answer before the kill.

@@ -151,6 +151,31 @@ pub trait MeshEnv {
         }
     }
 
+    /// A foreground `weft up [ARGS] DIR --interval 1s` writing to the up log, once it
+    /// says the mesh is up (30 s at most; killed, and the test failed, otherwise).
+    fn up_foreground(&self, args: &[&str]) -> Child {
+        let log = std::fs::File::create(self.up_log()).unwrap();
+        let dir = self.mesh_dir().to_str().unwrap().to_owned();
+        let mut all = vec!["up"];
+        all.extend(args);
+        all.extend([dir.as_str(), "--interval", "1s"]);
+        let mut up = self
+            .weft(&all)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let ready = eventually(Duration::from_secs(30), || {
+            self.up_output().contains("mesh up in").then_some(())
+        });
+        if ready.is_none() {
+            let _ = up.kill();
+            let _ = up.wait();
+            panic!("weft up did not come up:\n{}", self.up_output());
+        }
+        up
+    }
+
     /// Runs `weft ARGS`, logging what it printed.
     fn run(&self, args: &[&str]) -> Output {
         let out = self.weft(args).output().expect("run weft");
@@ -266,3 +291,35 @@ impl Drop for NsEnv {
         self.clean_up(up);
     }
 }
+
+/// `struct $name(NsEnv)` that derefs to [`NsEnv`], made with `$name::new(tag)`: a test
+/// file's mesh, to which the file adds its own methods.
+#[allow(unused_macros)]
+macro_rules! ns_env {
+    ($name:ident, $kind:literal) => {
+        /// This file's test mesh: the shared one ([`common::NsEnv`]) and what only
+        /// these tests need.
+        struct $name(common::NsEnv);
+
+        impl std::ops::Deref for $name {
+            type Target = common::NsEnv;
+            fn deref(&self) -> &common::NsEnv {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut common::NsEnv {
+                &mut self.0
+            }
+        }
+
+        impl $name {
+            fn new(tag: &str) -> $name {
+                $name(common::NsEnv::new($kind, tag))
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use ns_env;
