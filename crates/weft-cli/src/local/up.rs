@@ -346,7 +346,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut runner = Runner::create(&args, &dir, mesh, &proxy_src, &controller_bin, block)?;
     let result = runner.start_all(args.timeout).await;
     if let Err(e) = result {
-        eprintln!("weft up failed: {e:#}\ntaking down what was started");
+        // The error itself is printed once, by main; the logs go with the mesh, so the
+        // error carries their last lines rather than their paths.
+        eprintln!("weft up failed: taking down what was started");
         runner.teardown();
         return Err(e);
     }
@@ -736,8 +738,7 @@ impl Runner {
         if let Err(e) = ready {
             let log = self.paths.log_dir.join("controller.log");
             bail!(
-                "weft-controller is not ready: {e:#}\n  log ({}):\n    {}",
-                log.display(),
+                "weft-controller is not ready: {e:#}\n  its log, last lines:\n    {}",
                 sys::tail(&log, 5).replace('\n', "\n    ")
             );
         }
@@ -1494,9 +1495,8 @@ impl Runner {
                             if !tail.is_empty() {
                                 let _ = write!(
                                     msg,
-                                    "\n  {} log ({}):\n    {}",
+                                    "\n  {} log, last lines:\n    {}",
                                     p.role,
-                                    log.display(),
                                     tail.replace('\n', "\n    ")
                                 );
                             }
