@@ -36,27 +36,6 @@ macro_rules! require_root {
 common::ns_env!(Env, "t");
 
 impl Env {
-    /// Everything recorded that must be gone after `weft down`: (pid, start time).
-    fn recorded_procs(&self) -> Vec<(u32, u64)> {
-        let state = self.state();
-        let mut out = Vec::new();
-        if let Some(c) = state["controller"].as_object() {
-            out.push((
-                c["pid"].as_u64().unwrap() as u32,
-                c["start_time"].as_u64().unwrap(),
-            ));
-        }
-        for pod in state["pods"].as_array().unwrap() {
-            for p in pod["procs"].as_array().unwrap() {
-                out.push((
-                    p["pid"].as_u64().unwrap() as u32,
-                    p["start_time"].as_u64().unwrap(),
-                ));
-            }
-        }
-        out
-    }
-
     /// Asserts nothing of this mesh is left: namespaces, hosts files, links, rules,
     /// processes, state.
     fn assert_nothing_left(&self, procs: &[(u32, u64)]) {

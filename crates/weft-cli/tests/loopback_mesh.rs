@@ -113,27 +113,6 @@ impl Env {
         })
     }
 
-    /// Every recorded process: (pid, start time).
-    fn recorded_procs(&self) -> Vec<(u32, u64)> {
-        let state = self.state();
-        let mut out = Vec::new();
-        let mut push = |p: &Value| {
-            out.push((
-                p["pid"].as_u64().unwrap() as u32,
-                p["start_time"].as_u64().unwrap(),
-            ))
-        };
-        if state["controller"].is_object() {
-            push(&state["controller"]);
-        }
-        for pod in state["pods"].as_array().unwrap() {
-            for p in pod["procs"].as_array().unwrap() {
-                push(p);
-            }
-        }
-        out
-    }
-
     /// Asserts nothing of this mesh is left: processes, state file, endpoints files,
     /// logs, tokens; and that no namespace was ever made for it.
     fn assert_nothing_left(&self, procs: &[(u32, u64)]) {

@@ -74,27 +74,6 @@ impl Env {
         file.pods.iter().find(|p| p.name == pod).map(|p| p.ready)
     }
 
-    /// Every recorded process: (pid, start time).
-    fn recorded_procs(&self) -> Vec<(u32, u64)> {
-        let state = self.state();
-        let mut out = Vec::new();
-        let mut add = |p: &serde_json::Value| {
-            out.push((
-                p["pid"].as_u64().unwrap() as u32,
-                p["start_time"].as_u64().unwrap(),
-            ))
-        };
-        if state["controller"].is_object() {
-            add(&state["controller"]);
-        }
-        for pod in state["pods"].as_array().unwrap() {
-            for p in pod["procs"].as_array().unwrap() {
-                add(p);
-            }
-        }
-        out
-    }
-
     /// Nothing of the mesh is left: namespaces, processes, state file.
     fn assert_nothing_left(&self, procs: &[(u32, u64)]) {
         let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();

@@ -1453,11 +1453,7 @@ impl Runner {
             let Some(pod) = self.state.pods.iter().find(|p| &p.netns == netns).cloned() else {
                 continue;
             };
-            let ports: Vec<u16> = self
-                .mesh
-                .workload(&pod.namespace, &pod.workload)
-                .map(|w| w.ports.iter().map(|p| p.port).collect())
-                .unwrap_or_default();
+            let ports = self.pod_ports(&pod);
             let loopback = self.paths.loopback.is_some();
             tasks.spawn_blocking(move || {
                 let result = pod_ready(&pod, &ports, timeout, loopback);
@@ -1720,6 +1716,14 @@ impl Runner {
         Ok(())
     }
 
+    /// The ports a pod's workload declares (what its readiness check connects to).
+    fn pod_ports(&self, pod: &PodRecord) -> Vec<u16> {
+        self.mesh
+            .workload(&pod.namespace, &pod.workload)
+            .map(|w| w.ports.iter().map(|p| p.port).collect())
+            .unwrap_or_default()
+    }
+
     /// Checks a restarted pod as at its start (its proxy ready, its ports accepting)
     /// once all its processes run; it takes traffic again when that passes.
     fn check_pod(&mut self, key: &str) {
@@ -1729,11 +1733,7 @@ impl Runner {
         if pod.procs.is_empty() || !pod.procs.iter().all(|p| self.alive(p)) {
             return;
         }
-        let ports: Vec<u16> = self
-            .mesh
-            .workload(&pod.namespace, &pod.workload)
-            .map(|w| w.ports.iter().map(|p| p.port).collect())
-            .unwrap_or_default();
+        let ports = self.pod_ports(&pod);
         let loopback = self.paths.loopback.is_some();
         let pids: Vec<u32> = pod.procs.iter().map(|p| p.pid).collect();
         self.checks.spawn_blocking(move || {

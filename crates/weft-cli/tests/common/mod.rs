@@ -198,6 +198,28 @@ pub trait MeshEnv {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// Every process the state file records, the controller's and the pods': (pid,
+    /// start time), what must be gone after `weft down`.
+    fn recorded_procs(&self) -> Vec<(u32, u64)> {
+        let state = self.state();
+        let mut out = Vec::new();
+        let mut add = |p: &serde_json::Value| {
+            out.push((
+                p["pid"].as_u64().unwrap() as u32,
+                p["start_time"].as_u64().unwrap(),
+            ))
+        };
+        if state["controller"].is_object() {
+            add(&state["controller"]);
+        }
+        for pod in state["pods"].as_array().unwrap() {
+            for p in pod["procs"].as_array().unwrap() {
+                add(p);
+            }
+        }
+        out
+    }
+
     fn pod_ip(&self, pod: &str) -> Option<String> {
         self.state()["pods"]
             .as_array()?
