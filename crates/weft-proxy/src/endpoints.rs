@@ -670,7 +670,6 @@ services:
 
     #[test]
     fn watch_reads_the_file_off_the_runtime_thread() {
-        use std::io::Write as _;
         // The sidecar's single-threaded runtime: a read that blocks (a FIFO whose
         // writer has not written yet) must leave it free to serve traffic.
         let path =
@@ -685,44 +684,20 @@ services:
             .enable_all()
             .build()
             .unwrap();
-        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
-        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
-        let writer = {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                // Replaced by a FIFO: the watcher's next read waits for a writer.
-                let fifo = path.with_extension("fifo");
-                let made = std::process::Command::new("mkfifo")
-                    .arg(&fifo)
-                    .status()
-                    .unwrap();
-                assert!(made.success());
-                std::fs::rename(&fifo, &path).unwrap();
-                // Opens once the watcher opened it to read, and is blocked reading.
-                let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-                opened_tx.send(()).unwrap();
-                let runtime_ran = ack_rx.recv_timeout(Duration::from_secs(5)).is_ok();
-                file.write_all(
-                    b"services: [{name: b, address: \"198.19.0.2:80\", endpoints: [\"198.18.0.3:80\"]}]\n",
-                )
-                .unwrap();
-                runtime_ran
-            })
-        };
+        // Replaced by a FIFO: the watcher's next read waits for a writer.
+        let mut blocked = weft_test::fifo::BlockedRead::start(
+            &path,
+            b"services: [{name: b, address: \"198.19.0.2:80\", endpoints: [\"198.18.0.3:80\"]}]\n"
+                .to_vec(),
+        );
         let reloaded = runtime.block_on(async {
             let task = tokio::spawn(index.clone().watch(Duration::from_millis(10)));
             // Runs while the watcher's read is blocked.
-            opened_rx.await.unwrap();
-            // (The writer stopped waiting after 5 s: it says so below.)
-            let _ = ack_tx.send(());
-            let mut seen = false;
-            for _ in 0..500 {
-                if index.by_address("198.19.0.2:80".parse().unwrap()).is_some() {
-                    seen = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            blocked.reader_blocked().await;
+            let seen = weft_test::eventually(Duration::from_secs(5), || async {
+                index.by_address("198.19.0.2:80".parse().unwrap()).is_some()
+            })
+            .await;
             task.abort();
             seen
         });
@@ -730,7 +705,7 @@ services:
         runtime.shutdown_background();
         let _ = std::fs::remove_file(&path);
         assert!(
-            writer.join().unwrap(),
+            blocked.runtime_ran(),
             "the runtime stood still while the endpoints file was read"
         );
         assert!(reloaded, "the file the FIFO gave was not loaded");

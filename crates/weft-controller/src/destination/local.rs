@@ -244,8 +244,6 @@ pub(crate) fn unix_now() -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
-
     use super::*;
 
     #[test]
@@ -278,45 +276,16 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
-        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
-        let writer = {
-            let pods_file = pods_file.clone();
-            std::thread::spawn(move || {
-                // Replaced by a FIFO: the next read waits for a writer.
-                let fifo = pods_file.with_extension("fifo");
-                let made = std::process::Command::new("mkfifo")
-                    .arg(&fifo)
-                    .status()
-                    .unwrap();
-                assert!(made.success());
-                std::fs::rename(&fifo, &pods_file).unwrap();
-                // Opens once the source opened it to read, and is blocked reading.
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&pods_file)
-                    .unwrap();
-                opened_tx.send(()).unwrap();
-                let runtime_ran = ack_rx.recv_timeout(Duration::from_secs(5)).is_ok();
-                file.write_all(&pods_text).unwrap();
-                runtime_ran
-            })
-        };
+        // Replaced by a FIFO: the source's next read waits for a writer.
+        let mut blocked = weft_test::fifo::BlockedRead::start(&pods_file, pods_text);
         let reloaded = runtime.block_on(async {
             let (publish, _subscribe) = watch::channel(Arc::new(source.index()));
             let task = tokio::spawn(source.watch(publish, metrics.clone()));
             // Runs while the source's read is blocked.
-            opened_rx.await.unwrap();
-            // (The writer stopped waiting after 5 s: it says so below.)
-            let _ = ack_tx.send(());
-            let mut seen = false;
-            for _ in 0..500 {
-                if reloads.get() >= 1 {
-                    seen = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            blocked.reader_blocked().await;
+            let seen =
+                weft_test::eventually(Duration::from_secs(5), || async { reloads.get() >= 1 })
+                    .await;
             task.abort();
             seen
         });
@@ -324,7 +293,7 @@ mod tests {
         runtime.shutdown_background();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(
-            writer.join().unwrap(),
+            blocked.runtime_ran(),
             "the runtime stood still while the pods file was read"
         );
         assert!(reloaded, "the pods file the FIFO gave was not loaded");
