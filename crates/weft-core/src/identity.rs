@@ -29,6 +29,17 @@ pub enum IdentityError {
 }
 
 impl Identity {
+    /// The weft identity a certificate (DER) names in its DNS subject alternative
+    /// name, if any: who a peer is, once its certificate chain has been verified.
+    pub fn from_certificate(der: &[u8]) -> Option<Identity> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
+        let san = parsed.subject_alternative_name().ok()??;
+        san.value.general_names.iter().find_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(dns) => dns.parse().ok(),
+            _ => None,
+        })
+    }
+
     pub fn new(
         service_account: &str,
         namespace: &str,

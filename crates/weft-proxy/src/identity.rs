@@ -287,10 +287,5 @@ impl ResolvesClientCert for Resolver {
 
 /// The weft identity named by a peer's certificate (its DNS SAN), if any.
 pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<Identity> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    let san = parsed.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::DNSName(dns) => dns.parse().ok(),
-        _ => None,
-    })
+    Identity::from_certificate(cert)
 }

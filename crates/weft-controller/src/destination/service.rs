@@ -73,7 +73,7 @@ impl DestinationService {
                 self.trust_domain
             )));
         };
-        match workload_identity(leaf) {
+        match Identity::from_certificate(leaf) {
             Some(id) if id.trust_domain() == &*self.trust_domain => Ok(id),
             named => Err(tonic::Status::unauthenticated(format!(
                 "a mesh client certificate is required: the client certificate names {}, not a workload identity of trust domain {:?}",
@@ -82,16 +82,6 @@ impl DestinationService {
             ))),
         }
     }
-}
-
-/// The weft identity a certificate's DNS subject alternative name gives, if any.
-fn workload_identity(cert: &[u8]) -> Option<Identity> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    let san = parsed.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::DNSName(dns) => dns.parse().ok(),
-        _ => None,
-    })
 }
 
 #[tonic::async_trait]
