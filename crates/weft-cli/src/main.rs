@@ -36,6 +36,16 @@ enum Command {
     Check(local::check::CheckArgs),
     /// The mesh's certificate authority: `weft identity init` makes a trust anchor and issuer.
     Identity(identity::IdentityArgs),
+    /// The local mesh's pods and controller: state, readiness, restarts, address, zone, age.
+    Ps(local::ps::PsArgs),
+    /// A local mesh pod's app log (or its proxy's with --proxy); -f follows it.
+    Logs(local::logs::LogsArgs),
+    /// Run a command in a local mesh pod, as its app runs (network namespace, user).
+    Exec(local::exec::ExecArgs),
+    /// Restart a local mesh workload's pods one at a time (not counted as crashes).
+    Restart(local::control::RestartArgs),
+    /// Set a local mesh workload's replicas in mesh.yaml and wait for its pods.
+    Scale(local::scale::ScaleArgs),
 }
 
 /// Errors are for people: one message with its causes (`error: what: why`), no
@@ -68,6 +78,11 @@ fn run() -> anyhow::Result<()> {
             Command::Down(args) => local::down::run(args),
             Command::Check(args) => local::check::run(args),
             Command::Identity(args) => identity::run(args),
+            Command::Ps(args) => local::ps::run(args),
+            Command::Logs(args) => local::logs::run(args),
+            Command::Exec(args) => local::exec::run(args),
+            Command::Restart(args) => local::control::run_restart(args),
+            Command::Scale(args) => local::scale::run(args),
         }
     })
 }

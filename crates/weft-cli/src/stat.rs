@@ -251,13 +251,7 @@ per-route figures; `weft stat svc` shows per-Service ones"
 
 /// The running local mesh's state, or why there is none to read.
 fn load_state(local: &LocalArgs) -> anyhow::Result<State> {
-    let path = local.state_path();
-    let Some(state) = State::load(&path)? else {
-        bail!(
-            "no local mesh is up ({} not found): start one with `weft up`, or pass --admin",
-            path.display()
-        );
-    };
+    let state = local.running_mesh("start one with `weft up`, or pass --admin")?;
     if !state.loopback && !is_root() {
         bail!(
             "reading pods' metrics needs root (their admin ports are inside network \

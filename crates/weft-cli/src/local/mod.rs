@@ -33,7 +33,12 @@
 //! address. Every process runs as the invoking user.
 
 pub mod check;
+pub mod control;
 pub mod down;
+pub mod exec;
+pub mod logs;
+pub mod ps;
+pub mod scale;
 pub mod scrape;
 pub mod state;
 pub mod sys;
@@ -116,6 +121,18 @@ impl LocalArgs {
 
     pub fn hub(&self) -> String {
         format!("{}-hub", self.prefix)
+    }
+
+    /// The running mesh's state, or `no local mesh is up (STATE not found): {hint}`.
+    /// What every command that reads the running mesh (`weft stat`, `ps`, `logs`, ...)
+    /// starts with.
+    pub fn running_mesh(&self, hint: &str) -> anyhow::Result<state::State> {
+        self.validate()?;
+        let path = self.state_path();
+        match state::State::load(&path)? {
+            Some(state) => Ok(state),
+            None => anyhow::bail!("no local mesh is up ({} not found): {hint}", path.display()),
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {

@@ -72,7 +72,7 @@ impl ProcRecord {
     }
 
     /// Signals the process group if it is still ours.
-    fn signal(&self, signal: Signal) {
+    pub fn signal(&self, signal: Signal) {
         match self.liveness() {
             Liveness::Running | Liveness::GroupOnly => {
                 let _ = killpg(Pid::from_raw(self.pid as i32), signal);

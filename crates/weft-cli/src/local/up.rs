@@ -23,6 +23,8 @@ use super::{
 };
 use crate::{fetch, stat};
 
+mod requests;
+
 /// How often the mesh directory is checked for changes (foreground).
 const WATCH_EVERY: Duration = Duration::from_millis(300);
 /// How long a change of the pods file takes to reach every proxy (the controller polls
@@ -34,7 +36,7 @@ const LOOPBACK_PROPAGATION: Duration = Duration::from_millis(450);
 /// Proxy settings a workload's process would otherwise inherit from `weft up`'s
 /// environment; weft up sets its own in loopback mode and none with namespaces (where
 /// iptables takes the app's traffic to its proxy).
-const PROXY_ENV: [&str; 8] = [
+pub(super) const PROXY_ENV: [&str; 8] = [
     "HTTP_PROXY",
     "http_proxy",
     "HTTPS_PROXY",
@@ -537,6 +539,8 @@ struct Runner {
     controller_argv: Vec<String>,
     /// Whether the controller's `/ready` answered last time (and it runs).
     controller_ready: bool,
+    /// `weft restart` requests and the status for `weft ps` (the control directory).
+    requests: requests::Requests,
 }
 
 impl Runner {
@@ -558,13 +562,8 @@ impl Runner {
         // Apps run as an unprivileged user: when it cannot reach the build directory
         // (in /root or a home directory), the binaries apps call by name are copied
         // beside the state directory (which apps cannot see) and found there first.
-        let apps_bin = (loopback.is_none() && !world_traversable(&exe_dir))
-            .then(|| PathBuf::from(format!("{}.bin", state_dir.display())));
-        let mut path_dirs: Vec<PathBuf> = apps_bin.iter().cloned().collect();
-        path_dirs.push(exe_dir.clone());
-        path_dirs.extend(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        ));
+        let apps_bin =
+            (loopback.is_none() && !world_traversable(&exe_dir)).then(|| apps_bin_dir(&state_dir));
         let paths = Paths {
             state_path: local.state_path(),
             log_dir: state_dir.join("logs"),
@@ -585,7 +584,7 @@ impl Runner {
             mesh_dir: dir.to_owned(),
             prefix: local.prefix.clone(),
             hub: local.hub(),
-            path_env: std::env::join_paths(path_dirs)?,
+            path_env: apps_path(apps_bin.as_deref(), &exe_dir)?,
             apps_bin: apps_bin.map(|dir| (dir, exe_dir)),
             proxy_log: args.proxy_log.clone(),
         };
@@ -628,6 +627,7 @@ impl Runner {
             checks: tokio::task::JoinSet::new(),
             controller_argv: Vec::new(),
             controller_ready: false,
+            requests: Default::default(),
         };
         if let Err(e) = runner.create_base(proxy_src) {
             runner.teardown();
@@ -1199,28 +1199,7 @@ impl Runner {
             .iter()
             .find(|p| p.netns == netns)
             .expect("recorded pod");
-        let (name, ip) = (pod.name.clone(), pod.ip);
-        let mut env: Vec<(String, String)> = vec![
-            ("WEFT_POD".into(), name.clone()),
-            ("WEFT_POD_IP".into(), ip.to_string()),
-            ("WEFT_WORKLOAD".into(), w.name.clone()),
-            ("WEFT_NAMESPACE".into(), w.namespace.clone()),
-            ("WEFT_SERVICE_ACCOUNT".into(), w.service_account.clone()),
-            ("WEFT_ZONE".into(), w.zone.clone().unwrap_or_default()),
-        ];
-        if self.paths.loopback.is_some() {
-            // No iptables: the app listens on its pod's address and sends HTTP to its
-            // proxy itself, which resolves Service names.
-            let proxy = format!("http://{}", SocketAddr::from((ip, OUTBOUND_PORT)));
-            env.extend([
-                ("WEFT_LISTEN_ADDR".into(), ip.to_string()),
-                ("HTTP_PROXY".into(), proxy.clone()),
-                ("http_proxy".into(), proxy),
-                ("NO_PROXY".into(), "localhost,127.0.0.1,::1".into()),
-                ("no_proxy".into(), "localhost,127.0.0.1,::1".into()),
-            ]);
-        }
-        env.extend(w.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let env = app_env(&pod.name, pod.ip, w, self.paths.loopback.is_some());
         let argv = match self.paths.loopback {
             // Loopback mode: as the invoking user, like everything else (no isolation).
             Some(_) => w.command.clone(),
@@ -1553,7 +1532,12 @@ impl Runner {
     fn supervise(&mut self) {
         let now = Instant::now();
         let mut exited: Vec<(String, String, ProcRecord)> = Vec::new();
-        for pod in self.state.pods.iter().filter(|p| self.wanted(p)) {
+        for pod in self
+            .state
+            .pods
+            .iter()
+            .filter(|p| self.wanted(p) && !self.held(&p.netns))
+        {
             for p in pod.procs.iter().filter(|p| !self.alive(p)) {
                 exited.push((pod.netns.clone(), pod.name.clone(), p.clone()));
             }
@@ -2109,8 +2093,12 @@ impl Runner {
                 self.paths.mesh_dir.display()
             );
         } else {
-            println!("supervising the detached mesh; `weft down` stops it");
+            println!(
+                "supervising the detached mesh and watching {} for changes; `weft down` stops it",
+                self.paths.mesh_dir.display()
+            );
         }
+        self.start_requests();
         let mut stamp = dir_stamp(&self.paths.mesh_dir);
         let mut before = if watch {
             self.scrape().await
@@ -2144,6 +2132,7 @@ impl Runner {
             if let Err(e) = self.refresh_published() {
                 self.event(format!("cannot write the pods' readiness: {e:#}"));
             }
+            self.serve_requests();
             if let Ok(mut t) = targets.lock() {
                 *t = self.probe_targets();
             }
@@ -2165,7 +2154,8 @@ impl Runner {
                     None => {}
                 }
             }
-            if !watch || last_watch.elapsed() < WATCH_EVERY {
+            // The directory is watched detached too (`weft scale` edits it).
+            if last_watch.elapsed() < WATCH_EVERY {
                 continue;
             }
             last_watch = Instant::now();
@@ -2560,7 +2550,7 @@ fn dir_stamp(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
 /// The UID and GID a workload's command runs as (namespace mode): its `user:`, else
 /// [`DEFAULT_APP_UID`]. A user name is looked up on this machine; it must not be root
 /// nor the proxies' UID (mesh.yaml's numbers are checked when it is loaded).
-fn app_ids(w: &Workload) -> anyhow::Result<(u32, u32)> {
+pub(super) fn app_ids(w: &Workload) -> anyhow::Result<(u32, u32)> {
     let (uid, gid) = match &w.user {
         None => (DEFAULT_APP_UID, DEFAULT_APP_UID),
         Some(AppUser::Id { uid, gid }) => (*uid, *gid),
@@ -2589,7 +2579,7 @@ fn app_ids(w: &Workload) -> anyhow::Result<(u32, u32)> {
 /// a mount namespace of its own where an empty read-only tmpfs covers the state
 /// directory (identity, tokens, logs, other pods' files), then as `uid`:`gid` with no
 /// supplementary groups and no way to gain privileges (setuid binaries), then `command`.
-fn app_argv(state_dir: &Path, uid: u32, gid: u32, command: &[String]) -> Vec<String> {
+pub(super) fn app_argv(state_dir: &Path, uid: u32, gid: u32, command: &[String]) -> Vec<String> {
     const SCRIPT: &str = r#"mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k,mode=0555 weft-hidden "$1" || exit 126
 uid=$2 gid=$3
 shift 3
@@ -2614,6 +2604,51 @@ exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@"
     ]);
     argv.extend(command.iter().cloned());
     argv
+}
+
+/// A workload's environment in pod `name` at `ip` (besides what `weft up` inherited,
+/// less [`PROXY_ENV`], and `PATH`): the pod's `WEFT_*` variables, in loopback mode its
+/// listen address and proxy, then the workload's `env`.
+pub(super) fn app_env(name: &str, ip: Ipv4Addr, w: &Workload, loopback: bool) -> EnvVars {
+    let mut env: Vec<(String, String)> = vec![
+        ("WEFT_POD".into(), name.to_owned()),
+        ("WEFT_POD_IP".into(), ip.to_string()),
+        ("WEFT_WORKLOAD".into(), w.name.clone()),
+        ("WEFT_NAMESPACE".into(), w.namespace.clone()),
+        ("WEFT_SERVICE_ACCOUNT".into(), w.service_account.clone()),
+        ("WEFT_ZONE".into(), w.zone.clone().unwrap_or_default()),
+    ];
+    if loopback {
+        // No iptables: the app listens on its pod's address and sends HTTP to its
+        // proxy itself, which resolves Service names.
+        let proxy = format!("http://{}", SocketAddr::from((ip, OUTBOUND_PORT)));
+        env.extend([
+            ("WEFT_LISTEN_ADDR".into(), ip.to_string()),
+            ("HTTP_PROXY".into(), proxy.clone()),
+            ("http_proxy".into(), proxy),
+            ("NO_PROXY".into(), "localhost,127.0.0.1,::1".into()),
+            ("no_proxy".into(), "localhost,127.0.0.1,::1".into()),
+        ]);
+    }
+    env.extend(w.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+/// Where copies of the binaries apps call by name go when apps cannot reach the build
+/// directory: beside the state directory (which apps cannot see).
+pub(super) fn apps_bin_dir(state_dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.bin", state_dir.display()))
+}
+
+/// `PATH` for workload commands: the copies of the binaries (if any), this binary's
+/// directory, then this process's `PATH`.
+pub(super) fn apps_path(apps_bin: Option<&Path>, exe_dir: &Path) -> anyhow::Result<OsString> {
+    let mut dirs: Vec<PathBuf> = apps_bin.map(Path::to_owned).into_iter().collect();
+    dirs.push(exe_dir.to_owned());
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    Ok(std::env::join_paths(dirs)?)
 }
 
 /// Whether any user may reach `dir`: every directory from the root down to it can
