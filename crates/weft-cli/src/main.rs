@@ -1,10 +1,13 @@
 //! `weft`: the command line of the weft service mesh.
 
 mod demo;
+mod diagnostics;
+mod edges;
 mod fetch;
 mod identity;
 mod load;
 mod local;
+mod observe;
 mod stat;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +49,10 @@ enum Command {
     Restart(local::control::RestartArgs),
     /// Set a local mesh workload's replicas in mesh.yaml and wait for its pods.
     Scale(local::scale::ScaleArgs),
+    /// Who talks to whom in the local mesh, with both identities and whether it is mTLS.
+    Edges(edges::EdgesArgs),
+    /// Raw diagnostics of the local mesh: `weft diagnostics proxy-metrics POD`.
+    Diagnostics(diagnostics::DiagnosticsArgs),
 }
 
 /// Errors are for people: one message with its causes (`error: what: why`), no
@@ -83,6 +90,8 @@ fn run() -> anyhow::Result<()> {
             Command::Exec(args) => local::exec::run(args),
             Command::Restart(args) => local::control::run_restart(args),
             Command::Scale(args) => local::scale::run(args),
+            Command::Edges(args) => edges::run(args).await,
+            Command::Diagnostics(args) => diagnostics::run(args).await,
         }
     })
 }

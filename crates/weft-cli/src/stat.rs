@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 use clap::ValueEnum;
@@ -16,43 +16,79 @@ use crate::fetch;
 use crate::local::state::State;
 use crate::local::sys::is_root;
 use crate::local::{scrape, LocalArgs};
+use crate::observe::{parse_resource, res_kind, ResKind, Resource};
 
+pub mod edge;
 pub mod mesh;
+pub mod tcp;
 
 /// What `weft stat` shows one row of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Deploy,
+    Pod,
     Svc,
     Route,
 }
 
-const KINDS: &str = "deploy (deployment, deployments), svc (service, services), route (routes)";
+const KINDS: &str =
+    "deploy (deployment, deployments), po (pod, pods), svc (service, services), route (routes)";
 
-fn parse_kind(s: &str) -> Result<Kind, String> {
-    match s {
-        "deploy" | "deployment" | "deployments" => Ok(Kind::Deploy),
-        "svc" | "service" | "services" => Ok(Kind::Svc),
-        "route" | "routes" => Ok(Kind::Route),
-        _ => Err(format!("unknown kind {s:?}; valid kinds: {KINDS}")),
-    }
+/// `KIND[/NAME]`: what to show a row per, and optionally the one resource to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    kind: Kind,
+    name: Option<String>,
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    let (kind, name) = match s.split_once('/') {
+        Some((k, n)) if !n.is_empty() && !n.contains('/') => (k, Some(n.to_owned())),
+        Some(_) => return Err(format!("{s:?}: expected KIND or KIND/NAME")),
+        None => (s, None),
+    };
+    let kind = match kind {
+        "route" | "routes" => Kind::Route,
+        k => match res_kind(k) {
+            Some(ResKind::Deploy) => Kind::Deploy,
+            Some(ResKind::Pod) => Kind::Pod,
+            Some(ResKind::Svc) => Kind::Svc,
+            None => return Err(format!("unknown kind {k:?}; valid kinds: {KINDS}")),
+        },
+    };
+    Ok(Target { kind, name })
+}
+
+/// `-t`: HTTP golden metrics or TCP figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Traffic {
+    Http,
+    Tcp,
 }
 
 #[derive(clap::Args)]
 #[command(after_help = "\
 Without --admin, weft stat reads the local mesh `weft up` runs (found by its state \
-file: --state-dir / WEFT_STATE_DIR) and scrapes every pod's proxy twice, --window apart:
+file: --state-dir / WEFT_STATE_DIR) and scrapes every pod's proxy:
   deploy  one row per workload: what its pods served (their inbound proxies), and the
           cross-zone share of what they sent
+  po      the same per pod
   svc     one row per Service: what its callers saw (their outbound proxies: retries' \
 effects and proxy errors included)
   route   per-HTTPRoute figures: not served yet (exit code 1)
+KIND/NAME shows one resource (deploy/web, po/web-0, svc/books).
+--from RES: what RES sends, one row per destination of KIND (deploy, po, svc).
+--to RES: what RES receives, one row per source of KIND (deploy, po); RES may be a svc.
+Both come from the callers' outbound proxies.
+Without --window the figures are everything the proxies counted since they started, \
+printed at once; with --window, the growth over that window. --watch prints the first \
+frame at once (since the proxies started), then one per window (default 10s).
 In namespace mode the pods' admin ports are inside network namespaces: run it as root.")]
 pub struct StatArgs {
-    /// What to show a row per: deploy (default; also deployment, deployments), svc
-    /// (service, services) or route (routes).
-    #[arg(value_parser = parse_kind)]
-    kind: Option<Kind>,
+    /// What to show a row per: deploy (default; also deployment, deployments), po (pod,
+    /// pods), svc (service, services) or route (routes); KIND/NAME for one resource.
+    #[arg(value_parser = parse_target)]
+    kind: Option<Target>,
     /// Namespace whose rows are shown.
     // No env equivalent: WEFT_NAMESPACE is the namespace `weft up` gives each pod's
     // command, and would make `weft stat --admin` run there a conflict.
@@ -66,6 +102,23 @@ pub struct StatArgs {
     /// Rows of every namespace (with a NAMESPACE column).
     #[arg(short = 'A', long)]
     all_namespaces: bool,
+    /// Only traffic sent by this resource (deploy[/NAME], po[/NAME]): one row per
+    /// destination.
+    #[arg(long, value_parser = parse_resource, conflicts_with = "to")]
+    from: Option<Resource>,
+    /// Namespace of the --from resource [default: -n's].
+    #[arg(long, requires = "from")]
+    from_namespace: Option<String>,
+    /// Only traffic received by this resource (deploy[/NAME], po[/NAME], svc[/NAME]):
+    /// one row per source.
+    #[arg(long, value_parser = parse_resource)]
+    to: Option<Resource>,
+    /// Namespace of the --to resource [default: -n's].
+    #[arg(long, requires = "to")]
+    to_namespace: Option<String>,
+    /// http (golden metrics) or tcp (connections and bytes of the inbound side).
+    #[arg(short = 't', long = "type", value_enum, default_value = "http")]
+    traffic: Traffic,
     /// Read these proxies instead of the local mesh: admin address (host:port) of a
     /// proxy; repeat or comma-separate for several. Prints raw rows per (workload,
     /// direction, authority).
@@ -73,24 +126,29 @@ pub struct StatArgs {
         long = "admin",
         value_delimiter = ',',
         env = "WEFT_STAT_ADMIN",
-        conflicts_with_all = ["kind", "all_namespaces", "namespace"]
+        conflicts_with_all = ["kind", "all_namespaces", "namespace", "from", "to", "traffic"]
     )]
     admins: Vec<SocketAddr>,
-    /// Time window the figures cover.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    window: Duration,
+    /// Time window the figures cover [default: since each proxy started; 10s between
+    /// --watch frames].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    window: Option<Duration>,
     /// Output format (json: an array of rows).
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Output,
-    /// Keep printing, one window after another, until interrupted.
+    /// Keep printing, one window after another, until interrupted (the first frame at
+    /// once, from what the proxies counted since they started).
     #[arg(long)]
     watch: bool,
     #[command(flatten)]
     local: LocalArgs,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
+/// The window between --watch frames without --window.
+const WATCH_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
     Table,
     Json,
 }
@@ -129,19 +187,34 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
 async fn run_admin(args: StatArgs) -> anyhow::Result<()> {
     let mut before = scrape_all(&args.admins).await?;
     let mut scraped = Instant::now();
+    let watch_window = args.window.unwrap_or(WATCH_WINDOW);
+    // The first frame at once, from what each proxy counted since it started; with a
+    // --window (and no --watch), the growth over that window instead.
+    let mut first = args.window.is_none() || args.watch;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(args.window) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
-        let after = scrape_all(&args.admins).await?;
-        let elapsed = scraped.elapsed();
-        scraped = Instant::now();
-        let rows: Vec<Row> = before
-            .iter()
-            .zip(&after)
-            .flat_map(|(b, a)| rows(b, a, elapsed))
-            .collect();
+        let rows: Vec<Row> = if first {
+            let now = SystemTime::now();
+            before
+                .iter()
+                .flat_map(|a| rows(&Scrape::default(), a, mesh::uptime(a, now)))
+                .collect()
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(watch_window) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+            let after = scrape_all(&args.admins).await?;
+            let elapsed = scraped.elapsed();
+            scraped = Instant::now();
+            let rows = before
+                .iter()
+                .zip(&after)
+                .flat_map(|(b, a)| rows(b, a, elapsed))
+                .collect();
+            before = after;
+            rows
+        };
+        first = false;
         match args.output {
             Output::Table => emit(&table(&rows)),
             Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?)),
@@ -149,39 +222,81 @@ async fn run_admin(args: StatArgs) -> anyhow::Result<()> {
         if !args.watch {
             return Ok(());
         }
-        before = after;
     }
 }
 
-/// The local mesh: rows per workload or Service, from every pod's proxy.
+/// The local mesh: rows per workload, pod or Service, from every pod's proxy.
 async fn run_local(args: StatArgs) -> anyhow::Result<()> {
     args.local.validate()?;
-    let kind = args.kind.unwrap_or(Kind::Deploy);
-    if kind == Kind::Route {
+    let target = args.kind.clone().unwrap_or(Target {
+        kind: Kind::Deploy,
+        name: None,
+    });
+    if target.kind == Kind::Route {
         bail!(
             "weft stat route: HTTPRoutes are not served by weft yet, so there are no \
 per-route figures; `weft stat svc` shows per-Service ones"
         );
     }
-    let state = load_state(&args.local)?;
+    if args.traffic == Traffic::Tcp {
+        if target.kind == Kind::Svc {
+            bail!("weft stat svc -t tcp: the proxies' tcp metrics name no Service; `weft stat deploy -t tcp` or `po -t tcp` show TCP per workload or pod");
+        }
+        if args.from.is_some() || args.to.is_some() {
+            bail!("--from/--to with -t tcp: the proxies' tcp metrics carry direction, peer and tls only, not the other end; `weft stat -t tcp` shows TCP per workload, `weft edges` who talks to whom");
+        }
+    }
+    let filter = match (&args.from, &args.to) {
+        (Some(from), _) => {
+            if from.kind == ResKind::Svc {
+                bail!("--from {from}: a Service sends nothing; --from takes deploy[/NAME] or po[/NAME]");
+            }
+            let ns = args
+                .from_namespace
+                .clone()
+                .unwrap_or_else(|| args.namespace.clone());
+            Some(edge::Filter::From(from.clone(), ns))
+        }
+        (None, Some(to)) => {
+            if target.kind == Kind::Svc {
+                bail!("weft stat svc --to {to}: rows of Services are destinations already; `weft stat deploy --to {to}` shows who sends to it");
+            }
+            let ns = args
+                .to_namespace
+                .clone()
+                .unwrap_or_else(|| args.namespace.clone());
+            Some(edge::Filter::To(to.clone(), ns))
+        }
+        (None, None) => None,
+    };
+    let window = args.window.unwrap_or(WATCH_WINDOW);
+    let mut first = args.window.is_none() || args.watch;
+    let mut state = load_state(&args.local)?;
     let mut before = scrape_mesh(&state).await?;
     let mut scraped = Instant::now();
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(args.window) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
-        // Pods may come and go between windows (a foreground `weft up` applies
-        // changes): the rows are those of the mesh as it is now.
-        let state = load_state(&args.local)?;
-        let after = scrape_mesh(&state).await?;
-        // Rates over the time measured between the scrapes, not the nominal window.
-        let elapsed = scraped.elapsed();
-        scraped = Instant::now();
+        let frame = if first {
+            mesh::Frame::since_start(&before, SystemTime::now())
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(window) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+            // Pods may come and go between windows (a foreground `weft up` applies
+            // changes): the rows are those of the mesh as it is now.
+            state = load_state(&args.local)?;
+            let after = scrape_mesh(&state).await?;
+            // Rates over the time measured between the scrapes, not the nominal window.
+            let elapsed = scraped.elapsed();
+            scraped = Instant::now();
+            let frame = mesh::Frame::between(&before, &after, elapsed);
+            before = after;
+            frame
+        };
         let silent = state
             .pods
             .iter()
-            .filter(|p| !after.contains_key(&p.netns))
+            .filter(|p| !before.contains_key(&p.netns))
             .count();
         if silent > 0 {
             eprintln!(
@@ -190,17 +305,92 @@ per-route figures; `weft stat svc` shows per-Service ones"
                 args.local.state_dir().join("logs").display()
             );
         }
+        let view = View {
+            args: &args,
+            target: &target,
+            filter: filter.as_ref(),
+            first,
+        };
+        view.print(&state, &frame)?;
+        first = false;
+        if !args.watch {
+            return Ok(());
+        }
+    }
+}
+
+/// One frame's rows, as the arguments ask.
+struct View<'a> {
+    args: &'a StatArgs,
+    target: &'a Target,
+    filter: Option<&'a edge::Filter>,
+    /// The figures run since each proxy started (no window yet).
+    first: bool,
+}
+
+impl View<'_> {
+    fn print(&self, state: &State, frame: &mesh::Frame) -> anyhow::Result<()> {
+        let args = self.args;
         let mesh = Mesh::load(&state.mesh_dir).ok();
-        let rows = match kind {
-            Kind::Deploy => {
-                let workloads = mesh
-                    .iter()
-                    .flat_map(|m| &m.workloads)
-                    .map(|w| (w.namespace.clone(), w.name.clone()))
-                    .collect();
-                mesh::deploy_rows(&workloads, &state.pods, &before, &after, elapsed)
-            }
-            _ => {
+        let workloads: BTreeSet<(String, String)> = mesh
+            .iter()
+            .flat_map(|m| &m.workloads)
+            .map(|w| (w.namespace.clone(), w.name.clone()))
+            .collect();
+        let keep = |namespace: &str, name: &str| {
+            (args.all_namespaces || namespace == args.namespace)
+                && self.target.name.as_deref().is_none_or(|n| n == name)
+        };
+        let what = match self.target.kind {
+            Kind::Deploy => "deployments",
+            Kind::Pod => "pods",
+            _ => "services",
+        };
+        let mut scope = if args.all_namespaces {
+            "in the mesh".to_owned()
+        } else {
+            format!("in namespace {}", args.namespace)
+        };
+        if let Some(f) = self.filter {
+            scope = match f {
+                edge::Filter::From(r, _) => format!("{scope} with traffic from {r}"),
+                edge::Filter::To(r, _) => format!("{scope} with traffic to {r}"),
+            };
+        }
+        if self.first && args.output == Output::Table && args.watch {
+            emit("(since each proxy started)\n");
+        }
+        if args.traffic == Traffic::Tcp {
+            let rows: Vec<tcp::TcpRow> = tcp::tcp_rows(
+                &workloads,
+                &state.pods,
+                frame,
+                self.target.kind == Kind::Pod,
+            )
+            .into_iter()
+            .filter(|r| keep(&r.namespace, &r.name))
+            .collect();
+            return match args.output {
+                Output::Table => {
+                    emit(&tcp::table(&rows, args.all_namespaces, &scope));
+                    Ok(())
+                }
+                Output::Json => {
+                    emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?));
+                    Ok(())
+                }
+            };
+        }
+        let kind = match self.target.kind {
+            Kind::Pod => ResKind::Pod,
+            Kind::Svc => ResKind::Svc,
+            _ => ResKind::Deploy,
+        };
+        let rows = match (self.filter, kind) {
+            (Some(f), kind) => edge::edge_rows(kind, f, &state.pods, &state.services, frame),
+            (None, ResKind::Deploy) => mesh::deploy_frame_rows(&workloads, &state.pods, frame),
+            (None, ResKind::Pod) => mesh::pod_rows(&state.pods, frame),
+            (None, ResKind::Svc) => {
                 let services = mesh
                     .iter()
                     .flat_map(|m| &m.services)
@@ -212,45 +402,23 @@ per-route figures; `weft stat svc` shows per-Service ones"
                             .map(|v| (v.namespace.clone(), v.name.clone())),
                     )
                     .collect();
-                mesh::svc_rows(
-                    &services,
-                    &state.pods,
-                    &state.services,
-                    &before,
-                    &after,
-                    elapsed,
-                )
+                mesh::svc_rows(&services, &state.pods, &state.services, frame)
             }
         };
         let rows: Vec<mesh::MeshRow> = rows
             .into_iter()
-            .filter(|r| args.all_namespaces || r.namespace == args.namespace)
+            .filter(|r| keep(&r.namespace, &r.name))
             .collect();
         match args.output {
-            Output::Table => {
-                let what = if kind == Kind::Deploy {
-                    "deployments"
-                } else {
-                    "services"
-                };
-                let scope = if args.all_namespaces {
-                    "in the mesh".to_owned()
-                } else {
-                    format!("in namespace {}", args.namespace)
-                };
-                emit(&mesh::table(&rows, args.all_namespaces, what, &scope));
-            }
+            Output::Table => emit(&mesh::table(&rows, args.all_namespaces, what, &scope)),
             Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?)),
         }
-        if !args.watch {
-            return Ok(());
-        }
-        before = after;
+        Ok(())
     }
 }
 
 /// The running local mesh's state, or why there is none to read.
-fn load_state(local: &LocalArgs) -> anyhow::Result<State> {
+pub(crate) fn load_state(local: &LocalArgs) -> anyhow::Result<State> {
     let state = local.running_mesh("start one with `weft up`, or pass --admin")?;
     if !state.loopback && !is_root() {
         bail!(
@@ -262,7 +430,7 @@ namespaces): run weft stat as root, or pass --admin from inside the hub namespac
 }
 
 /// Every pod's scrape, parsed, by pod key.
-async fn scrape_mesh(state: &State) -> anyhow::Result<HashMap<String, Scrape>> {
+pub(crate) async fn scrape_mesh(state: &State) -> anyhow::Result<HashMap<String, Scrape>> {
     let texts = scrape::pod_metrics(scrape::admin_netns(state), &state.pods)
         .await
         .context("cannot read the pods' metrics")?;
@@ -422,7 +590,7 @@ pub fn table(rows: &[Row]) -> String {
 
 /// Writes `text` to stdout. A reader that went away (`weft stat | head`) ends the
 /// command quietly, as it would for any Unix filter, instead of a panic from `print!`.
-fn emit(text: &str) {
+pub(crate) fn emit(text: &str) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {

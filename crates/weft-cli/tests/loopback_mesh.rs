@@ -626,10 +626,10 @@ fn weft_stat_reads_the_local_mesh_per_deployment_and_service() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTPRoutes are not served by weft yet"));
     // An unknown kind lists the valid ones.
-    let out = env.run(&["stat", "pods"]);
+    let out = env.run(&["stat", "nodes"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(
-        "unknown kind \"pods\"; valid kinds: deploy (deployment, deployments), svc (service, services), route (routes)"
+        "unknown kind \"nodes\"; valid kinds: deploy (deployment, deployments), po (pod, pods), svc (service, services), route (routes)"
     ));
 
     let out = env.run(&["down"]);

@@ -1,10 +1,11 @@
-//! `weft stat deploy|svc` on a local mesh: golden metrics per workload (from the
-//! inbound side of its pods' proxies) and per Service (from the outbound side of every
-//! caller's proxy), over the window between two scrapes of every pod.
+//! `weft stat deploy|po|svc` on a local mesh: golden metrics per workload or pod (from
+//! the inbound side of its pods' proxies) and per Service (from the outbound side of
+//! every caller's proxy), over the window between two scrapes of every pod (or, for a
+//! first frame, since each proxy started).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use weft_core::prom::{bucket_increase, histogram_quantile, increase, Scrape};
@@ -33,11 +34,62 @@ pub struct MeshRow {
     pub xzone: Option<f64>,
 }
 
+/// Two scrapes of every pod that answered both times, with the time between them.
+#[derive(Clone, Debug, Default)]
+pub struct Frame {
+    /// By pod key: (the earlier scrape, the later one, the time the growth covers).
+    pub pods: HashMap<String, (Scrape, Scrape, Duration)>,
+}
+
+impl Frame {
+    /// The growth between two rounds of scrapes `elapsed` apart.
+    pub fn between(
+        before: &HashMap<String, Scrape>,
+        after: &HashMap<String, Scrape>,
+        elapsed: Duration,
+    ) -> Frame {
+        let pods = after
+            .iter()
+            .filter_map(|(k, a)| Some((k.clone(), (before.get(k)?.clone(), a.clone(), elapsed))))
+            .collect();
+        Frame { pods }
+    }
+
+    /// Everything each proxy counted since it started (`process_start_time_seconds`),
+    /// as of `now`: a first frame without waiting for a window.
+    pub fn since_start(after: &HashMap<String, Scrape>, now: SystemTime) -> Frame {
+        let pods = after
+            .iter()
+            .map(|(k, a)| (k.clone(), (Scrape::default(), a.clone(), uptime(a, now))))
+            .collect();
+        Frame { pods }
+    }
+
+    /// This pod's scrapes and the time between them, `None` unless it answered both
+    /// times.
+    pub fn get(&self, pod: &PodRecord) -> Option<(&Scrape, &Scrape, Duration)> {
+        self.pods.get(&pod.netns).map(|(b, a, w)| (b, a, *w))
+    }
+}
+
+/// How long the proxy that gave `scrape` had run at `now`, from its
+/// `process_start_time_seconds` (whole seconds, so at least 1 s; 1 s without it).
+pub fn uptime(scrape: &Scrape, now: SystemTime) -> Duration {
+    let started = scrape.sum("process_start_time_seconds", &[]);
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    Duration::from_secs_f64((now - started).clamp(1.0, 1e9))
+}
+
 /// Counts summed over pods (each pod's increase over the window taken alone, so one
 /// pod's restart does not cancel the others' growth).
 #[derive(Default)]
-struct Totals {
+pub(crate) struct Totals {
     requests: f64,
+    /// Requests per second, each pod's over its own window.
+    rps: f64,
     ok: f64,
     failed: f64,
     tls: f64,
@@ -48,14 +100,22 @@ struct Totals {
 }
 
 impl Totals {
-    /// Adds one pod's series with `labels` over the window.
-    fn add(&mut self, before: &Scrape, after: &Scrape, labels: &[(&str, &str)]) {
+    /// Adds one pod's series with `labels` over its window.
+    pub(crate) fn add(
+        &mut self,
+        before: &Scrape,
+        after: &Scrape,
+        window: Duration,
+        labels: &[(&str, &str)],
+    ) {
         let delta = |name: &str, extra: &[(&str, &str)]| {
             let mut l = labels.to_vec();
             l.extend_from_slice(extra);
             increase(before.sum(name, &l), after.sum(name, &l))
         };
-        self.requests += delta("request_total", &[]);
+        let requests = delta("request_total", &[]);
+        self.requests += requests;
+        self.rps += rate(requests, window);
         self.ok += delta("response_total", &[("classification", "success")]);
         self.failed += delta("response_total", &[("classification", "failure")]);
         self.tls += delta("request_total", &[("tls", "true")]);
@@ -72,19 +132,24 @@ impl Totals {
         self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
 
-    fn add_cross_zone(&mut self, before: &Scrape, after: &Scrape, labels: &[(&str, &str)]) {
+    pub(crate) fn add_cross_zone(
+        &mut self,
+        before: &Scrape,
+        after: &Scrape,
+        labels: &[(&str, &str)],
+    ) {
         let (known, cross) = cross_zone_counts(before, after, labels);
         self.xzone_known += known;
         self.xzone_cross += cross;
     }
 
-    fn row(&self, namespace: &str, name: &str, window: Duration) -> MeshRow {
+    pub(crate) fn row(&self, namespace: &str, name: &str) -> MeshRow {
         let responses = self.ok + self.failed;
         MeshRow {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             requests: self.requests.round().max(0.0) as u64,
-            rps: rate(self.requests, window),
+            rps: self.rps,
             success: (responses > 0.0).then(|| self.ok / responses),
             latency_ms_p50: histogram_quantile(0.5, &self.buckets),
             latency_ms_p95: histogram_quantile(0.95, &self.buckets),
@@ -93,15 +158,6 @@ impl Totals {
             xzone: (self.xzone_known > 0.0).then(|| self.xzone_cross / self.xzone_known),
         }
     }
-}
-
-/// Two scrapes of one pod's proxy, `None` unless it answered both times.
-fn pair<'a>(
-    pod: &PodRecord,
-    before: &'a HashMap<String, Scrape>,
-    after: &'a HashMap<String, Scrape>,
-) -> Option<(&'a Scrape, &'a Scrape)> {
-    Some((before.get(&pod.netns)?, after.get(&pod.netns)?))
 }
 
 /// One row per (namespace, workload) of `workloads` and of `pods`: what its pods'
@@ -114,6 +170,15 @@ pub fn deploy_rows(
     after: &HashMap<String, Scrape>,
     window: Duration,
 ) -> Vec<MeshRow> {
+    deploy_frame_rows(workloads, pods, &Frame::between(before, after, window))
+}
+
+/// [`deploy_rows`] of a [`Frame`] (pods may have windows of their own).
+pub fn deploy_frame_rows(
+    workloads: &BTreeSet<(String, String)>,
+    pods: &[PodRecord],
+    frame: &Frame,
+) -> Vec<MeshRow> {
     let mut totals: BTreeMap<(String, String), Totals> = workloads
         .iter()
         .map(|k| (k.clone(), Totals::default()))
@@ -122,15 +187,33 @@ pub fn deploy_rows(
         let t = totals
             .entry((pod.namespace.clone(), pod.workload.clone()))
             .or_default();
-        if let Some((b, a)) = pair(pod, before, after) {
-            t.add(b, a, &[("direction", "inbound")]);
+        if let Some((b, a, w)) = frame.get(pod) {
+            t.add(b, a, w, &[("direction", "inbound")]);
             t.add_cross_zone(b, a, &[("direction", "outbound")]);
         }
     }
     totals
         .iter()
-        .map(|((ns, name), t)| t.row(ns, name, window))
+        .map(|((ns, name), t)| t.row(ns, name))
         .collect()
+}
+
+/// One row per pod (namespace, pod name), as [`deploy_rows`] per workload. Pods whose
+/// proxy did not answer get a row of `None`s.
+pub fn pod_rows(pods: &[PodRecord], frame: &Frame) -> Vec<MeshRow> {
+    let mut rows: Vec<MeshRow> = pods
+        .iter()
+        .map(|pod| {
+            let mut t = Totals::default();
+            if let Some((b, a, w)) = frame.get(pod) {
+                t.add(b, a, w, &[("direction", "inbound")]);
+                t.add_cross_zone(b, a, &[("direction", "outbound")]);
+            }
+            t.row(&pod.namespace, &pod.name)
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    rows
 }
 
 /// One row per Service (namespace, name) of `services` and of those the callers'
@@ -141,16 +224,14 @@ pub fn svc_rows(
     services: &BTreeSet<(String, String)>,
     pods: &[PodRecord],
     vips: &[VipRecord],
-    before: &HashMap<String, Scrape>,
-    after: &HashMap<String, Scrape>,
-    window: Duration,
+    frame: &Frame,
 ) -> Vec<MeshRow> {
     let mut totals: BTreeMap<(String, String), Totals> = services
         .iter()
         .map(|k| (k.clone(), Totals::default()))
         .collect();
     for pod in pods {
-        let Some((b, a)) = pair(pod, before, after) else {
+        let Some((b, a, w)) = frame.get(pod) else {
             continue;
         };
         // The proxy's outbound routes to a Service: (dst_service, authority, target).
@@ -175,13 +256,13 @@ pub fn svc_rows(
                 ("target_addr", target),
             ];
             let t = totals.entry((namespace, service.to_owned())).or_default();
-            t.add(b, a, &labels);
+            t.add(b, a, w, &labels);
             t.add_cross_zone(b, a, &labels);
         }
     }
     totals
         .iter()
-        .map(|((ns, name), t)| t.row(ns, name, window))
+        .map(|((ns, name), t)| t.row(ns, name))
         .collect()
 }
 
@@ -189,7 +270,7 @@ pub fn svc_rows(
 /// name the Service without its namespace, so it is that of the pod the request
 /// reached (a Service selects pods of its own namespace), else that of the VIP or the
 /// name (`books.shop...`) it was addressed by, else the caller's own (a short name).
-fn service_namespace(
+pub(crate) fn service_namespace(
     service: &str,
     authority: &str,
     target: &str,
@@ -474,7 +555,12 @@ mod tests {
         let before = scrapes(&[("client-0", ""), ("books-0", "")]);
         let after = scrapes(&[("client-0", &client_after), ("books-0", &books_after)]);
         let services = BTreeSet::from([("default".to_owned(), "quiet".to_owned())]);
-        let rows = svc_rows(&services, &pods, &vips, &before, &after, WINDOW);
+        let rows = svc_rows(
+            &services,
+            &pods,
+            &vips,
+            &Frame::between(&before, &after, WINDOW),
+        );
         let names: Vec<(&str, &str)> = rows
             .iter()
             .map(|r| (r.namespace.as_str(), r.name.as_str()))
