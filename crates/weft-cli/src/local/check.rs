@@ -1,6 +1,10 @@
-//! `weft check`: preflight checks for the local mesh, each failure with its fix.
+//! `weft check`: preflight checks for the local mesh, and checks of the running one
+//! ([`running`]), each failure with its fix.
+
+mod running;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use weft_core::mesh::Mesh;
 
@@ -17,6 +21,20 @@ pub struct CheckArgs {
     /// The weft-controller binary (default: next to this `weft` binary).
     #[arg(long, env = "WEFT_CONTROLLER_BIN")]
     controller_bin: Option<PathBuf>,
+    /// Preflight checks only: can `weft up` run here (a running mesh is then a failure:
+    /// `weft down` first).
+    #[arg(long, conflicts_with = "proxy")]
+    pre: bool,
+    /// Checks of the running mesh only (controller, every pod's proxy and app,
+    /// readiness, certificates, clocks); fails when no mesh is up.
+    #[arg(long)]
+    proxy: bool,
+    /// A proxy certificate that expires sooner than this fails the check.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    cert_min_validity: Duration,
+    /// The most a process's clock may differ from this machine's.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    max_clock_skew: Duration,
     #[command(flatten)]
     local: LocalArgs,
 }
@@ -39,6 +57,28 @@ impl Report {
 pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     args.local.validate()?;
     let mut r = Report { failed: 0 };
+    // A mesh whose `weft up` (or detached supervisor) runs: checked as it runs, unless
+    // --pre asks whether another could start.
+    let up = match State::load(&args.local.state_path()) {
+        Ok(Some(state)) if state.owner.as_ref().is_some_and(|o| o.is_running()) => Some(state),
+        _ => None,
+    };
+    let bounds = running::Bounds {
+        cert_min_validity: args.cert_min_validity,
+        max_clock_skew: args.max_clock_skew,
+    };
+    if args.proxy {
+        match &up {
+            Some(state) => running::check(&mut r, state, &args.local.state_dir(), &bounds),
+            None => r.check(
+                false,
+                &format!("a local mesh is up ({})", args.local.state_path().display()),
+                "weft up DIR (weft check --proxy checks a running mesh)",
+            ),
+        }
+        return r.finish();
+    }
+    let running = up.filter(|_| !args.pre);
     println!("weft check: can `weft up` run here?");
     let root = sys::is_root();
     if root {
@@ -131,7 +171,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         );
     }
     let hub = args.local.hub();
-    if root {
+    if root && running.is_some() {
+        println!("  note  network namespace {hub} belongs to the running mesh");
+    } else if root {
         r.check(
             !sys::netns_exists(&hub),
             &format!("network namespace {hub} is free"),
@@ -141,6 +183,14 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     let state_path = args.local.state_path();
     match State::load(&state_path) {
         Ok(None) => r.check(true, "no mesh recorded as up", ""),
+        Ok(Some(state)) if running.is_some() => {
+            println!(
+                "  note  a mesh is up (weft up pid {}, {}): its checks follow (--pre: preflight only)",
+                state.owner.as_ref().map_or(0, |o| o.pid),
+                state.mesh_dir.display()
+            );
+            report_issuer(&args.local.state_dir());
+        }
         Ok(Some(state)) => {
             let running = state.owner.as_ref().is_some_and(|o| o.is_running());
             let what = if running {
@@ -194,11 +244,21 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
             ),
         }
     }
-    if r.failed > 0 {
-        anyhow::bail!("{} check(s) failed", r.failed);
+    if let Some(state) = &running {
+        running::check(&mut r, state, &args.local.state_dir(), &bounds);
     }
-    println!("all checks passed");
-    Ok(())
+    r.finish()
+}
+
+impl Report {
+    /// The exit: an error (exit code 1) if any check failed.
+    fn finish(&self) -> anyhow::Result<()> {
+        if self.failed > 0 {
+            anyhow::bail!("{} check(s) failed", self.failed);
+        }
+        println!("all checks passed");
+        Ok(())
+    }
 }
 
 /// When the running mesh's issuer (STATE/identity/issuer.crt) expires: a note, a
