@@ -602,3 +602,70 @@ fn meshed_calls_are_encrypted_on_the_wire() {
     assert!(env.run(&["down"]).status.success());
     env.assert_nothing_left(&procs);
 }
+
+/// The counts in the last totals line an app printed (`POD: served N, calls ok N, calls
+/// failed N`), if it printed one.
+fn app_totals(log: &str) -> Option<(u64, u64)> {
+    let line = log.lines().rev().find(|l| l.contains(", calls failed "))?;
+    let count = |key: &str| -> Option<u64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((count("calls ok ")?, count("calls failed ")?))
+}
+
+#[test]
+fn the_demo_mesh_starts_without_a_failed_call() {
+    require_root!();
+    let mut env = Env::new("s");
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
+    for file in ["mesh.yaml", "services.yaml"] {
+        env.write(file, &std::fs::read_to_string(demo.join(file)).unwrap());
+    }
+    std::fs::create_dir_all(env.dir.join("faults")).unwrap();
+
+    let up = env.up_foreground(&[]);
+    env.up = Some(up);
+
+    // The callers print their totals 10 s after they start: their first ten seconds.
+    let logs = env.state_dir.join("logs");
+    let totals =
+        |pod: &str| app_totals(&std::fs::read_to_string(logs.join(format!("{pod}.app.log"))).ok()?);
+    let first = eventually(Duration::from_secs(40), || {
+        Some((totals("web-0")?, totals("reader-0")?))
+    });
+    let Some(((web_ok, web_failed), (reader_ok, reader_failed))) = first else {
+        panic!(
+            "the callers printed no totals within 40 s:\n{}",
+            env.up_output()
+        );
+    };
+    eprintln!(
+        "web: {web_ok} ok, {web_failed} failed; reader: {reader_ok} ok, {reader_failed} failed"
+    );
+    assert!(web_ok >= 100 && reader_ok >= 50, "the callers called");
+    assert_eq!(
+        (web_failed, reader_failed),
+        (0, 0),
+        "calls failed in the mesh's first seconds:\n{}",
+        env.up_output()
+    );
+
+    // From the first call on, web (zone-a) stays on the books pods of its zone.
+    let web = env.metrics("web-0").expect("web's metrics");
+    let to_books = |zone| {
+        web.sum(
+            "response_total",
+            &[
+                ("direction", "outbound"),
+                ("dst_service", "books"),
+                ("dst_zone", zone),
+            ],
+        )
+    };
+    assert!(to_books("zone-a") >= 100.0, "{}", web.text);
+    assert_eq!(to_books("zone-b"), 0.0, "{}", web.text);
+}

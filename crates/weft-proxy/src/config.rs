@@ -21,6 +21,8 @@ use crate::retry::{
     BudgetParams, BudgetedPolicy, MethodSet, RequestPolicy, RetryCondition, RetryOn, RetryPolicy,
 };
 
+/// `--failfast-timeout`'s default (keep it in step with the flag's).
+pub const DEFAULT_FAILFAST_TIMEOUT: Duration = Duration::from_secs(3);
 /// `--destination-idle-timeout`'s default (keep it in step with the flag's).
 pub const DEFAULT_DESTINATION_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -168,6 +170,12 @@ pub struct Args {
     #[arg(long, env = "WEFT_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub pool_idle_timeout: Duration,
 
+    /// How long a request (or connection) to a service with no endpoint to pick waits
+    /// for one to arrive; once a service has had none for this long, requests to it
+    /// fail at once (503) until one comes (Linkerd's failfast).
+    #[arg(long, env = "WEFT_FAILFAST_TIMEOUT", value_parser = humantime::parse_duration, default_value = "3s")]
+    pub failfast_timeout: Duration,
+
     /// How long a destination learnt from the destination service is followed (its
     /// stream kept open) after its last lookup, once no connection uses it.
     #[arg(long, env = "WEFT_DESTINATION_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10m")]
@@ -314,6 +322,8 @@ pub struct Config {
     /// Destinations from the destination service that nothing used for this long are
     /// no longer followed.
     pub destination_idle_timeout: Duration,
+    /// How long requests wait for a service with no endpoints (`--failfast-timeout`).
+    pub failfast_timeout: Duration,
     pub labels: WorkloadLabels,
     /// How services are balanced (zone awareness and its band, ejection, ...).
     pub balance: Arc<BalanceConfig>,
@@ -497,6 +507,7 @@ impl Args {
             drain_grace: self.drain_grace,
             pool_idle_timeout: self.pool_idle_timeout,
             destination_idle_timeout: self.destination_idle_timeout,
+            failfast_timeout: self.failfast_timeout,
             labels: WorkloadLabels {
                 namespace: self.namespace,
                 deployment: self.deployment,
@@ -574,6 +585,7 @@ impl Config {
             drain_grace: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(60),
             destination_idle_timeout: DEFAULT_DESTINATION_IDLE_TIMEOUT,
+            failfast_timeout: DEFAULT_FAILFAST_TIMEOUT,
             labels: WorkloadLabels::default(),
             balance: Arc::default(),
             identity: None,

@@ -650,13 +650,18 @@ impl Follower {
             _ => None,
         };
         let service = match current {
-            // A service first seen without endpoints had no name yet: it is named
-            // again by the first Add that says its name (nothing could use it before).
-            Some(s) if name.is_none_or(|n| *s.name == *n) || !s.endpoints().is_empty() => s,
-            replaced => {
-                if let Some(old) = replaced {
-                    self.services.remove_discovered(&old);
+            Some(s) => {
+                // A service first seen without endpoints had no name yet: the first Add
+                // that says it names it, in place, as connections waiting for its
+                // endpoints hold it.
+                if let Some(n) = name {
+                    if *s.name() != *n && s.endpoints().is_empty() {
+                        s.rename(n);
+                    }
                 }
+                s
+            }
+            None => {
                 let s = Arc::new(Service::discovered(
                     name.unwrap_or_default(),
                     self.address,

@@ -135,7 +135,9 @@ impl EndpointSpec {
 /// A destination service and the endpoints that serve it.
 #[derive(Debug)]
 pub struct Service {
-    pub name: Arc<str>,
+    /// Its name in metrics (`dst_service`): a service discovery first knows without
+    /// endpoints has none until the first `Add` says it ([`Service::rename`]).
+    name: RwLock<Arc<str>>,
     pub address: Option<SocketAddr>,
     pub listen: Option<SocketAddr>,
     /// Forwarded as TCP without protocol detection (discovery may change it).
@@ -145,20 +147,70 @@ pub struct Service {
     balancer: Balancer,
     /// Its timeouts and retries, and its retry budget.
     pub policy: ServicePolicy,
+    /// Requests waiting for an endpoint to pick (see [`Service::pick_or_wait`]).
+    availability: Availability,
+}
+
+/// A service with no endpoint to pick (discovery has not answered with one yet, or the
+/// last went) makes requests wait, as Linkerd's failfast does: up to the failfast
+/// timeout from the moment a pick first failed, then every request fails at once until
+/// an endpoint comes. So a caller that starts a moment before its callee is published
+/// waits instead of failing, and a service that stays empty answers 503 without delay.
+#[derive(Debug, Default)]
+struct Availability {
+    /// Woken when endpoints arrive.
+    arrived: tokio::sync::Notify,
+    /// Whether a pick failed since the last one that succeeded: the hot path reads only
+    /// this.
+    failing: AtomicBool,
+    /// When picks started failing.
+    since: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Availability {
+    fn since(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn picked(&self) {
+        if self.failing.load(Ordering::Relaxed) {
+            self.failing.store(false, Ordering::Relaxed);
+            *self.since() = None;
+        }
+    }
 }
 
 impl Service {
     pub fn new(name: &str, endpoints: Vec<SocketAddr>) -> Self {
-        Service {
-            name: name.into(),
-            address: None,
-            listen: None,
-            opaque: AtomicBool::new(false),
-            balancer: Balancer::new(
+        Service::build(
+            name,
+            None,
+            None,
+            false,
+            Balancer::new(
                 Arc::default(),
                 endpoints.into_iter().map(EndpointMeta::new).collect(),
             ),
-            policy: ServicePolicy::default(),
+            ServicePolicy::default(),
+        )
+    }
+
+    fn build(
+        name: &str,
+        address: Option<SocketAddr>,
+        listen: Option<SocketAddr>,
+        opaque: bool,
+        balancer: Balancer,
+        policy: ServicePolicy,
+    ) -> Self {
+        Service {
+            name: RwLock::new(name.into()),
+            address,
+            listen,
+            opaque: AtomicBool::new(opaque),
+            balancer,
+            policy,
+            availability: Availability::default(),
         }
     }
 
@@ -168,17 +220,27 @@ impl Service {
         address: Option<SocketAddr>,
         balance: Arc<BalanceConfig>,
     ) -> Self {
-        Service {
-            name: name.into(),
+        Service::build(
+            name,
             address,
-            listen: None,
-            opaque: AtomicBool::new(false),
-            balancer: Balancer::new(balance, Vec::new()),
-            policy: ServicePolicy::default(),
-        }
+            None,
+            false,
+            Balancer::new(balance, Vec::new()),
+            ServicePolicy::default(),
+        )
     }
 
     /// Whether connections to it skip protocol detection (opaque TCP).
+    pub fn name(&self) -> Arc<str> {
+        self.name.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Names a service that had no name (or another) while it had no endpoints:
+    /// connections that met it then hold this object, so it is named in place.
+    pub fn rename(&self, name: &str) {
+        *self.name.write().unwrap_or_else(|e| e.into_inner()) = name.into();
+    }
+
     pub fn is_opaque(&self) -> bool {
         self.opaque.load(Ordering::Relaxed)
     }
@@ -190,7 +252,37 @@ impl Service {
     /// Picks the endpoint for the next request (HTTP) or connection (TCP); report how
     /// it went on the returned [`Picked`].
     pub fn pick(&self) -> Option<Picked> {
-        self.balancer.pick()
+        let picked = self.balancer.pick();
+        if picked.is_some() {
+            self.availability.picked();
+        }
+        picked
+    }
+
+    /// Picks as [`Service::pick`] does; when there is nothing to pick, waits for
+    /// endpoints to arrive, at most until `failfast` after picks started failing
+    /// ([`Availability`]).
+    pub async fn pick_or_wait(&self, failfast: Duration) -> Option<Picked> {
+        let availability = &self.availability;
+        loop {
+            // Registered before the pick, so endpoints arriving in between wake it.
+            let arrived = availability.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if let Some(picked) = self.pick() {
+                return Some(picked);
+            }
+            let now = tokio::time::Instant::now();
+            let since = *availability.since().get_or_insert(now);
+            availability.failing.store(true, Ordering::Relaxed);
+            let deadline = since + failfast;
+            if now >= deadline {
+                return None;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return self.pick();
+            }
+        }
     }
 
     pub fn endpoints(&self) -> Vec<SocketAddr> {
@@ -207,12 +299,16 @@ impl Service {
 
     /// Replaces the endpoints; those that stay keep what the balancer learnt of them.
     pub fn set_endpoints(&self, endpoints: Vec<EndpointMeta>) {
+        let some = !endpoints.is_empty();
         self.balancer.set_endpoints(endpoints);
+        if some {
+            self.availability.arrived.notify_waiters();
+        }
     }
 
     /// Whether `spec` describes this service with (at most) other endpoints.
     fn same_as(&self, spec: &ServiceSpec, policy: &PolicyOverrides) -> bool {
-        *self.name == *spec.name
+        *self.name() == *spec.name
             && self.address == spec.address
             && self.listen == spec.listen
             && self.is_opaque() == spec.opaque
@@ -500,14 +596,14 @@ fn parse_tables(
                 updates.push((old.clone(), endpoints));
                 old
             }
-            None => Arc::new(Service {
-                name: spec.name.as_str().into(),
-                address: spec.address,
-                listen: spec.listen,
-                opaque: AtomicBool::new(spec.opaque),
-                balancer: Balancer::new(balance.clone(), endpoints),
-                policy: ServicePolicy::new(policy),
-            }),
+            None => Arc::new(Service::build(
+                &spec.name,
+                spec.address,
+                spec.listen,
+                spec.opaque,
+                Balancer::new(balance.clone(), endpoints),
+                ServicePolicy::new(policy),
+            )),
         };
         for authority in &spec.authorities {
             let key = normalize_authority(authority);
@@ -549,6 +645,51 @@ fn normalize_authority(authority: &str) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn requests_wait_for_a_services_first_endpoints_then_fail_fast_until_one_comes() {
+        let failfast = Duration::from_secs(3);
+        let service = Arc::new(Service::discovered("books", None, Arc::default()));
+        let endpoint: SocketAddr = ([198, 18, 0, 7], 4143).into();
+
+        // Endpoints arriving within the failfast timeout reach the waiting request.
+        let waiting = tokio::spawn({
+            let service = service.clone();
+            async move { service.pick_or_wait(failfast).await.map(|p| p.addr()) }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a request waits for the first endpoints"
+        );
+        service.set_endpoints(vec![EndpointMeta::new(endpoint)]);
+        assert_eq!(waiting.await.unwrap(), Some(endpoint));
+
+        // All endpoints gone: requests wait up to the timeout from the first failed
+        // pick, then fail at once until one comes.
+        service.set_endpoints(Vec::new());
+        let started = tokio::time::Instant::now();
+        assert!(service.pick_or_wait(failfast).await.is_none());
+        assert_eq!(started.elapsed(), failfast);
+        let again = tokio::time::Instant::now();
+        assert!(service.pick_or_wait(failfast).await.is_none());
+        assert_eq!(
+            again.elapsed(),
+            Duration::ZERO,
+            "fails fast after the timeout"
+        );
+
+        // One comes: served at once, and a later outage waits the whole timeout again.
+        service.set_endpoints(vec![EndpointMeta::new(endpoint)]);
+        assert_eq!(
+            service.pick_or_wait(failfast).await.map(|p| p.addr()),
+            Some(endpoint)
+        );
+        service.set_endpoints(Vec::new());
+        let started = tokio::time::Instant::now();
+        assert!(service.pick_or_wait(failfast).await.is_none());
+        assert_eq!(started.elapsed(), failfast);
+    }
+
     fn parse(text: &str) -> Result<ServiceIndex, EndpointsError> {
         ServiceIndex::parse(Path::new("endpoints.yaml"), text)
     }
@@ -567,7 +708,7 @@ services:
         )
         .unwrap();
         let svc = index.by_authority("books.default.svc:8080").unwrap();
-        assert_eq!(&*svc.name, "books");
+        assert_eq!(&*svc.name(), "books");
         let picks: std::collections::HashSet<_> = (0..100)
             .map(|_| svc.pick().unwrap().addr().port())
             .collect();

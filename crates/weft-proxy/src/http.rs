@@ -204,7 +204,7 @@ async fn forward(
 
     // Explicit mode: an authority met for the first time may need the controller.
     shared.discover(&ctx.destination, &authority).await;
-    let resolved = match shared.resolve(&ctx.destination, &authority) {
+    let resolved = match shared.resolve_or_wait(&ctx.destination, &authority).await {
         Ok(resolved) => resolved,
         Err(e) => {
             let route = route_labels(&ctx, &authority, None, None, None);
@@ -607,7 +607,7 @@ fn route_labels(
         } else {
             ctx.tls
         },
-        dst_service: service.map_or("", |s| &*s.name).into(),
+        dst_service: Str(service.map_or_else(|| "".into(), |s| s.name())),
         dst_zone: dst_zone.unwrap_or("").into(),
         client_id: ctx.client_id.clone(),
         server_id: Str(server_id.map(|id| id.dns_name()).unwrap_or_default().into()),

@@ -107,6 +107,31 @@ impl Shared {
         Ok(resolved)
     }
 
+    /// [`Shared::resolve`], but a service with no endpoint to pick is waited for, within
+    /// the failfast timeout ([`Service::pick_or_wait`]).
+    pub async fn resolve_or_wait(
+        &self,
+        destination: &Destination,
+        authority: &str,
+    ) -> Result<Resolved, ResolveError> {
+        match self.resolve(destination, authority) {
+            Err(ResolveError::NoEndpoints(service)) => {
+                match service.pick_or_wait(self.config.failfast_timeout).await {
+                    Some(picked) if self.is_own_listener(picked.addr()) => {
+                        Err(ResolveError::Loop(picked.addr()))
+                    }
+                    Some(picked) => Ok(Resolved {
+                        addr: picked.addr(),
+                        service: Some(service),
+                        picked: Some(picked),
+                    }),
+                    None => Err(ResolveError::NoEndpoints(service)),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Explicit mode: looks an authority the endpoints file does not know up in the
     /// destination service (waiting for its first answer, within bounds), so that
     /// [`Shared::resolve`] finds it. Does nothing otherwise.
@@ -159,8 +184,8 @@ impl Resolved {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("service {0} has no endpoints")]
-    NoEndpoints(Arc<str>),
+    #[error("service {} has no endpoints", .0.name())]
+    NoEndpoints(Arc<Service>),
     #[error("no service is known for authority {0:?}")]
     UnknownAuthority(String),
     #[error("{0} is this proxy's own listener: the request would loop")]
@@ -204,7 +229,7 @@ impl Destination {
                 service: Some(service),
                 picked: Some(picked),
             }),
-            None => Err(ResolveError::NoEndpoints(service.name.clone())),
+            None => Err(ResolveError::NoEndpoints(service)),
         }
     }
 }
@@ -363,7 +388,7 @@ impl Proxy {
             admin_addr: local(&admin),
             service_addrs: service_listeners
                 .iter()
-                .map(|(s, l)| (s.name.clone(), local(l)))
+                .map(|(s, l)| (s.name(), local(l)))
                 .collect(),
             control: control.clone(),
             metrics: metrics.clone(),
@@ -788,7 +813,7 @@ async fn dispatch<I>(
     };
     match protocol {
         Protocol::Opaque => {
-            let resolved = match shared.resolve(&peer.destination, "") {
+            let resolved = match shared.resolve_or_wait(&peer.destination, "").await {
                 Ok(resolved) => resolved,
                 Err(error) => {
                     if let ResolveError::DiscoveryUnavailable(_) = error {

@@ -599,7 +599,7 @@ impl Metrics {
         for service in services.services() {
             for (zone, count) in service.balancer().in_use_by_zone() {
                 let labels = BalancerLabels {
-                    dst_service: Str(service.name.clone()),
+                    dst_service: Str(service.name()),
                     dst_zone: zone.map(Str).unwrap_or_else(|| "".into()),
                 };
                 self.balancer_endpoints

@@ -225,15 +225,24 @@ async fn destinations_the_controller_does_not_know() {
         started.elapsed()
     );
 
-    // A Service without ready endpoints exists: 503, no fallback.
+    // A Service without ready endpoints exists: requests wait for one up to the
+    // failfast timeout, then 503 (no fallback), and at once after that.
     ctl.set_pods(&[pod("books", 0, ips[0], false)]);
-    let empty = eventually(Duration::from_secs(2), || async {
+    let empty = eventually(Duration::from_secs(10), || async {
         client::get(web.outbound(), AUTHORITY, "/")
             .await
             .is_ok_and(|r| r.status == 503 && r.body.contains("service books has no endpoints"))
     })
     .await;
     assert!(empty);
+    let started = Instant::now();
+    let rsp = client::get(web.outbound(), AUTHORITY, "/").await.unwrap();
+    assert_eq!(rsp.status, 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "fails fast once the service had no endpoints for the failfast timeout: {:?}",
+        started.elapsed()
+    );
     let m = web.metrics().await;
     assert!(
         m.sum("destination_lookups_total", &[("result", "unknown")]) >= 2.0,
@@ -376,4 +385,63 @@ async fn destinations_nothing_uses_are_no_longer_followed_and_come_back_on_use()
         m.sum("balancer_endpoints", &[("dst_service", "books")]),
         1.0
     );
+}
+
+#[tokio::test]
+async fn a_request_sent_before_the_service_has_endpoints_waits_for_them() {
+    let (ips, port) = replica_ips(6);
+    let ctl = TestController::start(&mesh_yaml(port, 1), &services_yaml(port)).await;
+    // books exists, its replica is not ready yet (weft up publishes a pod once ready).
+    ctl.set_pods(&[pod("books", 0, ips[0], false)]);
+    let sink = TestServer::loopback("web").await;
+    let web = ctl
+        .meshed(proxy::inbound_to(sink.addr()), "web")
+        .start()
+        .await;
+    wait_ready(&web).await;
+    let (_app, _proxy) = replica(&ctl, "books-0", ips[0], port).await;
+
+    // The caller's first request meets a service without endpoints (the controller
+    // says so without its name) and waits; the replica becomes ready within the
+    // failfast timeout and the request is served, counted under the service's name.
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let outbound = web.outbound();
+        async move { client::get(outbound, AUTHORITY, "/").await }
+    });
+    let seen = eventually(Duration::from_secs(2), || async {
+        web.metrics()
+            .await
+            .sum("destination_updates_total", &[("kind", "no_endpoints")])
+            >= 1.0
+    })
+    .await;
+    assert!(seen, "the proxy never heard that books has no endpoints");
+    assert!(!waiting.is_finished(), "the request did not wait");
+    ctl.set_pods(&[pod("books", 0, ips[0], true)]);
+    let rsp = waiting.await.unwrap().unwrap();
+    assert_eq!(
+        (rsp.status.as_u16(), rsp.body.as_str()),
+        (200, "hello from books-0")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let m = web.metrics().await;
+    assert_eq!(
+        m.sum(
+            "response_total",
+            &[
+                ("direction", "outbound"),
+                ("dst_service", "books"),
+                ("status_code", "200")
+            ]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(m.sum("http_errors_total", &[]), 0.0, "{}", m.text);
 }

@@ -982,24 +982,54 @@ impl Runner {
             .flat_map(|w| (0..w.replicas).map(move |i| (w.clone(), i)))
             .collect();
         let mut new = Vec::new();
-        for (w, i) in &wanted {
-            let netns = self.create_pod(w, *i)?;
+        for (w, i) in wanted {
+            let netns = self.create_pod(&w, i)?;
             new.push((w, netns));
         }
-        // Every pod takes traffic before any process starts: an early call meets
-        // a refused connection at once instead of waiting on a VIP that nobody serves.
-        self.published
-            .extend(new.iter().map(|(_, netns)| netns.clone()));
         self.write_pods()?;
-        for (w, netns) in &new {
-            self.start_pod(w, netns)?;
+        match self.start_pods(&new, timeout).await.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        let new: Vec<String> = new.into_iter().map(|(_, n)| n).collect();
-        let failed = self.wait_ready(&new, timeout).await;
-        if let Some(e) = failed.into_iter().next() {
-            return Err(e);
+    }
+
+    /// Starts pods the way Kubernetes does with Linkerd's proxy-await: each pod's proxy
+    /// first, its app once the proxy is ready (it holds a certificate, so the app's
+    /// first call is already mTLS), and the pod published in the endpoints once its app
+    /// listens. Until then callers' proxies hold their requests for it (failfast
+    /// timeout), and none of them reach a pod that cannot answer yet.
+    async fn start_pods(
+        &mut self,
+        pods: &[(Workload, String)],
+        timeout: Duration,
+    ) -> Vec<anyhow::Error> {
+        let mut failures = Vec::new();
+        let mut proxies = Vec::new();
+        for (w, netns) in pods {
+            let started = self.proxy_command(w, netns).and_then(|(argv, env, token)| {
+                self.spawn(netns, "proxy", &argv, &env, Some(token), 0)
+            });
+            match started {
+                Ok(()) => proxies.push(netns.clone()),
+                Err(e) => failures.push(e.context(format!("starting the proxy of {netns}"))),
+            }
         }
-        Ok(())
+        let mut apps = Vec::new();
+        for (netns, result) in self.check_ready(&proxies, timeout, false).await {
+            let Some((w, _)) = pods.iter().find(|(_, n)| *n == netns) else {
+                continue;
+            };
+            let started = result.and_then(|()| {
+                let (argv, env) = self.app_command(w, &netns)?;
+                self.spawn(&netns, "app", &argv, &env, None, 0)
+            });
+            match started {
+                Ok(()) => apps.push(netns),
+                Err(e) => failures.push(e),
+            }
+        }
+        failures.extend(self.wait_ready(&apps, timeout).await);
+        failures
     }
 
     /// Makes one pod's network: namespace, link, address, rules, hosts file.
@@ -1079,14 +1109,6 @@ impl Runner {
         std::fs::create_dir_all(&etc)?;
         std::fs::write(etc.join("hosts"), self.hosts(&w.namespace, &name, ip))?;
         Ok(netns)
-    }
-
-    /// Starts a pod's proxy (UID 2102) and then the workload's command.
-    fn start_pod(&mut self, w: &Workload, netns: &str) -> anyhow::Result<()> {
-        let (argv, env, token) = self.proxy_command(w, netns)?;
-        self.spawn(netns, "proxy", &argv, &env, Some(token), 0)?;
-        let (argv, env) = self.app_command(w, netns)?;
-        self.spawn(netns, "app", &argv, &env, None, 0)
     }
 
     /// A pod's proxy: its command line, environment and stdin (its token).
@@ -1425,27 +1447,71 @@ impl Runner {
     /// Waits until the pods are ready (proxy `/ready` answers, every declared port
     /// accepts connections, both processes run), printing each as it gets there, and
     /// publishes them in the pods file. Returns the failures.
-    async fn wait_ready(&mut self, netnses: &[String], timeout: Duration) -> Vec<anyhow::Error> {
-        let started = Instant::now();
+    /// Checks pods in parallel until each is ready (its proxy's `/ready`, and with
+    /// `app` its workload's ports) or fails; a failure carries the last lines of the
+    /// pod's logs.
+    async fn check_ready(
+        &mut self,
+        netnses: &[String],
+        timeout: Duration,
+        app: bool,
+    ) -> Vec<(String, anyhow::Result<()>)> {
         let mut tasks = tokio::task::JoinSet::new();
         for netns in netnses {
             let Some(pod) = self.state.pods.iter().find(|p| &p.netns == netns).cloned() else {
                 continue;
             };
-            let ports = self.pod_ports(&pod);
+            let ports = if app {
+                self.pod_ports(&pod)
+            } else {
+                Vec::new()
+            };
             let loopback = self.paths.loopback.is_some();
             tasks.spawn_blocking(move || {
                 let result = pod_ready(&pod, &ports, timeout, loopback);
                 (pod, result)
             });
         }
-        let mut failures = Vec::new();
+        let mut results = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             let Ok((pod, result)) = joined else {
-                failures.push(anyhow!("a readiness check panicked"));
+                results.push((String::new(), Err(anyhow!("a readiness check panicked"))));
                 continue;
             };
             self.reap();
+            let result = result.map_err(|e| {
+                let mut msg = format!("pod {} ({}) is not ready: {e:#}", pod.name, pod.netns);
+                for p in &pod.procs {
+                    if let Some(log) = &p.log {
+                        let tail = sys::tail(log, 5);
+                        if !tail.is_empty() {
+                            let _ = write!(
+                                msg,
+                                "\n  {} log, last lines:\n    {}",
+                                p.role,
+                                tail.replace('\n', "\n    ")
+                            );
+                        }
+                    }
+                }
+                self.event(msg.lines().next().unwrap_or_default().to_owned());
+                anyhow!(msg)
+            });
+            results.push((pod.netns.clone(), result));
+        }
+        results
+    }
+
+    /// Waits until pods are ready ([`Runner::check_ready`]) and publishes those that
+    /// are, in one write of the pods file.
+    async fn wait_ready(&mut self, netnses: &[String], timeout: Duration) -> Vec<anyhow::Error> {
+        let started = Instant::now();
+        let mut failures = Vec::new();
+        for (netns, result) in self.check_ready(netnses, timeout, true).await {
+            let Some(pod) = self.state.pods.iter().find(|p| p.netns == netns).cloned() else {
+                failures.extend(result.err());
+                continue;
+            };
             match result {
                 Ok(()) => {
                     // The check saw its /ready answer: earlier probes (while it started)
@@ -1462,24 +1528,7 @@ impl Runner {
                         started.elapsed().as_secs_f64()
                     ));
                 }
-                Err(e) => {
-                    let mut msg = format!("pod {} ({}) is not ready: {e:#}", pod.name, pod.netns);
-                    for p in &pod.procs {
-                        if let Some(log) = &p.log {
-                            let tail = sys::tail(log, 5);
-                            if !tail.is_empty() {
-                                let _ = write!(
-                                    msg,
-                                    "\n  {} log, last lines:\n    {}",
-                                    p.role,
-                                    tail.replace('\n', "\n    ")
-                                );
-                            }
-                        }
-                    }
-                    self.event(msg.lines().next().unwrap_or_default().to_owned());
-                    failures.push(anyhow!(msg));
-                }
+                Err(e) => failures.push(e),
             }
         }
         if let Err(e) = self.write_pods() {
@@ -2302,11 +2351,8 @@ impl Runner {
                         p.workload == w.name && p.namespace == w.namespace && p.index == i
                     });
                 if !exists {
-                    match self.create_pod(&w, i).and_then(|netns| {
-                        self.start_pod(&w, &netns)?;
-                        Ok(netns)
-                    }) {
-                        Ok(netns) => created.push(netns),
+                    match self.create_pod(&w, i) {
+                        Ok(netns) => created.push((w.clone(), netns)),
                         Err(e) => {
                             self.event(format!("cannot start pod {}: {e:#}", pod_name(&w, i)))
                         }
@@ -2335,7 +2381,7 @@ impl Runner {
             self.published.remove(netns);
         }
         // Readiness publishes the new pods (and drops the surplus) in the pods file.
-        let failures = self.wait_ready(&created, Duration::from_secs(30)).await;
+        let failures = self.start_pods(&created, Duration::from_secs(30)).await;
         for e in failures {
             self.events.push_back(format!("{e:#}"));
         }
