@@ -15,10 +15,13 @@
 //! - SECURED (√): every request of the pair went over mTLS and both identities were
 //!   seen; otherwise MSG says why not.
 //!
-//! Callers the callee saw whose own proxy counted nothing (plaintext callers outside
-//! the mesh, or a caller whose proxy was not read) get rows from the callee's inbound
-//! side alone. Opaque TCP connections are not counted per peer by the proxies, so only
-//! HTTP and gRPC calls make edges.
+//! Callers the callee saw whose own proxy did not count them as calls to it (plaintext
+//! callers outside the mesh; retries, which the caller's proxy counts under the
+//! endpoint of the first attempt; a caller whose proxy was not read) get rows from the
+//! callee's inbound side alone: mTLS ones with the callee's own identity, as its
+//! inbound proxy terminates only mTLS addressed to that identity. Opaque TCP
+//! connections are not counted per peer by the proxies, so only HTTP and gRPC calls
+//! make edges.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -291,16 +294,24 @@ pub fn pod_edges(
                 continue;
             }
             let (ns, name) = callers_of(id, identities);
+            // The inbound proxy terminates only mTLS addressed to its own identity
+            // (SNI) and verified the client's certificate: both sides proved theirs.
+            // Calls its callers' proxies counted under another endpoint (a retry
+            // landing here) or whose proxy was not read end up here.
+            let dst_identity = identity_of(dst).cloned();
             edges.push(Edge {
                 src_namespace: ns,
                 src: name,
                 dst_namespace: dst.namespace.clone(),
                 dst: dst.name.clone(),
                 src_identity: Some(id.clone()),
-                dst_identity: None,
-                secured: false,
-                msg: "seen by the destination only (mTLS; the caller's proxy was not read)"
-                    .to_owned(),
+                secured: dst_identity.is_some(),
+                msg: if dst_identity.is_some() {
+                    String::new()
+                } else {
+                    "the destination's identity is unknown (mesh directory not read)".to_owned()
+                },
+                dst_identity,
                 requests: n.round() as u64,
             });
         }
@@ -605,6 +616,8 @@ mod tests {
             (e.src_namespace.as_str(), e.dst.as_str()),
             ("shop", "books-0")
         );
-        assert!(e.msg.starts_with("seen by the destination only"));
+        // mTLS to books-0's own identity (its inbound proxy terminates no other).
+        assert_eq!(e.dst_identity.as_deref(), Some(BOOKS));
+        assert!(e.secured, "{e:?}");
     }
 }
