@@ -328,6 +328,13 @@ fn stat_edges_and_check_on_a_loopback_mesh() {
         return;
     }
     let env = Env::new("l");
+    // No mesh yet: check --proxy fails saying so, edges says there is none to read.
+    let out = env.run(&["check", "--proxy"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL  a local mesh is up"));
+    let out = env.run(&["edges"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no local mesh is up"));
     env.write("mesh.yaml", MESH);
     env.write("services.yaml", SERVICES);
     let out = env.run(&["up", "-d", "--loopback", env.dir.to_str().unwrap()]);

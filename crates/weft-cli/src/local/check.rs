@@ -68,12 +68,19 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         max_clock_skew: args.max_clock_skew,
     };
     if args.proxy {
-        match &up {
-            Some(state) => running::check(&mut r, state, &args.local.state_dir(), &bounds),
-            None => r.check(
+        // Also a mesh whose `weft up` is gone: the first check says so, the others
+        // what still runs.
+        match State::load(&args.local.state_path()) {
+            Ok(Some(state)) => running::check(&mut r, &state, &args.local.state_dir(), &bounds),
+            Ok(None) => r.check(
                 false,
                 &format!("a local mesh is up ({})", args.local.state_path().display()),
                 "weft up DIR (weft check --proxy checks a running mesh)",
+            ),
+            Err(e) => r.check(
+                false,
+                &format!("{e:#}"),
+                &format!("remove {} by hand", args.local.state_path().display()),
             ),
         }
         return r.finish();
