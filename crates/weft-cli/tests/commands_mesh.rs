@@ -312,6 +312,17 @@ fn ps_logs_exec_restart_and_scale_on_a_running_mesh() {
         .iter()
         .map(|p| (env.proc(p, "proxy"), env.proc(p, "app")))
         .collect();
+    // The client calls books 50 times a second all along: a rolling restart of two
+    // replicas fails none of them (each pod leaves the endpoints before it stops).
+    let outbound = |class: &str| -> (f64, f64) {
+        let m = env.metrics("client-0").expect("client-0's metrics");
+        let labels = [("direction", "outbound"), ("classification", class)];
+        (
+            m.sum("response_total", &labels),
+            m.sum("request_total", &[("direction", "outbound")]),
+        )
+    };
+    let (failed_before, calls_before) = outbound("failure");
     let started = Instant::now();
     let out = env.run(&["restart", "books"]);
     assert!(out.status.success(), "{}", env.supervisor_log());
@@ -343,6 +354,17 @@ fn ps_logs_exec_restart_and_scale_on_a_running_mesh() {
             "{pod}'s old app runs"
         );
     }
+    let (failed_after, calls_after) = outbound("failure");
+    assert!(
+        calls_after > calls_before + 20.0,
+        "the client made no calls meanwhile"
+    );
+    assert_eq!(
+        failed_after - failed_before,
+        0.0,
+        "calls failed during the rolling restart ({} calls)",
+        calls_after - calls_before
+    );
     let rows = env.all_ready(Duration::from_secs(5));
     assert_eq!(row(&rows, "books-0").restarts, 1);
     assert_eq!(row(&rows, "books-1").restarts, 0);

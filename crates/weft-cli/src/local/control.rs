@@ -231,8 +231,8 @@ pub fn workloads_with_pods(state: &State) -> Vec<(String, String)> {
 #[derive(clap::Args)]
 #[command(after_help = "\
 Each pod in turn is taken out of the endpoints, its proxy and app are stopped \
-(SIGTERM, 3 s, then SIGKILL) and started again, and the next pod follows once it is \
-ready again. The running weft up (foreground or the supervisor of `weft up -d`) does \
+(SIGTERM, 3 s, then SIGKILL), its proxy is started again and its app once the proxy \
+is ready, and the next pod follows once it is ready again. The running weft up (foreground or the supervisor of `weft up -d`) does \
 the work; this command asks it and prints its progress. A requested restart is not a \
 crash: the pods' RESTARTS (weft ps) do not change.
 

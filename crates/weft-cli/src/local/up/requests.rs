@@ -5,9 +5,10 @@
 //! A pod under a requested restart is *held*: supervision neither counts its stopping
 //! processes as exits nor restarts them. Its steps: out of the endpoints (and the
 //! propagation delay, so proxies stop sending to it), SIGTERM to its proxy's and
-//! app's process groups, SIGKILL after [`STOP_GRACE`], both started again with the
-//! restart counts they had (a requested restart is not a crash), then the start-up
-//! checks; the next pod follows once this one is back in the endpoints.
+//! app's process groups, SIGKILL after [`STOP_GRACE`], its proxy started again, its
+//! app once the proxy is ready (as at start-up), both with the restart counts they
+//! had (a requested restart is not a crash), then the start-up checks; the next pod
+//! follows once this one is back in the endpoints.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ struct Step {
     pids: Vec<u32>,
     phase: Phase,
     since: Instant,
+    /// The outcome of the restarted proxy's readiness check ([`Phase::ProxyStarting`]).
+    proxy_ready: Option<std::sync::mpsc::Receiver<anyhow::Result<()>>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -71,7 +74,10 @@ enum Phase {
     Draining,
     /// SIGTERM sent (SIGKILL too once `killed`); waiting for the processes to end.
     Stopping { killed: bool },
-    /// Started again; waiting until it is back in the endpoints.
+    /// Its proxy started again; its app starts once the proxy is ready (as at start:
+    /// the app's first calls already go through a proxy with its certificate).
+    ProxyStarting,
+    /// Its app started again; waiting until the pod is back in the endpoints.
     Starting,
 }
 
@@ -247,6 +253,7 @@ impl Runner {
                 pids,
                 phase: Phase::Draining,
                 since: Instant::now(),
+                proxy_ready: None,
             });
             return Ok(false);
         };
@@ -292,28 +299,34 @@ impl Runner {
                     for p in &pod.procs {
                         p.kill_group();
                     }
-                    let (key, name) = (step.key.clone(), step.name.clone());
-                    self.respawn(&key)?;
-                    self.requests.held.remove(&key);
-                    let pids: Vec<String> = self
+                    let pid = self.respawn(&step.key, "proxy")?;
+                    // Checked as at start: its /ready answers; the old app's record
+                    // (gone) is not its business.
+                    let mut proxy_only = pod.clone();
+                    proxy_only.procs = self
                         .state
                         .pods
                         .iter()
-                        .find(|p| p.netns == key)
+                        .find(|p| p.netns == step.key)
                         .map(|p| {
                             p.procs
                                 .iter()
-                                .map(|p| format!("{} pid {}", p.role, p.pid))
+                                .filter(|p| p.role == "proxy")
+                                .cloned()
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let now = self.pod_pids(&key);
-                    if let Some(step) = &mut job.step {
-                        step.phase = Phase::Starting;
-                        step.since = Instant::now();
-                        step.pids = now;
-                    }
-                    job.say(format!("{name}: started again ({})", pids.join(", ")));
+                    let loopback = self.paths.loopback.is_some();
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    tokio::task::spawn_blocking(move || {
+                        let _ = tx.send(super::pod_ready(&proxy_only, &[], READY_WITHIN, loopback));
+                    });
+                    step.proxy_ready = Some(rx);
+                    step.pids = self.pod_pids(&step.key);
+                    step.phase = Phase::ProxyStarting;
+                    step.since = Instant::now();
+                    let line = format!("{}: proxy started again (pid {pid})", step.name);
+                    job.say(line);
                 } else if !killed && step.since.elapsed() >= STOP_GRACE {
                     for p in &alive {
                         p.kill_group();
@@ -332,6 +345,32 @@ impl Runner {
                             .collect::<Vec<_>>()
                             .join(", ")
                     );
+                }
+            }
+            Phase::ProxyStarting => {
+                self.ready.remove(&step.key);
+                let outcome = match step.proxy_ready.as_ref().map(|rx| rx.try_recv()) {
+                    Some(Err(std::sync::mpsc::TryRecvError::Empty)) => return Ok(false),
+                    Some(Ok(outcome)) => outcome,
+                    _ => Err(anyhow::anyhow!("its check stopped")),
+                };
+                if let Err(e) = outcome {
+                    anyhow::bail!(
+                        "{name}: its proxy is not ready after it started again: {e:#}; the pods after it were not restarted (see `weft logs {name} --proxy`)",
+                        name = step.name
+                    );
+                }
+                let key = step.key.clone();
+                let pid = self.respawn(&key, "app")?;
+                self.requests.held.remove(&key);
+                self.check_pod(&key);
+                let pids = self.pod_pids(&key);
+                if let Some(step) = &mut job.step {
+                    step.proxy_ready = None;
+                    step.pids = pids;
+                    step.phase = Phase::Starting;
+                    let line = format!("{}: proxy ready, app started again (pid {pid})", step.name);
+                    job.say(line);
                 }
             }
             Phase::Starting => {
@@ -364,9 +403,9 @@ impl Runner {
             .unwrap_or_default()
     }
 
-    /// Starts pod `key`'s proxy and app again with the restart counts they had, after
-    /// a line in each log, and checks the pod as after any restart.
-    fn respawn(&mut self, key: &str) -> anyhow::Result<()> {
+    /// Starts pod `key`'s `role` (proxy, app) again with the restart count it had,
+    /// after a line in its log; returns its pid.
+    fn respawn(&mut self, key: &str, role: &str) -> anyhow::Result<u32> {
         let pod = self
             .state
             .pods
@@ -379,28 +418,31 @@ impl Runner {
             .workload(&pod.namespace, &pod.workload)
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("workload {} is gone", pod.workload))?;
-        for role in ["proxy", "app"] {
-            let old = pod.procs.iter().find(|p| p.role == role);
-            if let Some(log) = old.and_then(|p| p.log.as_deref()) {
-                use std::io::Write as _;
-                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
-                    let _ = writeln!(
-                        f,
-                        "--- weft restart: the {role} is restarted on request ---"
-                    );
-                }
-            }
-            let restarts = old.map_or(0, |p| p.restarts);
-            if role == "proxy" {
-                let (argv, env, token) = self.proxy_command(&w, key)?;
-                self.spawn(key, role, &argv, &env, Some(token), restarts)?;
-            } else {
-                let (argv, env) = self.app_command(&w, key)?;
-                self.spawn(key, role, &argv, &env, None, restarts)?;
+        let old = pod.procs.iter().find(|p| p.role == role);
+        if let Some(log) = old.and_then(|p| p.log.as_deref()) {
+            use std::io::Write as _;
+            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+                let _ = writeln!(
+                    f,
+                    "--- weft restart: the {role} is restarted on request ---"
+                );
             }
         }
-        self.check_pod(key);
-        Ok(())
+        let restarts = old.map_or(0, |p| p.restarts);
+        if role == "proxy" {
+            let (argv, env, token) = self.proxy_command(&w, key)?;
+            self.spawn(key, role, &argv, &env, Some(token), restarts)?;
+        } else {
+            let (argv, env) = self.app_command(&w, key)?;
+            self.spawn(key, role, &argv, &env, None, restarts)?;
+        }
+        Ok(self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.netns == key)
+            .and_then(|p| p.procs.iter().find(|p| p.role == role))
+            .map_or(0, |p| p.pid))
     }
 
     /// Rewrites the status file when what it says changed.
