@@ -5,7 +5,8 @@
 //! and a proxy's output and follows across a restart; exec runs a command inside a
 //! pod as its app and returns its exit code; restart replaces a workload's pods one
 //! at a time without counting crashes; scale edits mesh.yaml's replicas and the mesh
-//! follows, up and down.
+//! follows, up and down. The same commands on a loopback mesh, where exec has no
+//! namespace to enter and runs the command here with the pod's environment.
 
 #![cfg(target_os = "linux")]
 
@@ -419,4 +420,90 @@ fn ps_logs_exec_restart_and_scale_on_a_running_mesh() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn the_commands_in_loopback_mode() {
+    // Loopback mode needs no root (as root, `--loopback` asks for it).
+    if let Some(reason) = build_binaries() {
+        common::skip(&reason);
+        return;
+    }
+    let env = Env::new("l");
+    let mesh = mesh_yaml(1);
+    env.write("mesh.yaml", &mesh);
+    env.write("services.yaml", SERVICES);
+    let dir = env.dir.to_str().unwrap().to_owned();
+    let out = env.run(&["up", "-d", "--loopback", "--loopback-block", "11", &dir]);
+    assert!(out.status.success(), "weft up -d --loopback failed");
+
+    // ps: loopback addresses of block 11 (127.18.176.0/20), the controller first.
+    let rows = env.all_ready(Duration::from_secs(10));
+    assert_eq!(row(&rows, "controller").ip, "127.18.176.1");
+    let client = row(&rows, "client-0").ip.clone();
+    assert!(client.starts_with("127.18.176."), "{rows:#?}");
+
+    // exec: no namespace to enter; CMD runs here with the pod's environment, and says so.
+    let out = env.run(&[
+        "exec",
+        "client-0",
+        "--",
+        "sh",
+        "-c",
+        "echo $WEFT_POD $WEFT_LISTEN_ADDR $HTTP_PROXY; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        stdout(&out),
+        format!("client-0 {client} http://{client}:4140\n")
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("note: loopback mode: no network namespace to enter; running sh as you"));
+    // Its HTTP calls go through the pod's proxy (whose endpoints file may trail
+    // `weft up -d` by its 200 ms reload).
+    let call = eventually(Duration::from_secs(5), || {
+        let out = env
+            .weft(&[
+                "exec",
+                "client-0",
+                "--",
+                "weft-demo-app",
+                "get",
+                "http://books.default.svc:8080/loopback",
+            ])
+            .output()
+            .unwrap();
+        (out.status.success() && stdout(&out).starts_with("200 books")).then_some(())
+    });
+    assert!(call.is_some(), "no call through client-0's proxy succeeded");
+    let out = env.run(&["exec", "--root", "client-0", "--", "true"]);
+    assert!(text(&out).contains("error: --root: a loopback mesh's pods have no network namespace"));
+
+    // restart: new processes, ready again, no crash counted.
+    let (proxy, app) = (env.proc("books-0", "proxy"), env.proc("books-0", "app"));
+    let out = env.run(&["restart", "books"]);
+    assert!(out.status.success(), "{}", env.supervisor_log());
+    let (new_proxy, new_app) = (env.proc("books-0", "proxy"), env.proc("books-0", "app"));
+    assert!(new_proxy.0 != proxy.0 && new_app.0 != app.0);
+    assert_eq!((new_proxy.1, new_app.1), (0, 0));
+    env.all_ready(Duration::from_secs(5));
+
+    // scale 1 -> 2 -> 1 through the detached supervisor's watch.
+    let out = env.run(&["scale", "books", "2"]);
+    assert!(out.status.success(), "{}", env.supervisor_log());
+    assert_eq!(
+        std::fs::read_to_string(env.dir.join("mesh.yaml")).unwrap(),
+        mesh.replace("replicas: 1", "replicas: 2")
+    );
+    assert_eq!(env.pods(), ["client-0", "books-0", "authors-0", "books-1"]);
+    let out = env.run(&["scale", "books", "1"]);
+    assert!(out.status.success(), "{}", env.supervisor_log());
+    assert_eq!(
+        std::fs::read_to_string(env.dir.join("mesh.yaml")).unwrap(),
+        mesh
+    );
+    assert_eq!(env.pods(), ["client-0", "books-0", "authors-0"]);
+
+    let out = env.run(&["down"]);
+    assert!(out.status.success());
 }
