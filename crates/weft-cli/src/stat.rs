@@ -329,6 +329,22 @@ struct View<'a> {
 }
 
 impl View<'_> {
+    /// `KIND/NAME` without a row (and without --from/--to, where no traffic means no
+    /// row): there is no such resource, which a script must not take for "no traffic".
+    fn named_one_exists(&self, empty: bool, scope: &str) -> anyhow::Result<()> {
+        match &self.target.name {
+            Some(name) if empty && self.filter.is_none() => {
+                let (kind, short) = match self.target.kind {
+                    Kind::Deploy => ("deployment", "deploy"),
+                    Kind::Pod => ("pod", "po"),
+                    _ => ("service", "svc"),
+                };
+                bail!("no {kind} {name:?} {scope} (`weft stat {short}` lists them)")
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn print(&self, state: &State, frame: &mesh::Frame) -> anyhow::Result<()> {
         let args = self.args;
         let mesh = Mesh::load(&state.mesh_dir).ok();
@@ -370,6 +386,7 @@ impl View<'_> {
             .into_iter()
             .filter(|r| keep(&r.namespace, &r.name))
             .collect();
+            self.named_one_exists(rows.is_empty(), &scope)?;
             return match args.output {
                 Output::Table => {
                     emit(&tcp::table(&rows, args.all_namespaces, &scope));
@@ -409,6 +426,7 @@ impl View<'_> {
             .into_iter()
             .filter(|r| keep(&r.namespace, &r.name))
             .collect();
+        self.named_one_exists(rows.is_empty(), &scope)?;
         match args.output {
             Output::Table => emit(&mesh::table(&rows, args.all_namespaces, what, &scope)),
             Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?)),

@@ -359,6 +359,11 @@ fn stat_edges_and_check_on_a_loopback_mesh() {
         row(&rows, "books")["tcp_opened"].as_u64().unwrap() > 0,
         "{rows:?}"
     );
+    // A named resource that does not exist is an error, not an empty table.
+    let out = env.run(&["stat", "deploy/nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("no deployment \"nobody\" in namespace default (`weft stat deploy` lists them)"));
 
     let edges = env.json(&["edges"]);
     let web_books = edges
