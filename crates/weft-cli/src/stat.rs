@@ -428,7 +428,13 @@ impl View<'_> {
             .collect();
         self.named_one_exists(rows.is_empty(), &scope)?;
         match args.output {
-            Output::Table => emit(&mesh::table(&rows, args.all_namespaces, what, &scope)),
+            Output::Table => emit(&mesh::table(
+                &rows,
+                args.all_namespaces,
+                false,
+                what,
+                &scope,
+            )),
             Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?)),
         }
         Ok(())

@@ -432,7 +432,7 @@ fn loopback_foreground_scaling_and_down_after_kill_9() {
         out.lines()
             .any(|l| {
                 let cells: Vec<&str> = l.split_whitespace().collect();
-                cells.starts_with(&["default", "books", "100.00%"])
+                cells.starts_with(&["books", "100.00%"])
             })
             .then_some(out)
     });

@@ -293,8 +293,8 @@ fn a_killed_proxy_takes_its_pod_out_until_restarted_and_a_killed_app_is_restarte
                 .map(|l| l.split_whitespace().collect::<Vec<_>>())
         };
         let (b0, b1) = (row("books-0")?, row("books-1")?);
-        // POD WORKLOAD NAMESPACE ZONE IP STATUS RESTARTS NETNS
-        (b0[5] == "ready" && b0[6] == "1" && b1[5] == "ready" && b1[6] == "1").then_some(last)
+        // POD ZONE IP STATUS RESTARTS
+        (b0[3] == "ready" && b0[4] == "1" && b1[3] == "ready" && b1[4] == "1").then_some(last)
     });
     let summary = summary.unwrap_or_else(|| {
         panic!(

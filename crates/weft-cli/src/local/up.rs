@@ -362,7 +362,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         runner.mesh.services.len()
     );
     if args.detach {
-        print!("{}", runner.describe());
+        print!("{}", runner.describe(true));
         println!(
             "\nsupervisor: weft up (pid {}) restarts exited processes and follows readiness; log {}",
             std::process::id(),
@@ -1972,18 +1972,43 @@ impl Runner {
     }
 
     /// A table of pods and Services.
-    fn describe(&self) -> String {
+    /// The mesh's pods, Services and controller; with `hints`, how to call across it
+    /// and read its metrics (`weft up -d` prints them; the live frame stays within
+    /// 80 columns and 24 lines without them).
+    fn describe(&self, hints: bool) -> String {
         let loopback = self.paths.loopback.is_some();
-        let mut out = format!(
-            "\n{:<22} {:<10} {:<10} {:<8} {:<14} {:<8} {:<8} {}\n",
+        // Sized to its content so the live frame fits an 80-column terminal: the pod's
+        // workload is in its name, its namespace only when the mesh has several.
+        let several_ns = self
+            .state
+            .pods
+            .iter()
+            .any(|p| p.namespace != self.state.pods[0].namespace);
+        let pod_name = |p: &PodRecord| {
+            if several_ns {
+                format!("{}/{}", p.namespace, p.name)
+            } else {
+                p.name.clone()
+            }
+        };
+        let width = |header: &str, cells: &mut dyn Iterator<Item = usize>| {
+            cells.fold(header.len(), usize::max)
+        };
+        let pod_w = width(
             "POD",
-            "WORKLOAD",
-            "NAMESPACE",
+            &mut self.state.pods.iter().map(|p| pod_name(p).len()),
+        );
+        let zone_w = width(
             "ZONE",
-            "IP",
-            "STATUS",
-            "RESTARTS",
-            if loopback { "PROXY" } else { "NETNS" }
+            &mut self
+                .state
+                .pods
+                .iter()
+                .map(|p| p.zone.as_deref().map_or(1, str::len)),
+        );
+        let mut out = format!(
+            "\n{:<pod_w$}  {:<zone_w$}  {:<15}  {:<8}  RESTARTS\n",
+            "POD", "ZONE", "IP", "STATUS"
         );
         for p in &self.state.pods {
             let status = if !p.procs.iter().all(ProcRecord::is_running) {
@@ -1997,59 +2022,64 @@ impl Runner {
             };
             let _ = writeln!(
                 out,
-                "{:<22} {:<10} {:<10} {:<8} {:<14} {:<8} {:<8} {}",
-                p.name,
-                p.workload,
-                p.namespace,
+                "{:<pod_w$}  {:<zone_w$}  {:<15}  {:<8}  {}",
+                pod_name(p),
                 p.zone.as_deref().unwrap_or("-"),
-                p.ip,
+                p.ip.to_string(),
                 status,
                 p.restarts(),
-                if loopback {
-                    format!("http://{}:{OUTBOUND_PORT}", p.ip)
-                } else {
-                    p.netns.clone()
-                }
             );
         }
+        let services: Vec<(String, String, String, usize)> = self
+            .mesh
+            .services
+            .iter()
+            .map(|s| {
+                let vip = self
+                    .vip(&s.namespace, &s.name)
+                    .map_or("-".into(), |v| v.to_string());
+                let ports: Vec<String> = s
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}->{}", p.port, p.target_port))
+                    .collect();
+                let endpoints = self
+                    .state
+                    .pods
+                    .iter()
+                    .filter(|p| {
+                        self.published.contains(&p.netns)
+                            && self.ready.contains(&p.netns)
+                            && self
+                                .mesh
+                                .backends(s)
+                                .any(|w| w.name == p.workload && w.namespace == p.namespace)
+                    })
+                    .count();
+                (
+                    format!("{}.{}", s.name, s.namespace),
+                    vip,
+                    ports.join(","),
+                    endpoints,
+                )
+            })
+            .collect();
+        let svc_w = width("SERVICE", &mut services.iter().map(|s| s.0.len()));
+        let ports_w = width("PORTS", &mut services.iter().map(|s| s.2.len()));
         let _ = writeln!(
             out,
-            "\n{:<28} {:<14} {:<12} ENDPOINTS",
+            "\n{:<svc_w$}  {:<15}  {:<ports_w$}  ENDPOINTS",
             "SERVICE", "VIP", "PORTS"
         );
-        for s in &self.mesh.services {
-            let vip = self
-                .vip(&s.namespace, &s.name)
-                .map_or("-".into(), |v| v.to_string());
-            let ports: Vec<String> = s
-                .ports
-                .iter()
-                .map(|p| format!("{}→{}", p.port, p.target_port))
-                .collect();
-            let endpoints = self
-                .state
-                .pods
-                .iter()
-                .filter(|p| {
-                    self.published.contains(&p.netns)
-                        && self.ready.contains(&p.netns)
-                        && self
-                            .mesh
-                            .backends(s)
-                            .any(|w| w.name == p.workload && w.namespace == p.namespace)
-                })
-                .count();
+        for (name, vip, ports, endpoints) in &services {
             let _ = writeln!(
                 out,
-                "{:<28} {:<14} {:<12} {endpoints}",
-                format!("{}.{}", s.name, s.namespace),
-                vip,
-                ports.join(",")
+                "{name:<svc_w$}  {vip:<15}  {ports:<ports_w$}  {endpoints}"
             );
         }
         let controller = self.state.controller.as_ref();
         let running = controller.is_some_and(ProcRecord::is_running);
-        let _ = write!(
+        let _ = writeln!(
             out,
             "\ncontroller: {}:{CONTROLLER_PORT}  {}  pid {}  restarts {}",
             self.controller_ip(),
@@ -2061,22 +2091,24 @@ impl Runner {
             controller.map_or("-".into(), |c| c.pid.to_string()),
             controller.map_or(0, |c| c.restarts)
         );
+        if !hints {
+            return out;
+        }
         if loopback {
             let _ = writeln!(
                 out,
-                " (identity: mTLS for every pod; admin :{CONTROLLER_ADMIN_PORT})\nendpoints: {} (loopback mode: every Service's ready pods, by name, for the proxies)\nlogs: {}   state: {}",
+                "proxies: http://POD_IP:{OUTBOUND_PORT}   endpoints: {}",
                 self.paths.endpoints_dir.display(),
-                self.paths.log_dir.display(),
-                self.paths.state_path.display()
             );
         } else {
-            let _ = writeln!(
-                out,
-                " (identity: mTLS for every pod; destinations: endpoints for every proxy; admin :{CONTROLLER_ADMIN_PORT})\nlogs: {}   state: {}",
-                self.paths.log_dir.display(),
-                self.paths.state_path.display()
-            );
+            let _ = writeln!(out, "network namespaces: {}-POD", self.paths.prefix);
         }
+        let _ = writeln!(
+            out,
+            "logs: {}   state: {}",
+            self.paths.log_dir.display(),
+            self.paths.state_path.display()
+        );
         if let Some(p) = self.state.pods.first() {
             // A Service the first pod does not serve itself, to call across the mesh.
             let svc = self
@@ -2270,26 +2302,40 @@ impl Runner {
         let mut out = String::new();
         if self.interactive {
             out.push_str("\x1b[2J\x1b[H");
+        } else {
+            // Frames in a log or a pipe: each under a line of its own.
+            let _ = writeln!(
+                out,
+                "--- {} ---",
+                humantime::format_rfc3339_seconds(SystemTime::now())
+            );
         }
         let _ = writeln!(
             out,
-            "weft up {} — {} pods, {} services — Ctrl-C stops the mesh",
+            "weft up {}: {} pods, {} services (Ctrl-C stops the mesh)",
             self.paths.mesh_dir.display(),
             self.state.pods.len(),
             self.mesh.services.len()
         );
-        out.push_str(&self.describe());
+        out.push_str(&self.describe(false));
         out.push('\n');
+        let namespaces = self
+            .mesh
+            .workloads
+            .iter()
+            .any(|w| w.namespace != self.mesh.workloads[0].namespace);
         out.push_str(&stat::mesh::table(
             &rows,
+            namespaces,
             true,
             "deployments",
             "in the mesh",
         ));
-        if self.interactive && !self.events.is_empty() {
-            out.push_str("\nrecent events:\n");
-            for e in &self.events {
-                let _ = writeln!(out, "  {e}");
+        // A terminal shows the newest event; all of them are in the output above (and
+        // in weft-up.log when detached).
+        if self.interactive {
+            if let Some(e) = self.events.back() {
+                let _ = write!(out, "\nlast event: {e}");
             }
         }
         println!("{out}");

@@ -300,8 +300,9 @@ pub(crate) fn service_namespace(
 }
 
 /// Linkerd-style table; with `namespaces` a NAMESPACE column first. `what` names the
-/// rows for the line printed when there are none ("deployments", "services").
-pub fn table(rows: &[MeshRow], namespaces: bool, what: &str, scope: &str) -> String {
+/// rows for the line printed when there are none ("deployments", "services"). `narrow`
+/// heads the latencies P50/P95/P99 (`weft up`'s live frame, within 80 columns).
+pub fn table(rows: &[MeshRow], namespaces: bool, narrow: bool, what: &str, scope: &str) -> String {
     let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.2}%", v * 100.0));
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}ms"));
     let name_width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
@@ -311,28 +312,24 @@ pub fn table(rows: &[MeshRow], namespaces: bool, what: &str, scope: &str) -> Str
         .max()
         .unwrap_or(0)
         .max(9);
+    let (lat, p50, p95, p99) = if narrow {
+        (8, "P50", "P95", "P99")
+    } else {
+        (11, "LATENCY_P50", "LATENCY_P95", "LATENCY_P99")
+    };
     let mut out = String::new();
     let mut line = |ns: &str, cells: [&str; 8]| {
         if namespaces {
             out.push_str(&format!("{ns:<ns_width$}  "));
         }
         out.push_str(&format!(
-            "{:<name_width$}  {:>7}  {:>8}  {:>8}  {:>11}  {:>11}  {:>11}  {:>7}\n",
+            "{:<name_width$}  {:>7}  {:>8}  {:>8}  {:>lat$}  {:>lat$}  {:>lat$}  {:>7}\n",
             cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
         ));
     };
     line(
         "NAMESPACE",
-        [
-            "NAME",
-            "MESHED",
-            "SUCCESS",
-            "RPS",
-            "LATENCY_P50",
-            "LATENCY_P95",
-            "LATENCY_P99",
-            "XZONE",
-        ],
+        ["NAME", "MESHED", "SUCCESS", "RPS", p50, p95, p99, "XZONE"],
     );
     for r in rows {
         let idle = r.requests == 0;
@@ -477,7 +474,7 @@ mod tests {
                 (None, None, None, None)
             );
         }
-        let table = table(&rows, false, "deployments", "in namespace default");
+        let table = table(&rows, false, false, "deployments", "in namespace default");
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("NAME "), "{table}");
         assert_eq!(
