@@ -1,6 +1,6 @@
 //! Talking to the running mesh's `weft up` (foreground, or the supervisor `weft up -d`
-//! leaves running) through its control directory, `{state}/control/` (0700: root's,
-//! or in loopback mode the user's):
+//! leaves running) through its control directory, `{state}/control/` (0755: anyone
+//! may read the status; only root, or in loopback mode the user, may ask for restarts):
 //!
 //! - `status.json`: what only the supervisor knows, rewritten atomically whenever it
 //!   changes: each pod's readiness (in the endpoints or not), whether it passed its
@@ -252,6 +252,10 @@ pub struct RestartArgs {
 /// `weft restart WORKLOAD`: a rolling restart by the running `weft up`.
 pub fn run_restart(args: RestartArgs) -> anyhow::Result<()> {
     let state = args.local.running_mesh("start one with `weft up`")?;
+    anyhow::ensure!(
+        state.loopback || super::sys::is_root(),
+        "weft restart needs root: the mesh's weft up runs as root"
+    );
     let owner = supervisor(&state)?;
     let workloads = workloads_with_pods(&state);
     let (namespace, workload) = find_workload(&workloads, &args.workload, "with pods")?.clone();

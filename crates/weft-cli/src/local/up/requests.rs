@@ -107,7 +107,9 @@ impl Runner {
             }
         }
         let made = std::fs::create_dir_all(&dir).map_err(anyhow::Error::from);
-        if let Err(e) = made.and_then(|()| super::set_mode(&dir, 0o700)) {
+        // Anyone may read the status (`weft ps`); only its owner (root, or in loopback
+        // mode the user) may ask for restarts.
+        if let Err(e) = made.and_then(|()| super::set_mode(&dir, 0o755)) {
             self.event(format!(
                 "cannot make {}: `weft restart` and `weft ps` will not reach this weft up: {e:#}",
                 dir.display()
