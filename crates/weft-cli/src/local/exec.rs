@@ -146,3 +146,48 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
     };
     std::process::exit(code);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        exec: ExecArgs,
+    }
+
+    fn parse(args: &[&str]) -> (String, bool, Vec<String>) {
+        let cli = Cli::try_parse_from(std::iter::once("exec").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        (cli.exec.pod, cli.exec.root, cli.exec.command)
+    }
+
+    #[test]
+    fn the_command_is_everything_after_the_pod_with_or_without_dashes() {
+        let cmd = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse(&["books-0", "--", "ls", "-l", "--all"]),
+            ("books-0".into(), false, cmd(&["ls", "-l", "--all"]))
+        );
+        assert_eq!(
+            parse(&["books-0", "ip", "-4", "addr"]),
+            ("books-0".into(), false, cmd(&["ip", "-4", "addr"]))
+        );
+        assert_eq!(
+            parse(&["--root", "books-0", "--", "id"]),
+            ("books-0".into(), true, cmd(&["id"]))
+        );
+        assert_eq!(
+            parse(&["books-0", "--root", "--", "id"]),
+            ("books-0".into(), true, cmd(&["id"]))
+        );
+        // A `--root` of the command's own stays the command's.
+        assert_eq!(
+            parse(&["books-0", "--", "tool", "--root"]),
+            ("books-0".into(), false, cmd(&["tool", "--root"]))
+        );
+        assert!(Cli::try_parse_from(["exec", "books-0"]).is_err());
+    }
+}
