@@ -24,6 +24,11 @@ impl<I> PrefixedIo<I> {
     pub fn new(prefix: Bytes, io: I) -> Self {
         PrefixedIo { prefix, io }
     }
+
+    /// The stream underneath.
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.io
+    }
 }
 
 impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
@@ -101,25 +106,69 @@ impl<I> CountingIo<I> {
     pub fn unlabelled(io: I) -> Self {
         CountingIo {
             io,
-            counters: Tally::Pending { read: 0, write: 0 },
+            counters: Tally::Pending {
+                read: 0,
+                write: 0,
+                fallback: None,
+            },
         }
     }
 
     /// Opens the connection's counters (now that its labels are known) and adds the
     /// bytes seen so far. A second call is ignored.
     pub fn label(&mut self, open: impl FnOnce() -> ConnCounters) {
-        if let Tally::Pending { read, write } = self.counters {
+        if let Tally::Pending {
+            read,
+            write,
+            fallback,
+        } = &mut self.counters
+        {
+            // Labelled now: the fallback is not needed.
+            fallback.take();
             let counters = open();
-            counters.read.inc_by(read);
-            counters.write.inc_by(write);
+            counters.read.inc_by(*read);
+            counters.write.inc_by(*write);
             self.counters = Tally::Labelled(counters);
+        }
+    }
+
+    /// The labels the connection is counted under if it ends before
+    /// [`CountingIo::label`] is called (an mTLS handshake that fails or times out: the
+    /// caller's identity, a label, is known only after it).
+    pub fn label_on_drop(&mut self, open: impl FnOnce() -> ConnCounters + Send + 'static) {
+        if let Tally::Pending { fallback, .. } = &mut self.counters {
+            *fallback = Some(Box::new(open));
         }
     }
 }
 
+type Fallback = Box<dyn FnOnce() -> ConnCounters + Send>;
+
 enum Tally {
-    Pending { read: u64, write: u64 },
+    Pending {
+        read: u64,
+        write: u64,
+        fallback: Option<Fallback>,
+    },
     Labelled(ConnCounters),
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        if let Tally::Pending {
+            read,
+            write,
+            fallback,
+        } = self
+        {
+            if let Some(open) = fallback.take() {
+                // Opened, counted and closed at once.
+                let counters = open();
+                counters.read.inc_by(*read);
+                counters.write.inc_by(*write);
+            }
+        }
+    }
 }
 
 impl Tally {
@@ -202,7 +251,65 @@ impl<I: AsyncWrite> AsyncWrite for CountingIo<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{Direction, Metrics, Peer, Str, TcpLabels, Tls};
     use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_connection_ended_before_its_labels_are_known_counts_under_its_fallback() {
+        let metrics = Metrics::new(&Default::default());
+        let services =
+            crate::endpoints::ServiceIndex::parse(std::path::Path::new("e.yaml"), "services: []\n")
+                .unwrap();
+        let labels = |client_id: &str| TcpLabels {
+            direction: Direction::Inbound,
+            peer: Peer::Src,
+            tls: Tls::Yes,
+            client_id: client_id.into(),
+        };
+        let open = |client_id: &'static str| {
+            let tcp = metrics.tcp.clone();
+            move || tcp.open(labels(client_id))
+        };
+        let (mut a, b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"hello")
+            .await
+            .unwrap();
+        // A handshake that never finished: counted (5 bytes) without an identity.
+        let mut io = CountingIo::unlabelled(b);
+        io.label_on_drop(open(""));
+        let mut buf = [0u8; 5];
+        io.read_exact(&mut buf).await.unwrap();
+        drop(io);
+        // One that did: under the identity only.
+        let (_c, d) = tokio::io::duplex(64);
+        let mut io = CountingIo::unlabelled(d);
+        io.label_on_drop(open(""));
+        io.label(open(
+            "web.default.serviceaccount.identity.weft.cluster.local",
+        ));
+        drop(io);
+        let text = metrics.encode(&services);
+        let line = |name: &str, id: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains(&format!("client_id=\"{id}\"")))
+                .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        };
+        assert_eq!(line("tcp_open_total", "").as_deref(), Some("1"), "{text}");
+        assert_eq!(line("tcp_close_total", "").as_deref(), Some("1"), "{text}");
+        assert_eq!(
+            line("tcp_read_bytes_total", "").as_deref(),
+            Some("5"),
+            "{text}"
+        );
+        let web = "web.default.serviceaccount.identity.weft.cluster.local";
+        assert_eq!(line("tcp_open_total", web).as_deref(), Some("1"), "{text}");
+        assert_eq!(
+            line("tcp_open_connections", web).as_deref(),
+            Some("0"),
+            "{text}"
+        );
+        assert_eq!(Str::empty(), Str::from(""));
+    }
 
     #[tokio::test]
     async fn prefix_is_read_before_the_stream() {

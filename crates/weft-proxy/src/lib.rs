@@ -639,14 +639,20 @@ async fn connection(
     // Labelled once it is known whether the connection is mTLS.
     let mut io = CountingIo::unlabelled(socket);
     let tcp = shared.metrics.tcp.clone();
-    let src_counters = move |tls| {
+    let src_counters_of = move |tls, client_id: metrics::Str| {
+        let tcp = tcp.clone();
         move || {
             tcp.open(TcpLabels {
                 direction,
                 peer: Peer::Src,
                 tls,
+                client_id,
             })
         }
+    };
+    let src_counters = {
+        let of = src_counters_of.clone();
+        move |tls| of(tls, metrics::Str::empty())
     };
     let peer = Accepted {
         client,
@@ -705,7 +711,13 @@ async fn connection(
             }
         };
         let ours = hello.server_name.as_deref() == Some(local.name().dns_name().as_str());
-        io.label(src_counters(if ours { Tls::Yes } else { Tls::NoIdentity }));
+        if ours {
+            // Labelled with the caller's identity once the handshake proved it; a
+            // handshake that fails still counts, without one.
+            io.label_on_drop(src_counters(Tls::Yes));
+        } else {
+            io.label(src_counters(Tls::NoIdentity));
+        }
         if !ours {
             // TLS for someone else (the application's own): passed through untouched.
             return dispatch(io, Protocol::Opaque, hello.prefix, peer, shared, watch).await;
@@ -739,6 +751,11 @@ async fn connection(
             tracing::info!(%client, %trust_domain, "mTLS refused: the client certificate names no identity of this trust domain");
             return;
         };
+        let mut stream = stream;
+        stream.get_mut().0.get_mut().label(src_counters_of(
+            Tls::Yes,
+            metrics::Str(client_id.dns_name().into()),
+        ));
         let peer = Accepted {
             tls: Tls::Yes,
             client_id: Some(client_id),

@@ -31,6 +31,14 @@ impl From<&str> for Str {
     }
 }
 
+impl Str {
+    /// The empty label value, shared (no allocation per use).
+    pub fn empty() -> Str {
+        static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "".into());
+        Str(EMPTY.clone())
+    }
+}
+
 impl EncodeLabelValue for Str {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         encoder.write_str(&self.0)
@@ -229,6 +237,10 @@ pub struct TcpLabels {
     pub direction: Direction,
     pub peer: Peer,
     pub tls: Tls,
+    /// The caller's identity on an inbound mTLS connection (`peer="src"`), empty
+    /// otherwise. Bounded: only a certificate the mesh's trust anchor signed for an
+    /// identity of its trust domain gets here (one value per service account).
+    pub client_id: Str,
 }
 
 #[derive(Clone)]

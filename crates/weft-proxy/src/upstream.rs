@@ -26,7 +26,7 @@ use weft_core::identity::Identity;
 
 use crate::identity::LocalIdentity;
 use crate::io::CountingIo;
-use crate::metrics::{Direction, Peer, TcpLabels, TcpMetrics, Tls};
+use crate::metrics::{Direction, Peer, Str, TcpLabels, TcpMetrics, Tls};
 use crate::retry::RequestBody;
 pub use crate::tls::UpstreamIo;
 
@@ -196,6 +196,7 @@ impl Connector {
             } else {
                 Tls::NoIdentity
             },
+            client_id: Str::empty(),
         });
         let io = CountingIo::new(stream, counters);
         let Some((server, local)) = tls else {
