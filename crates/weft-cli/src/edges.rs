@@ -94,6 +94,10 @@ pub struct Edge {
     pub msg: String,
     /// Requests counted since the proxies started.
     pub requests: u64,
+    /// TCP connections the callee accepted from the caller's identity since its proxy
+    /// started (`tcp_open_total{client_id}`): also opaque TCP, which makes no requests;
+    /// filled on rows from the callee's side.
+    pub connections: u64,
 }
 
 pub async fn run(args: EdgesArgs) -> anyhow::Result<()> {
@@ -217,6 +221,14 @@ pub fn pod_edges(
             }
         }
     }
+    let tcp_from = |dst: &PodRecord, id: &str| -> u64 {
+        scrapes.get(&dst.netns).map_or(0, |s| {
+            s.sum(
+                "tcp_open_total",
+                &[TCP_SRC[0], TCP_SRC[1], TCP_SRC[2], ("client_id", id)],
+            ) as u64
+        })
+    };
     let inbounds: HashMap<&str, Inbound> = scrapes
         .iter()
         .map(|(k, s)| (k.as_str(), inbound(s)))
@@ -278,6 +290,7 @@ pub fn pod_edges(
             dst_identity,
             msg,
             requests: pair.requests.round() as u64,
+            connections: 0,
         });
     }
     // What callees saw that no caller's metrics account for.
@@ -313,6 +326,7 @@ pub fn pod_edges(
                 },
                 dst_identity,
                 requests: n.round() as u64,
+                connections: tcp_from(dst, id),
             });
         }
         if seen.plaintext > 0.0 && !plaintext {
@@ -326,11 +340,54 @@ pub fn pod_edges(
                 secured: false,
                 msg: "not meshed: plaintext callers without an identity".to_owned(),
                 requests: seen.plaintext.round() as u64,
+                connections: 0,
+            });
+        }
+    }
+    // Callers the callee accepted TCP connections from (by their verified identity)
+    // that made no HTTP request it counted: opaque TCP.
+    for dst in pods {
+        let Some(scrape) = scrapes.get(&dst.netns) else {
+            continue;
+        };
+        let http: BTreeSet<&String> = inbounds
+            .get(dst.netns.as_str())
+            .map(|s| s.clients.keys().collect())
+            .unwrap_or_default();
+        let tcp_ids: BTreeSet<&str> = scrape
+            .matching("tcp_open_total", &TCP_SRC)
+            .map(|s| s.label("client_id"))
+            .filter(|id| !id.is_empty() && !http.iter().any(|h| h.as_str() == *id))
+            .collect();
+        for id in tcp_ids {
+            let (ns, name) = callers_of(id, identities);
+            let dst_identity = identity_of(dst).cloned();
+            edges.push(Edge {
+                src_namespace: ns,
+                src: name,
+                dst_namespace: dst.namespace.clone(),
+                dst: dst.name.clone(),
+                src_identity: Some(id.to_owned()),
+                secured: dst_identity.is_some(),
+                msg: if dst_identity.is_some() {
+                    String::new()
+                } else {
+                    "the destination's identity is unknown (mesh directory not read)".to_owned()
+                },
+                dst_identity,
+                requests: 0,
+                connections: scrape.sum(
+                    "tcp_open_total",
+                    &[TCP_SRC[0], TCP_SRC[1], TCP_SRC[2], ("client_id", id)],
+                ) as u64,
             });
         }
     }
     edges
 }
+
+/// Inbound mTLS connections as the callee's proxy accepted them.
+const TCP_SRC: [(&str, &str); 3] = [("direction", "inbound"), ("peer", "src"), ("tls", "true")];
 
 /// The workloads (namespace, names) whose identity is `id`, else the service account
 /// the identity names.
@@ -383,6 +440,7 @@ pub fn by_workload(pods: &[PodRecord], edges: Vec<Edge>) -> Vec<Edge> {
             }
             Some(w) => {
                 w.requests += e.requests;
+                w.connections += e.connections;
                 if w.src_identity != e.src_identity {
                     w.src_identity = w.src_identity.take().or(e.src_identity);
                 }
@@ -619,5 +677,31 @@ mod tests {
         // mTLS to books-0's own identity (its inbound proxy terminates no other).
         assert_eq!(e.dst_identity.as_deref(), Some(BOOKS));
         assert!(e.secured, "{e:?}");
+    }
+
+    #[test]
+    fn opaque_tcp_from_a_verified_caller_is_an_edge_too() {
+        let (pods, mut scrapes, mut identities) = fixture();
+        let legacy = "legacy.default.serviceaccount.identity.weft.cluster.local";
+        identities.insert(("default".into(), "legacy".into()), legacy.into());
+        // legacy-0 accepted 3 mTLS connections from web on an opaque port, and HTTP
+        // connections (already an edge) are not counted again.
+        scrapes.insert(
+            "t-legacy-0".into(),
+            Scrape::parse(&format!(
+                "tcp_open_total{{direction=\"inbound\",peer=\"src\",tls=\"true\",client_id=\"{WEB}\"}} 3\n"
+            )),
+        );
+        let edges = pod_edges(&pods, &scrapes, &identities);
+        let e = edges.iter().find(|e| e.dst == "legacy-0").unwrap();
+        assert_eq!((e.src.as_str(), e.requests, e.connections), ("web", 0, 3));
+        assert_eq!(e.src_identity.as_deref(), Some(WEB));
+        assert_eq!(e.dst_identity.as_deref(), Some(legacy));
+        assert!(e.secured);
+        assert_eq!(edges.iter().filter(|e| e.dst == "legacy-0").count(), 1);
+        let by = by_workload(&pods, edges);
+        assert!(by
+            .iter()
+            .any(|e| e.src == "web" && e.dst == "legacy" && e.connections == 3));
     }
 }

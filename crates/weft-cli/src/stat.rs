@@ -16,7 +16,7 @@ use crate::fetch;
 use crate::local::state::State;
 use crate::local::sys::is_root;
 use crate::local::{scrape, LocalArgs};
-use crate::observe::{parse_resource, res_kind, ResKind, Resource};
+use crate::observe::{parse_resource, res_kind, workload_identities, ResKind, Resource};
 
 pub mod edge;
 pub mod mesh;
@@ -242,8 +242,18 @@ per-route figures; `weft stat svc` shows per-Service ones"
         if target.kind == Kind::Svc {
             bail!("weft stat svc -t tcp: the proxies' tcp metrics name no Service; `weft stat deploy -t tcp` or `po -t tcp` show TCP per workload or pod");
         }
-        if args.from.is_some() || args.to.is_some() {
-            bail!("--from/--to with -t tcp: the proxies' tcp metrics carry direction, peer and tls only, not the other end; `weft stat -t tcp` shows TCP per workload, `weft edges` who talks to whom");
+        // TCP connections name their caller by its identity (a service account, on
+        // mTLS connections), not by its pod.
+        if let Some(from) = args.from.as_ref().filter(|f| f.kind != ResKind::Deploy) {
+            bail!("-t tcp --from {from}: TCP connections name their caller by its identity (its workload's service account), not its pod or Service; --from takes deploy[/NAME]");
+        }
+        if let Some(to) = &args.to {
+            if to.kind == ResKind::Svc {
+                bail!("-t tcp --to {to}: the proxies' tcp metrics name no Service; --to takes deploy[/NAME] or po[/NAME]");
+            }
+            if target.kind != Kind::Deploy {
+                bail!("-t tcp --to {to}: TCP connections name their caller by its identity, not its pod: `weft stat deploy -t tcp --to {to}`");
+            }
         }
     }
     let filter = match (&args.from, &args.to) {
@@ -377,15 +387,23 @@ impl View<'_> {
             emit("(since each proxy started)\n");
         }
         if args.traffic == Traffic::Tcp {
-            let rows: Vec<tcp::TcpRow> = tcp::tcp_rows(
-                &workloads,
-                &state.pods,
-                frame,
-                self.target.kind == Kind::Pod,
-            )
-            .into_iter()
-            .filter(|r| keep(&r.namespace, &r.name))
-            .collect();
+            let per_pod = self.target.kind == Kind::Pod;
+            let rows = match self.filter {
+                None => tcp::tcp_rows(&workloads, &state.pods, frame, per_pod),
+                Some(f) => {
+                    let kind = if per_pod {
+                        ResKind::Pod
+                    } else {
+                        ResKind::Deploy
+                    };
+                    let identities = workload_identities(mesh.as_ref());
+                    tcp::tcp_edge_rows(kind, f, &state.pods, &identities, frame)
+                }
+            };
+            let rows: Vec<tcp::TcpRow> = rows
+                .into_iter()
+                .filter(|r| keep(&r.namespace, &r.name))
+                .collect();
             self.named_one_exists(rows.is_empty(), &scope)?;
             return match args.output {
                 Output::Table => {

@@ -199,7 +199,22 @@ fn stat_edges_diagnostics_and_check_on_a_running_mesh() {
         table.starts_with("NAME     TCP_CONN  NEW_CONN     MTLS  READ_BYTES/SEC  WRITE_BYTES/SEC"),
         "{table}"
     );
-    let out = env.run(&["stat", "deploy", "-t", "tcp", "--from", "deploy/web"]);
+    // TCP between workloads: the callees' inbound connections by the caller's
+    // identity (client_id).
+    let rows = env.json(&["stat", "deploy", "-t", "tcp", "--from", "deploy/web"]);
+    assert_eq!(names(&rows), ["books"]);
+    assert!(rows[0]["tcp_opened"].as_u64().unwrap() > 0, "{rows:?}");
+    assert!(rows[0]["read_bytes"].as_u64().unwrap() > 0, "{rows:?}");
+    assert_eq!(
+        names(&env.json(&["stat", "po", "-t", "tcp", "--from", "deploy/web"])),
+        ["books-0", "books-1"]
+    );
+    assert_eq!(
+        names(&env.json(&["stat", "deploy", "-t", "tcp", "--to", "deploy/authors"])),
+        ["books"]
+    );
+    // A pod is not what TCP connections name their caller by.
+    let out = env.run(&["stat", "po", "-t", "tcp", "--to", "deploy/books"]);
     assert!(!out.status.success());
 
     // A caller outside the mesh (the hub) calls books-0 in plaintext.

@@ -1,18 +1,20 @@
 //! `weft stat -t tcp`: TCP figures per workload or pod, from the inbound side of its
 //! pods' proxies (`peer="src"`: the connections callers opened to it): connections
 //! open now and opened over the window, bytes read from and written to the callers.
-//! The proxies' `tcp_*` series carry `direction`, `peer` and `tls` only, so there is
-//! no per-peer (`--from`/`--to`) TCP view.
+//! With `--from`/`--to`, the connections are told apart by the caller's identity
+//! (`client_id`, on mTLS connections), which names a service account, not a pod.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde::Serialize;
 use weft_core::prom::{increase, Scrape};
 
+use super::edge::Filter;
 use super::mesh::Frame;
 use super::rate;
 use crate::local::state::PodRecord;
+use crate::observe::ResKind;
 
 /// TCP figures of one workload or pod. The JSON field names are stable.
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -39,15 +41,19 @@ pub struct TcpRow {
 const SRC: [(&str, &str); 2] = [("direction", "inbound"), ("peer", "src")];
 
 impl TcpRow {
-    fn add(&mut self, before: &Scrape, after: &Scrape, window: Duration) {
+    /// Adds one pod's inbound connections (those with `labels` too) over its window.
+    fn add(&mut self, before: &Scrape, after: &Scrape, window: Duration, labels: &[(&str, &str)]) {
         let delta = |name: &str, extra: &[(&str, &str)]| {
             let mut l = SRC.to_vec();
+            l.extend_from_slice(labels);
             l.extend_from_slice(extra);
             increase(before.sum(name, &l), after.sum(name, &l))
         };
         let count = |v: f64| v.round().max(0.0) as u64;
         self.seen = true;
-        self.tcp_open_connections += count(after.sum("tcp_open_connections", &SRC));
+        let mut open = SRC.to_vec();
+        open.extend_from_slice(labels);
+        self.tcp_open_connections += count(after.sum("tcp_open_connections", &open));
         self.tcp_opened += count(delta("tcp_open_total", &[]));
         self.tcp_opened_mtls += count(delta("tcp_open_total", &[("tls", "true")]));
         let (read, write) = (
@@ -81,9 +87,13 @@ pub fn tcp_rows(
             .entry((pod.namespace.clone(), name.clone()))
             .or_default();
         if let Some((b, a, w)) = frame.get(pod) {
-            row.add(b, a, w);
+            row.add(b, a, w, &[]);
         }
     }
+    named(rows)
+}
+
+fn named(rows: BTreeMap<(String, String), TcpRow>) -> Vec<TcpRow> {
     rows.into_iter()
         .map(|((namespace, name), row)| TcpRow {
             namespace,
@@ -91,6 +101,73 @@ pub fn tcp_rows(
             ..row
         })
         .collect()
+}
+
+/// `-t tcp --from deploy[/NAME]` (rows: the workloads or pods it connected to) or
+/// `--to deploy|po[/NAME]` (rows: the workloads that connected to it, `kind` deploy),
+/// from the callees' inbound mTLS connections by the caller's identity (`identities`:
+/// each workload's). Plaintext connections name no caller and are left out.
+pub fn tcp_edge_rows(
+    kind: ResKind,
+    filter: &Filter,
+    pods: &[PodRecord],
+    identities: &HashMap<(String, String), String>,
+    frame: &Frame,
+) -> Vec<TcpRow> {
+    let mut rows: BTreeMap<(String, String), TcpRow> = BTreeMap::new();
+    for dst in pods {
+        let Some((b, a, w)) = frame.get(dst) else {
+            continue;
+        };
+        if let Filter::To(to, ns) = filter {
+            if !to.has_pod(dst, ns) {
+                continue;
+            }
+        }
+        let clients: BTreeSet<&str> = a
+            .matching("tcp_open_total", &SRC)
+            .map(|s| s.label("client_id"))
+            .filter(|id| !id.is_empty())
+            .collect();
+        for id in clients {
+            // The workloads that hold this identity.
+            let mut callers: Vec<&(String, String)> = identities
+                .iter()
+                .filter(|(_, i)| i.as_str() == id)
+                .map(|(k, _)| k)
+                .collect();
+            callers.sort();
+            let key = match filter {
+                Filter::From(from, ns) => {
+                    let from_it = callers.iter().any(|(cns, cname)| {
+                        cns == ns && from.name.as_ref().is_none_or(|n| n == cname)
+                    });
+                    if !from_it {
+                        continue;
+                    }
+                    match kind {
+                        ResKind::Pod => (dst.namespace.clone(), dst.name.clone()),
+                        _ => (dst.namespace.clone(), dst.workload.clone()),
+                    }
+                }
+                Filter::To(..) => match callers.first() {
+                    Some((cns, _)) => (
+                        cns.clone(),
+                        callers
+                            .iter()
+                            .map(|(_, n)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join("|"),
+                    ),
+                    None => (String::new(), id.to_owned()),
+                },
+            };
+            rows.entry(key)
+                .or_default()
+                .add(b, a, w, &[("client_id", id)]);
+        }
+    }
+    named(rows)
 }
 
 /// Human-sized bytes per second.
@@ -193,8 +270,22 @@ mod tests {
         read: u32,
         write: u32,
     ) -> String {
+        tcp_from(direction, peer, tls, "", open, opened, read, write)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tcp_from(
+        direction: &str,
+        peer: &str,
+        tls: &str,
+        client: &str,
+        open: u32,
+        opened: u32,
+        read: u32,
+        write: u32,
+    ) -> String {
         let l = format!(
-            "namespace=\"default\",direction=\"{direction}\",peer=\"{peer}\",tls=\"{tls}\""
+            "namespace=\"default\",direction=\"{direction}\",peer=\"{peer}\",tls=\"{tls}\",client_id=\"{client}\""
         );
         format!(
             "tcp_open_total{{{l}}} {opened}\ntcp_open_connections{{{l}}} {open}\n\
@@ -277,5 +368,99 @@ mod tests {
             ["books", "4", "10", "80.00%", "350B/s", "1.1kB/s"]
         );
         assert_eq!(lines[2], ["idle", "-", "-", "-", "-", "-"]);
+    }
+
+    #[test]
+    fn tcp_from_and_to_by_the_callers_identity() {
+        let web = "web.default.serviceaccount.identity.weft.cluster.local";
+        let reader = "reader.default.serviceaccount.identity.weft.cluster.local";
+        let pods = [
+            pod("books-0", "books"),
+            pod("books-1", "books"),
+            pod("authors-0", "authors"),
+        ];
+        let after: HashMap<String, Scrape> = [
+            (
+                "t-books-0",
+                format!(
+                    "{}{}{}",
+                    tcp_from("inbound", "src", "true", web, 1, 4, 400, 4000),
+                    tcp_from("inbound", "src", "true", reader, 1, 2, 200, 2000),
+                    tcp_from("inbound", "src", "no_identity", "", 1, 9, 900, 9000),
+                ),
+            ),
+            (
+                "t-books-1",
+                tcp_from("inbound", "src", "true", web, 0, 1, 100, 1000),
+            ),
+            (
+                "t-authors-0",
+                tcp_from("inbound", "src", "true", reader, 1, 3, 300, 3000),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, t)| (k.to_owned(), Scrape::parse(&t)))
+        .collect();
+        let before = after
+            .keys()
+            .map(|k| (k.clone(), Scrape::default()))
+            .collect();
+        let frame = Frame::between(&before, &after, Duration::from_secs(10));
+        let identities: HashMap<(String, String), String> = [("web", web), ("reader", reader)]
+            .into_iter()
+            .map(|(w, id)| (("default".to_owned(), w.to_owned()), id.to_owned()))
+            .collect();
+        let res = |s: &str| crate::observe::parse_resource(s).unwrap();
+        let summary = |rows: Vec<TcpRow>| -> Vec<(String, u64, u64)> {
+            rows.into_iter()
+                .map(|r| (r.name, r.tcp_opened, r.read_bytes))
+                .collect()
+        };
+        let from_web = Filter::From(res("deploy/web"), "default".into());
+        assert_eq!(
+            summary(tcp_edge_rows(
+                ResKind::Deploy,
+                &from_web,
+                &pods,
+                &identities,
+                &frame
+            )),
+            [("books".to_owned(), 5, 500)]
+        );
+        assert_eq!(
+            summary(tcp_edge_rows(
+                ResKind::Pod,
+                &from_web,
+                &pods,
+                &identities,
+                &frame
+            )),
+            [
+                ("books-0".to_owned(), 4, 400),
+                ("books-1".to_owned(), 1, 100)
+            ]
+        );
+        let to_books = Filter::To(res("deploy/books"), "default".into());
+        assert_eq!(
+            summary(tcp_edge_rows(
+                ResKind::Deploy,
+                &to_books,
+                &pods,
+                &identities,
+                &frame
+            )),
+            [("reader".to_owned(), 2, 200), ("web".to_owned(), 5, 500)]
+        );
+        let to_authors = Filter::To(res("po/authors-0"), "default".into());
+        assert_eq!(
+            summary(tcp_edge_rows(
+                ResKind::Deploy,
+                &to_authors,
+                &pods,
+                &identities,
+                &frame
+            )),
+            [("reader".to_owned(), 3, 300)]
+        );
     }
 }
