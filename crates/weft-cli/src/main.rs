@@ -95,3 +95,33 @@ fn run() -> anyhow::Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `weft` command README.md and docs/ show still parses: the docs cannot
+    /// drift from the command line.
+    #[test]
+    fn every_weft_command_the_docs_show_parses() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let (checked, failed) = weft_test::docs::check_repo_docs(&root, "weft", |args| {
+            match Cli::try_parse_from(
+                std::iter::once("weft".to_owned()).chain(args.iter().cloned()),
+            ) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => Ok(()),
+                Err(e) => Err(e.kind().to_string()),
+            }
+        });
+        assert!(
+            failed.is_empty(),
+            "commands in the docs that do not parse:\n{}",
+            failed.join("\n")
+        );
+        assert!(
+            checked >= 20,
+            "only {checked} weft commands found in the docs"
+        );
+    }
+}

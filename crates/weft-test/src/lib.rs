@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod client;
 pub mod controller;
+pub mod docs;
 pub mod fifo;
 pub mod grpc;
 pub mod metrics;

@@ -819,6 +819,28 @@ async fn report(every: Duration, me: Arc<Me>, counters: Arc<Counters>) {
 mod tests {
     use super::*;
 
+    /// Every `weft-demo-app` command README.md and docs/ show still parses.
+    #[test]
+    fn every_demo_app_command_the_docs_show_parses() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let (checked, failed) = weft_test::docs::check_repo_docs(&root, "weft-demo-app", |args| {
+            Cli::try_parse_from(
+                std::iter::once("weft-demo-app".to_owned()).chain(args.iter().cloned()),
+            )
+            .map(|_| ())
+            .map_err(|e| e.kind().to_string())
+        });
+        assert!(
+            failed.is_empty(),
+            "commands in the docs that do not parse:\n{}",
+            failed.join("\n")
+        );
+        assert!(
+            checked >= 3,
+            "only {checked} weft-demo-app commands found in the docs"
+        );
+    }
+
     #[test]
     fn fault_text_parses_and_bad_text_says_what_is_wrong() {
         assert_eq!(Fault::parse("").unwrap(), Fault::default());
