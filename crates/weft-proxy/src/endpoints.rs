@@ -9,7 +9,7 @@
 //!     listen: 127.0.0.1:15001                                # local port for this service (explicit mode)
 //!     opaque: false                                          # skip protocol detection
 //!     identity: books.default.serviceaccount.identity.weft.cluster.local  # meshed: use mTLS
-//!     endpoints:                                             # an address, or address + zone + weight (+ identity)
+//!     endpoints:                                             # an address, or address + zone + weight (+ identity); [] while none is ready
 //!       - "127.0.0.1:9001"
 //!       - {addr: "127.0.0.1:9002", zone: zone-b, weight: 2}
 //!     timeout: 2s                                            # whole-request deadline (over --request-timeout)
@@ -560,11 +560,6 @@ fn parse_tables(
         if spec.name.is_empty() {
             return Err(invalid("`name` is empty".into()));
         }
-        if spec.endpoints.is_empty() {
-            return Err(invalid(
-                "`endpoints` is empty: list at least one address".into(),
-            ));
-        }
         let identity = match &spec.identity {
             Some(name) => Some(
                 name.parse::<Identity>()
@@ -728,11 +723,17 @@ services:
     }
 
     #[test]
-    fn rejects_empty_endpoints_and_duplicates() {
-        let err = parse("services:\n  - name: a\n    endpoints: []\n").unwrap_err();
-        assert!(err
-            .to_string()
-            .contains("service #0 (\"a\"): `endpoints` is empty"));
+    fn an_empty_endpoint_list_is_a_service_without_endpoints_and_duplicates_are_refused() {
+        // A Service whose pods are not ready yet: known (requests wait for endpoints,
+        // then 503), not an unknown authority.
+        let index =
+            parse("services:\n  - name: a\n    authorities: [a:80]\n    endpoints: []\n").unwrap();
+        let a = index
+            .by_authority("a:80")
+            .expect("a service without endpoints");
+        assert!(a.pick().is_none());
+        let err = parse("services:\n  - name: a\n    authorities: [a:80]\n").unwrap_err();
+        assert!(err.to_string().contains("endpoints"), "{err}");
         let err = parse(
             "services:\n  - {name: a, authorities: [x], endpoints: [\"127.0.0.1:1\"]}\n  - {name: b, authorities: [X], endpoints: [\"127.0.0.1:2\"]}\n",
         )
@@ -770,7 +771,7 @@ services:
         ));
 
         // A broken file leaves the last good index in place.
-        std::fs::write(&path, "services: [{name: books, endpoints: []}]\n").unwrap();
+        std::fs::write(&path, "services: [{name: books, endpoints: [nowhere]}]\n").unwrap();
         assert!(index.reload().is_err());
         assert_eq!(held.endpoints().len(), 2);
         assert!(index.by_address("198.19.0.1:80".parse().unwrap()).is_some());

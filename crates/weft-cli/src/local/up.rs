@@ -2488,10 +2488,6 @@ fn endpoints_yaml(
                 }
             }
             let (n, ns, p) = (&svc.name, &svc.namespace, port.port);
-            if endpoints.is_empty() {
-                let _ = writeln!(entries, "  # {n}.{ns} port {p}: no ready endpoints");
-                continue;
-            }
             let mut authorities = vec![
                 format!("{n}.{ns}.svc.cluster.local:{p}"),
                 format!("{n}.{ns}.svc:{p}"),
@@ -2502,12 +2498,18 @@ fn endpoints_yaml(
             }
             let authorities: Vec<String> = authorities.iter().map(|a| q(a)).collect();
             listed = true;
+            // No ready pod yet: the Service is still known, with no endpoints, so its
+            // callers' requests wait for one (failfast) instead of meeting an unknown name.
+            let listed_endpoints = if endpoints.is_empty() {
+                " []  # no ready endpoints".to_owned()
+            } else {
+                format!("\n      - {}", endpoints.join("\n      - "))
+            };
             let _ = writeln!(
                 entries,
-                "  - name: {}\n    authorities: [{}]\n    endpoints:\n      - {}",
+                "  - name: {}\n    authorities: [{}]\n    endpoints:{listed_endpoints}",
                 q(n),
                 authorities.join(", "),
-                endpoints.join("\n      - ")
             );
         }
     }
@@ -2879,10 +2881,10 @@ spec: {selector: {app: idle}, ports: [{port: 8080}]}
         )];
         assert_eq!(endpoints_of(&index, "books.shop.svc:8080"), shop);
         assert_eq!(endpoints_of(&index, "books.shop:8080"), shop);
-        // No ready pod: left out (the proxy refuses empty lists), said in a comment.
-        assert!(index.by_authority("idle:8080").is_none());
+        // No ready pod: known, without endpoints (callers wait for one, then 503).
+        assert_eq!(endpoints_of(&index, "idle:8080"), Vec::new());
         assert!(
-            text.contains("# idle.default port 8080: no ready endpoints"),
+            text.contains("endpoints: []  # no ready endpoints"),
             "{text}"
         );
 
@@ -2892,11 +2894,11 @@ spec: {selector: {app: idle}, ports: [{port: 8080}]}
         assert_eq!(endpoints_of(&index, "books:8080"), shop);
         assert_eq!(endpoints_of(&index, "books.default.svc:8080"), books);
 
-        // Nothing ready: an empty list the proxy accepts.
+        // Nothing ready (as at start-up): every Service known, none with endpoints.
         let text = endpoints_yaml(&mesh, &pods, &HashSet::new(), "default");
-        assert!(text.contains("services: []"), "{text}");
         let index = ServiceIndex::parse(Path::new("default.yaml"), &text).unwrap();
-        assert!(index.services().is_empty());
+        assert_eq!(endpoints_of(&index, "books:8080"), Vec::new());
+        assert_eq!(endpoints_of(&index, "books.shop.svc:8080"), Vec::new());
     }
 
     fn workload(user: &str) -> Workload {
