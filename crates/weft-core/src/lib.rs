@@ -2,6 +2,9 @@
 
 pub mod identity;
 pub mod log;
+#[cfg(feature = "mesh")]
 pub mod mesh;
+#[cfg(feature = "mesh")]
 pub mod pods;
+#[cfg(feature = "prom")]
 pub mod prom;
