@@ -1,6 +1,7 @@
 //! What weft's proxy, controller and CLI share.
 
 pub mod identity;
+pub mod iptables;
 pub mod log;
 #[cfg(feature = "mesh")]
 pub mod mesh;

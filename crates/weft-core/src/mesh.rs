@@ -39,12 +39,17 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::identity::{Identity, DEFAULT_TRUST_DOMAIN};
+use crate::iptables::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
 
 /// The file holding the workloads.
 pub const MESH_FILE: &str = "mesh.yaml";
 
 /// Ports the proxy itself listens on in every pod; workloads cannot use them.
-pub const PROXY_PORTS: [(u16, &str); 3] = [(4140, "outbound"), (4143, "inbound"), (4191, "admin")];
+pub const PROXY_PORTS: [(u16, &str); 3] = [
+    (OUTBOUND_PORT, "outbound"),
+    (INBOUND_PORT, "inbound"),
+    (ADMIN_PORT, "admin"),
+];
 
 /// The proxy's `--zone-mode` values.
 pub const ZONE_MODES: [&str; 3] = ["aware", "unaware", "local-only"];
@@ -77,7 +82,7 @@ pub const PROXY_FLAGS_MANAGED_BY_WEFT_UP: [&str; 21] = [
 
 /// The UID every pod's proxy runs as (namespace mode). Apps cannot use it: the pod's
 /// outbound rule lets this UID's traffic past the proxy.
-pub const PROXY_UID: u32 = 2102;
+pub use crate::iptables::PROXY_UID;
 
 /// The user (and group) apps run as when `mesh.yaml` names none (namespace mode): an
 /// unprivileged UID of their own, neither root nor the proxies'.

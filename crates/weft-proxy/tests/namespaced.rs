@@ -135,7 +135,7 @@ fn client_reaches_server_through_both_proxies() {
     wait_ready(&net, 0, "client-proxy", client_proxy);
     wait_ready(&net, 1, "server-proxy", server_proxy);
     for pod in [&a, &b] {
-        netns::install_redirect(&pod.ns, PROXY_UID, &[])
+        netns::install_redirect(&pod.ns, &[])
             .unwrap_or_else(|e| panic!("redirect in {}: {e:#}", pod.ns));
     }
 
@@ -305,7 +305,7 @@ fn an_inbound_proxy_relays_to_no_other_pod() {
         &["--admin-metrics-from", &c.ip.to_string()],
     );
     wait_ready(&net, 1, "relay-proxy", relay);
-    netns::install_redirect(&b.ns, PROXY_UID, &[])
+    netns::install_redirect(&b.ns, &[])
         .unwrap_or_else(|e| panic!("redirect in {}: {e:#}", b.ns));
 
     // Control: A reaches C's app directly.
@@ -404,7 +404,7 @@ fn with_discovery_down_mesh_addresses_are_refused_not_reached_in_plaintext() {
         "client proxy (pid {client}) never listened\n{}",
         net.log("client-proxy")
     );
-    netns::install_redirect(&a.ns, PROXY_UID, &[])
+    netns::install_redirect(&a.ns, &[])
         .unwrap_or_else(|e| panic!("redirect in {}: {e:#}", a.ns));
 
     let authority = app_addr.to_string();

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::future::Future;
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,14 +37,9 @@ use nix::unistd::Pid;
 
 use crate::server::TestServer;
 
-/// The UID the proxy runs as; the outbound rules let its own traffic through.
-pub const PROXY_UID: u32 = 2102;
-/// Where the outbound rules send the workload's TCP connections (on loopback).
-pub const OUTBOUND_PORT: u16 = 4140;
-/// Where the inbound rules send TCP connections arriving at the pod.
-pub const INBOUND_PORT: u16 = 4143;
-/// The proxy's admin port; never redirected.
-pub const ADMIN_PORT: u16 = 4191;
+/// The UID the proxy runs as and the ports the rules send traffic to (the proxy's
+/// defaults), as in `weft up`'s pods.
+pub use weft_core::iptables::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
 
 /// How long [`run_in`] lets its code run.
 pub const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -62,8 +57,9 @@ pub fn skip(reason: &str) {
     eprintln!("skipped: {reason}");
 }
 
-/// `Ok` when this process can build namespaces: root, with `ip`, `iptables` and
-/// `setpriv` installed. Otherwise the reason to print when skipping.
+/// `Ok` when this process can build namespaces: root, with `ip`, `iptables`,
+/// `iptables-restore` and `setpriv` installed. Otherwise the reason to print when
+/// skipping.
 pub fn can_run() -> Result<(), String> {
     if !cfg!(target_os = "linux") {
         return Err("network namespaces need Linux".into());
@@ -74,6 +70,7 @@ pub fn can_run() -> Result<(), String> {
     for (tool, arg) in [
         ("ip", "-V"),
         ("iptables", "--version"),
+        ("iptables-restore", "--version"),
         ("setpriv", "--version"),
     ] {
         match Command::new(tool)
@@ -99,10 +96,34 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    sh_with_input(program, args, None)
+}
+
+/// Runs a command with `input` on its stdin.
+fn sh_with_input<I, S>(program: &str, args: I, input: Option<&str>) -> anyhow::Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null());
+    cmd.args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let line = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("cannot run {line}"))?;
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {line}"))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(input.as_bytes())
+            .with_context(|| format!("cannot write to {line}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("cannot run {line}"))?;
     if !out.status.success() {
         bail!(
             "{line} failed ({}): {}",
@@ -128,98 +149,20 @@ fn nat_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     )
 }
 
-/// Installs the sidecar's redirection in `ns`, as DESIGN.md's data plane describes:
-///
-/// - `PREROUTING → WEFT_INBOUND`: TCP to any port but the admin port and `skip_ports`
-///   goes to the inbound listener ([`INBOUND_PORT`]);
-/// - `OUTPUT → WEFT_OUTBOUND`: connections of `proxy_uid`, over `lo`, or to
-///   `skip_ports` pass; other TCP goes to the outbound listener ([`OUTBOUND_PORT`]).
+/// Installs the sidecar's redirection in `ns`: the rules `weft up` installs in its
+/// pods ([`weft_core::iptables::redirect_rules`]), which let the proxy's UID
+/// ([`PROXY_UID`]), `lo`, the admin port and `skip_ports` pass and send other TCP to
+/// the inbound ([`INBOUND_PORT`]) and outbound ([`OUTBOUND_PORT`]) listeners.
 ///
 /// The rules live in the namespace and go with it.
-pub fn install_redirect(ns: &str, proxy_uid: u32, skip_ports: &[u16]) -> anyhow::Result<()> {
-    let uid = proxy_uid.to_string();
-    let inbound = INBOUND_PORT.to_string();
-    let outbound = OUTBOUND_PORT.to_string();
-    let mut skip: Vec<String> = skip_ports.iter().map(u16::to_string).collect();
-
-    nat_in(ns, &["-N", "WEFT_INBOUND"])?;
-    skip.insert(0, ADMIN_PORT.to_string());
-    for port in &skip {
-        nat_in(
-            ns,
-            &[
-                "-A",
-                "WEFT_INBOUND",
-                "-p",
-                "tcp",
-                "--dport",
-                port,
-                "-j",
-                "RETURN",
-            ],
-        )?;
-    }
-    skip.remove(0);
-    nat_in(
-        ns,
-        &[
-            "-A",
-            "WEFT_INBOUND",
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &inbound,
-        ],
-    )?;
-    nat_in(ns, &["-A", "PREROUTING", "-p", "tcp", "-j", "WEFT_INBOUND"])?;
-
-    nat_in(ns, &["-N", "WEFT_OUTBOUND"])?;
-    nat_in(
-        ns,
-        &[
-            "-A",
-            "WEFT_OUTBOUND",
-            "-m",
-            "owner",
-            "--uid-owner",
-            &uid,
-            "-j",
-            "RETURN",
-        ],
-    )?;
-    nat_in(ns, &["-A", "WEFT_OUTBOUND", "-o", "lo", "-j", "RETURN"])?;
-    for port in &skip {
-        nat_in(
-            ns,
-            &[
-                "-A",
-                "WEFT_OUTBOUND",
-                "-p",
-                "tcp",
-                "--dport",
-                port,
-                "-j",
-                "RETURN",
-            ],
-        )?;
-    }
-    nat_in(
-        ns,
-        &[
-            "-A",
-            "WEFT_OUTBOUND",
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &outbound,
-        ],
-    )?;
-    nat_in(ns, &["-A", "OUTPUT", "-p", "tcp", "-j", "WEFT_OUTBOUND"])?;
-    Ok(())
+pub fn install_redirect(ns: &str, skip_ports: &[u16]) -> anyhow::Result<()> {
+    let rules = weft_core::iptables::redirect_rules(skip_ports);
+    sh_with_input(
+        "ip",
+        ["netns", "exec", ns, "iptables-restore", "-w", "5"],
+        Some(&rules),
+    )
+    .map(drop)
 }
 
 /// The nat table of `ns` as `iptables -S` prints it (for failure messages).

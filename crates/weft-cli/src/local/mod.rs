@@ -49,11 +49,8 @@ use std::path::PathBuf;
 
 use weft_core::mesh::Workload;
 
-/// The UID the proxies run as; the outbound rules let its traffic through.
-pub const PROXY_UID: u32 = 2102;
-pub const OUTBOUND_PORT: u16 = 4140;
-pub const INBOUND_PORT: u16 = 4143;
-pub const ADMIN_PORT: u16 = 4191;
+/// The UID the proxies run as and the ports the pods' iptables rules send traffic to.
+pub use weft_core::iptables::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
 /// weft-controller's gRPC (identity) and admin ports, on the hub's address.
 pub const CONTROLLER_PORT: u16 = 8090;
 pub const CONTROLLER_ADMIN_PORT: u16 = 9990;

@@ -1103,7 +1103,7 @@ impl Runner {
         sys::run_with_input(
             "ip",
             ["netns", "exec", &netns, "iptables-restore", "-w", "5"],
-            Some(&redirect_rules(&w.skip_ports)),
+            Some(&weft_core::iptables::redirect_rules(&w.skip_ports)),
         )
         .context("installing the pod's iptables rules")?;
         std::fs::create_dir_all(&etc)?;
@@ -2524,37 +2524,6 @@ fn endpoints_yaml(
     });
     out.push_str(&entries);
     out
-}
-
-/// The sidecar's nat rules for `iptables-restore` (DESIGN.md, data plane): inbound TCP
-/// to the inbound listener except the admin port and skip ports; outbound TCP to the
-/// outbound listener except the proxy's own UID, loopback and skip ports.
-pub fn redirect_rules(skip_ports: &[u16]) -> String {
-    let mut r = String::from("*nat\n:WEFT_INBOUND - [0:0]\n:WEFT_OUTBOUND - [0:0]\n");
-    r.push_str("-A PREROUTING -p tcp -j WEFT_INBOUND\n");
-    let _ = writeln!(r, "-A WEFT_INBOUND -p tcp --dport {ADMIN_PORT} -j RETURN");
-    for p in skip_ports {
-        let _ = writeln!(r, "-A WEFT_INBOUND -p tcp --dport {p} -j RETURN");
-    }
-    let _ = writeln!(
-        r,
-        "-A WEFT_INBOUND -p tcp -j REDIRECT --to-ports {INBOUND_PORT}"
-    );
-    r.push_str("-A OUTPUT -p tcp -j WEFT_OUTBOUND\n");
-    let _ = writeln!(
-        r,
-        "-A WEFT_OUTBOUND -m owner --uid-owner {PROXY_UID} -j RETURN"
-    );
-    r.push_str("-A WEFT_OUTBOUND -o lo -j RETURN\n");
-    for p in skip_ports {
-        let _ = writeln!(r, "-A WEFT_OUTBOUND -p tcp --dport {p} -j RETURN");
-    }
-    let _ = writeln!(
-        r,
-        "-A WEFT_OUTBOUND -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}"
-    );
-    r.push_str("COMMIT\n");
-    r
 }
 
 /// Polls, from inside the pod (in loopback mode: at its address), until its proxy is
