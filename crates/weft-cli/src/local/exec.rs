@@ -7,8 +7,8 @@ use anyhow::{anyhow, Context as _};
 use tokio::signal::unix::{signal, SignalKind};
 use weft_core::mesh::Mesh;
 
+use super::apps::{app_argv, app_env, app_ids, apps_bin_dir, apps_path, PROXY_ENV};
 use super::control::find_pod;
-use super::up::{app_argv, app_env, app_ids, apps_bin_dir, apps_path, PROXY_ENV};
 use super::{sys, LocalArgs};
 
 #[derive(clap::Args)]

@@ -32,6 +32,7 @@
 //! proxy-to-proxy mTLS). The controller (identity only) runs on the block's first
 //! address. Every process runs as the invoking user.
 
+pub mod apps;
 pub mod check;
 pub mod control;
 pub mod down;
@@ -42,6 +43,7 @@ pub mod scale;
 pub mod scrape;
 pub mod state;
 pub mod sys;
+pub mod teardown;
 pub mod up;
 
 use std::net::Ipv4Addr;

@@ -11,11 +11,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context as _};
-use weft_core::mesh::{AppUser, Mesh, Workload, DEFAULT_APP_UID, MESH_FILE};
+use weft_core::mesh::{Mesh, Workload, MESH_FILE};
 use weft_core::pods::{PodEntry, PodsFile, ServiceAddress};
 use weft_core::prom::Scrape;
 
+use super::apps::{
+    app_argv, app_env, app_ids, apps_bin_dir, apps_path, world_traversable, EnvVars, PROXY_ENV,
+};
 use super::state::{PodRecord, ProcRecord, State, VipRecord};
+use super::sys::set_mode;
+use super::teardown::STOP_GRACE;
 use super::{
     loopback_ip, loopback_notice, pod_name, scrape, sys, LocalArgs, ADMIN_PORT, BRIDGE,
     CONTROLLER_ADMIN_PORT, CONTROLLER_PORT, DEFAULT_OPAQUE_PORTS, HUB_IP, INBOUND_PORT,
@@ -33,21 +38,6 @@ const WATCH_EVERY: Duration = Duration::from_millis(300);
 const PROPAGATION: Duration = Duration::from_millis(300);
 /// The same in loopback mode, where proxies poll their endpoints file every 200 ms.
 const LOOPBACK_PROPAGATION: Duration = Duration::from_millis(450);
-/// Proxy settings a workload's process would otherwise inherit from `weft up`'s
-/// environment; weft up sets its own in loopback mode and none with namespaces (where
-/// iptables takes the app's traffic to its proxy).
-pub(super) const PROXY_ENV: [&str; 8] = [
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
-/// Time a process gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How often the foreground checks its processes (exits, restarts due, probe results).
 const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 /// How often every pod proxy's `/ready` and the controller's are polled (foreground).
@@ -67,8 +57,6 @@ const RESTART_RESET: Duration = Duration::from_secs(60);
 const RESTART_CHECK: Duration = Duration::from_secs(30);
 /// A command line.
 type Argv = Vec<String>;
-/// Environment variables to set.
-type EnvVars = Vec<(String, String)>;
 /// The supervision key of the controller (pods use their `netns`).
 const CONTROLLER_KEY: &str = "controller";
 
@@ -1945,7 +1933,7 @@ impl Runner {
             };
             self.state.pods[i].procs.clear();
             let pod = self.state.pods[i].clone();
-            match super::down::remove_pod(&pod, self.state.loopback) {
+            match super::teardown::remove_pod(&pod, self.state.loopback) {
                 Ok(()) => {
                     self.state.pods.remove(i);
                     self.ready.remove(netns);
@@ -1963,7 +1951,7 @@ impl Runner {
     /// Takes everything down (errors are printed; the state keeps what could not go).
     fn teardown(&mut self) {
         let children = &mut self.children;
-        let outcome = super::down::teardown(&mut self.state, &self.paths.state_path, || {
+        let outcome = super::teardown::teardown(&mut self.state, &self.paths.state_path, || {
             children.retain(|_, c| matches!(c.try_wait(), Ok(None)))
         });
         if let Err(e) = outcome {
@@ -2610,131 +2598,11 @@ fn dir_stamp(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
         .collect()
 }
 
-/// The UID and GID a workload's command runs as (namespace mode): its `user:`, else
-/// [`DEFAULT_APP_UID`]. A user name is looked up on this machine; it must not be root
-/// nor the proxies' UID (mesh.yaml's numbers are checked when it is loaded).
-pub(super) fn app_ids(w: &Workload) -> anyhow::Result<(u32, u32)> {
-    let (uid, gid) = match &w.user {
-        None => (DEFAULT_APP_UID, DEFAULT_APP_UID),
-        Some(AppUser::Id { uid, gid }) => (*uid, *gid),
-        Some(AppUser::Name(name)) => {
-            let user = nix::unistd::User::from_name(name)
-                .with_context(|| format!("workload {}: cannot look up user {name}", w.name))?
-                .ok_or_else(|| {
-                    anyhow!(
-                        "workload {}: user: {name} is no user of this machine (give a UID instead, e.g. user: {DEFAULT_APP_UID})",
-                        w.name
-                    )
-                })?;
-            (user.uid.as_raw(), user.gid.as_raw())
-        }
-    };
-    anyhow::ensure!(
-        uid != 0 && gid != 0 && uid != PROXY_UID && gid != PROXY_UID,
-        "workload {}: user: {} is UID {uid}, GID {gid}: apps may run neither as root nor as the proxies' UID {PROXY_UID}",
-        w.name,
-        w.user.as_ref().map_or(String::new(), ToString::to_string)
-    );
-    Ok((uid, gid))
-}
-
-/// How a workload's command starts inside its pod (after `ip netns exec`, as root): in
-/// a mount namespace of its own where an empty read-only tmpfs covers the state
-/// directory (identity, tokens, logs, other pods' files), then as `uid`:`gid` with no
-/// supplementary groups and no way to gain privileges (setuid binaries), then `command`.
-pub(super) fn app_argv(state_dir: &Path, uid: u32, gid: u32, command: &[String]) -> Vec<String> {
-    const SCRIPT: &str = r#"mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k,mode=0555 weft-hidden "$1" || exit 126
-uid=$2 gid=$3
-shift 3
-exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@""#;
-    let mut argv: Vec<String> = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-c",
-        SCRIPT,
-        "weft-app",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    argv.extend([
-        state_dir.display().to_string(),
-        uid.to_string(),
-        gid.to_string(),
-    ]);
-    argv.extend(command.iter().cloned());
-    argv
-}
-
-/// A workload's environment in pod `name` at `ip` (besides what `weft up` inherited,
-/// less [`PROXY_ENV`], and `PATH`): the pod's `WEFT_*` variables, in loopback mode its
-/// listen address and proxy, then the workload's `env`.
-pub(super) fn app_env(name: &str, ip: Ipv4Addr, w: &Workload, loopback: bool) -> EnvVars {
-    let mut env: Vec<(String, String)> = vec![
-        ("WEFT_POD".into(), name.to_owned()),
-        ("WEFT_POD_IP".into(), ip.to_string()),
-        ("WEFT_WORKLOAD".into(), w.name.clone()),
-        ("WEFT_NAMESPACE".into(), w.namespace.clone()),
-        ("WEFT_SERVICE_ACCOUNT".into(), w.service_account.clone()),
-        ("WEFT_ZONE".into(), w.zone.clone().unwrap_or_default()),
-    ];
-    if loopback {
-        // No iptables: the app listens on its pod's address and sends HTTP to its
-        // proxy itself, which resolves Service names.
-        let proxy = format!("http://{}", SocketAddr::from((ip, OUTBOUND_PORT)));
-        env.extend([
-            ("WEFT_LISTEN_ADDR".into(), ip.to_string()),
-            ("HTTP_PROXY".into(), proxy.clone()),
-            ("http_proxy".into(), proxy),
-            ("NO_PROXY".into(), "localhost,127.0.0.1,::1".into()),
-            ("no_proxy".into(), "localhost,127.0.0.1,::1".into()),
-        ]);
-    }
-    env.extend(w.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env
-}
-
-/// Where copies of the binaries apps call by name go when apps cannot reach the build
-/// directory: beside the state directory (which apps cannot see).
-pub(super) fn apps_bin_dir(state_dir: &Path) -> PathBuf {
-    PathBuf::from(format!("{}.bin", state_dir.display()))
-}
-
-/// `PATH` for workload commands: the copies of the binaries (if any), this binary's
-/// directory, then this process's `PATH`.
-pub(super) fn apps_path(apps_bin: Option<&Path>, exe_dir: &Path) -> anyhow::Result<OsString> {
-    let mut dirs: Vec<PathBuf> = apps_bin.map(Path::to_owned).into_iter().collect();
-    dirs.push(exe_dir.to_owned());
-    dirs.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
-    Ok(std::env::join_paths(dirs)?)
-}
-
-/// Whether any user may reach `dir`: every directory from the root down to it can
-/// be searched by others (mode o+x).
-fn world_traversable(dir: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    dir.ancestors().all(|d| {
-        d.as_os_str().is_empty()
-            || std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
-    })
-}
-
 /// Copies `from` to `to` readable by everyone (0644).
 fn copy_public(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::copy(from, to)
         .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     set_mode(to, 0o644)
-}
-
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", path.display()))
 }
 
 #[cfg(test)]
@@ -2868,76 +2736,6 @@ spec: {selector: {app: idle}, ports: [{port: 8080}]}
         let index = ServiceIndex::parse(Path::new("default.yaml"), &text).unwrap();
         assert_eq!(endpoints_of(&index, "books:8080"), Vec::new());
         assert_eq!(endpoints_of(&index, "books.shop.svc:8080"), Vec::new());
-    }
-
-    fn workload(user: &str) -> Workload {
-        let mesh = Mesh::parse(&[(
-            "mesh.yaml".into(),
-            format!("kind: Mesh\nworkloads:\n  - {{name: api, command: [x]{user}}}\n"),
-        )])
-        .unwrap();
-        mesh.workloads[0].clone()
-    }
-
-    #[test]
-    fn apps_run_as_their_user_or_2103_never_root_nor_the_proxies_uid() {
-        assert_eq!(app_ids(&workload("")).unwrap(), (2103, 2103));
-        assert_eq!(app_ids(&workload(", user: 3000")).unwrap(), (3000, 3000));
-        assert_eq!(
-            app_ids(&workload(", user: \"3000:3001\"")).unwrap(),
-            (3000, 3001)
-        );
-        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
-        assert_eq!(
-            app_ids(&workload(", user: nobody")).unwrap(),
-            (nobody.uid.as_raw(), nobody.gid.as_raw())
-        );
-        let e = app_ids(&workload(", user: no-such-user-here")).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("user: no-such-user-here is no user of this machine"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn apps_start_with_the_state_directory_hidden_then_drop_privileges() {
-        let argv = app_argv(
-            Path::new("/run/weft"),
-            2103,
-            2104,
-            &["weft-demo-app".into(), "serve".into()],
-        );
-        assert_eq!(
-            argv[..7],
-            [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-c"
-            ]
-        );
-        let script = &argv[7];
-        assert!(script.contains(r#"mount -t tmpfs -o ro,"#), "{script}");
-        assert!(
-            script.contains(r#"exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@""#),
-            "{script}"
-        );
-        // The paths and ids are arguments, never spliced into the script.
-        assert_eq!(
-            argv[8..],
-            [
-                "weft-app",
-                "/run/weft",
-                "2103",
-                "2104",
-                "weft-demo-app",
-                "serve"
-            ]
-        );
     }
 
     #[test]

@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::{Runner, CONTROLLER_KEY, RESTART_CHECK, STOP_GRACE};
+use super::{Runner, CONTROLLER_KEY, RESTART_CHECK};
 use crate::local::control::{
     control_dir, spell, write_atomic, Outcome, PodStatus, Progress, RestartRequest, Status,
     STATUS_FILE,
 };
 use crate::local::state::ProcRecord;
+use crate::local::sys::set_mode;
+use crate::local::teardown::STOP_GRACE;
 use crate::local::CONTROLLER_PORT;
 
 /// How long a pod may take to be back in the endpoints after its processes started
@@ -109,7 +111,7 @@ impl Runner {
         let made = std::fs::create_dir_all(&dir).map_err(anyhow::Error::from);
         // Anyone may read the status (`weft ps`); only its owner (root, or in loopback
         // mode the user) may ask for restarts.
-        if let Err(e) = made.and_then(|()| super::set_mode(&dir, 0o755)) {
+        if let Err(e) = made.and_then(|()| set_mode(&dir, 0o755)) {
             self.event(format!(
                 "cannot make {}: `weft restart` and `weft ps` will not reach this weft up: {e:#}",
                 dir.display()
