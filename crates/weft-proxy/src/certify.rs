@@ -11,6 +11,7 @@ use linkerd2_proxy_api::identity::identity_client::IdentityClient;
 use linkerd2_proxy_api::identity::CertifyRequest;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use crate::backoff::Backoff;
 use crate::identity::LocalIdentity;
 use crate::metrics::{IdentityMetrics, RefreshLabels};
 
@@ -93,7 +94,7 @@ pub async fn run(local: Arc<LocalIdentity>, config: CertifyConfig, metrics: Iden
         }
     };
     let mut client = IdentityClient::new(channel);
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     loop {
         match certify(&mut client, &local, &config).await {
             Ok((expiry, lifetime)) => {
@@ -104,7 +105,7 @@ pub async fn run(local: Arc<LocalIdentity>, config: CertifyConfig, metrics: Iden
                 if let Ok(secs) = expiry.duration_since(SystemTime::UNIX_EPOCH) {
                     metrics.expiration.set(secs.as_secs() as i64);
                 }
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
                 let renew_in = lifetime.mul_f64(0.7);
                 tracing::info!(identity = %local.name(), renew_in = ?renew_in, "certificate installed");
                 tokio::time::sleep(renew_in).await;
@@ -114,9 +115,9 @@ pub async fn run(local: Arc<LocalIdentity>, config: CertifyConfig, metrics: Iden
                     .refreshes
                     .get_or_create(&RefreshLabels { result: "error" })
                     .inc();
-                tracing::warn!(identity = %local.name(), %error, retry_in = ?backoff, "certificate request failed; keeping the current certificate");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let wait = backoff.next_wait();
+                tracing::warn!(identity = %local.name(), %error, retry_in = ?wait, "certificate request failed; keeping the current certificate");
+                tokio::time::sleep(wait).await;
             }
         }
     }

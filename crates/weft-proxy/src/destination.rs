@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use weft_core::identity::Identity;
 
+use crate::backoff::Backoff;
 use crate::balance::{BalanceConfig, EndpointMeta};
 use crate::endpoints::{Service, ServiceIndex};
 use crate::identity::LocalIdentity;
@@ -531,7 +532,7 @@ impl Drop for StreamGauge {
 
 impl Follower {
     async fn run(mut self) {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         loop {
             let request = api::GetDestination {
                 scheme: "k8s".into(),
@@ -549,15 +550,16 @@ impl Follower {
                             Ok(Some(update)) => {
                                 self.apply(update, first);
                                 first = false;
-                                backoff = FIRST_BACKOFF;
+                                backoff.reset();
                             }
                             Ok(None) => break "the controller ended the stream".to_owned(),
                             Err(status) => break status.to_string(),
                         }
                     };
                     self.metrics.errors.inc();
-                    tracing::warn!(destination = %self.path, error = %ended, retry_in = ?backoff, "destination stream lost; keeping the endpoints in use");
-                    backoff
+                    let wait = backoff.next_wait();
+                    tracing::warn!(destination = %self.path, error = %ended, retry_in = ?wait, "destination stream lost; keeping the endpoints in use");
+                    wait
                 }
                 Err(status) => {
                     self.metrics.errors.inc();
@@ -576,14 +578,14 @@ impl Follower {
                             UNSERVED_BACKOFF
                         }
                         _ => {
-                            tracing::warn!(destination = %self.path, error = %status, retry_in = ?backoff, "cannot reach the destination service; keeping the endpoints in use");
-                            backoff
+                            let wait = backoff.next_wait();
+                            tracing::warn!(destination = %self.path, error = %status, retry_in = ?wait, "cannot reach the destination service; keeping the endpoints in use");
+                            wait
                         }
                     }
                 }
             };
             tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

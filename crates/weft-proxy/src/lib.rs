@@ -7,6 +7,7 @@
 //! balancing, golden metrics) or opaque TCP.
 
 pub mod admin;
+pub mod backoff;
 pub mod balance;
 pub mod certify;
 pub mod config;
