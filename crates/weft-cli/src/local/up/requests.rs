@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::{Runner, CONTROLLER_KEY, RESTART_CHECK};
+use super::readiness::{pod_ready, RESTART_CHECK};
+use super::{Runner, CONTROLLER_KEY};
 use crate::local::control::{
     control_dir, spell, write_atomic, Outcome, PodStatus, Progress, RestartRequest, Status,
     STATUS_FILE,
@@ -323,7 +324,7 @@ impl Runner {
                     let loopback = self.paths.loopback.is_some();
                     let (tx, rx) = std::sync::mpsc::channel();
                     tokio::task::spawn_blocking(move || {
-                        let _ = tx.send(super::pod_ready(&proxy_only, &[], READY_WITHIN, loopback));
+                        let _ = tx.send(pod_ready(&proxy_only, &[], READY_WITHIN, loopback));
                     });
                     step.proxy_ready = Some(rx);
                     step.pids = self.pod_pids(&step.key);
