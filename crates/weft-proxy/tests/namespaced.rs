@@ -305,8 +305,7 @@ fn an_inbound_proxy_relays_to_no_other_pod() {
         &["--admin-metrics-from", &c.ip.to_string()],
     );
     wait_ready(&net, 1, "relay-proxy", relay);
-    netns::install_redirect(&b.ns, &[])
-        .unwrap_or_else(|e| panic!("redirect in {}: {e:#}", b.ns));
+    netns::install_redirect(&b.ns, &[]).unwrap_or_else(|e| panic!("redirect in {}: {e:#}", b.ns));
 
     // Control: A reaches C's app directly.
     let get = move || {
@@ -404,8 +403,7 @@ fn with_discovery_down_mesh_addresses_are_refused_not_reached_in_plaintext() {
         "client proxy (pid {client}) never listened\n{}",
         net.log("client-proxy")
     );
-    netns::install_redirect(&a.ns, &[])
-        .unwrap_or_else(|e| panic!("redirect in {}: {e:#}", a.ns));
+    netns::install_redirect(&a.ns, &[]).unwrap_or_else(|e| panic!("redirect in {}: {e:#}", a.ns));
 
     let authority = app_addr.to_string();
     let (http, tcp) = run_in(&a.ns, move || async move {
