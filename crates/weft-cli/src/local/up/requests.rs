@@ -22,7 +22,7 @@ use crate::local::control::{
     control_dir, spell, write_atomic, Outcome, PodStatus, Progress, RestartRequest, Status,
     STATUS_FILE,
 };
-use crate::local::state::ProcRecord;
+use crate::local::state::{PodRecord, ProcRecord};
 use crate::local::sys::set_mode;
 use crate::local::teardown::STOP_GRACE;
 use crate::local::CONTROLLER_PORT;
@@ -235,32 +235,108 @@ impl Runner {
         }
     }
 
+    /// Takes the job's next pod out of the endpoints (the first step of its restart);
+    /// `Ok(true)` when none is left.
+    fn next_pod(&mut self, job: &mut Job) -> anyhow::Result<bool> {
+        let Some((key, name)) = job.todo.pop_front() else {
+            return Ok(true);
+        };
+        if !self.state.pods.iter().any(|p| p.netns == key) {
+            job.say(format!("{name}: gone (scaled down or replaced), skipped"));
+            return Ok(false);
+        }
+        let pids = self.pod_pids(&key);
+        // Its own restarts (due after a crash) give way to this one.
+        self.restarts.retain(|(k, _), _| *k != key);
+        self.requests.held.insert(key.clone());
+        self.ready.remove(&key);
+        self.refresh_published()?;
+        job.say(format!("{name}: out of the endpoints"));
+        job.step = Some(Step {
+            key,
+            name,
+            pids,
+            phase: Phase::Draining,
+            since: Instant::now(),
+            proxy_ready: None,
+        });
+        Ok(false)
+    }
+
+    /// A pod whose processes were signalled: once they are gone its proxy starts
+    /// again (its readiness checked as at start); SIGKILL after [`STOP_GRACE`]; an
+    /// error if they outlive SIGKILL. Returns what to report.
+    fn stopping(
+        &mut self,
+        step: &mut Step,
+        pod: &PodRecord,
+        alive: &[ProcRecord],
+        killed: bool,
+    ) -> anyhow::Result<Option<String>> {
+        if alive.is_empty() {
+            // What its processes left in their groups goes too (it would hold
+            // the ports).
+            for p in &pod.procs {
+                p.kill_group();
+            }
+            let pid = self.respawn(&step.key, "proxy")?;
+            // Checked as at start: its /ready answers; the old app's record
+            // (gone) is not its business.
+            let mut proxy_only = pod.clone();
+            proxy_only.procs = self
+                .state
+                .pods
+                .iter()
+                .find(|p| p.netns == step.key)
+                .map(|p| {
+                    p.procs
+                        .iter()
+                        .filter(|p| p.role == "proxy")
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let loopback = self.paths.loopback.is_some();
+            let (tx, rx) = std::sync::mpsc::channel();
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.send(pod_ready(&proxy_only, &[], READY_WITHIN, loopback));
+            });
+            step.proxy_ready = Some(rx);
+            step.pids = self.pod_pids(&step.key);
+            step.phase = Phase::ProxyStarting;
+            step.since = Instant::now();
+            return Ok(Some(format!(
+                "{}: proxy started again (pid {pid})",
+                step.name
+            )));
+        } else if !killed && step.since.elapsed() >= STOP_GRACE {
+            for p in alive {
+                p.kill_group();
+            }
+            step.phase = Phase::Stopping { killed: true };
+            step.since = Instant::now();
+            return Ok(Some(format!(
+                "{}: did not stop within {STOP_GRACE:?}: killed",
+                step.name
+            )));
+        } else if killed && step.since.elapsed() >= KILLED_WITHIN {
+            anyhow::bail!(
+                "{}: its processes ({}) are still there {KILLED_WITHIN:?} after SIGKILL",
+                step.name,
+                alive
+                    .iter()
+                    .map(|p| format!("{} pid {}", p.role, p.pid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(None)
+    }
+
     /// One step of `job`; `Ok(true)` once every pod is restarted.
     fn restart_step(&mut self, job: &mut Job) -> anyhow::Result<bool> {
         let Some(step) = &mut job.step else {
-            let Some((key, name)) = job.todo.pop_front() else {
-                return Ok(true);
-            };
-            if !self.state.pods.iter().any(|p| p.netns == key) {
-                job.say(format!("{name}: gone (scaled down or replaced), skipped"));
-                return Ok(false);
-            }
-            let pids = self.pod_pids(&key);
-            // Its own restarts (due after a crash) give way to this one.
-            self.restarts.retain(|(k, _), _| *k != key);
-            self.requests.held.insert(key.clone());
-            self.ready.remove(&key);
-            self.refresh_published()?;
-            job.say(format!("{name}: out of the endpoints"));
-            job.step = Some(Step {
-                key,
-                name,
-                pids,
-                phase: Phase::Draining,
-                since: Instant::now(),
-                proxy_ready: None,
-            });
-            return Ok(false);
+            return self.next_pod(job);
         };
         let pod = self
             .state
@@ -298,58 +374,8 @@ impl Runner {
             }
             Phase::Stopping { killed } => {
                 self.ready.remove(&step.key);
-                if alive.is_empty() {
-                    // What its processes left in their groups goes too (it would hold
-                    // the ports).
-                    for p in &pod.procs {
-                        p.kill_group();
-                    }
-                    let pid = self.respawn(&step.key, "proxy")?;
-                    // Checked as at start: its /ready answers; the old app's record
-                    // (gone) is not its business.
-                    let mut proxy_only = pod.clone();
-                    proxy_only.procs = self
-                        .state
-                        .pods
-                        .iter()
-                        .find(|p| p.netns == step.key)
-                        .map(|p| {
-                            p.procs
-                                .iter()
-                                .filter(|p| p.role == "proxy")
-                                .cloned()
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let loopback = self.paths.loopback.is_some();
-                    let (tx, rx) = std::sync::mpsc::channel();
-                    tokio::task::spawn_blocking(move || {
-                        let _ = tx.send(pod_ready(&proxy_only, &[], READY_WITHIN, loopback));
-                    });
-                    step.proxy_ready = Some(rx);
-                    step.pids = self.pod_pids(&step.key);
-                    step.phase = Phase::ProxyStarting;
-                    step.since = Instant::now();
-                    let line = format!("{}: proxy started again (pid {pid})", step.name);
+                if let Some(line) = self.stopping(step, &pod, &alive, killed)? {
                     job.say(line);
-                } else if !killed && step.since.elapsed() >= STOP_GRACE {
-                    for p in &alive {
-                        p.kill_group();
-                    }
-                    step.phase = Phase::Stopping { killed: true };
-                    step.since = Instant::now();
-                    let line = format!("{}: did not stop within {STOP_GRACE:?}: killed", step.name);
-                    job.say(line);
-                } else if killed && step.since.elapsed() >= KILLED_WITHIN {
-                    anyhow::bail!(
-                        "{}: its processes ({}) are still there {KILLED_WITHIN:?} after SIGKILL",
-                        step.name,
-                        alive
-                            .iter()
-                            .map(|p| format!("{} pid {}", p.role, p.pid))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
                 }
             }
             Phase::ProxyStarting => {
