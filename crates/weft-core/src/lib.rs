@@ -5,6 +5,8 @@ pub mod iptables;
 pub mod log;
 #[cfg(feature = "mesh")]
 pub mod mesh;
+#[cfg(feature = "netns")]
+pub mod netns;
 #[cfg(feature = "mesh")]
 pub mod pods;
 #[cfg(feature = "prom")]

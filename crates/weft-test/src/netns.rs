@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::future::Future;
-use std::io::{Read, Write as _};
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,7 +31,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -96,42 +95,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    sh_with_input(program, args, None)
-}
-
-/// Runs a command with `input` on its stdin.
-fn sh_with_input<I, S>(program: &str, args: I, input: Option<&str>) -> anyhow::Result<String>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let line = format!("{cmd:?}");
-    let mut child = cmd.spawn().with_context(|| format!("cannot run {line}"))?;
-    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(input.as_bytes())
-            .with_context(|| format!("cannot write to {line}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("cannot run {line}"))?;
-    if !out.status.success() {
-        bail!(
-            "{line} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(weft_core::netns::run(program, args, None)?)
 }
 
 /// `ip -n NS ARGS...`.
@@ -157,34 +121,17 @@ fn nat_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
 /// The rules live in the namespace and go with it.
 pub fn install_redirect(ns: &str, skip_ports: &[u16]) -> anyhow::Result<()> {
     let rules = weft_core::iptables::redirect_rules(skip_ports);
-    sh_with_input(
+    weft_core::netns::run(
         "ip",
         ["netns", "exec", ns, "iptables-restore", "-w", "5"],
         Some(&rules),
-    )
-    .map(drop)
+    )?;
+    Ok(())
 }
 
 /// The nat table of `ns` as `iptables -S` prints it (for failure messages).
 pub fn nat_rules(ns: &str) -> String {
     nat_in(ns, &["-S"]).unwrap_or_else(|e| format!("{e:#}"))
-}
-
-/// Moves the calling thread into the network namespace `ns` (`/run/netns/{ns}`).
-/// Sockets the thread creates afterwards belong to that namespace.
-fn enter(ns: &str) -> anyhow::Result<()> {
-    let path = Path::new("/run/netns").join(ns);
-    let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    setns(&file, CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("setns into {}", path.display()))?;
-    Ok(())
-}
-
-fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot build a tokio runtime")
 }
 
 /// Runs `f()` to completion inside the network namespace `ns`, on a new OS thread
@@ -196,23 +143,7 @@ where
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
-    let ns = ns.to_owned();
-    let thread = thread::Builder::new()
-        .name(format!("run_in {ns}"))
-        .spawn(move || -> anyhow::Result<T> {
-            enter(&ns)?;
-            let rt = current_thread_runtime()?;
-            rt.block_on(async move {
-                tokio::time::timeout(RUN_LIMIT, f())
-                    .await
-                    .map_err(|_| anyhow!("code in namespace {ns} ran longer than {RUN_LIMIT:?}"))
-            })
-        })
-        .context("cannot start a thread")?;
-    match thread.join() {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    Ok(weft_core::netns::in_netns(Some(ns), RUN_LIMIT, f)?)
 }
 
 /// A current-thread tokio runtime on its own OS thread inside a network namespace,
@@ -233,10 +164,12 @@ impl NsRuntime {
         let thread = thread::Builder::new()
             .name(format!("netns {ns}"))
             .spawn(move || {
-                let rt = match enter(&name).and_then(|()| current_thread_runtime()) {
+                let rt = match weft_core::netns::enter(&name)
+                    .and_then(|()| weft_core::netns::current_thread_runtime())
+                {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e));
+                        let _ = ready_tx.send(Err(anyhow::Error::from(e)));
                         return;
                     }
                 };

@@ -2,15 +2,12 @@
 //! namespace (a thread that `setns`es), and processes identified by pid + start time.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::future::Future;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
-use nix::sched::{setns, CloneFlags};
+use anyhow::{bail, Context as _};
+use weft_core::netns;
 
 /// Runs a command to completion; its stderr becomes the error.
 pub fn run<I, S>(program: &str, args: I) -> anyhow::Result<String>
@@ -27,40 +24,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let line = command_line(&cmd);
-    let mut child = cmd.spawn().with_context(|| format!("cannot run {line}"))?;
-    if let Some(input) = input {
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin
-            .write_all(input.as_bytes())
-            .with_context(|| format!("cannot write to {line}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("cannot run {line}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn command_line(cmd: &Command) -> String {
-    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    parts.join(" ")
+    Ok(netns::run(program, args, input)?)
 }
 
 /// Where a program is: `PATH`, then the sbin directories `ip` and `iptables` live in.
@@ -76,12 +40,8 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-pub fn netns_path(ns: &str) -> PathBuf {
-    Path::new("/run/netns").join(ns)
-}
-
 pub fn netns_exists(ns: &str) -> bool {
-    netns_path(ns).exists()
+    netns::exists(ns)
 }
 
 /// Runs `f()` to completion inside the network namespace `ns` (with `None`, loopback
@@ -93,40 +53,7 @@ where
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
-    let ns = ns.map(str::to_owned);
-    let place = ns
-        .as_deref()
-        .map_or("this network namespace".to_owned(), |ns| {
-            format!("network namespace {ns}")
-        });
-    let thread = std::thread::Builder::new()
-        .name(
-            ns.as_deref()
-                .map_or("local".into(), |ns| format!("netns {ns}")),
-        )
-        .spawn(move || -> anyhow::Result<T> {
-            if let Some(ns) = &ns {
-                let path = netns_path(ns);
-                let file =
-                    File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-                setns(&file, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("cannot enter network namespace {ns}"))?;
-            }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot build a runtime")?;
-            rt.block_on(async move {
-                tokio::time::timeout(limit, f())
-                    .await
-                    .map_err(|_| anyhow!("work in {place} took over {limit:?}"))
-            })
-        })
-        .context("cannot start a thread")?;
-    match thread.join() {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    Ok(netns::in_netns(ns, limit, f)?)
 }
 
 /// The sysctls that turn IPv6 off in a network namespace: `all` for the links it
@@ -145,11 +72,7 @@ pub fn disable_ipv6(ns: &str) -> anyhow::Result<()> {
     let thread = std::thread::Builder::new()
         .name(format!("ipv6 off {ns}"))
         .spawn(move || -> anyhow::Result<()> {
-            let path = netns_path(&ns);
-            let file =
-                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("cannot enter network namespace {ns}"))?;
+            netns::enter(&ns)?;
             if !Path::new("/proc/sys/net/ipv6").exists() {
                 return Ok(());
             }
