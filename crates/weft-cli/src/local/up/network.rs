@@ -86,12 +86,11 @@ impl Runner {
         sys::run("ip", ["netns", "add", &hub])?;
         // IPv6 off before any link exists (pods' traffic is redirected for IPv4 only).
         sys::disable_ipv6(&hub)?;
-        sys::run_with_input(
-            "ip",
-            ["-n", &hub, "-batch", "-"],
-            Some(&format!(
+        ip_batch(
+            &hub,
+            &format!(
                 "link set lo up\nlink add {BRIDGE} type bridge\nlink set {BRIDGE} up\naddr add {HUB_IP}/{POD_PREFIX_LEN} dev {BRIDGE}\n"
-            )),
+            ),
         )?;
         sys::ensure_no_ipv6(&hub)?;
         self.sync_vips()?;
@@ -104,32 +103,18 @@ impl Runner {
     pub(super) fn create_pod(&mut self, w: &Workload, index: u32) -> anyhow::Result<String> {
         let name = pod_name(w, index);
         let netns = format!("{}-{name}", self.paths.prefix);
-        if self.paths.loopback.is_some() {
-            // Only an address: nothing to make but the record.
-            self.state.pods.push(PodRecord {
-                name,
-                workload: w.name.clone(),
-                namespace: w.namespace.clone(),
-                index,
-                zone: w.zone.clone(),
-                netns: netns.clone(),
-                ip: self.alloc_ip()?,
-                link: String::new(),
-                files: Vec::new(),
-                procs: Vec::new(),
-            });
-            self.save()?;
-            return Ok(netns);
-        }
+        let loopback = self.paths.loopback.is_some();
         let etc = Path::new("/etc/netns").join(&netns);
-        if sys::netns_exists(&netns) {
-            bail!("network namespace {netns} exists but was not made by this weft up: remove it with `ip netns delete {netns}`");
-        }
-        if etc.exists() {
-            bail!(
-                "{} exists but was not made by this weft up: remove it",
-                etc.display()
-            );
+        if !loopback {
+            if sys::netns_exists(&netns) {
+                bail!("network namespace {netns} exists but was not made by this weft up: remove it with `ip netns delete {netns}`");
+            }
+            if etc.exists() {
+                bail!(
+                    "{} exists but was not made by this weft up: remove it",
+                    etc.display()
+                );
+            }
         }
         let pod = PodRecord {
             name: name.clone(),
@@ -139,32 +124,40 @@ impl Runner {
             zone: w.zone.clone(),
             netns: netns.clone(),
             ip: self.alloc_ip()?,
-            link: self.alloc_link(),
-            files: vec![etc.clone()],
+            // Loopback mode: only an address, nothing to make but the record.
+            link: if loopback {
+                String::new()
+            } else {
+                self.alloc_link()
+            },
+            files: if loopback {
+                Vec::new()
+            } else {
+                vec![etc.clone()]
+            },
             procs: Vec::new(),
         };
         let (ip, link) = (pod.ip, pod.link.clone());
         self.state.pods.push(pod);
         self.save()?;
+        if loopback {
+            return Ok(netns);
+        }
 
         let hub = &self.paths.hub;
         sys::run("ip", ["netns", "add", &netns])?;
         // IPv6 off before the pod has links: only IPv4 is redirected to the proxy, so an
         // app reachable over IPv6 (link-local addresses) would bypass the mesh.
         sys::disable_ipv6(&netns)?;
-        sys::run_with_input(
-            "ip",
-            ["-n", hub, "-batch", "-"],
-            Some(&format!(
+        ip_batch(
+            hub,
+            &format!(
                 "link add {link} type veth peer name eth0 netns {netns}\nlink set {link} master {BRIDGE} up\n"
-            )),
+            ),
         )?;
-        sys::run_with_input(
-            "ip",
-            ["-n", &netns, "-batch", "-"],
-            Some(&format!(
-                "link set lo up\naddr add {ip}/{POD_PREFIX_LEN} dev eth0\nlink set eth0 up\n"
-            )),
+        ip_batch(
+            &netns,
+            &format!("link set lo up\naddr add {ip}/{POD_PREFIX_LEN} dev eth0\nlink set eth0 up\n"),
         )?;
         sys::ensure_no_ipv6(&netns)?;
         sys::run_with_input(
@@ -177,4 +170,10 @@ impl Runner {
         std::fs::write(etc.join("hosts"), self.hosts(&w.namespace, &name, ip))?;
         Ok(netns)
     }
+}
+
+/// Runs `ip -n NS -batch -` with `commands` (one a line).
+fn ip_batch(ns: &str, commands: &str) -> anyhow::Result<()> {
+    sys::run_with_input("ip", ["-n", ns, "-batch", "-"], Some(commands))?;
+    Ok(())
 }

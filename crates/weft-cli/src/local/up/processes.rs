@@ -114,12 +114,7 @@ impl Runner {
         w: &Workload,
         netns: &str,
     ) -> anyhow::Result<(Argv, EnvVars, Vec<u8>)> {
-        let pod = self
-            .state
-            .pods
-            .iter()
-            .find(|p| p.netns == netns)
-            .expect("recorded pod");
+        let pod = self.recorded_pod(netns);
         let (name, ip) = (pod.name.clone(), pod.ip);
         let mut opaque: Vec<u16> = DEFAULT_OPAQUE_PORTS.to_vec();
         opaque.extend(&w.opaque_ports);
@@ -223,12 +218,7 @@ impl Runner {
 
     /// A pod's workload command: its command line and environment.
     pub(super) fn app_command(&self, w: &Workload, netns: &str) -> anyhow::Result<(Argv, EnvVars)> {
-        let pod = self
-            .state
-            .pods
-            .iter()
-            .find(|p| p.netns == netns)
-            .expect("recorded pod");
+        let pod = self.recorded_pod(netns);
         let env = app_env(&pod.name, pod.ip, w, self.paths.loopback.is_some());
         let argv = match self.paths.loopback {
             // Loopback mode: as the invoking user, like everything else (no isolation).
@@ -255,12 +245,7 @@ impl Runner {
         stdin: Option<Vec<u8>>,
         restarts: u32,
     ) -> anyhow::Result<()> {
-        let pod = self
-            .state
-            .pods
-            .iter()
-            .find(|p| p.netns == netns)
-            .expect("recorded pod");
+        let pod = self.recorded_pod(netns);
         let log = self.paths.log_dir.join(format!("{}.{role}.log", pod.name));
         let mut record = self.start_process(self.pod_netns(netns), role, argv, env, stdin, log)?;
         record.restarts = restarts;
@@ -516,6 +501,32 @@ impl Runner {
             ));
             return Ok(());
         }
+        let (pod, w) = self.pod_and_workload(key)?;
+        let old = pod.procs.iter().find(|p| p.role == role);
+        let restarts = old.map_or(0, |p| p.restarts) + 1;
+        if let Some(log) = old.and_then(|p| p.log.as_deref()) {
+            note_restart(log, role, how, restarts);
+        }
+        let pid = self.spawn_role(&w, key, role, restarts)?;
+        self.event(format!(
+            "pod {}: {role} restarted (pid {pid}, restart {restarts}; pod restarts {})",
+            pod.name,
+            pod.restarts() + 1
+        ));
+        self.check_pod(key);
+        Ok(())
+    }
+    /// The recorded pod whose netns is `netns`.
+    fn recorded_pod(&self, netns: &str) -> &PodRecord {
+        self.state
+            .pods
+            .iter()
+            .find(|p| p.netns == netns)
+            .expect("recorded pod")
+    }
+
+    /// Pod `key` and its workload, as they are now (a copy).
+    pub(super) fn pod_and_workload(&self, key: &str) -> anyhow::Result<(PodRecord, Workload)> {
         let pod = self
             .state
             .pods
@@ -528,36 +539,36 @@ impl Runner {
             .workload(&pod.namespace, &pod.workload)
             .cloned()
             .ok_or_else(|| anyhow!("workload {} is gone", pod.workload))?;
-        let old = pod.procs.iter().find(|p| p.role == role);
-        let restarts = old.map_or(0, |p| p.restarts) + 1;
-        if let Some(log) = old.and_then(|p| p.log.as_deref()) {
-            note_restart(log, role, how, restarts);
-        }
+        Ok((pod, w))
+    }
+
+    /// Starts `role` (proxy, app) of pod `key` of workload `w` again, its record counting
+    /// `restarts`; returns its pid.
+    pub(super) fn spawn_role(
+        &mut self,
+        w: &Workload,
+        key: &str,
+        role: &str,
+        restarts: u32,
+    ) -> anyhow::Result<u32> {
         match role {
             "proxy" => {
-                let (argv, env, token) = self.proxy_command(&w, key)?;
+                let (argv, env, token) = self.proxy_command(w, key)?;
                 self.spawn(key, role, &argv, &env, Some(token), restarts)?;
             }
             "app" => {
-                let (argv, env) = self.app_command(&w, key)?;
+                let (argv, env) = self.app_command(w, key)?;
                 self.spawn(key, role, &argv, &env, None, restarts)?;
             }
             other => bail!("unknown role {other}"),
         }
-        let pid = self
+        Ok(self
             .state
             .pods
             .iter()
             .find(|p| p.netns == key)
             .and_then(|p| p.procs.iter().find(|p| p.role == role))
-            .map_or(0, |p| p.pid);
-        self.event(format!(
-            "pod {}: {role} restarted (pid {pid}, restart {restarts}; pod restarts {})",
-            pod.name,
-            pod.restarts() + 1
-        ));
-        self.check_pod(key);
-        Ok(())
+            .map_or(0, |p| p.pid))
     }
 }
 

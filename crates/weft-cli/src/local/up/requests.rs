@@ -437,18 +437,7 @@ impl Runner {
     /// Starts pod `key`'s `role` (proxy, app) again with the restart count it had,
     /// after a line in its log; returns its pid.
     fn respawn(&mut self, key: &str, role: &str) -> anyhow::Result<u32> {
-        let pod = self
-            .state
-            .pods
-            .iter()
-            .find(|p| p.netns == key)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("pod {key} is gone"))?;
-        let w = self
-            .mesh
-            .workload(&pod.namespace, &pod.workload)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("workload {} is gone", pod.workload))?;
+        let (pod, w) = self.pod_and_workload(key)?;
         let old = pod.procs.iter().find(|p| p.role == role);
         if let Some(log) = old.and_then(|p| p.log.as_deref()) {
             use std::io::Write as _;
@@ -460,20 +449,7 @@ impl Runner {
             }
         }
         let restarts = old.map_or(0, |p| p.restarts);
-        if role == "proxy" {
-            let (argv, env, token) = self.proxy_command(&w, key)?;
-            self.spawn(key, role, &argv, &env, Some(token), restarts)?;
-        } else {
-            let (argv, env) = self.app_command(&w, key)?;
-            self.spawn(key, role, &argv, &env, None, restarts)?;
-        }
-        Ok(self
-            .state
-            .pods
-            .iter()
-            .find(|p| p.netns == key)
-            .and_then(|p| p.procs.iter().find(|p| p.role == role))
-            .map_or(0, |p| p.pid))
+        self.spawn_role(&w, key, role, restarts)
     }
 
     /// Rewrites the status file when what it says changed.
