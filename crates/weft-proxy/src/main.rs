@@ -8,8 +8,8 @@ use weft_proxy::{Args, Proxy};
 /// held all of it (RSS 342 MB, 8.8 MB idle before) because a few allocations that live
 /// on, made during the burst, pin the top of its heap, and it only returns the top.
 /// jemalloc's background thread returns unused pages within its decay time (10 s): RSS
-/// 15 MB after the same burst (10 MB idle; what stays is jemalloc's metadata, about
-/// 1.5 % of the peak). Costs: +1.2 MB idle, +1-2 % instructions per request
+/// 13.6 MB after the same burst (10 MB idle; what stays is jemalloc's metadata, about
+/// 1.3 % of the peak). Costs: +1.2 MB idle, +1-2 % instructions per request
 /// (bench/instructions), 0.5 MB of binary.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -36,7 +36,7 @@ const RSS_SLACK: f64 = 0.10;
 /// ... plus this fraction of what the connections took: jemalloc's metadata for the
 /// memory it managed at the peak (extent descriptors, its page map), which it keeps.
 /// Measured with jemalloc's own statistics: 1.5 MB idle, 8.6 MB after a peak of 460 MB
-/// resident; RSS after the test's connections close is 1.5-1.7 % of their growth above
+/// resident; RSS after the test's connections close is 1.2-1.5 % of their growth above
 /// the idle RSS. 10 % of the idle RSS alone is not met at this scale: see
 /// docs/reliability.md.
 const PEAK_SLACK: f64 = 0.02;
