@@ -274,41 +274,8 @@ pub fn set_replicas(text: &str, index: usize, replicas: u32) -> Option<String> {
             .strip_prefix("workloads:")
             .is_some_and(|rest| !content(rest) || rest.trim_start().is_empty())
     })?;
-    // The items: (first line, end line exclusive).
-    let mut items: Vec<(usize, usize)> = Vec::new();
-    let mut seq_indent = None;
-    let mut end = lines.len();
-    for (i, line) in lines.iter().enumerate().skip(head + 1) {
-        if !content(line.text) {
-            continue;
-        }
-        let ind = indent(line.text);
-        let t = &line.text[ind..];
-        let dash = t == "-" || t.starts_with("- ");
-        match seq_indent {
-            None if dash => {
-                seq_indent = Some(ind);
-                items.push((i, 0));
-            }
-            None => return None,
-            Some(s) if ind == s && dash => {
-                if let Some(last) = items.last_mut() {
-                    last.1 = i;
-                }
-                items.push((i, 0));
-            }
-            Some(s) if ind <= s => {
-                end = i;
-                break;
-            }
-            Some(_) => {}
-        }
-    }
-    if let Some(last) = items.last_mut() {
-        last.1 = end;
-    }
+    let (items, s) = workload_items(&lines, head)?;
     let (first, end) = *items.get(index)?;
-    let s = seq_indent?;
     let line = &lines[first];
     let after_dash = &line.text[s + 1..];
     let col = s + 1 + (after_dash.len() - after_dash.trim_start_matches(' ').len());
@@ -369,6 +336,45 @@ pub fn set_replicas(text: &str, index: usize, replicas: u32) -> Option<String> {
         &text[..next_start],
         &text[next_start..]
     ))
+}
+
+/// The items of the `workloads:` sequence whose key is on line `head`: (first line, end
+/// line exclusive) each, and the sequence's indent; `None` if it is not a block
+/// sequence.
+fn workload_items(lines: &[Line], head: usize) -> Option<(Vec<(usize, usize)>, usize)> {
+    let mut items: Vec<(usize, usize)> = Vec::new();
+    let mut seq_indent = None;
+    let mut end = lines.len();
+    for (i, line) in lines.iter().enumerate().skip(head + 1) {
+        if !content(line.text) {
+            continue;
+        }
+        let ind = indent(line.text);
+        let t = &line.text[ind..];
+        let dash = t == "-" || t.starts_with("- ");
+        match seq_indent {
+            None if dash => {
+                seq_indent = Some(ind);
+                items.push((i, 0));
+            }
+            None => return None,
+            Some(s) if ind == s && dash => {
+                if let Some(last) = items.last_mut() {
+                    last.1 = i;
+                }
+                items.push((i, 0));
+            }
+            Some(s) if ind <= s => {
+                end = i;
+                break;
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(last) = items.last_mut() {
+        last.1 = end;
+    }
+    Some((items, seq_indent?))
 }
 
 /// [`set_replicas`] for a flow mapping `{name: books, replicas: 2, ...}` starting at
