@@ -25,15 +25,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use clap::ValueEnum;
 use serde::Serialize;
 use weft_core::mesh::Mesh;
 use weft_core::prom::Scrape;
 
 use crate::local::state::PodRecord;
 use crate::local::LocalArgs;
-use crate::observe::{pod_by_target, res_kind, workload_identities, ResKind};
-use crate::stat::{emit, load_state, scrape_mesh};
+use crate::observe::{
+    holders_of, one_caller, pod_by_target, res_kind, workload_identities, ResKind,
+};
+use crate::stat::{emit, emit_json, load_state, scope, scrape_mesh, silent_pods, Output};
 
 fn parse_kind(s: &str) -> Result<ResKind, String> {
     match res_kind(s) {
@@ -68,12 +69,6 @@ pub struct EdgesArgs {
     local: LocalArgs,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
-
 /// One caller → callee pair. The JSON field names are stable.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Edge {
@@ -104,11 +99,7 @@ pub async fn run(args: EdgesArgs) -> anyhow::Result<()> {
     args.local.validate()?;
     let state = load_state(&args.local)?;
     let scrapes = scrape_mesh(&state).await?;
-    let silent = state
-        .pods
-        .iter()
-        .filter(|p| !scrapes.contains_key(&p.netns))
-        .count();
+    let silent = silent_pods(&state, &scrapes);
     if silent > 0 {
         eprintln!(
             "warning: {silent} of {} pods' proxies did not answer; their edges are missing",
@@ -136,13 +127,9 @@ pub async fn run(args: EdgesArgs) -> anyhow::Result<()> {
             || e.dst_namespace == args.namespace
     });
     match args.output {
-        Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&edges)?)),
+        Output::Json => emit_json(&edges)?,
         Output::Table => {
-            let scope = if args.all_namespaces {
-                "in the mesh".to_owned()
-            } else {
-                format!("in namespace {}", args.namespace)
-            };
+            let scope = scope(args.all_namespaces, &args.namespace);
             emit(&table(&edges, args.all_namespaces, &scope));
         }
     }
@@ -229,6 +216,29 @@ pub fn pod_edges(
             ) as u64
         })
     };
+    // A row from the callee's side alone, for a caller it verified as `id`: the
+    // inbound proxy terminates only mTLS addressed to its own identity (SNI) and
+    // verified the client's certificate, so both sides proved theirs.
+    let callee_side = |dst: &PodRecord, id: &str, requests: u64| {
+        let (ns, name) = callers_of(id, identities);
+        let dst_identity = identity_of(dst).cloned();
+        Edge {
+            src_namespace: ns,
+            src: name,
+            dst_namespace: dst.namespace.clone(),
+            dst: dst.name.clone(),
+            src_identity: Some(id.to_owned()),
+            secured: dst_identity.is_some(),
+            msg: if dst_identity.is_some() {
+                String::new()
+            } else {
+                "the destination's identity is unknown (mesh directory not read)".to_owned()
+            },
+            dst_identity,
+            requests,
+            connections: tcp_from(dst, id),
+        }
+    };
     let inbounds: HashMap<&str, Inbound> = scrapes
         .iter()
         .map(|(k, s)| (k.as_str(), inbound(s)))
@@ -306,28 +316,9 @@ pub fn pod_edges(
             if ids.contains(id) {
                 continue;
             }
-            let (ns, name) = callers_of(id, identities);
-            // The inbound proxy terminates only mTLS addressed to its own identity
-            // (SNI) and verified the client's certificate: both sides proved theirs.
             // Calls its callers' proxies counted under another endpoint (a retry
             // landing here) or whose proxy was not read end up here.
-            let dst_identity = identity_of(dst).cloned();
-            edges.push(Edge {
-                src_namespace: ns,
-                src: name,
-                dst_namespace: dst.namespace.clone(),
-                dst: dst.name.clone(),
-                src_identity: Some(id.clone()),
-                secured: dst_identity.is_some(),
-                msg: if dst_identity.is_some() {
-                    String::new()
-                } else {
-                    "the destination's identity is unknown (mesh directory not read)".to_owned()
-                },
-                dst_identity,
-                requests: n.round() as u64,
-                connections: tcp_from(dst, id),
-            });
+            edges.push(callee_side(dst, id, n.round() as u64));
         }
         if seen.plaintext > 0.0 && !plaintext {
             edges.push(Edge {
@@ -360,27 +351,7 @@ pub fn pod_edges(
             .filter(|id| !id.is_empty() && !http.iter().any(|h| h.as_str() == *id))
             .collect();
         for id in tcp_ids {
-            let (ns, name) = callers_of(id, identities);
-            let dst_identity = identity_of(dst).cloned();
-            edges.push(Edge {
-                src_namespace: ns,
-                src: name,
-                dst_namespace: dst.namespace.clone(),
-                dst: dst.name.clone(),
-                src_identity: Some(id.to_owned()),
-                secured: dst_identity.is_some(),
-                msg: if dst_identity.is_some() {
-                    String::new()
-                } else {
-                    "the destination's identity is unknown (mesh directory not read)".to_owned()
-                },
-                dst_identity,
-                requests: 0,
-                connections: scrape.sum(
-                    "tcp_open_total",
-                    &[TCP_SRC[0], TCP_SRC[1], TCP_SRC[2], ("client_id", id)],
-                ) as u64,
-            });
+            edges.push(callee_side(dst, id, 0));
         }
     }
     edges
@@ -392,29 +363,15 @@ const TCP_SRC: [(&str, &str); 3] = [("direction", "inbound"), ("peer", "src"), (
 /// The workloads (namespace, names) whose identity is `id`, else the service account
 /// the identity names.
 fn callers_of(id: &str, identities: &HashMap<(String, String), String>) -> (String, String) {
-    let mut owners: Vec<&(String, String)> = identities
-        .iter()
-        .filter(|(_, i)| *i == id)
-        .map(|(k, _)| k)
-        .collect();
-    owners.sort();
-    match owners.first() {
-        Some((ns, _)) => (
-            ns.clone(),
-            owners
-                .iter()
-                .map(|(_, n)| n.as_str())
-                .collect::<Vec<_>>()
-                .join("|"),
-        ),
-        None => match id.parse::<weft_core::identity::Identity>() {
+    one_caller(&holders_of(id, identities)).unwrap_or_else(|| {
+        match id.parse::<weft_core::identity::Identity>() {
             Ok(i) => (
                 i.namespace().to_owned(),
                 format!("sa:{}", i.service_account()),
             ),
             Err(_) => (String::new(), id.to_owned()),
-        },
-    }
+        }
+    })
 }
 
 /// Pod edges summed per pair of workloads.
@@ -528,18 +485,7 @@ mod tests {
     const BOOKS: &str = "books.default.serviceaccount.identity.weft.cluster.local";
 
     fn pod(name: &str, workload: &str, ip: [u8; 4]) -> PodRecord {
-        PodRecord {
-            name: name.into(),
-            workload: workload.into(),
-            namespace: "default".into(),
-            index: 0,
-            zone: None,
-            netns: format!("t-{name}"),
-            ip: ip.into(),
-            link: String::new(),
-            files: Vec::new(),
-            procs: Vec::new(),
-        }
+        crate::observe::test_pod(name, workload, "default", ip)
     }
 
     fn out(target: &str, service: &str, tls: &str, server: &str, n: u32) -> String {

@@ -133,6 +133,53 @@ pub fn find_pod<'a>(state: &'a State, name: &str) -> anyhow::Result<&'a PodRecor
         })
 }
 
+/// The workloads `(namespace, name)` whose identity (in `identities`, as
+/// [`workload_identities`] makes them) is `id`, sorted.
+pub fn holders_of<'a>(
+    id: &str,
+    identities: &'a HashMap<(String, String), String>,
+) -> Vec<&'a (String, String)> {
+    let mut holders: Vec<&(String, String)> = identities
+        .iter()
+        .filter(|(_, i)| i.as_str() == id)
+        .map(|(k, _)| k)
+        .collect();
+    holders.sort();
+    holders
+}
+
+/// A pod record for unit tests: `name` of `workload` in `namespace` at `ip`, its
+/// network namespace `t-{name}`, no processes.
+#[cfg(test)]
+pub(crate) fn test_pod(name: &str, workload: &str, namespace: &str, ip: [u8; 4]) -> PodRecord {
+    PodRecord {
+        name: name.into(),
+        workload: workload.into(),
+        namespace: namespace.into(),
+        index: 0,
+        zone: None,
+        netns: format!("t-{name}"),
+        ip: ip.into(),
+        link: String::new(),
+        files: Vec::new(),
+        procs: Vec::new(),
+    }
+}
+
+/// The [`holders_of`] an identity as one caller: the first's namespace and every
+/// name, `a|b`; `None` without any.
+pub fn one_caller(holders: &[&(String, String)]) -> Option<(String, String)> {
+    let (ns, _) = holders.first()?;
+    Some((
+        ns.clone(),
+        holders
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect::<Vec<_>>()
+            .join("|"),
+    ))
+}
+
 /// The identity name (`{sa}.{ns}.serviceaccount.identity.weft.{td}`) of every
 /// workload `(namespace, name)` of the mesh directory.
 pub fn workload_identities(mesh: Option<&Mesh>) -> HashMap<(String, String), String> {

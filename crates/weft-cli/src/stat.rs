@@ -217,7 +217,7 @@ async fn run_admin(args: StatArgs) -> anyhow::Result<()> {
         first = false;
         match args.output {
             Output::Table => emit(&table(&rows)),
-            Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?)),
+            Output::Json => emit_json(&rows)?,
         }
         if !args.watch {
             return Ok(());
@@ -303,11 +303,7 @@ per-route figures; `weft stat svc` shows per-Service ones"
             before = after;
             frame
         };
-        let silent = state
-            .pods
-            .iter()
-            .filter(|p| !before.contains_key(&p.netns))
-            .count();
+        let silent = silent_pods(&state, &before);
         if silent > 0 {
             eprintln!(
                 "warning: {silent} of {} pods' proxies did not answer (see weft up's logs in {})",
@@ -372,11 +368,7 @@ impl View<'_> {
             Kind::Pod => "pods",
             _ => "services",
         };
-        let mut scope = if args.all_namespaces {
-            "in the mesh".to_owned()
-        } else {
-            format!("in namespace {}", args.namespace)
-        };
+        let mut scope = scope(args.all_namespaces, &args.namespace);
         if let Some(f) = self.filter {
             scope = match f {
                 edge::Filter::From(r, _) => format!("{scope} with traffic from {r}"),
@@ -410,10 +402,7 @@ impl View<'_> {
                     emit(&tcp::table(&rows, args.all_namespaces, &scope));
                     Ok(())
                 }
-                Output::Json => {
-                    emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?));
-                    Ok(())
-                }
+                Output::Json => emit_json(&rows),
             };
         }
         let kind = match self.target.kind {
@@ -453,7 +442,7 @@ impl View<'_> {
                 what,
                 &scope,
             )),
-            Output::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&rows)?)),
+            Output::Json => emit_json(&rows)?,
         }
         Ok(())
     }
@@ -632,6 +621,31 @@ pub fn table(rows: &[Row]) -> String {
 
 /// Writes `text` to stdout. A reader that went away (`weft stat | head`) ends the
 /// command quietly, as it would for any Unix filter, instead of a panic from `print!`.
+/// Prints `value` as pretty JSON, with a final newline.
+pub(crate) fn emit_json(value: &impl Serialize) -> anyhow::Result<()> {
+    emit(&format!("{}\n", serde_json::to_string_pretty(value)?));
+    Ok(())
+}
+
+/// "in the mesh" (`-A`) or "in namespace NS": what a table's empty line speaks of.
+pub(crate) fn scope(all_namespaces: bool, namespace: &str) -> String {
+    if all_namespaces {
+        "in the mesh".to_owned()
+    } else {
+        format!("in namespace {namespace}")
+    }
+}
+
+/// How many of the mesh's pods have no scrape in `scrapes` (their proxies did not
+/// answer).
+pub(crate) fn silent_pods(state: &State, scrapes: &HashMap<String, Scrape>) -> usize {
+    state
+        .pods
+        .iter()
+        .filter(|p| !scrapes.contains_key(&p.netns))
+        .count()
+}
+
 pub(crate) fn emit(text: &str) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use weft_core::prom::Scrape;
 
-use super::mesh::{service_namespace, Frame, MeshRow, Totals};
+use super::mesh::{rows_of, service_namespace, Frame, MeshRow, Totals};
 use crate::local::state::{PodRecord, VipRecord};
 use crate::observe::{pod_by_target, ResKind, Resource};
 
@@ -96,15 +96,13 @@ pub fn edge_rows(
                 ("dst_service", service),
                 ("authority", authority),
             ];
-            let t = totals.entry(key).or_default();
-            t.add(b, a, w, &labels);
-            t.add_cross_zone(b, a, &labels);
+            totals
+                .entry(key)
+                .or_default()
+                .add_outbound(b, a, w, &labels);
         }
     }
-    totals
-        .iter()
-        .map(|((ns, name), t)| t.row(ns, name))
-        .collect()
+    rows_of(&totals)
 }
 
 #[cfg(test)]
@@ -116,18 +114,7 @@ mod tests {
     use crate::observe::parse_resource;
 
     fn pod(name: &str, workload: &str, ip: [u8; 4]) -> PodRecord {
-        PodRecord {
-            name: name.into(),
-            workload: workload.into(),
-            namespace: "default".into(),
-            index: 0,
-            zone: None,
-            netns: format!("t-{name}"),
-            ip: ip.into(),
-            link: String::new(),
-            files: Vec::new(),
-            procs: Vec::new(),
-        }
+        crate::observe::test_pod(name, workload, "default", ip)
     }
 
     fn out(target: &str, service: &str, n: u32, ok: u32) -> String {

@@ -143,6 +143,19 @@ impl Totals {
         self.xzone_cross += cross;
     }
 
+    /// Adds one caller pod's outbound series with `labels` over its window, and their
+    /// cross-zone share.
+    pub(crate) fn add_outbound(
+        &mut self,
+        before: &Scrape,
+        after: &Scrape,
+        window: Duration,
+        labels: &[(&str, &str)],
+    ) {
+        self.add(before, after, window, labels);
+        self.add_cross_zone(before, after, labels);
+    }
+
     pub(crate) fn row(&self, namespace: &str, name: &str) -> MeshRow {
         let responses = self.ok + self.failed;
         MeshRow {
@@ -158,6 +171,14 @@ impl Totals {
             xzone: (self.xzone_known > 0.0).then(|| self.xzone_cross / self.xzone_known),
         }
     }
+}
+
+/// One row per `(namespace, name)` of `totals`.
+pub(crate) fn rows_of(totals: &BTreeMap<(String, String), Totals>) -> Vec<MeshRow> {
+    totals
+        .iter()
+        .map(|((ns, name), t)| t.row(ns, name))
+        .collect()
 }
 
 /// One row per (namespace, workload) of `workloads` and of `pods`: what its pods'
@@ -192,10 +213,7 @@ pub fn deploy_frame_rows(
             t.add_cross_zone(b, a, &[("direction", "outbound")]);
         }
     }
-    totals
-        .iter()
-        .map(|((ns, name), t)| t.row(ns, name))
-        .collect()
+    rows_of(&totals)
 }
 
 /// One row per pod (namespace, pod name), as [`deploy_rows`] per workload. Pods whose
@@ -255,15 +273,13 @@ pub fn svc_rows(
                 ("authority", authority),
                 ("target_addr", target),
             ];
-            let t = totals.entry((namespace, service.to_owned())).or_default();
-            t.add(b, a, w, &labels);
-            t.add_cross_zone(b, a, &labels);
+            totals
+                .entry((namespace, service.to_owned()))
+                .or_default()
+                .add_outbound(b, a, w, &labels);
         }
     }
-    totals
-        .iter()
-        .map(|((ns, name), t)| t.row(ns, name))
-        .collect()
+    rows_of(&totals)
 }
 
 /// The namespace of the Service named `service` that a request went to: the metrics
@@ -299,19 +315,22 @@ pub(crate) fn service_namespace(
     }
 }
 
+/// The widths of a table's NAME and NAMESPACE columns for rows `(namespace, name)`:
+/// the longest value, at least the heading's.
+pub(crate) fn name_widths<'a>(rows: impl Iterator<Item = (&'a str, &'a str)>) -> (usize, usize) {
+    rows.fold((4, 9), |(name, ns), (row_ns, row_name)| {
+        (name.max(row_name.len()), ns.max(row_ns.len()))
+    })
+}
+
 /// Linkerd-style table; with `namespaces` a NAMESPACE column first. `what` names the
 /// rows for the line printed when there are none ("deployments", "services"). `narrow`
 /// heads the latencies P50/P95/P99 (`weft up`'s live frame, within 80 columns).
 pub fn table(rows: &[MeshRow], namespaces: bool, narrow: bool, what: &str, scope: &str) -> String {
     let pct = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.2}%", v * 100.0));
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}ms"));
-    let name_width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
-    let ns_width = rows
-        .iter()
-        .map(|r| r.namespace.len())
-        .max()
-        .unwrap_or(0)
-        .max(9);
+    let (name_width, ns_width) =
+        name_widths(rows.iter().map(|r| (r.namespace.as_str(), r.name.as_str())));
     let (lat, p50, p95, p99) = if narrow {
         (8, "P50", "P95", "P99")
     } else {
@@ -361,21 +380,7 @@ pub fn table(rows: &[MeshRow], namespaces: bool, narrow: bool, what: &str, scope
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pod(name: &str, workload: &str, namespace: &str, ip: [u8; 4]) -> PodRecord {
-        PodRecord {
-            name: name.into(),
-            workload: workload.into(),
-            namespace: namespace.into(),
-            index: 0,
-            zone: None,
-            netns: format!("t-{name}"),
-            ip: ip.into(),
-            link: String::new(),
-            files: Vec::new(),
-            procs: Vec::new(),
-        }
-    }
+    use crate::observe::test_pod as pod;
 
     /// Proxy scrapes by pod key, in the proxy's label layout (trimmed to what matters).
     fn scrapes(texts: &[(&str, &str)]) -> HashMap<String, Scrape> {

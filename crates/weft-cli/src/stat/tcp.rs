@@ -11,10 +11,10 @@ use serde::Serialize;
 use weft_core::prom::{increase, Scrape};
 
 use super::edge::Filter;
-use super::mesh::Frame;
+use super::mesh::{name_widths, Frame};
 use super::rate;
 use crate::local::state::PodRecord;
-use crate::observe::ResKind;
+use crate::observe::{holders_of, one_caller, ResKind};
 
 /// TCP figures of one workload or pod. The JSON field names are stable.
 #[derive(Debug, Default, Serialize, PartialEq)]
@@ -131,12 +131,7 @@ pub fn tcp_edge_rows(
             .collect();
         for id in clients {
             // The workloads that hold this identity.
-            let mut callers: Vec<&(String, String)> = identities
-                .iter()
-                .filter(|(_, i)| i.as_str() == id)
-                .map(|(k, _)| k)
-                .collect();
-            callers.sort();
+            let callers = holders_of(id, identities);
             let key = match filter {
                 Filter::From(from, ns) => {
                     let from_it = callers.iter().any(|(cns, cname)| {
@@ -150,17 +145,9 @@ pub fn tcp_edge_rows(
                         _ => (dst.namespace.clone(), dst.workload.clone()),
                     }
                 }
-                Filter::To(..) => match callers.first() {
-                    Some((cns, _)) => (
-                        cns.clone(),
-                        callers
-                            .iter()
-                            .map(|(_, n)| n.as_str())
-                            .collect::<Vec<_>>()
-                            .join("|"),
-                    ),
-                    None => (String::new(), id.to_owned()),
-                },
+                Filter::To(..) => {
+                    one_caller(&callers).unwrap_or_else(|| (String::new(), id.to_owned()))
+                }
             };
             rows.entry(key)
                 .or_default()
@@ -184,13 +171,8 @@ fn per_sec(v: f64) -> String {
 /// The table: NAME, TCP_CONN (open now), NEW_CONN (opened over the window), MTLS
 /// (share of those over mTLS), READ_BYTES/SEC, WRITE_BYTES/SEC.
 pub fn table(rows: &[TcpRow], namespaces: bool, scope: &str) -> String {
-    let name_width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
-    let ns_width = rows
-        .iter()
-        .map(|r| r.namespace.len())
-        .max()
-        .unwrap_or(0)
-        .max(9);
+    let (name_width, ns_width) =
+        name_widths(rows.iter().map(|r| (r.namespace.as_str(), r.name.as_str())));
     let mut out = String::new();
     let mut line = |ns: &str, c: [&str; 6]| {
         if namespaces {
@@ -247,18 +229,7 @@ mod tests {
     use super::*;
 
     fn pod(name: &str, workload: &str) -> PodRecord {
-        PodRecord {
-            name: name.into(),
-            workload: workload.into(),
-            namespace: "default".into(),
-            index: 0,
-            zone: None,
-            netns: format!("t-{name}"),
-            ip: [198, 18, 0, 2].into(),
-            link: String::new(),
-            files: Vec::new(),
-            procs: Vec::new(),
-        }
+        crate::observe::test_pod(name, workload, "default", [198, 18, 0, 2])
     }
 
     fn tcp(
