@@ -17,18 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 mod common;
-use common::{
-    build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, stat, MeshEnv as _, SERVICES,
-};
-
-macro_rules! require_root {
-    () => {
-        if let Some(reason) = not_root_or_missing_tools().or_else(build_binaries) {
-            common::skip(&reason);
-            return;
-        }
-    };
-}
+use common::{build_binaries, eventually, mesh_yaml, require_root, stat, MeshEnv as _, SERVICES};
 
 common::ns_env!(Env, "c");
 
@@ -81,29 +70,6 @@ impl Env {
 
     fn supervisor_log(&self) -> String {
         std::fs::read_to_string(self.state_dir.join("logs").join("weft-up.log")).unwrap_or_default()
-    }
-
-    /// (pid, restarts) of `pod`'s process `role` in the state file.
-    fn proc(&self, pod: &str, role: &str) -> (u32, u64) {
-        let state = self.state();
-        let pod = state["pods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == pod)
-            .unwrap_or_else(|| panic!("no pod {pod}"))
-            .clone();
-        let p = pod["procs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["role"] == role)
-            .unwrap_or_else(|| panic!("no {role} in {pod}"))
-            .clone();
-        (
-            p["pid"].as_u64().unwrap() as u32,
-            p["restarts"].as_u64().unwrap_or(0),
-        )
     }
 
     fn pods(&self) -> Vec<String> {

@@ -15,18 +15,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 mod common;
-use common::{
-    build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, MeshEnv as _, NsEnv, SERVICES,
-};
-
-macro_rules! require_root {
-    () => {
-        if let Some(reason) = not_root_or_missing_tools().or_else(build_binaries) {
-            common::skip(&reason);
-            return;
-        }
-    };
-}
+use common::{eventually, mesh_yaml, require_root, MeshEnv as _, NsEnv, SERVICES};
 
 common::ns_env!(Env, "i");
 
@@ -35,24 +24,6 @@ impl Env {
     fn up(&self) {
         let out = self.run(&["up", "-d", self.dir.to_str().unwrap()]);
         assert!(out.status.success(), "weft up -d failed");
-    }
-
-    /// The recorded pid of `pod`'s process with `role` (proxy, app).
-    fn pid(&self, pod: &str, role: &str) -> u32 {
-        let state = self.state();
-        let pod = state["pods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == pod)
-            .unwrap_or_else(|| panic!("no pod {pod}"));
-        let proc = pod["procs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["role"] == role)
-            .unwrap_or_else(|| panic!("no {role} in {pod}"));
-        proc["pid"].as_u64().unwrap() as u32
     }
 
     /// The network namespaces of the mesh (the hub and every pod), from the state file.
@@ -279,7 +250,7 @@ fn apps_run_unprivileged_and_cannot_read_the_ca_key_or_tokens_and_proxies_only_t
     }
     // The app processes themselves, and the host's mounts untouched.
     let status =
-        std::fs::read_to_string(format!("/proc/{}/status", env.pid("client-0", "app"))).unwrap();
+        std::fs::read_to_string(format!("/proc/{}/status", env.proc("client-0", "app").0)).unwrap();
     assert!(status.contains("Uid:\t2103\t2103\t2103\t2103"), "{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -312,7 +283,7 @@ fn apps_run_unprivileged_and_cannot_read_the_ca_key_or_tokens_and_proxies_only_t
     }
     assert!(!as_proxy(&format!("{s}/identity/issuer.key")));
     assert!(as_proxy(&format!("{s}/trust-anchors.pem")));
-    let books_proxy = env.pid("books-0", "proxy");
+    let books_proxy = env.proc("books-0", "proxy").0;
     for what in ["environ", "mem"] {
         assert!(
             !as_proxy(&format!("/proc/{books_proxy}/{what}")),

@@ -14,18 +14,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 mod common;
-use common::{
-    build_binaries, eventually, not_root_or_missing_tools, stat, MeshEnv as _, NsEnv, SERVICES,
-};
-
-macro_rules! require_root {
-    () => {
-        if let Some(reason) = not_root_or_missing_tools().or_else(build_binaries) {
-            common::skip(&reason);
-            return;
-        }
-    };
-}
+use common::{build_binaries, eventually, require_root, stat, MeshEnv as _, NsEnv, SERVICES};
 
 common::ns_env!(Env, "o");
 
@@ -65,25 +54,6 @@ impl Env {
             .as_array()
             .expect("an array")
             .clone()
-    }
-
-    /// The pid of `pod`'s process with `role` in the state file.
-    fn pid(&self, pod: &str, role: &str) -> u32 {
-        let state = self.state();
-        let pod = state["pods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == pod)
-            .unwrap_or_else(|| panic!("no pod {pod}"))
-            .clone();
-        pod["procs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["role"] == role)
-            .and_then(|p| p["pid"].as_u64())
-            .unwrap_or_else(|| panic!("no {role} in {pod}")) as u32
     }
 }
 
@@ -296,7 +266,7 @@ fn stat_edges_diagnostics_and_check_on_a_running_mesh() {
     // books-1's proxy killed while the supervisor is held: the check names the pod.
     let supervisor = env.state()["owner"]["pid"].as_u64().unwrap() as u32;
     let held = Held::stop(supervisor);
-    let proxy = env.pid("books-1", "proxy");
+    let proxy = env.proc("books-1", "proxy").0;
     kill(Pid::from_raw(proxy as i32), Signal::SIGKILL).unwrap();
     let gone = eventually(Duration::from_secs(5), || {
         matches!(stat(proxy), None | Some(('Z', _))).then_some(())

@@ -20,45 +20,11 @@ use nix::unistd::Pid;
 use weft_core::pods::PodsFile;
 
 mod common;
-use common::{
-    build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, stat, MeshEnv as _, NsEnv,
-    SERVICES,
-};
-
-macro_rules! require_root {
-    () => {
-        if let Some(reason) = not_root_or_missing_tools().or_else(build_binaries) {
-            common::skip(&reason);
-            return;
-        }
-    };
-}
+use common::{eventually, mesh_yaml, require_root, stat, MeshEnv as _, NsEnv, SERVICES};
 
 common::ns_env!(Env, "s");
 
 impl Env {
-    /// (pid, restarts) of `pod`'s process with `role` (proxy, app) in the state file.
-    fn proc(&self, pod: &str, role: &str) -> (u32, u64) {
-        let state = self.state();
-        let pod = state["pods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == pod)
-            .unwrap_or_else(|| panic!("no pod {pod}"))
-            .clone();
-        let p = pod["procs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["role"] == role)
-            .unwrap_or_else(|| panic!("no {role} in {pod}"));
-        (
-            p["pid"].as_u64().unwrap() as u32,
-            p["restarts"].as_u64().unwrap_or(0),
-        )
-    }
-
     /// (pid, restarts) of the controller in the state file.
     fn controller(&self) -> (u32, u64) {
         let c = &self.state()["controller"];

@@ -220,6 +220,28 @@ pub trait MeshEnv {
         out
     }
 
+    /// (pid, restarts) of `pod`'s process with `role` (proxy, app) in the state file.
+    fn proc(&self, pod: &str, role: &str) -> (u32, u64) {
+        let state = self.state();
+        let pod = state["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pod)
+            .unwrap_or_else(|| panic!("no pod {pod}"))
+            .clone();
+        let p = pod["procs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["role"] == role)
+            .unwrap_or_else(|| panic!("no {role} in {pod}"));
+        (
+            p["pid"].as_u64().unwrap() as u32,
+            p["restarts"].as_u64().unwrap_or(0),
+        )
+    }
+
     fn pod_ip(&self, pod: &str) -> Option<String> {
         self.state()["pods"]
             .as_array()?
@@ -313,6 +335,20 @@ impl Drop for NsEnv {
         self.clean_up(up);
     }
 }
+
+/// At the top of a test that needs root and the tools: skips it (returning) when not
+/// root, a tool is missing or the binaries do not build.
+#[allow(unused_macros)]
+macro_rules! require_root {
+    () => {
+        if let Some(reason) = common::not_root_or_missing_tools().or_else(common::build_binaries) {
+            common::skip(&reason);
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_root;
 
 /// `struct $name(NsEnv)` that derefs to [`NsEnv`], made with `$name::new(tag)`: a test
 /// file's mesh, to which the file adds its own methods.
