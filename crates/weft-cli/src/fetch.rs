@@ -18,21 +18,31 @@ pub async fn post(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     request(http::Method::POST, addr, path).await
 }
 
+/// Sends `method` with an empty body to `http://{addr}{path}` over a connection of its
+/// own, without a time limit: the answer's head (whatever its status) and body.
+pub(crate) async fn exchange(
+    method: http::Method,
+    addr: SocketAddr,
+    path: &str,
+) -> anyhow::Result<(http::response::Parts, Bytes)> {
+    let io = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let (head, body) = sender.send_request(req).await?.into_parts();
+    Ok((head, body.collect().await?.to_bytes()))
+}
+
 async fn request(method: http::Method, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let work = async {
-        let io = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-        tokio::spawn(conn);
-        let req = http::Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header(http::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())?;
-        let rsp = sender.send_request(req).await?;
-        let status = rsp.status();
-        let body = rsp.into_body().collect().await?.to_bytes();
+        let (head, body) = exchange(method.clone(), addr, path).await?;
+        let status = head.status;
         anyhow::ensure!(
             status.is_success(),
             "{method} http://{addr}{path} answered {status}"

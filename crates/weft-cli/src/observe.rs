@@ -7,11 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use weft_core::mesh::Mesh;
 
+use crate::fetch;
 use crate::local::state::{PodRecord, State};
 use crate::local::{
     loopback_ip, sys, CONTROLLER_ADMIN_PORT, HUB_IP, LOOPBACK_BLOCKS, LOOPBACK_BLOCK_SIZE,
@@ -249,25 +247,14 @@ pub struct Answer {
 /// GETs `http://{addr}{path}` within `limit`, whatever the status.
 pub async fn get(addr: SocketAddr, path: &str, limit: Duration) -> anyhow::Result<Answer> {
     let work = async {
-        let io = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-        tokio::spawn(conn);
-        let req = http::Request::builder()
-            .uri(path)
-            .header(http::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())?;
-        let rsp = sender.send_request(req).await?;
-        let status = rsp.status();
-        let date = rsp
-            .headers()
+        let (head, body) = fetch::exchange(http::Method::GET, addr, path).await?;
+        let date = head
+            .headers
             .get(http::header::DATE)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_http_date);
-        let body = rsp.into_body().collect().await?.to_bytes();
         Ok(Answer {
-            status,
+            status: head.status,
             date,
             body: String::from_utf8_lossy(&body).into_owned(),
         })
