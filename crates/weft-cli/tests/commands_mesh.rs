@@ -17,7 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 mod common;
-use common::{build_binaries, eventually, mesh_yaml, require_root, stat, MeshEnv as _, SERVICES};
+use common::{eventually, mesh_yaml, require_binaries, require_root, stat, MeshEnv as _, SERVICES};
 
 common::ns_env!(Env, "c");
 
@@ -391,10 +391,7 @@ fn ps_logs_exec_restart_and_scale_on_a_running_mesh() {
 #[test]
 fn the_commands_in_loopback_mode() {
     // Loopback mode needs no root (as root, `--loopback` asks for it).
-    if let Some(reason) = build_binaries() {
-        common::skip(&reason);
-        return;
-    }
+    require_binaries!();
     let env = Env::new("l");
     let mesh = mesh_yaml(1);
     env.write("mesh.yaml", &mesh);

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 mod common;
-use common::{build_binaries, eventually, require_root, stat, MeshEnv as _, NsEnv, SERVICES};
+use common::{eventually, require_binaries, require_root, stat, MeshEnv as _, NsEnv, SERVICES};
 
 common::ns_env!(Env, "o");
 
@@ -308,10 +308,7 @@ fn stat_edges_diagnostics_and_check_on_a_running_mesh() {
 /// directly.
 #[test]
 fn stat_edges_and_check_on_a_loopback_mesh() {
-    if let Some(reason) = build_binaries() {
-        common::skip(&reason);
-        return;
-    }
+    require_binaries!();
     let env = Env::new("l");
     // No mesh yet: check --proxy fails saying so, edges says there is none to read.
     let out = env.run(&["check", "--proxy"]);

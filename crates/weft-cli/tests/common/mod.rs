@@ -350,6 +350,20 @@ macro_rules! require_root {
 #[allow(unused_imports)]
 pub(crate) use require_root;
 
+/// At the top of a test that needs only the binaries (a loopback mesh): skips it
+/// (returning) when they do not build.
+#[allow(unused_macros)]
+macro_rules! require_binaries {
+    () => {
+        if let Some(reason) = common::build_binaries() {
+            common::skip(&reason);
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_binaries;
+
 /// `struct $name(NsEnv)` that derefs to [`NsEnv`], made with `$name::new(tag)`: a test
 /// file's mesh, to which the file adds its own methods.
 #[allow(unused_macros)]
