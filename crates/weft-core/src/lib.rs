@@ -1,5 +1,7 @@
 //! What weft's proxy, controller and CLI share.
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod identity;
 pub mod iptables;
 pub mod log;
