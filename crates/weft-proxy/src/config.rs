@@ -21,6 +21,10 @@ use crate::retry::{
     BudgetParams, BudgetedPolicy, MethodSet, RequestPolicy, RetryCondition, RetryOn, RetryPolicy,
 };
 
+// The workload's labels live with the metrics they label, so `metrics` needs nothing of
+// `config` (which needs `certify`, which needs `metrics`).
+pub use crate::metrics::WorkloadLabels;
+
 /// `--failfast-timeout`'s default (keep it in step with the flag's).
 pub const DEFAULT_FAILFAST_TIMEOUT: Duration = Duration::from_secs(3);
 /// `--destination-idle-timeout`'s default (keep it in step with the flag's).
@@ -289,15 +293,6 @@ pub struct Args {
 pub enum LogFormat {
     Plain,
     Json,
-}
-
-/// Labels that identify the workload this proxy serves; added to every metric.
-#[derive(Clone, Debug, Default)]
-pub struct WorkloadLabels {
-    pub namespace: String,
-    pub deployment: String,
-    pub pod: String,
-    pub zone: String,
 }
 
 /// The validated settings a proxy runs with.

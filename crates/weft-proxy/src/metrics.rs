@@ -13,7 +13,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::config::WorkloadLabels;
+/// Labels that identify the workload this proxy serves; added to every metric.
+#[derive(Clone, Debug, Default)]
+pub struct WorkloadLabels {
+    pub namespace: String,
+    pub deployment: String,
+    pub pod: String,
+    pub zone: String,
+}
 
 /// Latency buckets in milliseconds, the ones Linkerd's dashboards expect.
 const LATENCY_BUCKETS_MS: [f64; 25] = [
