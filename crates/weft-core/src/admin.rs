@@ -177,26 +177,18 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
 mod tests {
     use super::*;
 
-    struct Common;
+    /// An admin server with `POST /shutdown` of its own, or none.
+    struct Fake<const SHUTDOWN: bool>;
 
-    impl Admin for Common {
-        fn metrics(&self) -> String {
-            String::new()
-        }
-        fn ready(&self) -> Result<(), String> {
-            Ok(())
-        }
-        fn accept_failed(&self, _: &std::io::Error) {}
-        fn connection_failed(&self, _: &hyper::Error) {}
-    }
-
-    struct WithShutdown;
-
-    impl Admin for WithShutdown {
-        const ROUTES: &'static [Route] = &[Route {
-            method: Method::POST,
-            path: "/shutdown",
-        }];
+    impl<const SHUTDOWN: bool> Admin for Fake<SHUTDOWN> {
+        const ROUTES: &'static [Route] = if SHUTDOWN {
+            &[Route {
+                method: Method::POST,
+                path: "/shutdown",
+            }]
+        } else {
+            &[]
+        };
         fn metrics(&self) -> String {
             String::new()
         }
@@ -210,11 +202,11 @@ mod tests {
     #[test]
     fn the_hint_lists_every_path() {
         assert_eq!(
-            not_found::<Common>(),
+            not_found::<Fake<false>>(),
             "not found; try /metrics, /ready or /live\n"
         );
         assert_eq!(
-            not_found::<WithShutdown>(),
+            not_found::<Fake<true>>(),
             "not found; try /metrics, /ready, /live or POST /shutdown\n"
         );
     }
