@@ -60,6 +60,17 @@ async fn replica(
     (app, proxy)
 }
 
+/// The caller: a meshed "web" proxy in front of a sink app, ready.
+async fn meshed_web(ctl: &TestController) -> (TestServer, TestProxy) {
+    let sink = TestServer::loopback("web").await;
+    let web = ctl
+        .meshed(proxy::inbound_to(sink.addr()), "web")
+        .start()
+        .await;
+    wait_ready(&web).await;
+    (sink, web)
+}
+
 async fn wait_ready(proxy: &TestProxy) {
     let ready = eventually(Duration::from_secs(5), || async {
         matches!(client::get(proxy.admin(), "localhost", "/ready").await, Ok(r) if r.status == 200)
@@ -90,12 +101,7 @@ async fn resolves_through_the_controller_follows_scaling_and_survives_its_absenc
     let mut ctl = TestController::start(&mesh_yaml(port, 1), &services_yaml(port)).await;
     ctl.set_pods(&[pod("books", 0, ips[0], true)]);
     let (_app0, _books0) = replica(&ctl, "books-0", ips[0], port).await;
-    let sink = TestServer::loopback("web").await;
-    let web = ctl
-        .meshed(proxy::inbound_to(sink.addr()), "web")
-        .start()
-        .await;
-    wait_ready(&web).await;
+    let (_sink, web) = meshed_web(&ctl).await;
 
     let mut c = TestClient::http1(web.outbound(), AUTHORITY).await.unwrap();
     assert_eq!(replicas_answering(&mut c, 5).await, set(&["books-0"]));
@@ -185,12 +191,7 @@ async fn destinations_the_controller_does_not_know() {
     let ctl = TestController::start(&mesh_yaml(port, 1), &services_yaml(port)).await;
     ctl.set_pods(&[pod("books", 0, ips[0], true)]);
     let direct = TestServer::loopback("direct").await;
-    let sink = TestServer::loopback("web").await;
-    let web = ctl
-        .meshed(proxy::inbound_to(sink.addr()), "web")
-        .start()
-        .await;
-    wait_ready(&web).await;
+    let (_sink, web) = meshed_web(&ctl).await;
 
     // An address the mesh does not know: straight to it, without waiting.
     let started = Instant::now();
@@ -393,12 +394,7 @@ async fn a_request_sent_before_the_service_has_endpoints_waits_for_them() {
     let ctl = TestController::start(&mesh_yaml(port, 1), &services_yaml(port)).await;
     // books exists, its replica is not ready yet (weft up publishes a pod once ready).
     ctl.set_pods(&[pod("books", 0, ips[0], false)]);
-    let sink = TestServer::loopback("web").await;
-    let web = ctl
-        .meshed(proxy::inbound_to(sink.addr()), "web")
-        .start()
-        .await;
-    wait_ready(&web).await;
+    let (_sink, web) = meshed_web(&ctl).await;
     let (_app, _proxy) = replica(&ctl, "books-0", ips[0], port).await;
 
     // The caller's first request meets a service without endpoints (the controller
