@@ -180,6 +180,12 @@ pub struct Args {
     #[arg(long, env = "WEFT_FAILFAST_TIMEOUT", value_parser = humantime::parse_duration, default_value = "3s")]
     pub failfast_timeout: Duration,
 
+    /// Most destinations followed through the destination service at once (each one
+    /// stream to the controller); past it, the one unused the longest makes room, or
+    /// the new one is not followed while all are in use.
+    #[arg(long, env = "WEFT_MAX_DESTINATIONS", default_value_t = crate::destination::DEFAULT_MAX_FOLLOWED)]
+    pub max_destinations: usize,
+
     /// How long a destination learnt from the destination service is followed (its
     /// stream kept open) after its last lookup, once no connection uses it.
     #[arg(long, env = "WEFT_DESTINATION_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10m")]
@@ -319,6 +325,8 @@ pub struct Config {
     pub destination_idle_timeout: Duration,
     /// How long requests wait for a service with no endpoints (`--failfast-timeout`).
     pub failfast_timeout: Duration,
+    /// Most destinations followed at once (`--max-destinations`).
+    pub max_destinations: usize,
     pub labels: WorkloadLabels,
     /// How services are balanced (zone awareness and its band, ejection, ...).
     pub balance: Arc<BalanceConfig>,
@@ -503,6 +511,7 @@ impl Args {
             pool_idle_timeout: self.pool_idle_timeout,
             destination_idle_timeout: self.destination_idle_timeout,
             failfast_timeout: self.failfast_timeout,
+            max_destinations: self.max_destinations,
             labels: WorkloadLabels {
                 namespace: self.namespace,
                 deployment: self.deployment,
@@ -581,6 +590,7 @@ impl Config {
             pool_idle_timeout: Duration::from_secs(60),
             destination_idle_timeout: DEFAULT_DESTINATION_IDLE_TIMEOUT,
             failfast_timeout: DEFAULT_FAILFAST_TIMEOUT,
+            max_destinations: crate::destination::DEFAULT_MAX_FOLLOWED,
             labels: WorkloadLabels::default(),
             balance: Arc::default(),
             identity: None,

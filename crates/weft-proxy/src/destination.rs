@@ -107,7 +107,8 @@ pub struct UpdateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabels {
     /// `service` (resolved), `unknown` (the controller does not know it: original
-    /// destination), `timeout` (no answer in time: original destination).
+    /// destination), `timeout` (no answer in time: original destination), `over_limit`
+    /// (every one of `--max-destinations` in use: not followed, as if unanswered).
     pub result: &'static str,
 }
 
@@ -152,7 +153,7 @@ impl DestinationMetrics {
         );
         registry.register(
             "destination_lookups",
-            "Destinations looked up by connections or requests, by result (service, unknown, timeout)",
+            "Destinations looked up by connections or requests, by result (service, unknown, timeout, over_limit)",
             self.lookups.clone(),
         );
     }
@@ -217,7 +218,12 @@ pub struct Destinations {
     first_update: Duration,
     metrics: DestinationMetrics,
     cache: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Most destinations followed at once ([`Destinations::with_max_followed`]).
+    max_followed: usize,
 }
+
+/// `--max-destinations`' default.
+pub const DEFAULT_MAX_FOLLOWED: usize = 10_000;
 
 impl std::fmt::Debug for Destinations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -253,7 +259,18 @@ impl Destinations {
             first_update: config.first_update,
             metrics,
             cache: Mutex::new(HashMap::new()),
+            max_followed: DEFAULT_MAX_FOLLOWED,
         })
+    }
+
+    /// Follows at most `max` destinations at once (each is a stream to the controller
+    /// and a task). At the limit, a new destination takes the place of the one unused
+    /// the longest that no connection holds; when every one is in use, the new one is
+    /// not followed and its connection is treated as unanswered (a mesh address is
+    /// refused, anything else goes to its original destination).
+    pub fn with_max_followed(mut self, max: usize) -> Self {
+        self.max_followed = max.max(1);
+        self
     }
 
     /// What the destination service says of `addr` (transparent mode: a connection's
@@ -327,13 +344,30 @@ impl Destinations {
                 .collect()
         };
         for (path, entry) in &evicted {
-            entry.task.abort();
-            if let Known::Service(s) = &*entry.state.borrow() {
-                self.services.remove_discovered(s);
-            }
-            tracing::debug!(destination = %path, "destination unused: no longer followed");
+            self.forget(path, entry);
         }
         evicted.len()
+    }
+
+    /// Stops following an entry taken out of the cache.
+    fn forget(&self, path: &str, entry: &Entry) {
+        entry.task.abort();
+        if let Known::Service(s) = &*entry.state.borrow() {
+            self.services.remove_discovered(s);
+        }
+        tracing::debug!(destination = %path, "destination unused: no longer followed");
+    }
+
+    /// At the limit: takes out of `cache` the entry unused the longest that can be
+    /// forgotten (past its first answer's wait, its service held by no connection).
+    fn make_room(&self, cache: &mut HashMap<String, Arc<Entry>>) -> Option<(String, Arc<Entry>)> {
+        let now = tokio::time::Instant::now();
+        let oldest = cache
+            .iter()
+            .filter(|(_, e)| e.is_idle(now, self.first_update))
+            .min_by_key(|(_, e)| *e.last_used.lock().unwrap_or_else(|p| p.into_inner()))
+            .map(|(path, _)| path.clone())?;
+        cache.remove_entry(&oldest)
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Entry>>> {
@@ -341,12 +375,27 @@ impl Destinations {
     }
 
     async fn lookup(&self, path: &str, address: Option<SocketAddr>) -> Lookup {
+        let mut replaced = None;
         let entry = {
             let mut cache = self.entries();
-            match cache.get(path) {
+            let known = cache.get(path).cloned();
+            if known.is_none() && cache.len() >= self.max_followed {
+                replaced = self.make_room(&mut cache);
+            }
+            match known {
                 Some(e) => {
                     e.touch();
-                    e.clone()
+                    e
+                }
+                None if cache.len() >= self.max_followed => {
+                    drop(cache);
+                    self.metrics.lookup("over_limit");
+                    tracing::warn!(
+                        destination = path,
+                        limit = self.max_followed,
+                        "every followed destination is in use: not following another"
+                    );
+                    return Lookup::Unanswered;
                 }
                 None => {
                     let (tx, rx) = watch::channel(Known::Pending);
@@ -371,6 +420,9 @@ impl Destinations {
                 }
             }
         };
+        if let Some((old, entry)) = replaced {
+            self.forget(&old, &entry);
+        }
         let mut state = entry.state.clone();
         // Only the first second of a destination's life is waited for: later
         // connections to a destination the controller never answered for go straight
@@ -752,6 +804,7 @@ mod tests {
             first_update: Duration::from_secs(1),
             metrics: DestinationMetrics::default(),
             cache: Mutex::new(HashMap::new()),
+            max_followed: DEFAULT_MAX_FOLLOWED,
         }
     }
 
@@ -777,6 +830,37 @@ mod tests {
             task,
         };
         d.entries().insert(path.to_owned(), Arc::new(entry));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_limit_a_new_destination_replaces_the_longest_unused_or_is_not_followed() {
+        let index = ServiceIndex::default();
+        let d = destinations(index.clone()).with_max_followed(2);
+        let held = Arc::new(Service::discovered("books", None, Arc::default()));
+        follow(&d, "books.default.svc.cluster.local:80", Some(held.clone()));
+        follow(&d, "example.com:80", None);
+        tokio::time::advance(Duration::from_secs(5)).await;
+
+        // Full: example.com (unused, held by nothing) makes room; books is in use.
+        let _ =
+            tokio::time::timeout(Duration::from_millis(10), d.lookup("new.example:80", None)).await;
+        assert_eq!(d.len(), 2);
+        assert!(d.entries().contains_key("new.example:80"));
+        assert!(!d.entries().contains_key("example.com:80"));
+        assert!(d
+            .entries()
+            .contains_key("books.default.svc.cluster.local:80"));
+
+        // Full, and the newcomer is still within its first answer's wait: nothing can
+        // go, so the next one is not followed, at once.
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            d.lookup("third.example:80", None).await,
+            Lookup::Unanswered
+        ));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(d.len(), 2);
+        assert!(!d.entries().contains_key("third.example:80"));
     }
 
     #[tokio::test(start_paused = true)]

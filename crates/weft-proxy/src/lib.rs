@@ -342,13 +342,16 @@ impl Proxy {
         let metrics = Metrics::new(&config.labels);
         let identity = config.identity.as_ref().map(|i| i.local.clone());
         let destinations = match &config.destination {
-            Some(d) => Some(Arc::new(Destinations::new(
-                d,
-                identity.clone(),
-                config.balance.clone(),
-                config.services.clone(),
-                metrics.destination.clone(),
-            )?)),
+            Some(d) => Some(Arc::new(
+                Destinations::new(
+                    d,
+                    identity.clone(),
+                    config.balance.clone(),
+                    config.services.clone(),
+                    metrics.destination.clone(),
+                )?
+                .with_max_followed(config.max_destinations),
+            )),
             None => None,
         };
         let connector = |direction| {
