@@ -207,10 +207,9 @@ impl Runner {
             }
             let _ = writeln!(
                 out,
-                "call from a pod:  ip netns exec {} {} get {url}\nmetrics:          {} stat -A (per workload; `stat svc -A` per Service)",
-                p.netns,
-                app.display(),
-                weft.display(),
+                "call from a pod:  {weft} exec {} -- weft-demo-app get {url}\nmetrics:          {weft} stat -A (per workload; `stat svc -A` per Service)\npods and logs:    {weft} ps; {weft} logs [-f] POD [--proxy]",
+                p.name,
+                weft = weft.display(),
             );
         }
     }
