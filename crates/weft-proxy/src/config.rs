@@ -180,6 +180,11 @@ pub struct Args {
     #[arg(long, env = "WEFT_FAILFAST_TIMEOUT", value_parser = humantime::parse_duration, default_value = "3s")]
     pub failfast_timeout: Duration,
 
+    /// HTTP metric series of a route (authority, endpoint, ...) that served no request
+    /// for this long are dropped from /metrics (0: kept for the proxy's life).
+    #[arg(long, env = "WEFT_METRICS_RETAIN_IDLE", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub metrics_retain_idle: Duration,
+
     /// Most destinations followed through the destination service at once (each one
     /// stream to the controller); past it, the one unused the longest makes room, or
     /// the new one is not followed while all are in use.
@@ -327,6 +332,8 @@ pub struct Config {
     pub failfast_timeout: Duration,
     /// Most destinations followed at once (`--max-destinations`).
     pub max_destinations: usize,
+    /// Idle HTTP route series are dropped after this (`--metrics-retain-idle`).
+    pub metrics_retain_idle: Option<Duration>,
     pub labels: WorkloadLabels,
     /// How services are balanced (zone awareness and its band, ejection, ...).
     pub balance: Arc<BalanceConfig>,
@@ -512,6 +519,8 @@ impl Args {
             destination_idle_timeout: self.destination_idle_timeout,
             failfast_timeout: self.failfast_timeout,
             max_destinations: self.max_destinations,
+            metrics_retain_idle: (!self.metrics_retain_idle.is_zero())
+                .then_some(self.metrics_retain_idle),
             labels: WorkloadLabels {
                 namespace: self.namespace,
                 deployment: self.deployment,
@@ -591,6 +600,7 @@ impl Config {
             destination_idle_timeout: DEFAULT_DESTINATION_IDLE_TIMEOUT,
             failfast_timeout: DEFAULT_FAILFAST_TIMEOUT,
             max_destinations: crate::destination::DEFAULT_MAX_FOLLOWED,
+            metrics_retain_idle: Some(Duration::from_secs(600)),
             labels: WorkloadLabels::default(),
             balance: Arc::default(),
             identity: None,

@@ -50,6 +50,9 @@ pub struct CachedRoute {
     endpoint: SocketAddr,
     labels: RouteLabels,
     requests: Counter,
+    /// The metrics' generation `requests` was fetched under (idle series dropped since
+    /// make it stale).
+    generation: u64,
 }
 
 impl ConnContext {
@@ -233,8 +236,13 @@ async fn forward(
     } = resolved;
     let route = {
         let mut cache = ctx.route_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = metrics.generation();
         match &*cache {
-            Some(c) if c.endpoint == endpoint && c.authority == authority => {
+            Some(c)
+                if c.endpoint == endpoint
+                    && c.authority == authority
+                    && c.generation == generation =>
+            {
                 c.requests.inc();
                 c.labels.clone()
             }
@@ -253,6 +261,7 @@ async fn forward(
                     endpoint,
                     labels: labels.clone(),
                     requests,
+                    generation,
                 });
                 labels
             }

@@ -528,11 +528,16 @@ async fn evict_idle(shared: std::sync::Weak<Shared>) {
         let destinations = shared.destinations.as_ref().map_or(0, |d| {
             d.evict_idle(now, shared.config.destination_idle_timeout)
         });
-        if pools + destinations > 0 {
+        let routes = shared
+            .config
+            .metrics_retain_idle
+            .map_or(0, |retain| shared.metrics.http.evict_idle(now, retain));
+        if pools + destinations + routes > 0 {
             tracing::debug!(
                 pools,
                 destinations,
-                "idle upstream pools and destinations dropped"
+                routes,
+                "idle upstream pools, destinations and route metrics dropped"
             );
         }
     }

@@ -4,7 +4,9 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -266,12 +268,112 @@ pub struct HttpMetrics {
     latency: Family<LatencyLabels, Histogram, LatencyHistogram>,
     errors: Family<ErrorLabels, Counter>,
     pub retries: RetryMetrics,
+    /// Every route with series, and since when its request count has not moved
+    /// ([`HttpMetrics::evict_idle`]).
+    routes: Arc<std::sync::Mutex<std::collections::HashMap<RouteLabels, RouteUse>>>,
+    /// Status codes answered (a bit each): which response and latency series a route
+    /// can have.
+    statuses: Arc<[AtomicU64; STATUS_WORDS]>,
+    /// Bumped by each eviction: a route's counter kept from before may be gone from
+    /// the registry ([`HttpMetrics::generation`]).
+    generation: Arc<AtomicU64>,
+}
+
+const STATUS_WORDS: usize = 1024 / 64;
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        HttpMetrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(LatencyHistogram),
+            errors: Family::default(),
+            retries: RetryMetrics::default(),
+            routes: Arc::default(),
+            statuses: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            generation: Arc::default(),
+        }
+    }
+}
+
+/// A route's request count at the last sweep, and since when it has stayed there.
+#[derive(Debug)]
+struct RouteUse {
+    total: u64,
+    since: tokio::time::Instant,
 }
 
 impl HttpMetrics {
-    /// The `request_total` counter of a route (keep it to count many requests).
+    /// The `request_total` counter of a route (keep it to count many requests, with
+    /// [`HttpMetrics::generation`] to know when to fetch it again).
     pub fn requests(&self, route: &RouteLabels) -> Counter {
-        self.requests.get_or_create(route).clone()
+        let counter = self.requests.get_or_create(route).clone();
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route.clone())
+            .or_insert_with(|| RouteUse {
+                total: counter.get(),
+                since: tokio::time::Instant::now(),
+            });
+        counter
+    }
+
+    /// Changes when idle series are dropped: a counter from [`HttpMetrics::requests`]
+    /// fetched under another generation must be fetched again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Drops the series of routes that served no request for `retain` (as
+    /// linkerd2-proxy's retain-idle does): callers' Host headers and endpoints that
+    /// come and go (pods replaced) would otherwise add series for the life of the
+    /// proxy. A route used again gets fresh series. Returns how many routes went.
+    pub fn evict_idle(&self, now: tokio::time::Instant, retain: Duration) -> usize {
+        let idle: Vec<RouteLabels> = {
+            let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = Vec::new();
+            routes.retain(|route, used| {
+                let total = self.requests.get(route).map_or(used.total, |c| c.get());
+                if total != used.total {
+                    *used = RouteUse { total, since: now };
+                    true
+                } else if now.saturating_duration_since(used.since) >= retain {
+                    idle.push(route.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            idle
+        };
+        if idle.is_empty() {
+            return 0;
+        }
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        let statuses: Vec<u16> = (0..STATUS_WORDS * 64)
+            .filter(|&code| {
+                self.statuses[code / 64].load(Ordering::Relaxed) & (1 << (code % 64)) != 0
+            })
+            .map(|code| code as u16)
+            .collect();
+        for route in &idle {
+            self.requests.remove(route);
+            for &status_code in &statuses {
+                for classification in [Classification::Success, Classification::Failure] {
+                    self.responses.remove(&ResponseLabels {
+                        route: route.clone(),
+                        status_code,
+                        classification,
+                    });
+                }
+                self.latency.remove(&LatencyLabels {
+                    route: route.clone(),
+                    status_code,
+                });
+            }
+        }
+        idle.len()
     }
 
     pub fn latency(&self, route: &RouteLabels, status_code: u16, ms: f64) {
@@ -284,6 +386,11 @@ impl HttpMetrics {
     }
 
     pub fn response(&self, route: RouteLabels, status_code: u16, classification: Classification) {
+        let code = usize::from(status_code) % (STATUS_WORDS * 64);
+        let bit = 1 << (code % 64);
+        if self.statuses[code / 64].load(Ordering::Relaxed) & bit == 0 {
+            self.statuses[code / 64].fetch_or(bit, Ordering::Relaxed);
+        }
         self.responses
             .get_or_create(&ResponseLabels {
                 route,
@@ -434,13 +541,7 @@ impl Metrics {
         .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v.clone())));
         let mut registry = Registry::with_labels(constant);
 
-        let http = HttpMetrics {
-            requests: Family::default(),
-            responses: Family::default(),
-            latency: Family::new_with_constructor(LatencyHistogram),
-            errors: Family::default(),
-            retries: RetryMetrics::default(),
-        };
+        let http = HttpMetrics::default();
         registry.register("request", "HTTP requests received", http.requests.clone());
         registry.register(
             "response",
@@ -632,5 +733,57 @@ impl Metrics {
             let _ = writeln!(out, "# encoding failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_idle_for_the_retain_time_leave_metrics_and_come_back_when_used() {
+        let metrics = Metrics::new(&WorkloadLabels::default());
+        let render = || metrics.encode(&crate::endpoints::ServiceIndex::default());
+        let http = &metrics.http;
+        let route = |addr: &str| RouteLabels {
+            direction: Direction::Outbound,
+            authority: "books:80".into(),
+            target_addr: addr.into(),
+            tls: Tls::NoIdentity,
+            dst_service: "books".into(),
+            dst_zone: "".into(),
+            client_id: "".into(),
+            server_id: "".into(),
+        };
+        let (gone, kept) = (route("198.18.0.9:4143"), route("198.18.0.10:4143"));
+        for r in [&gone, &kept] {
+            http.requests(r).inc();
+            http.response(r.clone(), 200, Classification::Success);
+            http.latency(r, 200, 3.0);
+        }
+        let retain = Duration::from_secs(600);
+        // A sweep notes the counts; idle time runs from the last sweep that saw one move.
+        assert_eq!(http.evict_idle(tokio::time::Instant::now(), retain), 0);
+        let generation = http.generation();
+
+        // kept serves a request within the retain time, gone does not.
+        tokio::time::advance(Duration::from_secs(300)).await;
+        http.requests(&kept).inc();
+        assert_eq!(http.evict_idle(tokio::time::Instant::now(), retain), 0);
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(http.evict_idle(tokio::time::Instant::now(), retain), 1);
+        let text = render();
+        assert!(!text.contains("198.18.0.9:4143"), "{text}");
+        assert!(text.contains("198.18.0.10:4143"), "{text}");
+        assert_ne!(
+            http.generation(),
+            generation,
+            "counters kept from before are stale"
+        );
+
+        // Used again: fresh series.
+        http.requests(&gone).inc();
+        http.response(gone.clone(), 503, Classification::Failure);
+        assert!(render().contains("198.18.0.9:4143"));
     }
 }
