@@ -308,14 +308,19 @@ impl HttpMetrics {
     /// [`HttpMetrics::generation`] to know when to fetch it again).
     pub fn requests(&self, route: &RouteLabels) -> Counter {
         let counter = self.requests.get_or_create(route).clone();
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(route.clone())
-            .or_insert_with(|| RouteUse {
-                total: counter.get(),
-                since: tokio::time::Instant::now(),
-            });
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        // Known routes (most calls: a connection's cache misses when the balancer picks
+        // another endpoint) cost a lookup, not a copy of their labels.
+        if !routes.contains_key(route) {
+            routes.insert(
+                route.clone(),
+                RouteUse {
+                    total: counter.get(),
+                    since: tokio::time::Instant::now(),
+                },
+            );
+        }
+        drop(routes);
         counter
     }
 
