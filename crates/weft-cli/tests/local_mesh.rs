@@ -8,15 +8,14 @@
 
 #![cfg(target_os = "linux")]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_core::prom::Scrape;
 
 mod common;
 use common::{
-    build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, stat, MeshEnv as _, NsEnv,
-    SERVICES,
+    build_binaries, eventually, mesh_yaml, not_root_or_missing_tools, run_ok, stat, MeshEnv as _,
+    NsEnv, SERVICES,
 };
 
 /// `None` when the mesh tests can run here, else why not.
@@ -34,62 +33,6 @@ macro_rules! require_root {
 }
 
 common::ns_env!(Env, "t");
-
-impl Env {
-    /// Asserts nothing of this mesh is left: namespaces, hosts files, links, rules,
-    /// processes, state.
-    fn assert_nothing_left(&self, procs: &[(u32, u64)]) {
-        let netns = run_ok("ip", &["netns", "list"]);
-        assert!(
-            !netns
-                .lines()
-                .any(|l| l.starts_with(&format!("{}-", self.prefix))),
-            "namespaces left:\n{netns}"
-        );
-        let etc: Vec<_> = std::fs::read_dir("/etc/netns")
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&format!("{}-", self.prefix)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(etc.is_empty(), "/etc/netns entries left: {etc:?}");
-        // Nothing was ever made in the root namespace; make sure it stays so.
-        let links = run_ok("ip", &["-o", "link", "show"]);
-        assert!(
-            !links.contains(": wfv") && !links.contains(": weft0"),
-            "links left in the root namespace:\n{links}"
-        );
-        let rules = run_ok("iptables", &["-w", "5", "-t", "nat", "-S"]);
-        assert!(!rules.contains("WEFT_"), "iptables rules left:\n{rules}");
-        for (pid, start) in procs {
-            if let Some((state, started)) = stat(*pid) {
-                assert!(
-                    started != *start || state == 'Z',
-                    "process {pid} is still running: {}",
-                    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                        .unwrap_or_default()
-                        .replace('\0', " ")
-                );
-            }
-        }
-        assert!(
-            !self.state_dir.join("state.json").exists(),
-            "the state file is left"
-        );
-        assert!(
-            !self.state_dir.join("pods.yaml").exists(),
-            "the pods file is left"
-        );
-    }
-}
-
-fn run_ok(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn inbound_requests(scrape: &Scrape) -> f64 {
     scrape.sum("request_total", &[("direction", "inbound")])
@@ -212,14 +155,12 @@ fn foreground_mesh_calls_scaling_and_down_after_kill_9() {
     );
 
     // Crash: kill -9 weft up. `weft down` finds everything from the state file.
-    let procs = env.recorded_procs();
-    assert_eq!(procs.len(), 9, "the controller and 4 pods × (proxy + app)");
-    let mut up = env.up.take().unwrap();
-    up.kill().unwrap();
-    up.wait().unwrap();
-    let out = env.run(&["down"]);
-    assert!(out.status.success());
-    env.assert_nothing_left(&procs);
+    assert_eq!(
+        env.recorded_procs().len(),
+        9,
+        "the controller and 4 pods × (proxy + app)"
+    );
+    env.down_after_kill_9_of_up();
     let again = env.run(&["down"]);
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"));

@@ -10,7 +10,6 @@
 
 #![cfg(target_os = "linux")]
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,28 +37,6 @@ impl Env {
     fn ready_in_pods_file(&self, pod: &str) -> Option<bool> {
         let file = PodsFile::load(&self.state_dir.join("pods.yaml")).ok()??;
         file.pods.iter().find(|p| p.name == pod).map(|p| p.ready)
-    }
-
-    /// Nothing of the mesh is left: namespaces, processes, state file.
-    fn assert_nothing_left(&self, procs: &[(u32, u64)]) {
-        let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        let netns = String::from_utf8_lossy(&netns.stdout);
-        assert!(
-            !netns
-                .lines()
-                .any(|l| l.starts_with(&format!("{}-", self.prefix))),
-            "namespaces left:\n{netns}"
-        );
-        for (pid, start) in procs {
-            if let Some((state, started)) = stat(*pid) {
-                assert!(
-                    started != *start || state == 'Z',
-                    "process {pid} is still running"
-                );
-            }
-        }
-        assert!(!self.state_dir.join("state.json").exists());
-        assert!(!self.state_dir.join("pods.yaml").exists());
     }
 }
 
@@ -305,13 +282,7 @@ fn a_killed_proxy_takes_its_pod_out_until_restarted_and_a_killed_app_is_restarte
         .contains("pod books-0: proxy not ready: no answer within"));
 
     // Crash: kill -9 weft up; `weft down` finds the restarted processes too.
-    let procs = env.recorded_procs();
-    let mut up = env.up.take().unwrap();
-    up.kill().unwrap();
-    up.wait().unwrap();
-    let out = env.run(&["down"]);
-    assert!(out.status.success());
-    env.assert_nothing_left(&procs);
+    env.down_after_kill_9_of_up();
 }
 
 #[test]

@@ -264,6 +264,66 @@ pub struct NsEnv {
 }
 
 impl NsEnv {
+    /// Asserts nothing of this mesh is left: namespaces, hosts files, links, rules,
+    /// processes, state.
+    pub fn assert_nothing_left(&self, procs: &[(u32, u64)]) {
+        let netns = run_ok("ip", &["netns", "list"]);
+        assert!(
+            !netns
+                .lines()
+                .any(|l| l.starts_with(&format!("{}-", self.prefix))),
+            "namespaces left:\n{netns}"
+        );
+        let etc: Vec<_> = std::fs::read_dir("/etc/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("{}-", self.prefix)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(etc.is_empty(), "/etc/netns entries left: {etc:?}");
+        // Nothing was ever made in the root namespace; make sure it stays so.
+        let links = run_ok("ip", &["-o", "link", "show"]);
+        assert!(
+            !links.contains(": wfv") && !links.contains(": weft0"),
+            "links left in the root namespace:\n{links}"
+        );
+        let rules = run_ok("iptables", &["-w", "5", "-t", "nat", "-S"]);
+        assert!(!rules.contains("WEFT_"), "iptables rules left:\n{rules}");
+        for (pid, start) in procs {
+            if let Some((state, started)) = stat(*pid) {
+                assert!(
+                    started != *start || state == 'Z',
+                    "process {pid} is still running: {}",
+                    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                        .unwrap_or_default()
+                        .replace('\0', " ")
+                );
+            }
+        }
+        assert!(
+            !self.state_dir.join("state.json").exists(),
+            "the state file is left"
+        );
+        assert!(
+            !self.state_dir.join("pods.yaml").exists(),
+            "the pods file is left"
+        );
+    }
+
+    /// Kills the foreground `weft up` (kill -9), runs `weft down` and asserts it left
+    /// nothing behind, the processes restarted meanwhile included.
+    pub fn down_after_kill_9_of_up(&mut self) {
+        let procs = self.recorded_procs();
+        let mut up = self.up.take().expect("a foreground weft up");
+        up.kill().unwrap();
+        up.wait().unwrap();
+        let out = self.run(&["down"]);
+        assert!(out.status.success());
+        self.assert_nothing_left(&procs);
+    }
+
     /// `kind` keeps test files apart (one letter each), `tag` the tests of a file.
     pub fn new(kind: &str, tag: &str) -> NsEnv {
         let id = std::process::id() % 100_000;
@@ -395,3 +455,10 @@ macro_rules! ns_env {
 }
 #[allow(unused_imports)]
 pub(crate) use ns_env;
+
+/// Runs a command that must succeed; its standard output.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(out.status.success(), "{program} {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
