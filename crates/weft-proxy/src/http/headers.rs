@@ -1,0 +1,153 @@
+//! Request and response heads as the proxy reads and rewrites them: the authority a
+//! request is routed by, the HTTP/1 hop's rewriting, hop-by-hop headers, protocol
+//! upgrades and gRPC markers.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::ProxyError;
+
+/// The authority a request head is routed by (lowercased), or why the proxy refuses it
+/// as malformed (400): what both request paths do first with every request. Public for the
+/// fuzz targets (`fuzz/`); the body type does not matter.
+pub fn authority_of<B>(req: &Request<B>) -> Result<String, String> {
+    request_authority(req).map_err(|e| e.message)
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form HTTP/1) or the Host header.
+pub(super) fn request_authority<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    // RFC 9112 §3.2: a request with more than one Host field is refused (which one a
+    // server reads is up to it: the proxy and the application could disagree).
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed request",
+            "more than one Host header",
+        ));
+    }
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.as_str().to_ascii_lowercase());
+    }
+    match req.headers().get(header::HOST) {
+        Some(host) => match host.to_str() {
+            Ok(h) if !h.is_empty() && h.parse::<http::uri::Authority>().is_ok() => {
+                Ok(h.to_ascii_lowercase())
+            }
+            _ => Err(ProxyError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed request",
+                "the Host header is not a valid authority",
+            )),
+        },
+        None if req.version() == Version::HTTP_10 => Ok(String::new()),
+        None => Err(ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed request",
+            "HTTP/1.1 request without a Host header",
+        )),
+    }
+}
+
+/// Rewrites an HTTP/1 request for the upstream hop: origin-form URI, Host header,
+/// no hop-by-hop headers (but the upgrade handshake when one is asked for).
+pub(super) fn prepare_h1_request(
+    req: &mut Request<Incoming>,
+    authority: &str,
+    upgrade: bool,
+) -> Result<(), ProxyError> {
+    if req.uri().authority().is_some() && req.method() != Method::CONNECT {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
+        *req.uri_mut() = Uri::try_from(path).map_err(|_| {
+            ProxyError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed request",
+                "invalid request target",
+            )
+        })?;
+        // RFC 9112 §3.2.2: the target's authority replaces any Host the client sent
+        // (the request was routed by it; the upstream must see the same).
+        if let Ok(v) = HeaderValue::from_str(authority) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let upgrade_value = upgrade
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten();
+    strip_hop_by_hop(req.headers_mut());
+    if let Some(protocol) = upgrade_value {
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(header::UPGRADE, protocol);
+    }
+    Ok(())
+}
+
+/// Whether the request asks for a protocol upgrade (`Upgrade` named in `Connection`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes headers that apply to one connection only (RFC 9110 §7.6.1), including
+/// those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+pub(super) async fn tunnel(server: hyper::upgrade::OnUpgrade, client: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(server, client) {
+        Ok((server, client)) => {
+            let mut server = TokioIo::new(server);
+            let mut client = TokioIo::new(client);
+            if let Err(error) = tokio::io::copy_bidirectional(&mut server, &mut client).await {
+                tracing::debug!(%error, "upgraded connection ended with an error");
+            }
+        }
+        Err(error) => tracing::debug!(%error, "protocol upgrade failed"),
+    }
+}
+
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+pub(crate) fn grpc_status_of(headers: &HeaderMap) -> Option<bool> {
+    headers.get("grpc-status").map(|v| v.as_bytes() == b"0")
+}

@@ -1,0 +1,80 @@
+//! The inbound request path: a request from a caller (over mTLS when it is meshed,
+//! terminated by [`crate::inbound`]) to the local application, top to bottom.
+//!
+//! 1. **Resolve**: the application's address ([`ConnContext::resolve`]).
+//! 2. **Count** it under its labels, with the caller's identity
+//!    ([`ConnContext::count_request`]).
+//! 3. **Prepare** the head for the hop to the application ([`http::prepare`]).
+//! 4. **Send** it once: no deadline and no retries here (they are the caller's
+//!    business, on its outbound side); `--response-timeout` bounds the wait.
+//! 5. **Answer** the caller ([`Answer::respond`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::http::{self, Answer, ConnContext, Prepared, ProxyBody, Target, Unanswered};
+use crate::retry::RequestBody;
+
+/// Handles one request for the local application.
+pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let mut unanswered = Unanswered::new(&ctx, start);
+    let rsp = forward(&ctx, req, start, &mut unanswered).await;
+    unanswered.answered();
+    rsp
+}
+
+async fn forward(
+    ctx: &ConnContext,
+    req: Request<Incoming>,
+    start: Instant,
+    unanswered: &mut Unanswered,
+) -> Response<ProxyBody> {
+    let grpc = http::is_grpc(req.headers());
+    let target = match ctx.resolve(&req).await {
+        Ok(target) => target,
+        Err(unresolved) => return ctx.unresolved(unresolved, grpc, start),
+    };
+    let route = ctx.count_request(&target);
+    unanswered.counted(route.clone());
+    let Prepared {
+        req,
+        version,
+        upgrade,
+    } = match http::prepare(req, &target.authority) {
+        Ok(prepared) => prepared,
+        Err(e) => return ctx.error_response(route, grpc, start, e),
+    };
+    let Target {
+        authority,
+        endpoint,
+        picked,
+        ..
+    } = target;
+    let result = http::attempt(
+        ctx,
+        endpoint,
+        version,
+        None,
+        req.map(RequestBody::Stream),
+        ctx.shared.config.response_timeout,
+        None,
+    )
+    .await;
+    Answer {
+        route,
+        start,
+        grpc,
+        version,
+        upgrade,
+        authority,
+        endpoint,
+        picked,
+        retries: 0,
+        deadline: None,
+    }
+    .respond(ctx, result)
+}

@@ -1,0 +1,327 @@
+//! The outbound request path: a request from the local workload, top to bottom.
+//!
+//! 1. **Resolve** the authority to a service (or an address) and pick an endpoint
+//!    ([`ConnContext::resolve`]: the balancer, zone-aware).
+//! 2. **Count** it under its labels ([`ConnContext::count_request`]).
+//! 3. **Prepare** the head for the upstream hop ([`http::prepare`]).
+//! 4. **Policy**: the service's deadline and retries ([`RequestPolicy`]), outbound only:
+//!    timeouts and retries are the caller's business, as in Linkerd.
+//! 5. **Send**, retrying on another endpoint within the policy and its budget
+//!    ([`send_with_retries`]); each attempt goes over the endpoint's pool, with mTLS to
+//!    its identity when it is meshed ([`http::attempt`]).
+//! 6. **Answer** the client ([`Answer::respond`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::http::header::HeaderValue;
+use ::http::{Request, Response};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::balance::{Outcome, Picked};
+use crate::endpoints::Service;
+use crate::http::{
+    self, Answer, ConnContext, Deadline, Failure, Prepared, ProxyBody, Sent, Target, Unanswered,
+};
+use crate::metrics::RouteLabels;
+use crate::retry::{self, BudgetedPolicy, Replay, RequestBody};
+use crate::upstream::HttpVersion;
+
+/// Handles one request from the local workload.
+pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let mut unanswered = Unanswered::new(&ctx, start);
+    let rsp = forward(&ctx, req, start, &mut unanswered).await;
+    unanswered.answered();
+    rsp
+}
+
+async fn forward(
+    ctx: &ConnContext,
+    req: Request<Incoming>,
+    start: Instant,
+    unanswered: &mut Unanswered,
+) -> Response<ProxyBody> {
+    let grpc = http::is_grpc(req.headers());
+    let target = match ctx.resolve(&req).await {
+        Ok(target) => target,
+        Err(unresolved) => return ctx.unresolved(unresolved, grpc, start),
+    };
+    let route = ctx.count_request(&target);
+    unanswered.counted(route.clone());
+    let Prepared {
+        req,
+        version,
+        upgrade,
+    } = match http::prepare(req, &target.authority) {
+        Ok(prepared) => prepared,
+        Err(e) => return ctx.error_response(route, grpc, start, e),
+    };
+    let Target {
+        authority,
+        endpoint,
+        service,
+        picked,
+    } = target;
+    let policy = RequestPolicy::new(ctx, service.as_deref(), &req, grpc, start);
+    let mut last = Endpoint {
+        addr: endpoint,
+        picked,
+    };
+    let attempts = Attempts {
+        ctx,
+        policy: &policy,
+        route: &route,
+        authority: &authority,
+        service: service.as_deref(),
+        version,
+    };
+    let (result, retries) = attempts.send(req, upgrade.is_some(), &mut last).await;
+    // The final attempt labels the response (request_total counted the first).
+    let route = if last.addr != endpoint {
+        ctx.route_labels(
+            &authority,
+            Some(last.addr),
+            service.as_deref(),
+            last.picked.as_ref(),
+        )
+    } else {
+        route
+    };
+    Answer {
+        route,
+        start,
+        grpc,
+        version,
+        upgrade,
+        authority,
+        endpoint: last.addr,
+        picked: last.picked,
+        retries,
+        deadline: policy.deadline,
+    }
+    .respond(ctx, result)
+}
+
+/// The policy of one request: the service's (or the proxy-wide) timeouts and retries,
+/// and the request's own `grpc-timeout`.
+struct RequestPolicy<'a> {
+    grpc: bool,
+    /// The whole request's deadline: the smallest of the service's timeout and the
+    /// caller's `grpc-timeout`.
+    deadline: Option<Deadline>,
+    /// Retries, when the policy allows any.
+    retry: Option<&'a BudgetedPolicy>,
+    /// Each attempt's own time limit.
+    attempt_timeout: Option<std::time::Duration>,
+}
+
+impl<'a> RequestPolicy<'a> {
+    fn new<B>(
+        ctx: &'a ConnContext,
+        service: Option<&'a Service>,
+        req: &Request<B>,
+        grpc: bool,
+        start: Instant,
+    ) -> Self {
+        let shared = &ctx.shared;
+        let policy = match service {
+            Some(s) => s.policy.get(&shared.config.request_policy.policy),
+            None => &*shared.config.request_policy,
+        };
+        let asked = grpc.then(|| retry::grpc_timeout(req.headers())).flatten();
+        let limit = match (policy.policy.timeout, asked) {
+            (Some(ours), Some(asked)) => Some(ours.min(asked)),
+            (ours, asked) => ours.or(asked),
+        };
+        // A deadline past what the clock holds (grpc-timeout allows 99,999,999 hours)
+        // is no deadline.
+        let deadline = limit.and_then(|limit| {
+            Some(Deadline {
+                at: tokio::time::Instant::from_std(start.checked_add(limit)?),
+                limit,
+            })
+        });
+        let retry = Some(policy).filter(|p| p.policy.retry.limit > 0);
+        if let Some(p) = retry {
+            p.budget.deposit(start);
+        }
+        RequestPolicy {
+            grpc,
+            deadline,
+            retry,
+            attempt_timeout: policy
+                .policy
+                .retry
+                .attempt_timeout
+                .or(shared.config.response_timeout),
+        }
+    }
+}
+
+/// The endpoint an attempt goes to, and the balancer's pick that chose it.
+struct Endpoint {
+    addr: SocketAddr,
+    picked: Option<Picked>,
+}
+
+/// What every attempt of one request shares.
+struct Attempts<'a> {
+    ctx: &'a ConnContext,
+    policy: &'a RequestPolicy<'a>,
+    route: &'a RouteLabels,
+    authority: &'a str,
+    service: Option<&'a Service>,
+    version: HttpVersion,
+}
+
+impl Attempts<'_> {
+    /// Sends the request to `last`, and again to an endpoint not tried yet when the
+    /// policy says it may be retried and the budget allows; `last` ends as the endpoint
+    /// of the last attempt. Returns its result and the number of retries.
+    async fn send(
+        &self,
+        req: Request<Incoming>,
+        upgrading: bool,
+        last: &mut Endpoint,
+    ) -> (Result<Sent, Failure>, u32) {
+        let Attempts {
+            ctx,
+            policy,
+            route,
+            authority,
+            service,
+            version,
+        } = *self;
+        let metrics = ctx.metrics();
+        let grpc = policy.grpc;
+        let deadline = policy.deadline.as_ref();
+        // A request that may be retried on its response keeps a copy of its head and of
+        // a small body; any other is sent as it is (and retried only if it never left).
+        let mut replay = None;
+        let mut req = match policy.retry {
+            Some(p) if !upgrading && p.policy.retry.replayable(req.method(), grpc) => {
+                let (req, copy) = Replay::capture(req, retry::MAX_REPLAY_BODY);
+                replay = copy;
+                req
+            }
+            _ => req.map(RequestBody::Stream),
+        };
+        let mut endpoint = last.addr;
+        let mut picked = last.picked.take();
+        let mut retries = 0u32;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let result = loop {
+            // mTLS to the endpoint's identity, when it is meshed.
+            let server = picked.as_ref().and_then(|p| p.identity()).cloned();
+            let mut result = http::attempt(
+                ctx,
+                endpoint,
+                version,
+                server.as_ref(),
+                req,
+                policy.attempt_timeout,
+                deadline,
+            )
+            .await;
+            let Some(p) = policy.retry else {
+                break result;
+            };
+            let reason = match &result {
+                Ok((rsp, _)) => (replay.is_some()
+                    && p.policy
+                        .retry
+                        .retry_on_response(rsp.status(), rsp.headers(), grpc))
+                .then_some("status"),
+                Err(Failure::Send(e)) if e.unsent.is_some() => Some("connect-failure"),
+                Err(Failure::Send(_)) if replay.is_some() => Some("reset"),
+                Err(Failure::AttemptTimeout(_)) if replay.is_some() => Some("timeout"),
+                Err(_) => None,
+            };
+            let Some(reason) = reason else {
+                break result;
+            };
+            if retries >= p.policy.retry.limit {
+                metrics.retries.limit_exceeded(&route.dst_service);
+                break result;
+            }
+            // A request that never left is sent again as it is.
+            let unsent = match &mut result {
+                Err(Failure::Send(e)) => e.unsent.take(),
+                _ => None,
+            };
+            // Where the next attempt goes: an endpoint not tried yet when the service has
+            // one. A failed connection is retried only there (the same endpoint would
+            // refuse it again, or make the caller wait out another connect timeout).
+            tried.push(endpoint);
+            let next_pick = match service {
+                Some(service) => match service.balancer().pick_avoiding(&tried) {
+                    Some(p) => Some(p),
+                    None => break result,
+                },
+                None => None,
+            };
+            let next_endpoint = next_pick.as_ref().map_or(endpoint, Picked::addr);
+            if unsent.is_some() && tried.contains(&next_endpoint) {
+                break result;
+            }
+            // The next request: the same one if it never left, else a replay (none while
+            // the first attempt's body is still streaming, or if it was too large).
+            let replayed = if unsent.is_some() {
+                None
+            } else {
+                match replay.as_ref().and_then(Replay::request) {
+                    Some(r) => Some(r),
+                    None => break result,
+                }
+            };
+            if !p.budget.withdraw(Instant::now()) {
+                metrics.retries.overflow(&route.dst_service);
+                break result;
+            }
+            let retry_connect = unsent.is_some();
+            let Some(mut next) = unsent.or(replayed) else {
+                break result;
+            };
+            if let Ok((rsp, reusable)) = result {
+                // Dropping an unread body cancels it; an empty one frees its connection.
+                if let Some(reusable) = reusable.filter(|_| rsp.body().is_end_stream()) {
+                    reusable.give_back();
+                }
+            }
+            retries += 1;
+            tracing::debug!(direction = ctx.direction.as_str(), %authority, %endpoint, next = %next_endpoint, reason, retry = retries, "retrying");
+            metrics.retries.retried(&route.dst_service, reason);
+            if let Some(p) = picked.take() {
+                p.finish(Outcome::Failure);
+            }
+            endpoint = next_endpoint;
+            picked = next_pick;
+            // Another endpoint after a failed connection: at once. Otherwise a short,
+            // jittered wait, within the request's deadline.
+            if !retry_connect {
+                let wait = tokio::time::sleep(p.policy.retry.backoff(retries));
+                match deadline {
+                    Some(d) => {
+                        if tokio::time::timeout_at(d.at, wait).await.is_err() {
+                            break Err(Failure::Deadline);
+                        }
+                    }
+                    None => wait.await,
+                }
+            }
+            let headers = next.headers_mut();
+            headers.insert(retry::RETRY_ATTEMPT_HEADER, HeaderValue::from(retries));
+            if let Some(d) = deadline.filter(|_| grpc) {
+                let left = d.at.saturating_duration_since(tokio::time::Instant::now());
+                headers.insert("grpc-timeout", retry::grpc_timeout_value(left));
+            }
+            req = next;
+        };
+        last.addr = endpoint;
+        last.picked = picked;
+        (result, retries)
+    }
+}
