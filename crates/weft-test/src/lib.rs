@@ -13,6 +13,7 @@ pub mod controller;
 pub mod docs;
 pub mod fifo;
 pub mod grpc;
+pub mod kube;
 pub mod metrics;
 #[cfg(target_os = "linux")]
 pub mod netns;
