@@ -2,7 +2,9 @@
 //! messages of the linkerd2-proxy-api protocol. It serves the identity service (the
 //! mesh's certificate authority, `Identity.Certify`) and, given a mesh directory, the
 //! destination service (`Destination.Get`, endpoints from the `local` source, to
-//! callers presenting a mesh workload certificate); the other services answer
+//! callers presenting a mesh workload certificate) and the outbound policy service
+//! (`OutboundPolicies.Get`/`Watch`: the Services' HTTPRoutes and GRPCRoutes,
+//! [`routes`]); the other services answer
 //! UNIMPLEMENTED. Message sizes, Certify concurrency, connections and HTTP/2 streams are
 //! bounded ([`server`]).
 
@@ -10,6 +12,7 @@ pub mod admin;
 pub mod destination;
 pub mod identity;
 pub mod metrics;
+pub mod routes;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -182,6 +185,7 @@ impl Controller {
             },
         )));
         let mut index = None;
+        let mut policies = None;
         let destinations = match (source, &config.destination) {
             (Some(source), Some(d)) => {
                 let (publish, subscribe) = tokio::sync::watch::channel(Arc::new(source.index()));
@@ -202,6 +206,23 @@ impl Controller {
                 background.push(tokio::spawn(
                     source.watch(publish, metrics.destination.clone()),
                 ));
+                // Routes follow the same index: a reload of the mesh directory is a new
+                // route table at once.
+                let (first, updates) =
+                    routes::serve::snapshot(subscribe.borrow().clone(), &d.cluster_domain);
+                routes::serve::log(&updates);
+                let (routes_tx, routes_rx) = tokio::sync::watch::channel(Arc::new(first));
+                background.push(tokio::spawn(routes::serve::watch(
+                    subscribe.clone(),
+                    routes_tx,
+                    d.cluster_domain.clone(),
+                )));
+                policies = Some(routes::OutboundPolicyService::new(
+                    routes_rx,
+                    &d.cluster_domain,
+                    &config.trust_domain,
+                    stop.subscribe(),
+                ));
                 Some(destination::DestinationService::new(
                     subscribe,
                     &d.cluster_domain,
@@ -217,6 +238,7 @@ impl Controller {
             tls,
             certifier,
             destinations,
+            policies,
             async move {
                 let _ = stopped.wait_for(|s| *s).await;
             },

@@ -42,6 +42,7 @@ use weft_core::identity::Identity;
 
 use crate::destination::DestinationService;
 use crate::identity::{Certifier, CertifyError, IdentityService, TrustAnchors};
+use crate::routes::OutboundPolicyService;
 
 /// The controller's service account and namespace: its identity in the mesh.
 pub const CONTROLLER_SERVICE_ACCOUNT: &str = "weft-controller";
@@ -310,13 +311,15 @@ fn issue(
     ))
 }
 
-/// Serves the controller's gRPC services (Identity, and Destination when given; others
-/// answer UNIMPLEMENTED) over TLS on `listener` until `shutdown` completes.
+/// Serves the controller's gRPC services (Identity, and Destination and
+/// OutboundPolicies when given; others answer UNIMPLEMENTED) over TLS on `listener`
+/// until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     certifier: Arc<Certifier>,
     destination: Option<DestinationService>,
+    policies: Option<OutboundPolicyService>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -375,6 +378,7 @@ pub async fn serve(
         .http2_max_header_list_size(MAX_HEADER_LIST)
         .add_service(IdentityService::new(certifier).into_server())
         .add_optional_service(destination.map(DestinationService::into_server))
+        .add_optional_service(policies.map(OutboundPolicyService::into_server))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -45,8 +45,8 @@ mod tests;
 mod validate;
 
 pub use model::{
-    is_dns_label, AppUser, ContainerPort, Mesh, ProxySettings, Service, ServicePort, TargetPort,
-    Workload,
+    is_dns_label, AppUser, ContainerPort, GatewayObject, Mesh, ProxySettings, Service, ServicePort,
+    TargetPort, Workload,
 };
 pub use parse::{yaml_files, MeshError, Problem};
 

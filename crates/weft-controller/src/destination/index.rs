@@ -98,6 +98,7 @@ impl Index {
             workloads: Vec::new(),
             services: Vec::new(),
             warnings: Vec::new(),
+            gateway: Vec::new(),
         };
         Index::new(mesh, PodsFile::default(), trust_domain, &[])
     }

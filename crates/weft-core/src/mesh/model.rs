@@ -17,6 +17,21 @@ pub struct Mesh {
     pub services: Vec<Service>,
     /// Legal but suspicious things, for the user to see.
     pub warnings: Vec<Problem>,
+    /// The Gateway API objects (HTTPRoute, GRPCRoute, ReferenceGrant), as written: the
+    /// controller's routes parse and check them (weft_controller::routes), so that a
+    /// bad route is a status of that route, not a mesh that does not load.
+    pub gateway: Vec<GatewayObject>,
+}
+
+/// A Gateway API object of the mesh directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayObject {
+    /// File name relative to the mesh directory.
+    pub file: String,
+    /// `HTTPRoute default/books` (or `document 3` without a name).
+    pub location: String,
+    pub kind: String,
+    pub value: Value,
 }
 
 /// A workload: `replicas` pods running `command` behind a proxy.

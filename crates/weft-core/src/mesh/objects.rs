@@ -1,13 +1,14 @@
 //! The Kubernetes objects of the mesh directory's other `*.yaml` files: which kinds the
-//! local mesh reads (`Service`), and which it warns about and ignores (any other kind,
-//! e.g. `HTTPRoute` until routes are read).
+//! local mesh reads (`Service`), which it hands over as written (`HTTPRoute`,
+//! `GRPCRoute`, `ReferenceGrant`: the controller's routes check them), and which it
+//! warns about and ignores (any other kind).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use super::model::{is_dns_label, Mesh, Service, ServicePort, TargetPort};
+use super::model::{is_dns_label, GatewayObject, Mesh, Service, ServicePort, TargetPort};
 use super::parse::{locate, strip_position, Problem, Report};
 use super::MESH_FILE;
 
@@ -63,6 +64,12 @@ impl Mesh {
                         self.services.push(s);
                     }
                 }
+                "HTTPRoute" | "GRPCRoute" | "ReferenceGrant" => self.gateway.push(GatewayObject {
+                    file: file.to_owned(),
+                    location,
+                    kind: kind.to_owned(),
+                    value,
+                }),
                 "" => report.error(
                     file,
                     &location,

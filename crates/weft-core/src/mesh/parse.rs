@@ -222,6 +222,7 @@ impl Mesh {
             workloads: Vec::new(),
             services: Vec::new(),
             warnings: Vec::new(),
+            gateway: Vec::new(),
         };
         match files.iter().find(|(n, _)| n == MESH_FILE) {
             Some((_, text)) => mesh.parse_mesh_file(text, &mut report),

@@ -233,7 +233,7 @@ fn named_target_ports_resolve() {
 
 #[test]
 fn selectors_matching_nothing_and_other_kinds_are_warnings() {
-    let svc = "kind: Service\nmetadata: {name: ghost}\nspec: {selector: {app: ghost}, ports: [{port: 80}]}\n---\nkind: HTTPRoute\nmetadata: {name: r}\n";
+    let svc = "kind: Service\nmetadata: {name: ghost}\nspec: {selector: {app: ghost}, ports: [{port: 80}]}\n---\nkind: ConfigMap\nmetadata: {name: r}\n---\nkind: HTTPRoute\nmetadata: {name: r}\n";
     let mesh = parse(MESH, svc).unwrap();
     let warnings: Vec<String> = mesh.warnings.iter().map(|w| w.to_string()).collect();
     assert!(
@@ -246,9 +246,16 @@ fn selectors_matching_nothing_and_other_kinds_are_warnings() {
     assert!(
         warnings
             .iter()
-            .any(|w| w.contains("HTTPRoute default/r: kind HTTPRoute is not used")),
+            .any(|w| w.contains("ConfigMap default/r: kind ConfigMap is not used")),
         "{warnings:?}"
     );
+    // Routes are handed over as written, for the controller's routes to check.
+    assert!(
+        !warnings.iter().any(|w| w.contains("HTTPRoute")),
+        "{warnings:?}"
+    );
+    assert_eq!(mesh.gateway.len(), 1);
+    assert_eq!(mesh.gateway[0].location, "HTTPRoute default/r");
 }
 
 #[test]

@@ -1,0 +1,249 @@
+//! `io.linkerd.proxy.outbound.OutboundPolicies` served with tonic: `Get` answers a
+//! Service port's [`OutboundPolicy`] once, `Watch` streams it (the current one first,
+//! then each one that differs). The target is named as `Destination.Get` names it
+//! (`books.default.svc.cluster.local:8080`, or the Service's virtual IP and port);
+//! the caller's namespace (for consumer routes) is the one of the workload
+//! certificate it presented, which it must present as for the destination service.
+//!
+//! [`watch`] keeps the route table current: each new destination index (the mesh
+//! directory reloaded) is followed by a new table within the same poll.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures_util::Stream;
+use linkerd2_proxy_api::outbound::outbound_policies_server::{
+    OutboundPolicies, OutboundPoliciesServer,
+};
+use linkerd2_proxy_api::outbound::{self, traffic_spec};
+use tokio::sync::{mpsc, watch};
+use weft_core::identity::Identity;
+
+use super::table::{RouteTable, TableUpdate};
+use crate::destination::{Index, Resolution, Target};
+
+/// Policies queued per stream before the sender waits for the client.
+const STREAM_BUFFER: usize = 4;
+
+/// The largest request decoded (a target and a workload name).
+pub const MAX_POLICY_MESSAGE: usize = 16 * 1024;
+
+/// The destination index and the routes built from it.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub index: Arc<Index>,
+    pub table: RouteTable,
+}
+
+type PolicyStream =
+    Pin<Box<dyn Stream<Item = Result<outbound::OutboundPolicy, tonic::Status>> + Send>>;
+
+/// The gRPC OutboundPolicies service.
+#[derive(Clone)]
+pub struct OutboundPolicyService {
+    routes: watch::Receiver<Arc<Snapshot>>,
+    cluster_domain: Arc<str>,
+    trust_domain: Arc<str>,
+    stop: watch::Receiver<bool>,
+}
+
+/// The first snapshot of `index`.
+pub fn snapshot(index: Arc<Index>, cluster_domain: &str) -> (Snapshot, Vec<TableUpdate>) {
+    let (table, updates) = RouteTable::build(
+        &RouteTable::empty(cluster_domain),
+        index.mesh(),
+        cluster_domain,
+        SystemTime::now(),
+    );
+    (Snapshot { index, table }, updates)
+}
+
+/// Follows the destination index forever (until the task is dropped), publishing a
+/// new route table for each new index, and logging the conditions that changed.
+pub async fn watch(
+    mut index: watch::Receiver<Arc<Index>>,
+    publish: watch::Sender<Arc<Snapshot>>,
+    cluster_domain: String,
+) {
+    loop {
+        if index.changed().await.is_err() {
+            return;
+        }
+        let next = index.borrow_and_update().clone();
+        let previous = publish.borrow().clone();
+        let (table, updates) = RouteTable::build(
+            &previous.table,
+            next.mesh(),
+            &cluster_domain,
+            SystemTime::now(),
+        );
+        log(&updates);
+        if table != previous.table {
+            let (routes, serving) = table.counts();
+            tracing::info!(routes, serving, "route table updated");
+        }
+        publish.send_replace(Arc::new(Snapshot { index: next, table }));
+    }
+}
+
+/// One line per condition that changed: failures as warnings.
+pub fn log(updates: &[TableUpdate]) {
+    for u in updates {
+        let kept = u
+            .kept
+            .map(|g| format!("generation {g}"))
+            .unwrap_or_else(|| "none".into());
+        if u.cond.ok {
+            tracing::info!(route = %u.route, file = %u.file, parent = %u.parent, condition = u.condition, reason = u.cond.reason, "route condition is true");
+        } else {
+            tracing::warn!(route = %u.route, file = %u.file, parent = %u.parent, condition = u.condition, reason = u.cond.reason, message = %u.cond.message, serving = %kept, "route condition is false");
+        }
+    }
+}
+
+impl OutboundPolicyService {
+    pub fn new(
+        routes: watch::Receiver<Arc<Snapshot>>,
+        cluster_domain: &str,
+        trust_domain: &str,
+        stop: watch::Receiver<bool>,
+    ) -> OutboundPolicyService {
+        OutboundPolicyService {
+            routes,
+            cluster_domain: cluster_domain.into(),
+            trust_domain: trust_domain.into(),
+            stop,
+        }
+    }
+
+    /// The service ready to add to a tonic server.
+    pub fn into_server(self) -> OutboundPoliciesServer<OutboundPolicyService> {
+        OutboundPoliciesServer::new(self).max_decoding_message_size(MAX_POLICY_MESSAGE)
+    }
+
+    /// The calling workload, from its client certificate (verified in the handshake).
+    fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
+        let certs = request.peer_certs();
+        let leaf = certs.as_deref().and_then(|c| c.first());
+        match leaf.and_then(|l| Identity::from_certificate(l)) {
+            Some(id) if id.trust_domain() == &*self.trust_domain => Ok(id),
+            _ => Err(tonic::Status::unauthenticated(format!(
+                "a mesh client certificate is required: the outbound policy service answers only proxies presenting their workload certificate (an identity of trust domain {:?}) in the TLS handshake",
+                self.trust_domain
+            ))),
+        }
+    }
+
+    /// The Service port a request names: `(namespace, name, port)`.
+    fn target(&self, spec: &outbound::TrafficSpec) -> Result<(String, String, u16), tonic::Status> {
+        let target = match &spec.target {
+            Some(traffic_spec::Target::Authority(a)) => Target::parse(a, &self.cluster_domain)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?,
+            Some(traffic_spec::Target::Addr(addr)) => Target::Addr(
+                SocketAddr::try_from(*addr)
+                    .map_err(|e| tonic::Status::invalid_argument(format!("target address: {e}")))?,
+            ),
+            None => {
+                return Err(tonic::Status::invalid_argument(
+                    "no target: give an authority (NAME.NAMESPACE.svc.CLUSTER-DOMAIN:PORT) or a Service address",
+                ))
+            }
+        };
+        let port = match &target {
+            Target::Service { port, .. } => *port,
+            Target::Addr(a) => a.port(),
+        };
+        match self.routes.borrow().index.resolve(&target) {
+            Resolution::Service {
+                namespace, name, ..
+            } => Ok((namespace, name, port)),
+            _ => Err(not_found(&target)),
+        }
+    }
+}
+
+fn not_found(target: &impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::not_found(format!(
+        "{target} is not a Service port of the mesh: no outbound policy (use the original destination)"
+    ))
+}
+
+#[tonic::async_trait]
+impl OutboundPolicies for OutboundPolicyService {
+    type WatchStream = PolicyStream;
+
+    async fn get(
+        &self,
+        request: tonic::Request<outbound::TrafficSpec>,
+    ) -> Result<tonic::Response<outbound::OutboundPolicy>, tonic::Status> {
+        let caller = self.authenticate(&request)?;
+        let (namespace, name, port) = self.target(request.get_ref())?;
+        let routes = self.routes.borrow().clone();
+        routes
+            .table
+            .policy(&namespace, &name, port, caller.namespace())
+            .map(tonic::Response::new)
+            .ok_or_else(|| not_found(&format!("{name}.{namespace}.svc:{port}")))
+    }
+
+    async fn watch(
+        &self,
+        request: tonic::Request<outbound::TrafficSpec>,
+    ) -> Result<tonic::Response<PolicyStream>, tonic::Status> {
+        let caller = self.authenticate(&request)?;
+        let (namespace, name, port) = self.target(request.get_ref())?;
+        let caller = caller.namespace().to_owned();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(follow(
+            (namespace, name, port),
+            caller,
+            self.routes.clone(),
+            tx,
+            self.stop.clone(),
+        ));
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
+
+/// Sends the target's policy whenever it changes, until the client goes away, the
+/// Service port does, or the controller stops.
+async fn follow(
+    (namespace, name, port): (String, String, u16),
+    caller: String,
+    mut routes: watch::Receiver<Arc<Snapshot>>,
+    tx: mpsc::Sender<Result<outbound::OutboundPolicy, tonic::Status>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sent: Option<outbound::OutboundPolicy> = None;
+    loop {
+        let policy = routes
+            .borrow_and_update()
+            .table
+            .policy(&namespace, &name, port, &caller);
+        match policy {
+            None => {
+                let _ = tx
+                    .send(Err(not_found(&format!("{name}.{namespace}.svc:{port}"))))
+                    .await;
+                return;
+            }
+            Some(p) if sent.as_ref() != Some(&p) => {
+                if tx.send(Ok(p.clone())).await.is_err() {
+                    return;
+                }
+                sent = Some(p);
+            }
+            Some(_) => {}
+        }
+        tokio::select! {
+            changed = routes.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
