@@ -6,8 +6,8 @@
 //! - [`parse`]: the objects into the gateway-api crate's types, strictly (unknown
 //!   fields refused, with the file, object and field).
 //! - [`check`]: one route against the Services and ReferenceGrants: its status per
-//!   parent (`Accepted`, `ResolvedRefs` with the standard reasons) and its rules as
-//!   the protocol carries them.
+//!   parent (`Accepted`, `ResolvedRefs` with the standard reasons).
+//! - [`messages`]: its rules as the protocol carries them.
 //! - [`table`]: every route at one moment: conflicts between routes, precedence, the
 //!   last valid version of a route that became invalid (it keeps serving), status
 //!   times and generations, and the [`OutboundPolicy`] of a Service for a caller.
@@ -18,6 +18,7 @@
 //! [`OutboundPolicy`]: linkerd2_proxy_api::outbound::OutboundPolicy
 
 pub mod check;
+pub mod messages;
 pub mod parse;
 pub mod serve;
 pub mod status;

@@ -24,6 +24,7 @@ use linkerd2_proxy_api::outbound::{self, proxy_protocol};
 use weft_core::mesh::{Mesh, Service};
 
 use super::check::{self, Attachment, Checked, Cond, Context};
+use super::messages;
 use super::parse::{self, ParsedRoute, Unparsed};
 use super::{ParentRef, RouteKey, RouteKind};
 
@@ -403,10 +404,10 @@ impl RouteTable {
         let svc = self.service(namespace, name)?;
         let svc_port = svc.ports.iter().find(|p| p.port == port)?;
         let parent = (namespace, name, port);
-        let metadata = Some(check::service_metadata(namespace, name, port));
+        let metadata = Some(messages::service_metadata(namespace, name, port));
         let cd = &self.cluster_domain;
         if svc_port.is_opaque() {
-            let backend = check::service_backend(namespace, name, port, cd);
+            let backend = messages::service_backend(namespace, name, port, cd);
             use outbound::opaque_route::{
                 distribution, Distribution, RouteBackend, Rule, WeightedRouteBackend,
             };
@@ -444,14 +445,14 @@ impl RouteTable {
                 routes: routes
                     .iter()
                     .filter(|c| c.route.key.kind == RouteKind::Grpc)
-                    .map(|c| check::grpc_route(c, parent, cd))
+                    .map(|c| messages::grpc_route(c, parent, cd))
                     .collect(),
                 failure_accrual: None,
             })
         } else {
             let mut http: Vec<outbound::HttpRoute> = routes
                 .iter()
-                .map(|c| check::http_route(c, parent, cd))
+                .map(|c| messages::http_route(c, parent, cd))
                 .collect();
             if http.is_empty() {
                 http.push(default_http_route(namespace, name, port, cd));
@@ -536,7 +537,7 @@ fn default_http_route(
                 distribution::RandomAvailable {
                     backends: vec![WeightedRouteBackend {
                         backend: Some(RouteBackend {
-                            backend: Some(check::service_backend(
+                            backend: Some(messages::service_backend(
                                 namespace,
                                 name,
                                 port,
