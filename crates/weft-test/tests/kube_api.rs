@@ -21,7 +21,7 @@ fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn a_namespace_created_with_kubectl_reads_back_and_tokens_are_reviewed() {
-    let Some(api) = KubeApi::start() else { return };
+    let Some(api) = KubeApi::shared() else { return };
     let version = api.kubectl(&["get", "--raw", "/version"]).unwrap();
     assert!(
         version.contains(&format!("\"gitVersion\": \"{}\"", kube::k8s_version())),
