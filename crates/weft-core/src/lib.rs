@@ -13,3 +13,5 @@ pub mod netns;
 pub mod pods;
 #[cfg(feature = "prom")]
 pub mod prom;
+#[cfg(feature = "watch")]
+pub mod watch;
