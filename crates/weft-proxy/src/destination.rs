@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use linkerd2_proxy_api::destination as api;
 use linkerd2_proxy_api::destination::destination_client::DestinationClient;
 use linkerd2_proxy_api::destination::update::Update as Kind;
+use linkerd2_proxy_api::outbound::outbound_policies_client::OutboundPoliciesClient;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -165,7 +166,7 @@ impl DestinationMetrics {
 
 /// What is known of one destination.
 #[derive(Clone, Debug)]
-enum Known {
+pub(crate) enum Known {
     /// No answer yet.
     Pending,
     /// The controller does not know it (or cannot resolve such names): connections go
@@ -181,6 +182,8 @@ struct Entry {
     last_used: Mutex<tokio::time::Instant>,
     state: watch::Receiver<Known>,
     task: tokio::task::JoinHandle<()>,
+    /// Follows its routes (`OutboundPolicies.Watch`).
+    routes_task: tokio::task::JoinHandle<()>,
 }
 
 impl Entry {
@@ -206,12 +209,15 @@ impl Entry {
 impl Drop for Entry {
     fn drop(&mut self) {
         self.task.abort();
+        self.routes_task.abort();
     }
 }
 
 /// The destinations this proxy has met, each followed by its own stream.
 pub struct Destinations {
     client: DestinationClient<Channel>,
+    /// The same connection's `OutboundPolicies` client (routes).
+    policies: OutboundPoliciesClient<Channel>,
     balance: Arc<BalanceConfig>,
     /// Discovered services are listed there too (for `balancer_endpoints`).
     services: ServiceIndex,
@@ -253,7 +259,8 @@ impl Destinations {
             .keep_alive_while_idle(true)
             .connect_with_connector_lazy(connector);
         Ok(Destinations {
-            client: DestinationClient::new(channel),
+            client: DestinationClient::new(channel.clone()),
+            policies: OutboundPoliciesClient::new(channel),
             balance,
             services,
             first_update: config.first_update,
@@ -409,11 +416,17 @@ impl Destinations {
                         state: tx,
                         endpoints: HashMap::new(),
                     };
+                    let routes = crate::routes::follow::follow(
+                        self.policies.clone(),
+                        path.to_owned(),
+                        rx.clone(),
+                    );
                     let entry = Arc::new(Entry {
                         created: Instant::now(),
                         last_used: Mutex::new(tokio::time::Instant::now()),
                         state: rx,
                         task: tokio::spawn(follower.run()),
+                        routes_task: tokio::spawn(routes),
                     });
                     cache.insert(path.to_owned(), entry.clone());
                     entry
@@ -798,7 +811,8 @@ mod tests {
     fn destinations(services: ServiceIndex) -> Destinations {
         let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
         Destinations {
-            client: DestinationClient::new(channel),
+            client: DestinationClient::new(channel.clone()),
+            policies: OutboundPoliciesClient::new(channel),
             balance: Arc::default(),
             services,
             first_update: Duration::from_secs(1),
@@ -828,6 +842,7 @@ mod tests {
             last_used: Mutex::new(tokio::time::Instant::now()),
             state: rx,
             task,
+            routes_task: tokio::spawn(std::future::pending()),
         };
         d.entries().insert(path.to_owned(), Arc::new(entry));
     }

@@ -149,6 +149,8 @@ pub struct Service {
     pub policy: ServicePolicy,
     /// Requests waiting for an endpoint to pick (see [`Service::pick_or_wait`]).
     availability: Availability,
+    /// Its routes, from the controller's `OutboundPolicies` (`None`: none served).
+    routes: RwLock<Option<Arc<crate::routes::Routes>>>,
 }
 
 /// A service with no endpoint to pick (discovery has not answered with one yet, or the
@@ -211,6 +213,7 @@ impl Service {
             balancer,
             policy,
             availability: Availability::default(),
+            routes: RwLock::new(None),
         }
     }
 
@@ -237,6 +240,16 @@ impl Service {
 
     /// Names a service that had no name (or another) while it had no endpoints:
     /// connections that met it then hold this object, so it is named in place.
+    /// Its current routes, if the controller serves any.
+    pub fn routes(&self) -> Option<Arc<crate::routes::Routes>> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces its routes (requests already on their way keep the ones they took).
+    pub fn set_routes(&self, routes: Option<Arc<crate::routes::Routes>>) {
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+    }
+
     pub fn rename(&self, name: &str) {
         *self.name.write().unwrap_or_else(|e| e.into_inner()) = name.into();
     }

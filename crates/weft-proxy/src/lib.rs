@@ -24,6 +24,7 @@ pub mod metrics;
 mod outbound;
 mod resolve;
 pub mod retry;
+pub mod routes;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;

@@ -138,6 +138,11 @@ pub struct RouteLabels {
     pub client_id: Str,
     /// The endpoint's identity (outbound mTLS), empty otherwise.
     pub server_id: Str,
+    /// The route that chose the backend (outbound, when the Service has routes):
+    /// `HTTPRoute`, `GRPCRoute` or `default`; empty otherwise.
+    pub route_kind: Str,
+    pub route_name: Str,
+    pub route_namespace: Str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -759,6 +764,9 @@ mod tests {
             dst_zone: "".into(),
             client_id: "".into(),
             server_id: "".into(),
+            route_kind: Str::empty(),
+            route_name: Str::empty(),
+            route_namespace: Str::empty(),
         };
         let (gone, kept) = (route("198.18.0.9:4143"), route("198.18.0.10:4143"));
         for r in [&gone, &kept] {

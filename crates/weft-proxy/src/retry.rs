@@ -468,6 +468,39 @@ impl PolicyOverrides {
         Ok(o)
     }
 
+    /// A route's request timeout (`timeouts.request`), when it sets one.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        if let Some(t) = timeout {
+            self.timeout = Some(Some(t));
+        }
+    }
+
+    /// A route's per-attempt timeout (`timeouts.backendRequest`), when it sets one.
+    pub fn set_attempt_timeout(&mut self, timeout: Option<Duration>) {
+        if let Some(t) = timeout {
+            self.attempt_timeout = Some(Some(t));
+        }
+    }
+
+    /// A route's `retry`: its limit always; the conditions, per-attempt timeout and
+    /// backoff when it sets them (the Service's otherwise).
+    pub fn set_retries(
+        &mut self,
+        limit: u32,
+        on: Option<RetryOn>,
+        attempt_timeout: Option<Duration>,
+        backoff: Option<Duration>,
+    ) {
+        self.limit = Some(limit);
+        if on.is_some() {
+            self.on = on;
+        }
+        self.set_attempt_timeout(attempt_timeout);
+        if backoff.is_some() {
+            self.backoff = backoff;
+        }
+    }
+
     /// The policy for a service: `defaults` with these overrides.
     pub fn apply(&self, defaults: &RequestPolicy) -> RequestPolicy {
         let d = &defaults.retry;

@@ -32,6 +32,7 @@ use crate::drain::Watch;
 use crate::endpoints::Service;
 use crate::metrics::{Classification, Direction, HttpMetrics, RouteLabels, Str, Tls};
 use crate::retry::RequestBody;
+use crate::routes::RouteMeta;
 use crate::upstream::{HttpUpstreams, HttpVersion, Reusable, SendError, UpstreamError};
 use crate::{Destination, ResolveError, Resolved, Shared};
 
@@ -59,6 +60,7 @@ pub struct ConnContext {
 pub struct CachedRoute {
     authority: String,
     endpoint: SocketAddr,
+    route: Option<RouteMeta>,
     labels: RouteLabels,
     requests: Counter,
     /// The metrics' generation `requests` was fetched under (idle series dropped since
@@ -121,6 +123,8 @@ pub(crate) struct ProxyError {
     /// Short cause for metrics (`http_errors_total{error=...}`).
     kind: &'static str,
     message: String,
+    /// The gRPC status to answer gRPC callers with, when it is not the HTTP status's.
+    grpc_code: Option<u16>,
 }
 
 impl ProxyError {
@@ -129,16 +133,28 @@ impl ProxyError {
             status,
             kind,
             message: message.into(),
+            grpc_code: None,
         }
     }
 
+    /// Answers gRPC callers with `code` (an injected gRPC failure).
+    pub(crate) fn with_grpc_code(mut self, code: u16) -> Self {
+        self.grpc_code = Some(code);
+        self
+    }
+
     /// The gRPC status that carries the same meaning to gRPC clients.
-    fn grpc_status(&self) -> &'static str {
-        match self.status {
-            StatusCode::BAD_REQUEST => "13",    // INTERNAL
-            StatusCode::GATEWAY_TIMEOUT => "4", // DEADLINE_EXCEEDED
-            _ => "14",                          // UNAVAILABLE
+    fn grpc_status(&self) -> HeaderValue {
+        if let Some(code) = self.grpc_code {
+            return HeaderValue::from(code);
         }
+        HeaderValue::from_static(match self.status {
+            StatusCode::NOT_FOUND => "12",             // UNIMPLEMENTED
+            StatusCode::INTERNAL_SERVER_ERROR => "13", // INTERNAL
+            StatusCode::BAD_REQUEST => "13",           // INTERNAL
+            StatusCode::GATEWAY_TIMEOUT => "4",        // DEADLINE_EXCEEDED
+            _ => "14",                                 // UNAVAILABLE
+        })
     }
 }
 
@@ -210,6 +226,8 @@ pub(crate) struct Target {
     pub(crate) service: Option<Arc<Service>>,
     /// The balancer's pick, to report the outcome on (none for a single address).
     pub(crate) picked: Option<Picked>,
+    /// The route that chose the service (outbound, when it has routes).
+    pub(crate) route: Option<RouteMeta>,
 }
 
 /// A request refused before it reached an endpoint, with the authority it named (empty
@@ -217,6 +235,23 @@ pub(crate) struct Target {
 pub(crate) struct Unresolved {
     authority: String,
     error: ProxyError,
+    /// The route that chose a backend which could not be resolved.
+    pub(crate) route: Option<RouteMeta>,
+}
+
+impl Unresolved {
+    pub(crate) fn new(authority: String, error: ProxyError, route: Option<RouteMeta>) -> Self {
+        Unresolved {
+            authority,
+            error,
+            route,
+        }
+    }
+}
+
+/// The authority a request is routed by, or the 400 that refuses it.
+pub(crate) fn authority<B>(req: &Request<B>) -> Result<String, Unresolved> {
+    headers::request_authority(req).map_err(|error| Unresolved::new(String::new(), error, None))
 }
 
 impl ConnContext {
@@ -235,14 +270,21 @@ impl ConnContext {
     /// service first in explicit mode) and an endpoint of it, waiting within the
     /// failfast timeout for a service that has none yet.
     pub(crate) async fn resolve<B>(&self, req: &Request<B>) -> Result<Target, Unresolved> {
-        let authority = headers::request_authority(req).map_err(|error| Unresolved {
-            authority: String::new(),
-            error,
-        })?;
+        let authority = authority(req)?;
+        self.resolve_authority(&self.destination, authority).await
+    }
+
+    /// [`ConnContext::resolve`] for a known authority, to `destination` (the
+    /// connection's, or a route's backend).
+    pub(crate) async fn resolve_authority(
+        &self,
+        destination: &Destination,
+        authority: String,
+    ) -> Result<Target, Unresolved> {
         let shared = &self.shared;
         // Explicit mode: an authority met for the first time may need the controller.
-        shared.discover(&self.destination, &authority).await;
-        match shared.resolve_or_wait(&self.destination, &authority).await {
+        shared.discover(destination, &authority).await;
+        match shared.resolve_or_wait(destination, &authority).await {
             Ok(Resolved {
                 addr,
                 service,
@@ -252,6 +294,7 @@ impl ConnContext {
                 endpoint: addr,
                 service,
                 picked,
+                route: None,
             }),
             Err(e) => {
                 let error = match e {
@@ -269,7 +312,7 @@ impl ConnContext {
                         e.to_string(),
                     ),
                 };
-                Err(Unresolved { authority, error })
+                Err(Unresolved::new(authority, error, None))
             }
         }
     }
@@ -281,7 +324,13 @@ impl ConnContext {
         grpc: bool,
         start: Instant,
     ) -> Response<ProxyBody> {
-        let route = self.route_labels(&unresolved.authority, None, None, None);
+        let route = self.route_labels(
+            &unresolved.authority,
+            None,
+            None,
+            None,
+            unresolved.route.as_ref(),
+        );
         self.error_response(route, grpc, start, unresolved.error)
     }
 
@@ -295,6 +344,7 @@ impl ConnContext {
             Some(c)
                 if c.endpoint == target.endpoint
                     && c.authority == target.authority
+                    && c.route == target.route
                     && c.generation == generation =>
             {
                 c.requests.inc();
@@ -307,6 +357,7 @@ impl ConnContext {
                 *cache = Some(CachedRoute {
                     authority: target.authority.clone(),
                     endpoint: target.endpoint,
+                    route: target.route.clone(),
                     labels: labels.clone(),
                     requests,
                     generation,
@@ -323,6 +374,7 @@ impl ConnContext {
             Some(target.endpoint),
             target.service.as_deref(),
             target.picked.as_ref(),
+            target.route.as_ref(),
         )
     }
 
@@ -332,6 +384,7 @@ impl ConnContext {
         endpoint: Option<SocketAddr>,
         service: Option<&Service>,
         picked: Option<&Picked>,
+        route: Option<&RouteMeta>,
     ) -> RouteLabels {
         // Outbound requests to a meshed endpoint go over mTLS (when this proxy has an
         // identity): the route is labelled with the server's identity.
@@ -352,6 +405,9 @@ impl ConnContext {
             dst_zone: dst_zone.unwrap_or("").into(),
             client_id: self.client_id.clone(),
             server_id: Str(server_id.map(|id| id.dns_name()).unwrap_or_default().into()),
+            route_kind: route.map_or_else(Str::empty, |r| r.kind.as_str().into()),
+            route_name: route.map_or_else(Str::empty, |r| Str(r.name.clone())),
+            route_namespace: route.map_or_else(Str::empty, |r| Str(r.namespace.clone())),
         }
     }
 
@@ -376,7 +432,7 @@ impl ConnContext {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
             );
-            h.insert("grpc-status", HeaderValue::from_static(e.grpc_status()));
+            h.insert("grpc-status", e.grpc_status());
             h.insert("grpc-message", cause.clone());
             rsp
         } else {
@@ -392,6 +448,32 @@ impl ConnContext {
         let status = rsp.status().as_u16();
         metrics.latency(&route, status, elapsed_ms(start));
         metrics.response(route, status, Classification::Failure);
+        rsp
+    }
+}
+
+impl ConnContext {
+    /// A response the proxy makes on a route's behalf (a redirect): no body, counted
+    /// by its status like an upstream's.
+    pub(crate) fn answer_locally(
+        &self,
+        route: RouteLabels,
+        status: StatusCode,
+        headers: http::HeaderMap,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        let metrics = self.metrics();
+        let mut rsp = Response::new(ProxyBody::full(Bytes::new()));
+        *rsp.status_mut() = status;
+        *rsp.headers_mut() = headers;
+        let code = status.as_u16();
+        metrics.latency(&route, code, elapsed_ms(start));
+        let classification = if status.is_server_error() {
+            Classification::Failure
+        } else {
+            Classification::Success
+        };
+        metrics.response(route, code, classification);
         rsp
     }
 }

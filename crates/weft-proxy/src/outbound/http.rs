@@ -24,9 +24,14 @@ use crate::balance::{Outcome, Picked};
 use crate::endpoints::Service;
 use crate::http::{
     self, Answer, ConnContext, Deadline, Failure, Prepared, ProxyBody, Sent, Target, Unanswered,
+    Unresolved,
 };
 use crate::metrics::RouteLabels;
-use crate::retry::{self, BudgetedPolicy, Replay, RequestBody};
+use crate::retry::{self, BudgetedPolicy, Replay, RequestBody, ServicePolicy};
+use crate::routes::Routes;
+use crate::Destination;
+
+use super::route::{self, ChosenRule};
 use crate::upstream::HttpVersion;
 
 /// Handles one request from the local workload.
@@ -45,8 +50,10 @@ async fn forward(
     unanswered: &mut Unanswered,
 ) -> Response<ProxyBody> {
     let grpc = http::is_grpc(req.headers());
-    let target = match ctx.resolve(&req).await {
-        Ok(target) => target,
+    let mut req = req;
+    let (target, rule) = match resolve(ctx, &mut req, grpc, start).await {
+        Ok(Routed::Forward { target, rule }) => (target, rule),
+        Ok(Routed::Answered(rsp)) => return rsp,
         Err(unresolved) => return ctx.unresolved(unresolved, grpc, start),
     };
     let route = ctx.count_request(&target);
@@ -64,8 +71,10 @@ async fn forward(
         endpoint,
         service,
         picked,
+        route: route_meta,
     } = target;
-    let policy = RequestPolicy::new(ctx, service.as_deref(), &req, grpc, start);
+    let rule_policy = rule.as_ref().and_then(|r| r.policy());
+    let policy = RequestPolicy::new(ctx, service.as_deref(), rule_policy, &req, grpc, start);
     let mut last = Endpoint {
         addr: endpoint,
         picked,
@@ -86,11 +95,12 @@ async fn forward(
             Some(last.addr),
             service.as_deref(),
             last.picked.as_ref(),
+            route_meta.as_ref(),
         )
     } else {
         route
     };
-    Answer {
+    let mut rsp = Answer {
         route,
         start,
         grpc,
@@ -102,7 +112,61 @@ async fn forward(
         retries,
         deadline: policy.deadline,
     }
-    .respond(ctx, result)
+    .respond(ctx, result);
+    if let Some(rule) = &rule {
+        rule.filter_response(rsp.headers_mut());
+    }
+    rsp
+}
+
+/// Resolve (and route): the request's authority, the service it names and, when that
+/// service has routes, the rule and backend they choose; then an endpoint.
+async fn resolve(
+    ctx: &ConnContext,
+    req: &mut Request<Incoming>,
+    grpc: bool,
+    start: Instant,
+) -> Result<Routed<Option<ChosenRule>>, Unresolved> {
+    let authority = http::authority(req)?;
+    // Explicit mode: an authority met for the first time may need the controller.
+    ctx.shared.discover(&ctx.destination, &authority).await;
+    if let Some(routes) = parent_routes(ctx, &authority) {
+        return Ok(
+            match route::route(ctx, req, &authority, routes, grpc, start).await? {
+                route::Routed::Forward { target, rule } => Routed::Forward {
+                    target,
+                    rule: Some(rule),
+                },
+                route::Routed::Answered(rsp) => Routed::Answered(rsp),
+            },
+        );
+    }
+    let target = ctx.resolve_authority(&ctx.destination, authority).await?;
+    Ok(Routed::Forward { target, rule: None })
+}
+
+/// What resolution made of a request.
+enum Routed<R> {
+    Forward { target: Target, rule: R },
+    Answered(Response<ProxyBody>),
+}
+
+/// The routes of the Service the connection (or, in explicit mode, the authority)
+/// goes to, when the controller serves some.
+fn parent_routes(ctx: &ConnContext, authority: &str) -> Option<Arc<Routes>> {
+    let parent = match &ctx.destination {
+        Destination::Service(s) => s.clone(),
+        Destination::ByAuthority => match ctx.shared.config.services.by_authority(authority) {
+            Some(s) => s,
+            None => ctx
+                .shared
+                .destinations
+                .as_ref()?
+                .cached_authority(authority)?,
+        },
+        Destination::Addr(_) | Destination::Unavailable(_) => return None,
+    };
+    parent.routes()
 }
 
 /// The policy of one request: the service's (or the proxy-wide) timeouts and retries,
@@ -122,6 +186,7 @@ impl<'a> RequestPolicy<'a> {
     fn new<B>(
         ctx: &'a ConnContext,
         service: Option<&'a Service>,
+        rule: Option<&'a ServicePolicy>,
         req: &Request<B>,
         grpc: bool,
         start: Instant,
@@ -130,6 +195,11 @@ impl<'a> RequestPolicy<'a> {
         let policy = match service {
             Some(s) => s.policy.get(&shared.config.request_policy.policy),
             None => &*shared.config.request_policy,
+        };
+        // A route's rule sets its own, over the service's.
+        let policy = match rule {
+            Some(rule) => rule.get(&policy.policy),
+            None => policy,
         };
         let asked = grpc.then(|| retry::grpc_timeout(req.headers())).flatten();
         let limit = match (policy.policy.timeout, asked) {

@@ -11,6 +11,7 @@
 //!    request down [`http`].
 
 pub(crate) mod http;
+mod route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
