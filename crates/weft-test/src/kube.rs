@@ -161,6 +161,8 @@ impl KubeApi {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
+        // Left by an earlier process with the same pid that was killed with its reaper.
+        let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("logs"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let mut api = KubeApi {
