@@ -19,9 +19,10 @@
 //! A service's `identity` is every endpoint's unless the endpoint names its own; an
 //! endpoint with an identity is reached over mTLS.
 //!
-//! A file loaded with [`ServiceIndex::load`] can be watched ([`ServiceIndex::watch`]):
-//! when it changes, it is parsed again and the index swapped whole; a file that does not
-//! parse is logged and the last good index keeps serving. A service that keeps its name,
+//! A file loaded with [`ServiceIndex::load`] can be watched ([`ServiceIndex::watch`]:
+//! inotify events on its directory, polling where inotify cannot be used): when it
+//! changes, it is parsed again and the index swapped whole; a file that does not parse
+//! is logged and the last good index keeps serving. A service that keeps its name,
 //! addresses, identity and protocol keeps its object and only its endpoints change, so
 //! connections already open (HTTP keep-alive) balance over the new endpoints too.
 
@@ -34,6 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use weft_core::identity::Identity;
+use weft_core::watch::{Changes, FileFilter, WatchOptions};
 
 use crate::balance::{BalanceConfig, Balancer, EndpointMeta, Picked};
 use crate::retry::{PolicyOverrides, RetrySpec, ServicePolicy};
@@ -242,7 +244,10 @@ impl Service {
     /// connections that met it then hold this object, so it is named in place.
     /// Its current routes, if the controller serves any.
     pub fn routes(&self) -> Option<Arc<crate::routes::Routes>> {
-        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces its routes (requests already on their way keep the ones they took).
@@ -465,16 +470,38 @@ impl ServiceIndex {
         Ok(())
     }
 
-    /// Polls the source file every `every` and reloads it when it changes (its mtime,
-    /// size or inode), logging the outcome. Runs until dropped; returns at once for an
-    /// index that was not loaded from a file. The file system is read on the blocking
-    /// pool, never on the runtime's worker threads.
+    /// Reloads the source file when it changes (its mtime, size or inode), logging the
+    /// outcome; `every` is how often the file is polled when inotify cannot watch its
+    /// directory (see [`weft_core::watch`]). Runs until dropped; returns at once for an
+    /// index that was not loaded from a file.
     pub async fn watch(self, every: Duration) {
+        self.watch_with(WatchOptions::polling_every(every)).await
+    }
+
+    /// [`ServiceIndex::watch`] with every setting of the watch given. The file system is
+    /// read on the blocking pool, never on the runtime's worker threads.
+    pub async fn watch_with(self, options: WatchOptions) {
         let Some((path, mut last)) = self.source.clone() else {
             return;
         };
+        let (dir, name) = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => {
+                (dir.to_owned(), name.to_owned())
+            }
+            (_, Some(name)) => (PathBuf::from("."), name.to_owned()),
+            // Not a file's path: loading it would have failed.
+            (_, None) => return,
+        };
+        let filter: FileFilter = Arc::new(move |p: &Path| p.file_name() == Some(&*name));
+        let set_up = tokio::task::spawn_blocking(move || {
+            Changes::watch("endpoints file", &[dir], filter, options)
+        });
+        // Not set up: the runtime is shutting down.
+        let Ok(mut changes) = set_up.await else {
+            return;
+        };
         loop {
-            tokio::time::sleep(every).await;
+            changes.next().await;
             let read_path = path.clone();
             let polled = tokio::task::spawn_blocking(move || {
                 let now = stamp(&read_path);
@@ -791,36 +818,122 @@ services:
         std::fs::remove_file(&path).unwrap();
     }
 
-    #[tokio::test]
-    async fn watch_reloads_a_changed_file() {
-        let path =
-            std::env::temp_dir().join(format!("weft-endpoints-watch-{}.yaml", std::process::id()));
+    /// A file of its own for `test`, holding service a.
+    fn watched_file(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("weft-endpoints-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("endpoints.yaml");
         std::fs::write(
             &path,
             "services: [{name: a, address: \"198.19.0.1:80\", endpoints: [\"198.18.0.2:80\"]}]\n",
         )
         .unwrap();
-        let index = ServiceIndex::load(&path).unwrap();
-        let task = tokio::spawn(index.clone().watch(Duration::from_millis(20)));
+        path
+    }
+
+    /// Replaces `path` as weft up does: a new file renamed over it, holding one service
+    /// `name` at `address`.
+    fn replace_with(path: &Path, name: &str, address: &str) {
         let tmp = path.with_extension("tmp");
         std::fs::write(
             &tmp,
-            "services: [{name: b, address: \"198.19.0.2:80\", endpoints: [\"198.18.0.3:80\"]}]\n",
+            format!("services: [{{name: {name}, address: \"{address}\", endpoints: [\"198.18.0.3:80\"]}}]\n"),
         )
         .unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        let mut seen = false;
-        for _ in 0..100 {
-            if index.by_address("198.19.0.2:80".parse().unwrap()).is_some() {
-                seen = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    fn replace_with_b(path: &Path) {
+        replace_with(path, "b", "198.19.0.2:80");
+    }
+
+    /// Waits until the watch (set up on the blocking pool) reloads the file: rewritten
+    /// (service c) until it does.
+    async fn watch_is_live(index: &ServiceIndex, path: &Path) -> bool {
+        weft_test::eventually(Duration::from_secs(5), || async {
+            replace_with(path, "c", "198.19.0.3:80");
+            index.by_address("198.19.0.3:80".parse().unwrap()).is_some()
+        })
+        .await
+    }
+
+    async fn b_appears(index: &ServiceIndex) -> bool {
+        weft_test::eventually(Duration::from_secs(5), || async {
+            index.by_address("198.19.0.2:80".parse().unwrap()).is_some()
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn watch_reloads_a_changed_file() {
+        let path = watched_file("watch");
+        let index = ServiceIndex::load(&path).unwrap();
+        let task = tokio::spawn(index.clone().watch(Duration::from_millis(20)));
+        replace_with_b(&path);
+        let seen = b_appears(&index).await;
         task.abort();
-        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
         assert!(seen, "the new service never appeared");
         assert!(index.by_address("198.19.0.1:80".parse().unwrap()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_change_is_picked_up_by_an_inotify_event() {
+        let path = watched_file("event");
+        let index = ServiceIndex::load(&path).unwrap();
+        // Neither polling nor the re-check within the test: only an event reloads.
+        let options = WatchOptions {
+            debounce: Duration::from_millis(10),
+            recheck: Duration::from_secs(3600),
+            poll: Duration::from_secs(3600),
+        };
+        let task = tokio::spawn(index.clone().watch_with(options));
+        assert!(
+            watch_is_live(&index, &path).await,
+            "no event reloaded the file"
+        );
+        let started = std::time::Instant::now();
+        replace_with_b(&path);
+        let seen = b_appears(&index).await;
+        let took = started.elapsed();
+        task.abort();
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        assert!(seen, "the change was not picked up by an event");
+        eprintln!("picked up {took:?} after the rename");
+    }
+
+    #[tokio::test]
+    async fn a_directory_replaced_beneath_the_watch_is_polled() {
+        let path = watched_file("replaced");
+        let dir = path.parent().unwrap().to_owned();
+        let index = ServiceIndex::load(&path).unwrap();
+        // Events and polling, but no re-check within the test.
+        let options = WatchOptions {
+            debounce: Duration::from_millis(10),
+            recheck: Duration::from_secs(3600),
+            poll: Duration::from_millis(20),
+        };
+        let task = tokio::spawn(index.clone().watch_with(options));
+        assert!(
+            watch_is_live(&index, &path).await,
+            "the file was not reloaded"
+        );
+        // The directory's watch goes with it (renamed away); the new directory's file is
+        // only seen by polling.
+        let old = dir.with_extension("old");
+        std::fs::rename(&dir, &old).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        replace_with_b(&path);
+        let seen = b_appears(&index).await;
+        task.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&old).unwrap();
+        assert!(
+            seen,
+            "the file of the new directory was not picked up by polling"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `local` source: a mesh directory (`mesh.yaml` and Kubernetes objects in other
-//! `*.yaml` files) and the pods file `weft up` writes, both polled for changes. A
-//! change is applied as a new [`Index`]; a mesh directory that does not load is logged
+//! `*.yaml` files) and the pods file `weft up` writes, both watched for changes
+//! (inotify events on their directories, polling every `--watch-interval` where inotify
+//! cannot be used: [`weft_core::watch`]). A change is applied as a new [`Index`]; a mesh directory that does not load is logged
 //! (file, object and field of every problem) and the last good one keeps serving, as
 //! does the last good pods file.
 //!
@@ -14,12 +15,14 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use weft_core::mesh::{Mesh, MeshError};
 use weft_core::pods::{PodsFile, PodsFileError};
+use weft_core::watch::{Changes, FileFilter, WatchOptions};
 
 use super::Index;
 use crate::metrics::{DestinationMetrics, ReloadLabels};
 
-/// How often the files are checked by default: cheap (a directory listing and a few
-/// `stat`s) and short next to the one second a change may take to reach proxies.
+/// How often the files are checked by default when inotify cannot be used: cheap (a
+/// directory listing and a few `stat`s) and short next to the one second a change may
+/// take to reach proxies.
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Debug)]
@@ -27,6 +30,7 @@ pub struct LocalSourceConfig {
     pub mesh_dir: PathBuf,
     /// Where pods run (written by `weft up`); a missing file means no pods yet.
     pub pods_file: PathBuf,
+    /// How often the files are polled when inotify cannot watch their directories.
     pub watch_interval: Duration,
 }
 
@@ -112,9 +116,20 @@ impl LocalSource {
         )
     }
 
-    /// Polls the files forever (until the task is dropped), publishing a new index to
+    /// Watches the files forever (until the task is dropped), publishing a new index to
     /// `publish` whenever what they say changes.
-    pub async fn watch(mut self, publish: watch::Sender<Arc<Index>>, metrics: DestinationMetrics) {
+    pub async fn watch(self, publish: watch::Sender<Arc<Index>>, metrics: DestinationMetrics) {
+        let options = WatchOptions::polling_every(self.config.watch_interval);
+        self.watch_with(options, publish, metrics).await
+    }
+
+    /// [`LocalSource::watch`] with every setting of the watch given.
+    pub async fn watch_with(
+        mut self,
+        options: WatchOptions,
+        publish: watch::Sender<Arc<Index>>,
+        metrics: DestinationMetrics,
+    ) {
         if self.mesh.trust_domain != self.trust_domain {
             tracing::warn!(
                 mesh = %self.mesh.trust_domain,
@@ -122,8 +137,16 @@ impl LocalSource {
                 "the mesh directory's trustDomain differs from the controller's; endpoint identities use the controller's"
             );
         }
+        let (dirs, filter) = watched(&self.config);
+        let set_up = tokio::task::spawn_blocking(move || {
+            Changes::watch("mesh directory and pods file", &dirs, filter, options)
+        });
+        // Not set up: the runtime is shutting down.
+        let Ok(mut changes) = set_up.await else {
+            return;
+        };
         loop {
-            tokio::time::sleep(self.config.watch_interval).await;
+            changes.next().await;
             let poll_metrics = metrics.clone();
             let polled = tokio::task::spawn_blocking(move || {
                 let reloaded = self.poll(&poll_metrics);
@@ -209,6 +232,35 @@ impl LocalSource {
         }
         reloaded
     }
+}
+
+/// The directories to watch (the mesh directory, the pods file's) and which of their
+/// files are read: the mesh directory's `*.yaml` / `*.yml` files and the pods file.
+fn watched(config: &LocalSourceConfig) -> (Vec<PathBuf>, FileFilter) {
+    let mesh_dir = config.mesh_dir.clone();
+    let pods_dir = match config.pods_file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    // Events name a file as its watched directory joined with its name.
+    let pods_file = pods_dir.join(config.pods_file.file_name().unwrap_or_default());
+    let mut dirs = vec![mesh_dir.clone()];
+    if pods_dir != mesh_dir {
+        dirs.push(pods_dir);
+    }
+    let filter: FileFilter = Arc::new(move |path: &Path| {
+        if path == pods_file {
+            return true;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        path.parent() == Some(&*mesh_dir)
+            && !name.starts_with('.')
+            && (name.ends_with(".yaml") || name.ends_with(".yml"))
+    });
+    (dirs, filter)
 }
 
 fn count(metrics: &DestinationMetrics, file: &'static str, result: &'static str) {
@@ -297,5 +349,103 @@ mod tests {
             "the runtime stood still while the pods file was read"
         );
         assert!(reloaded, "the pods file the FIFO gave was not loaded");
+    }
+
+    /// A mesh directory with one workload (web) and no Service, and a pods file beside
+    /// it that does not exist yet.
+    fn source_dir(test: &str) -> (PathBuf, LocalSourceConfig) {
+        let dir = std::env::temp_dir().join(format!("weft-local-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mesh")).unwrap();
+        std::fs::write(
+            dir.join("mesh/mesh.yaml"),
+            "kind: Mesh\nworkloads:\n  - name: web\n    ports: [8080]\n    command: [app]\n",
+        )
+        .unwrap();
+        let config = LocalSourceConfig {
+            mesh_dir: dir.join("mesh"),
+            pods_file: dir.join("pods.yaml"),
+            watch_interval: Duration::from_millis(10),
+        };
+        (dir, config)
+    }
+
+    /// Adds Service `name` (selecting web) as an editor would: a new file renamed into
+    /// the mesh directory.
+    fn add_service(dir: &Path, name: &str) {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(
+            &tmp,
+            format!("kind: Service\nmetadata: {{name: {name}}}\nspec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, dir.join(format!("{name}.yaml"))).unwrap();
+    }
+
+    async fn services_become(subscribe: &watch::Receiver<Arc<Index>>, n: usize) -> bool {
+        weft_test::eventually(Duration::from_secs(5), || async {
+            subscribe.borrow().counts().0 == n
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_change_is_picked_up_by_an_inotify_event() {
+        let (dir, config) = source_dir("event");
+        let mesh_dir = config.mesh_dir.clone();
+        let source = LocalSource::load(config, "cluster.local", &[]).unwrap();
+        let (publish, subscribe) = watch::channel(Arc::new(source.index()));
+        // Neither polling nor the re-check within the test: only events reload.
+        let options = WatchOptions {
+            debounce: Duration::from_millis(10),
+            recheck: Duration::from_secs(3600),
+            poll: Duration::from_secs(3600),
+        };
+        let task = tokio::spawn(source.watch_with(options, publish, DestinationMetrics::default()));
+        // Seen by the first look (due as soon as the watch is set up) or by an event.
+        add_service(&mesh_dir, "one");
+        let first = services_become(&subscribe, 1).await;
+        // The watch is set up and its first look is done: only an event sees this one.
+        let started = std::time::Instant::now();
+        add_service(&mesh_dir, "two");
+        let second = services_become(&subscribe, 2).await;
+        let took = started.elapsed();
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(first, "the first Service was not loaded");
+        assert!(second, "the second Service was not picked up by an event");
+        eprintln!("picked up {took:?} after the rename");
+    }
+
+    #[tokio::test]
+    async fn a_mesh_directory_replaced_beneath_the_watch_is_polled() {
+        let (dir, config) = source_dir("replaced");
+        let mesh_dir = config.mesh_dir.clone();
+        let source = LocalSource::load(config, "cluster.local", &[]).unwrap();
+        let (publish, subscribe) = watch::channel(Arc::new(source.index()));
+        // Events and polling, but no re-check within the test.
+        let options = WatchOptions {
+            debounce: Duration::from_millis(10),
+            recheck: Duration::from_secs(3600),
+            poll: Duration::from_millis(20),
+        };
+        let task = tokio::spawn(source.watch_with(options, publish, DestinationMetrics::default()));
+        add_service(&mesh_dir, "one");
+        let first = services_become(&subscribe, 1).await;
+        // The directory's watch goes with it (renamed away); what the new directory
+        // holds is only seen by polling.
+        std::fs::rename(&mesh_dir, dir.join("mesh.old")).unwrap();
+        std::fs::create_dir(&mesh_dir).unwrap();
+        std::fs::copy(dir.join("mesh.old/mesh.yaml"), mesh_dir.join("mesh.yaml")).unwrap();
+        add_service(&mesh_dir, "one");
+        add_service(&mesh_dir, "two");
+        let second = services_become(&subscribe, 2).await;
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(first, "the first Service was not loaded");
+        assert!(
+            second,
+            "the new mesh directory was not picked up by polling"
+        );
     }
 }
