@@ -4,6 +4,7 @@ mod demo;
 mod diagnostics;
 mod edges;
 mod fetch;
+mod get;
 mod identity;
 mod load;
 mod local;
@@ -53,6 +54,8 @@ enum Command {
     Edges(edges::EdgesArgs),
     /// Raw diagnostics of the local mesh: `weft diagnostics proxy-metrics POD`.
     Diagnostics(diagnostics::DiagnosticsArgs),
+    /// The mesh directory's routes with their parents, backends and status: `weft get routes`.
+    Get(get::GetArgs),
 }
 
 /// Errors are for people: one message with its causes (`error: what: why`), no
@@ -92,6 +95,7 @@ fn run() -> anyhow::Result<()> {
             Command::Scale(args) => local::scale::run(args),
             Command::Edges(args) => edges::run(args).await,
             Command::Diagnostics(args) => diagnostics::run(args).await,
+            Command::Get(args) => get::run(args),
         }
     })
 }
