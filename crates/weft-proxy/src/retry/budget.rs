@@ -8,6 +8,25 @@
 //! one compare-and-swap on the current slot; a withdrawal adds to the current slot,
 //! sums the window (2 × [`SLOTS`] loads) and takes its retry back if over budget, so
 //! concurrent withdrawals can only under-spend, never overspend.
+//!
+//! Why not tower's `TpsBudget` (tower 0.5, `tower::retry::budget`), which has the same
+//! design (ten slots over a 1-60 s `ttl`, a ratio, a per-second minimum): checked
+//! against its source (tower-0.5.3 `src/retry/budget/tps_budget.rs`), it
+//! - takes a `Mutex` on every `deposit` and `withdraw` (`expire` locks the slot
+//!   generation before anything else), and a service's budget is shared by every
+//!   request to it on every worker thread: a lock per request in the request path,
+//!   where this one is one compare-and-swap;
+//! - rounds the ratio: a withdrawal costs `(1 / ratio) as isize` deposits, so a
+//!   `ratio` of 0.3 allows 0.33 retries per request, 0.4 allows 0.5 and 0.7 allows 1.0
+//!   (43 % more retries than asked), where `retries.budget.ratio` here is exact; and
+//!   the minimum counts whole seconds of `ttl` only;
+//! - reads its own clock (`tokio::time::Instant::now()` on each call), where the
+//!   proxy passes the instant it already read for the request;
+//! - panics (`assert!`) on parameters out of range instead of returning an error;
+//!   [`BudgetParams::validate`] names the field at fault.
+//!
+//! The first two change behaviour or cost on the request path, so the budget stays
+//! ours; the tests below pin the behaviour `TpsBudget` would change.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -213,6 +232,21 @@ mod tests {
         let granted = (0..100).filter(|_| budget.withdraw(t0)).count();
         assert_eq!(granted, 20);
         assert_eq!(budget.window(t0), (100, 20));
+    }
+
+    #[test]
+    fn ratios_are_exact_not_rounded_to_a_whole_cost_per_retry() {
+        // tower's TpsBudget charges `(1 / ratio) as isize` deposits per retry: 0.3 would
+        // allow 33 of 100 and 0.7 all 100.
+        let t0 = Instant::now();
+        for (ratio, allowed) in [(0.3, 30), (0.7, 70)] {
+            let budget = RetryBudget::starting_at(&params(ratio, 0, 10), t0);
+            for _ in 0..100 {
+                budget.deposit(t0);
+            }
+            let granted = (0..100).filter(|_| budget.withdraw(t0)).count();
+            assert_eq!(granted, allowed, "ratio {ratio}");
+        }
     }
 
     #[test]
