@@ -69,7 +69,8 @@ struct Args {
     )]
     pods_file: Option<PathBuf>,
 
-    /// How often --mesh-dir and --pods-file are checked for changes.
+    /// How often --mesh-dir and --pods-file are checked for changes where inotify cannot
+    /// be used (otherwise an inotify event has them checked at once).
     #[arg(long, env = "WEFT_WATCH_INTERVAL", default_value = "20ms", value_parser = humantime::parse_duration)]
     watch_interval: Duration,
 
