@@ -73,6 +73,12 @@ pub async fn watch(
         }
         let next = index.borrow_and_update().clone();
         let previous = publish.borrow().clone();
+        if next.mesh() == previous.index.mesh() {
+            // Only pods changed: the same routes, the new index (for Service addresses).
+            let table = previous.table.clone();
+            publish.send_replace(Arc::new(Snapshot { index: next, table }));
+            continue;
+        }
         let (table, updates) = RouteTable::build(
             &previous.table,
             next.mesh(),
