@@ -17,9 +17,11 @@ pub struct Mesh {
     pub services: Vec<Service>,
     /// Legal but suspicious things, for the user to see.
     pub warnings: Vec<Problem>,
-    /// The Gateway API objects (HTTPRoute, GRPCRoute, ReferenceGrant), as written: the
-    /// controller's routes parse and check them (weft_controller::routes), so that a
-    /// bad route is a status of that route, not a mesh that does not load.
+    /// The Gateway API objects (HTTPRoute, GRPCRoute, ReferenceGrant) and the policy
+    /// objects (Server, AuthorizationPolicy, MeshTLSAuthentication,
+    /// NetworkAuthentication), as written: the controller parses and checks them
+    /// (weft_controller::routes, weft_controller::policy), so that a bad one is a
+    /// status of that object, not a mesh that does not load.
     pub gateway: Vec<GatewayObject>,
 }
 

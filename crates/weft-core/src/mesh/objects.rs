@@ -1,6 +1,8 @@
 //! The Kubernetes objects of the mesh directory's other `*.yaml` files: which kinds the
 //! local mesh reads (`Service`), which it hands over as written (`HTTPRoute`,
-//! `GRPCRoute`, `ReferenceGrant`: the controller's routes check them), and which it
+//! `GRPCRoute`, `ReferenceGrant`: the controller's routes check them; `Server`,
+//! `AuthorizationPolicy`, `MeshTLSAuthentication`, `NetworkAuthentication`: its
+//! policy does), and which it
 //! warns about and ignores (any other kind).
 
 use std::collections::BTreeMap;
@@ -64,7 +66,15 @@ impl Mesh {
                         self.services.push(s);
                     }
                 }
-                "HTTPRoute" | "GRPCRoute" | "ReferenceGrant" => self.gateway.push(GatewayObject {
+                // Routes, and the policy kinds of policy.weft.io (the controller's
+                // weft_controller::policy checks them).
+                "HTTPRoute"
+                | "GRPCRoute"
+                | "ReferenceGrant"
+                | "Server"
+                | "AuthorizationPolicy"
+                | "MeshTLSAuthentication"
+                | "NetworkAuthentication" => self.gateway.push(GatewayObject {
                     file: file.to_owned(),
                     location,
                     kind: kind.to_owned(),
