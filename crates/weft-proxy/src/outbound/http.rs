@@ -53,7 +53,7 @@ async fn forward(
     let mut req = req;
     let (target, rule) = match resolve(ctx, &mut req, grpc, start).await {
         Ok(Routed::Forward { target, rule }) => (target, rule),
-        Ok(Routed::Answered(rsp)) => return rsp,
+        Ok(Routed::Answered(rsp)) => return *rsp,
         Err(unresolved) => return ctx.unresolved(unresolved, grpc, start),
     };
     let route = ctx.count_request(&target);
@@ -148,7 +148,7 @@ async fn resolve(
 /// What resolution made of a request.
 enum Routed<R> {
     Forward { target: Target, rule: R },
-    Answered(Response<ProxyBody>),
+    Answered(Box<Response<ProxyBody>>),
 }
 
 /// The routes of the Service the connection (or, in explicit mode, the authority)

@@ -24,8 +24,9 @@ use crate::Destination;
 pub(super) enum Routed {
     /// Forward it to `target`, under the rule's policy and response filters.
     Forward { target: Target, rule: ChosenRule },
-    /// The route answered it itself.
-    Answered(Response<ProxyBody>),
+    /// The route answered it itself (boxed: a response is large, and most requests
+    /// are forwarded).
+    Answered(Box<Response<ProxyBody>>),
 }
 
 /// The rule (and backend) a request took, kept for its policy and response filters.
@@ -120,9 +121,9 @@ pub(super) async fn route<B>(
                 let labels = ctx.route_labels(authority, None, None, None, Some(&meta));
                 let mut headers = HeaderMap::new();
                 headers.insert(header::LOCATION, location);
-                return Ok(Routed::Answered(
+                return Ok(Routed::Answered(Box::new(
                     ctx.answer_locally(labels, r.status, headers, start),
-                ));
+                )));
             }
             Filter::Fail(f) if filters::inject(f) => {
                 let mut e = ProxyError::new(
