@@ -102,9 +102,9 @@ pub fn log(updates: &[TableUpdate]) {
             .map(|g| format!("generation {g}"))
             .unwrap_or_else(|| "none".into());
         if u.cond.ok {
-            tracing::info!(route = %u.route, file = %u.file, parent = %u.parent, condition = u.condition, reason = u.cond.reason, "route condition is true");
+            tracing::info!(route = %u.route, file = %u.file, parent = %u.parent, condition = %u.condition, reason = %u.cond.reason, "route condition is true");
         } else {
-            tracing::warn!(route = %u.route, file = %u.file, parent = %u.parent, condition = u.condition, reason = u.cond.reason, message = %u.cond.message, serving = %kept, "route condition is false");
+            tracing::warn!(route = %u.route, file = %u.file, parent = %u.parent, condition = %u.condition, reason = %u.cond.reason, problem = %u.cond.message, serving = %kept, "route condition is false");
         }
     }
 }

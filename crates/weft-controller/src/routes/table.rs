@@ -244,10 +244,10 @@ impl RouteTable {
                             );
                         }
                         let mut resolved = p.resolved.clone();
-                        if !accepted.ok {
-                            accepted.message.push_str(&keeping);
-                        } else if !resolved.ok {
-                            resolved.message.push_str(&keeping);
+                        for c in [&mut accepted, &mut resolved] {
+                            if !c.ok {
+                                c.message.push_str(&keeping);
+                            }
                         }
                         (p.parent.clone(), accepted, resolved)
                     })

@@ -878,6 +878,8 @@ fn a_route_that_turns_invalid_keeps_its_last_valid_version_serving() {
         at(6),
     );
     assert_eq!(reasons(&t3, "r"), ("Accepted", "BackendNotFound"));
+    assert!(resolved_message(&t3, "r")
+        .ends_with("echo-v3 does not exist; the last valid version (generation 1) keeps serving"));
     assert_eq!(weights(&t3), [90, 10]);
     // A file that does not parse: also kept.
     let (t4, _) = next(
