@@ -51,7 +51,7 @@ async fn forward(
 ) -> Response<ProxyBody> {
     let grpc = http::is_grpc(req.headers());
     let mut req = req;
-    let (target, rule) = match resolve(ctx, &mut req, grpc, start).await {
+    let (target, rule) = match resolve(ctx, &mut req, start).await {
         Ok(Routed::Forward { target, rule }) => (target, rule),
         Ok(Routed::Answered(rsp)) => return *rsp,
         Err(unresolved) => return ctx.unresolved(unresolved, grpc, start),
@@ -124,7 +124,6 @@ async fn forward(
 async fn resolve(
     ctx: &ConnContext,
     req: &mut Request<Incoming>,
-    grpc: bool,
     start: Instant,
 ) -> Result<Routed<Option<ChosenRule>>, Unresolved> {
     let authority = http::authority(req)?;
@@ -132,7 +131,7 @@ async fn resolve(
     ctx.shared.discover(&ctx.destination, &authority).await;
     if let Some(routes) = parent_routes(ctx, &authority) {
         return Ok(
-            match route::route(ctx, req, &authority, routes, grpc, start).await? {
+            match route::route(ctx, req, &authority, routes, start).await? {
                 route::Routed::Forward { target, rule } => Routed::Forward {
                     target,
                     rule: Some(rule),

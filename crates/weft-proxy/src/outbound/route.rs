@@ -74,7 +74,6 @@ pub(super) async fn route<B>(
     req: &mut Request<B>,
     authority: &str,
     routes: Arc<Routes>,
-    grpc: bool,
     start: Instant,
 ) -> Result<Routed, Unresolved> {
     let Some(Selected {
@@ -126,19 +125,12 @@ pub(super) async fn route<B>(
                 )));
             }
             Filter::Fail(f) if filters::inject(f) => {
-                let mut e = ProxyError::new(
-                    StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                    "injected failure",
-                    if f.message.is_empty() {
-                        "failure injected by the route".to_owned()
-                    } else {
-                        f.message.clone()
-                    },
-                );
-                if grpc || meta.kind == crate::routes::RouteKind::Grpc {
-                    e = e.with_grpc_code(f.status);
-                }
-                return Err(Unresolved::new(authority.to_owned(), e, Some(meta)));
+                let grpc_route = meta.kind == crate::routes::RouteKind::Grpc;
+                return Err(Unresolved::new(
+                    authority.to_owned(),
+                    injected(f, grpc_route),
+                    Some(meta),
+                ));
             }
             Filter::ResponseHeaders(_) | Filter::Fail(_) => {}
         }
@@ -162,8 +154,16 @@ pub(super) async fn route<B>(
     };
     let b = &backends[backend];
     for f in &b.filters {
-        if let Filter::RequestHeaders(m) = f {
-            filters::modify_headers(m, req.headers_mut());
+        match f {
+            Filter::RequestHeaders(m) => filters::modify_headers(m, req.headers_mut()),
+            Filter::Fail(f) if filters::inject(f) => {
+                return Err(Unresolved::new(
+                    authority.to_owned(),
+                    injected(f, meta.kind == crate::routes::RouteKind::Grpc),
+                    Some(meta),
+                ));
+            }
+            _ => {}
         }
     }
     let service = backend_service(ctx, &b.authority).await.ok_or_else(|| {
@@ -199,6 +199,30 @@ pub(super) async fn route<B>(
     })
 }
 
+/// The answer of a failure injector: its HTTP status (for gRPC callers, its gRPC
+/// code when the route is a GRPCRoute, else the status's meaning).
+fn injected(f: &crate::routes::FailureInjector, grpc_route: bool) -> ProxyError {
+    let message = if f.message.is_empty() {
+        "failure injected by the route".to_owned()
+    } else {
+        f.message.clone()
+    };
+    if grpc_route {
+        // A GRPCRoute's injector carries a gRPC code; the HTTP status is 200.
+        return ProxyError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "injected failure",
+            message,
+        )
+        .with_grpc_code(f.status);
+    }
+    ProxyError::new(
+        StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        "injected failure",
+        message,
+    )
+}
+
 /// The position of `item` in `items` (by address: it was found there).
 fn index_of<T>(items: &[T], item: &T) -> usize {
     items
@@ -231,6 +255,10 @@ fn choose(backends: &Backends) -> Option<usize> {
 /// The Service a backend names, from the destination service (the first request to a
 /// backend waits for its first answer).
 async fn backend_service(ctx: &ConnContext, authority: &str) -> Option<Arc<Service>> {
+    if authority.is_empty() {
+        // A backendRef the controller could not resolve.
+        return None;
+    }
     if let Some(s) = ctx.shared.config.services.by_authority(authority) {
         return Some(s);
     }

@@ -355,3 +355,34 @@ fn hostnames_select_routes_exact_before_wildcard() {
     assert_eq!(name("b.example.com").as_deref(), Some("wildcard"));
     assert_eq!(name("example.com"), None);
 }
+
+/// A backendRef the controller could not resolve comes as a backend of no kind whose
+/// failure injector answers its share: the policy is still taken.
+#[test]
+fn an_unresolved_backend_is_kept_with_its_failure_injector() {
+    let mut unresolved = backend("ghost", 1);
+    let rb = unresolved.backend.as_mut().unwrap();
+    rb.backend.as_mut().unwrap().kind = None;
+    rb.filters = vec![api::http_route::Filter {
+        kind: Some(api::http_route::filter::Kind::FailureInjector(
+            route_api::HttpFailureInjector {
+                status: 500,
+                message: "backend ghost not found".into(),
+                ratio: None,
+            },
+        )),
+    }];
+    let r = routes(policy(vec![rule(
+        Vec::new(),
+        vec![backend("echo-v1", 1), unresolved],
+    )]))
+    .unwrap();
+    let s = select(&r, &get("/"), "echo:80").unwrap();
+    let Backends::Weighted(b) = &s.rule.backends else {
+        panic!("weighted backends expected");
+    };
+    assert_eq!(b[1].authority, "");
+    assert!(
+        matches!(&b[1].filters[..], [Filter::Fail(f)] if f.status == 500 && filters::inject(f))
+    );
+}
