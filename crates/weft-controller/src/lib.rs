@@ -4,7 +4,8 @@
 //! destination service (`Destination.Get`, endpoints from the `local` source, to
 //! callers presenting a mesh workload certificate) and the outbound policy service
 //! (`OutboundPolicies.Get`/`Watch`: the Services' HTTPRoutes and GRPCRoutes,
-//! [`routes`]); the other services answer
+//! [`routes`]) and the inbound policy service (`InboundServerPolicies.GetPort`/
+//! `WatchPort`: who may call a workload's port, [`policy`]); the other services answer
 //! UNIMPLEMENTED. Message sizes, Certify concurrency, connections and HTTP/2 streams are
 //! bounded ([`server`]).
 
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod destination;
 pub mod identity;
 pub mod metrics;
+pub mod policy;
 pub mod routes;
 pub mod server;
 
@@ -54,6 +56,8 @@ pub struct DestinationConfig {
     pub cluster_domain: String,
     /// Ports every workload forwards as opaque TCP (as the proxies' `--opaque-ports`).
     pub opaque_ports: Vec<u16>,
+    /// Authorization: the default policy and the cluster's networks.
+    pub policy: policy::PolicyConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +190,7 @@ impl Controller {
         )));
         let mut index = None;
         let mut policies = None;
+        let mut inbound = None;
         let destinations = match (source, &config.destination) {
             (Some(source), Some(d)) => {
                 let (publish, subscribe) = tokio::sync::watch::channel(Arc::new(source.index()));
@@ -217,6 +222,18 @@ impl Controller {
                     routes_tx,
                     d.cluster_domain.clone(),
                 )));
+                // Authorization policy follows it too.
+                let first = policy::serve::snapshot(subscribe.borrow().clone(), d.policy.clone());
+                let (inbound_tx, inbound_rx) = tokio::sync::watch::channel(Arc::new(first));
+                background.push(tokio::spawn(policy::serve::watch(
+                    subscribe.clone(),
+                    inbound_tx,
+                )));
+                inbound = Some(policy::InboundPolicyService::new(
+                    inbound_rx,
+                    &config.trust_domain,
+                    stop.subscribe(),
+                ));
                 policies = Some(routes::OutboundPolicyService::new(
                     routes_rx,
                     &d.cluster_domain,
@@ -239,6 +256,7 @@ impl Controller {
             certifier,
             destinations,
             policies,
+            inbound,
             async move {
                 let _ = stopped.wait_for(|s| *s).await;
             },

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use weft_controller::destination::LocalSourceConfig;
 use weft_controller::identity::ReloadOptions;
+use weft_controller::policy::{DefaultPolicy, PolicyConfig};
 use weft_controller::{Config, Controller, DestinationConfig};
 
 /// weft's control plane, over gRPC with TLS: the identity service (the mesh's
@@ -88,6 +89,22 @@ struct Args {
     )]
     opaque_ports: Vec<u16>,
 
+    /// What a workload's port that no Server selects allows, for workloads without the
+    /// config.weft.io/default-inbound-policy label: all-unauthenticated (everyone, as
+    /// before policy existed), all-authenticated (mesh identities), cluster-authenticated
+    /// (mesh identities from --cluster-networks) or deny.
+    #[arg(long, env = "WEFT_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated", value_parser = str::parse::<DefaultPolicy>)]
+    default_inbound_policy: DefaultPolicy,
+
+    /// The networks cluster-authenticated allows callers from (comma-separated CIDRs).
+    #[arg(
+        long,
+        env = "WEFT_CLUSTER_NETWORKS",
+        value_delimiter = ',',
+        default_value = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,198.18.0.0/15,127.0.0.0/8,fd00::/8,::1/128"
+    )]
+    cluster_networks: Vec<ipnet::IpNet>,
+
     /// How often the identity files (--identity-dir) are checked for changes: a new
     /// issuer or trust bundle that loads replaces the current one without a restart;
     /// one that does not is logged and the current issuer keeps signing.
@@ -140,6 +157,10 @@ fn main() -> anyhow::Result<()> {
                     },
                     cluster_domain: args.cluster_domain,
                     opaque_ports: args.opaque_ports,
+                    policy: PolicyConfig {
+                        default_policy: args.default_inbound_policy,
+                        cluster_networks: args.cluster_networks,
+                    },
                 }),
             },
             reload,

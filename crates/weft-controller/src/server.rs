@@ -42,6 +42,7 @@ use weft_core::identity::Identity;
 
 use crate::destination::DestinationService;
 use crate::identity::{Certifier, CertifyError, IdentityService, TrustAnchors};
+use crate::policy::InboundPolicyService;
 use crate::routes::OutboundPolicyService;
 
 /// The controller's service account and namespace: its identity in the mesh.
@@ -311,8 +312,8 @@ fn issue(
     ))
 }
 
-/// Serves the controller's gRPC services (Identity, and Destination and
-/// OutboundPolicies when given; others answer UNIMPLEMENTED) over TLS on `listener`
+/// Serves the controller's gRPC services (Identity, and Destination, OutboundPolicies
+/// and InboundServerPolicies when given; others answer UNIMPLEMENTED) over TLS on `listener`
 /// until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -320,6 +321,7 @@ pub async fn serve(
     certifier: Arc<Certifier>,
     destination: Option<DestinationService>,
     policies: Option<OutboundPolicyService>,
+    inbound: Option<InboundPolicyService>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -379,6 +381,7 @@ pub async fn serve(
         .add_service(IdentityService::new(certifier).into_server())
         .add_optional_service(destination.map(DestinationService::into_server))
         .add_optional_service(policies.map(OutboundPolicyService::into_server))
+        .add_optional_service(inbound.map(InboundPolicyService::into_server))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

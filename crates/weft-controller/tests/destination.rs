@@ -113,6 +113,7 @@ impl Mesh {
                 },
                 cluster_domain: "cluster.local".into(),
                 opaque_ports: vec![],
+                policy: Default::default(),
             }),
         }
     }

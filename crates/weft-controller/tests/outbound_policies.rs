@@ -88,6 +88,7 @@ impl Mesh {
                 },
                 cluster_domain: "cluster.local".into(),
                 opaque_ports: vec![],
+                policy: Default::default(),
             }),
         };
         let controller = Some(Controller::start(config).await.unwrap());

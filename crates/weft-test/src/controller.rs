@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use weft_controller::destination::LocalSourceConfig;
+use weft_controller::policy::PolicyConfig;
 use weft_controller::{identity, Config, Controller, DestinationConfig};
 use weft_core::identity::Identity;
 use weft_core::pods::{PodEntry, PodsFile, ServiceAddress};
@@ -37,6 +38,7 @@ pub struct TestController {
     grpc: SocketAddr,
     anchors_pem: Vec<u8>,
     services: Vec<ServiceAddress>,
+    policy: PolicyConfig,
 }
 
 /// A pod for [`TestController::set_pods`] (namespace `default`).
@@ -57,6 +59,16 @@ impl TestController {
     /// (Kubernetes Services), no pods yet, and a token for every workload's service
     /// account.
     pub async fn start(mesh_yaml: &str, services_yaml: &str) -> TestController {
+        Self::start_with_policy(mesh_yaml, services_yaml, PolicyConfig::default()).await
+    }
+
+    /// [`TestController::start`] with authorization settings (the default inbound
+    /// policy, the cluster's networks).
+    pub async fn start_with_policy(
+        mesh_yaml: &str,
+        services_yaml: &str,
+        policy: PolicyConfig,
+    ) -> TestController {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "weft-test-controller-{}-{}",
@@ -84,6 +96,7 @@ impl TestController {
             grpc: ([127, 0, 0, 1], 0).into(),
             anchors_pem,
             services: Vec::new(),
+            policy,
         };
         ctl.restart().await;
         ctl
@@ -105,6 +118,7 @@ impl TestController {
                 },
                 cluster_domain: "cluster.local".into(),
                 opaque_ports: Vec::new(),
+                policy: self.policy.clone(),
             }),
         }
     }
@@ -176,6 +190,11 @@ impl TestController {
         }
         .write(&self.pods_path())
         .expect("pods file");
+    }
+
+    /// Writes (atomically) `name` in the mesh directory, e.g. a file of policy objects.
+    pub fn write_mesh_file(&self, name: &str, yaml: &str) {
+        write_atomically(&self.mesh_dir().join(name), yaml);
     }
 
     /// Replaces mesh.yaml.
