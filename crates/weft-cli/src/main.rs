@@ -9,6 +9,7 @@ mod identity;
 mod load;
 mod local;
 mod observe;
+mod rollout;
 mod stat;
 
 use clap::{Parser, Subcommand};
@@ -56,6 +57,8 @@ enum Command {
     Diagnostics(diagnostics::DiagnosticsArgs),
     /// The mesh directory's routes with their parents, backends and status: `weft get routes`.
     Get(get::GetArgs),
+    /// Progressive delivery: shift an HTTPRoute's weights to a canary step by step, roll back on failure.
+    Rollout(rollout::RolloutArgs),
 }
 
 /// Errors are for people: one message with its causes (`error: what: why`), no
@@ -96,6 +99,7 @@ fn run() -> anyhow::Result<()> {
             Command::Edges(args) => edges::run(args).await,
             Command::Diagnostics(args) => diagnostics::run(args).await,
             Command::Get(args) => get::run(args),
+            Command::Rollout(args) => rollout::run(args).await,
         }
     })
 }

@@ -20,6 +20,7 @@ use crate::observe::{parse_resource, res_kind, workload_identities, ResKind, Res
 
 pub mod edge;
 pub mod mesh;
+pub mod route;
 pub mod tcp;
 
 /// What `weft stat` shows one row of.
@@ -75,8 +76,10 @@ file: --state-dir / WEFT_STATE_DIR) and scrapes every pod's proxy:
   po      the same per pod
   svc     one row per Service: what its callers saw (their outbound proxies: retries' \
 effects and proxy errors included)
-  route   per-HTTPRoute figures: not served yet (exit code 1)
-KIND/NAME shows one resource (deploy/web, po/web-0, svc/books).
+  route   one row per HTTPRoute/GRPCRoute (BACKEND *) and one per backend Service under \
+it: what the callers' outbound proxies sent through the route (routes of the mesh \
+directory without traffic get rows of -)
+KIND/NAME shows one resource (deploy/web, po/web-0, svc/books, route/books-canary).
 --from RES: what RES sends, one row per destination of KIND (deploy, po, svc).
 --to RES: what RES receives, one row per source of KIND (deploy, po); RES may be a svc.
 Both come from the callers' outbound proxies.
@@ -233,10 +236,12 @@ async fn run_local(args: StatArgs) -> anyhow::Result<()> {
         name: None,
     });
     if target.kind == Kind::Route {
-        bail!(
-            "weft stat route: HTTPRoutes are not served by weft yet, so there are no \
-per-route figures; `weft stat svc` shows per-Service ones"
-        );
+        if args.traffic == Traffic::Tcp {
+            bail!("weft stat route -t tcp: routes are HTTP (HTTPRoute, GRPCRoute); `weft stat deploy -t tcp` shows TCP per workload");
+        }
+        if let Some(r) = args.from.as_ref().or(args.to.as_ref()) {
+            bail!("weft stat route --from/--to {r}: route rows are per route and backend only; `weft stat svc --from {r}` or `weft stat deploy --to {r}` show traffic between resources");
+        }
     }
     if args.traffic == Traffic::Tcp {
         if target.kind == Kind::Svc {
@@ -343,6 +348,7 @@ impl View<'_> {
                 let (kind, short) = match self.target.kind {
                     Kind::Deploy => ("deployment", "deploy"),
                     Kind::Pod => ("pod", "po"),
+                    Kind::Route => ("route", "route"),
                     _ => ("service", "svc"),
                 };
                 bail!("no {kind} {name:?} {scope} (`weft stat {short}` lists them)")
@@ -377,6 +383,21 @@ impl View<'_> {
         }
         if self.first && args.output == Output::Table && args.watch {
             emit("(since each proxy started)\n");
+        }
+        if self.target.kind == Kind::Route {
+            let known = route::known_routes(&state.mesh_dir);
+            let rows: Vec<route::RouteRow> = route::route_rows(&known, &state.pods, frame)
+                .into_iter()
+                .filter(|r| keep(&r.namespace, &r.name))
+                .collect();
+            self.named_one_exists(rows.is_empty(), &scope)?;
+            return match args.output {
+                Output::Table => {
+                    emit(&route::table(&rows, args.all_namespaces, &scope));
+                    Ok(())
+                }
+                Output::Json => emit_json(&rows),
+            };
         }
         if args.traffic == Traffic::Tcp {
             let per_pod = self.target.kind == Kind::Pod;
