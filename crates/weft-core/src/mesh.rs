@@ -31,15 +31,18 @@
 //! field `replica``). Every problem found is reported, not only the first. Things that
 //! are legal but probably unintended (a selector matching no workload) are warnings.
 //!
-//! Where things live: [`model`] the validated types (`Mesh`, `Workload`, `Service`);
-//! [`parse`] reading the directory, `mesh.yaml`'s workloads and the located
-//! [`Problem`]s; `objects` the Kubernetes objects of the other files, and which kinds
-//! the local mesh reads (the others are warned about and ignored); `validate` the checks
-//! across objects (duplicates, selectors, target ports).
+//! Where things live: `model` the validated types (`Mesh`, `Workload`, `Service`);
+//! `parse` reading the directory, `mesh.yaml`'s workloads and the located
+//! [`Problem`]s; `objects` the Kubernetes objects of the other files (which kinds the
+//! local mesh reads, hands over or warns about; a `Service` as `k8s-openapi`'s, made
+//! into the mesh's view by [`Service::from_object`]); [`strict`] reading an object into
+//! `k8s-openapi`'s types with wrong types and unknown fields refused at their field;
+//! `validate` the checks across objects (duplicates, selectors, target ports).
 
 mod model;
 mod objects;
 mod parse;
+pub mod strict;
 #[cfg(test)]
 mod tests;
 mod validate;

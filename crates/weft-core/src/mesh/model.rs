@@ -53,7 +53,7 @@ pub struct Workload {
     /// Settings of its pods' proxies: the mesh's `proxy:` with the workload's on top.
     pub proxy: ProxySettings,
     /// The user its command runs as: the workload's `user:`, else the mesh's; `None`:
-    /// neither names one ([`DEFAULT_APP_UID`]).
+    /// neither names one ([`DEFAULT_APP_UID`](super::DEFAULT_APP_UID)).
     pub user: Option<AppUser>,
 }
 
@@ -137,7 +137,7 @@ impl AppUser {
 /// where a field set there replaces the mesh's).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProxySettings {
-    /// `--zone-mode`: one of [`ZONE_MODES`]; the proxy's default (aware) when unset.
+    /// `--zone-mode`: one of [`ZONE_MODES`](super::ZONE_MODES); the proxy's default (aware) when unset.
     pub zone_mode: Option<String>,
     /// More weft-proxy flags, passed after the ones `weft up` sets.
     pub args: Vec<String>,

@@ -4,14 +4,20 @@
 //! `AuthorizationPolicy`, `MeshTLSAuthentication`, `NetworkAuthentication`: its
 //! policy does), and which it
 //! warns about and ignores (any other kind).
+//!
+//! A Service is read as `k8s-openapi`'s `Service` ([`super::strict`]: wrong types and
+//! fields Kubernetes does not know are refused at their field), then the fields the
+//! local mesh does not read are refused too, and [`Service::from_object`] makes the
+//! mesh's view of it.
 
-use std::collections::BTreeMap;
-
+use k8s_openapi::api::core::v1::Service as K8sService;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::model::{is_dns_label, GatewayObject, Mesh, Service, ServicePort, TargetPort};
-use super::parse::{locate, strip_position, Problem, Report};
+use super::parse::Report;
+use super::strict::{self, FieldProblem};
 use super::MESH_FILE;
 
 impl Mesh {
@@ -49,20 +55,7 @@ impl Mesh {
             };
             match kind {
                 "Service" => {
-                    // Deserialized from text again so that errors carry the field's path.
-                    let text = serde_yaml_ng::to_string(&value).unwrap_or_default();
-                    let object: ServiceObject = match serde_yaml_ng::from_str(&text) {
-                        Ok(o) => o,
-                        Err(e) => {
-                            let message = strip_position(&e.to_string());
-                            let (at, message) =
-                                locate(&message, |path| Some(format!("{location}: {path}")));
-                            let at = if at.is_empty() { location.clone() } else { at };
-                            report.error(file, &at, message);
-                            continue;
-                        }
-                    };
-                    if let Some(s) = service(file, &location, object, report) {
+                    if let Some(s) = read_service(file, &location, &value, report) {
                         self.services.push(s);
                     }
                 }
@@ -100,158 +93,202 @@ impl Mesh {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ServiceObject {
-    #[allow(dead_code)]
-    api_version: Option<String>,
-    #[allow(dead_code)]
-    kind: String,
-    metadata: ObjectMeta,
-    spec: ServiceSpec,
-    #[serde(default)]
-    #[allow(dead_code)]
-    status: Option<Value>,
-}
+/// What the local mesh reads of a Service, by place in the object: other fields, even
+/// ones Kubernetes knows (`spec.sessionAffinity`, `metadata.uid`), are refused, as
+/// settings it would silently not apply.
+const SERVICE_FIELDS: [(&str, &[&str]); 3] = [
+    ("", &["apiVersion", "kind", "metadata", "spec", "status"]),
+    ("metadata", &["name", "namespace", "labels", "annotations"]),
+    ("spec", &["selector", "ports", "type", "clusterIP"]),
+];
+const SERVICE_PORT_FIELDS: [&str; 5] = ["name", "port", "targetPort", "appProtocol", "protocol"];
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ObjectMeta {
-    name: String,
-    namespace: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    annotations: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ServiceSpec {
-    #[serde(default)]
-    selector: BTreeMap<String, String>,
-    #[serde(default)]
-    ports: Vec<ServicePortSpec>,
-    #[serde(rename = "type")]
-    type_: Option<String>,
-    #[serde(rename = "clusterIP")]
-    #[allow(dead_code)]
-    cluster_ip: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ServicePortSpec {
-    name: Option<String>,
-    port: u16,
-    target_port: Option<Value>,
-    app_protocol: Option<String>,
-    protocol: Option<String>,
-}
-
-fn service(
-    file: &str,
-    location: &str,
-    object: ServiceObject,
-    report: &mut Report,
-) -> Option<Service> {
-    let before = report.errors.len();
-    let mut err = |field: &str, message: String| {
-        report.errors.push(Problem {
-            file: file.to_owned(),
-            location: format!("{location}: {field}"),
-            message,
-        });
+/// Reads one Service object of `file` (at `location`, e.g. `Service default/books`),
+/// reporting every problem at its field.
+fn read_service(file: &str, location: &str, value: &Value, report: &mut Report) -> Option<Service> {
+    let at = |field: &str| {
+        if field.is_empty() {
+            location.to_owned()
+        } else {
+            format!("{location}: {field}")
+        }
     };
-    let name = object.metadata.name;
-    let namespace = object
-        .metadata
-        .namespace
-        .unwrap_or_else(|| "default".to_owned());
-    if !is_dns_label(&name) {
-        err("metadata.name", format!("{name:?} is not a DNS label"));
+    // Checked before the typed read, whose message for it names no field.
+    if let Some(version) = value.get("apiVersion").filter(|v| !v.is_null()) {
+        if version.as_str() != Some("v1") {
+            let version = serde_yaml_ng::to_string(version).unwrap_or_default();
+            report.error(
+                file,
+                &at("apiVersion"),
+                format!("is {}; a Service is read as v1", version.trim_end()),
+            );
+            return None;
+        }
     }
-    if !is_dns_label(&namespace) {
-        err(
-            "metadata.namespace",
-            format!("{namespace:?} is not a DNS label"),
+    let object: K8sService = match strict::from_value(value) {
+        Ok(object) => object,
+        Err((field, message)) => {
+            report.error(file, &at(&field), message);
+            return None;
+        }
+    };
+    let mut unsupported = Vec::new();
+    for (path, allowed) in SERVICE_FIELDS {
+        for field in strict::fields_outside(value, path, allowed) {
+            unsupported.push((path.to_owned(), field, allowed));
+        }
+    }
+    let ports = value.get("spec").and_then(|s| s.get("ports"));
+    for (j, _) in ports
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let path = format!("spec.ports[{j}]");
+        for field in strict::fields_outside(&ports.unwrap()[j], "", &SERVICE_PORT_FIELDS) {
+            unsupported.push((path.clone(), field, &SERVICE_PORT_FIELDS[..]));
+        }
+    }
+    for (path, field, allowed) in &unsupported {
+        report.error(
+            file,
+            &at(path),
+            format!(
+                "`{field}` is not supported by the local mesh (it reads {})",
+                allowed
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         );
     }
-    match object.spec.type_.as_deref() {
-        None | Some("ClusterIP") => {}
-        Some(other) => err(
-            "spec.type",
-            format!("{other} is not supported by the local mesh (only ClusterIP)"),
-        ),
-    }
-    if object.spec.ports.is_empty() {
-        err("spec.ports", "no ports: list at least one".into());
-    }
-    let mut ports: Vec<ServicePort> = Vec::new();
-    for (j, p) in object.spec.ports.into_iter().enumerate() {
-        let field = format!("spec.ports[{j}]");
-        if p.port == 0 {
-            err(&format!("{field}.port"), "port 0 is not a port".into());
+    for required in ["metadata", "spec"] {
+        if value.get(required).is_none_or(Value::is_null) {
+            report.error(file, location, format!("missing field `{required}`"));
         }
-        if let Some(proto) = p.protocol.as_deref().filter(|p| *p != "TCP") {
+    }
+    if value.get("metadata").is_some_and(|m| !m.is_null()) && object.metadata.name.is_none() {
+        report.error(file, &at("metadata"), "missing field `name`");
+    }
+    if !unsupported.is_empty() || object.metadata.name.is_none() || object.spec.is_none() {
+        return None;
+    }
+    match Service::from_object(file, &object) {
+        Ok(service) => Some(service),
+        Err(problems) => {
+            for (field, message) in problems {
+                report.error(file, &at(&field), message);
+            }
+            None
+        }
+    }
+}
+
+impl Service {
+    /// The mesh's view of a Kubernetes Service: what the local source reads from the
+    /// mesh directory, and what a source watching an API server would read from its
+    /// objects. `file` is where it came from (a file of the mesh directory). On an
+    /// error, every problem with the field it is at (`spec.ports[0].protocol`).
+    pub fn from_object(file: &str, object: &K8sService) -> Result<Service, Vec<FieldProblem>> {
+        let mut problems: Vec<FieldProblem> = Vec::new();
+        let mut err = |field: &str, message: String| problems.push((field.to_owned(), message));
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let namespace = object
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        if !is_dns_label(&name) {
+            err("metadata.name", format!("{name:?} is not a DNS label"));
+        }
+        if !is_dns_label(&namespace) {
             err(
-                &format!("{field}.protocol"),
-                format!("{proto} is not supported (only TCP)"),
+                "metadata.namespace",
+                format!("{namespace:?} is not a DNS label"),
             );
         }
-        if ports.iter().any(|q| q.port == p.port) {
-            err(
-                &format!("{field}.port"),
-                format!("port {} is listed twice", p.port),
-            );
+        let spec = object.spec.clone().unwrap_or_default();
+        match spec.type_.as_deref() {
+            None | Some("ClusterIP") => {}
+            Some(other) => err(
+                "spec.type",
+                format!("{other} is not supported by the local mesh (only ClusterIP)"),
+            ),
         }
-        let target_port = match &p.target_port {
-            None => TargetPort::Number(p.port),
-            Some(Value::Number(n)) => match n.as_u64().and_then(|n| u16::try_from(n).ok()) {
-                Some(0) | None => {
+        let spec_ports = spec.ports.unwrap_or_default();
+        if spec_ports.is_empty() {
+            err("spec.ports", "no ports: list at least one".into());
+        }
+        let mut ports: Vec<ServicePort> = Vec::new();
+        for (j, p) in spec_ports.into_iter().enumerate() {
+            let field = format!("spec.ports[{j}]");
+            let port = match u16::try_from(p.port) {
+                Ok(0) => {
+                    err(&format!("{field}.port"), "port 0 is not a port".into());
+                    continue;
+                }
+                Ok(port) => port,
+                Err(_) => {
                     err(
-                        &format!("{field}.targetPort"),
-                        format!("{n} is not a port number (1-65535)"),
+                        &format!("{field}.port"),
+                        format!("{} is not a port number (1-65535)", p.port),
                     );
                     continue;
                 }
-                Some(n) => TargetPort::Number(n),
-            },
-            Some(Value::String(s)) => match s.parse::<u16>() {
-                Ok(n) if n > 0 => TargetPort::Number(n),
-                _ => TargetPort::Name(s.clone()),
-            },
-            Some(_) => {
+            };
+            if let Some(proto) = p.protocol.as_deref().filter(|p| *p != "TCP") {
                 err(
-                    &format!("{field}.targetPort"),
-                    "expected a port number or a port name".into(),
+                    &format!("{field}.protocol"),
+                    format!("{proto} is not supported (only TCP)"),
                 );
-                continue;
             }
-        };
-        ports.push(ServicePort {
-            name: p.name,
-            port: p.port,
-            target_port,
-            app_protocol: p.app_protocol,
-        });
+            if ports.iter().any(|q| q.port == port) {
+                err(
+                    &format!("{field}.port"),
+                    format!("port {port} is listed twice"),
+                );
+            }
+            let target_port = match &p.target_port {
+                None => TargetPort::Number(port),
+                Some(IntOrString::Int(n)) => match u16::try_from(*n) {
+                    Ok(0) | Err(_) => {
+                        err(
+                            &format!("{field}.targetPort"),
+                            format!("{n} is not a port number (1-65535)"),
+                        );
+                        continue;
+                    }
+                    Ok(n) => TargetPort::Number(n),
+                },
+                Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                    Ok(n) if n > 0 => TargetPort::Number(n),
+                    _ => TargetPort::Name(s.clone()),
+                },
+            };
+            ports.push(ServicePort {
+                name: p.name,
+                port,
+                target_port,
+                app_protocol: p.app_protocol,
+            });
+        }
+        if ports.len() > 1 && ports.iter().any(|p| p.name.is_none()) {
+            err(
+                "spec.ports",
+                "a Service with several ports needs a name for each".into(),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Service {
+            name,
+            namespace,
+            file: file.to_owned(),
+            selector: spec.selector.unwrap_or_default(),
+            ports,
+        })
     }
-    if ports.len() > 1 && ports.iter().any(|p| p.name.is_none()) {
-        err(
-            "spec.ports",
-            "a Service with several ports needs a name for each".into(),
-        );
-    }
-    if report.errors.len() > before {
-        return None;
-    }
-    Some(Service {
-        name,
-        namespace,
-        file: file.to_owned(),
-        selector: object.spec.selector,
-        ports,
-    })
 }

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use super::*;
 
@@ -440,4 +441,103 @@ fn loads_a_directory() {
     let err = Mesh::load(&dir).unwrap_err();
     assert!(err.to_string().contains("no mesh.yaml"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn services_are_read_as_kubernetes_services_and_refused_at_their_field() {
+    // A field Kubernetes knows but the local mesh does not apply.
+    let svc = SERVICES.replace(
+        "type: ClusterIP",
+        "type: ClusterIP\n  sessionAffinity: ClientIP",
+    );
+    let msg = error(MESH, &svc);
+    assert!(
+        msg.contains("services.yaml: Service default/web: spec: `sessionAffinity` is not supported by the local mesh (it reads `selector`, `ports`, `type`, `clusterIP`)"),
+        "{msg}"
+    );
+    let svc = SERVICES.replace(
+        "{port: 80, targetPort: 8080}",
+        "{port: 80, targetPort: 8080, nodePort: 30080}",
+    );
+    let msg = error(MESH, &svc);
+    assert!(
+        msg.contains("Service default/books: spec.ports[0]: `nodePort` is not supported"),
+        "{msg}"
+    );
+    let svc = SERVICES.replace(
+        "{port: 80, targetPort: 8080}",
+        "{port: 70000, targetPort: 8080}",
+    );
+    let msg = error(MESH, &svc);
+    assert!(
+        msg.contains(
+            "Service default/books: spec.ports[0].port: 70000 is not a port number (1-65535)"
+        ),
+        "{msg}"
+    );
+    let svc = SERVICES.replace(
+        "{port: 80, targetPort: 8080}",
+        "{port: 80, targetPort: [8080]}",
+    );
+    let msg = error(MESH, &svc);
+    assert!(
+        msg.contains("Service default/books: spec.ports[0].targetPort: "),
+        "{msg}"
+    );
+    let svc = SERVICES.replacen("apiVersion: v1", "apiVersion: apps/v1", 1);
+    let msg = error(MESH, &svc);
+    assert!(
+        msg.contains("Service default/books: apiVersion: is apps/v1; a Service is read as v1"),
+        "{msg}"
+    );
+    let msg = error(
+        MESH,
+        "kind: Service\nmetadata: {namespace: default}\nspec: {ports: [{port: 80}]}\n",
+    );
+    assert!(
+        msg.contains("document 1: metadata: missing field `name`"),
+        "{msg}"
+    );
+    let msg = error(MESH, "kind: Service\nmetadata: {name: x}\n");
+    assert!(
+        msg.contains("Service default/x: missing field `spec`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_service_from_an_api_server_converts_with_its_defaulted_fields() {
+    // What an API server answers has fields the mesh directory may not hold (uid,
+    // sessionAffinity, clusterIPs...): the mesh's view keeps what it uses.
+    let object: k8s_openapi::api::core::v1::Service = serde_yaml_ng::from_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: books, namespace: shop, uid: 5f0c}\nspec:\n  selector: {app: books}\n  sessionAffinity: None\n  clusterIPs: [10.96.0.10]\n  ports: [{name: http, port: 80, targetPort: http, protocol: TCP}]\n",
+    )
+    .unwrap();
+    let service = Service::from_object("(api)", &object).unwrap();
+    assert_eq!(service.namespace, "shop");
+    assert_eq!(
+        service.ports[0].target_port,
+        TargetPort::Name("http".into())
+    );
+    assert_eq!(
+        service.selector,
+        BTreeMap::from([("app".into(), "books".into())])
+    );
+    let mut object = object;
+    object.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+    let problems = Service::from_object("(api)", &object).unwrap_err();
+    assert_eq!(
+        problems,
+        [(
+            "spec.type".to_owned(),
+            "NodePort is not supported by the local mesh (only ClusterIP)".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn the_demo_mesh_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
+    let mesh = Mesh::load(&dir).unwrap();
+    assert!(!mesh.services.is_empty());
 }
