@@ -968,3 +968,105 @@ fn older_routes_take_precedence_then_namespace_and_name() {
         [format!("{NS}/a-route"), format!("{NS}/b-route")]
     );
 }
+
+/// MeshHTTPRouteRedirectHostAndStatus, MeshHTTPRouteRedirectPort and
+/// MeshHTTPRouteSchemeRedirect shapes, and MeshHTTPRouteSimpleSameNamespace's plain
+/// route, with hostnames.
+#[test]
+fn mesh_httproute_redirects_and_simple_same_namespace() {
+    let t = table(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: mesh-redirect
+  namespace: gateway-conformance-mesh
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: echo, port: 80}
+  hostnames: [echo, "*.example.com"]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /hostname-redirect}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: example.org}
+  - matches: [{path: {type: PathPrefix, value: /host-and-status}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: example.org, statusCode: 301}
+  - matches: [{path: {type: PathPrefix, value: /port}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {port: 8083}
+  - matches: [{path: {type: PathPrefix, value: /scheme}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: mesh-simple
+  namespace: gateway-conformance-mesh
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: echo, port: 8080}
+  rules:
+  - backendRefs: [{name: echo-v1, port: 8080}]
+"#,
+    );
+    assert_eq!(reasons(&t, "mesh-redirect"), ("Accepted", "ResolvedRefs"));
+    assert_eq!(reasons(&t, "mesh-simple"), ("Accepted", "ResolvedRefs"));
+    let routes = http_routes(&t, 80, NS);
+    assert_eq!(
+        routes[0].hosts,
+        vec![
+            api_http::HostMatch {
+                r#match: Some(api_http::host_match::Match::Exact("echo".into())),
+            },
+            api_http::HostMatch {
+                r#match: Some(api_http::host_match::Match::Suffix(
+                    api_http::host_match::Suffix {
+                        reverse_labels: vec!["com".into(), "example".into()],
+                    }
+                )),
+            },
+        ]
+    );
+    use outbound::http_route::filter::Kind;
+    let redirects: Vec<(String, u32, u32, Option<String>)> = routes[0]
+        .rules
+        .iter()
+        .map(|r| match &r.filters[0].kind {
+            Some(Kind::Redirect(r)) => (
+                r.host.clone(),
+                r.port,
+                r.status,
+                r.scheme
+                    .clone()
+                    .and_then(|s| http::uri::Scheme::try_from(s).ok())
+                    .map(|s| s.to_string()),
+            ),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        redirects,
+        [
+            ("example.org".into(), 0, 302, None),
+            ("example.org".into(), 0, 301, None),
+            (String::new(), 8083, 302, None),
+            (String::new(), 0, 302, Some("https".into())),
+        ]
+    );
+    // The simple route is on port 8080 only.
+    let simple = http_routes(&t, 8080, NS);
+    assert_eq!(
+        simple.iter().map(route_name).collect::<Vec<_>>(),
+        [format!("{NS}/mesh-simple")]
+    );
+    assert_eq!(
+        backends(&simple[0].rules[0]),
+        vec![(svc("echo-v1", 8080), 1, None)]
+    );
+}
