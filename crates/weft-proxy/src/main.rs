@@ -8,9 +8,13 @@ use weft_proxy::{Args, Proxy};
 /// held all of it (RSS 342 MB, 8.8 MB idle before) because a few allocations that live
 /// on, made during the burst, pin the top of its heap, and it only returns the top.
 /// jemalloc's background thread returns unused pages within its decay time (10 s): RSS
-/// 13.6 MB after the same burst (10 MB idle; what stays is jemalloc's metadata, about
-/// 1.3 % of the peak). Costs: +1.2 MB idle, +1-2 % instructions per request
-/// (bench/instructions), 0.5 MB of binary.
+/// 14-15 MB after the same burst (11 MB idle). What stays is jemalloc's metadata for the
+/// peak, which it never returns: a 128-byte descriptor for each of the 28,000 extents
+/// alive at once and its page map for the pages the peak used, 1.1-1.5 % of the peak.
+/// Its defaults are kept: larger slabs, one arena, no retained mappings or the
+/// hugepage allocator gave back at most 0.8 MB more, or less (docs/reliability.md).
+/// Costs: +1.2 MB idle, +1-2 % instructions per request (bench/instructions), 0.5 MB of
+/// binary.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
