@@ -34,7 +34,8 @@ pub const MAX_POLICY_MESSAGE: usize = 16 * 1024;
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub index: Arc<Index>,
-    pub table: RouteTable,
+    /// Shared while only pods change, so streams see at once that their policy did not.
+    pub table: Arc<RouteTable>,
 }
 
 type PolicyStream =
@@ -57,7 +58,13 @@ pub fn snapshot(index: Arc<Index>, cluster_domain: &str) -> (Snapshot, Vec<Table
         cluster_domain,
         SystemTime::now(),
     );
-    (Snapshot { index, table }, updates)
+    (
+        Snapshot {
+            index,
+            table: Arc::new(table),
+        },
+        updates,
+    )
 }
 
 /// Follows the destination index forever (until the task is dropped), publishing a
@@ -86,11 +93,14 @@ pub async fn watch(
             SystemTime::now(),
         );
         log(&updates);
-        if table != previous.table {
+        if table != *previous.table {
             let (routes, serving) = table.counts();
             tracing::info!(routes, serving, "route table updated");
         }
-        publish.send_replace(Arc::new(Snapshot { index: next, table }));
+        publish.send_replace(Arc::new(Snapshot {
+            index: next,
+            table: Arc::new(table),
+        }));
     }
 }
 
@@ -226,11 +236,17 @@ async fn follow(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut sent: Option<outbound::OutboundPolicy> = None;
+    let mut seen: Option<Arc<RouteTable>> = None;
     loop {
-        let policy = routes
-            .borrow_and_update()
-            .table
-            .policy(&namespace, &name, port, &caller);
+        let table = routes.borrow_and_update().table.clone();
+        // Only pods changed (the same table): nothing to compute.
+        let unchanged = seen.as_ref().is_some_and(|t| Arc::ptr_eq(t, &table));
+        let policy = if unchanged {
+            sent.clone()
+        } else {
+            table.policy(&namespace, &name, port, &caller)
+        };
+        seen = Some(table);
         match policy {
             None => {
                 let _ = tx
