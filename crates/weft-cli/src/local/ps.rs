@@ -57,6 +57,9 @@ pub struct Row {
     pub zone: Option<String>,
     pub age_seconds: Option<u64>,
     pub procs: Vec<Proc>,
+    /// Prometheus' row (`weft up --prometheus`): where the host reaches it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -80,7 +83,12 @@ pub fn run(args: PsArgs) -> anyhow::Result<()> {
     }
     let rows = rows(&state, status.as_ref());
     match args.output {
-        Output::Table => print!("{}", table(&rows)),
+        Output::Table => {
+            print!("{}", table(&rows));
+            if let Some(url) = &state.prometheus_url {
+                println!("\nprometheus: {url}");
+            }
+        }
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
     }
     Ok(())
@@ -110,7 +118,16 @@ pub fn rows(state: &State, status: Option<&Status>) -> Vec<Row> {
             zone: None,
             age_seconds: running.then(|| clock.age(c)).flatten(),
             procs: vec![proc_row(c)],
+            url: None,
         });
+    }
+    if let Some(p) = &state.prometheus {
+        out.push(prometheus_row(
+            p,
+            state.prometheus_url.as_deref(),
+            status,
+            &clock,
+        ));
     }
     for pod in &state.pods {
         let pod_status = status.map(|s| s.pods.get(&pod.netns).cloned().unwrap_or_default());
@@ -130,9 +147,44 @@ pub fn rows(state: &State, status: Option<&Status>) -> Vec<Row> {
                 .filter_map(|p| clock.age(p))
                 .max(),
             procs: pod.procs.iter().map(proc_row).collect(),
+            url: None,
         });
     }
     out
+}
+
+/// Prometheus' row (`weft up --prometheus`); its address is the host's, from its URL.
+fn prometheus_row(
+    p: &ProcRecord,
+    url: Option<&str>,
+    status: Option<&Status>,
+    clock: &Clock,
+) -> Row {
+    let running = p.liveness() == Liveness::Running;
+    let ip = url
+        .and_then(|u| {
+            u.strip_prefix("http://")?
+                .parse::<std::net::SocketAddrV4>()
+                .ok()
+        })
+        .map_or(Ipv4Addr::LOCALHOST, |a| *a.ip());
+    Row {
+        name: "prometheus".into(),
+        namespace: None,
+        workload: None,
+        state: match (running, status) {
+            (true, _) => "running",
+            (false, Some(_)) => "crashed",
+            (false, None) => "exited",
+        },
+        ready: None,
+        restarts: p.restarts,
+        ip,
+        zone: None,
+        age_seconds: running.then(|| clock.age(p)).flatten(),
+        procs: vec![proc_row(p)],
+        url: url.map(str::to_owned),
+    }
 }
 
 fn proc_row(p: &ProcRecord) -> Proc {

@@ -175,6 +175,12 @@ pub struct State {
     /// The mesh's weft-controller (identity), in the hub namespace.
     #[serde(default)]
     pub controller: Option<ProcRecord>,
+    /// `weft up --prometheus`: Prometheus (in the hub namespace) and where the host
+    /// reaches it.
+    #[serde(default)]
+    pub prometheus: Option<ProcRecord>,
+    #[serde(default)]
+    pub prometheus_url: Option<String>,
     #[serde(default)]
     pub pods: Vec<PodRecord>,
     #[serde(default)]
@@ -194,6 +200,8 @@ impl State {
             hub: None,
             owner: None,
             controller: None,
+            prometheus: None,
+            prometheus_url: None,
             pods: Vec::new(),
             services: Vec::new(),
             files: Vec::new(),
@@ -227,11 +235,12 @@ impl State {
         Ok(())
     }
 
-    /// Every recorded process: the pods' and the controller.
+    /// Every recorded process: the pods', the controller and Prometheus.
     pub fn procs(&self) -> impl Iterator<Item = &ProcRecord> {
         self.pods
             .iter()
             .flat_map(|p| p.procs.iter())
             .chain(self.controller.iter())
+            .chain(self.prometheus.iter())
     }
 }

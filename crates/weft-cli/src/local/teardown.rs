@@ -28,6 +28,7 @@ pub fn teardown(state: &mut State, path: &Path, reap: impl FnMut()) -> anyhow::R
         pod.procs.retain(ProcRecord::is_running);
     }
     state.controller = state.controller.take().filter(ProcRecord::is_running);
+    state.prometheus = state.prometheus.take().filter(ProcRecord::is_running);
     let _ = state.save(path);
 
     let mut kept = Vec::new();

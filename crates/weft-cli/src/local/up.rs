@@ -24,6 +24,7 @@ mod files;
 mod identity;
 mod network;
 mod processes;
+mod prometheus;
 mod readiness;
 mod reconcile;
 mod requests;
@@ -80,6 +81,8 @@ pub struct UpArgs {
     /// up, then to `{state}/logs/weft-up.log`.
     #[arg(long, hide = true, requires = "detach")]
     detached_supervisor: bool,
+    #[command(flatten)]
+    prometheus: prometheus::PrometheusArgs,
     #[command(flatten)]
     local: LocalArgs,
 }
@@ -173,6 +176,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("weft-controller"),
     };
     preflight(&args.local, &proxy_src, &controller_bin, loopback)?;
+    args.prometheus.preflight()?;
     if !loopback {
         let state_dir = std::path::absolute(args.local.state_dir())?;
         anyhow::ensure!(
@@ -193,7 +197,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut runner = Runner::create(&args, &dir, mesh, &proxy_src, &controller_bin, block)?;
-    let result = runner.start_all(args.timeout).await;
+    let mut result = runner.start_all(args.timeout).await;
+    if result.is_ok() && args.prometheus.prometheus {
+        result = runner
+            .start_prometheus(&args.prometheus, args.timeout)
+            .await;
+    }
     if let Err(e) = result {
         // The error itself is printed once, by main; the logs go with the mesh, so the
         // error carries their last lines rather than their paths.
@@ -208,6 +217,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         runner.state.pods.len(),
         runner.mesh.services.len()
     );
+    if let Some(p) = &runner.prometheus {
+        println!(
+            "prometheus: {} (scraping every proxy and the controller every 2s)",
+            p.url
+        );
+    }
     if args.detach {
         print!("{}", runner.describe(true));
         println!(
@@ -363,6 +378,8 @@ struct Runner {
     controller_ready: bool,
     /// `weft restart` requests and the status for `weft ps` (the control directory).
     requests: requests::Requests,
+    /// `--prometheus`: the Prometheus this run started.
+    prometheus: Option<prometheus::Prometheus>,
 }
 
 impl Runner {
@@ -450,6 +467,7 @@ impl Runner {
             controller_argv: Vec::new(),
             controller_ready: false,
             requests: Default::default(),
+            prometheus: None,
         };
         if let Err(e) = runner.create_base(proxy_src) {
             runner.teardown();
@@ -528,6 +546,7 @@ impl Runner {
             if let Err(e) = self.refresh_published() {
                 self.event(format!("cannot write the pods' readiness: {e:#}"));
             }
+            self.sync_prometheus_targets();
             self.serve_requests();
             if let Ok(mut t) = targets.lock() {
                 *t = self.probe_targets();

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use weft_core::mesh::Workload;
 
+use super::prometheus::PROMETHEUS_KEY;
 use super::{Argv, Runner, CONTROLLER_KEY};
 use crate::local::apps::{app_argv, app_env, app_ids, EnvVars, PROXY_ENV};
 use crate::local::state::{PodRecord, ProcRecord};
@@ -383,6 +384,9 @@ impl Runner {
         if let Some(c) = self.state.controller.as_ref().filter(|c| !self.alive(c)) {
             exited.push((CONTROLLER_KEY.into(), String::new(), c.clone()));
         }
+        if let Some(p) = self.prometheus_exited() {
+            exited.push((PROMETHEUS_KEY.into(), String::new(), p));
+        }
         for (key, pod, record) in exited {
             let entry = self
                 .restarts
@@ -405,8 +409,8 @@ impl Runner {
             let delay = restart_delay(entry.last_delay, ran);
             entry.last_delay = Some(delay);
             entry.due = Some((now + delay, how.clone()));
-            let what = if key == CONTROLLER_KEY {
-                "controller".to_owned()
+            let what = if key == CONTROLLER_KEY || key == PROMETHEUS_KEY {
+                key.clone()
             } else {
                 self.ready.remove(&key);
                 format!("pod {pod}: {}", record.role)
@@ -465,7 +469,7 @@ impl Runner {
             .pods
             .iter()
             .map(|p| p.netns.as_str())
-            .chain([CONTROLLER_KEY])
+            .chain([CONTROLLER_KEY, PROMETHEUS_KEY])
             .collect();
         self.restarts
             .retain(|(key, _), _| keys.contains(key.as_str()));
@@ -480,6 +484,9 @@ impl Runner {
     /// Starts `role` of pod `key` (or the controller) again after it exited `how`;
     /// the new pid is in the state file before this returns.
     pub(super) fn restart(&mut self, key: &str, role: &str, how: &str) -> anyhow::Result<()> {
+        if key == PROMETHEUS_KEY {
+            return self.restart_prometheus(how);
+        }
         if key == CONTROLLER_KEY {
             let old = self
                 .state
