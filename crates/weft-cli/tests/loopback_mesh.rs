@@ -621,10 +621,20 @@ fn weft_stat_reads_the_local_mesh_per_deployment_and_service() {
         .expect(&table);
     assert!(books_line.contains("100.00%"), "{table}");
 
-    // Routes are not served yet: said plainly, exit code 1.
+    // A mesh without routes: a table with none (its own line, exit code 0), and a
+    // route asked for by name that does not exist is an error (exit code 1).
     let out = env.run(&["stat", "route"]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("NAME  KIND       BACKEND"), "{table}");
+    assert!(
+        table.contains("(no routes in namespace default)"),
+        "{table}"
+    );
+    let out = env.run(&["stat", "route/books-canary"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTPRoutes are not served by weft yet"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("no route \"books-canary\" in namespace default (`weft stat route` lists them)"));
     // An unknown kind lists the valid ones.
     let out = env.run(&["stat", "nodes"]);
     assert!(!out.status.success());
