@@ -50,7 +50,7 @@ pub struct OutboundPolicyService {
     stop: watch::Receiver<bool>,
 }
 
-/// The first snapshot of `index`.
+/// The first snapshot of `index` (its objects that cannot be routes are logged).
 pub fn snapshot(index: Arc<Index>, cluster_domain: &str) -> (Snapshot, Vec<TableUpdate>) {
     let (table, updates) = RouteTable::build(
         &RouteTable::empty(cluster_domain),
@@ -58,6 +58,9 @@ pub fn snapshot(index: Arc<Index>, cluster_domain: &str) -> (Snapshot, Vec<Table
         cluster_domain,
         SystemTime::now(),
     );
+    for problem in table.problems() {
+        tracing::warn!(%problem, "route not applied");
+    }
     (
         Snapshot {
             index,
@@ -93,6 +96,11 @@ pub async fn watch(
             SystemTime::now(),
         );
         log(&updates);
+        for problem in table.problems() {
+            if !previous.table.problems().any(|p| p == problem) {
+                tracing::warn!(%problem, "route not applied");
+            }
+        }
         if table != *previous.table {
             let (routes, serving) = table.counts();
             tracing::info!(routes, serving, "route table updated");

@@ -93,7 +93,8 @@ pub struct RouteTable {
     cluster_domain: String,
     services: Vec<Service>,
     entries: BTreeMap<RouteKey, Entry>,
-    /// Objects without a name (`file: location: message`): nothing can refer to them.
+    /// Objects without a name (`file: location: message`: nothing can refer to them)
+    /// and routes defined twice (the first one counts).
     nameless: Vec<String>,
     /// ReferenceGrants that do not parse (they grant nothing).
     bad_grants: Vec<String>,
@@ -130,6 +131,10 @@ impl RouteTable {
         let mut entries = BTreeMap::new();
         let mut nameless = Vec::new();
         for route in &parsed.routes {
+            if let Some(first) = entries.get(&route.key) {
+                nameless.push(twice(&route.key, &route.file, first));
+                continue;
+            }
             let prev = previous.entries.get(&route.key);
             let generation = route.generation.unwrap_or_else(|| match prev {
                 Some(p) => match &p.current {
@@ -162,6 +167,10 @@ impl RouteTable {
                 nameless.push(format!("{}: {}: {}", u.file, u.location, u.message));
                 continue;
             };
+            if let Some(first) = entries.get(key) {
+                nameless.push(twice(key, &u.file, first));
+                continue;
+            }
             let prev = previous.entries.get(key);
             let generation = u.generation.unwrap_or_else(|| match prev {
                 Some(p) if p.current == Current::Unparsed(u.clone()) => p.generation,
@@ -336,7 +345,8 @@ impl RouteTable {
         self.entries.values().map(|e| &e.report)
     }
 
-    /// Objects that have no name, and ReferenceGrants that do not parse.
+    /// Objects that have no name, routes defined twice, and ReferenceGrants that do
+    /// not parse.
     pub fn problems(&self) -> impl Iterator<Item = &String> {
         self.nameless.iter().chain(&self.bad_grants)
     }
@@ -475,6 +485,13 @@ impl RouteTable {
             metadata,
         })
     }
+}
+
+fn twice(key: &RouteKey, file: &str, first: &Entry) -> String {
+    format!(
+        "{file}: {key} is defined twice (first in {}); this one is ignored",
+        first.report.file
+    )
 }
 
 /// The last valid version of a route, checked again against what exists now.

@@ -1070,3 +1070,32 @@ spec:
         vec![(svc("echo-v1", 8080), 1, None)]
     );
 }
+
+#[test]
+fn a_route_defined_twice_counts_once_and_says_so() {
+    let first = route(&format!(
+        "{PARENT}  rules: [{{backendRefs: [{{name: echo-v1, port: 80}}]}}]\n"
+    ));
+    let second = route(&format!(
+        "{PARENT}  rules: [{{backendRefs: [{{name: echo-v2, port: 80}}]}}]\n"
+    ));
+    let t = table(&format!("{first}---\n{second}"));
+    assert_eq!(t.reports().count(), 1);
+    assert_eq!(
+        backends(&http_routes(&t, 80, NS)[0].rules[0]),
+        vec![(svc("echo-v1", 80), 1, None)]
+    );
+    let problems: Vec<&String> = t.problems().collect();
+    assert_eq!(
+        problems,
+        ["routes.yaml: HTTPRoute gateway-conformance-mesh/r is defined twice (first in routes.yaml); this one is ignored"]
+    );
+    // An object without a name cannot be a route.
+    let t = table("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {namespace: x}\nspec: {}\n");
+    assert_eq!(t.reports().count(), 0);
+    let problems: Vec<&String> = t.problems().collect();
+    assert_eq!(
+        problems,
+        ["routes.yaml: document 1: metadata.name is required"]
+    );
+}
