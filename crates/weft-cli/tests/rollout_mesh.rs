@@ -127,6 +127,32 @@ fn a_failing_canary_is_detected_and_rolled_back_to_0() {
     demo(&mut env, "fail_rate=0.2");
     callers_running(&env);
 
+    // weft stat route: the route's row, then one per backend, from the callers'
+    // outbound proxies (90/10 as the example has it).
+    let out = env.run(&["stat", "route", "--window", "2s"]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows.iter().map(|r| &r[..3]).collect::<Vec<_>>(),
+        [
+            ["NAME", "KIND", "BACKEND"],
+            ["books-canary", "HTTPRoute", "*"],
+            ["books-canary", "HTTPRoute", "books-v1"],
+            ["books-canary", "HTTPRoute", "books-v2"],
+        ],
+        "{table}"
+    );
+    let rps = |row: &[&str]| row[4].parse::<f64>().unwrap();
+    assert!(
+        rps(&rows[2]) > rps(&rows[3]),
+        "books-v1 has most of it: {table}"
+    );
+    assert_eq!(rows[2][3], "100.00%", "{table}");
+
     let started = Instant::now();
     let out = env.run(&["rollout", "run", &rollout_file(&env)]);
     let took = started.elapsed();
@@ -199,7 +225,35 @@ fn a_healthy_canary_reaches_100_without_a_failed_request() {
     callers_running(&env);
 
     let started = Instant::now();
-    let out = env.run(&["rollout", "run", &rollout_file(&env)]);
+    let run = env
+        .weft(&["rollout", "run", &rollout_file(&env)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // From another process while it runs: status shows it progressing, and a second
+    // run of the same rollout is refused.
+    let progressing = eventually(Duration::from_secs(5), || {
+        let out = env
+            .weft(&[
+                "rollout", "status", "books", "-o", "json", "--window", "500ms",
+            ])
+            .output()
+            .ok()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (status[0]["phase"] == "Progressing" && status[0]["weights"]["canary"] == 20)
+            .then_some(status)
+    });
+    let status = progressing.expect("status shows the rollout at 20 %");
+    assert_eq!(status[0]["runner_gone"], false, "{status}");
+    let again = env.run(&["rollout", "run", &rollout_file(&env)]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("rollout default/books is already running"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let out = run.wait_with_output().unwrap();
     let took = started.elapsed();
     eprintln!("weft rollout run took {took:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
