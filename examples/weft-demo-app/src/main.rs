@@ -8,7 +8,11 @@
 //!   With `--grpc-port`, it also listens there; every port answers both HTTP and the
 //!   gRPC service `weft.demo.Authors/Lookup`, and `--grpc-upstream` calls that service
 //!   on another server for every request served.
-//! - `get URL [--count N]`: GETs the URL and prints each answer (a curl for pods).
+//! - `get URL [--count N] [-H 'Name: value']... [-i]`: GETs the URL and prints each
+//!   answer (a curl for pods; `-i` also prints the response headers, redirects are not
+//!   followed).
+//! - `echo --name N [--port P]...`: answers every request with JSON describing it, as
+//!   the Gateway API conformance suite's echo server does (see `echo.rs`).
 //! - `lookup URL [--book B] [--count N]`: calls `weft.demo.Authors/Lookup` (a grpcurl
 //!   for pods).
 //!
@@ -43,6 +47,7 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
 
+mod echo;
 mod grpc;
 
 #[derive(Parser)]
@@ -60,6 +65,9 @@ enum Command {
     Get(GetArgs),
     /// Call the gRPC method weft.demo.Authors/Lookup and print the answers.
     Lookup(LookupArgs),
+    /// Answer every request with JSON describing it (path, host, method, headers,
+    /// namespace, pod), as the Gateway API conformance suite's echo server does.
+    Echo(echo::EchoArgs),
 }
 
 #[derive(clap::Args)]
@@ -123,6 +131,24 @@ struct GetArgs {
     /// Print only the status lines.
     #[arg(long, short)]
     quiet: bool,
+    /// A request header, `Name: value` (repeatable; `Host: NAME` replaces the URL's).
+    #[arg(long = "header", short = 'H', value_parser = parse_header)]
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Print each answer's response headers first, one `< name: value` line each.
+    #[arg(long, short)]
+    include: bool,
+}
+
+/// `Name: value` as a header.
+fn parse_header(text: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not `Name: value`"))?;
+    let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|e| format!("{text:?}: header name {:?}: {e}", name.trim()))?;
+    let value = http::HeaderValue::from_str(value.trim())
+        .map_err(|e| format!("{text:?}: header value: {e}"))?;
+    Ok((name, value))
 }
 
 #[derive(clap::Args)]
@@ -286,12 +312,27 @@ async fn get(
     uri: &Uri,
     limit: Duration,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
-    let req = Request::get(uri.clone()).body(Full::new(Bytes::new()))?;
+    let (status, _, body) = get_with(client, uri, &[], limit).await?;
+    Ok((status, body))
+}
+
+/// GETs `uri` with `headers`; the status, response headers and body, or the error.
+async fn get_with(
+    client: &HttpClient,
+    uri: &Uri,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+    limit: Duration,
+) -> anyhow::Result<(StatusCode, http::HeaderMap, Bytes)> {
+    let mut req = Request::get(uri.clone()).body(Full::new(Bytes::new()))?;
+    for (name, value) in headers {
+        req.headers_mut().append(name.clone(), value.clone());
+    }
     let work = async {
         let rsp = client.request(req).await?;
         let status = rsp.status();
+        let headers = rsp.headers().clone();
         let body = rsp.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, body))
+        anyhow::Ok((status, headers, body))
     };
     tokio::time::timeout(limit, work)
         .await
@@ -309,6 +350,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             Command::Get(args) => get_cmd(args).await,
             Command::Lookup(args) => lookup_cmd(args).await,
+            Command::Echo(args) => echo::run(args).await,
         }
     })
 }
@@ -317,10 +359,15 @@ async fn get_cmd(args: GetArgs) -> anyhow::Result<()> {
     let client = client();
     let mut failed = 0;
     for _ in 0..args.count {
-        match get(&client, &args.url, args.timeout).await {
-            Ok((status, body)) => {
-                if !status.is_success() {
+        match get_with(&client, &args.url, &args.headers, args.timeout).await {
+            Ok((status, headers, body)) => {
+                if !(status.is_success() || args.include && status.is_redirection()) {
                     failed += 1;
+                }
+                if args.include {
+                    for (name, value) in &headers {
+                        println!("< {name}: {}", String::from_utf8_lossy(value.as_bytes()));
+                    }
                 }
                 if args.quiet {
                     println!("{}", status.as_u16());
