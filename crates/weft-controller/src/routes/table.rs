@@ -209,20 +209,7 @@ impl RouteTable {
     /// Fills every entry's report (conditions with their times) and returns the
     /// conditions that changed since `previous`.
     fn report(&mut self, previous: &RouteTable, now: &Time) -> Vec<TableUpdate> {
-        // GRPCRoute attachments that win over HTTPRoutes of their namespace.
-        let grpc: Vec<(String, Attachment)> = self
-            .entries
-            .iter()
-            .filter(|(k, _)| k.kind == RouteKind::Grpc)
-            .filter_map(|(k, e)| Some((k, e.serving.as_ref()?)))
-            .flat_map(|(k, (c, _))| {
-                c.parents
-                    .iter()
-                    .filter_map(|p| p.attachment.clone())
-                    .map(|a| (k.namespace.clone(), a))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let grpc = self.grpc_attachments();
         let mut updates = Vec::new();
         for (key, entry) in &mut self.entries {
             let kept = match (&entry.current, &entry.serving) {
@@ -369,6 +356,23 @@ impl RouteTable {
 
     /// The routes serving Service port `namespace/name:port` for callers in
     /// `caller_namespace`, in precedence order.
+    /// The Service ports GRPCRoutes serve, with the GRPCRoutes' namespace: an
+    /// HTTPRoute of that namespace on an overlapping parent is `Conflicted` (GEP-1426).
+    fn grpc_attachments(&self) -> Vec<(String, Attachment)> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| k.kind == RouteKind::Grpc)
+            .filter_map(|(k, e)| Some((k, e.serving.as_ref()?)))
+            .flat_map(|(k, (c, _))| {
+                c.parents
+                    .iter()
+                    .filter_map(|p| p.attachment.clone())
+                    .map(|a| (k.namespace.clone(), a))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     fn routes_for(
         &self,
         namespace: &str,
@@ -376,6 +380,13 @@ impl RouteTable {
         port: u16,
         caller_namespace: &str,
     ) -> Vec<&Checked> {
+        let grpc = self.grpc_attachments();
+        let conflicted = |c: &Checked, a: &Attachment| {
+            c.route.key.kind == RouteKind::Http
+                && grpc
+                    .iter()
+                    .any(|(ns, g)| *ns == c.route.key.namespace && g.overlaps(a))
+        };
         let attached = |route_ns: &str| -> Vec<&Checked> {
             let mut routes: Vec<&Checked> = self
                 .entries
@@ -386,7 +397,7 @@ impl RouteTable {
                     c.parents.iter().any(|p| {
                         p.attachment
                             .as_ref()
-                            .is_some_and(|a| a.covers(namespace, name, port))
+                            .is_some_and(|a| a.covers(namespace, name, port) && !conflicted(c, a))
                     })
                 })
                 .collect();

@@ -1099,3 +1099,18 @@ fn a_route_defined_twice_counts_once_and_says_so() {
         ["routes.yaml: document 1: metadata.name is required"]
     );
 }
+
+#[test]
+fn grpc_and_http_routes_on_different_ports_do_not_conflict() {
+    let grpc = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: gateway-conformance-mesh}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 7070}]\n  rules: [{backendRefs: [{name: echo-v1, port: 7070}]}]\n";
+    let rules = "  rules: [{backendRefs: [{name: echo-v1, port: 80}]}]\n";
+    let t = table(&format!("{}{grpc}", route(&format!("{PARENT}{rules}"))));
+    assert_eq!(reasons(&t, "r").0, "Accepted");
+    assert_eq!(route_name(&http_routes(&t, 80, NS)[0]), format!("{NS}/r"));
+    // On every port of echo, the HTTPRoute overlaps the GRPCRoute's port: conflicted,
+    // and served on none (not even on port 80, where no GRPCRoute is).
+    let every_port = "  parentRefs: [{group: \"\", kind: Service, name: echo}]\n";
+    let t = table(&format!("{}{grpc}", route(&format!("{every_port}{rules}"))));
+    assert_eq!(reasons(&t, "r").0, "Conflicted");
+    assert_eq!(route_name(&http_routes(&t, 80, NS)[0]), "default:http");
+}
