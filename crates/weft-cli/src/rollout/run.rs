@@ -478,3 +478,66 @@ fn fail(runner: &mut Runner, why: &str) -> anyhow::Result<()> {
     runner.save();
     bail!("rollout {id}: {}", runner.st.message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, file: Option<&str>) -> RouteRef {
+        RouteRef {
+            name: name.into(),
+            namespace: "default".into(),
+            file: file.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn the_route_file_is_found_by_name_or_named() {
+        let dir = std::env::temp_dir().join(format!("weft-rollout-find-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/routes/books-canary.yaml");
+        let text = std::fs::read_to_string(example).unwrap();
+        std::fs::write(dir.join("canary.yaml"), &text).unwrap();
+        std::fs::write(dir.join("services.yaml"), "kind: Service\n").unwrap();
+        // Hidden files (a rollout's own temporary file) are not the mesh's.
+        std::fs::write(dir.join(".canary.yaml.weft-rollout.tmp"), &text).unwrap();
+
+        let found = route_file(&dir, &route("books-canary", None)).unwrap();
+        assert_eq!(found, dir.join("canary.yaml"));
+        let named = route_file(&dir, &route("books-canary", Some("canary.yaml"))).unwrap();
+        assert_eq!(named, dir.join("canary.yaml"));
+
+        let e = route_file(&dir, &route("books-other", None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "spec.route: unknown route: no HTTPRoute default/books-other in the mesh directory"
+            ),
+            "{e}"
+        );
+        let e = route_file(&dir, &route("books-canary", Some("services.yaml")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("spec.route: unknown route: no HTTPRoute default/books-canary in"),
+            "{e}"
+        );
+        let e = route_file(&dir, &route("books-canary", Some("missing.yaml")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("spec.route.file: cannot read"), "{e}");
+
+        std::fs::write(dir.join("again.yml"), &text).unwrap();
+        let e = route_file(&dir, &route("books-canary", None))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "spec.route: HTTPRoute default/books-canary is in several files (again.yml, canary.yaml); name one with spec.route.file"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
