@@ -21,7 +21,6 @@ use weft_controller::{identity, Config, Controller, DestinationConfig};
 use weft_core::pods::{PodsFile, ServiceAddress};
 
 const CONTROLLER: &str = "weft-controller.weft-system.serviceaccount.identity.weft.cluster.local";
-const WEB_ID: &str = "web.default.serviceaccount.identity.weft.cluster.local";
 /// How long a policy may take to arrive after a file changed.
 const PROMPT: Duration = Duration::from_secs(1);
 
@@ -73,6 +72,7 @@ impl Mesh {
         .unwrap();
         identity::init(&dir.join("identity"), "cluster.local", false).unwrap();
         identity::write_token(&dir.join("tokens"), "default", "web").unwrap();
+        identity::write_token(&dir.join("tokens"), "shop", "client").unwrap();
         let config = Config {
             identity_dir: dir.join("identity"),
             tokens_dir: dir.join("tokens"),
@@ -123,14 +123,16 @@ impl Mesh {
 
     /// A client presenting web's workload certificate, issued through Certify.
     async fn client(&self) -> OutboundPoliciesClient<Channel> {
-        let token = std::fs::read(identity::token_path(
-            &self.dir.join("tokens"),
-            "default",
-            "web",
-        ))
-        .unwrap();
+        self.client_of("default", "web").await
+    }
+
+    /// A client presenting the workload certificate of service account `sa` of
+    /// namespace `ns`.
+    async fn client_of(&self, ns: &str, sa: &str) -> OutboundPoliciesClient<Channel> {
+        let id = format!("{sa}.{ns}.serviceaccount.identity.weft.cluster.local");
+        let token = std::fs::read(identity::token_path(&self.dir.join("tokens"), ns, sa)).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
-        let csr = rcgen::CertificateParams::new(vec![WEB_ID.to_owned()])
+        let csr = rcgen::CertificateParams::new(vec![id.clone()])
             .unwrap()
             .serialize_request(&key)
             .unwrap()
@@ -138,7 +140,7 @@ impl Mesh {
             .to_vec();
         let rsp = IdentityClient::new(self.channel(None).await)
             .certify(CertifyRequest {
-                identity: WEB_ID.into(),
+                identity: id,
                 token,
                 certificate_signing_request: csr,
             })
@@ -327,4 +329,21 @@ async fn unknown_targets_and_callers_without_a_certificate_are_refused() {
     assert!(status
         .message()
         .contains("a mesh client certificate is required"));
+}
+
+#[tokio::test]
+async fn a_consumer_route_applies_to_callers_of_its_namespace_only() {
+    let consumer = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: shop-to-v2, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: books, namespace: default, port: 80}]\n  rules:\n  - backendRefs: [{name: books-v2, namespace: default, port: 80}]\n---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: shop, namespace: default}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]\n  to: [{group: \"\", kind: Service}]\n";
+    let mesh = Mesh::start(&format!("{}---\n{consumer}", canary(90, 10))).await;
+    let books = authority("books.default.svc.cluster.local:80");
+    // The caller's namespace is its certificate's.
+    let mut shop = mesh.client_of("shop", "client").await;
+    let policy = shop.get(books.clone()).await.unwrap().into_inner();
+    assert_eq!(
+        routes(&policy),
+        vec![("shop-to-v2".into(), vec![("books-v2".into(), 1)])]
+    );
+    let mut web = mesh.client().await;
+    let policy = web.get(books).await.unwrap().into_inner();
+    assert_eq!(routes(&policy), canary_routes(90, 10));
 }
