@@ -42,7 +42,9 @@ pub(super) const DEFAULT_BIN: &str = "/usr/bin/prometheus";
 pub(super) struct PrometheusArgs {
     /// Also run Prometheus (Debian's `prometheus` package; `scripts/setup` installs it)
     /// scraping every proxy's and the controller's /metrics every 2 s, with the labels
-    /// namespace, pod and deployment; its URL is in the summary and `weft ps`.
+    /// namespace, pod and deployment, new pods included; its URL is in the summary and
+    /// `weft ps`, its data in the state directory; `weft down` stops it. For rollout
+    /// analysis queries: docs/argo-rollouts.md.
     #[arg(long)]
     pub(super) prometheus: bool,
     /// Where the host reaches Prometheus (port 0: any free port).
