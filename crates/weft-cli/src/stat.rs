@@ -471,7 +471,12 @@ impl View<'_> {
 
 /// The running local mesh's state, or why there is none to read.
 pub(crate) fn load_state(local: &LocalArgs) -> anyhow::Result<State> {
-    let state = local.running_mesh("start one with `weft up`, or pass --admin")?;
+    mesh_state(local, "start one with `weft up`, or pass --admin")
+}
+
+/// [`load_state`] with `hint` after "no local mesh is up" (commands without --admin).
+pub(crate) fn mesh_state(local: &LocalArgs, hint: &str) -> anyhow::Result<State> {
+    let state = local.running_mesh(hint)?;
     if !state.loopback && !is_root() {
         bail!(
             "reading pods' metrics needs root (their admin ports are inside network \

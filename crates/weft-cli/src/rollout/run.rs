@@ -18,7 +18,7 @@ use super::state::{self, Phase, RolloutState};
 use crate::local::LocalArgs;
 use crate::stat::mesh::Frame;
 use crate::stat::route::{route_rows, RouteRow};
-use crate::stat::{load_state, scrape_mesh};
+use crate::stat::{mesh_state, scrape_mesh};
 
 #[derive(clap::Args)]
 #[command(after_help = "\
@@ -141,6 +141,9 @@ fn check_backends(mesh_dir: &Path, rollout: &Rollout) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `weft rollout` says when no local mesh is up.
+pub const HINT: &str = "weft rollout works on the local mesh: start it with `weft up`";
+
 struct Runner {
     rollout: Rollout,
     local: LocalArgs,
@@ -204,7 +207,7 @@ impl Runner {
             });
         }
         let analysis = self.rollout.analysis.clone();
-        let mut mesh = load_state(&self.local)?;
+        let mut mesh = mesh_state(&self.local, HINT)?;
         let mut since = scrape_mesh(&mesh).await?;
         let mut since_at = Instant::now();
         let mut judged = false;
@@ -216,7 +219,7 @@ impl Runner {
                 s = stop.next() => return Ok(Err(Stop::Interrupted(s))),
             }
             // Pods may have come and gone (a scale, a restart): the mesh as it is now.
-            mesh = load_state(&self.local).unwrap_or(mesh);
+            mesh = mesh_state(&self.local, HINT).unwrap_or(mesh);
             let after = scrape_mesh(&mesh).await?;
             let elapsed = since_at.elapsed();
             let frame = Frame::between(&since, &after, elapsed);
@@ -302,7 +305,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {source}"))?;
     let rollout = spec::parse(&text, &source)?;
-    let mesh = load_state(&args.local)?;
+    let mesh = mesh_state(&args.local, HINT)?;
     let route_path = route_file(&mesh.mesh_dir, &rollout.route)?;
     let route_shown = spec::shown(&route_path, &mesh.mesh_dir);
     let route_text = std::fs::read_to_string(&route_path)

@@ -10,13 +10,13 @@ use serde::Serialize;
 
 use super::analysis::Figures;
 use super::edit::{self, Weights};
-use super::run::describe;
+use super::run::{describe, HINT};
 use super::spec::RouteRef;
 use super::state::{self, Phase, RolloutState};
 use crate::local::LocalArgs;
 use crate::stat::mesh::Frame;
 use crate::stat::route::route_rows;
-use crate::stat::{emit, emit_json, load_state, scrape_mesh};
+use crate::stat::{emit, emit_json, mesh_state, scrape_mesh};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Output {
@@ -101,7 +101,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     loop {
         let rollouts = selected(&args)?;
         // Live figures need the running mesh; without it the recorded state is shown.
-        let live = match load_state(&args.local) {
+        let live = match mesh_state(&args.local, HINT) {
             Ok(mesh) => {
                 let before = scrape_mesh(&mesh).await?;
                 let at = Instant::now();
@@ -109,7 +109,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                     _ = tokio::time::sleep(args.window) => {}
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                 }
-                let mesh = load_state(&args.local).unwrap_or(mesh);
+                let mesh = mesh_state(&args.local, HINT).unwrap_or(mesh);
                 let after = scrape_mesh(&mesh).await?;
                 let elapsed = at.elapsed();
                 let frame = Frame::between(&before, &after, elapsed);
