@@ -99,7 +99,6 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let interactive = std::io::stdout().is_terminal();
     let mut first = true;
     loop {
-        let rollouts = selected(&args)?;
         // Live figures need the running mesh; without it the recorded state is shown.
         let live = match mesh_state(&args.local, HINT) {
             Ok(mesh) => {
@@ -122,7 +121,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                 None
             }
         };
-        let views: Vec<View> = rollouts
+        // Read after the window, with the route file: what the figures and the
+        // weights shown belong to.
+        let views: Vec<View> = selected(&args)?
             .into_iter()
             .map(|s| {
                 let route = route_ref(&s);
