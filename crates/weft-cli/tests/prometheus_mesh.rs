@@ -158,6 +158,119 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
+/// The demo's pods.
+const PODS: [&str; 6] = [
+    "authors-0",
+    "books-v1-0",
+    "books-v1-1",
+    "books-v2-0",
+    "reader-0",
+    "web-0",
+];
+
+impl Env {
+    /// `weft up -d --prometheus` on any free port; Prometheus' address, once `weft ps`
+    /// shows its row running with the URL the summary printed.
+    fn up_with_prometheus(&self) -> SocketAddr {
+        let out = self.run(&[
+            "up",
+            "-d",
+            "--prometheus",
+            "--prometheus-listen",
+            "127.0.0.1:0",
+            self.dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let url = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("prometheus: http://"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no Prometheus URL in:\n{stdout}"))
+            .to_owned();
+        let ps = self.run(&["ps", "-o", "json"]);
+        let rows: Vec<Value> = serde_json::from_slice(&ps.stdout).unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r["name"] == "prometheus")
+            .expect("a prometheus row");
+        assert_eq!(row["state"], "running");
+        assert_eq!(row["url"], format!("http://{url}"));
+        url.parse().unwrap()
+    }
+
+    /// Waits until every pod and the controller are healthy targets and every pod has
+    /// `response_total` series.
+    fn wait_targets(&self, addr: SocketAddr) {
+        let pods = set(&PODS);
+        let targets = eventually(Duration::from_secs(20), || {
+            self.healthy_targets(addr).filter(|(p, c)| *p == pods && *c)
+        });
+        assert!(
+            targets.is_some(),
+            "targets: {:?}",
+            self.healthy_targets(addr)
+        );
+        let series = eventually(Duration::from_secs(20), || {
+            let found: BTreeSet<String> = query(addr, "count by (pod) (response_total)")?
+                .iter()
+                .filter_map(|r| r["metric"]["pod"].as_str().map(str::to_owned))
+                .collect();
+            (found == pods).then_some(())
+        });
+        assert!(series.is_some(), "not every pod has response_total series");
+    }
+
+    /// `weft scale books-v1 3`: the new pod becomes a healthy target.
+    fn scale_and_wait_target(&self, addr: SocketAddr) {
+        let out = self.run(&["scale", "books-v1", "3"]);
+        assert!(out.status.success());
+        let mut more = set(&PODS);
+        more.insert("books-v1-2".into());
+        let scaled = eventually(Duration::from_secs(20), || {
+            self.healthy_targets(addr).filter(|(p, _)| *p == more)
+        });
+        assert!(
+            scaled.is_some(),
+            "targets: {:?}",
+            self.healthy_targets(addr)
+        );
+    }
+}
+
+/// Waits until the canary's responses counted inbound and by route reach [`ENOUGH`],
+/// then runs each query and checks its value: success rates near 0.8, p99s from
+/// books-v2's 10 ms (--latency) up to 2 s.
+fn check_queries(addr: SocketAddr, queries: &[(String, String)]) {
+    let counted = |promql: &str| scalar(addr, promql).unwrap_or(0.0);
+    let enough = eventually(Duration::from_secs(30), || {
+        let inbound = counted(
+            r#"sum(increase(response_total{namespace="default", deployment="books-v2", direction="inbound"}[1m]))"#,
+        );
+        let routed = counted(
+            r#"sum(increase(response_total{direction="outbound", route_name="books-canary", dst_service="books-v2"}[1m]))"#,
+        );
+        (inbound >= ENOUGH && routed >= ENOUGH).then_some(())
+    });
+    assert!(
+        enough.is_some(),
+        "the canary did not get {ENOUGH} requests in 30s"
+    );
+    for (name, promql) in queries {
+        let value = scalar(addr, promql).unwrap_or_else(|| panic!("{name}: no value for {promql}"));
+        eprintln!("{name} = {value:.3}\n  {promql}");
+        let range = if name.ends_with("success-rate") {
+            0.68..=0.92
+        } else {
+            10.0..=2000.0
+        };
+        assert!(
+            range.contains(&value),
+            "{name} = {value}, not in {range:?}: {promql}"
+        );
+    }
+}
+
 #[test]
 fn prometheus_scrapes_the_demo_and_the_argo_rollouts_queries_read_the_canary() {
     require_root!();
@@ -179,102 +292,14 @@ fn prometheus_scrapes_the_demo_and_the_argo_rollouts_queries_read_the_canary() {
     let started = Instant::now();
     let env = Env::new("a");
     env.write_demo();
-    let out = env.run(&[
-        "up",
-        "-d",
-        "--prometheus",
-        "--prometheus-listen",
-        "127.0.0.1:0",
-        env.dir.to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let url = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("prometheus: http://"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no Prometheus URL in:\n{stdout}"))
-        .to_owned();
-    let addr: SocketAddr = url.parse().unwrap();
-
-    // Ready at once (weft up waited for it), and `weft ps` shows it.
-    let ready = http_get(addr, "/-/ready").map(|(s, _)| s);
-    assert_eq!(ready, Some(200));
-    let ps = env.run(&["ps", "-o", "json"]);
-    let rows: Vec<Value> = serde_json::from_slice(&ps.stdout).unwrap();
-    let row = rows
-        .iter()
-        .find(|r| r["name"] == "prometheus")
-        .expect("a prometheus row");
-    assert_eq!(row["state"], "running");
-    assert_eq!(row["url"], format!("http://{url}"));
+    let addr = env.up_with_prometheus();
+    // Ready at once: weft up waited for it.
+    assert_eq!(http_get(addr, "/-/ready").map(|(s, _)| s), Some(200));
     let prometheus_pid = env.state()["prometheus"]["pid"].as_u64().unwrap() as u32;
 
-    // Every pod and the controller are targets that answer.
-    let pods = set(&[
-        "authors-0",
-        "books-v1-0",
-        "books-v1-1",
-        "books-v2-0",
-        "reader-0",
-        "web-0",
-    ]);
-    let targets = eventually(Duration::from_secs(20), || {
-        env.healthy_targets(addr).filter(|(p, c)| *p == pods && *c)
-    });
-    assert!(
-        targets.is_some(),
-        "targets: {:?}",
-        env.healthy_targets(addr)
-    );
-    let series = eventually(Duration::from_secs(20), || {
-        let found: BTreeSet<String> = query(addr, "count by (pod) (response_total)")?
-            .iter()
-            .filter_map(|r| r["metric"]["pod"].as_str().map(str::to_owned))
-            .collect();
-        (found == pods).then_some(())
-    });
-    assert!(series.is_some(), "not every pod has response_total series");
-
-    // Enough of the canary's traffic counted both ways, then the doc's queries.
-    let counted = |promql: &str| scalar(addr, promql).unwrap_or(0.0);
-    let enough = eventually(Duration::from_secs(30), || {
-        let inbound = counted(
-            r#"sum(increase(response_total{namespace="default", deployment="books-v2", direction="inbound"}[1m]))"#,
-        );
-        let routed = counted(
-            r#"sum(increase(response_total{direction="outbound", route_name="books-canary", dst_service="books-v2"}[1m]))"#,
-        );
-        (inbound >= ENOUGH && routed >= ENOUGH).then_some((inbound, routed))
-    });
-    assert!(
-        enough.is_some(),
-        "the canary did not get {ENOUGH} requests in 30s"
-    );
-    for (name, promql) in &queries {
-        let value = scalar(addr, promql).unwrap_or_else(|| panic!("{name}: no value for {promql}"));
-        eprintln!("{name} = {value:.3}\n  {promql}");
-        let range = if name.ends_with("success-rate") {
-            0.68..=0.92
-        } else {
-            // books-v2 answers after 10 ms (--latency): p99 is at least that.
-            10.0..=2000.0
-        };
-        assert!(
-            range.contains(&value),
-            "{name} = {value}, not in {range:?}: {promql}"
-        );
-    }
-
-    // A new pod becomes a target (the targets file follows the pods).
-    let out = env.run(&["scale", "books-v1", "3"]);
-    assert!(out.status.success());
-    let mut more = pods.clone();
-    more.insert("books-v1-2".into());
-    let scaled = eventually(Duration::from_secs(20), || {
-        env.healthy_targets(addr).filter(|(p, _)| *p == more)
-    });
-    assert!(scaled.is_some(), "targets: {:?}", env.healthy_targets(addr));
+    env.wait_targets(addr);
+    check_queries(addr, &queries);
+    env.scale_and_wait_target(addr);
 
     // `weft down` stops Prometheus with the rest and leaves nothing.
     let mut procs = env.recorded_procs();

@@ -158,60 +158,14 @@ impl Runner {
             .with_context(|| format!("cannot write {}", config.display()))?;
         let written = targets_json(&self.state.pods);
         write_atomic(&targets_file, &written)?;
-        let (listen, host_addr, forward) = match self.hub_netns() {
-            Some(hub) => {
-                if sys::is_root() {
-                    use std::os::unix::fs::chown;
-                    for path in [&dir, &data] {
-                        chown(path, Some(PROMETHEUS_UID), Some(PROMETHEUS_UID))
-                            .with_context(|| format!("cannot chown {}", path.display()))?;
-                    }
-                }
-                let listener =
-                    std::net::TcpListener::bind(args.prometheus_listen).with_context(|| {
-                        format!(
-                            "--prometheus-listen {}: cannot listen",
-                            args.prometheus_listen
-                        )
-                    })?;
-                let host_addr = listener.local_addr()?;
-                let inner = SocketAddr::from((HUB_IP, HUB_PORT));
-                (inner, host_addr, Some(forward(listener, hub, inner)?))
-            }
-            None => (
-                args.prometheus_listen,
-                free_port(args.prometheus_listen)?,
-                None,
-            ),
-        };
-        let mut argv: Argv = Vec::new();
-        if self.paths.loopback.is_none() {
-            argv.extend(
-                [
-                    "setpriv",
-                    &format!("--reuid={PROMETHEUS_UID}"),
-                    &format!("--regid={PROMETHEUS_UID}"),
-                    "--clear-groups",
-                    "--no-new-privs",
-                    "--",
-                ]
-                .map(str::to_owned),
-            );
-        }
-        argv.extend([
-            args.prometheus_bin.display().to_string(),
-            format!("--config.file={}", config.display()),
-            format!("--storage.tsdb.path={}", data.display()),
-            "--storage.tsdb.retention.time=1d".into(),
-            format!(
-                "--web.listen-address={}",
-                if self.paths.loopback.is_some() {
-                    host_addr
-                } else {
-                    listen
-                }
-            ),
-        ]);
+        let (listen, host_addr, forward) = self.prometheus_listen(args, &[&dir, &data])?;
+        let argv = prometheus_argv(
+            &args.prometheus_bin,
+            &config,
+            &data,
+            listen,
+            self.paths.loopback.is_none(),
+        );
         let log = self.paths.log_dir.join("prometheus.log");
         let url = format!("http://{host_addr}");
         self.prometheus = Some(Prometheus {
@@ -227,6 +181,38 @@ impl Runner {
         self.state.prometheus_url = Some(url);
         self.save()?;
         self.wait_prometheus(timeout).await
+    }
+
+    /// Where Prometheus listens, where the host reaches it, and the forwarder between
+    /// them: namespace mode, the hub's address and a forwarder from the host's
+    /// `--prometheus-listen` (Prometheus runs as `nobody`: `own` are made its); loopback
+    /// mode, `--prometheus-listen` itself.
+    fn prometheus_listen(
+        &self,
+        args: &PrometheusArgs,
+        own: &[&Path],
+    ) -> anyhow::Result<(
+        SocketAddr,
+        SocketAddr,
+        Option<tokio::sync::oneshot::Sender<()>>,
+    )> {
+        let Some(hub) = self.hub_netns() else {
+            let addr = free_port(args.prometheus_listen)?;
+            return Ok((addr, addr, None));
+        };
+        for path in own {
+            std::os::unix::fs::chown(path, Some(PROMETHEUS_UID), Some(PROMETHEUS_UID))
+                .with_context(|| format!("cannot chown {}", path.display()))?;
+        }
+        let listener = std::net::TcpListener::bind(args.prometheus_listen).with_context(|| {
+            format!(
+                "--prometheus-listen {}: cannot listen (another Prometheus on it? pass another address)",
+                args.prometheus_listen
+            )
+        })?;
+        let host_addr = listener.local_addr()?;
+        let inner = SocketAddr::from((HUB_IP, HUB_PORT));
+        Ok((inner, host_addr, Some(forward(listener, hub, inner)?)))
     }
 
     /// Starts Prometheus' process (again, `restarts` so far) and records it.
@@ -329,6 +315,36 @@ impl Runner {
             .filter(|p| self.prometheus.is_some() && !self.alive(p))
             .cloned()
     }
+}
+
+/// Prometheus' command line: as `nobody` (`as_nobody`, namespace mode, where `weft up`
+/// is root) or as the invoking user.
+fn prometheus_argv(
+    bin: &Path,
+    config: &Path,
+    data: &Path,
+    listen: SocketAddr,
+    as_nobody: bool,
+) -> Argv {
+    let mut argv: Argv = Vec::new();
+    if as_nobody {
+        argv.extend([
+            "setpriv".to_owned(),
+            format!("--reuid={PROMETHEUS_UID}"),
+            format!("--regid={PROMETHEUS_UID}"),
+            "--clear-groups".into(),
+            "--no-new-privs".into(),
+            "--".into(),
+        ]);
+    }
+    argv.extend([
+        bin.display().to_string(),
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", data.display()),
+        "--storage.tsdb.retention.time=1d".into(),
+        format!("--web.listen-address={listen}"),
+    ]);
+    argv
 }
 
 /// Loopback mode: `listen` with a free port for port 0 (Prometheus is told the port).
@@ -479,5 +495,41 @@ mod tests {
             jobs[1]["static_configs"][0]["labels"]["component"],
             "controller"
         );
+    }
+
+    #[test]
+    fn prometheus_runs_as_nobody_in_namespace_mode_on_the_address_given() {
+        let argv = prometheus_argv(
+            Path::new("/usr/bin/prometheus"),
+            Path::new("/run/weft/prometheus/prometheus.yml"),
+            Path::new("/run/weft/prometheus/data"),
+            SocketAddr::from(([198, 18, 0, 1], 9090)),
+            true,
+        );
+        assert_eq!(
+            argv,
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--no-new-privs",
+                "--",
+                "/usr/bin/prometheus",
+                "--config.file=/run/weft/prometheus/prometheus.yml",
+                "--storage.tsdb.path=/run/weft/prometheus/data",
+                "--storage.tsdb.retention.time=1d",
+                "--web.listen-address=198.18.0.1:9090",
+            ]
+        );
+        let argv = prometheus_argv(
+            Path::new("prometheus"),
+            Path::new("c.yml"),
+            Path::new("d"),
+            SocketAddr::from(([127, 0, 0, 1], 9091)),
+            false,
+        );
+        assert_eq!(argv[0], "prometheus");
+        assert_eq!(argv.last().unwrap(), "--web.listen-address=127.0.0.1:9091");
     }
 }
