@@ -67,6 +67,8 @@ struct Answer {
     headers: Vec<(String, String)>,
     /// The echo server's description of the request, when the body is one.
     echo: Option<serde_json::Value>,
+    /// The body as printed (a proxy's own answer says why).
+    body: String,
 }
 
 impl Answer {
@@ -118,6 +120,7 @@ fn parse_answers(out: &str) -> Result<Vec<Answer>, String> {
             status,
             headers: std::mem::take(&mut headers),
             echo: serde_json::from_str(body).ok(),
+            body: body.to_owned(),
         });
     }
     Ok(answers)
@@ -282,7 +285,10 @@ impl Case {
         let mut wrong = Vec::new();
         let status = if self.status == 0 { 200 } else { self.status };
         if a.status != status {
-            wrong.push(format!("status {} (expected {status})", a.status));
+            wrong.push(format!(
+                "status {} (expected {status}; body {:?}, headers {:?})",
+                a.status, a.body, a.headers
+            ));
         }
         if let Some(b) = self.backend {
             match a.pod() {
