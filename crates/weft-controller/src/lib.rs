@@ -93,6 +93,7 @@ pub struct Controller {
     metrics: Arc<Metrics>,
     serving: Arc<ServingCert>,
     index: Option<tokio::sync::watch::Receiver<Arc<destination::Index>>>,
+    inbound_policy: Option<tokio::sync::watch::Receiver<Arc<policy::serve::Snapshot>>>,
     ready: Arc<AtomicBool>,
     stop: tokio::sync::watch::Sender<bool>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
@@ -191,6 +192,7 @@ impl Controller {
         let mut index = None;
         let mut policies = None;
         let mut inbound = None;
+        let mut inbound_policy = None;
         let destinations = match (source, &config.destination) {
             (Some(source), Some(d)) => {
                 let (publish, subscribe) = tokio::sync::watch::channel(Arc::new(source.index()));
@@ -229,6 +231,7 @@ impl Controller {
                     subscribe.clone(),
                     inbound_tx,
                 )));
+                inbound_policy = Some(inbound_rx.clone());
                 inbound = Some(policy::InboundPolicyService::new(
                     inbound_rx,
                     &config.trust_domain,
@@ -275,6 +278,7 @@ impl Controller {
             metrics,
             serving,
             index,
+            inbound_policy,
             ready,
             stop,
             grpc: Some(grpc),
@@ -304,6 +308,14 @@ impl Controller {
     /// The destination service's current index (`None` without a destination source).
     pub fn destination_index(&self) -> Option<Arc<destination::Index>> {
         self.index.as_ref().map(|i| i.borrow().clone())
+    }
+
+    /// The policy objects' statuses now (empty without a destination source).
+    pub fn policy_reports(&self) -> Vec<policy::ObjectReport> {
+        self.inbound_policy
+            .as_ref()
+            .map(|p| p.borrow().policy.reports().to_vec())
+            .unwrap_or_default()
     }
 
     /// Completes when the gRPC server stops (after [`Controller::shutdown`], or if it

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::detect::{self, Protocol};
+use crate::detect::Protocol;
 use crate::drain::Watch;
 use crate::http::ConnContext;
 use crate::io::PrefixedIo;
@@ -184,30 +184,6 @@ impl Accepted {
             Destination::ByAuthority => false,
         }
     }
-}
-
-/// Detects the protocol of `io` (unless the destination is opaque) and forwards it.
-pub(crate) async fn detect_and_dispatch<I>(
-    mut io: I,
-    peer: Accepted,
-    shared: Arc<Shared>,
-    watch: Watch,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (protocol, prefix) = if peer.is_opaque(&shared.config) {
-        (Protocol::Opaque, bytes::Bytes::new())
-    } else {
-        match detect::detect(&mut io, shared.config.detect_timeout).await {
-            Ok(d) if d.closed => return,
-            Ok(d) => (d.protocol, d.prefix),
-            Err(error) => {
-                tracing::debug!(client = %peer.client, %error, "connection failed during protocol detection");
-                return;
-            }
-        }
-    };
-    dispatch(io, protocol, prefix, peer, shared, watch).await
 }
 
 /// Forwards a connection whose protocol is known: opaque TCP to one endpoint, or HTTP

@@ -262,6 +262,15 @@ pub struct Args {
     #[arg(long, env = "WEFT_DESTINATION_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub destination_wait: Duration,
 
+    /// Who may call the local application when no policy from the controller says
+    /// otherwise: without --destination, for every port; with it, until a port's first
+    /// policy arrives (after --destination-wait) and for a workload the controller has
+    /// no policy for. all-unauthenticated (everyone), all-authenticated (mesh
+    /// identities), cluster-authenticated (mesh identities from private networks and
+    /// loopback) or deny.
+    #[arg(long, env = "WEFT_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated", value_parser = str::parse::<crate::inbound::authorize::DefaultPolicy>)]
+    pub default_inbound_policy: crate::inbound::authorize::DefaultPolicy,
+
     /// The mesh's pod networks (CIDRs, comma-separated). With --destination, an
     /// outbound connection to an address in them that the destination service has not
     /// answered for is refused (HTTP 503, `weft-proxy-error: discovery unavailable`)
@@ -347,6 +356,8 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Opaque TCP connections idle this long are closed.
     pub tcp_idle_timeout: Option<Duration>,
+    /// Who may call the application without a policy from the controller.
+    pub default_inbound_policy: crate::inbound::authorize::DefaultPolicy,
 }
 
 #[derive(Clone, Debug)]
@@ -506,6 +517,7 @@ impl Args {
             admin_metrics_from: self.admin_metrics_from,
             max_connections: (self.max_connections > 0).then_some(self.max_connections),
             tcp_idle_timeout: (!self.tcp_idle_timeout.is_zero()).then_some(self.tcp_idle_timeout),
+            default_inbound_policy: self.default_inbound_policy,
             mode: self.mode,
             services,
             inbound_forward: self.inbound_forward,
@@ -608,6 +620,7 @@ impl Config {
             admin_metrics_from: Vec::new(),
             max_connections: None,
             tcp_idle_timeout: Some(Duration::from_secs(3600)),
+            default_inbound_policy: Default::default(),
         }
     }
 }

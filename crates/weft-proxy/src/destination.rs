@@ -218,6 +218,8 @@ pub struct Destinations {
     client: DestinationClient<Channel>,
     /// The same connection's `OutboundPolicies` client (routes).
     policies: OutboundPoliciesClient<Channel>,
+    /// The connection itself, for the inbound policy client.
+    channel: Channel,
     balance: Arc<BalanceConfig>,
     /// Discovered services are listed there too (for `balancer_endpoints`).
     services: ServiceIndex,
@@ -260,7 +262,8 @@ impl Destinations {
             .connect_with_connector_lazy(connector);
         Ok(Destinations {
             client: DestinationClient::new(channel.clone()),
-            policies: OutboundPoliciesClient::new(channel),
+            policies: OutboundPoliciesClient::new(channel.clone()),
+            channel,
             balance,
             services,
             first_update: config.first_update,
@@ -278,6 +281,12 @@ impl Destinations {
     pub fn with_max_followed(mut self, max: usize) -> Self {
         self.max_followed = max.max(1);
         self
+    }
+
+    /// The connection to the controller (lazy, with this proxy's certificate), for the
+    /// other services it serves (the inbound policy).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// What the destination service says of `addr` (transparent mode: a connection's
@@ -812,7 +821,8 @@ mod tests {
         let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
         Destinations {
             client: DestinationClient::new(channel.clone()),
-            policies: OutboundPoliciesClient::new(channel),
+            policies: OutboundPoliciesClient::new(channel.clone()),
+            channel,
             balance: Arc::default(),
             services,
             first_update: Duration::from_secs(1),

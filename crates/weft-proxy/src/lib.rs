@@ -41,6 +41,7 @@ use crate::destination::Destinations;
 use crate::drain::Drain;
 use crate::endpoints::Service;
 use crate::identity::LocalIdentity;
+pub use crate::inbound::authorize::DefaultPolicy as DefaultInboundPolicy;
 use crate::metrics::{Direction, Metrics};
 pub use crate::resolve::{Destination, ResolveError, Resolved};
 use crate::upstream::{Connector, HttpUpstreams};
@@ -60,6 +61,8 @@ pub struct Shared {
     pub identity: Option<Arc<LocalIdentity>>,
     /// The controller's destination service, when configured.
     pub destinations: Option<Arc<Destinations>>,
+    /// Who may call the application's ports (the inbound path's authorize step).
+    pub(crate) inbound_policy: inbound::policy::InboundPolicies,
     /// One permit per connection served (inbound and outbound): at the limit, the
     /// listeners stop accepting until a connection closes.
     connections: Arc<tokio::sync::Semaphore>,
@@ -200,7 +203,19 @@ impl Proxy {
         let max_connections = config
             .max_connections
             .unwrap_or_else(accept::connection_limit);
+        let labels = &config.labels;
+        let inbound_policy = inbound::policy::InboundPolicies::new(
+            destinations.as_ref().map(|d| d.channel()),
+            (!labels.namespace.is_empty() && !labels.deployment.is_empty())
+                .then(|| format!("{}:{}", labels.namespace, labels.deployment)),
+            config.default_inbound_policy,
+            config
+                .destination
+                .as_ref()
+                .map_or(Duration::from_secs(1), |d| d.first_update),
+        );
         let shared = Arc::new(Shared {
+            inbound_policy,
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             max_connections,
             inbound: HttpUpstreams::new(connector(Direction::Inbound), config.pool_idle_timeout),

@@ -536,6 +536,7 @@ pub struct Metrics {
     authorities: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     process: ProcessMetrics,
     pub destination: crate::destination::DestinationMetrics,
+    pub authz: AuthzMetrics,
 }
 
 impl Metrics {
@@ -670,9 +671,12 @@ impl Metrics {
 
         let destination = crate::destination::DestinationMetrics::default();
         destination.register(&mut registry);
+        let authz = AuthzMetrics::default();
+        authz.register(&mut registry);
 
         Arc::new(Metrics {
             destination,
+            authz,
             balancer_endpoints,
             registry,
             http,
@@ -743,6 +747,65 @@ impl Metrics {
             let _ = writeln!(out, "# encoding failed");
         }
         out
+    }
+}
+
+/// The inbound path's authorization decisions, with Linkerd's names: per request
+/// (`inbound_http_authz_*`) and per opaque TCP connection (`inbound_tcp_authz_*`),
+/// labelled by the Server (`srv_kind` `server` and its name, or `default` and the
+/// default policy's name), the authorization that allowed (`authz_kind`
+/// `authorizationpolicy` or `default`, `authz_name`; empty on a deny) and the
+/// application's port.
+#[derive(Clone, Debug, Default)]
+pub struct AuthzMetrics {
+    http_allow: Family<AuthzLabels, Counter>,
+    http_deny: Family<AuthzLabels, Counter>,
+    tcp_allow: Family<AuthzLabels, Counter>,
+    tcp_deny: Family<AuthzLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub srv_kind: Str,
+    pub srv_name: Str,
+    pub authz_kind: Str,
+    pub authz_name: Str,
+    pub target_port: u16,
+}
+
+impl AuthzMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "inbound_http_authz_allow",
+            "Inbound HTTP requests an authorization allowed",
+            self.http_allow.clone(),
+        );
+        registry.register(
+            "inbound_http_authz_deny",
+            "Inbound HTTP requests no authorization allowed (answered 403, gRPC PERMISSION_DENIED)",
+            self.http_deny.clone(),
+        );
+        registry.register(
+            "inbound_tcp_authz_allow",
+            "Inbound opaque TCP connections an authorization allowed",
+            self.tcp_allow.clone(),
+        );
+        registry.register(
+            "inbound_tcp_authz_deny",
+            "Inbound opaque TCP connections no authorization allowed (closed)",
+            self.tcp_deny.clone(),
+        );
+    }
+
+    /// Counts a decision: `http` (a request) or not (a TCP connection), allowed or not.
+    pub fn count(&self, http: bool, allowed: bool, labels: &AuthzLabels) {
+        let family = match (http, allowed) {
+            (true, true) => &self.http_allow,
+            (true, false) => &self.http_deny,
+            (false, true) => &self.tcp_allow,
+            (false, false) => &self.tcp_deny,
+        };
+        family.get_or_create(labels).inc();
     }
 }
 

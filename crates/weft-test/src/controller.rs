@@ -192,6 +192,14 @@ impl TestController {
         .expect("pods file");
     }
 
+    /// The policy objects' statuses (Accepted, ResolvedRefs) as the controller has them.
+    pub fn policy_reports(&self) -> Vec<weft_controller::policy::ObjectReport> {
+        self.controller
+            .as_ref()
+            .expect("the controller is running")
+            .policy_reports()
+    }
+
     /// Writes (atomically) `name` in the mesh directory, e.g. a file of policy objects.
     pub fn write_mesh_file(&self, name: &str, yaml: &str) {
         write_atomically(&self.mesh_dir().join(name), yaml);

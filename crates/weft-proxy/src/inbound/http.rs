@@ -4,10 +4,12 @@
 //! 1. **Resolve**: the application's address ([`ConnContext::resolve`]).
 //! 2. **Count** it under its labels, with the caller's identity
 //!    ([`ConnContext::count_request`]).
-//! 3. **Prepare** the head for the hop to the application ([`http::prepare`]).
-//! 4. **Send** it once: no deadline and no retries here (they are the caller's
+//! 3. **Authorize** the caller for the port ([`super::authorize::http`]): 403, or
+//!    gRPC PERMISSION_DENIED, when no authorization allows it.
+//! 4. **Prepare** the head for the hop to the application ([`http::prepare`]).
+//! 5. **Send** it once: no deadline and no retries here (they are the caller's
 //!    business, on its outbound side); `--response-timeout` bounds the wait.
-//! 5. **Answer** the caller ([`Answer::respond`]).
+//! 6. **Answer** the caller ([`Answer::respond`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +42,9 @@ async fn forward(
     };
     let route = ctx.count_request(&target);
     unanswered.counted(route.clone());
+    if let Err(denied) = super::authorize::http(ctx).await {
+        return ctx.error_response(route, grpc, start, denied);
+    }
     let Prepared {
         req,
         version,

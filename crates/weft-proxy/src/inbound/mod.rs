@@ -7,14 +7,21 @@
 //! 3. **mTLS** ([`terminate`]): TLS addressed to this proxy's identity is terminated,
 //!    the caller's identity taken from its certificate, and what it carries detected
 //!    again; TLS for anyone else (the application's own) passes through untouched.
-//! 4. **Forward** ([`crate::accept::dispatch`]): TCP to the application, or HTTP request
+//! 4. **Authorize** ([`authorize`], the port's policy from [`policy`]): an opaque TCP
+//!    connection's caller (address, identity) once, when it is accepted, and again
+//!    whenever the port's policy changes (a connection no longer allowed is closed);
+//!    HTTP callers request by request in [`http`].
+//! 5. **Forward** ([`crate::accept::dispatch`]): TCP to the application, or HTTP request
 //!    by request down [`http`].
 
+pub mod authorize;
 pub(crate) mod http;
+pub mod policy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -61,7 +68,7 @@ pub(crate) async fn connection(
     let opaque = peer.is_opaque(config);
     if opaque && local.is_none() {
         io.label(counters.plain());
-        return accept::dispatch(
+        return forward(
             io,
             Protocol::Opaque,
             bytes::Bytes::new(),
@@ -98,7 +105,7 @@ pub(crate) async fn connection(
         if hello.server_name.as_deref() != Some(local.name().dns_name().as_str()) {
             // TLS for someone else (the application's own): passed through untouched.
             io.label(counters.plain());
-            return accept::dispatch(io, Protocol::Opaque, hello.prefix, peer, shared, watch).await;
+            return forward(io, Protocol::Opaque, hello.prefix, peer, shared, watch).await;
         }
         // Labelled with the caller's identity once the handshake proved it; a
         // handshake that fails still counts, without one.
@@ -118,11 +125,72 @@ pub(crate) async fn connection(
             client_id: Some(client_id),
             ..peer
         };
-        return accept::detect_and_dispatch(stream, peer, shared, watch).await;
+        return detect_and_forward(stream, peer, shared, watch).await;
     }
     let protocol = if opaque { Protocol::Opaque } else { protocol };
     io.label(counters.plain());
-    accept::dispatch(io, protocol, prefix, peer, shared, watch).await
+    forward(io, protocol, prefix, peer, shared, watch).await
+}
+
+/// Detection again on a decrypted stream (opaque ports are not), then [`forward`].
+async fn detect_and_forward<I>(mut io: I, peer: Accepted, shared: Arc<Shared>, watch: Watch)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (protocol, prefix) = if peer.is_opaque(&shared.config) {
+        (Protocol::Opaque, bytes::Bytes::new())
+    } else {
+        match detect::detect(&mut io, shared.config.detect_timeout).await {
+            Ok(d) if d.closed => return,
+            Ok(d) => (d.protocol, d.prefix),
+            Err(error) => {
+                tracing::debug!(client = %peer.client, %error, "connection failed during protocol detection");
+                return;
+            }
+        }
+    };
+    forward(io, protocol, prefix, peer, shared, watch).await
+}
+
+/// Authorizes an opaque TCP connection (HTTP is authorized request by request) and
+/// forwards it. An allowed TCP connection stays open while the port's policy allows
+/// it: a change that no longer does closes it.
+async fn forward<I>(
+    io: I,
+    protocol: Protocol,
+    prefix: bytes::Bytes,
+    peer: Accepted,
+    shared: Arc<Shared>,
+    watch: Watch,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (Protocol::Opaque, Destination::Addr(addr)) = (protocol, &peer.destination) else {
+        return accept::dispatch(io, protocol, prefix, peer, shared, watch).await;
+    };
+    let port = addr.port();
+    let ip = peer.client.ip();
+    let client = peer.client;
+    let client_id = peer.client_id.as_ref().map(|id| id.dns_name());
+    let mut policy = shared.inbound_policy.port(port).await;
+    if let Err(denied) = authorize::tcp(&shared, &policy.current(), ip, client_id.as_deref(), port)
+    {
+        tracing::info!(%client, reason = %denied, "TCP connection denied: closed");
+        return;
+    }
+    let forwarding = accept::dispatch(io, protocol, prefix, peer, shared.clone(), watch);
+    tokio::pin!(forwarding);
+    loop {
+        tokio::select! {
+            () = &mut forwarding => return,
+            () = policy.changed() => {
+                if let Err(denied) = policy.current().authorize(ip, client_id.as_deref(), port) {
+                    tracing::info!(%client, reason = %denied, "TCP connection no longer authorized: closed");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The mTLS handshake with a meshed caller, within the detection deadline: the stream
