@@ -10,7 +10,7 @@
 //! | `ResolvedRefs` | `ResolvedRefs` | every backendRef names an existing Service port |
 //! | | `BackendNotFound` | no such Service, no such port, or no port given |
 //! | | `InvalidKind` | a backendRef that is not a core Service |
-//! | | `RefNotPermitted` | a Service of another namespace without a ReferenceGrant there allowing it |
+//! | | `RefNotPermitted` | a Service of another namespace (other than a parent of the route) without a ReferenceGrant there allowing it |
 //!
 //! The rules of a checked route, as the protocol carries them, are built in
 //! [`super::messages`].
@@ -344,7 +344,10 @@ fn resolve(
             ),
         ));
     }
-    if namespace != route.key.namespace && !granted(route, namespace, name, cx.grants) {
+    if namespace != route.key.namespace
+        && !is_parent(route, namespace, name)
+        && !granted(route, namespace, name, cx.grants)
+    {
         return Some((
             "RefNotPermitted",
             format!(
@@ -378,6 +381,15 @@ fn resolve(
         ));
     }
     None
+}
+
+/// Whether the route names Service `namespace/name` as a parent: a consumer route
+/// may send to the Service it is attached to without a ReferenceGrant (GAMMA; the
+/// mesh conformance case MeshConsumerRoute does).
+fn is_parent(route: &ParsedRoute, namespace: &str, name: &str) -> bool {
+    route.parent_refs().iter().any(|p| {
+        p.is_service() && p.name == name && p.namespace_or(&route.key.namespace) == namespace
+    })
 }
 
 /// Whether a ReferenceGrant in `namespace` lets the route refer to Service `name` there.

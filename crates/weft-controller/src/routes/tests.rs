@@ -1114,3 +1114,54 @@ fn grpc_and_http_routes_on_different_ports_do_not_conflict() {
     assert_eq!(reasons(&t, "r").0, "Conflicted");
     assert_eq!(route_name(&http_routes(&t, 80, NS)[0]), "default:http");
 }
+
+/// MeshConsumerRoute as upstream writes it: the consumer route's backendRef is its
+/// own parent Service, in the producer's namespace, with no ReferenceGrant.
+#[test]
+fn a_consumer_route_may_send_to_its_parent_service_without_a_grant() {
+    let t = table(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: mesh-echo-add-header
+  namespace: gateway-conformance-mesh-consumer
+spec:
+  parentRefs:
+  - group: ""
+    kind: Service
+    name: echo-v1
+    namespace: gateway-conformance-mesh
+  rules:
+  - filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set:
+        - name: X-Header-Set
+          value: set
+    backendRefs:
+    - name: echo-v1
+      namespace: gateway-conformance-mesh
+      port: 80
+"#,
+    );
+    assert_eq!(
+        reasons(&t, "mesh-echo-add-header"),
+        ("Accepted", "ResolvedRefs")
+    );
+    let policy = t
+        .policy(NS, "echo-v1", 80, "gateway-conformance-mesh-consumer")
+        .unwrap();
+    let Some(proxy_protocol::Kind::Detect(d)) = policy.protocol.and_then(|p| p.kind) else {
+        panic!("not an HTTP policy");
+    };
+    let routes = d.http1.unwrap().routes;
+    assert_eq!(
+        route_name(&routes[0]),
+        "gateway-conformance-mesh-consumer/mesh-echo-add-header"
+    );
+    assert_eq!(
+        backends(&routes[0].rules[0]),
+        vec![(svc("echo-v1", 80), 1, None)]
+    );
+}
