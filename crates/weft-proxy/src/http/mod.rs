@@ -30,7 +30,7 @@ use crate::balance::{Outcome, Picked};
 use crate::detect::Protocol;
 use crate::drain::Watch;
 use crate::endpoints::Service;
-use crate::metrics::{Classification, Direction, HttpMetrics, RouteLabels, Str, Tls};
+use crate::metrics::{Classification, Direction, HttpMetrics, RouteLabel, RouteLabels, Str, Tls};
 use crate::retry::RequestBody;
 use crate::routes::RouteMeta;
 use crate::upstream::{HttpUpstreams, HttpVersion, Reusable, SendError, UpstreamError};
@@ -60,7 +60,7 @@ pub struct ConnContext {
 pub struct CachedRoute {
     authority: String,
     endpoint: SocketAddr,
-    route: Option<RouteMeta>,
+    route: Option<Arc<RouteMeta>>,
     labels: RouteLabels,
     requests: Counter,
     /// The metrics' generation `requests` was fetched under (idle series dropped since
@@ -227,7 +227,7 @@ pub(crate) struct Target {
     /// The balancer's pick, to report the outcome on (none for a single address).
     pub(crate) picked: Option<Picked>,
     /// The route that chose the service (outbound, when it has routes).
-    pub(crate) route: Option<RouteMeta>,
+    pub(crate) route: Option<Arc<RouteMeta>>,
 }
 
 /// A request refused before it reached an endpoint, with the authority it named (empty
@@ -236,11 +236,11 @@ pub(crate) struct Unresolved {
     authority: String,
     error: ProxyError,
     /// The route that chose a backend which could not be resolved.
-    pub(crate) route: Option<RouteMeta>,
+    pub(crate) route: Option<Arc<RouteMeta>>,
 }
 
 impl Unresolved {
-    pub(crate) fn new(authority: String, error: ProxyError, route: Option<RouteMeta>) -> Self {
+    pub(crate) fn new(authority: String, error: ProxyError, route: Option<Arc<RouteMeta>>) -> Self {
         Unresolved {
             authority,
             error,
@@ -271,6 +271,8 @@ impl ConnContext {
     /// failfast timeout for a service that has none yet.
     pub(crate) async fn resolve<B>(&self, req: &Request<B>) -> Result<Target, Unresolved> {
         let authority = authority(req)?;
+        // Explicit mode: an authority met for the first time may need the controller.
+        self.shared.discover(&self.destination, &authority).await;
         self.resolve_authority(&self.destination, authority).await
     }
 
@@ -281,10 +283,8 @@ impl ConnContext {
         destination: &Destination,
         authority: String,
     ) -> Result<Target, Unresolved> {
-        let shared = &self.shared;
-        // Explicit mode: an authority met for the first time may need the controller.
-        shared.discover(destination, &authority).await;
-        match shared.resolve_or_wait(destination, &authority).await {
+        // (Discovered by the caller: `Shared::discover`.)
+        match self.shared.resolve_or_wait(destination, &authority).await {
             Ok(Resolved {
                 addr,
                 service,
@@ -384,7 +384,7 @@ impl ConnContext {
         endpoint: Option<SocketAddr>,
         service: Option<&Service>,
         picked: Option<&Picked>,
-        route: Option<&RouteMeta>,
+        route: Option<&Arc<RouteMeta>>,
     ) -> RouteLabels {
         // Outbound requests to a meshed endpoint go over mTLS (when this proxy has an
         // identity): the route is labelled with the server's identity.
@@ -405,9 +405,7 @@ impl ConnContext {
             dst_zone: dst_zone.unwrap_or("").into(),
             client_id: self.client_id.clone(),
             server_id: Str(server_id.map(|id| id.dns_name()).unwrap_or_default().into()),
-            route_kind: route.map_or_else(Str::empty, |r| r.kind.as_str().into()),
-            route_name: route.map_or_else(Str::empty, |r| Str(r.name.clone())),
-            route_namespace: route.map_or_else(Str::empty, |r| Str(r.namespace.clone())),
+            route: RouteLabel(route.cloned()),
         }
     }
 

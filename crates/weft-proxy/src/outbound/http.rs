@@ -129,9 +129,9 @@ async fn resolve(
     let authority = http::authority(req)?;
     // Explicit mode: an authority met for the first time may need the controller.
     ctx.shared.discover(&ctx.destination, &authority).await;
-    if let Some(routes) = parent_routes(ctx, &authority) {
+    if let Some((parent, routes)) = parent_routes(ctx, &authority) {
         return Ok(
-            match route::route(ctx, req, &authority, routes, start).await? {
+            match route::route(ctx, req, &authority, &parent, routes, start).await? {
                 route::Routed::Forward { target, rule } => Routed::Forward {
                     target,
                     rule: Some(rule),
@@ -152,7 +152,7 @@ enum Routed<R> {
 
 /// The routes of the Service the connection (or, in explicit mode, the authority)
 /// goes to, when the controller serves some.
-fn parent_routes(ctx: &ConnContext, authority: &str) -> Option<Arc<Routes>> {
+fn parent_routes(ctx: &ConnContext, authority: &str) -> Option<(Arc<Service>, Arc<Routes>)> {
     let parent = match &ctx.destination {
         Destination::Service(s) => s.clone(),
         Destination::ByAuthority => match ctx.shared.config.services.by_authority(authority) {
@@ -165,7 +165,8 @@ fn parent_routes(ctx: &ConnContext, authority: &str) -> Option<Arc<Routes>> {
         },
         Destination::Addr(_) | Destination::Unavailable(_) => return None,
     };
-    parent.routes()
+    let routes = parent.routes()?;
+    Some((parent, routes))
 }
 
 /// The policy of one request: the service's (or the proxy-wide) timeouts and retries,
@@ -261,8 +262,8 @@ impl Attempts<'_> {
             policy,
             route,
             authority,
-            service,
             version,
+            ..
         } = *self;
         let metrics = ctx.metrics();
         let grpc = policy.grpc;
@@ -298,60 +299,16 @@ impl Attempts<'_> {
             let Some(p) = policy.retry else {
                 break result;
             };
-            let reason = match &result {
-                Ok((rsp, _)) => (replay.is_some()
-                    && p.policy
-                        .retry
-                        .retry_on_response(rsp.status(), rsp.headers(), grpc))
-                .then_some("status"),
-                Err(Failure::Send(e)) if e.unsent.is_some() => Some("connect-failure"),
-                Err(Failure::Send(_)) if replay.is_some() => Some("reset"),
-                Err(Failure::AttemptTimeout(_)) if replay.is_some() => Some("timeout"),
-                Err(_) => None,
-            };
-            let Some(reason) = reason else {
+            let Some(reason) = retry_reason(p, &result, replay.is_some(), grpc) else {
                 break result;
             };
             if retries >= p.policy.retry.limit {
                 metrics.retries.limit_exceeded(&route.dst_service);
                 break result;
             }
-            // A request that never left is sent again as it is.
-            let unsent = match &mut result {
-                Err(Failure::Send(e)) => e.unsent.take(),
-                _ => None,
-            };
-            // Where the next attempt goes: an endpoint not tried yet when the service has
-            // one. A failed connection is retried only there (the same endpoint would
-            // refuse it again, or make the caller wait out another connect timeout).
-            tried.push(endpoint);
-            let next_pick = match service {
-                Some(service) => match service.balancer().pick_avoiding(&tried) {
-                    Some(p) => Some(p),
-                    None => break result,
-                },
-                None => None,
-            };
-            let next_endpoint = next_pick.as_ref().map_or(endpoint, Picked::addr);
-            if unsent.is_some() && tried.contains(&next_endpoint) {
-                break result;
-            }
-            // The next request: the same one if it never left, else a replay (none while
-            // the first attempt's body is still streaming, or if it was too large).
-            let replayed = if unsent.is_some() {
-                None
-            } else {
-                match replay.as_ref().and_then(Replay::request) {
-                    Some(r) => Some(r),
-                    None => break result,
-                }
-            };
-            if !p.budget.withdraw(Instant::now()) {
-                metrics.retries.overflow(&route.dst_service);
-                break result;
-            }
-            let retry_connect = unsent.is_some();
-            let Some(mut next) = unsent.or(replayed) else {
+            let Some(next) =
+                self.next_attempt(p, &mut result, replay.as_ref(), &mut tried, endpoint)
+            else {
                 break result;
             };
             if let Ok((rsp, reusable)) = result {
@@ -361,36 +318,123 @@ impl Attempts<'_> {
                 }
             }
             retries += 1;
-            tracing::debug!(direction = ctx.direction.as_str(), %authority, %endpoint, next = %next_endpoint, reason, retry = retries, "retrying");
+            tracing::debug!(direction = ctx.direction.as_str(), %authority, %endpoint, next = %next.endpoint, reason, retry = retries, "retrying");
             metrics.retries.retried(&route.dst_service, reason);
             if let Some(p) = picked.take() {
                 p.finish(Outcome::Failure);
             }
-            endpoint = next_endpoint;
-            picked = next_pick;
+            endpoint = next.endpoint;
+            picked = next.picked;
             // Another endpoint after a failed connection: at once. Otherwise a short,
             // jittered wait, within the request's deadline.
-            if !retry_connect {
-                let wait = tokio::time::sleep(p.policy.retry.backoff(retries));
-                match deadline {
-                    Some(d) => {
-                        if tokio::time::timeout_at(d.at, wait).await.is_err() {
-                            break Err(Failure::Deadline);
-                        }
-                    }
-                    None => wait.await,
-                }
+            if !next.unsent && !backoff(p, retries, deadline).await {
+                break Err(Failure::Deadline);
             }
-            let headers = next.headers_mut();
-            headers.insert(retry::RETRY_ATTEMPT_HEADER, HeaderValue::from(retries));
-            if let Some(d) = deadline.filter(|_| grpc) {
-                let left = d.at.saturating_duration_since(tokio::time::Instant::now());
-                headers.insert("grpc-timeout", retry::grpc_timeout_value(left));
-            }
-            req = next;
+            req = next.req;
+            stamp(&mut req, retries, deadline.filter(|_| grpc));
         };
         last.addr = endpoint;
         last.picked = picked;
         (result, retries)
+    }
+
+    /// The next attempt after a failed one: to an endpoint not tried yet when the
+    /// service has one (a failed connection is retried only there: the same endpoint
+    /// would refuse it again, or make the caller wait out another connect timeout),
+    /// with the same request if it never left, else a replay (none while the first
+    /// attempt's body is still streaming, or if it was too large), within the budget.
+    /// `None`: no retry.
+    fn next_attempt(
+        &self,
+        p: &BudgetedPolicy,
+        result: &mut Result<Sent, Failure>,
+        replay: Option<&Replay>,
+        tried: &mut Vec<SocketAddr>,
+        endpoint: SocketAddr,
+    ) -> Option<Next> {
+        // A request that never left is sent again as it is.
+        let unsent = match result {
+            Err(Failure::Send(e)) => e.unsent.take(),
+            _ => None,
+        };
+        tried.push(endpoint);
+        let picked = match self.service {
+            Some(service) => Some(service.balancer().pick_avoiding(tried)?),
+            None => None,
+        };
+        let next_endpoint = picked.as_ref().map_or(endpoint, Picked::addr);
+        if unsent.is_some() && tried.contains(&next_endpoint) {
+            return None;
+        }
+        let was_unsent = unsent.is_some();
+        let req = match unsent {
+            Some(req) => req,
+            None => replay?.request()?,
+        };
+        if !p.budget.withdraw(Instant::now()) {
+            self.ctx.metrics().retries.overflow(&self.route.dst_service);
+            return None;
+        }
+        Some(Next {
+            req,
+            endpoint: next_endpoint,
+            picked,
+            unsent: was_unsent,
+        })
+    }
+}
+
+/// Where and what the next attempt sends.
+struct Next {
+    req: Request<RequestBody>,
+    endpoint: SocketAddr,
+    picked: Option<Picked>,
+    /// The request never left: sent again at once.
+    unsent: bool,
+}
+
+/// Why an attempt's result is worth another attempt, if it is: a response the policy
+/// retries or a timed-out or reset attempt (when the request can be replayed), or a
+/// connection that failed (the request never left).
+fn retry_reason(
+    p: &BudgetedPolicy,
+    result: &Result<Sent, Failure>,
+    replayable: bool,
+    grpc: bool,
+) -> Option<&'static str> {
+    match result {
+        Ok((rsp, _)) => (replayable
+            && p.policy
+                .retry
+                .retry_on_response(rsp.status(), rsp.headers(), grpc))
+        .then_some("status"),
+        Err(Failure::Send(e)) if e.unsent.is_some() => Some("connect-failure"),
+        Err(Failure::Send(_)) if replayable => Some("reset"),
+        Err(Failure::AttemptTimeout(_)) if replayable => Some("timeout"),
+        Err(_) => None,
+    }
+}
+
+/// The jittered wait before retry number `retries`, within the deadline: `false` when
+/// the deadline passes first.
+async fn backoff(p: &BudgetedPolicy, retries: u32, deadline: Option<&Deadline>) -> bool {
+    let wait = tokio::time::sleep(p.policy.retry.backoff(retries));
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.at, wait).await.is_ok(),
+        None => {
+            wait.await;
+            true
+        }
+    }
+}
+
+/// Marks a retried request (`weft-retry-attempt`) and, for gRPC with a deadline, gives
+/// it the time left (`grpc-timeout`).
+fn stamp(req: &mut Request<RequestBody>, retries: u32, grpc_deadline: Option<&Deadline>) {
+    let headers = req.headers_mut();
+    headers.insert(retry::RETRY_ATTEMPT_HEADER, HeaderValue::from(retries));
+    if let Some(d) = grpc_deadline {
+        let left = d.at.saturating_duration_since(tokio::time::Instant::now());
+        headers.insert("grpc-timeout", retry::grpc_timeout_value(left));
     }
 }

@@ -17,7 +17,7 @@ use crate::endpoints::Service;
 use crate::http::{ConnContext, ProxyBody, ProxyError, Target, Unresolved};
 use crate::retry::ServicePolicy;
 use crate::routes::select::{select, Selected};
-use crate::routes::{filters, Backend, Backends, Filter, Routes, Rule};
+use crate::routes::{filters, Backend, Backends, Filter, RouteKind, RouteMeta, Routes, Rule};
 use crate::Destination;
 
 /// What the route made of a request.
@@ -73,113 +73,68 @@ pub(super) async fn route<B>(
     ctx: &ConnContext,
     req: &mut Request<B>,
     authority: &str,
+    parent: &Arc<Service>,
     routes: Arc<Routes>,
     start: Instant,
 ) -> Result<Routed, Unresolved> {
-    let Some(Selected {
-        route: chosen_route,
-        rule,
-        matched,
-    }) = select(&routes, req, authority)
-    else {
-        return Err(Unresolved::new(
-            authority.to_owned(),
-            ProxyError::new(
-                StatusCode::NOT_FOUND,
-                "no route",
-                format!(
-                    "no route of {authority} matches {} {}",
-                    req.method(),
-                    req.uri().path()
-                ),
-            ),
-            None,
-        ));
-    };
-    let meta = chosen_route.meta.clone();
-    let route = index_of(&routes.routes, chosen_route);
-    let rule_index = index_of(&chosen_route.rules, rule);
-    // The rule's filters, in order: a redirect or an injected failure ends here.
-    for f in &rule.filters {
-        match f {
-            Filter::RequestHeaders(m) => filters::modify_headers(m, req.headers_mut()),
-            Filter::Redirect(r) => {
-                let location =
-                    filters::location(r, req, authority, matched.and_then(|m| m.path.as_ref()))
-                        .map_err(|e| {
-                            Unresolved::new(
-                                authority.to_owned(),
-                                ProxyError::new(
-                                    StatusCode::INTERNAL_SERVER_ERROR,
-                                    "bad redirect",
-                                    e,
-                                ),
-                                Some(meta.clone()),
-                            )
-                        })?;
-                let labels = ctx.route_labels(authority, None, None, None, Some(&meta));
-                let mut headers = HeaderMap::new();
-                headers.insert(header::LOCATION, location);
-                return Ok(Routed::Answered(Box::new(
-                    ctx.answer_locally(labels, r.status, headers, start),
-                )));
-            }
-            Filter::Fail(f) if filters::inject(f) => {
-                let grpc_route = meta.kind == crate::routes::RouteKind::Grpc;
-                return Err(Unresolved::new(
-                    authority.to_owned(),
-                    injected(f, grpc_route),
-                    Some(meta),
-                ));
-            }
-            Filter::ResponseHeaders(_) | Filter::Fail(_) => {}
-        }
-    }
-    let backend = choose(&rule.backends).ok_or_else(|| {
+    let fail = |status, kind, message: String, meta: Option<&Arc<RouteMeta>>| {
         Unresolved::new(
             authority.to_owned(),
-            ProxyError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "no backend",
-                format!(
-                    "route {}/{} has no backend with a weight above 0 for this request",
-                    meta.namespace, meta.name
-                ),
-            ),
-            Some(meta.clone()),
+            ProxyError::new(status, kind, message),
+            meta.cloned(),
         )
-    })?;
+    };
+    let Some(selected) = select(&routes, req, authority) else {
+        let message = format!(
+            "no route of {authority} matches {} {}",
+            req.method(),
+            req.uri().path()
+        );
+        return Err(fail(StatusCode::NOT_FOUND, "no route", message, None));
+    };
+    let meta = selected.route.meta.clone();
+    let route = index_of(&routes.routes, selected.route);
+    let rule_index = index_of(&selected.route.rules, selected.rule);
+    let rule = selected.rule;
+    if let Some(answer) = rule_filters(ctx, req, authority, &selected, start)? {
+        return Ok(Routed::Answered(answer));
+    }
+    let Some(backend) = choose(&rule.backends) else {
+        let message = format!(
+            "route {}/{} has no backend with a weight above 0 for this request",
+            meta.namespace, meta.name
+        );
+        return Err(fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no backend",
+            message,
+            Some(&meta),
+        ));
+    };
     let Backends::Weighted(backends) = &rule.backends else {
         unreachable!("choose found a backend");
     };
     let b = &backends[backend];
-    for f in &b.filters {
-        match f {
-            Filter::RequestHeaders(m) => filters::modify_headers(m, req.headers_mut()),
-            Filter::Fail(f) if filters::inject(f) => {
-                return Err(Unresolved::new(
-                    authority.to_owned(),
-                    injected(f, meta.kind == crate::routes::RouteKind::Grpc),
-                    Some(meta),
-                ));
-            }
-            _ => {}
-        }
-    }
-    let service = backend_service(ctx, &b.authority).await.ok_or_else(|| {
-        Unresolved::new(
-            authority.to_owned(),
-            ProxyError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "backend not found",
-                format!(
-                    "backend {} of route {}/{} is not known to the destination service",
-                    b.authority, meta.namespace, meta.name
-                ),
-            ),
-            Some(meta.clone()),
-        )
-    })?;
+    backend_filters(req, authority, b, &meta)?;
+    // The parent itself (a rule without backendRefs) is the Service already known;
+    // any other backend is looked up by name.
+    let service = if routes.is_parent(b) {
+        Some(parent.clone())
+    } else {
+        backend_service(ctx, &b.authority).await
+    };
+    let Some(service) = service else {
+        let message = format!(
+            "backend {} of route {}/{} is not known to the destination service",
+            b.authority, meta.namespace, meta.name
+        );
+        return Err(fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backend not found",
+            message,
+            Some(&meta),
+        ));
+    };
     let mut target = ctx
         .resolve_authority(&Destination::Service(service), authority.to_owned())
         .await
@@ -197,6 +152,72 @@ pub(super) async fn route<B>(
             backend: Some(backend),
         },
     })
+}
+
+/// The rule's filters, in order: header modifiers change the request; a redirect or
+/// an injected failure answers it (`Some` response, or the failure as an error).
+fn rule_filters<B>(
+    ctx: &ConnContext,
+    req: &mut Request<B>,
+    authority: &str,
+    selected: &Selected<'_>,
+    start: Instant,
+) -> Result<Option<Box<Response<ProxyBody>>>, Unresolved> {
+    let meta = &selected.route.meta;
+    let matched = selected.matched.and_then(|m| m.path.as_ref());
+    for f in &selected.rule.filters {
+        match f {
+            Filter::RequestHeaders(m) => filters::modify_headers(m, req.headers_mut()),
+            Filter::Redirect(r) => {
+                let location = filters::location(r, req, authority, matched).map_err(|e| {
+                    Unresolved::new(
+                        authority.to_owned(),
+                        ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad redirect", e),
+                        Some(meta.clone()),
+                    )
+                })?;
+                let labels = ctx.route_labels(authority, None, None, None, Some(meta));
+                let mut headers = HeaderMap::new();
+                headers.insert(header::LOCATION, location);
+                return Ok(Some(Box::new(
+                    ctx.answer_locally(labels, r.status, headers, start),
+                )));
+            }
+            Filter::Fail(f) if filters::inject(f) => {
+                return Err(Unresolved::new(
+                    authority.to_owned(),
+                    injected(f, meta.kind == RouteKind::Grpc),
+                    Some(meta.clone()),
+                ));
+            }
+            Filter::ResponseHeaders(_) | Filter::Fail(_) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// A backend's own filters: header modifiers, and the failure injector of a backend
+/// the controller could not resolve.
+fn backend_filters<B>(
+    req: &mut Request<B>,
+    authority: &str,
+    b: &Backend,
+    meta: &Arc<RouteMeta>,
+) -> Result<(), Unresolved> {
+    for f in &b.filters {
+        match f {
+            Filter::RequestHeaders(m) => filters::modify_headers(m, req.headers_mut()),
+            Filter::Fail(f) if filters::inject(f) => {
+                return Err(Unresolved::new(
+                    authority.to_owned(),
+                    injected(f, meta.kind == RouteKind::Grpc),
+                    Some(meta.clone()),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The answer of a failure injector: its HTTP status (for gRPC callers, its gRPC

@@ -28,6 +28,7 @@ pub struct RouteError {
 /// The routes of a policy. Opaque and TLS policies have none (connections go to the
 /// Service's endpoints as before).
 pub fn routes(policy: api::OutboundPolicy) -> Result<Routes, RouteError> {
+    let parent = service_ref(policy.metadata.as_ref());
     let kind = policy.protocol.and_then(|p| p.kind);
     let (http, grpc) = match kind {
         Some(Protocol::Detect(d)) => {
@@ -51,7 +52,11 @@ pub fn routes(policy: api::OutboundPolicy) -> Result<Routes, RouteError> {
             .enumerate()
             .map(|(n, rule)| http_rule(rule).map_err(|p| error(&meta, format!("rules[{n}]: {p}"))))
             .collect::<Result<_, _>>()?;
-        routes.push(Route { meta, hosts, rules });
+        routes.push(Route {
+            meta: Arc::new(meta),
+            hosts,
+            rules,
+        });
     }
     for (i, r) in grpc.into_iter().enumerate() {
         let meta = route_meta(r.metadata.as_ref(), RouteKind::Grpc, i);
@@ -62,9 +67,13 @@ pub fn routes(policy: api::OutboundPolicy) -> Result<Routes, RouteError> {
             .enumerate()
             .map(|(n, rule)| grpc_rule(rule).map_err(|p| error(&meta, format!("rules[{n}]: {p}"))))
             .collect::<Result<_, _>>()?;
-        routes.push(Route { meta, hosts, rules });
+        routes.push(Route {
+            meta: Arc::new(meta),
+            hosts,
+            rules,
+        });
     }
-    Ok(Routes { routes })
+    Ok(Routes { routes, parent })
 }
 
 fn error(meta: &RouteMeta, problem: String) -> RouteError {
@@ -359,10 +368,26 @@ fn duration(d: Option<prost_types::Duration>) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
-fn backend(field: &str, b: Option<api::Backend>) -> Result<(String, Arc<str>), String> {
+/// The Service port a `Resource` metadata names.
+fn service_ref(metadata: Option<&meta::Metadata>) -> Option<ServiceRef> {
+    match metadata.and_then(|m| m.kind.as_ref()) {
+        Some(meta::metadata::Kind::Resource(r)) if r.kind == "Service" => Some(ServiceRef {
+            name: r.name.clone(),
+            namespace: r.namespace.clone(),
+            port: r.port,
+        }),
+        _ => None,
+    }
+}
+
+/// A backend's destination path, metrics name and Service port.
+type BackendNames = (String, Arc<str>, Option<ServiceRef>);
+
+fn backend(field: &str, b: Option<api::Backend>) -> Result<BackendNames, String> {
     use api::backend::endpoint_discovery::Kind as Discovery;
     use api::backend::Kind;
     let b = b.ok_or_else(|| format!("{field}: no backend"))?;
+    let service = service_ref(b.metadata.as_ref());
     let name = match b.metadata.and_then(|m| m.kind) {
         Some(meta::metadata::Kind::Resource(r)) => r.name,
         Some(meta::metadata::Kind::Default(n)) => n,
@@ -393,7 +418,7 @@ fn backend(field: &str, b: Option<api::Backend>) -> Result<(String, Arc<str>), S
     } else {
         name
     };
-    Ok((authority.to_ascii_lowercase(), name.into()))
+    Ok((authority.to_ascii_lowercase(), name.into(), service))
 }
 
 fn http_rule(rule: api::http_route::Rule) -> Result<Rule, String> {
@@ -514,10 +539,11 @@ fn grpc_rule(rule: api::grpc_route::Rule) -> Result<Rule, String> {
 }
 
 fn http_backend(b: api::http_route::RouteBackend, weight: u32) -> Result<Backend, String> {
-    let (authority, name) = backend("backendRefs", b.backend)?;
+    let (authority, name, service) = backend("backendRefs", b.backend)?;
     Ok(Backend {
         authority,
         name,
+        service,
         weight,
         filters: b
             .filters
@@ -528,10 +554,11 @@ fn http_backend(b: api::http_route::RouteBackend, weight: u32) -> Result<Backend
 }
 
 fn grpc_backend(b: api::grpc_route::RouteBackend, weight: u32) -> Result<Backend, String> {
-    let (authority, name) = backend("backendRefs", b.backend)?;
+    let (authority, name, service) = backend("backendRefs", b.backend)?;
     Ok(Backend {
         authority,
         name,
+        service,
         weight,
         filters: b
             .filters

@@ -32,12 +32,32 @@ use crate::retry::ServicePolicy;
 #[derive(Debug, Default)]
 pub struct Routes {
     pub routes: Vec<Route>,
+    /// The Service port the routes are for (the policy's metadata), when named.
+    pub parent: Option<ServiceRef>,
 }
 
 impl Routes {
+    /// No route of its own: nothing, or only the controller's default route (every
+    /// request to the Service itself), which is what the proxy does without routes.
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.routes
+            .iter()
+            .all(|r| r.meta.kind == RouteKind::Default)
     }
+
+    /// Whether `backend` is the parent Service itself (a rule without backendRefs, the
+    /// default route).
+    pub fn is_parent(&self, backend: &Backend) -> bool {
+        self.parent.is_some() && backend.service == self.parent
+    }
+}
+
+/// A Service port, as the protocol's metadata names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRef {
+    pub name: String,
+    pub namespace: String,
+    pub port: u32,
 }
 
 /// Which API a route came from.
@@ -70,7 +90,7 @@ pub struct RouteMeta {
 /// One `HTTPRoute` or `GRPCRoute`.
 #[derive(Debug)]
 pub struct Route {
-    pub meta: RouteMeta,
+    pub meta: Arc<RouteMeta>,
     /// Empty: every host.
     pub hosts: Vec<HostMatch>,
     pub rules: Vec<Rule>,
@@ -192,4 +212,6 @@ pub struct Backend {
     pub name: Arc<str>,
     pub weight: u32,
     pub filters: Vec<Filter>,
+    /// The Service port it names (its metadata), when it names one.
+    pub service: Option<ServiceRef>,
 }
