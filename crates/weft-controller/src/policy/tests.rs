@@ -367,3 +367,43 @@ fn default_policies_parse_from_their_names() {
     let err = "allow".parse::<DefaultPolicy>().unwrap_err();
     assert!(err.contains("all-unauthenticated"), "{err}");
 }
+
+#[test]
+fn the_examples_are_accepted_on_the_demo_mesh() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    for example in [
+        "books-callers.yaml",
+        "authors-grpc.yaml",
+        "namespace-authenticated.yaml",
+    ] {
+        let mesh = Mesh::parse(&[
+            ("mesh.yaml".into(), read("examples/demo/mesh.yaml")),
+            ("services.yaml".into(), read("examples/demo/services.yaml")),
+            (example.into(), read(&format!("examples/policy/{example}"))),
+        ])
+        .unwrap_or_else(|e| panic!("{example}: {e}"));
+        let index = PolicyIndex::build(&empty(), &mesh);
+        assert!(!index.reports().is_empty(), "{example}");
+        assert!(
+            index.reports().iter().all(|r| r.ok() && r.serving),
+            "{example}: {:?}",
+            index.reports()
+        );
+    }
+    // books-callers: web allowed on books-v1:8080, by name.
+    let mesh = Mesh::parse(&[
+        ("mesh.yaml".into(), read("examples/demo/mesh.yaml")),
+        ("services.yaml".into(), read("examples/demo/services.yaml")),
+        ("p.yaml".into(), read("examples/policy/books-callers.yaml")),
+    ])
+    .unwrap();
+    let index = PolicyIndex::build(&empty(), &mesh);
+    let s = server(&index, &mesh, "books-v1", 8080);
+    assert_eq!(names(&s), ["books-from-frontends"]);
+    // authors' HTTP port is not the Server's: the default policy.
+    assert_eq!(
+        server(&index, &mesh, "authors", 8080).labels["kind"],
+        "default"
+    );
+}
