@@ -402,3 +402,84 @@ fn grpc_upstream_answers_are_included_and_failures_make_a_502() {
         "{stderr}"
     );
 }
+
+/// `echo` answers with the request as JSON (echo-basic's shape) on each of its ports,
+/// and gRPC with its pod; `get -H` sends headers and `-i` prints the response's.
+#[test]
+fn echo_describes_the_request_and_get_sends_and_shows_headers() {
+    let (p1, p2) = (free_port(), free_port());
+    let _echo = Killed(
+        Command::new(BIN)
+            .args(["echo", "--name", "echo-v1", "--port", &p1.to_string()])
+            .args(["--port", &p2.to_string()])
+            .env("WEFT_POD", "echo-v1-0")
+            .env("WEFT_NAMESPACE", "gateway-conformance-mesh")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start weft-demo-app echo"),
+    );
+    let url = format!("http://127.0.0.1:{p2}/add?animal=whale");
+    get_eventually(&url);
+    let out = Command::new(BIN)
+        .args([
+            "get",
+            "-i",
+            &url,
+            "-H",
+            "x-header-add: a",
+            "-H",
+            "X-Header-Add: b",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("< content-type: application/json"),
+        "{stdout}"
+    );
+    let answer = lines
+        .find(|l| !l.starts_with("< "))
+        .unwrap_or_else(|| panic!("no answer line: {stdout}"));
+    assert_eq!(
+        answer,
+        format!(
+            concat!(
+                r#"200 {{"path":"/add?animal=whale","host":"127.0.0.1:{}","method":"GET","#,
+                r#""proto":"HTTP/1.1","headers":{{"X-Header-Add":["a","b"]}},"#,
+                r#""namespace":"gateway-conformance-mesh","ingress":"","service":"","pod":"echo-v1-0"}}"#
+            ),
+            p2
+        )
+    );
+    // The other port answers too, gRPC included, naming the pod.
+    let out = Command::new(BIN)
+        .args([
+            "lookup",
+            &format!("http://127.0.0.1:{p1}"),
+            "--book",
+            "dune",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "OK echo-v1 by Frank Herbert (pod echo-v1-0, zone )",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A bad header is refused by name.
+    let out = Command::new(BIN)
+        .args(["get", &url, "-H", "no colon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"no colon\" is not `Name: value`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
