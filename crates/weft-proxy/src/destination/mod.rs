@@ -21,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,11 +28,7 @@ use linkerd2_proxy_api::destination as api;
 use linkerd2_proxy_api::destination::destination_client::DestinationClient;
 use linkerd2_proxy_api::destination::update::Update as Kind;
 use linkerd2_proxy_api::outbound::outbound_policies_client::OutboundPoliciesClient;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use weft_core::identity::Identity;
@@ -42,6 +37,12 @@ use crate::backoff::Backoff;
 use crate::balance::{BalanceConfig, EndpointMeta};
 use crate::endpoints::{Service, ServiceIndex};
 use crate::identity::LocalIdentity;
+
+mod connector;
+mod metrics;
+
+use connector::ControllerConnector;
+pub use metrics::{DestinationMetrics, LookupLabels, UpdateLabels};
 
 /// Backoff between attempts to reopen a failed stream.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -95,73 +96,6 @@ pub enum DestinationError {
     ControllerName(String, String),
     #[error("the destination service's trust anchors: {0}")]
     Anchors(String),
-}
-
-/// `kind` of `destination_updates_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpdateLabels {
-    /// `add`, `remove` or `no_endpoints`.
-    pub kind: &'static str,
-}
-
-/// `result` of `destination_lookups_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LookupLabels {
-    /// `service` (resolved), `unknown` (the controller does not know it: original
-    /// destination), `timeout` (no answer in time: original destination), `over_limit`
-    /// (every one of `--max-destinations` in use: not followed, as if unanswered).
-    pub result: &'static str,
-}
-
-/// The destination client's metrics.
-#[derive(Clone, Debug, Default)]
-pub struct DestinationMetrics {
-    /// `destination_updates_total{kind}`: updates applied.
-    pub updates: Family<UpdateLabels, Counter>,
-    /// `destination_update_timestamp_seconds`: when the last update was applied (Unix
-    /// time, sub-second): with the controller's index timestamp, how long it took.
-    pub last_update: Gauge<f64, AtomicU64>,
-    /// `destination_streams`: Destination.Get streams open now.
-    pub streams: Gauge,
-    /// `destination_stream_errors_total`: streams that failed or could not open.
-    pub errors: Counter,
-    /// `destination_lookups_total{result}`: connections (or explicit-mode requests)
-    /// that looked a destination up.
-    pub lookups: Family<LookupLabels, Counter>,
-}
-
-impl DestinationMetrics {
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "destination_updates",
-            "Destination service updates applied, by kind (add, remove, no_endpoints)",
-            self.updates.clone(),
-        );
-        registry.register(
-            "destination_update_timestamp_seconds",
-            "When the last destination service update was applied (Unix time)",
-            self.last_update.clone(),
-        );
-        registry.register(
-            "destination_streams",
-            "Destination.Get streams open now",
-            self.streams.clone(),
-        );
-        registry.register(
-            "destination_stream_errors",
-            "Destination.Get streams that failed or could not open (endpoints are kept)",
-            self.errors.clone(),
-        );
-        registry.register(
-            "destination_lookups",
-            "Destinations looked up by connections or requests, by result (service, unknown, timeout, over_limit)",
-            self.lookups.clone(),
-        );
-    }
-
-    fn lookup(&self, result: &'static str) {
-        self.lookups.get_or_create(&LookupLabels { result }).inc();
-    }
 }
 
 /// What is known of one destination.
@@ -488,89 +422,6 @@ pub enum Lookup {
     Unknown,
     /// It has not answered (unreachable, or slower than the first-contact wait).
     Unanswered,
-}
-
-/// Opens the connections to the controller: TCP to `host:port`, then TLS verifying
-/// the controller's certificate against the trust anchors for its identity name and
-/// presenting this proxy's current workload certificate (the one renewed in place by
-/// [`crate::certify`]), ALPN h2.
-#[derive(Clone)]
-struct ControllerConnector {
-    addr: Arc<str>,
-    server_name: rustls::pki_types::ServerName<'static>,
-    tls: tokio_rustls::TlsConnector,
-    identity: Option<Arc<LocalIdentity>>,
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl ControllerConnector {
-    fn new(
-        config: &DestinationConfig,
-        identity: Option<Arc<LocalIdentity>>,
-    ) -> Result<ControllerConnector, DestinationError> {
-        let server_name = rustls::pki_types::ServerName::try_from(config.controller_name.clone())
-            .map_err(|e| {
-            DestinationError::ControllerName(config.controller_name.clone(), e.to_string())
-        })?;
-        let mut tls = match &identity {
-            // The mTLS client settings: the anchors, and the current certificate.
-            Some(local) => (*local.client_config()).clone(),
-            // No identity: the controller will refuse to answer, but says why.
-            None => {
-                let roots = crate::identity::anchors_from_pem(&config.anchors_pem)
-                    .map_err(DestinationError::Anchors)?;
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| DestinationError::Anchors(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth()
-            }
-        };
-        tls.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(ControllerConnector {
-            addr: config.controller.as_str().into(),
-            server_name,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-            identity,
-        })
-    }
-}
-
-impl tonic::codegen::Service<http::Uri> for ControllerConnector {
-    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-    type Error = BoxError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            if let Some(local) = &this.identity {
-                if !local.is_ready() {
-                    return Err(format!(
-                        "{} has no valid workload certificate yet, and the destination service answers only mesh workloads presenting one",
-                        local.name()
-                    )
-                    .into());
-                }
-            }
-            let tcp = tokio::net::TcpStream::connect(&*this.addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = this.tls.connect(this.server_name.clone(), tcp).await?;
-            Ok(hyper_util::rt::TokioIo::new(tls))
-        })
-    }
 }
 
 /// Follows one destination's stream, reopening it when it fails.
