@@ -679,6 +679,7 @@ fn normalize_authority(authority: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::task::JoinHandle;
 
     #[tokio::test(start_paused = true)]
     async fn requests_wait_for_a_services_first_endpoints_then_fail_fast_until_one_comes() {
@@ -849,14 +850,25 @@ services:
         replace_with(path, "b", "198.19.0.2:80");
     }
 
-    /// Waits until the watch (set up on the blocking pool) reloads the file: rewritten
-    /// (service c) until it does.
-    async fn watch_is_live(index: &ServiceIndex, path: &Path) -> bool {
-        weft_test::eventually(Duration::from_secs(5), || async {
-            replace_with(path, "c", "198.19.0.3:80");
+    /// A file of [`watched_file`] watched with polling every `poll` and no re-check
+    /// within a test, once the watch (set up on the blocking pool) reloads it: rewritten
+    /// (service c) until it does. The file, its index and the watch's task.
+    async fn watching(test: &str, poll: Duration) -> (PathBuf, ServiceIndex, JoinHandle<()>) {
+        let path = watched_file(test);
+        let index = ServiceIndex::load(&path).unwrap();
+        let options = WatchOptions {
+            debounce: Duration::from_millis(10),
+            recheck: Duration::from_secs(3600),
+            poll,
+        };
+        let task = tokio::spawn(index.clone().watch_with(options));
+        let live = weft_test::eventually(Duration::from_secs(5), || async {
+            replace_with(&path, "c", "198.19.0.3:80");
             index.by_address("198.19.0.3:80".parse().unwrap()).is_some()
         })
-        .await
+        .await;
+        assert!(live, "the watch never reloaded the file");
+        (path, index, task)
     }
 
     async fn b_appears(index: &ServiceIndex) -> bool {
@@ -881,19 +893,8 @@ services:
 
     #[tokio::test]
     async fn a_change_is_picked_up_by_an_inotify_event() {
-        let path = watched_file("event");
-        let index = ServiceIndex::load(&path).unwrap();
         // Neither polling nor the re-check within the test: only an event reloads.
-        let options = WatchOptions {
-            debounce: Duration::from_millis(10),
-            recheck: Duration::from_secs(3600),
-            poll: Duration::from_secs(3600),
-        };
-        let task = tokio::spawn(index.clone().watch_with(options));
-        assert!(
-            watch_is_live(&index, &path).await,
-            "no event reloaded the file"
-        );
+        let (path, index, task) = watching("event", Duration::from_secs(3600)).await;
         let started = std::time::Instant::now();
         replace_with_b(&path);
         let seen = b_appears(&index).await;
@@ -906,20 +907,9 @@ services:
 
     #[tokio::test]
     async fn a_directory_replaced_beneath_the_watch_is_polled() {
-        let path = watched_file("replaced");
-        let dir = path.parent().unwrap().to_owned();
-        let index = ServiceIndex::load(&path).unwrap();
         // Events and polling, but no re-check within the test.
-        let options = WatchOptions {
-            debounce: Duration::from_millis(10),
-            recheck: Duration::from_secs(3600),
-            poll: Duration::from_millis(20),
-        };
-        let task = tokio::spawn(index.clone().watch_with(options));
-        assert!(
-            watch_is_live(&index, &path).await,
-            "the file was not reloaded"
-        );
+        let (path, index, task) = watching("replaced", Duration::from_millis(20)).await;
+        let dir = path.parent().unwrap().to_owned();
         // The directory's watch goes with it (renamed away); the new directory's file is
         // only seen by polling.
         let old = dir.with_extension("old");

@@ -382,6 +382,32 @@ mod tests {
         std::fs::rename(&tmp, dir.join(format!("{name}.yaml"))).unwrap();
     }
 
+    /// A source of [`source_dir`] watched with polling every `poll` and no re-check
+    /// within a test: the test's directory, the mesh directory, the published index and
+    /// the task.
+    fn watching(
+        test: &str,
+        poll: Duration,
+    ) -> (
+        PathBuf,
+        PathBuf,
+        watch::Receiver<Arc<Index>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (dir, config) = source_dir(test);
+        let mesh_dir = config.mesh_dir.clone();
+        let source = LocalSource::load(config, "cluster.local", &[]).unwrap();
+        let (publish, subscribe) = watch::channel(Arc::new(source.index()));
+        let options = WatchOptions {
+            debounce: Duration::from_millis(10),
+            recheck: Duration::from_secs(3600),
+            poll,
+        };
+        let metrics = DestinationMetrics::default();
+        let task = tokio::spawn(source.watch_with(options, publish, metrics));
+        (dir, mesh_dir, subscribe, task)
+    }
+
     async fn services_become(subscribe: &watch::Receiver<Arc<Index>>, n: usize) -> bool {
         weft_test::eventually(Duration::from_secs(5), || async {
             subscribe.borrow().counts().0 == n
@@ -391,17 +417,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_is_picked_up_by_an_inotify_event() {
-        let (dir, config) = source_dir("event");
-        let mesh_dir = config.mesh_dir.clone();
-        let source = LocalSource::load(config, "cluster.local", &[]).unwrap();
-        let (publish, subscribe) = watch::channel(Arc::new(source.index()));
         // Neither polling nor the re-check within the test: only events reload.
-        let options = WatchOptions {
-            debounce: Duration::from_millis(10),
-            recheck: Duration::from_secs(3600),
-            poll: Duration::from_secs(3600),
-        };
-        let task = tokio::spawn(source.watch_with(options, publish, DestinationMetrics::default()));
+        let (dir, mesh_dir, subscribe, task) = watching("event", Duration::from_secs(3600));
         // Seen by the first look (due as soon as the watch is set up) or by an event.
         add_service(&mesh_dir, "one");
         let first = services_become(&subscribe, 1).await;
@@ -419,17 +436,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_mesh_directory_replaced_beneath_the_watch_is_polled() {
-        let (dir, config) = source_dir("replaced");
-        let mesh_dir = config.mesh_dir.clone();
-        let source = LocalSource::load(config, "cluster.local", &[]).unwrap();
-        let (publish, subscribe) = watch::channel(Arc::new(source.index()));
         // Events and polling, but no re-check within the test.
-        let options = WatchOptions {
-            debounce: Duration::from_millis(10),
-            recheck: Duration::from_secs(3600),
-            poll: Duration::from_millis(20),
-        };
-        let task = tokio::spawn(source.watch_with(options, publish, DestinationMetrics::default()));
+        let (dir, mesh_dir, subscribe, task) = watching("replaced", Duration::from_millis(20));
         add_service(&mesh_dir, "one");
         let first = services_become(&subscribe, 1).await;
         // The directory's watch goes with it (renamed away); what the new directory
