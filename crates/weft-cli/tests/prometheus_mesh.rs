@@ -4,7 +4,8 @@
 //! canary's figures: books-v2 failing 20 % behind the demo's canary route at 50/50
 //! reads a success rate near 0.8 by route (the callers' outbound proxies) and by
 //! workload (its inbound proxy, Linkerd's query). A pod added by `weft scale` becomes a
-//! target; `weft down` stops Prometheus and leaves nothing.
+//! target; `weft down` stops Prometheus and leaves nothing. The same Prometheus beside a
+//! loopback mesh (no root needed) scrapes every pod.
 
 #![cfg(target_os = "linux")]
 
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{eventually, require_root, stat, MeshEnv as _};
+use common::{eventually, require_binaries, require_root, stat, MeshEnv as _};
 
 common::ns_env!(Env, "p");
 
@@ -171,15 +172,17 @@ const PODS: [&str; 6] = [
 impl Env {
     /// `weft up -d --prometheus` on any free port; Prometheus' address, once `weft ps`
     /// shows its row running with the URL the summary printed.
-    fn up_with_prometheus(&self) -> SocketAddr {
-        let out = self.run(&[
+    fn up_with_prometheus(&self, extra: &[&str]) -> SocketAddr {
+        let mut args = vec![
             "up",
             "-d",
             "--prometheus",
             "--prometheus-listen",
             "127.0.0.1:0",
-            self.dir.to_str().unwrap(),
-        ]);
+        ];
+        args.extend(extra);
+        args.push(self.dir.to_str().unwrap());
+        let out = self.run(&args);
         assert!(out.status.success());
         let stdout = String::from_utf8_lossy(&out.stdout);
         let url = stdout
@@ -271,11 +274,21 @@ fn check_queries(addr: SocketAddr, queries: &[(String, String)]) {
     }
 }
 
+/// Skips (returning true) when Debian's prometheus is not installed.
+fn no_prometheus() -> bool {
+    if Path::new("/usr/bin/prometheus").is_file() {
+        return false;
+    }
+    common::skip(
+        "/usr/bin/prometheus is missing: Debian's prometheus package (scripts/setup installs it)",
+    );
+    true
+}
+
 #[test]
 fn prometheus_scrapes_the_demo_and_the_argo_rollouts_queries_read_the_canary() {
     require_root!();
-    if !Path::new("/usr/bin/prometheus").is_file() {
-        common::skip("/usr/bin/prometheus is missing: Debian's prometheus package (scripts/setup installs it)");
+    if no_prometheus() {
         return;
     }
     let queries = doc_queries();
@@ -292,7 +305,7 @@ fn prometheus_scrapes_the_demo_and_the_argo_rollouts_queries_read_the_canary() {
     let started = Instant::now();
     let env = Env::new("a");
     env.write_demo();
-    let addr = env.up_with_prometheus();
+    let addr = env.up_with_prometheus(&[]);
     // Ready at once: weft up waited for it.
     assert_eq!(http_get(addr, "/-/ready").map(|(s, _)| s), Some(200));
     let prometheus_pid = env.state()["prometheus"]["pid"].as_u64().unwrap() as u32;
@@ -316,4 +329,35 @@ fn prometheus_scrapes_the_demo_and_the_argo_rollouts_queries_read_the_canary() {
     });
     assert!(closed.is_some(), "{addr} still answers");
     eprintln!("test took {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// Loopback mode (no root needed): Prometheus runs as the invoking user on the host's
+/// address and scrapes every pod's admin address and the controller's.
+#[test]
+fn prometheus_beside_a_loopback_mesh_scrapes_every_pod() {
+    require_binaries!();
+    if no_prometheus() {
+        return;
+    }
+    let env = Env::new("l");
+    env.write_demo();
+    let addr = env.up_with_prometheus(&["--loopback"]);
+    let prometheus_pid = env.state()["prometheus"]["pid"].as_u64().unwrap() as u32;
+    env.wait_targets(addr);
+    let mut procs = env.recorded_procs();
+    procs.push((prometheus_pid, stat(prometheus_pid).unwrap().1));
+    let out = env.run(&["down"]);
+    assert!(out.status.success());
+    for (pid, start) in procs {
+        let left = stat(pid).filter(|(state, started)| *started == start && *state != 'Z');
+        assert!(left.is_none(), "process {pid} is still running");
+    }
+    assert!(
+        !env.state_dir.join("state.json").exists(),
+        "the state file is left"
+    );
+    assert!(
+        !env.state_dir.join("prometheus").exists(),
+        "Prometheus' files are left"
+    );
 }
