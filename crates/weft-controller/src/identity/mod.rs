@@ -9,17 +9,20 @@
 mod ca;
 mod certify;
 mod reload;
+mod rotate;
 pub(crate) use reload::watch;
 mod service;
 mod token;
 
 pub use ca::{
-    certificate_expiry, init, init_with, new_anchor, rotate_issuer, CaError, InitOptions, Issuer,
-    NewAnchor, RotateOptions, Rotated, TrustAnchors, Written, ANCHORS_FILE, ANCHOR_LIFETIME,
-    ISSUER_CERT_FILE, ISSUER_KEY_FILE, ISSUER_LIFETIME,
+    init, init_with, CaError, InitOptions, Issuer, TrustAnchors, Written, ANCHORS_FILE,
+    ANCHOR_LIFETIME, ISSUER_CERT_FILE, ISSUER_KEY_FILE, ISSUER_LIFETIME,
 };
 pub use certify::{check_csr, Certified, Certifier, CertifyError, DEFAULT_LIFETIME};
 pub use reload::{IdentityFiles, ReloadOptions, DEFAULT_EXPIRY_WARNING, DEFAULT_RELOAD_INTERVAL};
+pub use rotate::{
+    certificate_expiry, new_anchor, rotate_issuer, NewAnchor, RotateOptions, Rotated,
+};
 pub use service::{IdentityService, MAX_CERTIFY_MESSAGE};
 pub use token::{
     token_path, write_token, LocalTokens, TokenError, TokenVerifier, VerifyFuture, WriteTokenError,
