@@ -46,8 +46,9 @@ use crate::metrics::{Direction, Metrics};
 pub use crate::resolve::{Destination, ResolveError, Resolved};
 use crate::upstream::{Connector, HttpUpstreams};
 
-/// How often the endpoints file is checked for changes.
-const ENDPOINTS_POLL: Duration = Duration::from_millis(200);
+/// How often the endpoints file is checked for changes when inotify cannot be used
+/// (`weft_core::watch` falls back to polling).
+const ENDPOINTS_POLL_FALLBACK: Duration = Duration::from_millis(200);
 
 /// State every connection shares.
 pub struct Shared {
@@ -294,7 +295,7 @@ impl Proxy {
             )))
         });
         // An endpoints file is watched and reloaded when it changes.
-        let reload_task = tokio::spawn(config.services.clone().watch(ENDPOINTS_POLL));
+        let reload_task = tokio::spawn(config.services.clone().watch(ENDPOINTS_POLL_FALLBACK));
         let evict_task = tokio::spawn(evict_idle(Arc::downgrade(&shared)));
         let destinations = shared.destinations.clone();
         tokio::spawn(async move {
