@@ -705,6 +705,11 @@ fn mesh_http_route_redirect_host_and_status() {
             get("http://echo/hostname-redirect")
                 .redirect(302, "http://example.org/hostname-redirect"),
             get("http://echo/host-and-status").redirect(301, "http://example.org/host-and-status"),
+            // The route file's 307 and 308 rules.
+            get("http://echo/host-and-temporary")
+                .redirect(307, "http://example.org/host-and-temporary"),
+            get("http://echo/host-and-permanent")
+                .redirect(308, "http://example.org/host-and-permanent"),
         ],
     );
 }
@@ -725,6 +730,13 @@ fn mesh_http_route_redirect_path() {
             get("http://echo/full-path-and-host")
                 .redirect(302, "http://example.org/replacement-full"),
             get("http://echo/full-path-and-status").redirect(301, "http://echo/replacement-full"),
+            // The route file's 307 and 308 rules.
+            get("http://echo/path-and-temporary").redirect(307, "http://echo/replacement-prefix"),
+            get("http://echo/path-and-permanent").redirect(308, "http://echo/replacement-prefix"),
+            get("http://echo/full-path-and-temporary")
+                .redirect(307, "http://echo/replacement-full"),
+            get("http://echo/full-path-and-permanent")
+                .redirect(308, "http://echo/replacement-full"),
         ],
     );
 }
@@ -741,6 +753,11 @@ fn mesh_http_route_redirect_port() {
             get("http://echo/port-and-status").redirect(301, "http://echo:8083/port-and-status"),
             get("http://echo/port-and-host-and-status")
                 .redirect(302, "http://example.org:8083/port-and-host-and-status"),
+            // The route file's 307 and 308 rules.
+            get("http://echo/port-and-temporary")
+                .redirect(307, "http://echo:8083/port-and-temporary"),
+            get("http://echo/port-and-permanent")
+                .redirect(308, "http://echo:8083/port-and-permanent"),
         ],
     );
 }
@@ -757,6 +774,11 @@ fn mesh_http_route_redirect_scheme() {
             get("http://echo/scheme-and-status").redirect(301, "https://echo/scheme-and-status"),
             get("http://echo/scheme-and-host-and-status")
                 .redirect(302, "https://example.org/scheme-and-host-and-status"),
+            // The route file's 307 and 308 rules.
+            get("http://echo/scheme-and-temporary")
+                .redirect(307, "https://echo/scheme-and-temporary"),
+            get("http://echo/scheme-and-permanent")
+                .redirect(308, "https://echo/scheme-and-permanent"),
         ],
     );
 }
