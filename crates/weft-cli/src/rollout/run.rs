@@ -543,4 +543,49 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_backend_without_its_service_is_refused_by_the_controllers_check() {
+        let dir = std::env::temp_dir().join(format!("weft-rollout-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        for (from, to) in [
+            ("demo/mesh.yaml", "mesh.yaml"),
+            ("demo/services.yaml", "services.yaml"),
+        ] {
+            std::fs::copy(examples.join(from), dir.join(to)).unwrap();
+        }
+        let route = std::fs::read_to_string(examples.join("routes/books-canary.yaml")).unwrap();
+        std::fs::write(
+            dir.join("books-canary.yaml"),
+            route.replace(
+                "name: books-v2\n          port",
+                "name: books-v3\n          port",
+            ),
+        )
+        .unwrap();
+        let text = r#"
+apiVersion: weft.io/v1alpha1
+kind: Rollout
+metadata: {name: books}
+spec:
+  route: {name: books-canary}
+  stableService: books-v1
+  canaryService: books-v3
+  steps: [{setWeight: 50}]
+"#;
+        let rollout = spec::parse(text, "r.yaml").unwrap();
+        let e = check_backends(&dir, &rollout).unwrap_err().to_string();
+        assert!(
+            e.starts_with("spec.canaryService books-v3: HTTPRoute default/books-canary's backend does not resolve: BackendNotFound"),
+            "{e}"
+        );
+        // With the Service there, it resolves.
+        let mut ok = rollout.clone();
+        ok.canary = "books-v2".into();
+        std::fs::write(dir.join("books-canary.yaml"), &route).unwrap();
+        check_backends(&dir, &ok).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
