@@ -421,37 +421,65 @@ fn backend(field: &str, b: Option<api::Backend>) -> Result<BackendNames, String>
     Ok((authority.to_ascii_lowercase(), name.into(), service))
 }
 
-fn http_rule(rule: api::http_route::Rule) -> Result<Rule, String> {
-    use api::http_route::distribution::Kind;
-    let matches = rule
-        .matches
-        .into_iter()
-        .map(http_match)
-        .collect::<Result<_, _>>()?;
-    let filters = rule
-        .filters
-        .into_iter()
-        .filter_map(|f| http_filter(f).transpose())
-        .collect::<Result<_, _>>()?;
-    let backends = match rule.backends.and_then(|d| d.kind) {
-        None | Some(Kind::Empty(_)) => Backends::None,
-        Some(Kind::FirstAvailable(f)) => Backends::Weighted(
-            f.backends
+/// A rule's matches, filters and backends. The protocol's HTTP and gRPC rules are
+/// distinct generated types of the same shape, so one macro reads both.
+macro_rules! rule_parts {
+    ($rule:ident, $module:ident, $match_fn:ident, $filter_fn:ident, $backend_fn:ident) => {{
+        use api::$module::distribution::Kind;
+        let matches: Vec<RequestMatch> = $rule
+            .matches
+            .into_iter()
+            .map($match_fn)
+            .collect::<Result<_, _>>()?;
+        let filters: Vec<Filter> = $rule
+            .filters
+            .into_iter()
+            .filter_map(|f| $filter_fn(f).transpose())
+            .collect::<Result<_, _>>()?;
+        let backends = match $rule.backends.and_then(|d| d.kind) {
+            None | Some(Kind::Empty(_)) => Backends::None,
+            Some(Kind::FirstAvailable(f)) => Backends::Weighted(
+                f.backends
+                    .into_iter()
+                    .take(1)
+                    .map(|b| $backend_fn(b, 1))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Some(Kind::RandomAvailable(r)) => Backends::Weighted(
+                r.backends
+                    .into_iter()
+                    .map(|w| {
+                        let b = w.backend.ok_or("backendRefs: an entry without a backend")?;
+                        $backend_fn(b, w.weight)
+                    })
+                    .collect::<Result<_, String>>()?,
+            ),
+        };
+        (matches, filters, backends)
+    }};
+}
+
+/// A backend of either kind of rule, with its own filters.
+macro_rules! route_backend {
+    ($b:ident, $weight:ident, $filter_fn:ident) => {{
+        let (authority, name, service) = backend("backendRefs", $b.backend)?;
+        Ok(Backend {
+            authority,
+            name,
+            service,
+            weight: $weight,
+            filters: $b
+                .filters
                 .into_iter()
-                .take(1)
-                .map(|b| http_backend(b, 1))
+                .filter_map(|f| $filter_fn(f).transpose())
                 .collect::<Result<_, _>>()?,
-        ),
-        Some(Kind::RandomAvailable(r)) => Backends::Weighted(
-            r.backends
-                .into_iter()
-                .map(|w| {
-                    let b = w.backend.ok_or("backendRefs: an entry without a backend")?;
-                    http_backend(b, w.weight)
-                })
-                .collect::<Result<_, String>>()?,
-        ),
-    };
+        })
+    }};
+}
+
+fn http_rule(rule: api::http_route::Rule) -> Result<Rule, String> {
+    let (matches, filters, backends) =
+        rule_parts!(rule, http_route, http_match, http_filter, http_backend);
     let retry = rule.retry.map(|r| {
         let on: Vec<RetryCondition> = r
             .conditions
@@ -480,36 +508,8 @@ fn http_rule(rule: api::http_route::Rule) -> Result<Rule, String> {
 }
 
 fn grpc_rule(rule: api::grpc_route::Rule) -> Result<Rule, String> {
-    use api::grpc_route::distribution::Kind;
-    let matches = rule
-        .matches
-        .into_iter()
-        .map(grpc_match)
-        .collect::<Result<_, _>>()?;
-    let filters = rule
-        .filters
-        .into_iter()
-        .filter_map(|f| grpc_filter(f).transpose())
-        .collect::<Result<_, _>>()?;
-    let backends = match rule.backends.and_then(|d| d.kind) {
-        None | Some(Kind::Empty(_)) => Backends::None,
-        Some(Kind::FirstAvailable(f)) => Backends::Weighted(
-            f.backends
-                .into_iter()
-                .take(1)
-                .map(|b| grpc_backend(b, 1))
-                .collect::<Result<_, _>>()?,
-        ),
-        Some(Kind::RandomAvailable(r)) => Backends::Weighted(
-            r.backends
-                .into_iter()
-                .map(|w| {
-                    let b = w.backend.ok_or("backendRefs: an entry without a backend")?;
-                    grpc_backend(b, w.weight)
-                })
-                .collect::<Result<_, String>>()?,
-        ),
-    };
+    let (matches, filters, backends) =
+        rule_parts!(rule, grpc_route, grpc_match, grpc_filter, grpc_backend);
     let retry = rule.retry.map(|r| {
         let c = r.conditions.unwrap_or_default();
         let on: Vec<RetryCondition> = [
@@ -539,33 +539,11 @@ fn grpc_rule(rule: api::grpc_route::Rule) -> Result<Rule, String> {
 }
 
 fn http_backend(b: api::http_route::RouteBackend, weight: u32) -> Result<Backend, String> {
-    let (authority, name, service) = backend("backendRefs", b.backend)?;
-    Ok(Backend {
-        authority,
-        name,
-        service,
-        weight,
-        filters: b
-            .filters
-            .into_iter()
-            .filter_map(|f| http_filter(f).transpose())
-            .collect::<Result<_, _>>()?,
-    })
+    route_backend!(b, weight, http_filter)
 }
 
 fn grpc_backend(b: api::grpc_route::RouteBackend, weight: u32) -> Result<Backend, String> {
-    let (authority, name, service) = backend("backendRefs", b.backend)?;
-    Ok(Backend {
-        authority,
-        name,
-        service,
-        weight,
-        filters: b
-            .filters
-            .into_iter()
-            .filter_map(|f| grpc_filter(f).transpose())
-            .collect::<Result<_, _>>()?,
-    })
+    route_backend!(b, weight, grpc_filter)
 }
 
 /// A rule's `retry`, as far as it overrides the Service's.
