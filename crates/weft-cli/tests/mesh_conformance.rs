@@ -670,20 +670,16 @@ fn consumer_route_cases() -> Vec<Case> {
 
 /// Upstream's manifests as they are: the consumer route's backendRef names the
 /// producer's Service (its own parent) in the producer's namespace, with no
-/// ReferenceGrant.
+/// ReferenceGrant (none is needed for a route's own parent).
 #[test]
-#[ignore = "weft-controller refuses the consumer route's backendRef to its own parent \
-            Service in the producer namespace without a ReferenceGrant (ResolvedRefs \
-            RefNotPermitted), so the consumer's requests get 500; the suite expects 200 \
-            with X-Header-Set (see mesh_consumer_route_with_a_reference_grant)"]
 fn mesh_consumer_route() {
     common::require_root!();
     let env = mesh("cr", &["mesh-consumer-route.yaml"], &[]);
     expect_all(&env, &consumer_route_cases());
 }
 
-/// MeshConsumerRoute with a ReferenceGrant of ours beside upstream's files
-/// (`tests/conformance/extra/consumer-reference-grant.yaml`): what weft needs today.
+/// MeshConsumerRoute with a ReferenceGrant beside upstream's files
+/// (`tests/conformance/extra/consumer-reference-grant.yaml`): the same answers.
 #[test]
 fn mesh_consumer_route_with_a_reference_grant() {
     common::require_root!();
