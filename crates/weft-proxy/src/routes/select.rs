@@ -30,31 +30,26 @@ pub fn select<'a, B>(
     authority: &str,
 ) -> Option<Selected<'a>> {
     let host = host_of(authority);
+    let path = req.uri().path();
     let mut best: Option<(Score, Selected<'a>)> = None;
     for route in &routes.routes {
         let Some(host_score) = host_score(&route.hosts, host) else {
             continue;
         };
         for rule in &route.rules {
-            let candidates: Box<dyn Iterator<Item = Option<&RequestMatch>>> =
-                if rule.matches.is_empty() {
-                    Box::new(std::iter::once(None))
-                } else {
-                    Box::new(rule.matches.iter().map(Some))
+            let mut consider = |m: Option<&'a RequestMatch>| {
+                let path_score = match m {
+                    None => path_score(None),
+                    Some(m) => match matches(m, req, path) {
+                        Some(score) => score,
+                        None => return,
+                    },
                 };
-            for m in candidates {
-                let Some(score) = (match m {
-                    None => Some(path_score(None)),
-                    Some(m) => matches(m, req),
-                }) else {
-                    continue;
-                };
-                let (path_kind, path_len) = score;
                 let score: Score = (
                     host_score.0,
                     host_score.1,
-                    path_kind,
-                    path_len,
+                    path_score.0,
+                    path_score.1,
                     m.is_some_and(|m| m.method.is_some()),
                     m.map_or(0, |m| m.headers.len()),
                     m.map_or(0, |m| m.query.len()),
@@ -68,6 +63,13 @@ pub fn select<'a, B>(
                             matched: m,
                         },
                     ));
+                }
+            };
+            if rule.matches.is_empty() {
+                consider(None);
+            } else {
+                for m in &rule.matches {
+                    consider(Some(m));
                 }
             }
         }
@@ -117,8 +119,7 @@ fn path_score(path: Option<&PathMatch>) -> (u8, usize) {
 }
 
 /// Whether the request satisfies all of `m`, and how specific its path match is.
-fn matches<B>(m: &RequestMatch, req: &Request<B>) -> Option<(u8, usize)> {
-    let path = req.uri().path();
+fn matches<B>(m: &RequestMatch, req: &Request<B>, path: &str) -> Option<(u8, usize)> {
     let path_ok = match &m.path {
         None => true,
         Some(PathMatch::Exact(p)) => path == p,
