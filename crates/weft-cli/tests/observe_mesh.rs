@@ -97,7 +97,9 @@ fn stat_edges_diagnostics_and_check_on_a_running_mesh() {
             env.metrics(pod)
                 // Answered, not only received: a response is counted when its body
                 // ends, a moment after the request.
-                .map_or(0.0, |m| m.sum("response_total", &[("direction", "inbound")]))
+                .map_or(0.0, |m| {
+                    m.sum("response_total", &[("direction", "inbound")])
+                })
         };
         (served("books-0") > 0.0 && served("books-1") > 0.0 && served("authors-0") > 0.0)
             .then_some(())
