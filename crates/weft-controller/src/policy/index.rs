@@ -123,6 +123,15 @@ impl PolicyIndex {
     /// The index of `mesh`'s policy objects, keeping `previous`'s valid versions of
     /// objects that turned invalid.
     pub fn build(previous: &PolicyIndex, mesh: &Mesh) -> PolicyIndex {
+        for w in &mesh.workloads {
+            if let Some(Err(problem)) = w
+                .labels
+                .get(DEFAULT_POLICY_LABEL)
+                .map(|v| v.parse::<DefaultPolicy>())
+            {
+                tracing::warn!(workload = %w.name, namespace = %w.namespace, label = DEFAULT_POLICY_LABEL, %problem, "the workload's default inbound policy is invalid: its ports without a Server deny every caller until it is fixed");
+            }
+        }
         let objects = parse::parse(&mesh.gateway);
         let trust_domain = mesh.trust_domain.as_str();
         let mut valid: BTreeMap<ObjectKey, Parsed> = BTreeMap::new();
@@ -223,13 +232,14 @@ impl PolicyIndex {
             .collect()
     }
 
-    /// The default policy of `workload`'s ports no Server selects.
+    /// The default policy of `workload`'s ports no Server selects: its label's, else
+    /// the controller's. A label that names no policy fails closed (`deny`), as a typo
+    /// must not open the workload; [`PolicyIndex::build`] logs it.
     pub fn default_policy(&self, workload: &Workload) -> DefaultPolicy {
-        workload
-            .labels
-            .get(DEFAULT_POLICY_LABEL)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(self.config.default_policy)
+        match workload.labels.get(DEFAULT_POLICY_LABEL) {
+            Some(v) => v.parse().unwrap_or(DefaultPolicy::Deny),
+            None => self.config.default_policy,
+        }
     }
 
     /// The Server message for `port` of `workload`.

@@ -14,6 +14,7 @@ workloads:
   - {name: books, ports: [{name: http, port: 8080}, 9090], command: [app], labels: {app: books}}
   - {name: web, ports: [8080], command: [app]}
   - {name: vault, ports: [8200], command: [app], labels: {app: vault, "config.weft.io/default-inbound-policy": deny}}
+  - {name: typo, ports: [8300], command: [app], labels: {app: typo, "config.weft.io/default-inbound-policy": all-unauthenticaed}}
 "#;
 
 const SERVICES: &str = r#"
@@ -155,6 +156,10 @@ fn a_port_no_server_selects_gets_the_default_policy() {
     ));
     // The workload's label wins over the controller's default.
     let s = server(&index, &mesh, "vault", 8200);
+    assert_eq!(s.labels["name"], "deny");
+    assert!(s.authorizations.is_empty());
+    // A label that names no policy fails closed: a typo must not open the workload.
+    let s = server(&index, &mesh, "typo", 8300);
     assert_eq!(s.labels["name"], "deny");
     assert!(s.authorizations.is_empty());
 }
