@@ -73,7 +73,7 @@ pub fn routes(policy: api::OutboundPolicy) -> Result<Routes, RouteError> {
             rules,
         });
     }
-    Ok(Routes { routes, parent })
+    Ok(Routes::new(routes, parent))
 }
 
 fn error(meta: &RouteMeta, problem: String) -> RouteError {

@@ -34,9 +34,20 @@ pub struct Routes {
     pub routes: Vec<Route>,
     /// The Service port the routes are for (the policy's metadata), when named.
     pub parent: Option<ServiceRef>,
+    /// Every way a request can take a rule, most specific first.
+    candidates: Vec<select::Candidate>,
 }
 
 impl Routes {
+    pub fn new(routes: Vec<Route>, parent: Option<ServiceRef>) -> Routes {
+        let candidates = select::candidates(&routes);
+        Routes {
+            routes,
+            parent,
+            candidates,
+        }
+    }
+
     /// No route of its own: nothing, or only the controller's default route (every
     /// request to the Service itself), which is what the proxy does without routes.
     pub fn is_empty(&self) -> bool {

@@ -22,6 +22,75 @@ pub struct Selected<'a> {
 /// How specific a match is; greater wins.
 type Score = (u8, usize, u8, usize, bool, usize, usize);
 
+/// One way a request can take a rule: a hostname of the route (or any host) and one
+/// of the rule's matches (or every request), with how specific it is.
+#[derive(Clone, Debug)]
+pub(crate) struct Candidate {
+    score: Score,
+    route: usize,
+    rule: usize,
+    /// The index of the hostname in the route's (`None`: the route has none).
+    host: Option<usize>,
+    /// The index of the match in the rule's (`None`: the rule has none).
+    matched: Option<usize>,
+}
+
+/// Every candidate of `routes`, most specific first, equals in the controller's order
+/// (route, then rule, then match): the first one a request satisfies is the one the
+/// Gateway API picks, so selection stops there.
+pub(crate) fn candidates(routes: &[Route]) -> Vec<Candidate> {
+    let mut all = Vec::new();
+    for (r, route) in routes.iter().enumerate() {
+        let hosts: Vec<(Option<usize>, (u8, usize))> = if route.hosts.is_empty() {
+            vec![(None, (0, 0))]
+        } else {
+            route
+                .hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| match h {
+                    HostMatch::Exact(e) => (Some(i), (2, e.len())),
+                    HostMatch::Suffix(s) => (Some(i), (1, s.len())),
+                })
+                .collect()
+        };
+        for (n, rule) in route.rules.iter().enumerate() {
+            let matches: Vec<(Option<usize>, Option<&RequestMatch>)> = if rule.matches.is_empty() {
+                vec![(None, None)]
+            } else {
+                rule.matches
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (Some(i), Some(m)))
+                    .collect()
+            };
+            for &(host, host_score) in &hosts {
+                for &(matched, m) in &matches {
+                    let path = path_score(m.and_then(|m| m.path.as_ref()));
+                    all.push(Candidate {
+                        score: (
+                            host_score.0,
+                            host_score.1,
+                            path.0,
+                            path.1,
+                            m.is_some_and(|m| m.method.is_some()),
+                            m.map_or(0, |m| m.headers.len()),
+                            m.map_or(0, |m| m.query.len()),
+                        ),
+                        route: r,
+                        rule: n,
+                        host,
+                        matched,
+                    });
+                }
+            }
+        }
+    }
+    // Stable: equals keep the controller's order.
+    all.sort_by_key(|c| std::cmp::Reverse(c.score));
+    all
+}
+
 /// The rule `req` takes among `routes`, if any. `authority` is the request's (the
 /// host is compared without its port).
 pub fn select<'a, B>(
@@ -31,50 +100,24 @@ pub fn select<'a, B>(
 ) -> Option<Selected<'a>> {
     let host = host_of(authority);
     let path = req.uri().path();
-    let mut best: Option<(Score, Selected<'a>)> = None;
-    for route in &routes.routes {
-        let Some(host_score) = host_score(&route.hosts, host) else {
-            continue;
-        };
-        for rule in &route.rules {
-            let mut consider = |m: Option<&'a RequestMatch>| {
-                let path_score = match m {
-                    None => path_score(None),
-                    Some(m) => match matches(m, req, path) {
-                        Some(score) => score,
-                        None => return,
-                    },
-                };
-                let score: Score = (
-                    host_score.0,
-                    host_score.1,
-                    path_score.0,
-                    path_score.1,
-                    m.is_some_and(|m| m.method.is_some()),
-                    m.map_or(0, |m| m.headers.len()),
-                    m.map_or(0, |m| m.query.len()),
-                );
-                if best.as_ref().is_none_or(|(b, _)| score > *b) {
-                    best = Some((
-                        score,
-                        Selected {
-                            route,
-                            rule,
-                            matched: m,
-                        },
-                    ));
-                }
-            };
-            if rule.matches.is_empty() {
-                consider(None);
-            } else {
-                for m in &rule.matches {
-                    consider(Some(m));
-                }
+    routes.candidates.iter().find_map(|c| {
+        let route = &routes.routes[c.route];
+        if let Some(h) = c.host {
+            if !host_matches(&route.hosts[h], host) {
+                return None;
             }
         }
-    }
-    best.map(|(_, s)| s)
+        let rule = &route.rules[c.rule];
+        let matched = c.matched.map(|i| &rule.matches[i]);
+        if let Some(m) = matched {
+            matches(m, req, path)?;
+        }
+        Some(Selected {
+            route,
+            rule,
+            matched,
+        })
+    })
 }
 
 fn host_of(authority: &str) -> &str {
@@ -85,26 +128,17 @@ fn host_of(authority: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
-/// How well `host` matches a route's hostnames: `None` when it does not; a route with
-/// none matches every host, least specifically.
-fn host_score(hosts: &[HostMatch], host: &str) -> Option<(u8, usize)> {
-    if hosts.is_empty() {
-        return Some((0, 0));
+/// Whether `host` matches one of a route's hostnames (`*.example.com`: a name
+/// ending in `.example.com`).
+fn host_matches(pattern: &HostMatch, host: &str) -> bool {
+    match pattern {
+        HostMatch::Exact(e) => e.eq_ignore_ascii_case(host),
+        HostMatch::Suffix(s) => {
+            host.len() > s.len() + 1
+                && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                && host.as_bytes()[host.len() - s.len() - 1] == b'.'
+        }
     }
-    hosts
-        .iter()
-        .filter_map(|h| match h {
-            HostMatch::Exact(e) if e.eq_ignore_ascii_case(host) => Some((2, e.len())),
-            HostMatch::Suffix(s)
-                if host.len() > s.len() + 1
-                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
-                    && host.as_bytes()[host.len() - s.len() - 1] == b'.' =>
-            {
-                Some((1, s.len()))
-            }
-            _ => None,
-        })
-        .max()
 }
 
 /// The path part of the score: exact 3, regex 2, prefix 1 (no path match is the
