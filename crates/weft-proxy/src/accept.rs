@@ -239,6 +239,7 @@ pub(crate) async fn dispatch<I>(
                     .into()),
                 shared: shared.clone(),
                 route_cache: Default::default(),
+                authz_cache: Default::default(),
             });
             http::serve(PrefixedIo::new(prefix, io), protocol, ctx, watch).await;
         }

@@ -55,6 +55,9 @@ pub struct ConnContext {
     /// The last route's labels and request counter: requests on one connection
     /// usually share them, and building labels allocates.
     pub route_cache: std::sync::Mutex<Option<CachedRoute>>,
+    /// Inbound: the last authorization decision and its counter (the caller and the
+    /// port are the same for every request of a connection).
+    pub(crate) authz_cache: std::sync::Mutex<Option<crate::inbound::authorize::Cached>>,
 }
 
 pub struct CachedRoute {

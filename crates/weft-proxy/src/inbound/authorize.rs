@@ -17,11 +17,13 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ::http::StatusCode;
 use ipnet::IpNet;
 use linkerd2_proxy_api::inbound::{self, authn};
 use linkerd2_proxy_api::meta;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::http::{ConnContext, ProxyError};
 use crate::metrics::{AuthzLabels, Str};
@@ -313,21 +315,21 @@ fn authorization(a: inbound::Authz) -> Result<Authorization, String> {
     })
 }
 
-/// Counts the decision of `policy` for a caller on `port` and gives it.
-fn decide(
+/// The decision of `policy` for a caller on `port`, and the counter it is counted in.
+fn decision(
     shared: &Shared,
     http: bool,
     policy: &PortPolicy,
     ip: IpAddr,
     client_id: Option<&str>,
     port: u16,
-) -> Result<(), Denied> {
+) -> (Result<(), Denied>, Counter) {
     let decision = policy.authorize(ip, client_id, port);
     let (authz_kind, authz_name) = match &decision {
         Ok(a) => (a.kind.clone(), a.name.clone()),
         Err(_) => (Str::empty(), Str::empty()),
     };
-    shared.metrics.authz.count(
+    let counter = shared.metrics.authz.counter(
         http,
         decision.is_ok(),
         &AuthzLabels {
@@ -338,7 +340,29 @@ fn decide(
             target_port: port,
         },
     );
-    decision.map(|_| ())
+    (decision.map(|_| ()), counter)
+}
+
+/// Counts the decision of `policy` for a caller on `port` and gives it.
+fn decide(
+    shared: &Shared,
+    http: bool,
+    policy: &PortPolicy,
+    ip: IpAddr,
+    client_id: Option<&str>,
+    port: u16,
+) -> Result<(), Denied> {
+    let (decision, counter) = decision(shared, http, policy, ip, client_id, port);
+    counter.inc();
+    decision
+}
+
+/// A connection's last HTTP decision: the same policy gives its requests the same
+/// answer, without labelling and looking up the counter again.
+pub(crate) struct Cached {
+    policy: Arc<PortPolicy>,
+    decision: Result<(), Denied>,
+    counter: Counter,
 }
 
 /// Authorizes an opaque TCP connection's caller, counted.
@@ -360,8 +384,28 @@ pub(crate) async fn http(ctx: &ConnContext) -> Result<(), ProxyError> {
     };
     let port = addr.port();
     let policy = ctx.shared.inbound_policy.port(port).await.current();
-    let client_id = (!ctx.client_id.0.is_empty()).then_some(&*ctx.client_id.0);
-    decide(&ctx.shared, true, &policy, ctx.client.ip(), client_id, port).map_err(|denied| {
+    let decided = {
+        let mut cache = ctx.authz_cache.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cache {
+            Some(c) if Arc::ptr_eq(&c.policy, &policy) => {
+                c.counter.inc();
+                c.decision.clone()
+            }
+            _ => {
+                let client_id = (!ctx.client_id.0.is_empty()).then_some(&*ctx.client_id.0);
+                let (decision, counter) =
+                    decision(&ctx.shared, true, &policy, ctx.client.ip(), client_id, port);
+                counter.inc();
+                *cache = Some(Cached {
+                    policy,
+                    decision: decision.clone(),
+                    counter,
+                });
+                decision
+            }
+        }
+    };
+    decided.map_err(|denied| {
         tracing::info!(client = %ctx.client, reason = %denied, "request denied");
         ProxyError::new(StatusCode::FORBIDDEN, "unauthorized", denied.to_string())
             .with_grpc_code(GRPC_PERMISSION_DENIED)

@@ -525,13 +525,18 @@ impl AuthzMetrics {
 
     /// Counts a decision: `http` (a request) or not (a TCP connection), allowed or not.
     pub fn count(&self, http: bool, allowed: bool, labels: &AuthzLabels) {
+        self.counter(http, allowed, labels).inc();
+    }
+
+    /// The counter of one kind of decision, to keep and count on later.
+    pub fn counter(&self, http: bool, allowed: bool, labels: &AuthzLabels) -> Counter {
         let family = match (http, allowed) {
             (true, true) => &self.http_allow,
             (true, false) => &self.http_deny,
             (false, true) => &self.tcp_allow,
             (false, false) => &self.tcp_deny,
         };
-        family.get_or_create(labels).inc();
+        family.get_or_create(labels).clone()
     }
 }
 
