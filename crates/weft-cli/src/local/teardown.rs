@@ -67,6 +67,12 @@ pub fn teardown(state: &mut State, path: &Path, reap: impl FnMut()) -> anyhow::R
         }
     }
     state.files = kept_files;
+    // Rollouts' state (`weft rollout`): about this mesh's routes, gone with it.
+    if let Some(dir) = &state_dir {
+        if let Err(e) = remove_path(&crate::rollout::state::dir(dir)) {
+            errors.push(format!("{e:#}"));
+        }
+    }
     if errors.is_empty() && state.pods.is_empty() && state.hub.is_none() {
         std::fs::remove_file(path)
             .or_else(|e| match e.kind() {
