@@ -13,6 +13,7 @@ pub mod admin;
 pub mod destination;
 pub mod identity;
 pub mod metrics;
+mod objects;
 pub mod policy;
 pub mod routes;
 pub mod server;

@@ -137,6 +137,11 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Listened for before anything is served: a SIGTERM that comes as soon as the
+        // controller says it serves (a supervisor stopping it at once) must stop it
+        // cleanly, not kill it with the default action.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
         let reload = ReloadOptions {
             interval: args.identity_reload_interval,
             expiry_warning: args.issuer_expiry_warning,
@@ -166,8 +171,6 @@ fn main() -> anyhow::Result<()> {
             reload,
         )
         .await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot listen for SIGTERM")?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),

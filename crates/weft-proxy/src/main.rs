@@ -42,9 +42,11 @@ fn main() -> anyhow::Result<()> {
     .context("cannot start the async runtime")?;
 
     runtime.block_on(async {
-        let proxy = Proxy::start(config).await?;
+        // Listened for before the listeners open: a SIGTERM right after start drains
+        // the proxy instead of killing it with the default action.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot listen for SIGTERM")?;
+        let proxy = Proxy::start(config).await?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),

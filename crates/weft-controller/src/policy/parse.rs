@@ -9,6 +9,8 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 use weft_core::mesh::GatewayObject;
 
+use crate::objects;
+
 use super::{ObjectKey, API_VERSION};
 
 pub const SERVER: &str = "Server";
@@ -260,42 +262,7 @@ fn check_meta(meta: &Metadata) -> Result<(), (String, String)> {
 fn typed<S: serde::de::DeserializeOwned>(
     object: &GatewayObject,
 ) -> Result<(Metadata, S), (String, String)> {
-    let at = |field: &str| format!("{}: {field}", object.location);
-    let version = object
-        .value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if version != API_VERSION {
-        return Err((
-            at("apiVersion"),
-            format!("is {version:?}; {} is read as {API_VERSION}", object.kind),
-        ));
-    }
-    // Deserialized from text so that errors carry the field's path.
-    let text = serde_yaml_ng::to_string(&object.value).unwrap_or_default();
-    let typed: Object<S> = serde_yaml_ng::from_str(&text).map_err(|e| {
-        let message = strip_position(&e.to_string());
-        match message.split_once(": ") {
-            Some((path, rest)) if looks_like_path(path) => (at(path), rest.to_owned()),
-            _ => (object.location.clone(), message),
-        }
-    })?;
+    objects::check_api_version(object, &[API_VERSION])?;
+    let typed: Object<S> = objects::deserialize(object)?;
     Ok((typed.metadata, typed.spec))
-}
-
-fn looks_like_path(s: &str) -> bool {
-    !s.is_empty()
-        && !s.contains(' ')
-        && s.chars()
-            .all(|c| c.is_alphanumeric() || "._[]-".contains(c))
-}
-
-/// Drops the YAML library's ` at line L column C` (positions in re-serialized text are
-/// not the file's).
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) if message[i..].contains(" column ") => message[..i].to_owned(),
-        _ => message.to_owned(),
-    }
 }

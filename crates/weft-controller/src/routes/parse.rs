@@ -14,6 +14,8 @@ use serde_json::Value as Json;
 use serde_yaml_ng::Value;
 use weft_core::mesh::GatewayObject;
 
+use crate::objects;
+
 use super::{ParentRef, RouteKey, RouteKind};
 
 /// The API version every object of the group is read at.
@@ -224,49 +226,18 @@ fn check_meta(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
     None
 }
 
-/// Deserializes `object` as `T` at one of `versions`; on failure, the location
-/// (object and field) and the message.
 fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
     object: &GatewayObject,
     versions: &[&str],
 ) -> Result<T, (String, String)> {
-    let at = |field: &str| {
-        if field.is_empty() {
-            object.location.clone()
-        } else {
-            format!("{}: {field}", object.location)
-        }
-    };
-    let version = object
-        .value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if !versions.contains(&version) {
-        return Err((
-            at("apiVersion"),
-            format!(
-                "is {version:?}; {} is read as {}",
-                object.kind,
-                versions.join(" or ")
-            ),
-        ));
-    }
-    // Deserialized from text so that errors carry the field's path.
-    let text = serde_yaml_ng::to_string(&object.value).unwrap_or_default();
-    let typed: T = serde_yaml_ng::from_str(&text).map_err(|e| {
-        let message = strip_position(&e.to_string());
-        match message.split_once(": ") {
-            Some((path, rest)) if looks_like_path(path) => (at(path), rest.to_owned()),
-            _ => (object.location.clone(), message),
-        }
-    })?;
+    objects::check_api_version(object, versions)?;
+    let typed: T = objects::deserialize(object)?;
     // The types ignore unknown fields; the API server (with strict field validation)
     // and weft do not: what the typed value does not carry back is unknown.
     let written = serde_json::to_value(&object.value).unwrap_or(Json::Null);
     let read = serde_json::to_value(&typed).unwrap_or(Json::Null);
     if let Some(field) = unknown_field(&written, &read, String::new()) {
-        return Err((at(&field), "unknown field".to_owned()));
+        return Err((objects::at(object, &field), "unknown field".to_owned()));
     }
     Ok(typed)
 }
@@ -299,22 +270,6 @@ fn unknown_field(written: &Json, read: &Json, path: String) -> Option<String> {
             .enumerate()
             .find_map(|(i, (w, r))| unknown_field(w, r, format!("{path}[{i}]"))),
         _ => None,
-    }
-}
-
-fn looks_like_path(s: &str) -> bool {
-    !s.is_empty()
-        && !s.contains(' ')
-        && s.chars()
-            .all(|c| c.is_alphanumeric() || "._[]-".contains(c))
-}
-
-/// Drops the YAML library's ` at line L column C` (positions in re-serialized text
-/// are not the file's).
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) if message[i..].contains(" column ") => message[..i].to_owned(),
-        _ => message.to_owned(),
     }
 }
 
