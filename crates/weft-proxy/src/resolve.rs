@@ -83,12 +83,19 @@ impl Shared {
     /// [`Shared::resolve`] finds it. Does nothing otherwise.
     pub async fn discover(&self, destination: &Destination, authority: &str) {
         if let (Destination::ByAuthority, Some(d)) = (destination, &self.destinations) {
-            if self.config.services.by_authority(authority).is_none()
-                && d.cached_authority(authority).is_none()
-            {
+            if self.known_service(authority).is_none() {
                 d.resolve_authority(authority).await;
             }
         }
+    }
+
+    /// The service `authority` names as far as it is known now, without waiting: the
+    /// endpoints file's, else the destination service's answer already at hand.
+    pub fn known_service(&self, authority: &str) -> Option<Arc<Service>> {
+        self.config
+            .services
+            .by_authority(authority)
+            .or_else(|| self.destinations.as_ref()?.cached_authority(authority))
     }
 
     fn is_own_listener(&self, addr: SocketAddr) -> bool {

@@ -81,10 +81,20 @@ where
     let svc = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move {
-            Ok::<_, Infallible>(match ctx.direction {
-                Direction::Outbound => crate::outbound::http::handle(ctx, req).await,
-                Direction::Inbound => crate::inbound::http::handle(ctx, req).await,
-            })
+            let start = Instant::now();
+            // Every request counted must end in a response: one the caller gave up on
+            // is recorded when this future is dropped.
+            let mut unanswered = Unanswered::new(&ctx, start);
+            let rsp = match ctx.direction {
+                Direction::Outbound => {
+                    crate::outbound::http::forward(&ctx, req, start, &mut unanswered).await
+                }
+                Direction::Inbound => {
+                    crate::inbound::http::forward(&ctx, req, start, &mut unanswered).await
+                }
+            };
+            unanswered.answered();
+            Ok::<_, Infallible>(rsp)
         }
     });
     let io = TokioIo::new(io);

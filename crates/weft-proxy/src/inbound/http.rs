@@ -11,7 +11,6 @@
 //!    business, on its outbound side); `--response-timeout` bounds the wait.
 //! 6. **Answer** the caller ([`Answer::respond`]).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use ::http::{Request, Response};
@@ -21,15 +20,7 @@ use crate::http::{self, Answer, ConnContext, Prepared, ProxyBody, Target, Unansw
 use crate::retry::RequestBody;
 
 /// Handles one request for the local application.
-pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
-    let start = Instant::now();
-    let mut unanswered = Unanswered::new(&ctx, start);
-    let rsp = forward(&ctx, req, start, &mut unanswered).await;
-    unanswered.answered();
-    rsp
-}
-
-async fn forward(
+pub(crate) async fn forward(
     ctx: &ConnContext,
     req: Request<Incoming>,
     start: Instant,

@@ -31,19 +31,11 @@ use crate::retry::{self, BudgetedPolicy, Replay, RequestBody, ServicePolicy};
 use crate::routes::Routes;
 use crate::Destination;
 
-use super::route::{self, ChosenRule};
+use super::route::{self, Routed};
 use crate::upstream::HttpVersion;
 
 /// Handles one request from the local workload.
-pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
-    let start = Instant::now();
-    let mut unanswered = Unanswered::new(&ctx, start);
-    let rsp = forward(&ctx, req, start, &mut unanswered).await;
-    unanswered.answered();
-    rsp
-}
-
-async fn forward(
+pub(crate) async fn forward(
     ctx: &ConnContext,
     req: Request<Incoming>,
     start: Instant,
@@ -125,48 +117,30 @@ async fn resolve(
     ctx: &ConnContext,
     req: &mut Request<Incoming>,
     start: Instant,
-) -> Result<Routed<Option<ChosenRule>>, Unresolved> {
+) -> Result<Routed, Unresolved> {
     let authority = http::authority(req)?;
     // Explicit mode: an authority met for the first time may need the controller.
     ctx.shared.discover(&ctx.destination, &authority).await;
     if let Some((parent, routes)) = parent_routes(ctx, &authority) {
-        return Ok(
-            match route::route(ctx, req, &authority, &parent, routes, start).await? {
-                route::Routed::Forward { target, rule } => Routed::Forward {
-                    target,
-                    rule: Some(rule),
-                },
-                route::Routed::Answered(rsp) => Routed::Answered(rsp),
-            },
-        );
+        return route::route(ctx, req, &authority, &parent, routes, start).await;
     }
     let target = ctx.resolve_authority(&ctx.destination, authority).await?;
     Ok(Routed::Forward { target, rule: None })
 }
 
-/// What resolution made of a request.
-enum Routed<R> {
-    Forward { target: Target, rule: R },
-    Answered(Box<Response<ProxyBody>>),
-}
-
 /// The routes of the Service the connection (or, in explicit mode, the authority)
 /// goes to, when the controller serves some.
 fn parent_routes(ctx: &ConnContext, authority: &str) -> Option<(Arc<Service>, Arc<Routes>)> {
-    let parent = match &ctx.destination {
-        Destination::Service(s) => s.clone(),
-        Destination::ByAuthority => match ctx.shared.config.services.by_authority(authority) {
-            Some(s) => s,
-            None => ctx
-                .shared
-                .destinations
-                .as_ref()?
-                .cached_authority(authority)?,
-        },
-        Destination::Addr(_) | Destination::Unavailable(_) => return None,
-    };
-    let routes = parent.routes()?;
-    Some((parent, routes))
+    match &ctx.destination {
+        // The service is cloned only when it has routes (most requests: none).
+        Destination::Service(s) => Some((s.clone(), s.routes()?)),
+        Destination::ByAuthority => {
+            let parent = ctx.shared.known_service(authority)?;
+            let routes = parent.routes()?;
+            Some((parent, routes))
+        }
+        Destination::Addr(_) | Destination::Unavailable(_) => None,
+    }
 }
 
 /// The policy of one request: the service's (or the proxy-wide) timeouts and retries,

@@ -22,8 +22,12 @@ use crate::Destination;
 
 /// What the route made of a request.
 pub(super) enum Routed {
-    /// Forward it to `target`, under the rule's policy and response filters.
-    Forward { target: Target, rule: ChosenRule },
+    /// Forward it to `target`, under the rule's policy and response filters (`None`:
+    /// a Service without routes).
+    Forward {
+        target: Target,
+        rule: Option<ChosenRule>,
+    },
     /// The route answered it itself (boxed: a response is large, and most requests
     /// are forwarded).
     Answered(Box<Response<ProxyBody>>),
@@ -145,12 +149,12 @@ pub(super) async fn route<B>(
     target.route = Some(meta);
     Ok(Routed::Forward {
         target,
-        rule: ChosenRule {
+        rule: Some(ChosenRule {
             routes,
             route,
             rule: rule_index,
             backend: Some(backend),
-        },
+        }),
     })
 }
 
@@ -280,12 +284,12 @@ async fn backend_service(ctx: &ConnContext, authority: &str) -> Option<Arc<Servi
         // A backendRef the controller could not resolve.
         return None;
     }
-    if let Some(s) = ctx.shared.config.services.by_authority(authority) {
+    if let Some(s) = ctx.shared.known_service(authority) {
         return Some(s);
     }
-    let destinations = ctx.shared.destinations.as_ref()?;
-    match destinations.cached_authority(authority) {
-        Some(s) => Some(s),
-        None => destinations.resolve_authority(authority).await,
-    }
+    ctx.shared
+        .destinations
+        .as_ref()?
+        .resolve_authority(authority)
+        .await
 }
