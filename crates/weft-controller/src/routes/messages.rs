@@ -115,6 +115,18 @@ fn fail_500(message: String) -> api_http::HttpFailureInjector {
     }
 }
 
+/// A header modifier message from a Gateway API one (the API's filter types of
+/// rules, backends, HTTP and gRPC are distinct generated types of the same shape).
+macro_rules! header_modifier {
+    ($($message:ident)::+, $m:expr) => {
+        $($message)::+ {
+            add: headers($m.add.iter().flatten().map(|h| (&h.name, &h.value))),
+            set: headers($m.set.iter().flatten().map(|h| (&h.name, &h.value))),
+            remove: $m.remove.clone().unwrap_or_default(),
+        }
+    };
+}
+
 fn headers<'a>(
     pairs: impl Iterator<Item = (&'a String, &'a String)>,
 ) -> Option<http_types::Headers> {
@@ -407,22 +419,16 @@ fn http_filter_message(
 ) -> Option<outbound::http_route::filter::Kind> {
     use outbound::http_route::filter::Kind;
     if let Some(m) = &f.request_header_modifier {
-        return Some(Kind::RequestHeaderModifier(
-            api_http::RequestHeaderModifier {
-                add: headers(m.add.iter().flatten().map(|h| (&h.name, &h.value))),
-                set: headers(m.set.iter().flatten().map(|h| (&h.name, &h.value))),
-                remove: m.remove.clone().unwrap_or_default(),
-            },
-        ));
+        return Some(Kind::RequestHeaderModifier(header_modifier!(
+            api_http::RequestHeaderModifier,
+            m
+        )));
     }
     if let Some(m) = &f.response_header_modifier {
-        return Some(Kind::ResponseHeaderModifier(
-            api_http::ResponseHeaderModifier {
-                add: headers(m.add.iter().flatten().map(|h| (&h.name, &h.value))),
-                set: headers(m.set.iter().flatten().map(|h| (&h.name, &h.value))),
-                remove: m.remove.clone().unwrap_or_default(),
-            },
-        ));
+        return Some(Kind::ResponseHeaderModifier(header_modifier!(
+            api_http::ResponseHeaderModifier,
+            m
+        )));
     }
     if let Some(r) = &f.request_redirect {
         use http::HttpRouteRulesFiltersRequestRedirectPathType as P;
@@ -462,22 +468,16 @@ fn http_backend_filter_message(
 ) -> Option<outbound::http_route::filter::Kind> {
     use outbound::http_route::filter::Kind;
     if let Some(m) = &f.request_header_modifier {
-        return Some(Kind::RequestHeaderModifier(
-            api_http::RequestHeaderModifier {
-                add: headers(m.add.iter().flatten().map(|h| (&h.name, &h.value))),
-                set: headers(m.set.iter().flatten().map(|h| (&h.name, &h.value))),
-                remove: m.remove.clone().unwrap_or_default(),
-            },
-        ));
+        return Some(Kind::RequestHeaderModifier(header_modifier!(
+            api_http::RequestHeaderModifier,
+            m
+        )));
     }
     if let Some(m) = &f.response_header_modifier {
-        return Some(Kind::ResponseHeaderModifier(
-            api_http::ResponseHeaderModifier {
-                add: headers(m.add.iter().flatten().map(|h| (&h.name, &h.value))),
-                set: headers(m.set.iter().flatten().map(|h| (&h.name, &h.value))),
-                remove: m.remove.clone().unwrap_or_default(),
-            },
-        ));
+        return Some(Kind::ResponseHeaderModifier(header_modifier!(
+            api_http::ResponseHeaderModifier,
+            m
+        )));
     }
     None
 }
@@ -502,11 +502,7 @@ pub fn grpc_route(
         .enumerate()
         .map(|(i, rule)| {
             let modifier = |m: &grpc::GrpcRouteRulesFiltersRequestHeaderModifier| {
-                api_http::RequestHeaderModifier {
-                    add: headers(m.add.iter().flatten().map(|h| (&h.name, &h.value))),
-                    set: headers(m.set.iter().flatten().map(|h| (&h.name, &h.value))),
-                    remove: m.remove.clone().unwrap_or_default(),
-                }
+                header_modifier!(api_http::RequestHeaderModifier, m)
             };
             let mut filters: Vec<Filter> = rule
                 .filters
@@ -523,13 +519,10 @@ pub fn grpc_route(
                     .flatten()
                     .filter_map(|f| f.request_header_modifier.as_ref())
                     .map(|m| Filter {
-                        kind: Some(filter::Kind::RequestHeaderModifier(
-                            api_http::RequestHeaderModifier {
-                                add: headers(m.add.iter().flatten().map(|h| (&h.name, &h.value))),
-                                set: headers(m.set.iter().flatten().map(|h| (&h.name, &h.value))),
-                                remove: m.remove.clone().unwrap_or_default(),
-                            },
-                        )),
+                        kind: Some(filter::Kind::RequestHeaderModifier(header_modifier!(
+                            api_http::RequestHeaderModifier,
+                            m
+                        ))),
                     })
                     .collect()
             };
