@@ -183,6 +183,26 @@ pub fn check(route: &ParsedRoute, cx: Context<'_>) -> Checked {
     }
 }
 
+/// A header modifier filter: present when its type says so, with valid header names
+/// (set, add, remove). The API's modifier types of rules and backends, HTTP and gRPC,
+/// are distinct generated types of the same shape.
+macro_rules! check_modifier {
+    ($at:expr, $name:literal, $modifier:expr) => {{
+        present($at, $name, $modifier.is_some())?;
+        if let Some(m) = &$modifier {
+            header_mod(
+                $at,
+                m.set
+                    .iter()
+                    .flatten()
+                    .map(|h| &h.name)
+                    .chain(m.add.iter().flatten().map(|h| &h.name)),
+                m.remove.iter().flatten(),
+            )?;
+        }
+    }};
+}
+
 /// The Service port `parent` names, or why it names none.
 fn attach(
     parent: &ParentRef,
@@ -506,40 +526,10 @@ fn check_http(spec: &http::HttpRouteSpec) -> Result<(), String> {
                 use http::HttpRouteRulesBackendRefsFiltersType as T;
                 match f.r#type {
                     T::RequestHeaderModifier => {
-                        present(
-                            &at,
-                            "requestHeaderModifier",
-                            f.request_header_modifier.is_some(),
-                        )?;
-                        if let Some(m) = &f.request_header_modifier {
-                            header_mod(
-                                &at,
-                                m.set
-                                    .iter()
-                                    .flatten()
-                                    .map(|h| &h.name)
-                                    .chain(m.add.iter().flatten().map(|h| &h.name)),
-                                m.remove.iter().flatten(),
-                            )?;
-                        }
+                        check_modifier!(&at, "requestHeaderModifier", f.request_header_modifier);
                     }
                     T::ResponseHeaderModifier => {
-                        present(
-                            &at,
-                            "responseHeaderModifier",
-                            f.response_header_modifier.is_some(),
-                        )?;
-                        if let Some(m) = &f.response_header_modifier {
-                            header_mod(
-                                &at,
-                                m.set
-                                    .iter()
-                                    .flatten()
-                                    .map(|h| &h.name)
-                                    .chain(m.add.iter().flatten().map(|h| &h.name)),
-                                m.remove.iter().flatten(),
-                            )?;
-                        }
+                        check_modifier!(&at, "responseHeaderModifier", f.response_header_modifier);
                     }
                     ref other => return Err(unsupported_filter(&at, &format!("{other:?}"))),
                 }
@@ -614,40 +604,10 @@ fn http_filter(
     use http::HttpRouteRulesFiltersType as T;
     match f.r#type {
         T::RequestHeaderModifier => {
-            present(
-                at,
-                "requestHeaderModifier",
-                f.request_header_modifier.is_some(),
-            )?;
-            if let Some(m) = &f.request_header_modifier {
-                header_mod(
-                    at,
-                    m.set
-                        .iter()
-                        .flatten()
-                        .map(|h| &h.name)
-                        .chain(m.add.iter().flatten().map(|h| &h.name)),
-                    m.remove.iter().flatten(),
-                )?;
-            }
+            check_modifier!(&at, "requestHeaderModifier", f.request_header_modifier);
         }
         T::ResponseHeaderModifier => {
-            present(
-                at,
-                "responseHeaderModifier",
-                f.response_header_modifier.is_some(),
-            )?;
-            if let Some(m) = &f.response_header_modifier {
-                header_mod(
-                    at,
-                    m.set
-                        .iter()
-                        .flatten()
-                        .map(|h| &h.name)
-                        .chain(m.add.iter().flatten().map(|h| &h.name)),
-                    m.remove.iter().flatten(),
-                )?;
-            }
+            check_modifier!(&at, "responseHeaderModifier", f.response_header_modifier);
         }
         T::RequestRedirect => {
             present(at, "requestRedirect", f.request_redirect.is_some())?;
@@ -710,22 +670,7 @@ fn check_grpc(spec: &grpc::GrpcRouteSpec) -> Result<(), String> {
             let at = format!("{at}.filters[{j}]");
             match f.r#type {
                 grpc::GrpcRouteRulesFiltersType::RequestHeaderModifier => {
-                    present(
-                        &at,
-                        "requestHeaderModifier",
-                        f.request_header_modifier.is_some(),
-                    )?;
-                    if let Some(m) = &f.request_header_modifier {
-                        header_mod(
-                            &at,
-                            m.set
-                                .iter()
-                                .flatten()
-                                .map(|h| &h.name)
-                                .chain(m.add.iter().flatten().map(|h| &h.name)),
-                            m.remove.iter().flatten(),
-                        )?;
-                    }
+                    check_modifier!(&at, "requestHeaderModifier", f.request_header_modifier);
                 }
                 ref other => return Err(unsupported_filter(&at, &format!("{other:?}"))),
             }
