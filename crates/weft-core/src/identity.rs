@@ -8,6 +8,12 @@ use std::str::FromStr;
 /// The default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
+/// The audience of the projected ServiceAccount tokens a proxy proves its identity with
+/// on Kubernetes: the injector's projected volume asks for it, and the controller's
+/// TokenReview requires it (a token made for another audience, such as the API server's
+/// own, is refused).
+pub const KUBE_TOKEN_AUDIENCE: &str = "identity.weft.io";
+
 const MARKER: &str = ".serviceaccount.identity.weft.";
 
 /// A workload's identity: its service account in a namespace, in a trust domain.
