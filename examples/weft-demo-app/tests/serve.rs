@@ -135,17 +135,43 @@ fn fault_file_changes_behaviour_while_serving_and_its_removal_restores_it() {
     // `{zone}` in the path: every server of a zone reads the same file.
     let template = dir.join("{zone}");
     let file = dir.join("zone-x");
-    let _s = Killed(
-        Command::new(BIN)
-            .args(["serve", "--name", "f", "--port", &p.to_string()])
-            .arg("--fault-file")
-            .arg(&template)
-            .env("WEFT_POD", "f-0")
-            .env("WEFT_ZONE", "zone-x")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--name", "f", "--port", &p.to_string()])
+        .arg("--fault-file")
+        .arg(&template)
+        .env("WEFT_POD", "f-0")
+        .env("WEFT_ZONE", "zone-x")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // What the server says about the fault file, from both streams, line by line.
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let _s = Killed(child);
+    // Waits (up to 5 s) for the server's line saying it read the file.
+    let said = |wanted: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("fault file") && line.ends_with(wanted) => break,
+                Ok(_) => {}
+                Err(_) => panic!("the server never said \"fault file ...{wanted}\""),
+            }
+        }
+    };
     let url = format!("http://127.0.0.1:{p}/");
     get_eventually(&url);
 
@@ -161,18 +187,18 @@ fn fault_file_changes_behaviour_while_serving_and_its_removal_restores_it() {
     );
 
     std::fs::write(&file, "delay=300ms").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    said(": delay=300ms");
     let (status, took) = timed_status(&url);
     assert_eq!(status, "200");
     assert!(took >= Duration::from_millis(300), "{took:?}");
 
     // A broken file is reported and the fault in force stays.
     std::fs::write(&file, "delay=fast").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    said("; keeping delay=300ms");
     assert_eq!(request(p, "GET", "/admin/fault", "").1, "delay=300ms\n");
 
     std::fs::remove_file(&file).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    said(": delay=0s");
     let (status, took) = timed_status(&url);
     assert_eq!(status, "200");
     assert!(took < Duration::from_millis(250), "{took:?}");
