@@ -19,6 +19,7 @@ pub mod endpoints;
 pub mod http;
 pub mod identity;
 mod inbound;
+pub mod init;
 pub mod io;
 pub mod metrics;
 mod outbound;

@@ -19,6 +19,10 @@ use weft_proxy::{Args, Proxy};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
+    // `weft-proxy init`: the pod's iptables rules (Kubernetes' init container), not a proxy.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
+        return weft_proxy::init::main(std::env::args_os().skip(1));
+    }
     // Not dumpable: no other process of this UID (a local mesh runs every pod's proxy
     // as UID 2102) can ptrace this one or read its memory, environment or descriptors,
     // where its private key and identity token are. Only root can.
