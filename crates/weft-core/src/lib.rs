@@ -9,6 +9,8 @@ pub mod log;
 pub mod mesh;
 #[cfg(feature = "netns")]
 pub mod netns;
+#[cfg(feature = "outbound-ext")]
+pub mod outbound_ext;
 #[cfg(feature = "mesh")]
 pub mod pods;
 #[cfg(feature = "prom")]
