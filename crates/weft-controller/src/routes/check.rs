@@ -8,7 +8,7 @@
 //! | | `UnsupportedValue` | an invalid regular expression, a weight out of 0..1,000,000, a filter or match weft cannot carry, a bad timeout or retry, an object that does not parse |
 //! | | `Conflicted` | an HTTPRoute on a parent a GRPCRoute of the same namespace also has (GEP-1426: the GRPCRoute wins) — set by the [table](super::table) |
 //! | `ResolvedRefs` | `ResolvedRefs` | every backendRef names an existing Service port |
-//! | | `BackendNotFound` | no such Service, no such port, or no port given |
+//! | | `BackendNotFound` | no such Service, no such port, or no port given (a backendRef, or a `RequestMirror` filter's) |
 //! | | `InvalidKind` | a backendRef that is not a core Service |
 //! | | `RefNotPermitted` | a Service of another namespace (other than a parent of the route) without a ReferenceGrant there allowing it |
 //!
@@ -108,9 +108,39 @@ pub struct Checked {
     /// Why its backends do not all resolve (reason, message).
     pub unresolved: Option<(&'static str, String)>,
     pub backends: Vec<Backend>,
+    /// The backends of its `RequestMirror` filters.
+    pub mirrors: Vec<MirrorRef>,
+}
+
+/// The backend of a `RequestMirror` filter, checked as a backendRef is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorRef {
+    pub rule: usize,
+    /// The backendRef whose filter it is (its index as written); `None`: the rule's.
+    pub backend_ref: Option<usize>,
+    /// The filter's index in its list.
+    pub filter: usize,
+    pub namespace: String,
+    pub name: String,
+    pub port: Option<u16>,
+    /// Why it does not resolve (reason, message): no copies are sent.
+    pub problem: Option<(&'static str, String)>,
 }
 
 impl Checked {
+    /// The resolved backend of the `RequestMirror` filter at `filter` of the rule (or
+    /// of its backendRef `backend_ref`).
+    pub fn mirror(
+        &self,
+        rule: usize,
+        backend_ref: Option<usize>,
+        filter: usize,
+    ) -> Option<&MirrorRef> {
+        self.mirrors
+            .iter()
+            .find(|m| m.rule == rule && m.backend_ref == backend_ref && m.filter == filter)
+    }
+
     /// Valid and every reference resolved: a version worth keeping to serve.
     pub fn valid(&self) -> bool {
         self.invalid.is_none() && self.unresolved.is_none()
@@ -144,9 +174,11 @@ pub fn check(route: &ParsedRoute, cx: Context<'_>) -> Checked {
         RouteSpec::Grpc(spec) => check_grpc(spec).err(),
     };
     let backends = backends(route, cx);
+    let mirrors = mirrors(route, cx);
     let unresolved = backends
         .iter()
         .filter_map(|b| b.problem.clone())
+        .chain(mirrors.iter().filter_map(|m| m.problem.clone()))
         .reduce(|(reason, a), (_, b)| (reason, format!("{a}; {b}")));
     let parents = route
         .parent_refs()
@@ -180,6 +212,7 @@ pub fn check(route: &ParsedRoute, cx: Context<'_>) -> Checked {
         invalid,
         unresolved,
         backends,
+        mirrors,
     }
 }
 
@@ -198,6 +231,57 @@ macro_rules! check_modifier {
                     .map(|h| &h.name)
                     .chain(m.add.iter().flatten().map(|h| &h.name)),
                 m.remove.iter().flatten(),
+            )?;
+        }
+    }};
+}
+
+/// A `URLRewrite` filter (rules' and backendRefs' are distinct generated types of the
+/// same shape; `$path_type` is the path type's enum): a valid hostname, the
+/// replacement its path type names, and a prefix replacement only on a rule with a
+/// `PathPrefix` match (the Gateway API's rule).
+macro_rules! check_rewrite {
+    ($at:expr, $rewrite:expr, $path_type:path, $has_prefix_match:expr) => {{
+        present($at, "urlRewrite", $rewrite.is_some())?;
+        if let Some(r) = &$rewrite {
+            if let Some(h) = &r.hostname {
+                hostname(&format!("{}.urlRewrite.hostname", $at), h)?;
+            }
+            if let Some(p) = &r.path {
+                use $path_type as P;
+                match p.r#type {
+                    P::ReplacePrefixMatch => {
+                        let Some(v) = &p.replace_prefix_match else {
+                            return Err(format!("{}.urlRewrite.path.replacePrefixMatch: required by type ReplacePrefixMatch", $at));
+                        };
+                        path_value(&format!("{}.urlRewrite.path.replacePrefixMatch", $at), v)?;
+                        if !$has_prefix_match {
+                            return Err(format!("{}.urlRewrite.path: ReplacePrefixMatch needs the rule to have exactly one match, of type PathPrefix", $at));
+                        }
+                    }
+                    P::ReplaceFullPath => {
+                        let Some(v) = &p.replace_full_path else {
+                            return Err(format!("{}.urlRewrite.path.replaceFullPath: required by type ReplaceFullPath", $at));
+                        };
+                        path_value(&format!("{}.urlRewrite.path.replaceFullPath", $at), v)?;
+                    }
+                }
+            }
+        }
+    }};
+}
+
+/// A `RequestMirror` filter: present, and its share (`percent` 0 to 100, or
+/// `fraction`: numerator ≤ denominator, denominator above 0; not both). Its backend is
+/// resolved with the backendRefs (`ResolvedRefs`).
+macro_rules! check_mirror {
+    ($at:expr, $mirror:expr) => {{
+        present($at, "requestMirror", $mirror.is_some())?;
+        if let Some(m) = &$mirror {
+            mirror_share(
+                $at,
+                m.percent,
+                m.fraction.as_ref().map(|f| (f.numerator, f.denominator)),
             )?;
         }
     }};
@@ -346,6 +430,69 @@ fn backends(route: &ParsedRoute, cx: Context<'_>) -> Vec<Backend> {
         .collect()
 }
 
+/// The backends of the route's `RequestMirror` filters (HTTPRoute rules and
+/// backendRefs, GRPCRoute rules), each resolved as a backendRef is.
+fn mirrors(route: &ParsedRoute, cx: Context<'_>) -> Vec<MirrorRef> {
+    macro_rules! mirror_ref {
+        ($out:ident, $rule:expr, $backend_ref:expr, $filter:expr, $m:expr) => {{
+            let b = &$m.backend_ref;
+            let r = Ref {
+                group: b.group.as_deref(),
+                kind: b.kind.as_deref(),
+                namespace: b.namespace.as_deref(),
+                name: &b.name,
+                port: b.port,
+                weight: None,
+            };
+            let namespace = r.namespace.unwrap_or(&route.key.namespace).to_owned();
+            let port = r
+                .port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0);
+            let problem = resolve(route, &r, &namespace, port, cx)
+                .map(|(reason, message)| (reason, format!("requestMirror: {message}")));
+            $out.push(MirrorRef {
+                rule: $rule,
+                backend_ref: $backend_ref,
+                filter: $filter,
+                namespace,
+                name: b.name.clone(),
+                port,
+                problem,
+            });
+        }};
+    }
+    let mut out = Vec::new();
+    match &route.spec {
+        RouteSpec::Http(spec) => {
+            for (i, rule) in spec.rules.iter().flatten().enumerate() {
+                for (j, f) in rule.filters.iter().flatten().enumerate() {
+                    if let Some(m) = &f.request_mirror {
+                        mirror_ref!(out, i, None, j, m);
+                    }
+                }
+                for (k, b) in rule.backend_refs.iter().flatten().enumerate() {
+                    for (j, f) in b.filters.iter().flatten().enumerate() {
+                        if let Some(m) = &f.request_mirror {
+                            mirror_ref!(out, i, Some(k), j, m);
+                        }
+                    }
+                }
+            }
+        }
+        RouteSpec::Grpc(spec) => {
+            for (i, rule) in spec.rules.iter().flatten().enumerate() {
+                for (j, f) in rule.filters.iter().flatten().enumerate() {
+                    if let Some(m) = &f.request_mirror {
+                        mirror_ref!(out, i, None, j, m);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn resolve(
     route: &ParsedRoute,
     r: &Ref<'_>,
@@ -452,6 +599,69 @@ fn header_name(what: &str, name: &str) -> Result<(), String> {
         .map_err(|_| format!("{what}: {name:?} is not a valid header name"))
 }
 
+/// A hostname as the Gateway API's `PreciseHostname` (RFC 1123, no wildcard).
+fn hostname(what: &str, h: &str) -> Result<(), String> {
+    let valid = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {h:?} is not a valid hostname (RFC 1123, no wildcard, no port)"
+        ))
+    }
+}
+
+/// A path a rewrite replaces with: absolute, and valid in a URI.
+fn path_value(what: &str, p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{what}: {p:?} must start with '/'"));
+    }
+    if ::http::uri::PathAndQuery::try_from(p).is_err() || p.contains(['?', '#']) {
+        return Err(format!("{what}: {p:?} is not a valid URI path"));
+    }
+    Ok(())
+}
+
+fn mirror_share(
+    at: &str,
+    percent: Option<i32>,
+    fraction: Option<(i32, Option<i32>)>,
+) -> Result<(), String> {
+    match (percent, fraction) {
+        (Some(_), Some(_)) => Err(format!(
+            "{at}.requestMirror: percent and fraction are exclusive: give one"
+        )),
+        (Some(p), None) if !(0..=100).contains(&p) => Err(format!(
+            "{at}.requestMirror.percent: {p} is out of range (0 to 100)"
+        )),
+        (None, Some((n, d))) => {
+            let d = d.unwrap_or(100);
+            if d <= 0 {
+                Err(format!(
+                    "{at}.requestMirror.fraction.denominator: {d} must be above 0"
+                ))
+            } else if !(0..=d).contains(&n) {
+                Err(format!(
+                    "{at}.requestMirror.fraction.numerator: {n} is out of range (0 to the denominator, {d})"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 fn weight(what: &str, w: Option<i32>) -> Result<(), String> {
     match w {
         Some(w) if !(0..=MAX_WEIGHT).contains(&w) => Err(format!(
@@ -471,13 +681,24 @@ pub fn duration(what: &str, s: &str) -> Result<Duration, String> {
 }
 
 fn unsupported_filter(what: &str, kind: &str) -> String {
-    format!("{what}: filter {kind} is not supported by weft: the OutboundPolicies protocol (linkerd2-proxy-api 0.20) has no message for it")
+    format!("{what}: filter {kind} is not supported by weft")
 }
 
 fn check_http(spec: &http::HttpRouteSpec) -> Result<(), String> {
     for (i, rule) in spec.rules.iter().flatten().enumerate() {
         let at = format!("spec.rules[{i}]");
         let mut has_prefix_match = rule.matches.as_ref().is_none_or(|m| m.is_empty());
+        // A URLRewrite's prefix replacement: exactly one match, a PathPrefix (the
+        // Gateway API's rule; no matches is one `PathPrefix /`).
+        let one_prefix_match = match rule.matches.as_deref() {
+            None | Some([]) => true,
+            Some([m]) => m.path.as_ref().is_none_or(|p| {
+                p.r#type
+                    .as_ref()
+                    .is_none_or(|t| *t == http::HttpRouteRulesMatchesPathType::PathPrefix)
+            }),
+            Some(_) => false,
+        };
         for (j, m) in rule.matches.iter().flatten().enumerate() {
             let at = format!("{at}.matches[{j}]");
             if let Some(path) = &m.path {
@@ -516,7 +737,22 @@ fn check_http(spec: &http::HttpRouteSpec) -> Result<(), String> {
             }
         }
         for (j, f) in rule.filters.iter().flatten().enumerate() {
-            http_filter(&format!("{at}.filters[{j}]"), f, has_prefix_match)?;
+            http_filter(
+                &format!("{at}.filters[{j}]"),
+                f,
+                has_prefix_match,
+                one_prefix_match,
+            )?;
+        }
+        let has = |t: http::HttpRouteRulesFiltersType| {
+            rule.filters.iter().flatten().any(|f| f.r#type == t)
+        };
+        if has(http::HttpRouteRulesFiltersType::RequestRedirect)
+            && has(http::HttpRouteRulesFiltersType::UrlRewrite)
+        {
+            return Err(format!(
+                "{at}.filters: RequestRedirect and URLRewrite cannot both be given (the Gateway API allows one)"
+            ));
         }
         for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
             let at = format!("{at}.backendRefs[{j}]");
@@ -531,6 +767,13 @@ fn check_http(spec: &http::HttpRouteSpec) -> Result<(), String> {
                     T::ResponseHeaderModifier => {
                         check_modifier!(&at, "responseHeaderModifier", f.response_header_modifier);
                     }
+                    T::UrlRewrite => check_rewrite!(
+                        &at,
+                        f.url_rewrite,
+                        http::HttpRouteRulesBackendRefsFiltersUrlRewritePathType,
+                        one_prefix_match
+                    ),
+                    T::RequestMirror => check_mirror!(&at, f.request_mirror),
                     ref other => return Err(unsupported_filter(&at, &format!("{other:?}"))),
                 }
             }
@@ -600,6 +843,7 @@ fn http_filter(
     at: &str,
     f: &http::HttpRouteRulesFilters,
     has_prefix_match: bool,
+    one_prefix_match: bool,
 ) -> Result<(), String> {
     use http::HttpRouteRulesFiltersType as T;
     match f.r#type {
@@ -633,9 +877,15 @@ fn http_filter(
                 }
             }
         }
+        T::UrlRewrite => check_rewrite!(
+            at,
+            f.url_rewrite,
+            http::HttpRouteRulesFiltersUrlRewritePathType,
+            one_prefix_match
+        ),
+        T::RequestMirror => check_mirror!(at, f.request_mirror),
         ref other => {
             let name = match other {
-                T::UrlRewrite => "URLRewrite".to_owned(),
                 T::Cors => "CORS".to_owned(),
                 other => format!("{other:?}"),
             };
@@ -671,6 +921,9 @@ fn check_grpc(spec: &grpc::GrpcRouteSpec) -> Result<(), String> {
             match f.r#type {
                 grpc::GrpcRouteRulesFiltersType::RequestHeaderModifier => {
                     check_modifier!(&at, "requestHeaderModifier", f.request_header_modifier);
+                }
+                grpc::GrpcRouteRulesFiltersType::RequestMirror => {
+                    check_mirror!(&at, f.request_mirror);
                 }
                 ref other => return Err(unsupported_filter(&at, &format!("{other:?}"))),
             }

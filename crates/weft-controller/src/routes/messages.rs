@@ -2,6 +2,10 @@
 //! Service port: matches, filters, weighted backends (each a balancer over a
 //! Service port's endpoints, found with `Destination.Get`), timeouts and retries.
 //! What the proxy must read is listed in docs/routes.md.
+//!
+//! `URLRewrite` and `RequestMirror`, which the protocol has no message for, are
+//! carried as weft's extension ([`extensions`], `weft_core::outbound_ext`) beside the
+//! policy.
 
 use std::time::Duration;
 
@@ -12,6 +16,11 @@ use linkerd2_proxy_api::http_route as api_http;
 use linkerd2_proxy_api::http_types;
 use linkerd2_proxy_api::meta;
 use linkerd2_proxy_api::outbound;
+
+use weft_core::outbound_ext::{
+    filter_extension, BackendFilterExtension, FilterExtension, RequestMirror, RouteExtension,
+    UrlRewrite,
+};
 
 use super::check::{duration, Backend, Checked};
 use super::parse::RouteSpec;
@@ -638,4 +647,160 @@ pub fn grpc_route(
         hosts: host_matches(checked.route.hostnames()),
         rules,
     }
+}
+
+/// A `URLRewrite` as the extension carries it (the rules' and backendRefs' filter
+/// types are distinct generated types of one shape; `$path_type`: the path type's enum).
+macro_rules! url_rewrite {
+    ($r:expr, $path_type:path) => {{
+        use $path_type as P;
+        let r = $r;
+        UrlRewrite {
+            hostname: r.hostname.clone().unwrap_or_default(),
+            path: r.path.as_ref().and_then(|p| {
+                let replace = match p.r#type {
+                    P::ReplaceFullPath => {
+                        api_http::path_modifier::Replace::Full(p.replace_full_path.clone()?)
+                    }
+                    P::ReplacePrefixMatch => {
+                        api_http::path_modifier::Replace::Prefix(p.replace_prefix_match.clone()?)
+                    }
+                };
+                Some(api_http::PathModifier {
+                    replace: Some(replace),
+                })
+            }),
+        }
+    }};
+}
+
+/// A `RequestMirror` as the extension carries it, when its backend resolved (one
+/// that does not is reported in `ResolvedRefs`, and no copies are sent).
+macro_rules! request_mirror {
+    ($checked:expr, $cd:expr, ($rule:expr, $backend_ref:expr, $filter:expr), $m:expr) => {{
+        let m = $m;
+        $checked
+            .mirror($rule, $backend_ref, $filter)
+            .filter(|r| r.problem.is_none())
+            .and_then(|r| Some((r, r.port?)))
+            .map(|(r, port)| {
+                let ratio = match (m.percent, &m.fraction) {
+                    (Some(p), _) => Some((p, 100)),
+                    (None, Some(f)) => Some((f.numerator, f.denominator.unwrap_or(100))),
+                    (None, None) => None,
+                };
+                RequestMirror {
+                    backend: Some(service_backend(&r.namespace, &r.name, port, $cd)),
+                    ratio: ratio.map(|(n, d)| api_http::Ratio {
+                        numerator: u32::try_from(n).unwrap_or(0),
+                        denominator: u32::try_from(d).unwrap_or(1).max(1),
+                    }),
+                }
+            })
+    }};
+}
+
+fn rewrite_filter(r: UrlRewrite) -> FilterExtension {
+    FilterExtension {
+        kind: Some(filter_extension::Kind::UrlRewrite(r)),
+    }
+}
+
+fn mirror_filter(m: RequestMirror) -> FilterExtension {
+    FilterExtension {
+        kind: Some(filter_extension::Kind::RequestMirror(Box::new(m))),
+    }
+}
+
+/// The filters of a checked route that the protocol has no message for
+/// (`URLRewrite`, `RequestMirror`), as weft's extension of the policy: one entry per
+/// rule that has any, naming the route by the metadata of its `HttpRoute` or
+/// `GrpcRoute`, and the backends by their index in the rule's distribution.
+pub fn extensions(checked: &Checked, cluster_domain: &str) -> Vec<RouteExtension> {
+    let cd = cluster_domain;
+    let mut out = Vec::new();
+    match &checked.route.spec {
+        RouteSpec::Http(spec) => {
+            for (i, rule) in spec.rules.iter().flatten().enumerate() {
+                let filters: Vec<FilterExtension> = rule
+                    .filters
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .filter_map(|(j, f)| {
+                        if let Some(r) = &f.url_rewrite {
+                            return Some(rewrite_filter(url_rewrite!(
+                                r,
+                                http::HttpRouteRulesFiltersUrlRewritePathType
+                            )));
+                        }
+                        let m = f.request_mirror.as_ref()?;
+                        request_mirror!(checked, cd, (i, None, j), m).map(mirror_filter)
+                    })
+                    .collect();
+                // The served distribution leaves out weight-0 backendRefs.
+                let mut backend_filters = Vec::new();
+                let mut served = 0u32;
+                for (k, b) in rule.backend_refs.iter().flatten().enumerate() {
+                    if b.weight.unwrap_or(1) <= 0 {
+                        continue;
+                    }
+                    let filters: Vec<FilterExtension> = b
+                        .filters
+                        .iter()
+                        .flatten()
+                        .enumerate()
+                        .filter_map(|(j, f)| {
+                            if let Some(r) = &f.url_rewrite {
+                                return Some(rewrite_filter(url_rewrite!(
+                                    r,
+                                    http::HttpRouteRulesBackendRefsFiltersUrlRewritePathType
+                                )));
+                            }
+                            let m = f.request_mirror.as_ref()?;
+                            request_mirror!(checked, cd, (i, Some(k), j), m).map(mirror_filter)
+                        })
+                        .collect();
+                    if !filters.is_empty() {
+                        backend_filters.push(BackendFilterExtension {
+                            backend: served,
+                            filters,
+                        });
+                    }
+                    served += 1;
+                }
+                if !filters.is_empty() || !backend_filters.is_empty() {
+                    out.push(RouteExtension {
+                        route: Some(route_metadata(&checked.route.key)),
+                        rule: u32::try_from(i).unwrap_or(u32::MAX),
+                        filters,
+                        backend_filters,
+                    });
+                }
+            }
+        }
+        RouteSpec::Grpc(spec) => {
+            for (i, rule) in spec.rules.iter().flatten().enumerate() {
+                let filters: Vec<FilterExtension> = rule
+                    .filters
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .filter_map(|(j, f)| {
+                        let m = f.request_mirror.as_ref()?;
+                        request_mirror!(checked, cd, (i, None, j), m).map(mirror_filter)
+                    })
+                    .collect();
+                if !filters.is_empty() {
+                    out.push(RouteExtension {
+                        route: Some(route_metadata(&checked.route.key)),
+                        rule: u32::try_from(i).unwrap_or(u32::MAX),
+                        filters,
+                        backend_filters: Vec::new(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }

@@ -5,6 +5,14 @@
 //! the caller's namespace (for consumer routes) is the one of the workload
 //! certificate it presented, which it must present as for the destination service.
 //!
+//! The messages are weft's extension of the policy ([`OutboundPolicyExt`]: the
+//! policy, plus the `URLRewrite` and `RequestMirror` filters at a tag linkerd's
+//! message does not use), served on the protocol's own path
+//! (`/io.linkerd.proxy.outbound.OutboundPolicies/Watch`, `/Get`) by a service built
+//! by hand ([`OutboundPoliciesExtServer`]: tonic's generated server is typed to
+//! linkerd's message). A Linkerd proxy decodes them as `OutboundPolicy` and skips the
+//! extension; weft's proxies read it.
+//!
 //! [`watch`] keeps the route table current: each new destination index (the mesh
 //! directory reloaded) is followed by a new table within the same poll.
 
@@ -13,13 +21,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
 use futures_util::Stream;
-use linkerd2_proxy_api::outbound::outbound_policies_server::{
-    OutboundPolicies, OutboundPoliciesServer,
-};
 use linkerd2_proxy_api::outbound::{self, traffic_spec};
 use tokio::sync::{mpsc, watch};
+use tonic::codegen::{BoxFuture, StdError};
 use weft_core::identity::Identity;
+use weft_core::outbound_ext::OutboundPolicyExt;
 
 use super::table::{RouteTable, TableUpdate};
 use crate::destination::{Index, Resolution, Target};
@@ -38,8 +48,12 @@ pub struct Snapshot {
     pub table: Arc<RouteTable>,
 }
 
-type PolicyStream =
-    Pin<Box<dyn Stream<Item = Result<outbound::OutboundPolicy, tonic::Status>> + Send>>;
+type PolicyStream = Pin<Box<dyn Stream<Item = Result<OutboundPolicyExt, tonic::Status>> + Send>>;
+
+/// The protocol's service name and methods.
+const SERVICE_NAME: &str = "io.linkerd.proxy.outbound.OutboundPolicies";
+const GET_PATH: &str = "/io.linkerd.proxy.outbound.OutboundPolicies/Get";
+const WATCH_PATH: &str = "/io.linkerd.proxy.outbound.OutboundPolicies/Watch";
 
 /// The gRPC OutboundPolicies service.
 #[derive(Clone)]
@@ -143,8 +157,10 @@ impl OutboundPolicyService {
     }
 
     /// The service ready to add to a tonic server.
-    pub fn into_server(self) -> OutboundPoliciesServer<OutboundPolicyService> {
-        OutboundPoliciesServer::new(self).max_decoding_message_size(MAX_POLICY_MESSAGE)
+    pub fn into_server(self) -> OutboundPoliciesExtServer {
+        OutboundPoliciesExtServer {
+            inner: Arc::new(self),
+        }
     }
 
     /// The calling workload, from its client certificate (verified in the handshake).
@@ -194,25 +210,24 @@ fn not_found(target: &impl std::fmt::Display) -> tonic::Status {
     ))
 }
 
-#[tonic::async_trait]
-impl OutboundPolicies for OutboundPolicyService {
-    type WatchStream = PolicyStream;
-
-    async fn get(
+impl OutboundPolicyService {
+    /// `Get`: the target's current policy.
+    pub async fn get(
         &self,
         request: tonic::Request<outbound::TrafficSpec>,
-    ) -> Result<tonic::Response<outbound::OutboundPolicy>, tonic::Status> {
+    ) -> Result<tonic::Response<OutboundPolicyExt>, tonic::Status> {
         let caller = self.authenticate(&request)?;
         let (namespace, name, port) = self.target(request.get_ref())?;
         let routes = self.routes.borrow().clone();
         routes
             .table
-            .policy(&namespace, &name, port, caller.namespace())
+            .policy_ext(&namespace, &name, port, caller.namespace())
             .map(tonic::Response::new)
             .ok_or_else(|| not_found(&format!("{name}.{namespace}.svc:{port}")))
     }
 
-    async fn watch(
+    /// `Watch`: the target's policy, then each one that differs.
+    pub async fn watch(
         &self,
         request: tonic::Request<outbound::TrafficSpec>,
     ) -> Result<tonic::Response<PolicyStream>, tonic::Status> {
@@ -240,10 +255,10 @@ async fn follow(
     (namespace, name, port): (String, String, u16),
     caller: String,
     mut routes: watch::Receiver<Arc<Snapshot>>,
-    tx: mpsc::Sender<Result<outbound::OutboundPolicy, tonic::Status>>,
+    tx: mpsc::Sender<Result<OutboundPolicyExt, tonic::Status>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut sent: Option<outbound::OutboundPolicy> = None;
+    let mut sent: Option<OutboundPolicyExt> = None;
     let mut seen: Option<Arc<RouteTable>> = None;
     loop {
         let table = routes.borrow_and_update().table.clone();
@@ -252,7 +267,7 @@ async fn follow(
         let policy = if unchanged {
             sent.clone()
         } else {
-            table.policy(&namespace, &name, port, &caller)
+            table.policy_ext(&namespace, &name, port, &caller)
         };
         seen = Some(table);
         match policy {
@@ -274,6 +289,74 @@ async fn follow(
             changed = routes.changed() => if changed.is_err() { return },
             _ = tx.closed() => return,
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// `io.linkerd.proxy.outbound.OutboundPolicies` answering [`OutboundPolicyExt`] (what
+/// tonic would generate for it, by hand: its generated server is typed to linkerd's
+/// `OutboundPolicy`). Requests larger than [`MAX_POLICY_MESSAGE`] are refused.
+#[derive(Clone)]
+pub struct OutboundPoliciesExtServer {
+    inner: Arc<OutboundPolicyService>,
+}
+
+impl tonic::server::NamedService for OutboundPoliciesExtServer {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+struct GetMethod(Arc<OutboundPolicyService>);
+
+impl tonic::server::UnaryService<outbound::TrafficSpec> for GetMethod {
+    type Response = OutboundPolicyExt;
+    type Future = BoxFuture<tonic::Response<OutboundPolicyExt>, tonic::Status>;
+
+    fn call(&mut self, request: tonic::Request<outbound::TrafficSpec>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move { inner.get(request).await })
+    }
+}
+
+struct WatchMethod(Arc<OutboundPolicyService>);
+
+impl tonic::server::ServerStreamingService<outbound::TrafficSpec> for WatchMethod {
+    type Response = OutboundPolicyExt;
+    type ResponseStream = PolicyStream;
+    type Future = BoxFuture<tonic::Response<PolicyStream>, tonic::Status>;
+
+    fn call(&mut self, request: tonic::Request<outbound::TrafficSpec>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move { inner.watch(request).await })
+    }
+}
+
+fn grpc() -> tonic::server::Grpc<tonic_prost::ProstCodec<OutboundPolicyExt, outbound::TrafficSpec>>
+{
+    tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
+        .apply_max_message_size_config(Some(MAX_POLICY_MESSAGE), None)
+}
+
+impl<B> tonic::codegen::Service<::http::Request<B>> for OutboundPoliciesExtServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = ::http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: ::http::Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        match req.uri().path() {
+            GET_PATH => Box::pin(async move { Ok(grpc().unary(GetMethod(inner), req).await) }),
+            WATCH_PATH => {
+                Box::pin(async move { Ok(grpc().server_streaming(WatchMethod(inner), req).await) })
+            }
+            _ => Box::pin(async move { Ok(tonic::Status::unimplemented("").into_http()) }),
         }
     }
 }

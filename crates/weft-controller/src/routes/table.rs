@@ -498,6 +498,39 @@ impl RouteTable {
     }
 }
 
+impl RouteTable {
+    /// [`Self::policy`] with weft's extension: the `URLRewrite` and `RequestMirror`
+    /// filters of the routes it carries (what `OutboundPolicies` serves).
+    pub fn policy_ext(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+        caller_namespace: &str,
+    ) -> Option<weft_core::outbound_ext::OutboundPolicyExt> {
+        let policy = self.policy(namespace, name, port, caller_namespace)?;
+        let opaque = matches!(
+            policy.protocol.as_ref().and_then(|p| p.kind.as_ref()),
+            Some(proxy_protocol::Kind::Opaque(_))
+        );
+        let mut extensions = Vec::new();
+        if !opaque {
+            let routes = self.routes_for(namespace, name, port, caller_namespace);
+            // As `policy`: a GRPCRoute on the port leaves the HTTPRoutes out.
+            let grpc = routes.iter().any(|c| c.route.key.kind == RouteKind::Grpc);
+            for c in routes
+                .iter()
+                .filter(|c| !grpc || c.route.key.kind == RouteKind::Grpc)
+            {
+                extensions.extend(messages::extensions(c, &self.cluster_domain));
+            }
+        }
+        Some(weft_core::outbound_ext::OutboundPolicyExt::new(
+            policy, extensions,
+        ))
+    }
+}
+
 fn twice(key: &RouteKey, file: &str, first: &Entry) -> String {
     format!(
         "{file}: {key} is defined twice (first in {}); this one is ignored",

@@ -663,12 +663,32 @@ fn unsupported_values_name_the_field() {
             "spec.rules[0].backendRefs[0].weight: -1 is out of range",
         ),
         (
-            "  rules:\n  - filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /x}}}]\n",
-            "spec.rules[0].filters[0]: filter URLRewrite is not supported by weft",
+            "  rules:\n  - filters: [{type: ExtensionRef, extensionRef: {group: x.io, kind: Thing, name: t}}]\n",
+            "spec.rules[0].filters[0]: filter ExtensionRef is not supported by weft",
         ),
         (
-            "  rules:\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 80}}}]\n",
-            "spec.rules[0].filters[0]: filter RequestMirror is not supported by weft",
+            "  rules:\n  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /x}}}]\n",
+            "spec.rules[0].filters[0].urlRewrite.path: ReplacePrefixMatch needs the rule to have exactly one match, of type PathPrefix",
+        ),
+        (
+            "  rules:\n  - filters: [{type: URLRewrite, urlRewrite: {hostname: \"echo:80\"}}]\n",
+            "spec.rules[0].filters[0].urlRewrite.hostname: \"echo:80\" is not a valid hostname",
+        ),
+        (
+            "  rules:\n  - filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath}}}]\n",
+            "spec.rules[0].filters[0].urlRewrite.path.replaceFullPath: required by type ReplaceFullPath",
+        ),
+        (
+            "  rules:\n  - filters: [{type: URLRewrite, urlRewrite: {hostname: a.example}}, {type: RequestRedirect, requestRedirect: {hostname: b.example}}]\n",
+            "spec.rules[0].filters: RequestRedirect and URLRewrite cannot both be given",
+        ),
+        (
+            "  rules:\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 80}, percent: 101}}]\n",
+            "spec.rules[0].filters[0].requestMirror.percent: 101 is out of range (0 to 100)",
+        ),
+        (
+            "  rules:\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 80}, fraction: {numerator: 3, denominator: 2}}}]\n",
+            "spec.rules[0].filters[0].requestMirror.fraction.numerator: 3 is out of range",
         ),
         (
             "  rules:\n  - timeouts: {request: 1s, backendRequest: 2s}\n",
@@ -1164,4 +1184,151 @@ spec:
         backends(&routes[0].rules[0]),
         vec![(svc("echo-v1", 80), 1, None)]
     );
+}
+
+// ----- weft's extension: URLRewrite and RequestMirror -----
+
+/// The extensions a caller in `caller` gets for echo:`port`, and the policy without
+/// them (what a Linkerd proxy reads).
+fn extensions(
+    t: &RouteTable,
+    port: u16,
+    caller: &str,
+) -> Vec<weft_core::outbound_ext::RouteExtension> {
+    let ext = t
+        .policy_ext(NS, "echo", port, caller)
+        .expect("echo has a policy");
+    assert_eq!(
+        ext.policy(),
+        t.policy(NS, "echo", port, caller).unwrap(),
+        "the extension leaves the policy as it is"
+    );
+    ext.extensions
+}
+
+fn rewrite(
+    f: &weft_core::outbound_ext::FilterExtension,
+) -> (String, Option<api_http::path_modifier::Replace>) {
+    match &f.kind {
+        Some(weft_core::outbound_ext::filter_extension::Kind::UrlRewrite(r)) => {
+            (r.hostname.clone(), r.path.clone().and_then(|p| p.replace))
+        }
+        other => panic!("not a URLRewrite: {other:?}"),
+    }
+}
+
+/// MeshHTTPRouteRewritePath's route (upstream's file): every rule's URLRewrite is
+/// served as an extension of that rule; its header modifiers stay in the policy.
+#[test]
+fn mesh_httproute_rewrite_path_is_served_as_extensions() {
+    use api_http::path_modifier::Replace;
+    let file = include_str!("../../../../tests/conformance/routes/httproute-rewrite-path.yaml");
+    let t = table(file);
+    assert_eq!(
+        reasons(&t, "mesh-rewrite-path"),
+        ("Accepted", "ResolvedRefs")
+    );
+    let ext = extensions(&t, 80, NS);
+    let got: Vec<(u32, String, Option<Replace>)> = ext
+        .iter()
+        .map(|e| {
+            assert_eq!(e.filters.len(), 1, "{e:?}");
+            assert!(e.backend_filters.is_empty());
+            let meta = e.route.as_ref().unwrap();
+            assert_eq!(
+                route_name(&outbound::HttpRoute {
+                    metadata: Some(meta.clone()),
+                    ..Default::default()
+                }),
+                format!("{NS}/mesh-rewrite-path")
+            );
+            let (host, path) = rewrite(&e.filters[0]);
+            (e.rule, host, path)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, String::new(), Some(Replace::Prefix("/one".into()))),
+            (1, String::new(), Some(Replace::Prefix("/".into()))),
+            (2, String::new(), Some(Replace::Full("/one".into()))),
+            (3, String::new(), Some(Replace::Full("/test".into()))),
+            (4, String::new(), Some(Replace::Prefix("/prefix".into()))),
+        ]
+    );
+    // The header modifiers of rules 3 and 4 are in the policy's own filters.
+    let routes = http_routes(&t, 80, NS);
+    assert_eq!(routes[0].rules[3].filters.len(), 1);
+    assert!(routes[0].rules[0].filters.is_empty());
+}
+
+#[test]
+fn request_mirrors_and_backend_rewrites_are_served_as_extensions() {
+    use weft_core::outbound_ext::filter_extension::Kind;
+    let t = table(&route(&format!(
+        "{PARENT}  rules:\n  - filters:\n    - {{type: RequestMirror, requestMirror: {{backendRef: {{name: echo-v2, port: 80}}, percent: 25}}}}\n    - {{type: URLRewrite, urlRewrite: {{hostname: echo.example}}}}\n    backendRefs:\n    - {{name: echo-v2, port: 80, weight: 0}}\n    - name: echo-v1\n      port: 80\n      filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplaceFullPath, replaceFullPath: /v1}}}}}}]\n"
+    )));
+    assert_eq!(reasons(&t, "r"), ("Accepted", "ResolvedRefs"));
+    let ext = extensions(&t, 80, NS);
+    assert_eq!(ext.len(), 1);
+    let e = &ext[0];
+    assert_eq!(e.rule, 0);
+    let Some(Kind::RequestMirror(m)) = &e.filters[0].kind else {
+        panic!("not a mirror: {:?}", e.filters[0]);
+    };
+    let ratio = m.ratio.unwrap();
+    assert_eq!((ratio.numerator, ratio.denominator), (25, 100));
+    let mirror = outbound::http_route::Rule {
+        backends: Some(outbound::http_route::Distribution {
+            kind: Some(outbound::http_route::distribution::Kind::RandomAvailable(
+                outbound::http_route::distribution::RandomAvailable {
+                    backends: vec![outbound::http_route::WeightedRouteBackend {
+                        weight: 1,
+                        backend: Some(outbound::http_route::RouteBackend {
+                            backend: m.backend.clone(),
+                            ..Default::default()
+                        }),
+                    }],
+                },
+            )),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(backends(&mirror)[0].0, svc("echo-v2", 80));
+    assert_eq!(rewrite(&e.filters[1]).0, "echo.example");
+    // echo-v1 is the first backend served (echo-v2 has weight 0 and is left out).
+    assert_eq!(e.backend_filters.len(), 1);
+    assert_eq!(e.backend_filters[0].backend, 0);
+    assert_eq!(
+        rewrite(&e.backend_filters[0].filters[0]).1,
+        Some(api_http::path_modifier::Replace::Full("/v1".into()))
+    );
+    assert_eq!(
+        backends(&http_routes(&t, 80, NS)[0].rules[0])[0].0,
+        svc("echo-v1", 80)
+    );
+}
+
+/// A mirror's backend is resolved as a backendRef is: one that does not exist is
+/// `BackendNotFound`, the route still serves, and no copies are sent.
+#[test]
+fn a_mirror_backend_that_does_not_exist_is_backend_not_found() {
+    let t = table(&route(&format!(
+        "{PARENT}  rules:\n  - filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: nope, port: 80}}}}}}]\n    backendRefs: [{{name: echo-v1, port: 80}}]\n"
+    )));
+    assert_eq!(reasons(&t, "r"), ("Accepted", "BackendNotFound"));
+    let message = resolved_message(&t, "r");
+    assert!(
+        message.contains(
+            "requestMirror: backendRef Service gateway-conformance-mesh/nope does not exist"
+        ),
+        "{message}"
+    );
+    assert_eq!(route_name(&http_routes(&t, 80, NS)[0]), format!("{NS}/r"));
+    assert!(extensions(&t, 80, NS).is_empty());
+    let t = table(&route(&format!(
+        "{PARENT}  rules:\n  - filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: echo-v2}}}}}}]\n"
+    )));
+    assert_eq!(reasons(&t, "r").1, "BackendNotFound");
+    assert!(resolved_message(&t, "r").contains("has no port"));
 }
