@@ -6,3 +6,6 @@
 //!   `DataPlane`;
 //! - the sidecar injector (a mutating admission webhook and `weft inject`);
 //! - the lifecycle operator.
+
+pub mod crd;
+pub mod install;

@@ -1,0 +1,848 @@
+//! The control plane's manifests, as `weft install` prints them (after the CRDs) and
+//! the Helm chart renders them: typed `k8s-openapi` objects serialized to YAML.
+//!
+//! - Namespace `weft-system` (labelled `weft.io/inject: disabled`: the injector never
+//!   touches the control plane);
+//! - ServiceAccounts, ClusterRoles and bindings for the controller (the kube source's
+//!   reads, TokenReview, route and policy status) and the injector (namespaces), a Role
+//!   for the controller's leader-election Lease;
+//! - the controller's Deployment and Service (gRPC 8090, admin 9990), a
+//!   PodDisruptionBudget with high availability;
+//! - the injector's Deployment, Service `weft-injector` (443 → 8443) and the
+//!   MutatingWebhookConfiguration calling it at `/inject`.
+//!
+//! The webhook's `failurePolicy` is `Ignore`: when the injector is down, pods are
+//! created without the proxy rather than not at all, so a broken mesh never stops a
+//! cluster from scheduling (its own control plane and kube-system included); such pods
+//! run unmeshed until restarted, and `weft check` reports them. `Fail` is the choice
+//! for a cluster where an unmeshed pod is worse than no pod ([`InstallOptions::fail_closed`]).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    WebhookClientConfig,
+};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    KeyToPath, Namespace, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+use serde::Serialize;
+
+use crate::crd::{self, RenderError, PART_OF};
+
+/// The control plane's default namespace.
+pub const DEFAULT_NAMESPACE: &str = "weft-system";
+/// Where the images are, by default: `{registry}/weft-controller:{version}`,
+/// `weft-injector`, `weft-proxy` (the injector's default proxy image is the same).
+pub const DEFAULT_IMAGE_REGISTRY: &str = "ghcr.io/weft-mesh";
+/// The default version: the images' tag, `v` and this crate's version.
+pub const DEFAULT_VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
+/// The controller's Deployment, Service and ServiceAccount.
+pub const CONTROLLER: &str = "weft-controller";
+/// The injector's Deployment, Service and ServiceAccount, and the webhook configuration.
+pub const INJECTOR: &str = "weft-injector";
+/// The injector's Service port (the API server calls it there) and container port.
+pub const INJECTOR_PORT: i32 = 443;
+pub const INJECTOR_TARGET_PORT: i32 = 8443;
+/// The injector's path.
+pub const INJECT_PATH: &str = "/inject";
+/// The label and annotation that turn injection on (`enabled`) or off (`disabled`).
+pub const INJECT_KEY: &str = "weft.io/inject";
+/// The controller's ports.
+pub const CONTROLLER_GRPC_PORT: i32 = 8090;
+pub const CONTROLLER_ADMIN_PORT: i32 = 9990;
+/// The Secret with the controller's `trust-anchors.pem`, `issuer.crt` and `issuer.key`
+/// (made by `weft identity init`, created by the user: nothing generates it in the
+/// cluster).
+pub const IDENTITY_SECRET: &str = "weft-identity";
+/// The `kubernetes.io/tls` Secret with the injector's serving certificate.
+pub const INJECTOR_TLS_SECRET: &str = "weft-injector-tls";
+/// The controller's leader-election Lease.
+pub const LEASE: &str = "weft-controller";
+/// The field manager weft writes with (server-side apply).
+pub const FIELD_MANAGER: &str = "weft";
+
+const IDENTITY_DIR: &str = "/var/run/weft/identity";
+const INJECTOR_TLS_DIR: &str = "/var/run/weft/injector-tls";
+/// The UID the control plane's containers run as (not the proxy's 2102).
+const CONTROL_PLANE_UID: i64 = 2103;
+
+/// What `weft install` may change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallOptions {
+    /// The images' tag.
+    pub version: String,
+    pub namespace: String,
+    /// `{registry}/weft-controller:{version}`, `weft-injector`, `weft-proxy`.
+    pub image_registry: String,
+    /// Controller replicas; more than one adds a PodDisruptionBudget and spreads them.
+    pub controller_replicas: i32,
+    /// The PEM that signed the injector's certificate, for the webhook's `caBundle`
+    /// (absent: filled in by whoever makes the certificate, e.g. cert-manager's CA
+    /// injector or the operator).
+    pub webhook_ca_bundle: Option<String>,
+    /// `failurePolicy: Fail` instead of `Ignore`.
+    pub fail_closed: bool,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        InstallOptions {
+            version: DEFAULT_VERSION.to_owned(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            image_registry: DEFAULT_IMAGE_REGISTRY.to_owned(),
+            controller_replicas: 1,
+            webhook_ca_bundle: None,
+            fail_closed: false,
+        }
+    }
+}
+
+/// High availability's controller replicas (`weft install --ha`).
+pub const HA_REPLICAS: i32 = 3;
+
+/// Options that cannot make valid objects.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("namespace {0:?} is not a DNS label (lowercase letters, digits and '-', at most 63)")]
+    Namespace(String),
+    #[error("version {0:?} is not an image tag (letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-')")]
+    Version(String),
+    #[error("image registry {0:?} is not an image repository (like ghcr.io/weft or registry.local:5000/weft)")]
+    Registry(String),
+    #[error("controller replicas {0} is not from 1 to 9")]
+    Replicas(i32),
+    #[error("the webhook CA bundle is not PEM (no -----BEGIN CERTIFICATE----- line)")]
+    CaBundle,
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
+
+impl InstallOptions {
+    fn check(&self) -> Result<(), InstallError> {
+        if !is_dns_label(&self.namespace) {
+            return Err(InstallError::Namespace(self.namespace.clone()));
+        }
+        if !is_image_tag(&self.version) {
+            return Err(InstallError::Version(self.version.clone()));
+        }
+        if !is_image_repository(&self.image_registry) {
+            return Err(InstallError::Registry(self.image_registry.clone()));
+        }
+        if !(1..=9).contains(&self.controller_replicas) {
+            return Err(InstallError::Replicas(self.controller_replicas));
+        }
+        if let Some(pem) = &self.webhook_ca_bundle {
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(InstallError::CaBundle);
+            }
+        }
+        Ok(())
+    }
+
+    fn image(&self, component: &str) -> String {
+        format!("{}/{component}:{}", self.image_registry, self.version)
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// [`crd::operator::IMAGE_TAG`].
+fn is_image_tag(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    let Some(first) = bytes.next() else {
+        return false;
+    };
+    s.len() <= 128
+        && (first.is_ascii_alphanumeric() || first == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// [`crd::operator::IMAGE_REPOSITORY`]: host[:port] and path components of lowercase
+/// letters and digits joined by '.', '_' or '-'.
+fn is_image_repository(s: &str) -> bool {
+    let (host, rest) = match s.split_once('/') {
+        Some((h, r)) => (h, Some(r)),
+        None => (s, None),
+    };
+    let (host, port) = match host.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (host, None),
+    };
+    let component = |c: &str| {
+        c.split(['.', '_', '-']).all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+    };
+    s.len() <= 255
+        && component(host)
+        && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && rest.is_none_or(|r| r.split('/').all(component))
+}
+
+/// One object of the manifests: what it is and its YAML.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub yaml: String,
+}
+
+impl Manifest {
+    fn of<T>(object: &T) -> Result<Manifest, RenderError>
+    where
+        T: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Serialize,
+    {
+        let meta = object.metadata();
+        let name = meta.name.clone().unwrap_or_default();
+        Ok(Manifest {
+            api_version: T::API_VERSION.to_owned(),
+            kind: T::KIND.to_owned(),
+            namespace: meta.namespace.clone(),
+            yaml: crd::yaml(&format!("{} {name}", T::KIND), object)?,
+            name,
+        })
+    }
+
+    /// The object reduced to what `kubectl delete -f -` needs.
+    fn reference(&self) -> String {
+        let mut out = format!(
+            "apiVersion: {}\nkind: {}\nmetadata:\n  name: {}\n",
+            self.api_version, self.kind, self.name
+        );
+        if let Some(ns) = &self.namespace {
+            out.push_str(&format!("  namespace: {ns}\n"));
+        }
+        out
+    }
+}
+
+/// The CRDs as manifests.
+pub fn crd_manifests() -> Result<Vec<Manifest>, RenderError> {
+    crd::all().iter().map(Manifest::of).collect()
+}
+
+/// The control plane's objects, in the order they apply (the namespace and RBAC
+/// first, the webhook configuration last, so it never calls an injector that does not
+/// exist yet).
+pub fn control_plane(opts: &InstallOptions) -> Result<Vec<Manifest>, InstallError> {
+    opts.check()?;
+    let ns = opts.namespace.as_str();
+    let mut out = vec![
+        Manifest::of(&namespace(ns))?,
+        Manifest::of(&service_account(CONTROLLER, ns))?,
+        Manifest::of(&service_account(INJECTOR, ns))?,
+        Manifest::of(&controller_cluster_role(ns))?,
+        Manifest::of(&cluster_role_binding(CONTROLLER, ns))?,
+        Manifest::of(&injector_cluster_role(ns))?,
+        Manifest::of(&cluster_role_binding(INJECTOR, ns))?,
+        Manifest::of(&lease_role(ns))?,
+        Manifest::of(&lease_role_binding(ns))?,
+        Manifest::of(&controller_deployment(opts))?,
+        Manifest::of(&controller_service(ns))?,
+    ];
+    if opts.controller_replicas > 1 {
+        out.push(Manifest::of(&controller_pdb(ns))?);
+    }
+    out.push(Manifest::of(&injector_deployment(opts))?);
+    out.push(Manifest::of(&injector_service(ns))?);
+    out.push(Manifest::of(&webhook(opts))?);
+    Ok(out)
+}
+
+/// `weft install`'s output: the CRDs (unless `crds` is false), then the control plane.
+pub fn render(opts: &InstallOptions, crds: bool) -> Result<String, InstallError> {
+    let mut manifests = Vec::new();
+    if crds {
+        manifests.extend(crd_manifests()?);
+    }
+    manifests.extend(control_plane(opts)?);
+    Ok(crd::documents(manifests.into_iter().map(|m| m.yaml)))
+}
+
+/// `weft uninstall`'s output: references to everything `weft install` made, the
+/// webhook configuration first (pods stop being sent to the injector before it goes)
+/// and the namespace, then the CRDs (and with them every custom resource) last.
+pub fn uninstall(opts: &InstallOptions, crds: bool) -> Result<String, InstallError> {
+    let mut manifests = control_plane(opts)?;
+    manifests.reverse();
+    if crds {
+        manifests.extend(crd_manifests()?);
+    }
+    Ok(crd::documents(manifests.iter().map(Manifest::reference)))
+}
+
+fn labels(component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), component.to_owned()),
+        (PART_OF.0.to_owned(), PART_OF.1.to_owned()),
+    ])
+}
+
+fn meta(name: &str, namespace: Option<&str>, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(labels(component)),
+        ..Default::default()
+    }
+}
+
+fn selector(component: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/name".to_owned(),
+            component.to_owned(),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn namespace(ns: &str) -> Namespace {
+    let mut m = meta(ns, None, CONTROLLER);
+    m.labels
+        .get_or_insert_with(Default::default)
+        .insert(INJECT_KEY.to_owned(), "disabled".to_owned());
+    Namespace {
+        metadata: m,
+        ..Default::default()
+    }
+}
+
+fn service_account(name: &str, ns: &str) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(name, Some(ns), name),
+        ..Default::default()
+    }
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    let strings = |v: &[&str]| Some(v.iter().map(|s| (*s).to_owned()).collect());
+    PolicyRule {
+        api_groups: strings(groups),
+        resources: strings(resources),
+        verbs: verbs.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE_STATUS: &[&str] = &["get", "patch", "update"];
+
+/// A cluster-scoped name unique per installation namespace (two installs in two
+/// namespaces do not share their ClusterRoles).
+fn cluster_name(component: &str, ns: &str) -> String {
+    if ns == DEFAULT_NAMESPACE {
+        component.to_owned()
+    } else {
+        format!("{component}-{ns}")
+    }
+}
+
+fn controller_cluster_role(ns: &str) -> ClusterRole {
+    const POLICY: &[&str] = &[
+        "servers",
+        "authorizationpolicies",
+        "meshtlsauthentications",
+        "networkauthentications",
+    ];
+    const POLICY_STATUS: &[&str] = &[
+        "servers/status",
+        "authorizationpolicies/status",
+        "meshtlsauthentications/status",
+        "networkauthentications/status",
+    ];
+    ClusterRole {
+        metadata: meta(&cluster_name(CONTROLLER, ns), None, CONTROLLER),
+        rules: Some(vec![
+            // The kube source: discovery, zones, workload identities.
+            rule(&[""], &["services", "pods", "nodes", "namespaces"], READ),
+            rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+            // Routes, and their status (server-side apply, our own parent statuses).
+            rule(
+                &["gateway.networking.k8s.io"],
+                &["httproutes", "grpcroutes"],
+                READ,
+            ),
+            rule(
+                &["gateway.networking.k8s.io"],
+                &["httproutes/status", "grpcroutes/status"],
+                WRITE_STATUS,
+            ),
+            // Policy objects and their conditions.
+            rule(&[crd::policy::GROUP], POLICY, READ),
+            rule(&[crd::policy::GROUP], POLICY_STATUS, WRITE_STATUS),
+            rule(
+                &[crd::operator::GROUP],
+                &["controlplanes", "dataplanes"],
+                READ,
+            ),
+            rule(
+                &[crd::operator::GROUP],
+                &["controlplanes/status", "dataplanes/status"],
+                WRITE_STATUS,
+            ),
+            // Identity: a Certify request's ServiceAccount token checked by the API server.
+            rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        ]),
+        ..Default::default()
+    }
+}
+
+fn injector_cluster_role(ns: &str) -> ClusterRole {
+    ClusterRole {
+        metadata: meta(&cluster_name(INJECTOR, ns), None, INJECTOR),
+        // A pod's namespace's annotations decide injection and its defaults.
+        rules: Some(vec![rule(&[""], &["namespaces"], READ)]),
+        ..Default::default()
+    }
+}
+
+fn cluster_role_binding(component: &str, ns: &str) -> ClusterRoleBinding {
+    let name = cluster_name(component, ns);
+    ClusterRoleBinding {
+        metadata: meta(&name, None, component),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "ClusterRole".to_owned(),
+            name,
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: component.to_owned(),
+            namespace: Some(ns.to_owned()),
+            ..Default::default()
+        }]),
+    }
+}
+
+fn lease_role(ns: &str) -> Role {
+    Role {
+        metadata: meta(&format!("{CONTROLLER}-lease"), Some(ns), CONTROLLER),
+        rules: Some(vec![rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["get", "list", "watch", "create", "update", "patch"],
+        )]),
+    }
+}
+
+fn lease_role_binding(ns: &str) -> RoleBinding {
+    let name = format!("{CONTROLLER}-lease");
+    RoleBinding {
+        metadata: meta(&name, Some(ns), CONTROLLER),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name,
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: CONTROLLER.to_owned(),
+            namespace: Some(ns.to_owned()),
+            ..Default::default()
+        }]),
+    }
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, Quantity>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+            .collect(),
+    )
+}
+
+fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(CONTROL_PLANE_UID),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, port: i32, scheme: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(port),
+            scheme: Some(scheme.to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn secret_volume(name: &str, secret: &str, keys: &[&str]) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            items: Some(
+                keys.iter()
+                    .map(|k| KeyToPath {
+                        key: (*k).to_owned(),
+                        path: (*k).to_owned(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The controller's arguments on Kubernetes: the kube source for discovery, routes and
+/// policy, ServiceAccount tokens checked with TokenReview, the identity files from
+/// the `weft-identity` Secret.
+pub fn controller_args() -> Vec<String> {
+    [
+        "--source=kube",
+        "--identity-tokens=kube",
+        &format!("--identity-dir={IDENTITY_DIR}"),
+        &format!("--listen=0.0.0.0:{CONTROLLER_GRPC_PORT}"),
+        &format!("--admin-listen=0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// The injector's arguments (`weft-injector`: HTTPS with the certificate from the
+/// `weft-injector-tls` Secret; the proxy image of the same version).
+pub fn injector_args(opts: &InstallOptions) -> Vec<String> {
+    vec![
+        format!("--listen=0.0.0.0:{INJECTOR_TARGET_PORT}"),
+        format!("--cert={INJECTOR_TLS_DIR}/tls.crt"),
+        format!("--key={INJECTOR_TLS_DIR}/tls.key"),
+        format!("--proxy-image={}", opts.image("weft-proxy")),
+        format!(
+            "--controller={CONTROLLER}.{}.svc:{CONTROLLER_GRPC_PORT}",
+            opts.namespace
+        ),
+    ]
+}
+
+fn deployment(
+    opts: &InstallOptions,
+    component: &str,
+    replicas: i32,
+    container: Container,
+    volumes: Vec<Volume>,
+) -> Deployment {
+    let ns = opts.namespace.as_str();
+    let mut pod_labels = labels(component);
+    pod_labels.insert(INJECT_KEY.to_owned(), "disabled".to_owned());
+    let affinity = (replicas > 1).then(|| Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(selector(component)),
+                        topology_key: "kubernetes.io/hostname".to_owned(),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    Deployment {
+        metadata: meta(component, Some(ns), component),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: selector(component),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(if replicas > 1 { 1 } else { 0 })),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(component.to_owned()),
+                    security_context: Some(pod_security()),
+                    affinity,
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn controller_deployment(opts: &InstallOptions) -> Deployment {
+    let container = Container {
+        name: "controller".to_owned(),
+        image: Some(opts.image(CONTROLLER)),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        args: Some(controller_args()),
+        env: Some(vec![
+            field_env("WEFT_POD_NAME", "metadata.name"),
+            field_env("WEFT_POD_NAMESPACE", "metadata.namespace"),
+        ]),
+        ports: Some(vec![
+            container_port("grpc", CONTROLLER_GRPC_PORT),
+            container_port("admin", CONTROLLER_ADMIN_PORT),
+        ]),
+        readiness_probe: Some(probe("/ready", CONTROLLER_ADMIN_PORT, "HTTP")),
+        liveness_probe: Some(probe("/live", CONTROLLER_ADMIN_PORT, "HTTP")),
+        resources: Some(ResourceRequirements {
+            requests: quantities(&[("cpu", "100m"), ("memory", "64Mi")]),
+            limits: quantities(&[("memory", "256Mi")]),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "identity".to_owned(),
+            mount_path: IDENTITY_DIR.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let volumes = vec![secret_volume(
+        "identity",
+        IDENTITY_SECRET,
+        &["trust-anchors.pem", "issuer.crt", "issuer.key"],
+    )];
+    deployment(
+        opts,
+        CONTROLLER,
+        opts.controller_replicas,
+        container,
+        volumes,
+    )
+}
+
+fn injector_deployment(opts: &InstallOptions) -> Deployment {
+    let container = Container {
+        name: "injector".to_owned(),
+        image: Some(opts.image(INJECTOR)),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        args: Some(injector_args(opts)),
+        ports: Some(vec![container_port("https", INJECTOR_TARGET_PORT)]),
+        readiness_probe: Some(probe("/ready", INJECTOR_TARGET_PORT, "HTTPS")),
+        liveness_probe: Some(probe("/live", INJECTOR_TARGET_PORT, "HTTPS")),
+        resources: Some(ResourceRequirements {
+            requests: quantities(&[("cpu", "50m"), ("memory", "32Mi")]),
+            limits: quantities(&[("memory", "128Mi")]),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tls".to_owned(),
+            mount_path: INJECTOR_TLS_DIR.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let volumes = vec![secret_volume(
+        "tls",
+        INJECTOR_TLS_SECRET,
+        &["tls.crt", "tls.key"],
+    )];
+    let replicas = opts.controller_replicas.min(2);
+    deployment(opts, INJECTOR, replicas, container, volumes)
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".to_owned()),
+        ..Default::default()
+    }
+}
+
+fn service_port(name: &str, port: i32, target: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::Int(target)),
+        protocol: Some("TCP".to_owned()),
+        ..Default::default()
+    }
+}
+
+fn controller_service(ns: &str) -> Service {
+    Service {
+        metadata: meta(CONTROLLER, Some(ns), CONTROLLER),
+        spec: Some(ServiceSpec {
+            selector: selector(CONTROLLER).match_labels,
+            ports: Some(vec![
+                service_port("grpc", CONTROLLER_GRPC_PORT, CONTROLLER_GRPC_PORT),
+                service_port("admin", CONTROLLER_ADMIN_PORT, CONTROLLER_ADMIN_PORT),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn controller_pdb(ns: &str) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(CONTROLLER, Some(ns), CONTROLLER),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(selector(CONTROLLER)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn injector_service(ns: &str) -> Service {
+    Service {
+        metadata: meta(INJECTOR, Some(ns), INJECTOR),
+        spec: Some(ServiceSpec {
+            selector: selector(INJECTOR).match_labels,
+            ports: Some(vec![service_port(
+                "https",
+                INJECTOR_PORT,
+                INJECTOR_TARGET_PORT,
+            )]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn not_in(key: &str, values: &[&str]) -> LabelSelectorRequirement {
+    LabelSelectorRequirement {
+        key: key.to_owned(),
+        operator: "NotIn".to_owned(),
+        values: Some(values.iter().map(|s| (*s).to_owned()).collect()),
+    }
+}
+
+/// Every pod created outside the control plane, kube-system and namespaces or pods
+/// labelled `weft.io/inject: disabled` is sent to the injector, which decides by the
+/// pod's and its namespace's `weft.io/inject` annotation or label (an annotation cannot
+/// be selected on here).
+fn webhook(opts: &InstallOptions) -> MutatingWebhookConfiguration {
+    let ns = opts.namespace.as_str();
+    MutatingWebhookConfiguration {
+        metadata: meta(&cluster_name(INJECTOR, ns), None, INJECTOR),
+        webhooks: Some(vec![MutatingWebhook {
+            name: "inject.weft.io".to_owned(),
+            admission_review_versions: vec!["v1".to_owned()],
+            client_config: WebhookClientConfig {
+                service: Some(ServiceReference {
+                    name: INJECTOR.to_owned(),
+                    namespace: ns.to_owned(),
+                    path: Some(INJECT_PATH.to_owned()),
+                    port: Some(INJECTOR_PORT),
+                }),
+                ca_bundle: opts
+                    .webhook_ca_bundle
+                    .as_ref()
+                    .map(|pem| ByteString(pem.as_bytes().to_vec())),
+                ..Default::default()
+            },
+            failure_policy: Some(if opts.fail_closed { "Fail" } else { "Ignore" }.to_owned()),
+            side_effects: "None".to_owned(),
+            timeout_seconds: Some(5),
+            reinvocation_policy: Some("IfNeeded".to_owned()),
+            namespace_selector: Some(LabelSelector {
+                match_expressions: Some(vec![
+                    not_in(INJECT_KEY, &["disabled"]),
+                    not_in(
+                        "kubernetes.io/metadata.name",
+                        &["kube-system", "kube-node-lease", ns],
+                    ),
+                ]),
+                ..Default::default()
+            }),
+            object_selector: Some(LabelSelector {
+                match_expressions: Some(vec![not_in(INJECT_KEY, &["disabled"])]),
+                ..Default::default()
+            }),
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec![String::new()]),
+                api_versions: Some(vec!["v1".to_owned()]),
+                operations: Some(vec!["CREATE".to_owned()]),
+                resources: Some(vec!["pods".to_owned()]),
+                scope: Some("Namespaced".to_owned()),
+            }]),
+            ..Default::default()
+        }]),
+    }
+}
+
+#[cfg(test)]
+mod tests;
