@@ -1,8 +1,9 @@
 //! weft's controller: the control plane proxies talk to over gRPC (TLS), with the
 //! messages of the linkerd2-proxy-api protocol. It serves the identity service (the
-//! mesh's certificate authority, `Identity.Certify`) and, given a mesh directory, the
-//! destination service (`Destination.Get`, endpoints from the `local` source, to
-//! callers presenting a mesh workload certificate) and the outbound policy service
+//! mesh's certificate authority, `Identity.Certify`) and, given a destination source,
+//! the destination service (`Destination.Get`, endpoints from the `local` source's
+//! mesh directory or from the Kubernetes API ([`kube`]), to callers presenting a mesh
+//! workload certificate) and the outbound policy service
 //! (`OutboundPolicies.Get`/`Watch`: the Services' HTTPRoutes and GRPCRoutes,
 //! [`routes`]) and the inbound policy service (`InboundServerPolicies.GetPort`/
 //! `WatchPort`: who may call a workload's port, [`policy`]); the other services answer
@@ -12,6 +13,7 @@
 pub mod admin;
 pub mod destination;
 pub mod identity;
+pub mod kube;
 pub mod metrics;
 mod objects;
 pub mod policy;
@@ -52,13 +54,40 @@ pub struct Config {
 /// The destination service's settings.
 #[derive(Clone, Debug)]
 pub struct DestinationConfig {
-    pub source: destination::LocalSourceConfig,
+    pub source: SourceConfig,
     /// Service names are `{name}.{namespace}.svc.{cluster_domain}`.
     pub cluster_domain: String,
     /// Ports every workload forwards as opaque TCP (as the proxies' `--opaque-ports`).
     pub opaque_ports: Vec<u16>,
     /// Authorization: the default policy and the cluster's networks.
     pub policy: policy::PolicyConfig,
+}
+
+/// Where the destination index comes from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// A mesh directory and the pods file `weft up` writes.
+    Local(destination::LocalSourceConfig),
+    /// The Kubernetes API.
+    Kube(kube::KubeSourceConfig),
+}
+
+impl From<destination::LocalSourceConfig> for SourceConfig {
+    fn from(config: destination::LocalSourceConfig) -> Self {
+        SourceConfig::Local(config)
+    }
+}
+
+impl From<kube::KubeSourceConfig> for SourceConfig {
+    fn from(config: kube::KubeSourceConfig) -> Self {
+        SourceConfig::Kube(config)
+    }
+}
+
+/// A destination source, loaded or connected.
+enum Source {
+    Local(destination::LocalSource),
+    Kube(kube::KubeSource),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +102,8 @@ pub enum ControllerError {
     Serving(#[from] server::ServingError),
     #[error(transparent)]
     Source(#[from] destination::SourceError),
+    #[error(transparent)]
+    Kube(#[from] kube::KubeSourceError),
     #[error("TLS settings: {0}")]
     Tls(#[from] rustls::Error),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -143,15 +174,23 @@ impl Controller {
         let clients = server::ClientVerifier::new(&anchors)?;
         let tls = serving.server_config(clients.clone())?;
         // The destination source loads before anything listens: a mesh directory that
-        // does not load stops the start with its problems.
+        // does not load stops the start with its problems (as do unusable Kubernetes
+        // API settings; an API server that is down is retried).
         let source = match &config.destination {
-            Some(d) => Some(destination::LocalSource::load(
-                d.source.clone(),
-                &config.trust_domain,
-                &d.opaque_ports,
-            )?),
+            Some(d) => Some(match &d.source {
+                SourceConfig::Local(local) => Source::Local(destination::LocalSource::load(
+                    local.clone(),
+                    &config.trust_domain,
+                    &d.opaque_ports,
+                )?),
+                SourceConfig::Kube(k) => Source::Kube(
+                    kube::KubeSource::connect(k, &config.trust_domain, &d.opaque_ports).await?,
+                ),
+            }),
             None => None,
         };
+        // The kube source is ready when it has listed every kind of object it reflects.
+        let ready_at_start = !matches!(source, Some(Source::Kube(_)));
 
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
@@ -196,24 +235,45 @@ impl Controller {
         let mut inbound_policy = None;
         let destinations = match (source, &config.destination) {
             (Some(source), Some(d)) => {
-                let (publish, subscribe) = tokio::sync::watch::channel(Arc::new(source.index()));
-                metrics
-                    .destination
-                    .index_timestamp
-                    .set(destination::local::unix_now());
-                let (services, pods, ready) = subscribe.borrow().counts();
-                tracing::info!(
-                    mesh_dir = %d.source.mesh_dir.display(),
-                    pods_file = %d.source.pods_file.display(),
-                    services,
-                    pods,
-                    ready,
-                    "destination service: local source loaded"
-                );
+                let subscribe = match source {
+                    Source::Local(source) => {
+                        let (publish, subscribe) =
+                            tokio::sync::watch::channel(Arc::new(source.index()));
+                        metrics
+                            .destination
+                            .index_timestamp
+                            .set(destination::local::unix_now());
+                        let (services, pods, ready) = subscribe.borrow().counts();
+                        if let SourceConfig::Local(local) = &d.source {
+                            tracing::info!(
+                                mesh_dir = %local.mesh_dir.display(),
+                                pods_file = %local.pods_file.display(),
+                                services,
+                                pods,
+                                ready,
+                                "destination service: local source loaded"
+                            );
+                        }
+                        background.push(tokio::spawn(
+                            source.watch(publish, metrics.destination.clone()),
+                        ));
+                        subscribe
+                    }
+                    Source::Kube(source) => {
+                        // Empty until the first full list.
+                        let (publish, subscribe) = tokio::sync::watch::channel(Arc::new(
+                            destination::Index::empty(&config.trust_domain),
+                        ));
+                        background.push(tokio::spawn(source.run(
+                            publish,
+                            ready.clone(),
+                            metrics.kube.clone(),
+                            metrics.destination.clone(),
+                        )));
+                        subscribe
+                    }
+                };
                 index = Some(subscribe.clone());
-                background.push(tokio::spawn(
-                    source.watch(publish, metrics.destination.clone()),
-                ));
                 // Routes follow the same index: a reload of the mesh directory is a new
                 // route table at once.
                 let (first, updates) =
@@ -265,7 +325,9 @@ impl Controller {
                 let _ = stopped.wait_for(|s| *s).await;
             },
         ));
-        ready.store(true, Ordering::Release);
+        if ready_at_start {
+            ready.store(true, Ordering::Release);
+        }
         tracing::info!(
             %grpc_addr,
             %admin_addr,

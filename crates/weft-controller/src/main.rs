@@ -6,14 +6,16 @@ use anyhow::Context as _;
 use clap::Parser;
 use weft_controller::destination::LocalSourceConfig;
 use weft_controller::identity::ReloadOptions;
+use weft_controller::kube::KubeSourceConfig;
 use weft_controller::policy::{DefaultPolicy, PolicyConfig};
-use weft_controller::{Config, Controller, DestinationConfig};
+use weft_controller::{Config, Controller, DestinationConfig, SourceConfig};
 
 /// weft's control plane, over gRPC with TLS: the identity service (the mesh's
-/// certificate authority, Identity.Certify) and, with --mesh-dir, the destination
-/// service (Destination.Get: each Service's endpoints, streamed as they change, from a
-/// mesh directory and the pods file `weft up` writes). Other gRPC services answer
-/// UNIMPLEMENTED.
+/// certificate authority, Identity.Certify) and, with --mesh-dir or --source kube, the
+/// destination service (Destination.Get: each Service's endpoints, streamed as they
+/// change, from a mesh directory and the pods file `weft up` writes, or from the
+/// Kubernetes API's Services, EndpointSlices, Pods and Nodes). Other gRPC services
+/// answer UNIMPLEMENTED.
 ///
 /// Its own TLS certificate is issued at start-up by its issuer for
 /// weft-controller.weft-system.serviceaccount.identity.weft.{trust-domain}; proxies
@@ -49,9 +51,26 @@ struct Args {
     #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value = "0.0.0.0:9990")]
     admin_listen: SocketAddr,
 
+    /// Where Services and their endpoints come from: local (--mesh-dir and
+    /// --pods-file) or kube (the Kubernetes API: --kubeconfig, else in-cluster, else
+    /// $KUBECONFIG or ~/.kube/config; /ready is false until its first full list).
+    #[arg(long, env = "WEFT_SOURCE", value_enum, default_value = "local")]
+    source: SourceKind,
+
+    /// Kubeconfig file of the Kubernetes API (--source kube); without it the pod's
+    /// service account is used in a cluster, else $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "WEFT_KUBECONFIG", value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+
+    /// With --source kube: the destination index is rebuilt at most once per this
+    /// interval after a change (changes that come together are one rebuild).
+    #[arg(long, env = "WEFT_KUBE_DEBOUNCE", default_value = "50ms", value_parser = humantime::parse_duration)]
+    kube_debounce: Duration,
+
     /// Mesh directory (mesh.yaml with the workloads, Services in other *.yaml files):
-    /// turns on the destination service. Watched; changes apply within a second, and a
-    /// directory that does not load is logged while the last good one keeps serving.
+    /// turns on the destination service with --source local. Watched; changes apply
+    /// within a second, and a directory that does not load is logged while the last
+    /// good one keeps serving.
     #[arg(
         long,
         env = "WEFT_MESH_DIR",
@@ -120,8 +139,33 @@ struct Args {
     log: String,
 }
 
+/// `--source`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SourceKind {
+    Local,
+    Kube,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let source = match args.source {
+        SourceKind::Local => args.mesh_dir.map(|mesh_dir| {
+            SourceConfig::Local(LocalSourceConfig {
+                mesh_dir,
+                pods_file: args.pods_file.unwrap_or_default(),
+                watch_interval: args.watch_interval,
+            })
+        }),
+        SourceKind::Kube => {
+            if args.mesh_dir.is_some() {
+                anyhow::bail!("--mesh-dir and --pods-file are for --source local; --source kube reads the Kubernetes API");
+            }
+            Some(SourceConfig::Kube(KubeSourceConfig {
+                kubeconfig: args.kubeconfig,
+                debounce: args.kube_debounce,
+            }))
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("invalid log filter {:?}", args.log))?;
     // Lines stderr cannot take are dropped, never a panic; colour only on a terminal.
@@ -154,12 +198,8 @@ fn main() -> anyhow::Result<()> {
                 cert_lifetime: args.cert_lifetime,
                 listen: args.listen,
                 admin_listen: args.admin_listen,
-                destination: args.mesh_dir.map(|mesh_dir| DestinationConfig {
-                    source: LocalSourceConfig {
-                        mesh_dir,
-                        pods_file: args.pods_file.unwrap_or_default(),
-                        watch_interval: args.watch_interval,
-                    },
+                destination: source.map(|source| DestinationConfig {
+                    source,
                     cluster_domain: args.cluster_domain,
                     opaque_ports: args.opaque_ports,
                     policy: PolicyConfig {

@@ -60,6 +60,7 @@ pub struct DestinationMetrics {
 pub struct Metrics {
     pub identity: IdentityMetrics,
     pub destination: DestinationMetrics,
+    pub kube: crate::kube::KubeMetrics,
     registry: Registry,
 }
 
@@ -115,9 +116,12 @@ impl Metrics {
             "Reloads of the local source's files (mesh directory, pods file), by result",
             destination.reloads.clone(),
         );
+        let kube = crate::kube::KubeMetrics::default();
+        kube.register(&mut registry);
         Metrics {
             identity,
             destination,
+            kube,
             registry,
         }
     }

@@ -110,7 +110,8 @@ impl Mesh {
                     mesh_dir: self.dir.join("mesh"),
                     pods_file: self.dir.join("pods.yaml"),
                     watch_interval: Duration::from_millis(20),
-                },
+                }
+                .into(),
                 cluster_domain: "cluster.local".into(),
                 opaque_ports: vec![],
                 policy: Default::default(),

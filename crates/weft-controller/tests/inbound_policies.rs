@@ -68,7 +68,8 @@ impl Mesh {
                     mesh_dir: dir.join("mesh"),
                     pods_file: dir.join("pods.yaml"),
                     watch_interval: Duration::from_millis(20),
-                },
+                }
+                .into(),
                 cluster_domain: "cluster.local".into(),
                 opaque_ports: vec![],
                 policy: PolicyConfig {

@@ -115,7 +115,8 @@ impl TestController {
                     mesh_dir: self.dir.join("mesh"),
                     pods_file: self.pods_path(),
                     watch_interval: Duration::from_millis(20),
-                },
+                }
+                .into(),
                 cluster_domain: "cluster.local".into(),
                 opaque_ports: Vec::new(),
                 policy: self.policy.clone(),

@@ -1,7 +1,7 @@
 //! The index the destination service answers from: the mesh's Services and workloads
 //! joined with the pods that run them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use weft_core::mesh::{Mesh, Workload};
@@ -52,6 +52,27 @@ pub enum Resolution {
     Pod(Endpoint),
 }
 
+/// A Service's endpoints as its source lists them (Kubernetes: the EndpointSlices'
+/// ready addresses), rather than the pods of the workloads its selector matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listed {
+    /// (namespace, Service name) → Service port → its endpoints.
+    pub endpoints: BTreeMap<(String, String), BTreeMap<u16, BTreeMap<SocketAddr, ListedEndpoint>>>,
+    /// Namespace → workloads (pods) that run without a weft proxy: their endpoints
+    /// carry no identity (the caller speaks plaintext to them) and no protocol hint.
+    pub unmeshed: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// One listed endpoint: what the list says beside its address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListedEndpoint {
+    /// Its zone as the list gives it (else the pod's).
+    pub zone: Option<String>,
+    /// The pod the list names for it; an address of no known pod is an endpoint
+    /// without identity.
+    pub pod: Option<String>,
+}
+
 /// Services, workloads and pods at one moment. Cheap to compare: a source publishes a
 /// new one only when something changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +85,9 @@ pub struct Index {
     opaque_ports: Vec<u16>,
     vips: HashMap<IpAddr, (String, String)>,
     pods_by_ip: HashMap<IpAddr, usize>,
+    /// Set by a source that lists endpoints ([`Index::listed`]): Services' endpoints
+    /// are these, not their selectors' workloads.
+    listed: Option<Listed>,
 }
 
 impl Index {
@@ -88,6 +112,23 @@ impl Index {
             opaque_ports: opaque_ports.to_vec(),
             vips,
             pods_by_ip,
+            listed: None,
+        }
+    }
+
+    /// An index whose Services' endpoints are `listed` (Kubernetes' EndpointSlices);
+    /// `mesh` has one workload per pod (named as the pod) for the pods' service
+    /// accounts, ports and labels, and `pods` their addresses, zones and readiness.
+    pub fn listed(
+        mesh: Mesh,
+        pods: PodsFile,
+        listed: Listed,
+        trust_domain: &str,
+        opaque_ports: &[u16],
+    ) -> Index {
+        Index {
+            listed: Some(listed),
+            ..Index::new(mesh, pods, trust_domain, opaque_ports)
         }
     }
 
@@ -144,6 +185,22 @@ impl Index {
             return Resolution::Unknown;
         };
         let mut endpoints = BTreeMap::new();
+        if let Some(listed) = &self.listed {
+            let key = (namespace.to_owned(), name.to_owned());
+            let addrs = listed
+                .endpoints
+                .get(&key)
+                .and_then(|ports| ports.get(&port));
+            for (addr, l) in addrs.into_iter().flatten() {
+                let e = self.listed_endpoint(namespace, *addr, l, svc_port.is_opaque());
+                endpoints.insert(e.addr, e);
+            }
+            return Resolution::Service {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                endpoints,
+            };
+        }
         for w in self.mesh.backends(svc) {
             let Some(target) = w.resolve(&svc_port.target_port) else {
                 continue;
@@ -172,6 +229,45 @@ impl Index {
         Resolution::Pod(self.endpoint(w, pod, port, opaque))
     }
 
+    /// A listed address: the pod at it (when it is the pod the list names) as any pod's
+    /// endpoint, with the list's zone; else an endpoint of no identity.
+    fn listed_endpoint(
+        &self,
+        namespace: &str,
+        addr: SocketAddr,
+        listed: &ListedEndpoint,
+        opaque_port: bool,
+    ) -> Endpoint {
+        let pod = self
+            .pods_by_ip
+            .get(&addr.ip())
+            .map(|&i| &self.pods.pods[i])
+            .filter(|p| p.namespace == namespace)
+            .filter(|p| listed.pod.as_ref().is_none_or(|name| *name == p.name));
+        let known = pod.and_then(|p| Some((self.mesh.workload(&p.namespace, &p.workload)?, p)));
+        match known {
+            Some((w, pod)) => {
+                let opaque = opaque_port || self.is_opaque(w, addr.port());
+                let mut e = self.endpoint(w, pod, addr.port(), opaque);
+                if listed.zone.is_some() {
+                    e.zone = listed.zone.clone();
+                }
+                e
+            }
+            None => Endpoint {
+                addr,
+                weight: DEFAULT_WEIGHT,
+                pod: listed.pod.clone().unwrap_or_default(),
+                namespace: namespace.to_owned(),
+                workload: String::new(),
+                service_account: String::new(),
+                zone: listed.zone.clone(),
+                identity: None,
+                protocol: Protocol::Unknown,
+            },
+        }
+    }
+
     fn is_opaque(&self, w: &Workload, port: u16) -> bool {
         w.opaque_ports.contains(&port) || self.opaque_ports.contains(&port)
     }
@@ -185,8 +281,14 @@ impl Index {
     }
 
     fn endpoint(&self, w: &Workload, pod: &PodEntry, port: u16, opaque: bool) -> Endpoint {
-        // A skipped port bypasses the pod's proxy: no identity, nothing known.
-        let meshed = !w.skip_ports.contains(&port);
+        // A skipped port bypasses the pod's proxy: no identity, nothing known; so does
+        // every port of a pod without one.
+        let unmeshed = self.listed.as_ref().is_some_and(|l| {
+            l.unmeshed
+                .get(&w.namespace)
+                .is_some_and(|pods| pods.contains(&w.name))
+        });
+        let meshed = !unmeshed && !w.skip_ports.contains(&port);
         let identity = meshed
             .then(|| {
                 weft_core::identity::Identity::new(

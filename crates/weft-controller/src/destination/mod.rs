@@ -7,14 +7,16 @@
 //! original destination). `GetProfile` answers UNIMPLEMENTED.
 //!
 //! What the answers come from is an [`Index`] (Services, workloads and the pods that
-//! run them) that a source keeps current: today the [`local`] source, which watches a
-//! mesh directory and the pods file `weft up` writes.
+//! run them) that a source keeps current: the [`local`] source, which watches a mesh
+//! directory and the pods file `weft up` writes, or the kube source
+//! ([`crate::kube`]), which reflects the Kubernetes API's Services, EndpointSlices,
+//! Pods and Nodes ([`Index::listed`]).
 
 mod index;
 pub mod local;
 mod service;
 
-pub use index::{Endpoint, Index, Protocol, Resolution};
+pub use index::{Endpoint, Index, Listed, ListedEndpoint, Protocol, Resolution};
 pub use local::{LocalSource, LocalSourceConfig, SourceError};
 pub use service::{DestinationService, MAX_DESTINATION_MESSAGE};
 

@@ -1,0 +1,314 @@
+//! The `kube` source: the destination index from the Kubernetes API. kube-runtime
+//! reflectors keep Services, EndpointSlices (`discovery.k8s.io/v1`), Pods and Nodes
+//! in memory; after a change the index is rebuilt from them ([`build`]: the same
+//! [`Index`] the local source publishes, so Destination serving is shared code), at
+//! most once per debounce interval (50 ms by default), and published on the same
+//! watch channel.
+//!
+//! - Endpoints are the EndpointSlices' ready addresses; a Service port is the slice's
+//!   port of the same name (whose number is the target port, resolved on the pods by
+//!   the EndpointSlice controller also when the targetPort is a name).
+//! - An endpoint's zone is the slice's `zone`, else its Node's
+//!   `topology.kubernetes.io/zone`.
+//! - Its identity is its pod's service account and namespace, for pods that run weft's
+//!   proxy (annotated [`INJECTED_ANNOTATION`]); other endpoints have none (callers
+//!   speak plaintext to them).
+//! - Until every reflector has listed its objects once, nothing is published and the
+//!   controller's `/ready` stays false. Errors (RBAC denied, API server down) are
+//!   logged once per change of state (per kind of object); the watchers retry with
+//!   backoff and the last index keeps serving.
+
+mod build;
+mod metrics;
+#[cfg(test)]
+mod tests;
+
+pub use build::{index, Objects};
+pub use metrics::{KindLabels, KubeMetrics};
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::kube::api::Api;
+use ::kube::runtime::reflector::{self, Store};
+use ::kube::runtime::{watcher, WatchStreamExt as _};
+use ::kube::{Client, Resource, ResourceExt as _};
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::destination::Index;
+use crate::metrics::DestinationMetrics;
+
+/// The annotation the sidecar injector puts on the pods it adds weft's proxy to: their
+/// endpoints carry the pod's identity (any value but `false`).
+pub const INJECTED_ANNOTATION: &str = "weft.io/injected";
+
+/// The Node label naming its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// The label naming an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How long after a change the index is rebuilt at the earliest: changes that come
+/// together (a rollout, a node's pods) are one rebuild.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Where the Kubernetes API is and how often the index may be rebuilt.
+#[derive(Clone, Debug)]
+pub struct KubeSourceConfig {
+    /// A kubeconfig file; `None`: in-cluster (the pod's service account), else
+    /// `$KUBECONFIG` or `~/.kube/config` (`kube::Config::infer`).
+    pub kubeconfig: Option<PathBuf>,
+    /// The index is rebuilt at most once per this interval after a change.
+    pub debounce: Duration,
+}
+
+impl Default for KubeSourceConfig {
+    fn default() -> Self {
+        KubeSourceConfig {
+            kubeconfig: None,
+            debounce: DEFAULT_DEBOUNCE,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("cannot use the kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: ::kube::config::KubeconfigError,
+    },
+    #[error("cannot find the Kubernetes API (no --kubeconfig given; tried the in-cluster service account, then $KUBECONFIG and ~/.kube/config): {0}")]
+    Infer(#[from] ::kube::config::InferConfigError),
+    #[error("cannot make a Kubernetes API client: {0}")]
+    Client(#[from] ::kube::Error),
+}
+
+/// A client of the Kubernetes API, ready to reflect its objects.
+pub struct KubeSource {
+    client: Client,
+    trust_domain: String,
+    opaque_ports: Vec<u16>,
+    debounce: Duration,
+}
+
+impl Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("trust_domain", &self.trust_domain)
+            .field("debounce", &self.debounce)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeSource {
+    /// Reads the API's settings (nothing is asked of the API server yet: one that is
+    /// down is retried by the watchers, not an error here).
+    pub async fn connect(
+        config: &KubeSourceConfig,
+        trust_domain: &str,
+        opaque_ports: &[u16],
+    ) -> Result<KubeSource, KubeSourceError> {
+        let settings = match &config.kubeconfig {
+            Some(path) => {
+                let file = ::kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                    KubeSourceError::Kubeconfig {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                ::kube::Config::from_custom_kubeconfig(file, &Default::default())
+                    .await
+                    .map_err(|source| KubeSourceError::Kubeconfig {
+                        path: path.clone(),
+                        source,
+                    })?
+            }
+            None => ::kube::Config::infer().await?,
+        };
+        tracing::info!(api = %settings.cluster_url, "kube source: Kubernetes API");
+        let client = Client::try_from(settings)?;
+        Ok(KubeSource {
+            client,
+            trust_domain: trust_domain.to_owned(),
+            opaque_ports: opaque_ports.to_vec(),
+            debounce: config.debounce,
+        })
+    }
+
+    /// Reflects the objects forever (until the task is dropped): publishes the first
+    /// index when every kind is listed, then sets `ready`; then a new index after
+    /// changes, at most once per debounce interval.
+    pub async fn run(
+        self,
+        publish: watch::Sender<Arc<Index>>,
+        ready: Arc<AtomicBool>,
+        metrics: KubeMetrics,
+        destination: DestinationMetrics,
+    ) {
+        let started = Instant::now();
+        let changed = Arc::new(Notify::new());
+        let reflect = Reflect {
+            client: &self.client,
+            changed: &changed,
+            metrics: &metrics,
+        };
+        let (services, t1) = reflect.all::<Service>("service");
+        let (slices, t2) = reflect.all::<EndpointSlice>("endpointslice");
+        let (pods, t3) = reflect.all::<Pod>("pod");
+        let (nodes, t4) = reflect.all::<Node>("node");
+        // The reflectors stop with this task.
+        let _tasks = AbortOnDrop(vec![t1, t2, t3, t4]);
+
+        let synced = futures_util::future::try_join4(
+            services.wait_until_ready(),
+            slices.wait_until_ready(),
+            pods.wait_until_ready(),
+            nodes.wait_until_ready(),
+        )
+        .await;
+        if synced.is_err() {
+            tracing::error!("kube source: a reflector stopped before its first list");
+            return;
+        }
+        let took = started.elapsed();
+        metrics.sync_seconds.set(took.as_secs_f64());
+        let objects = || Objects {
+            services: services.state(),
+            slices: slices.state(),
+            pods: pods.state(),
+            nodes: nodes.state(),
+        };
+        self.publish(&publish, &objects(), &metrics, &destination);
+        ready.store(true, Ordering::Release);
+        tracing::info!(took = ?took, "kube source: Services, EndpointSlices, Pods and Nodes listed; ready");
+
+        let mut last = Instant::now();
+        loop {
+            changed.notified().await;
+            // At most one rebuild per interval: what changes meanwhile is in this one.
+            tokio::time::sleep_until((last + self.debounce).into()).await;
+            last = Instant::now();
+            self.publish(&publish, &objects(), &metrics, &destination);
+        }
+    }
+
+    /// Builds the index of `objects` and publishes it if it differs from the current one.
+    fn publish(
+        &self,
+        publish: &watch::Sender<Arc<Index>>,
+        objects: &Objects,
+        metrics: &KubeMetrics,
+        destination: &DestinationMetrics,
+    ) {
+        let index = build::index(objects, &self.trust_domain, &self.opaque_ports);
+        metrics.builds.inc();
+        // Taken before streams can see the index: updates count from here.
+        let now = crate::destination::local::unix_now();
+        let changed = publish.send_if_modified(|current| {
+            if **current == index {
+                return false;
+            }
+            *current = Arc::new(index);
+            true
+        });
+        if changed {
+            destination.index_timestamp.set(now);
+            let (services, pods, ready) = publish.borrow().counts();
+            tracing::info!(services, pods, ready, "destination index updated");
+        }
+    }
+}
+
+/// Starts reflectors; each wakes `changed` on every change after its first list.
+struct Reflect<'a> {
+    client: &'a Client,
+    changed: &'a Arc<Notify>,
+    metrics: &'a KubeMetrics,
+}
+
+impl Reflect<'_> {
+    /// A reflector over every namespace's objects of kind `K` (`kind`: its name in logs
+    /// and metrics), driven by a task of its own.
+    fn all<K>(&self, kind: &'static str) -> (Store<K>, JoinHandle<()>)
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let (reader, writer) = reflector::store();
+        // What the index never reads is not kept: managed fields are most of an
+        // object's size.
+        let stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|o: &mut K| o.managed_fields_mut().clear());
+        let stream = reflector::reflector(writer, stream);
+        let changed = self.changed.clone();
+        let metrics = self.metrics.clone();
+        let task = tokio::spawn(async move {
+            let labels = KindLabels { kind };
+            let mut failing: Option<String> = None;
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(event) => {
+                        metrics.events.get_or_create(&labels).inc();
+                        if let Some(error) = failing.take() {
+                            tracing::info!(kind, %error, "kube source: watching again after an error");
+                        }
+                        // A (re)list is applied to the store as a whole at InitDone.
+                        if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                            changed.notify_one();
+                        }
+                    }
+                    Err(error) => {
+                        metrics.errors.get_or_create(&labels).inc();
+                        let message = describe(kind, &error);
+                        if failing.as_deref() != Some(&message) {
+                            tracing::warn!(kind, error = %message, "kube source: cannot watch; retrying with backoff, the last index keeps serving");
+                            failing = Some(message);
+                        }
+                    }
+                }
+            }
+        });
+        (reader, task)
+    }
+}
+
+/// The error, with what to do when the API refused us.
+fn describe(kind: &str, error: &watcher::Error) -> String {
+    let status = match error {
+        watcher::Error::InitialListFailed(::kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(::kube::Error::Api(s))
+        | watcher::Error::WatchFailed(::kube::Error::Api(s)) => Some(s.as_ref()),
+        watcher::Error::WatchError(s) => Some(s.as_ref()),
+        _ => None,
+    };
+    match status {
+        Some(s) if s.code == 403 => format!(
+            "{error}: the controller's service account needs get, list and watch on {kind}s (a ClusterRole bound to it)"
+        ),
+        Some(s) if s.code == 401 => format!(
+            "{error}: the API server does not accept the controller's credentials"
+        ),
+        _ => error.to_string(),
+    }
+}
+
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}

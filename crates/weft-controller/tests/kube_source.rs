@@ -1,0 +1,379 @@
+//! The controller's kube source against a real kube-apiserver and
+//! kube-controller-manager (`weft_test::kube::KubeApi`; skipped with a message when the
+//! binaries are not built, failing under CI). The test plays the node: it marks pods
+//! Running and Ready at test addresses, the controller manager lists them in
+//! EndpointSlices, and a Destination.Get stream (a client with a workload certificate,
+//! as a proxy) sees them with their zone and identity.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use linkerd2_proxy_api::destination::destination_client::DestinationClient;
+use linkerd2_proxy_api::destination::update::Update as Kind;
+use linkerd2_proxy_api::destination::{GetDestination, Update};
+use linkerd2_proxy_api::identity::identity_client::IdentityClient;
+use linkerd2_proxy_api::identity::CertifyRequest;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::Streaming;
+use weft_controller::kube::KubeSourceConfig;
+use weft_controller::{identity, Config, Controller, DestinationConfig};
+use weft_test::kube::KubeApi;
+
+const CONTROLLER: &str = "weft-controller.weft-system.serviceaccount.identity.weft.cluster.local";
+const CLIENT_ID: &str = "client.default.serviceaccount.identity.weft.cluster.local";
+const WEB_ID: &str = "web.shop.serviceaccount.identity.weft.cluster.local";
+/// How long an update may take to reach the stream after the API server stored a change.
+const PROMPT: Duration = Duration::from_secs(1);
+
+/// A controller with the kube source, in-process.
+struct Mesh {
+    dir: PathBuf,
+    controller: Option<Controller>,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        drop(self.controller.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Mesh {
+    /// Starts a controller reading the API through `kubeconfig`.
+    async fn start(kubeconfig: &Path, test: &str) -> Mesh {
+        let dir =
+            std::env::temp_dir().join(format!("weft-kube-source-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        identity::init(&dir.join("identity"), "cluster.local", false).unwrap();
+        identity::write_token(&dir.join("tokens"), "default", "client").unwrap();
+        let config = Config {
+            identity_dir: dir.join("identity"),
+            tokens_dir: dir.join("tokens"),
+            trust_domain: "cluster.local".into(),
+            cert_lifetime: Duration::from_secs(3600),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            destination: Some(DestinationConfig {
+                source: KubeSourceConfig {
+                    kubeconfig: Some(kubeconfig.to_owned()),
+                    ..Default::default()
+                }
+                .into(),
+                cluster_domain: "cluster.local".into(),
+                opaque_ports: vec![],
+                policy: Default::default(),
+            }),
+        };
+        let controller = Controller::start(config).await.unwrap();
+        Mesh {
+            dir,
+            controller: Some(controller),
+        }
+    }
+
+    fn controller(&self) -> &Controller {
+        self.controller.as_ref().unwrap()
+    }
+
+    /// The admin server's answer to `GET path` (status line and body).
+    async fn admin(&self, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(self.controller().admin_addr())
+            .await
+            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    async fn ready(&self) -> bool {
+        self.admin("/ready").await.starts_with("HTTP/1.1 200")
+    }
+
+    async fn channel(&self, client_cert: Option<Identity>) -> Channel {
+        let anchors =
+            std::fs::read(self.dir.join("identity").join(identity::ANCHORS_FILE)).unwrap();
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(anchors))
+            .domain_name(CONTROLLER);
+        if let Some(id) = client_cert {
+            tls = tls.identity(id);
+        }
+        Endpoint::from_shared(format!("https://{}", self.controller().grpc_addr()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// A client presenting a workload certificate (obtained with Certify, as a proxy).
+    async fn client(&self) -> DestinationClient<Channel> {
+        let token = std::fs::read(identity::token_path(
+            &self.dir.join("tokens"),
+            "default",
+            "client",
+        ))
+        .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(vec![CLIENT_ID.to_owned()])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec();
+        let rsp = IdentityClient::new(self.channel(None).await)
+            .certify(CertifyRequest {
+                identity: CLIENT_ID.into(),
+                token,
+                certificate_signing_request: csr,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let chain: String = std::iter::once(rsp.leaf_certificate)
+            .chain(rsp.intermediate_certificates)
+            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der)))
+            .collect();
+        let id = Identity::from_pem(chain, key.serialize_pem());
+        DestinationClient::new(self.channel(Some(id)).await)
+    }
+
+    async fn get(&self, path: &str) -> Streaming<Update> {
+        self.client()
+            .await
+            .get(GetDestination {
+                scheme: "k8s".into(),
+                path: path.into(),
+                context_token: String::new(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("Get {path}: {s}"))
+            .into_inner()
+    }
+}
+
+/// kubectl on the runtime's blocking side (the streams keep being read meanwhile).
+fn kubectl(api: &KubeApi, args: &[&str]) -> String {
+    tokio::task::block_in_place(|| api.kubectl(args))
+        .unwrap_or_else(|e| panic!("kubectl {}: {e:#}", args.join(" ")))
+}
+
+fn apply(api: &KubeApi, yaml: &str) {
+    tokio::task::block_in_place(|| api.kubectl_stdin(&["apply", "-f", "-"], Some(yaml)))
+        .unwrap_or_else(|e| panic!("kubectl apply: {e:#}\n{yaml}"));
+}
+
+/// Pod `name` of Service web (app: web), injected, service account web, on node-1.
+fn pod_yaml(name: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: shop
+  labels: {{app: web}}
+  annotations: {{weft.io/injected: "true"}}
+spec:
+  nodeName: node-1
+  serviceAccountName: web
+  containers: [{{name: app, image: web, ports: [{{name: http, containerPort: 8080}}]}}]
+"#
+    )
+}
+
+/// Plays the kubelet: the pod runs at `ip` and is Ready.
+fn run_pod(api: &KubeApi, name: &str, ip: &str) {
+    let status = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"True"}},{{"type":"ContainersReady","status":"True"}}]}}}}"#
+    );
+    kubectl(
+        api,
+        &[
+            "-n",
+            "shop",
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+    );
+}
+
+/// What a stream has told its client: the endpoints (address → zone, identity), or
+/// `NoEndpoints { exists }`.
+#[derive(Debug, Default)]
+struct View {
+    endpoints: BTreeMap<SocketAddr, (String, String)>,
+    no_endpoints: Option<bool>,
+    removed: usize,
+}
+
+impl View {
+    fn apply(&mut self, kind: Kind) {
+        match kind {
+            Kind::Add(set) => {
+                self.no_endpoints = None;
+                for a in set.addrs {
+                    let id = a
+                        .tls_identity
+                        .and_then(|t| t.server_name)
+                        .map(|n| n.name)
+                        .unwrap_or_default();
+                    let zone = a.metric_labels.get("zone").cloned().unwrap_or_default();
+                    self.endpoints
+                        .insert(SocketAddr::try_from(a.addr.unwrap()).unwrap(), (zone, id));
+                }
+            }
+            Kind::Remove(set) => {
+                for a in set.addrs {
+                    self.endpoints.remove(&SocketAddr::try_from(a).unwrap());
+                    self.removed += 1;
+                }
+            }
+            Kind::NoEndpoints(n) => {
+                self.endpoints.clear();
+                self.no_endpoints = Some(n.exists);
+            }
+        }
+    }
+
+    /// Applies updates until `done` holds; how long that took, or `None` after `limit`.
+    async fn until(
+        &mut self,
+        stream: &mut Streaming<Update>,
+        limit: Duration,
+        done: impl Fn(&View) -> bool,
+    ) -> Option<Duration> {
+        let started = Instant::now();
+        while !done(self) {
+            let left = limit.checked_sub(started.elapsed())?;
+            let message = tokio::time::timeout(left, stream.message()).await.ok()?;
+            let update = message
+                .expect("the stream is healthy")
+                .expect("the stream is open");
+            self.apply(update.update.expect("an update of some kind"));
+        }
+        Some(started.elapsed())
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.endpoints.keys().map(|a| a.to_string()).collect()
+    }
+}
+
+fn web(last: u8) -> String {
+    format!("198.18.0.{last}:8080")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_marked_ready_reach_a_destination_stream_with_zone_and_identity() {
+    let Some(api) = tokio::task::block_in_place(KubeApi::start_with_controller_manager) else {
+        return;
+    };
+    apply(
+        &api,
+        r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
+- {apiVersion: v1, kind: ServiceAccount, metadata: {name: web, namespace: shop}}
+- apiVersion: v1
+  kind: Node
+  metadata: {name: node-1, labels: {topology.kubernetes.io/zone: zone-a}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: shop}
+  spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}
+"#,
+    );
+    apply(&api, &pod_yaml("web-1"));
+    apply(&api, &pod_yaml("web-2"));
+
+    let mesh = Mesh::start(&api.kubeconfig(), "ready").await;
+    assert!(
+        weft_test::eventually(Duration::from_secs(30), || mesh.ready()).await,
+        "/ready never turned 200 (the kube source's first list)"
+    );
+    let metrics = mesh.admin("/metrics").await;
+    assert!(
+        metrics.contains("weft_controller_kube_events_total{kind=\"pod\"}"),
+        "{metrics}"
+    );
+
+    let mut stream = mesh.get("web.shop.svc.cluster.local:80").await;
+    let mut view = View::default();
+    assert!(
+        view.until(&mut stream, PROMPT, |v| v.no_endpoints == Some(true))
+            .await
+            .is_some(),
+        "a Service without ready pods is NoEndpoints {{ exists: true }}: {view:?}"
+    );
+
+    run_pod(&api, "web-1", "198.18.0.21");
+    run_pod(&api, "web-2", "198.18.0.22");
+    let both = [web(21), web(22)];
+    let took = view.until(&mut stream, PROMPT, |v| v.addrs() == both).await;
+    eprintln!("both pods reached the stream {took:?} after web-2's status patch returned");
+    assert!(took.is_some(), "within {PROMPT:?}: {view:?}");
+    for (addr, (zone, id)) in &view.endpoints {
+        assert_eq!(
+            (zone.as_str(), id.as_str()),
+            ("zone-a", WEB_ID),
+            "{addr}: the node's zone (the slice's) and web's identity"
+        );
+    }
+
+    // Scaled to 3.
+    apply(&api, &pod_yaml("web-3"));
+    run_pod(&api, "web-3", "198.18.0.23");
+    let three = [web(21), web(22), web(23)];
+    let took = view
+        .until(&mut stream, PROMPT, |v| v.addrs() == three)
+        .await;
+    eprintln!("web-3 added {took:?} after its status patch returned");
+    assert!(took.is_some(), "web-3 was not added: {view:?}");
+
+    // One deleted.
+    kubectl(
+        &api,
+        &[
+            "-n",
+            "shop",
+            "delete",
+            "pod",
+            "web-1",
+            "--grace-period=0",
+            "--force",
+        ],
+    );
+    let two = [web(22), web(23)];
+    let took = view
+        .until(&mut stream, PROMPT, |v| v.addrs() == two && v.removed == 1)
+        .await;
+    eprintln!("web-1 removed {took:?} after its deletion returned");
+    assert!(took.is_some(), "web-1 was not removed: {view:?}");
+
+    // The Service deleted.
+    kubectl(&api, &["-n", "shop", "delete", "service", "web"]);
+    let took = view
+        .until(&mut stream, PROMPT, |v| v.no_endpoints == Some(false))
+        .await;
+    eprintln!("NoEndpoints {took:?} after the Service's deletion returned");
+    assert!(
+        took.is_some(),
+        "no NoEndpoints {{ exists: false }}: {view:?}"
+    );
+}
