@@ -14,6 +14,7 @@ pub mod admin;
 pub mod destination;
 pub mod identity;
 pub mod kube;
+pub mod lease;
 pub mod metrics;
 mod objects;
 pub mod policy;
@@ -29,7 +30,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::identity::{Certifier, IdentityFiles, LocalTokens, ReloadOptions};
+use crate::identity::{
+    Certifier, IdentityFiles, KubeTokens, KubeTokensConfig, LocalTokens, ReloadOptions,
+    TokenVerifier,
+};
 use crate::metrics::Metrics;
 use crate::server::ServingCert;
 
@@ -49,6 +53,31 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The destination service and its source; `None` serves identity only.
     pub destination: Option<DestinationConfig>,
+}
+
+/// How Certify requests prove their identity.
+#[derive(Clone)]
+pub enum Tokens {
+    /// Local mode: token files `{Config::tokens_dir}/{ns}/{sa}` written by `weft up`.
+    Files,
+    /// Kubernetes: projected ServiceAccount tokens, checked with the TokenReview API
+    /// ([`identity::KubeTokens`]); the identity is the review's ServiceAccount.
+    Kube {
+        client: ::kube::Client,
+        config: KubeTokensConfig,
+    },
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tokens::Files => f.write_str("Files"),
+            Tokens::Kube { config, .. } => f
+                .debug_struct("Kube")
+                .field("config", config)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// The destination service's settings.
@@ -155,13 +184,30 @@ impl Controller {
         config: Config,
         reload: ReloadOptions,
     ) -> Result<Controller, ControllerError> {
+        Self::start_with_tokens(config, reload, Tokens::Files).await
+    }
+
+    /// [`Controller::start_with`], checking Certify's tokens as `tokens` says
+    /// (`config.tokens_dir` is read only with [`Tokens::Files`]).
+    pub async fn start_with_tokens(
+        config: Config,
+        reload: ReloadOptions,
+        tokens: Tokens,
+    ) -> Result<Controller, ControllerError> {
         if config.cert_lifetime < Duration::from_secs(1) {
             return Err(ControllerError::Lifetime);
         }
         let files = IdentityFiles::read(&config.identity_dir);
         let (anchors, issuer) = files.load()?;
         let metrics = Arc::new(Metrics::new());
-        let tokens = Arc::new(LocalTokens::new(&config.tokens_dir));
+        let tokens: Arc<dyn TokenVerifier> = match tokens {
+            Tokens::Files => Arc::new(LocalTokens::new(&config.tokens_dir)),
+            Tokens::Kube { client, config } => Arc::new(KubeTokens::new(
+                client,
+                config,
+                metrics.identity.token_reviews.clone(),
+            )),
+        };
         let certifier = Arc::new(
             Certifier::new(issuer, &config.trust_domain, tokens)?
                 .with_lifetime(config.cert_lifetime)

@@ -24,6 +24,10 @@ pub struct IdentityMetrics {
     /// `weft_controller_identity_reloads_total{result}`: changes of the identity files
     /// loaded (`ok`) or refused (`error`, the current issuer kept signing).
     pub reloads: Family<CertifyLabels, Counter>,
+    /// `weft_controller_identity_token_reviews_total{result}`: tokens checked with the
+    /// Kubernetes TokenReview API (`--identity-tokens kube`): `authenticated`, `cached`
+    /// (an accepted review reused), `unauthenticated` or `error` (the API did not answer).
+    pub token_reviews: Family<CertifyLabels, Counter>,
 }
 
 /// `kind` of `weft_controller_destination_updates_total`.
@@ -94,6 +98,11 @@ impl Metrics {
             "identity_reloads",
             "Changes of the identity files (trust anchors, issuer), by result: ok (loaded) or error (refused; the current issuer kept signing)",
             identity.reloads.clone(),
+        );
+        registry.register(
+            "identity_token_reviews",
+            "Tokens checked with the Kubernetes TokenReview API, by result: authenticated, cached, unauthenticated or error (the API did not answer)",
+            identity.token_reviews.clone(),
         );
         let destination = DestinationMetrics::default();
         registry.register(

@@ -88,6 +88,7 @@ impl CertifyError {
             | CertifyError::BadSignature(_)
             | CertifyError::UnsupportedKey(_) => Code::InvalidArgument,
             CertifyError::Token(TokenError::Unavailable { .. }) => Code::Unavailable,
+            CertifyError::Token(TokenError::OtherIdentity { .. }) => Code::PermissionDenied,
             CertifyError::Token(_) => Code::Unauthenticated,
             CertifyError::WrongIdentity { .. } | CertifyError::Reserved { .. } => {
                 Code::PermissionDenied
@@ -103,6 +104,7 @@ impl CertifyError {
         match self {
             CertifyError::BadName { .. } | CertifyError::OtherTrustDomain { .. } => "bad_name",
             CertifyError::Token(TokenError::Unavailable { .. }) => "token_check_failed",
+            CertifyError::Token(TokenError::OtherIdentity { .. }) => "wrong_identity",
             CertifyError::Token(_) => "bad_token",
             CertifyError::WrongIdentity { .. } => "wrong_identity",
             CertifyError::Reserved { .. } => "reserved",

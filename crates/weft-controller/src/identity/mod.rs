@@ -8,6 +8,7 @@
 
 mod ca;
 mod certify;
+mod kube_token;
 mod reload;
 mod rotate;
 pub(crate) use reload::watch;
@@ -19,6 +20,10 @@ pub use ca::{
     ANCHOR_LIFETIME, ISSUER_CERT_FILE, ISSUER_KEY_FILE, ISSUER_LIFETIME,
 };
 pub use certify::{check_csr, Certified, Certifier, CertifyError, DEFAULT_LIFETIME};
+pub use kube_token::{
+    KubeTokens, KubeTokensConfig, DEFAULT_REVIEW_CACHE_SIZE, DEFAULT_REVIEW_CACHE_TTL,
+    DEFAULT_REVIEW_TIMEOUT,
+};
 pub use reload::{IdentityFiles, ReloadOptions, DEFAULT_EXPIRY_WARNING, DEFAULT_RELOAD_INTERVAL};
 pub use rotate::{
     certificate_expiry, new_anchor, rotate_issuer, NewAnchor, RotateOptions, Rotated,

@@ -1,7 +1,7 @@
 //! Tokens proving a workload's identity to the identity service. Local mode: a tokens
 //! directory with one file per workload identity, `{dir}/{ns}/{sa}`, holding a random
-//! token (written by `weft up`, read by the workload's proxy). A Kubernetes
-//! ServiceAccount-token verifier (TokenReview) can implement [`TokenVerifier`] later.
+//! token (written by `weft up`, read by the workload's proxy). On Kubernetes,
+//! [`super::KubeTokens`] checks projected ServiceAccount tokens with TokenReview.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,13 @@ pub enum TokenError {
     Unknown { identity: String },
     #[error("the token does not match the one registered for {identity}")]
     Mismatch { identity: String },
+    /// The token does not authenticate anyone (Kubernetes: expired, for another
+    /// audience, malformed; `reason` is the TokenReview's error).
+    #[error("the token does not authenticate: {reason}")]
+    Rejected { reason: String },
+    /// The token is valid but proves another identity than the one asked for.
+    #[error("the token proves {proven}, not {identity}: a workload obtains only its own identity")]
+    OtherIdentity { identity: String, proven: String },
     /// The verifier itself failed (not the caller's fault).
     #[error("cannot check the token of {identity}: {reason}")]
     Unavailable { identity: String, reason: String },
