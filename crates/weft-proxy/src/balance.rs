@@ -8,11 +8,13 @@
 //! endpoint ([`ZoneMode::Unaware`]), or in-zone only, topology-hints style
 //! ([`ZoneMode::LocalOnly`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rand::Rng;
 use weft_core::identity::Identity;
 
@@ -115,101 +117,266 @@ impl Default for BalanceConfig {
     }
 }
 
+/// What a balancer's endpoints share with it: the tuning, the origin of the times the
+/// endpoints keep in atomics (nanoseconds since it), and the flag an endpoint raises
+/// when its health changes (ejected, or back) so that the next pick rebuilds the
+/// candidates.
 #[derive(Debug)]
-struct Estimate {
-    rtt_ns: f64,
-    updated: Instant,
-    consecutive_failures: u32,
-    /// Set when the endpoint was ejected; once past, the endpoint is on probation until
-    /// a request to it succeeds.
-    ejected_until: Option<Instant>,
-    backoff: Duration,
+struct Common {
+    config: Arc<BalanceConfig>,
+    origin: Instant,
+    health_changed: AtomicBool,
+    /// Zone-aware: requests pending on in-zone endpoints, kept as they are picked and
+    /// dropped, so that the band's load costs one read however many endpoints the zone
+    /// has.
+    zone_pending: AtomicUsize,
 }
 
-/// An endpoint and what the balancer knows of it.
+impl Common {
+    /// `at` in nanoseconds since the origin.
+    fn nanos(&self, at: Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.origin))
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// An endpoint and what the balancer knows of it: its load and health, in atomics, so
+/// that picks and reports never wait for one another.
 #[derive(Debug)]
 pub struct Endpoint {
     pub meta: EndpointMeta,
+    common: Arc<Common>,
+    /// Zone-aware and in the proxy's zone: its pending requests count in
+    /// [`Common::zone_pending`].
+    in_zone: bool,
     pending: AtomicUsize,
-    estimate: Mutex<Estimate>,
+    /// Peak-EWMA latency in nanoseconds (`f64` bits) as of `updated` (nanoseconds since
+    /// the origin). Read and written without a lock: a read racing a write may pair one
+    /// observation's latency with the other's time, both recent, which an estimate can
+    /// bear.
+    rtt_ns: AtomicU64,
+    updated: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// When its ejection ends (nanoseconds since the origin; 0: not ejected). Once past,
+    /// the endpoint is on probation until a request to it succeeds.
+    ejected_until: AtomicU64,
+    /// Its last ejection's length in nanoseconds (the next one is twice as long).
+    backoff: AtomicU64,
 }
 
 impl Endpoint {
-    fn new(meta: EndpointMeta, now: Instant) -> Arc<Self> {
+    fn new(meta: EndpointMeta, common: Arc<Common>) -> Arc<Self> {
+        let config = &common.config;
+        let in_zone = config.zone_mode == ZoneMode::Aware
+            && config.zone.is_some()
+            && meta.zone == config.zone;
         Arc::new(Endpoint {
             meta,
+            common,
+            in_zone,
             pending: AtomicUsize::new(0),
-            estimate: Mutex::new(Estimate {
-                rtt_ns: 0.0,
-                updated: now,
-                consecutive_failures: 0,
-                ejected_until: None,
-                backoff: Duration::ZERO,
-            }),
+            rtt_ns: AtomicU64::new(0f64.to_bits()),
+            updated: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            backoff: AtomicU64::new(0),
         })
     }
 
-    fn estimate(&self) -> std::sync::MutexGuard<'_, Estimate> {
-        self.estimate.lock().unwrap_or_else(|e| e.into_inner())
+    fn ejected_until(&self) -> Option<u64> {
+        Some(self.ejected_until.load(Ordering::Relaxed)).filter(|&until| until != 0)
     }
 
-    fn is_ejected(&self, now: Instant) -> bool {
-        self.estimate()
-            .ejected_until
-            .is_some_and(|until| until > now)
+    fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until().is_some_and(|until| until > now)
     }
 
     /// Back from an ejection and not yet answered well: one probe request at a time,
     /// and one failure ejects it again (with a longer backoff).
-    fn on_probation(&self, now: Instant) -> bool {
-        self.estimate()
-            .ejected_until
-            .is_some_and(|until| until <= now)
+    fn on_probation(&self, now: u64) -> bool {
+        self.ejected_until().is_some_and(|until| until <= now)
+    }
+
+    /// The latency estimate decayed to `now`, and the decay factor it took.
+    fn decayed(&self, now: u64) -> (f64, f64) {
+        let rtt = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
+        let elapsed = now.saturating_sub(self.updated.load(Ordering::Relaxed)) as f64;
+        let factor = (-elapsed / self.common.config.decay.as_nanos() as f64).exp();
+        (rtt * factor, factor)
     }
 
     /// Peak-EWMA latency (decayed to now) × (pending + 1). Weights act in the draw,
     /// not here, so that equal endpoints share traffic in proportion to them.
-    fn cost(&self, now: Instant, decay: Duration) -> f64 {
-        let e = self.estimate();
-        let elapsed = now.saturating_duration_since(e.updated).as_secs_f64();
-        let rtt = e.rtt_ns * (-elapsed / decay.as_secs_f64()).exp();
+    fn cost(&self, now: u64) -> f64 {
         let pending = self.pending.load(Ordering::Relaxed) as f64;
+        let rtt = match f64::from_bits(self.rtt_ns.load(Ordering::Relaxed)) {
+            // Never observed (or long decayed away): no clock arithmetic needed.
+            0.0 => 0.0,
+            _ => self.decayed(now).0,
+        };
         (rtt + 1.0) * (pending + 1.0)
     }
 
-    fn observe(&self, rtt: Duration, now: Instant, decay: Duration) {
-        let mut e = self.estimate();
+    fn observe(&self, rtt: Duration, now: u64) {
         let rtt = rtt.as_nanos() as f64;
-        let elapsed = now.saturating_duration_since(e.updated).as_secs_f64();
-        let decayed = e.rtt_ns * (-elapsed / decay.as_secs_f64()).exp();
+        let (decayed, factor) = self.decayed(now);
         // Peak: a slower response takes over at once; faster ones pull it down gently.
-        e.rtt_ns = if rtt > decayed {
+        let next = if rtt > decayed {
             rtt
         } else {
-            let w = (-elapsed / decay.as_secs_f64()).exp().clamp(0.0, 0.95);
+            let w = factor.clamp(0.0, 0.95);
             decayed * w + rtt * (1.0 - w)
         };
-        e.updated = now;
+        self.rtt_ns.store(next.to_bits(), Ordering::Relaxed);
+        self.updated.store(now, Ordering::Relaxed);
     }
 
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
     }
+
+    fn add_pending(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if self.in_zone {
+            self.common.zone_pending.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn sub_pending(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        if self.in_zone {
+            self.common.zone_pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Balances one service's requests (or connections) over its endpoints.
+///
+/// A pick reads the current [`Candidates`] without a lock, draws two of them (an
+/// index, or a binary search when weights differ) and compares their costs: its cost
+/// does not grow with the number of endpoints and it allocates nothing. The candidates
+/// are computed again only when the endpoints change, when an endpoint's health
+/// changes (ejected, back on probation, healthy again) and, in zone-aware mode, never
+/// for the band: it only moves how many of them are in use.
 #[derive(Debug)]
 pub struct Balancer {
-    config: Arc<BalanceConfig>,
-    state: Mutex<State>,
+    common: Arc<Common>,
+    candidates: ArcSwap<Candidates>,
+    /// Serializes whoever replaces the candidates (new endpoints, a health change);
+    /// picks never take it.
+    writer: Mutex<()>,
+    /// Zone-aware: other zones' endpoints in use, and when that last changed
+    /// (nanoseconds since the origin).
+    extra: AtomicUsize,
+    last_step: AtomicU64,
 }
 
-#[derive(Debug)]
-struct State {
+/// A balancer's endpoints and the candidates a pick draws from, computed when they or
+/// their health change, never per request.
+#[derive(Debug, Default)]
+struct Candidates {
+    /// Every endpoint: in-zone first, then by zone and address (the order other zones
+    /// join in).
     endpoints: Vec<Arc<Endpoint>>,
-    /// Other zones' endpoints currently in use (zone awareness), in endpoint order.
-    extra: usize,
-    last_step: Instant,
+    /// The endpoints that may take a request (ejection capped, weight above zero), in
+    /// the order the zone mode uses them: a pick draws from a prefix of them.
+    usable: Vec<Arc<Endpoint>>,
+    /// Each usable endpoint's weight plus those of the ones before it.
+    cumulative: Vec<u64>,
+    /// Every usable endpoint has the same weight: a draw is one random index.
+    uniform: bool,
+    /// Zone-aware with healthy endpoints in the zone: the first `local` usable ones
+    /// are the zone's healthy endpoints (the band's load is the zone's pending requests
+    /// per one of them), then come its endpoints on probation (up to `fixed`), then
+    /// other zones', of which the first `extra` are in use. Otherwise every usable
+    /// endpoint is in use.
+    banded: bool,
+    local: usize,
+    fixed: usize,
+    /// The first usable endpoint on probation (`usable.len()` when none): while the
+    /// endpoints in use reach it, picks take the general path, which holds an endpoint
+    /// with a pending probe back.
+    first_probation: usize,
+    /// When the next ejection ends (nanoseconds since the origin), which puts an
+    /// endpoint on probation: the candidates are computed again then.
+    recompute_at: u64,
+}
+
+impl Candidates {
+    fn new(config: &BalanceConfig, endpoints: Vec<Arc<Endpoint>>, now: u64) -> Self {
+        let all: Vec<&Arc<Endpoint>> = endpoints.iter().collect();
+        let mut banded = false;
+        let mut local = 0;
+        let mut fixed = 0;
+        let usable: Vec<Arc<Endpoint>> = match zone_of(config) {
+            None => usable(config, all, now),
+            Some(zone) if config.zone_mode == ZoneMode::LocalOnly => {
+                usable(config, local_only_set(zone, all), now)
+            }
+            Some(zone) => {
+                let (zone_healthy, probing, other) = by_zone(zone, usable(config, all, now), now);
+                if zone_healthy.is_empty() {
+                    other.into_iter().chain(probing).collect()
+                } else {
+                    banded = true;
+                    local = zone_healthy.len();
+                    fixed = local + probing.len();
+                    zone_healthy
+                        .into_iter()
+                        .chain(probing)
+                        .chain(other)
+                        .collect()
+                }
+            }
+        }
+        .into_iter()
+        .cloned()
+        .collect();
+        let cumulative: Vec<u64> = usable
+            .iter()
+            .scan(0u64, |sum, e| {
+                *sum += u64::from(e.meta.weight);
+                Some(*sum)
+            })
+            .collect();
+        let uniform = usable
+            .windows(2)
+            .all(|w| w[0].meta.weight == w[1].meta.weight);
+        let first_probation = usable
+            .iter()
+            .position(|e| e.on_probation(now))
+            .unwrap_or(usable.len());
+        let recompute_at = endpoints
+            .iter()
+            .filter_map(|e| e.ejected_until())
+            .filter(|&until| until > now)
+            .min()
+            .unwrap_or(u64::MAX);
+        Candidates {
+            endpoints,
+            usable,
+            cumulative,
+            uniform,
+            banded,
+            local,
+            fixed,
+            first_probation,
+            recompute_at,
+        }
+    }
+
+    /// One of the first `n` usable endpoints (n > 0), with probability proportional to
+    /// its weight.
+    fn draw(&self, n: usize, rng: &mut impl Rng) -> &Arc<Endpoint> {
+        if self.uniform {
+            return &self.usable[rng.random_range(0..n)];
+        }
+        let x = rng.random_range(0..self.cumulative[n - 1]);
+        &self.usable[self.cumulative[..n].partition_point(|&sum| sum <= x)]
+    }
 }
 
 /// How an endpoint did on one request.
@@ -225,7 +392,6 @@ pub enum Outcome {
 pub struct Picked {
     endpoint: Arc<Endpoint>,
     start: Instant,
-    balancer: Arc<BalanceConfig>,
     done: bool,
 }
 
@@ -255,27 +421,38 @@ impl Picked {
             return;
         }
         self.done = true;
-        let now = Instant::now();
-        let config = &self.balancer;
+        let e = &*self.endpoint;
+        let common = &*e.common;
+        let config = &*common.config;
+        let end = Instant::now();
+        let now = common.nanos(end);
+        let took = end.saturating_duration_since(self.start);
         match outcome {
             Outcome::Success => {
-                self.endpoint.observe(now - self.start, now, config.decay);
-                let mut e = self.endpoint.estimate();
-                e.consecutive_failures = 0;
-                e.backoff = Duration::ZERO;
-                e.ejected_until = None;
+                e.observe(took, now);
+                if e.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    e.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+                // Back from an ejection (or answered while ejected): healthy again.
+                if e.ejected_until().is_some() {
+                    e.ejected_until.store(0, Ordering::Relaxed);
+                    e.backoff.store(0, Ordering::Relaxed);
+                    common.health_changed.store(true, Ordering::Release);
+                }
             }
             Outcome::Failure => {
-                let rtt = (now - self.start).max(config.failure_penalty);
-                self.endpoint.observe(rtt, now, config.decay);
-                let mut e = self.endpoint.estimate();
-                e.consecutive_failures += 1;
-                let failed_probe = e.ejected_until.is_some_and(|until| until <= now);
-                if failed_probe || e.consecutive_failures >= config.eject_after {
+                e.observe(took.max(config.failure_penalty), now);
+                let failures = e.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let failed_probe = e.on_probation(now);
+                if failed_probe || failures >= config.eject_after {
                     // Asked for; granted by the balancer only within the ejection cap.
-                    e.backoff = (e.backoff * 2).clamp(config.eject_base, config.eject_max);
-                    e.ejected_until = Some(now + e.backoff);
-                    e.consecutive_failures = 0;
+                    let backoff = (Duration::from_nanos(e.backoff.load(Ordering::Relaxed)) * 2)
+                        .clamp(config.eject_base, config.eject_max);
+                    e.backoff.store(nanos(backoff), Ordering::Relaxed);
+                    let until = now.saturating_add(nanos(backoff)).max(1);
+                    e.ejected_until.store(until, Ordering::Relaxed);
+                    e.consecutive_failures.store(0, Ordering::Relaxed);
+                    common.health_changed.store(true, Ordering::Release);
                 }
             }
         }
@@ -284,53 +461,87 @@ impl Picked {
 
 impl Drop for Picked {
     fn drop(&mut self) {
-        self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.sub_pending();
     }
 }
 
 impl Balancer {
     pub fn new(config: Arc<BalanceConfig>, endpoints: Vec<EndpointMeta>) -> Self {
-        let now = Instant::now();
         let b = Balancer {
-            config,
-            state: Mutex::new(State {
-                endpoints: Vec::new(),
-                extra: 0,
-                last_step: now,
+            common: Arc::new(Common {
+                config,
+                origin: Instant::now(),
+                health_changed: AtomicBool::new(false),
+                zone_pending: AtomicUsize::new(0),
             }),
+            candidates: ArcSwap::from_pointee(Candidates::default()),
+            writer: Mutex::new(()),
+            extra: AtomicUsize::new(0),
+            last_step: AtomicU64::new(0),
         };
         b.set_endpoints(endpoints);
         b
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Replaces the endpoints; endpoints that stay keep their estimates.
+    fn now(&self) -> u64 {
+        self.common.nanos(Instant::now())
+    }
+
+    /// Replaces the endpoints; endpoints that stay (same address, zone, weight and
+    /// identity) keep their estimates. O(n) but for the sort.
     pub fn set_endpoints(&self, endpoints: Vec<EndpointMeta>) {
-        let now = Instant::now();
-        let mut state = self.state();
-        let old = std::mem::take(&mut state.endpoints);
+        let _writer = self.writer();
+        let old = self.candidates.load_full();
+        let by_addr: HashMap<SocketAddr, &Arc<Endpoint>> =
+            old.endpoints.iter().map(|e| (e.meta.addr, e)).collect();
         let mut next: Vec<Arc<Endpoint>> = endpoints
             .into_iter()
-            .map(|meta| match old.iter().find(|e| e.meta == meta) {
-                Some(kept) => kept.clone(),
-                None => Endpoint::new(meta, now),
+            .map(|meta| match by_addr.get(&meta.addr) {
+                Some(kept) if kept.meta == meta => Arc::clone(kept),
+                _ => Endpoint::new(meta, self.common.clone()),
             })
             .collect();
         // In-zone first, then by zone and address: the order other zones join in.
-        let local = self.config.zone.clone();
-        next.sort_by(|a, b| {
-            let ka = (a.meta.zone != local, a.meta.zone.clone(), a.meta.addr);
-            let kb = (b.meta.zone != local, b.meta.zone.clone(), b.meta.addr);
-            ka.cmp(&kb)
-        });
-        state.endpoints = next;
+        let local = self.common.config.zone.as_ref();
+        let key = |e: &Arc<Endpoint>| {
+            (
+                e.meta.zone.as_ref() != local,
+                e.meta.zone.clone(),
+                e.meta.addr,
+            )
+        };
+        next.sort_by_cached_key(key);
+        self.common.health_changed.store(false, Ordering::Relaxed);
+        let now = self.now();
+        self.candidates
+            .store(Arc::new(Candidates::new(&self.common.config, next, now)));
+    }
+
+    /// Computes the candidates again after a health change or when an ejection ends.
+    fn recompute(&self) {
+        let _writer = self.writer();
+        let current = self.candidates.load_full();
+        let now = self.now();
+        // Cleared before health is read: a change from here on raises it again.
+        let changed = self.common.health_changed.swap(false, Ordering::Acquire);
+        if !changed && now < current.recompute_at {
+            return; // another pick did it
+        }
+        let endpoints = current.endpoints.clone();
+        self.candidates.store(Arc::new(Candidates::new(
+            &self.common.config,
+            endpoints,
+            now,
+        )));
     }
 
     pub fn endpoints(&self) -> Vec<EndpointMeta> {
-        self.state()
+        self.candidates
+            .load()
             .endpoints
             .iter()
             .map(|e| e.meta.clone())
@@ -346,18 +557,95 @@ impl Balancer {
     /// request already failed on) while there is another: in zone-aware mode another
     /// zone's endpoint rather than the same one again.
     pub fn pick_avoiding(&self, avoid: &[SocketAddr]) -> Option<Picked> {
-        let now = Instant::now();
-        let config = &self.config;
-        let mut guard = self.state();
-        let state = &mut *guard;
-        let narrowed = Self::candidates(config, state, now, true);
+        let start = Instant::now();
+        let now = self.common.nanos(start);
+        let mut current = self.candidates.load();
+        if now >= current.recompute_at || self.common.health_changed.load(Ordering::Acquire) {
+            self.recompute();
+            current = self.candidates.load();
+        }
+        let c = &*current;
+        let in_use = self.in_use(c, now, true);
+        let mut rng = rand::rng();
+        let chosen = if avoid.is_empty() && in_use <= c.first_probation {
+            // The fast path: no endpoint in use is on probation.
+            if in_use == 0 {
+                return None;
+            }
+            let first = c.draw(in_use, &mut rng);
+            let second = c.draw(in_use, &mut rng);
+            cheaper(first, second, now).clone()
+        } else {
+            self.pick_general(c, now, avoid, &mut rng)?
+        };
+        chosen.add_pending();
+        Some(Picked {
+            endpoint: chosen,
+            start,
+            done: false,
+        })
+    }
+
+    /// How many of the usable endpoints are in use; zone-aware, moves the band by one
+    /// endpoint when `step` and its time has come.
+    fn in_use(&self, c: &Candidates, now: u64, step: bool) -> usize {
+        if !c.banded {
+            return c.usable.len();
+        }
+        let others = c.usable.len() - c.fixed;
+        if step {
+            self.step(c.local, others, now);
+        }
+        c.fixed + self.extra.load(Ordering::Relaxed).min(others)
+    }
+
+    /// Zone-aware: one more other-zone endpoint when the zone's load (requests pending
+    /// in the zone per healthy in-zone endpoint, of which there are `zone`) is above the
+    /// band, one fewer below it, at most once per `zone_step`.
+    fn step(&self, zone: usize, others: usize, now: u64) {
+        let config = &self.common.config;
+        let last = self.last_step.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < nanos(config.zone_step) || zone == 0 {
+            return;
+        }
+        let pending = self.common.zone_pending.load(Ordering::Relaxed);
+        let load = pending as f64 / zone as f64;
+        let extra = self.extra.load(Ordering::Relaxed);
+        let next = if load > config.zone_high && extra < others {
+            extra + 1
+        } else if load < config.zone_low && extra > 0 {
+            extra - 1
+        } else {
+            return;
+        };
+        // One step per period, whichever pick takes it.
+        if self
+            .last_step
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.extra.store(next, Ordering::Relaxed);
+        }
+    }
+
+    /// The pick when an endpoint in use is on probation (it takes one probe at a time)
+    /// or a retry avoids endpoints: the candidates filtered per request.
+    fn pick_general(
+        &self,
+        c: &Candidates,
+        now: u64,
+        avoid: &[SocketAddr],
+        rng: &mut impl Rng,
+    ) -> Option<Arc<Endpoint>> {
+        let config = &*self.common.config;
+        let narrowed = self.in_use_now(c, now);
         let fresh = |e: &&Arc<Endpoint>| !avoid.contains(&e.meta.addr);
         let candidates = if avoid.is_empty() {
             narrowed
         } else if narrowed.iter().any(fresh) {
             narrowed.into_iter().filter(fresh).collect()
         } else if config.zone_mode == ZoneMode::Aware {
-            let all = healthy(config, state.endpoints.iter().collect(), now);
+            let all = healthy(config, c.endpoints.iter().collect(), now);
             if all.iter().any(fresh) {
                 all.into_iter().filter(fresh).collect()
             } else {
@@ -366,77 +654,29 @@ impl Balancer {
         } else {
             narrowed
         };
-        let chosen = {
-            let mut rng = rand::rng();
-            let first = weighted(&candidates, &mut rng)?;
-            let second = weighted(&candidates, &mut rng).unwrap_or(first);
-            if second.cost(now, config.decay) < first.cost(now, config.decay) {
-                second
-            } else {
-                first
-            }
-        };
-        chosen.pending.fetch_add(1, Ordering::Relaxed);
-        Some(Picked {
-            endpoint: chosen.clone(),
-            start: now,
-            balancer: config.clone(),
-            done: false,
-        })
+        let first = weighted(&candidates, rng)?;
+        let second = weighted(&candidates, rng).unwrap_or(first);
+        Some(cheaper(first, second, now).clone())
     }
 
-    /// The endpoints in use: healthy ones (ejection capped; an endpoint on probation
-    /// only while no probe to it is pending), narrowed by the zone mode.
-    fn candidates<'a>(
-        config: &BalanceConfig,
-        state: &'a mut State,
-        now: Instant,
-        step: bool,
-    ) -> Vec<&'a Arc<Endpoint>> {
-        let zone = config
-            .zone
-            .as_ref()
-            .filter(|_| config.zone_mode != ZoneMode::Unaware);
-        let Some(zone) = zone else {
-            return healthy(config, state.endpoints.iter().collect(), now);
+    /// The endpoints in use, each filtered now: healthy ones (ejection capped; an
+    /// endpoint on probation only while no probe to it is pending), narrowed by the zone
+    /// mode. The band is not moved here.
+    fn in_use_now<'a>(&self, c: &'a Candidates, now: u64) -> Vec<&'a Arc<Endpoint>> {
+        let config = &*self.common.config;
+        let all = c.endpoints.iter().collect();
+        let Some(zone) = zone_of(config) else {
+            return healthy(config, all, now);
         };
         if config.zone_mode == ZoneMode::LocalOnly {
-            let local: Vec<&Arc<Endpoint>> = state
-                .endpoints
-                .iter()
-                .filter(|e| e.meta.zone.as_ref() == Some(zone) && e.meta.weight > 0)
-                .collect();
-            // Topology hints: the zone's endpoints, failing or not, while it has any.
-            let set = if local.is_empty() {
-                state.endpoints.iter().collect()
-            } else {
-                local
-            };
-            return healthy(config, set, now);
+            return healthy(config, local_only_set(zone, all), now);
         }
-        let healthy = healthy(config, state.endpoints.iter().collect(), now);
-        let (local, other): (Vec<_>, Vec<_>) = healthy
-            .into_iter()
-            .partition(|e| e.meta.zone.as_ref() == Some(zone));
-        // Endpoints on probation do not hold traffic in the zone: while they are all the
-        // zone has, traffic stays out of it and they only get their probe.
-        let (local, probing): (Vec<_>, Vec<_>) =
-            local.into_iter().partition(|e| !e.on_probation(now));
+        let (local, probing, other) = by_zone(zone, healthy(config, all, now), now);
         if local.is_empty() {
             // No healthy endpoint in the zone: everything else, at once.
             return other.into_iter().chain(probing).collect();
         }
-        let load = local.iter().map(|e| e.pending() as f64).sum::<f64>() / local.len() as f64;
-        if step && now.saturating_duration_since(state.last_step) >= config.zone_step {
-            if load > config.zone_high && state.extra < other.len() {
-                state.extra += 1;
-                state.last_step = now;
-            } else if load < config.zone_low && state.extra > 0 {
-                state.extra -= 1;
-                state.last_step = now;
-            }
-        }
-        let extra = state.extra.min(other.len());
+        let extra = self.extra.load(Ordering::Relaxed).min(other.len());
         local
             .into_iter()
             .chain(probing)
@@ -446,11 +686,11 @@ impl Balancer {
 
     /// Endpoints currently in use, per zone (for the `balancer_endpoints` gauge).
     pub fn in_use_by_zone(&self) -> Vec<(Option<Arc<str>>, usize)> {
-        let now = Instant::now();
-        let mut state = self.state();
+        let now = self.now();
+        let current = self.candidates.load();
         let mut counts: Vec<(Option<Arc<str>>, usize)> = Vec::new();
         // Reading the gauge must not move the zone set: no step here.
-        for e in Self::candidates(&self.config, &mut state, now, false) {
+        for e in self.in_use_now(&current, now) {
             match counts.iter_mut().find(|(z, _)| *z == e.meta.zone) {
                 Some((_, n)) => *n += 1,
                 None => counts.push((e.meta.zone.clone(), 1)),
@@ -460,30 +700,84 @@ impl Balancer {
     }
 }
 
+/// The proxy's zone, when its zone mode uses it.
+fn zone_of(config: &BalanceConfig) -> Option<&Arc<str>> {
+    config
+        .zone
+        .as_ref()
+        .filter(|_| config.zone_mode != ZoneMode::Unaware)
+}
+
+/// Topology hints: the zone's endpoints, failing or not, while it has any (with a
+/// weight above zero); every endpoint when it has none.
+fn local_only_set<'a>(zone: &Arc<str>, all: Vec<&'a Arc<Endpoint>>) -> Vec<&'a Arc<Endpoint>> {
+    let in_zone = |e: &&Arc<Endpoint>| e.meta.zone.as_ref() == Some(zone) && e.meta.weight > 0;
+    if all.iter().any(in_zone) {
+        all.into_iter().filter(in_zone).collect()
+    } else {
+        all
+    }
+}
+
+/// Zone-aware: `set`'s in-zone endpoints not on probation, its in-zone endpoints on
+/// probation (they do not hold traffic in the zone: while they are all the zone has,
+/// traffic stays out of it and they only get their probe), and other zones' endpoints.
+#[allow(clippy::type_complexity)]
+fn by_zone<'a>(
+    zone: &Arc<str>,
+    set: Vec<&'a Arc<Endpoint>>,
+    now: u64,
+) -> (
+    Vec<&'a Arc<Endpoint>>,
+    Vec<&'a Arc<Endpoint>>,
+    Vec<&'a Arc<Endpoint>>,
+) {
+    let (local, other): (Vec<_>, Vec<_>) = set
+        .into_iter()
+        .partition(|e| e.meta.zone.as_ref() == Some(zone));
+    let (local, probing) = local.into_iter().partition(|e| !e.on_probation(now));
+    (local, probing, other)
+}
+
+/// The cheaper of two drawn endpoints (the first on a tie).
+fn cheaper<'a>(first: &'a Arc<Endpoint>, second: &'a Arc<Endpoint>, now: u64) -> &'a Arc<Endpoint> {
+    if Arc::ptr_eq(first, second) || first.cost(now) <= second.cost(now) {
+        first
+    } else {
+        second
+    }
+}
+
 /// The endpoints of `set` that may take a request: not ejected (unless more than the
-/// allowed share would be out), weight above zero, and not on probation with its probe
-/// still pending (unless nothing else is left).
-fn healthy<'a>(
+/// allowed share would be out), weight above zero.
+fn usable<'a>(
     config: &BalanceConfig,
     set: Vec<&'a Arc<Endpoint>>,
-    now: Instant,
+    now: u64,
 ) -> Vec<&'a Arc<Endpoint>> {
     let max_ejected = (set.len() as f64 * config.max_ejected_share).floor() as usize;
-    let ejected: Vec<bool> = set.iter().map(|e| e.is_ejected(now)).collect();
-    let n_ejected = ejected.iter().filter(|e| **e).count();
-    let usable: Vec<&Arc<Endpoint>> = if n_ejected > max_ejected || n_ejected == set.len() {
+    let n_ejected = set.iter().filter(|e| e.is_ejected(now)).count();
+    if n_ejected > max_ejected || n_ejected == set.len() {
         // Too many would be out: an outlier never takes the whole service down.
         set.into_iter().filter(|e| e.meta.weight > 0).collect()
     } else {
         set.into_iter()
-            .zip(&ejected)
-            .filter(|(e, out)| !**out && e.meta.weight > 0)
-            .map(|(e, _)| e)
+            .filter(|e| !e.is_ejected(now) && e.meta.weight > 0)
             .collect()
-    };
-    let probe_pending = |e: &&&Arc<Endpoint>| e.pending() > 0 && e.on_probation(now);
-    if usable.iter().any(|e| probe_pending(&e)) && !usable.iter().all(|e| probe_pending(&e)) {
-        usable.into_iter().filter(|e| !probe_pending(&e)).collect()
+    }
+}
+
+/// [`usable`], and not on probation with its probe still pending (unless nothing else
+/// is left).
+fn healthy<'a>(
+    config: &BalanceConfig,
+    set: Vec<&'a Arc<Endpoint>>,
+    now: u64,
+) -> Vec<&'a Arc<Endpoint>> {
+    let usable = usable(config, set, now);
+    let probe_pending = |e: &&Arc<Endpoint>| e.pending() > 0 && e.on_probation(now);
+    if usable.iter().any(probe_pending) && !usable.iter().all(probe_pending) {
+        usable.into_iter().filter(|e| !probe_pending(e)).collect()
     } else {
         usable
     }
@@ -607,11 +901,8 @@ mod tests {
         for _ in 0..20 {
             let p = b.pick().unwrap();
             if p.addr() == addr(1) {
-                p.endpoint.observe(
-                    Duration::from_millis(50),
-                    Instant::now(),
-                    Duration::from_secs(10),
-                );
+                let now = b.now();
+                p.endpoint.observe(Duration::from_millis(50), now);
                 drop(p);
             } else {
                 p.finish(Outcome::Success);
@@ -763,9 +1054,12 @@ mod tests {
         // One failed probe is enough to eject it again, for twice as long.
         probe.finish(Outcome::Failure);
         assert!((0..2000).all(|_| b.pick().unwrap().addr() != addr(1)));
-        let e = b.state().endpoints[0].clone();
+        let e = b.candidates.load().endpoints[0].clone();
         assert_eq!(e.meta.addr, addr(1));
-        assert_eq!(e.estimate().backoff, Duration::from_secs(2));
+        assert_eq!(
+            e.backoff.load(Ordering::Relaxed),
+            nanos(Duration::from_secs(2))
+        );
     }
 
     #[test]
@@ -808,8 +1102,8 @@ mod tests {
                 ZoneMode::LocalOnly => prop_assert!(picks.iter().all(|z| z == "a")),
                 // Idle (nothing pending): in the zone unless both its endpoints are out.
                 ZoneMode::Aware => {
-                    let now = Instant::now();
-                    let zone_out = b.state().endpoints.iter()
+                    let now = b.now();
+                    let zone_out = b.candidates.load().endpoints.iter()
                         .filter(|e| e.meta.zone.as_deref() == Some("a"))
                         .all(|e| e.is_ejected(now));
                     prop_assert!(zone_out || picks.iter().all(|z| z == "a"), "{picks:?}");
@@ -831,8 +1125,8 @@ mod tests {
                 let outcome = if p.addr() == addr(target) { Outcome::Failure } else { Outcome::Success };
                 p.finish(outcome);
             }
-            let now = Instant::now();
-            let ejected: Vec<SocketAddr> = b.state().endpoints.iter().filter(|e| e.is_ejected(now)).map(|e| e.meta.addr).collect();
+            let now = b.now();
+            let ejected: Vec<SocketAddr> = b.candidates.load().endpoints.iter().filter(|e| e.is_ejected(now)).map(|e| e.meta.addr).collect();
             prop_assert!(ejected.len() <= 3);
             for _ in 0..50 {
                 let picked = b.pick().unwrap().addr();
