@@ -8,4 +8,5 @@
 //! - the lifecycle operator.
 
 pub mod crd;
+pub mod inject;
 pub mod install;
