@@ -17,6 +17,7 @@
 pub mod convert;
 pub mod filters;
 pub(crate) mod follow;
+mod index;
 pub mod select;
 #[cfg(test)]
 mod tests;
@@ -35,12 +36,12 @@ pub struct Routes {
     /// The Service port the routes are for (the policy's metadata), when named.
     pub parent: Option<ServiceRef>,
     /// Every way a request can take a rule, most specific first.
-    candidates: Vec<select::Candidate>,
+    candidates: select::Candidates,
 }
 
 impl Routes {
     pub fn new(routes: Vec<Route>, parent: Option<ServiceRef>) -> Routes {
-        let candidates = select::candidates(&routes);
+        let candidates = select::Candidates::new(&routes);
         Routes {
             routes,
             parent,

@@ -5,9 +5,15 @@
 //! matches, then the most query parameter matches. Equals are decided by the order the
 //! controller sends the routes in (oldest first, then by namespace and name), then by
 //! rule order within a route.
+//!
+//! Every way a request can take a rule (a [`Candidate`]) is computed and ordered when
+//! the routes arrive, and filed by its path match ([`PathIndex`]): a request tries
+//! only the candidates its path can satisfy, in that order, and the first it satisfies
+//! wins.
 
 use http::Request;
 
+use super::index::{PathIndex, PathKey};
 use super::{HostMatch, PathMatch, RequestMatch, Route, Routes, Rule, ValueMatch};
 
 /// The rule a request takes, and the match that chose it.
@@ -35,10 +41,34 @@ pub(crate) struct Candidate {
     matched: Option<usize>,
 }
 
+/// The candidates of a Service's routes, and where to find them by path.
+#[derive(Debug, Default)]
+pub(crate) struct Candidates {
+    /// Most specific first, equals in the controller's order.
+    all: Vec<Candidate>,
+    index: PathIndex,
+}
+
+impl Candidates {
+    pub(crate) fn new(routes: &[Route]) -> Candidates {
+        let all = candidates(routes);
+        let index = PathIndex::new(all.iter().map(|c| {
+            let rule = &routes[c.route].rules[c.rule];
+            match c.matched.and_then(|i| rule.matches[i].path.as_ref()) {
+                None => PathKey::Prefix(""),
+                Some(PathMatch::Exact(p)) => PathKey::Exact(p),
+                Some(PathMatch::Prefix(p)) => PathKey::Prefix(p),
+                Some(PathMatch::Regex(_)) => PathKey::Other,
+            }
+        }));
+        Candidates { all, index }
+    }
+}
+
 /// Every candidate of `routes`, most specific first, equals in the controller's order
 /// (route, then rule, then match): the first one a request satisfies is the one the
 /// Gateway API picks, so selection stops there.
-pub(crate) fn candidates(routes: &[Route]) -> Vec<Candidate> {
+fn candidates(routes: &[Route]) -> Vec<Candidate> {
     let mut all = Vec::new();
     for (r, route) in routes.iter().enumerate() {
         let hosts: Vec<(Option<usize>, (u8, usize))> = if route.hosts.is_empty() {
@@ -100,23 +130,67 @@ pub fn select<'a, B>(
 ) -> Option<Selected<'a>> {
     let host = host_of(authority);
     let path = req.uri().path();
-    routes.candidates.iter().find_map(|c| {
-        let route = &routes.routes[c.route];
-        if let Some(h) = c.host {
-            if !host_matches(&route.hosts[h], host) {
-                return None;
+    let table = &routes.candidates;
+    // The best (first in order) candidate the request satisfies: each list is in
+    // order, so a list is tried up to its first satisfied candidate, or up to the
+    // best found in another list.
+    let mut best: Option<(usize, Selected<'a>)> = None;
+    table.index.lists(path, |list| {
+        for &position in list {
+            if best.as_ref().is_some_and(|(b, _)| position >= *b) {
+                break;
+            }
+            if let Some(s) = take(routes, &table.all[position], req, host, path) {
+                best = Some((position, s));
+                break;
             }
         }
-        let rule = &route.rules[c.rule];
-        let matched = c.matched.map(|i| &rule.matches[i]);
-        if let Some(m) = matched {
-            matches(m, req, path)?;
+        // Nothing comes before the first candidate.
+        best.as_ref().is_none_or(|(b, _)| *b > 0)
+    });
+    best.map(|(_, s)| s)
+}
+
+/// [`select`] by trying every candidate in order, without the index (what the index
+/// must agree with).
+#[cfg(test)]
+pub(crate) fn select_linear<'a, B>(
+    routes: &'a Routes,
+    req: &Request<B>,
+    authority: &str,
+) -> Option<Selected<'a>> {
+    let host = host_of(authority);
+    let path = req.uri().path();
+    routes
+        .candidates
+        .all
+        .iter()
+        .find_map(|c| take(routes, c, req, host, path))
+}
+
+/// The rule of candidate `c`, if the request (`host`, `path`) satisfies it.
+fn take<'a, B>(
+    routes: &'a Routes,
+    c: &Candidate,
+    req: &Request<B>,
+    host: &str,
+    path: &str,
+) -> Option<Selected<'a>> {
+    let route = &routes.routes[c.route];
+    if let Some(h) = c.host {
+        if !host_matches(&route.hosts[h], host) {
+            return None;
         }
-        Some(Selected {
-            route,
-            rule,
-            matched,
-        })
+    }
+    let rule = &route.rules[c.rule];
+    let matched = c.matched.map(|i| &rule.matches[i]);
+    if let Some(m) = matched {
+        matches(m, req, path)?;
+    }
+    Some(Selected {
+        route,
+        rule,
+        matched,
     })
 }
 
@@ -206,3 +280,6 @@ pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
         || (path.starts_with(prefix)
             && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
 }
+
+#[cfg(test)]
+mod tests;
