@@ -27,7 +27,6 @@ use std::time::{Duration, Instant, SystemTime};
 use linkerd2_proxy_api::destination as api;
 use linkerd2_proxy_api::destination::destination_client::DestinationClient;
 use linkerd2_proxy_api::destination::update::Update as Kind;
-use linkerd2_proxy_api::outbound::outbound_policies_client::OutboundPoliciesClient;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
@@ -150,9 +149,8 @@ impl Drop for Entry {
 /// The destinations this proxy has met, each followed by its own stream.
 pub struct Destinations {
     client: DestinationClient<Channel>,
-    /// The same connection's `OutboundPolicies` client (routes).
-    policies: OutboundPoliciesClient<Channel>,
-    /// The connection itself, for the inbound policy client.
+    /// The connection itself, for the `OutboundPolicies` (routes) and inbound policy
+    /// clients.
     channel: Channel,
     balance: Arc<BalanceConfig>,
     /// Discovered services are listed there too (for `balancer_endpoints`).
@@ -196,7 +194,6 @@ impl Destinations {
             .connect_with_connector_lazy(connector);
         Ok(Destinations {
             client: DestinationClient::new(channel.clone()),
-            policies: OutboundPoliciesClient::new(channel.clone()),
             channel,
             balance,
             services,
@@ -360,7 +357,7 @@ impl Destinations {
                         endpoints: HashMap::new(),
                     };
                     let routes = crate::routes::follow::follow(
-                        self.policies.clone(),
+                        self.channel.clone(),
                         path.to_owned(),
                         rx.clone(),
                     );
@@ -672,7 +669,6 @@ mod tests {
         let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
         Destinations {
             client: DestinationClient::new(channel.clone()),
-            policies: OutboundPoliciesClient::new(channel.clone()),
             channel,
             balance: Arc::default(),
             services,

@@ -161,6 +161,7 @@ pub struct HttpMetrics {
     pub(super) latency: Family<LatencyLabels, Histogram, LatencyHistogram>,
     pub(super) errors: Family<ErrorLabels, Counter>,
     pub retries: RetryMetrics,
+    pub mirrors: crate::outbound::mirror::MirrorMetrics,
     /// Every route with series, and since when its request count has not moved
     /// ([`HttpMetrics::evict_idle`]).
     routes: Arc<std::sync::Mutex<std::collections::HashMap<RouteLabels, RouteUse>>>,
@@ -182,6 +183,7 @@ impl Default for HttpMetrics {
             latency: Family::new_with_constructor(LatencyHistogram),
             errors: Family::default(),
             retries: RetryMetrics::default(),
+            mirrors: Default::default(),
             routes: Arc::default(),
             statuses: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
             generation: Arc::default(),

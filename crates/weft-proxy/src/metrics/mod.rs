@@ -296,6 +296,7 @@ impl Metrics {
             http.errors.clone(),
         );
         http.retries.register(&mut registry);
+        http.mirrors.register(&mut registry);
 
         let tcp = TcpMetrics {
             open_total: Family::default(),

@@ -8,7 +8,9 @@
 //!    timeouts and retries are the caller's business, as in Linkerd.
 //! 5. **Send**, retrying on another endpoint within the policy and its budget
 //!    ([`send_with_retries`]); each attempt goes over the endpoint's pool, with mTLS to
-//!    its identity when it is meshed ([`http::attempt`]).
+//!    its identity when it is meshed ([`http::attempt`]). The route's mirrors get
+//!    their copy ([`mirror`]): a request without a body at once, one whose body was
+//!    buffered once the primary answered.
 //! 6. **Answer** the client ([`Answer::respond`]).
 
 use std::net::SocketAddr;
@@ -31,6 +33,7 @@ use crate::retry::{self, BudgetedPolicy, Replay, RequestBody, ServicePolicy};
 use crate::routes::Routes;
 use crate::Destination;
 
+use super::mirror;
 use super::route::{self, Routed};
 use crate::upstream::HttpVersion;
 
@@ -65,6 +68,16 @@ pub(crate) async fn forward(
         picked,
         route: route_meta,
     } = target;
+    // Copies of a request without a body go at once; others once it was sent whole.
+    let mut mirrors = rule
+        .as_ref()
+        .map(|r| r.mirrors.as_slice())
+        .unwrap_or_default();
+    if !mirrors.is_empty() && (upgrade.is_some() || req.body().is_end_stream()) {
+        let head = (upgrade.is_none()).then(|| empty_copy(&req));
+        mirror::send(ctx, mirrors, route_meta.as_ref(), version, || head.as_ref().map(|h| h()));
+        mirrors = &[];
+    }
     let rule_policy = rule.as_ref().and_then(|r| r.policy());
     let policy = RequestPolicy::new(ctx, service.as_deref(), rule_policy, &req, grpc, start);
     let mut last = Endpoint {
@@ -79,7 +92,14 @@ pub(crate) async fn forward(
         service: service.as_deref(),
         version,
     };
-    let (result, retries) = attempts.send(req, upgrade.is_some(), &mut last).await;
+    let (result, retries, replay) = attempts
+        .send(req, upgrade.is_some(), !mirrors.is_empty(), &mut last)
+        .await;
+    if !mirrors.is_empty() {
+        mirror::send(ctx, mirrors, route_meta.as_ref(), version, || {
+            replay.as_ref()?.request()
+        });
+    }
     // The final attempt labels the response (request_total counted the first).
     let route = if last.addr != endpoint {
         ctx.route_labels(
@@ -224,13 +244,15 @@ struct Attempts<'a> {
 impl Attempts<'_> {
     /// Sends the request to `last`, and again to an endpoint not tried yet when the
     /// policy says it may be retried and the budget allows; `last` ends as the endpoint
-    /// of the last attempt. Returns its result and the number of retries.
+    /// of the last attempt. Returns its result, the number of retries and, when
+    /// `mirrored` (or retries needed one), the copy of the request kept.
     async fn send(
         &self,
         req: Request<Incoming>,
         upgrading: bool,
+        mirrored: bool,
         last: &mut Endpoint,
-    ) -> (Result<Sent, Failure>, u32) {
+    ) -> (Result<Sent, Failure>, u32, Option<Replay>) {
         let Attempts {
             ctx,
             policy,
@@ -244,14 +266,16 @@ impl Attempts<'_> {
         let deadline = policy.deadline.as_ref();
         // A request that may be retried on its response keeps a copy of its head and of
         // a small body; any other is sent as it is (and retried only if it never left).
+        // A mirrored one keeps the copy for its mirrors, not for retries.
+        let replayable = matches!(policy.retry,
+            Some(p) if !upgrading && p.policy.retry.replayable(req.method(), grpc));
         let mut replay = None;
-        let mut req = match policy.retry {
-            Some(p) if !upgrading && p.policy.retry.replayable(req.method(), grpc) => {
-                let (req, copy) = Replay::capture(req, retry::MAX_REPLAY_BODY);
-                replay = copy;
-                req
-            }
-            _ => req.map(RequestBody::Stream),
+        let mut req = if replayable || (mirrored && !upgrading) {
+            let (req, copy) = Replay::capture(req, retry::MAX_REPLAY_BODY);
+            replay = copy;
+            req
+        } else {
+            req.map(RequestBody::Stream)
         };
         let mut endpoint = last.addr;
         let mut picked = last.picked.take();
@@ -273,15 +297,15 @@ impl Attempts<'_> {
             let Some(p) = policy.retry else {
                 break result;
             };
-            let Some(reason) = retry_reason(p, &result, replay.is_some(), grpc) else {
+            let retry_copy = replay.as_ref().filter(|_| replayable);
+            let Some(reason) = retry_reason(p, &result, retry_copy.is_some(), grpc) else {
                 break result;
             };
             if retries >= p.policy.retry.limit {
                 metrics.retries.limit_exceeded(&route.dst_service);
                 break result;
             }
-            let Some(next) =
-                self.next_attempt(p, &mut result, replay.as_ref(), &mut tried, endpoint)
+            let Some(next) = self.next_attempt(p, &mut result, retry_copy, &mut tried, endpoint)
             else {
                 break result;
             };
@@ -309,7 +333,7 @@ impl Attempts<'_> {
         };
         last.addr = endpoint;
         last.picked = picked;
-        (result, retries)
+        (result, retries, replay)
     }
 
     /// The next attempt after a failed one: to an endpoint not tried yet when the
@@ -355,6 +379,28 @@ impl Attempts<'_> {
             picked,
             unsent: was_unsent,
         })
+    }
+}
+
+/// A copy of a request without a body (its prepared head), for a mirror.
+fn empty_copy<B>(req: &Request<B>) -> impl Fn() -> Request<RequestBody> {
+    let (method, uri, version, headers) = (
+        req.method().clone(),
+        req.uri().clone(),
+        req.version(),
+        req.headers().clone(),
+    );
+    move || {
+        let mut copy = Request::new(RequestBody::Replay {
+            data: Vec::new().into_iter(),
+            trailers: None,
+            remaining: 0,
+        });
+        *copy.method_mut() = method.clone();
+        *copy.uri_mut() = uri.clone();
+        *copy.version_mut() = version;
+        *copy.headers_mut() = headers.clone();
+        copy
     }
 }
 

@@ -11,6 +11,7 @@
 //!    request down [`http`].
 
 pub(crate) mod http;
+pub(crate) mod mirror;
 mod route;
 
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! The outbound path's routing step, for a Service with routes (HTTPRoute, GRPCRoute):
 //! the rule the request matches ([`select`]), the rule's filters (a redirect or an
-//! injected failure answer here; header modifiers change the request), a backend
+//! injected failure answer here; header modifiers and URL rewrites change the
+//! request; a mirror is noted, for [`super::mirror`] to send its copy), a backend
 //! chosen by weight, and an endpoint of that backend.
 //!
 //! The Gateway API's answers when no backend can take the request: no rule matches →
@@ -17,8 +18,10 @@ use crate::endpoints::Service;
 use crate::http::{ConnContext, ProxyBody, ProxyError, Target, Unresolved};
 use crate::retry::ServicePolicy;
 use crate::routes::select::{select, Selected};
-use crate::routes::{filters, Backend, Backends, Filter, RouteKind, RouteMeta, Routes, Rule};
-use crate::Destination;
+use crate::routes::{
+    filters, Backend, Backends, Filter, Mirror, PathMatch, RouteKind, RouteMeta, Routes, Rule,
+};
+use crate::{Destination, Shared};
 
 /// What the route made of a request.
 pub(super) enum Routed {
@@ -39,6 +42,8 @@ pub(super) struct ChosenRule {
     route: usize,
     rule: usize,
     backend: Option<usize>,
+    /// The mirrors this request is copied to (its share of each).
+    pub(super) mirrors: Vec<Arc<Mirror>>,
 }
 
 impl ChosenRule {
@@ -100,7 +105,9 @@ pub(super) async fn route<B>(
     let route = index_of(&routes.routes, selected.route);
     let rule_index = index_of(&selected.route.rules, selected.rule);
     let rule = selected.rule;
-    if let Some(answer) = rule_filters(ctx, req, authority, &selected, start)? {
+    let matched = selected.matched.and_then(|m| m.path.as_ref());
+    let mut mirrors = Vec::new();
+    if let Some(answer) = rule_filters(ctx, req, authority, &selected, start, &mut mirrors)? {
         return Ok(Routed::Answered(answer));
     }
     let Some(backend) = choose(&rule.backends) else {
@@ -119,13 +126,13 @@ pub(super) async fn route<B>(
         unreachable!("choose found a backend");
     };
     let b = &backends[backend];
-    backend_filters(req, authority, b, &meta)?;
+    backend_filters(req, authority, b, &meta, matched, &mut mirrors)?;
     // The parent itself (a rule without backendRefs) is the Service already known;
     // any other backend is looked up by name.
     let service = if routes.is_parent(b) {
         Some(parent.clone())
     } else {
-        backend_service(ctx, &b.authority).await
+        backend_service(&ctx.shared, &b.authority).await
     };
     let Some(service) = service else {
         let message = format!(
@@ -154,24 +161,29 @@ pub(super) async fn route<B>(
             route,
             rule: rule_index,
             backend: Some(backend),
+            mirrors,
         }),
     })
 }
 
-/// The rule's filters, in order: header modifiers change the request; a redirect or
-/// an injected failure answers it (`Some` response, or the failure as an error).
+/// The rule's filters, in order: header modifiers and URL rewrites change the
+/// request; a redirect or an injected failure answers it (`Some` response, or the
+/// failure as an error); mirrors that take this request are added to `mirrors`.
 fn rule_filters<B>(
     ctx: &ConnContext,
     req: &mut Request<B>,
     authority: &str,
     selected: &Selected<'_>,
     start: Instant,
+    mirrors: &mut Vec<Arc<Mirror>>,
 ) -> Result<Option<Box<Response<ProxyBody>>>, Unresolved> {
     let meta = &selected.route.meta;
     let matched = selected.matched.and_then(|m| m.path.as_ref());
     for f in &selected.rule.filters {
         match f {
             Filter::RequestHeaders(m) => filters::modify_headers(m, req.headers_mut()),
+            Filter::Rewrite(r) => rewrite(r, req, authority, matched, meta)?,
+            Filter::Mirror(m) if filters::mirrored(m) => mirrors.push(m.clone()),
             Filter::Redirect(r) => {
                 let location = filters::location(r, req, authority, matched).map_err(|e| {
                     Unresolved::new(
@@ -194,23 +206,27 @@ fn rule_filters<B>(
                     Some(meta.clone()),
                 ));
             }
-            Filter::ResponseHeaders(_) | Filter::Fail(_) => {}
+            Filter::ResponseHeaders(_) | Filter::Fail(_) | Filter::Mirror(_) => {}
         }
     }
     Ok(None)
 }
 
-/// A backend's own filters: header modifiers, and the failure injector of a backend
-/// the controller could not resolve.
+/// A backend's own filters: header modifiers, URL rewrites, mirrors, and the failure
+/// injector of a backend the controller could not resolve.
 fn backend_filters<B>(
     req: &mut Request<B>,
     authority: &str,
     b: &Backend,
     meta: &Arc<RouteMeta>,
+    matched: Option<&PathMatch>,
+    mirrors: &mut Vec<Arc<Mirror>>,
 ) -> Result<(), Unresolved> {
     for f in &b.filters {
         match f {
             Filter::RequestHeaders(m) => filters::modify_headers(m, req.headers_mut()),
+            Filter::Rewrite(r) => rewrite(r, req, authority, matched, meta)?,
+            Filter::Mirror(m) if filters::mirrored(m) => mirrors.push(m.clone()),
             Filter::Fail(f) if filters::inject(f) => {
                 return Err(Unresolved::new(
                     authority.to_owned(),
@@ -222,6 +238,24 @@ fn backend_filters<B>(
         }
     }
     Ok(())
+}
+
+/// Applies a `URLRewrite`; one that cannot be applied (a prefix replacement without a
+/// prefix match, which the controller refuses) fails the request with 500.
+fn rewrite<B>(
+    r: &crate::routes::UrlRewrite,
+    req: &mut Request<B>,
+    authority: &str,
+    matched: Option<&PathMatch>,
+    meta: &Arc<RouteMeta>,
+) -> Result<(), Unresolved> {
+    filters::rewrite(r, req, matched).map_err(|e| {
+        Unresolved::new(
+            authority.to_owned(),
+            ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "bad rewrite", e),
+            Some(meta.clone()),
+        )
+    })
 }
 
 /// The answer of a failure injector: its HTTP status (for gRPC callers, its gRPC
@@ -279,15 +313,15 @@ fn choose(backends: &Backends) -> Option<usize> {
 
 /// The Service a backend names, from the destination service (the first request to a
 /// backend waits for its first answer).
-async fn backend_service(ctx: &ConnContext, authority: &str) -> Option<Arc<Service>> {
+pub(super) async fn backend_service(shared: &Shared, authority: &str) -> Option<Arc<Service>> {
     if authority.is_empty() {
         // A backendRef the controller could not resolve.
         return None;
     }
-    if let Some(s) = ctx.shared.known_service(authority) {
+    if let Some(s) = shared.known_service(authority) {
         return Some(s);
     }
-    ctx.shared
+    shared
         .destinations
         .as_ref()?
         .resolve_authority(authority)

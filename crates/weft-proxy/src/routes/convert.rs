@@ -2,6 +2,11 @@
 //! given (an invalid regular expression or header, a backend it cannot resolve) is
 //! refused whole, with a message naming the route and the field: the caller keeps
 //! the last policy that was valid, so traffic never follows half a route.
+//!
+//! Weft's extension of the policy ([`OutboundPolicyExt`]) adds `URLRewrite` and
+//! `RequestMirror` filters to the rules and backends it names ([`routes_ext`]); an
+//! extension naming a route, rule or backend the policy does not have refuses the
+//! policy too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +17,8 @@ use linkerd2_proxy_api::http_route as route_api;
 use linkerd2_proxy_api::meta;
 use linkerd2_proxy_api::outbound as api;
 use linkerd2_proxy_api::outbound::proxy_protocol::Kind as Protocol;
+
+use weft_core::outbound_ext::{filter_extension, FilterExtension, OutboundPolicyExt};
 
 use super::*;
 use crate::retry::{PolicyOverrides, RetryCondition, RetryOn};
@@ -28,6 +35,108 @@ pub struct RouteError {
 /// The routes of a policy. Opaque and TLS policies have none (connections go to the
 /// Service's endpoints as before).
 pub fn routes(policy: api::OutboundPolicy) -> Result<Routes, RouteError> {
+    let (routes, parent) = route_list(policy)?;
+    Ok(Routes::new(routes, parent))
+}
+
+/// The routes of a policy with weft's extension: the policy's, with the extension's
+/// filters after each rule's (or backend's) own.
+pub fn routes_ext(policy: OutboundPolicyExt) -> Result<Routes, RouteError> {
+    let (policy, extensions) = policy.into_parts();
+    let (mut routes, parent) = route_list(policy)?;
+    for (n, ext) in extensions.into_iter().enumerate() {
+        let named = route_meta(ext.route.as_ref(), RouteKind::Http, usize::MAX);
+        let fail = |problem: String| RouteError {
+            route: format!("{} {}/{}", named.kind.as_str(), named.namespace, named.name),
+            problem: format!("extensions[{n}]: {problem}"),
+        };
+        let Some(route) = routes.iter_mut().find(|r| *r.meta == named) else {
+            return Err(fail("names a route the policy does not have".into()));
+        };
+        let rule_index = ext.rule as usize;
+        let Some(rule) = route.rules.get_mut(rule_index) else {
+            return Err(fail(format!(
+                "names rule {rule_index}, and the route has {}",
+                route.rules.len()
+            )));
+        };
+        for f in ext.filters {
+            if let Some(f) =
+                extension_filter(f).map_err(|p| fail(format!("rules[{rule_index}]: {p}")))?
+            {
+                rule.filters.push(f);
+            }
+        }
+        for b in ext.backend_filters {
+            let i = b.backend as usize;
+            let backend = match &mut rule.backends {
+                Backends::Weighted(backends) => backends.get_mut(i),
+                Backends::None => None,
+            };
+            let Some(backend) = backend else {
+                return Err(fail(format!(
+                    "rules[{rule_index}]: names backend {i}, which the rule does not have"
+                )));
+            };
+            for f in b.filters {
+                if let Some(f) = extension_filter(f)
+                    .map_err(|p| fail(format!("rules[{rule_index}].backends[{i}]: {p}")))?
+                {
+                    backend.filters.push(f);
+                }
+            }
+        }
+    }
+    Ok(Routes::new(routes, parent))
+}
+
+/// A filter of weft's extension (`None`: a kind this proxy does not know, from a
+/// newer controller).
+fn extension_filter(f: FilterExtension) -> Result<Option<Filter>, String> {
+    Ok(match f.kind {
+        Some(filter_extension::Kind::UrlRewrite(r)) => {
+            let hostname = match r.hostname.as_str() {
+                "" => None,
+                h => Some(HeaderValue::from_str(h).map_err(|_| {
+                    format!("filters.urlRewrite.hostname: {h:?} is not a valid Host")
+                })?),
+            };
+            let path = r.path.and_then(|p| p.replace).map(|p| match p {
+                route_api::path_modifier::Replace::Full(f) => PathModifier::Full(f),
+                route_api::path_modifier::Replace::Prefix(p) => PathModifier::Prefix(p),
+            });
+            for p in [&path].into_iter().flatten() {
+                let (PathModifier::Full(v) | PathModifier::Prefix(v)) = p;
+                if !v.starts_with('/') || http::uri::PathAndQuery::try_from(v.as_str()).is_err() {
+                    return Err(format!(
+                        "filters.urlRewrite.path: {v:?} is not an absolute path"
+                    ));
+                }
+            }
+            Some(Filter::Rewrite(UrlRewrite { hostname, path }))
+        }
+        Some(filter_extension::Kind::RequestMirror(m)) => {
+            let (authority, name, _) = backend("filters.requestMirror.backend", m.backend)?;
+            if authority.is_empty() {
+                return Err(
+                    "filters.requestMirror.backend: no destination to send copies to".into(),
+                );
+            }
+            let (numerator, denominator) = ratio(m.ratio.as_ref());
+            Some(Filter::Mirror(Arc::new(Mirror {
+                authority,
+                name,
+                numerator,
+                denominator,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
+            })))
+        }
+        None => None,
+    })
+}
+
+/// A policy's routes and the Service port it is for.
+fn route_list(policy: api::OutboundPolicy) -> Result<(Vec<Route>, Option<ServiceRef>), RouteError> {
     let parent = service_ref(policy.metadata.as_ref());
     let kind = policy.protocol.and_then(|p| p.kind);
     let (http, grpc) = match kind {
@@ -73,7 +182,7 @@ pub fn routes(policy: api::OutboundPolicy) -> Result<Routes, RouteError> {
             rules,
         });
     }
-    Ok(Routes::new(routes, parent))
+    Ok((routes, parent))
 }
 
 fn error(meta: &RouteMeta, problem: String) -> RouteError {
@@ -574,4 +683,217 @@ fn policy(
         o.set_attempt_timeout(response);
     }
     Some(ServicePolicy::new(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use linkerd2_proxy_api::outbound::{backend, http_route, proxy_protocol};
+    use weft_core::outbound_ext::{
+        BackendFilterExtension, RequestMirror, RouteExtension, UrlRewrite as ExtRewrite,
+    };
+
+    use super::*;
+
+    fn resource(group: &str, kind: &str, name: &str, port: u32) -> Option<meta::Metadata> {
+        Some(meta::Metadata {
+            kind: Some(meta::metadata::Kind::Resource(meta::Resource {
+                group: group.into(),
+                kind: kind.into(),
+                name: name.into(),
+                namespace: "ns".into(),
+                section: String::new(),
+                port,
+            })),
+        })
+    }
+
+    fn service(name: &str) -> api::Backend {
+        api::Backend {
+            metadata: resource("core", "Service", name, 80),
+            queue: None,
+            kind: Some(backend::Kind::Balancer(backend::BalanceP2c {
+                discovery: Some(backend::EndpointDiscovery {
+                    kind: Some(backend::endpoint_discovery::Kind::Dst(
+                        backend::endpoint_discovery::DestinationGet {
+                            path: format!("{name}.ns.svc.cluster.local:80"),
+                        },
+                    )),
+                }),
+                load: None,
+            })),
+        }
+    }
+
+    fn rule(backends: &[&str]) -> http_route::Rule {
+        http_route::Rule {
+            backends: Some(http_route::Distribution {
+                kind: Some(http_route::distribution::Kind::RandomAvailable(
+                    http_route::distribution::RandomAvailable {
+                        backends: backends
+                            .iter()
+                            .map(|b| http_route::WeightedRouteBackend {
+                                weight: 1,
+                                backend: Some(http_route::RouteBackend {
+                                    backend: Some(service(b)),
+                                    ..Default::default()
+                                }),
+                            })
+                            .collect(),
+                    },
+                )),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn policy(extensions: Vec<RouteExtension>) -> OutboundPolicyExt {
+        let route = api::HttpRoute {
+            metadata: resource("gateway.networking.k8s.io", "HTTPRoute", "r", 0),
+            hosts: Vec::new(),
+            rules: vec![rule(&["a"]), rule(&["a", "b"])],
+        };
+        let policy = api::OutboundPolicy {
+            protocol: Some(api::ProxyProtocol {
+                kind: Some(proxy_protocol::Kind::Detect(proxy_protocol::Detect {
+                    timeout: None,
+                    opaque: None,
+                    http1: Some(proxy_protocol::Http1 {
+                        routes: vec![route.clone()],
+                        failure_accrual: None,
+                    }),
+                    http2: Some(proxy_protocol::Http2 {
+                        routes: vec![route],
+                        failure_accrual: None,
+                    }),
+                })),
+            }),
+            metadata: resource("core", "Service", "echo", 80),
+        };
+        OutboundPolicyExt::new(policy, extensions)
+    }
+
+    fn rewrite_to(path: &str) -> FilterExtension {
+        FilterExtension {
+            kind: Some(filter_extension::Kind::UrlRewrite(ExtRewrite {
+                hostname: "h.example".into(),
+                path: Some(route_api::PathModifier {
+                    replace: Some(route_api::path_modifier::Replace::Full(path.into())),
+                }),
+            })),
+        }
+    }
+
+    fn mirror_to(name: &str) -> FilterExtension {
+        FilterExtension {
+            kind: Some(filter_extension::Kind::RequestMirror(Box::new(
+                RequestMirror {
+                    backend: Some(service(name)),
+                    ratio: Some(route_api::Ratio {
+                        numerator: 1,
+                        denominator: 4,
+                    }),
+                },
+            ))),
+        }
+    }
+
+    fn extension(
+        route: &str,
+        rule: u32,
+        filters: Vec<FilterExtension>,
+        backend_filters: Vec<BackendFilterExtension>,
+    ) -> RouteExtension {
+        RouteExtension {
+            route: resource("gateway.networking.k8s.io", "HTTPRoute", route, 0),
+            rule,
+            filters,
+            backend_filters,
+        }
+    }
+
+    #[test]
+    fn extensions_add_their_filters_to_the_rules_and_backends_they_name() {
+        let routes = routes_ext(policy(vec![
+            extension("r", 0, vec![rewrite_to("/x")], Vec::new()),
+            extension(
+                "r",
+                1,
+                vec![mirror_to("shadow")],
+                vec![BackendFilterExtension {
+                    backend: 1,
+                    filters: vec![rewrite_to("/b")],
+                }],
+            ),
+        ]))
+        .unwrap();
+        let rules = &routes.routes[0].rules;
+        match rules[0].filters.as_slice() {
+            [Filter::Rewrite(r)] => {
+                assert_eq!(r.hostname.as_ref().unwrap(), "h.example");
+                assert!(matches!(&r.path, Some(PathModifier::Full(p)) if p == "/x"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match rules[1].filters.as_slice() {
+            [Filter::Mirror(m)] => {
+                assert_eq!(m.authority, "shadow.ns.svc.cluster.local:80");
+                assert_eq!(&*m.name, "shadow");
+                assert_eq!((m.numerator, m.denominator), (1, 4));
+            }
+            other => panic!("{other:?}"),
+        }
+        let Backends::Weighted(b) = &rules[1].backends else {
+            panic!("no backends");
+        };
+        assert!(b[0].filters.is_empty());
+        assert!(matches!(b[1].filters.as_slice(), [Filter::Rewrite(_)]));
+        // Without extensions: the policy's routes alone.
+        let plain = routes_ext(policy(Vec::new())).unwrap();
+        assert!(plain.routes[0].rules.iter().all(|r| r.filters.is_empty()));
+    }
+
+    #[test]
+    fn an_extension_naming_what_the_policy_does_not_have_refuses_the_policy() {
+        let cases = [
+            (
+                extension("other", 0, vec![rewrite_to("/x")], Vec::new()),
+                "HTTPRoute ns/other: extensions[0]: names a route the policy does not have",
+            ),
+            (
+                extension("r", 2, vec![rewrite_to("/x")], Vec::new()),
+                "HTTPRoute ns/r: extensions[0]: names rule 2, and the route has 2",
+            ),
+            (
+                extension(
+                    "r",
+                    0,
+                    Vec::new(),
+                    vec![BackendFilterExtension {
+                        backend: 1,
+                        filters: vec![rewrite_to("/x")],
+                    }],
+                ),
+                "extensions[0]: rules[0]: names backend 1, which the rule does not have",
+            ),
+            (
+                extension("r", 0, vec![rewrite_to("relative")], Vec::new()),
+                "filters.urlRewrite.path: \"relative\" is not an absolute path",
+            ),
+            (
+                extension(
+                    "r",
+                    0,
+                    vec![FilterExtension {
+                        kind: Some(filter_extension::Kind::RequestMirror(Box::default())),
+                    }],
+                    Vec::new(),
+                ),
+                "filters.requestMirror.backend: no backend",
+            ),
+        ];
+        for (ext, expected) in cases {
+            let error = routes_ext(policy(vec![ext])).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
 }

@@ -8,14 +8,19 @@
 //! the service (`Unimplemented`), or a target it does not know as a Service
 //! (`NotFound`, `InvalidArgument`: a pod address, a host outside the mesh), leaves the
 //! destination without routes: its requests go to its own endpoints.
+//!
+//! The stream's messages are read as weft's extension of the policy
+//! ([`OutboundPolicyExt`]: the policy, plus `URLRewrite` and `RequestMirror` filters);
+//! a controller that sends linkerd's plain `OutboundPolicy` (Linkerd's own) is read
+//! the same, without extensions.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use linkerd2_proxy_api::outbound::outbound_policies_client::OutboundPoliciesClient;
 use linkerd2_proxy_api::outbound::{traffic_spec, TrafficSpec};
 use tokio::sync::watch;
 use tonic::transport::Channel;
+use weft_core::outbound_ext::OutboundPolicyExt;
 
 use super::Routes;
 use crate::backoff::Backoff;
@@ -24,14 +29,31 @@ use crate::destination::Known;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+const WATCH_PATH: &str = "/io.linkerd.proxy.outbound.OutboundPolicies/Watch";
+
+/// `OutboundPolicies.Watch`, its answers decoded as [`OutboundPolicyExt`] (tonic's
+/// generated client is typed to linkerd's `OutboundPolicy`).
+async fn watch_ext(
+    channel: &Channel,
+    spec: TrafficSpec,
+) -> Result<tonic::Response<tonic::codec::Streaming<OutboundPolicyExt>>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("controller connection: {e}")))?;
+    let codec = tonic_prost::ProstCodec::<TrafficSpec, OutboundPolicyExt>::default();
+    grpc.server_streaming(
+        tonic::Request::new(spec),
+        http::uri::PathAndQuery::from_static(WATCH_PATH),
+        codec,
+    )
+    .await
+}
+
 /// Follows the routes of the destination `path` (as `Destination.Get` names it) and
 /// gives them to the destination's service, whichever `state` holds, until the
 /// destination is forgotten (the task is aborted) or the controller says it has none.
-pub(crate) async fn follow(
-    mut client: OutboundPoliciesClient<Channel>,
-    path: String,
-    mut state: watch::Receiver<Known>,
-) {
+pub(crate) async fn follow(channel: Channel, path: String, mut state: watch::Receiver<Known>) {
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut routes: Option<Arc<Routes>> = None;
     loop {
@@ -39,7 +61,7 @@ pub(crate) async fn follow(
             source_workload: String::new(),
             target: Some(traffic_spec::Target::Authority(path.clone())),
         };
-        let ended = match client.watch(spec).await {
+        let ended = match watch_ext(&channel, spec).await {
             Ok(rsp) => {
                 let mut stream = rsp.into_inner();
                 loop {
@@ -47,7 +69,7 @@ pub(crate) async fn follow(
                         message = stream.message() => match message {
                             Ok(Some(policy)) => {
                                 backoff.reset();
-                                match super::convert::routes(policy) {
+                                match super::convert::routes_ext(policy) {
                                     Ok(new) => {
                                         tracing::debug!(destination = %path, routes = new.routes.len(), "routes updated");
                                         routes = (!new.is_empty()).then(|| Arc::new(new));

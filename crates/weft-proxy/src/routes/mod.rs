@@ -2,13 +2,14 @@
 //! (Gateway API `HTTPRoute` and `GRPCRoute` attached to it, GAMMA-style), and choosing
 //! one for a request.
 //!
-//! - [`convert`] reads an `OutboundPolicy` message into [`Routes`], refusing what the
+//! - [`convert`] reads an `OutboundPolicy` message (with weft's extension:
+//!   `URLRewrite`, `RequestMirror`) into [`Routes`], refusing what the
 //!   proxy cannot apply (an invalid regular expression, a backend without a name) with
 //!   a message naming the route and the field;
 //! - [`select`] picks the route rule a request matches, with the Gateway API's
 //!   precedence;
 //! - [`filters`] applies a rule's filters (header modifiers, redirects, failure
-//!   injection);
+//!   injection, URL rewrites; mirrors are sent by the outbound path);
 //! - [`follow`] keeps a Service's routes current from the controller's stream.
 //!
 //! A Service without routes (or whose controller serves none) is sent to as before:
@@ -171,7 +172,38 @@ pub enum Filter {
     Redirect(Redirect),
     /// Answers a share of requests with an error (Linkerd's failure injector).
     Fail(FailureInjector),
+    /// Another host or path for the backend (`URLRewrite`, weft's extension).
+    Rewrite(UrlRewrite),
+    /// A copy of a share of requests to another backend (`RequestMirror`, weft's
+    /// extension); shared by the requests that use it (its bound of copies in flight).
+    Mirror(Arc<Mirror>),
 }
+
+/// The Gateway API's `URLRewrite`.
+#[derive(Clone, Debug, Default)]
+pub struct UrlRewrite {
+    /// The `Host` (`:authority`) the backend sees.
+    pub hostname: Option<HeaderValue>,
+    pub path: Option<PathModifier>,
+}
+
+/// The Gateway API's `RequestMirror`: where copies go, for which share of requests.
+#[derive(Debug)]
+pub struct Mirror {
+    /// The mirror Service as the destination service knows it
+    /// (`name.namespace.svc.cluster.local:port`).
+    pub authority: String,
+    /// Its name in metrics (`mirror_backend`).
+    pub name: Arc<str>,
+    pub numerator: u32,
+    pub denominator: u32,
+    /// Copies in flight: at most [`MAX_MIRRORS_IN_FLIGHT`]; past that, copies are
+    /// dropped (counted), never queued.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Copies of one mirror filter in flight at once.
+pub const MAX_MIRRORS_IN_FLIGHT: usize = 100;
 
 #[derive(Clone, Debug, Default)]
 pub struct HeaderModifier {
