@@ -30,7 +30,9 @@ use crate::balance::{Outcome, Picked};
 use crate::detect::Protocol;
 use crate::drain::Watch;
 use crate::endpoints::Service;
-use crate::metrics::{Classification, Direction, HttpMetrics, RouteLabel, RouteLabels, Str, Tls};
+use crate::metrics::{
+    Classification, Direction, HttpMetrics, RouteLabel, RouteLabelValues, RouteLabels, Str, Tls,
+};
 use crate::retry::RequestBody;
 use crate::routes::RouteMeta;
 use crate::upstream::{HttpUpstreams, HttpVersion, Reusable, SendError, UpstreamError};
@@ -405,7 +407,7 @@ impl ConnContext {
             .and_then(|p| p.identity())
             .filter(|_| self.direction == Direction::Outbound && self.shared.identity.is_some());
         let dst_zone = picked.and_then(|p| p.zone()).map(|z| &**z);
-        RouteLabels {
+        RouteLabels::new(RouteLabelValues {
             direction: self.direction,
             authority: self.shared.metrics.authority_label(authority),
             target_addr: Str(endpoint.map(|e| e.to_string()).unwrap_or_default().into()),
@@ -419,7 +421,7 @@ impl ConnContext {
             client_id: self.client_id.clone(),
             server_id: Str(server_id.map(|id| id.dns_name()).unwrap_or_default().into()),
             route: RouteLabel(route.cloned()),
-        }
+        })
     }
 
     /// A response the proxy makes itself, counted as a failure.

@@ -21,7 +21,7 @@ mod http;
 
 pub use http::{
     DstServiceLabels, ErrorLabels, HttpMetrics, LatencyLabels, ResponseLabels, RetryLabels,
-    RetryMetrics, RouteLabel, RouteLabels,
+    RetryMetrics, RouteLabel, RouteLabelValues, RouteLabels,
 };
 
 /// Labels that identify the workload this proxy serves; added to every metric.
@@ -550,16 +550,18 @@ mod tests {
         let metrics = Metrics::new(&WorkloadLabels::default());
         let render = || metrics.encode(&crate::endpoints::ServiceIndex::default());
         let http = &metrics.http;
-        let route = |addr: &str| RouteLabels {
-            direction: Direction::Outbound,
-            authority: "books:80".into(),
-            target_addr: addr.into(),
-            tls: Tls::NoIdentity,
-            dst_service: "books".into(),
-            dst_zone: "".into(),
-            client_id: "".into(),
-            server_id: "".into(),
-            route: RouteLabel::default(),
+        let route = |addr: &str| {
+            RouteLabels::new(RouteLabelValues {
+                direction: Direction::Outbound,
+                authority: "books:80".into(),
+                target_addr: addr.into(),
+                tls: Tls::NoIdentity,
+                dst_service: "books".into(),
+                dst_zone: "".into(),
+                client_id: "".into(),
+                server_id: "".into(),
+                route: RouteLabel::default(),
+            })
         };
         let (gone, kept) = (route("198.18.0.9:4143"), route("198.18.0.10:4143"));
         for r in [&gone, &kept] {
