@@ -377,3 +377,210 @@ items:
         "no NoEndpoints {{ exists: false }}: {view:?}"
     );
 }
+
+/// Log lines of the whole test process (each test runs in a process of its own under
+/// nextest).
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("weft_controller=info")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        logs
+    }
+
+    /// Lines that contain every one of `words`.
+    fn lines(&self, words: &[&str]) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines()
+            .filter(|l| words.iter().all(|w| l.contains(w)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The number in `metrics` of the sample named `name` (with its labels), if any.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let value = l.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_then_granted_then_the_api_server_gone() {
+    let logs = Logs::capture();
+    let Some(api) = tokio::task::block_in_place(KubeApi::start) else {
+        return;
+    };
+    // The controller as it runs in a cluster: a ServiceAccount's token, with no RBAC
+    // permission yet.
+    kubectl(&api, &["create", "namespace", "weft-system"]);
+    kubectl(
+        &api,
+        &[
+            "-n",
+            "weft-system",
+            "create",
+            "serviceaccount",
+            "weft-controller",
+        ],
+    );
+    let token = kubectl(
+        &api,
+        &[
+            "-n",
+            "weft-system",
+            "create",
+            "token",
+            "weft-controller",
+            "--duration=1h",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: test, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\nusers: [{{name: controller, user: {{token: \"{}\"}}}}]\ncontexts: [{{name: test, context: {{cluster: test, user: controller}}}}]\ncurrent-context: test\n",
+            api.url(),
+            api.ca_cert().display(),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let mesh = Mesh::start(&kubeconfig, "forbidden").await;
+
+    // Refused: retried with backoff, said once, not ready.
+    let pod_errors = "weft_controller_kube_errors_total{kind=\"pod\"}";
+    assert!(
+        weft_test::eventually(Duration::from_secs(30), || async {
+            sample(&mesh.admin("/metrics").await, pod_errors).unwrap_or(0.0) >= 2.0
+        })
+        .await,
+        "the pods' list was not refused twice: {}",
+        mesh.admin("/metrics").await
+    );
+    assert!(!mesh.ready().await, "/ready before the first full list");
+    let refused = [
+        "cannot watch",
+        "kind=\"pod\"",
+        "needs get, list and watch on pods",
+    ];
+    let said = logs.lines(&refused);
+    assert_eq!(
+        said.len(),
+        1,
+        "one line for the refused pods, however many retries: {said:#?}"
+    );
+
+    kubectl(
+        &api,
+        &[
+            "create",
+            "clusterrole",
+            "weft-controller",
+            "--verb=get,list,watch",
+            "--resource=services,pods,nodes,endpointslices.discovery.k8s.io",
+        ],
+    );
+    kubectl(
+        &api,
+        &[
+            "create",
+            "clusterrolebinding",
+            "weft-controller",
+            "--clusterrole=weft-controller",
+            "--serviceaccount=weft-system:weft-controller",
+        ],
+    );
+    assert!(
+        weft_test::eventually(Duration::from_secs(60), || mesh.ready()).await,
+        "/ready did not turn 200 once the controller could list"
+    );
+    let said = logs.lines(&["watching again", "kind=\"pod\""]);
+    assert_eq!(said.len(), 1, "the recovery is said once: {said:#?}");
+
+    // A Service without a selector and the EndpointSlice its owner maintains (no
+    // controller manager here): an unmeshed endpoint, no identity.
+    apply(
+        &api,
+        r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: db, namespace: shop}
+  spec: {ports: [{name: sql, port: 5432}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: db-1, namespace: shop, labels: {kubernetes.io/service-name: db}}
+  addressType: IPv4
+  ports: [{name: sql, port: 5432}]
+  endpoints: [{addresses: [198.18.0.40], zone: zone-c}]
+"#,
+    );
+    let db = [(
+        "198.18.0.40:5432".to_owned(),
+        "zone-c".to_owned(),
+        String::new(),
+    )];
+    let endpoints = |view: &View| -> Vec<(String, String, String)> {
+        view.endpoints
+            .iter()
+            .map(|(a, (z, id))| (a.to_string(), z.clone(), id.clone()))
+            .collect()
+    };
+    let mut stream = mesh.get("db.shop.svc.cluster.local:5432").await;
+    let mut view = View::default();
+    assert!(
+        view.until(&mut stream, Duration::from_secs(5), |v| endpoints(v) == db)
+            .await
+            .is_some(),
+        "{view:?}"
+    );
+
+    // The API server gone: said once per kind, and the last index keeps serving.
+    let apiserver = api.pids()[1];
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &apiserver.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(
+        weft_test::eventually(Duration::from_secs(30), || async {
+            sample(&mesh.admin("/metrics").await, pod_errors).unwrap_or(0.0) >= 4.0
+        })
+        .await,
+        "the watches did not fail without the API server"
+    );
+    let said = logs.lines(&["cannot watch", "kind=\"pod\""]);
+    assert_eq!(said.len(), 2, "refused once, gone once: {said:#?}");
+    let mut stream = mesh.get("db.shop.svc.cluster.local:5432").await;
+    let mut view = View::default();
+    assert!(
+        view.until(&mut stream, PROMPT, |v| endpoints(v) == db)
+            .await
+            .is_some(),
+        "the last index no longer serves: {view:?}"
+    );
+    assert!(mesh.ready().await, "ready stays ready");
+}

@@ -254,14 +254,17 @@ impl Reflect<'_> {
         let metrics = self.metrics.clone();
         let task = tokio::spawn(async move {
             let labels = KindLabels { kind };
-            let mut failing: Option<String> = None;
+            let mut failing: Option<(String, String)> = None;
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(event) => {
                         metrics.events.get_or_create(&labels).inc();
-                        if let Some(error) = failing.take() {
-                            tracing::info!(kind, %error, "kube source: watching again after an error");
+                        // Init starts every attempt, also those that fail.
+                        if !matches!(event, watcher::Event::Init) {
+                            if let Some((_, error)) = failing.take() {
+                                tracing::info!(kind, %error, "kube source: watching again after an error");
+                            }
                         }
                         // A (re)list is applied to the store as a whole at InitDone.
                         if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
@@ -270,11 +273,16 @@ impl Reflect<'_> {
                     }
                     Err(error) => {
                         metrics.errors.get_or_create(&labels).inc();
-                        let message = describe(kind, &error);
-                        if failing.as_deref() != Some(&message) {
+                        let (state, message) = describe(kind, &error);
+                        // Said when the state changes (refused with another status,
+                        // unreachable), not at every retry nor at every way the
+                        // connection fails.
+                        if failing.as_ref().map(|(s, _)| s) != Some(&state) {
                             tracing::warn!(kind, error = %message, "kube source: cannot watch; retrying with backoff, the last index keeps serving");
-                            failing = Some(message);
+                        } else {
+                            tracing::debug!(kind, error = %message, "kube source: cannot watch; retrying with backoff");
                         }
+                        failing = Some((state, message));
                     }
                 }
             }
@@ -283,24 +291,26 @@ impl Reflect<'_> {
     }
 }
 
-/// The error, with what to do when the API refused us.
-fn describe(kind: &str, error: &watcher::Error) -> String {
-    let status = match error {
-        watcher::Error::InitialListFailed(::kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(::kube::Error::Api(s))
-        | watcher::Error::WatchFailed(::kube::Error::Api(s)) => Some(s.as_ref()),
-        watcher::Error::WatchError(s) => Some(s.as_ref()),
-        _ => None,
+/// The error's state (the status code the API server refused with, or `unreachable`)
+/// and the error in a line, with what to do when the API refused us.
+fn describe(kind: &str, error: &watcher::Error) -> (String, String) {
+    let (what, status) = match error {
+        watcher::Error::InitialListFailed(::kube::Error::Api(s)) => ("list", s.as_ref()),
+        watcher::Error::WatchStartFailed(::kube::Error::Api(s))
+        | watcher::Error::WatchFailed(::kube::Error::Api(s)) => ("watch", s.as_ref()),
+        watcher::Error::WatchError(s) => ("watch", s.as_ref()),
+        _ => return ("unreachable".to_owned(), error.to_string()),
     };
-    match status {
-        Some(s) if s.code == 403 => format!(
-            "{error}: the controller's service account needs get, list and watch on {kind}s (a ClusterRole bound to it)"
-        ),
-        Some(s) if s.code == 401 => format!(
-            "{error}: the API server does not accept the controller's credentials"
-        ),
-        _ => error.to_string(),
-    }
+    let refused = format!(
+        "the API server refused to {what} {kind}s: {} ({} {})",
+        status.message, status.code, status.reason
+    );
+    let message = match status.code {
+        403 => format!("{refused}: the controller's service account needs get, list and watch on {kind}s (a ClusterRole bound to it)"),
+        401 => format!("{refused}: the API server does not accept the controller's credentials"),
+        _ => refused,
+    };
+    (status.code.to_string(), message)
 }
 
 struct AbortOnDrop(Vec<JoinHandle<()>>);
