@@ -1,0 +1,443 @@
+//! The injector against a real kube-apiserver (`weft_test::kube::KubeApi`, skipped with
+//! a message when its binaries are not built, failing under CI): the API server calls
+//! the webhook over HTTPS for each new pod, and the stored pods show what it did.
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::ByteString;
+use kube::api::ObjectMeta;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject as _;
+use serde_json::{json, Value};
+use weft_k8s::inject::{self, InjectConfig, Webhook};
+use weft_test::kube::KubeApi;
+
+/// Polls `check` every 100 ms until it gives a value or `limit` passes.
+fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A CA and a serving certificate for 127.0.0.1, written to `dir`; the CA's PEM.
+fn webhook_certificate(dir: &Path) -> String {
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    ca.pem()
+}
+
+/// The injector serving on a loopback port, in a runtime of its own.
+struct Injector {
+    runtime: tokio::runtime::Runtime,
+    task: Option<tokio::task::JoinHandle<()>>,
+    addr: SocketAddr,
+    ca_pem: String,
+}
+
+impl Injector {
+    fn start(api: &KubeApi) -> Injector {
+        let dir = api.dir().join("injector");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_pem = webhook_certificate(&dir);
+        let tls = inject::tls_config(&dir.join("tls.crt"), &dir.join("tls.key")).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let kubeconfig = api.kubeconfig();
+        let (task, addr) = runtime.block_on(async move {
+            let kubeconfig = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .unwrap();
+            let client = kube::Client::try_from(config).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let webhook = Arc::new(Webhook::new(InjectConfig::default(), Some(client)));
+            (tokio::spawn(inject::serve(listener, tls, webhook)), addr)
+        });
+        Injector {
+            runtime,
+            task: Some(task),
+            addr,
+            ca_pem,
+        }
+    }
+
+    /// Stops serving: the port closes, with every connection.
+    fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = self.runtime.block_on(task);
+        }
+        assert!(
+            std::net::TcpStream::connect(self.addr).is_err(),
+            "the injector still listens on {}",
+            self.addr
+        );
+    }
+
+    /// Registers the injector for pod CREATEs with `failure_policy`.
+    fn register(&self, api: &KubeApi, failure_policy: &str) {
+        let config = MutatingWebhookConfiguration {
+            metadata: ObjectMeta {
+                name: Some("weft-injector".into()),
+                ..ObjectMeta::default()
+            },
+            webhooks: Some(vec![MutatingWebhook {
+                name: "inject.weft.io".into(),
+                admission_review_versions: vec!["v1".into()],
+                client_config: WebhookClientConfig {
+                    url: Some(format!("https://{}/inject", self.addr)),
+                    ca_bundle: Some(ByteString(self.ca_pem.clone().into_bytes())),
+                    service: None,
+                },
+                failure_policy: Some(failure_policy.into()),
+                side_effects: "None".into(),
+                timeout_seconds: Some(5),
+                rules: Some(vec![RuleWithOperations {
+                    api_groups: Some(vec![String::new()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    operations: Some(vec!["CREATE".into()]),
+                    resources: Some(vec!["pods".into()]),
+                    scope: Some("Namespaced".into()),
+                }]),
+                ..MutatingWebhook::default()
+            }]),
+        };
+        api.kubectl_stdin(
+            &["apply", "-f", "-"],
+            Some(&serde_json::to_string(&config).unwrap()),
+        )
+        .unwrap();
+    }
+
+    /// A raw HTTPS request to the injector: status code and body.
+    fn request(&self, head: &str, body: &[u8]) -> (u16, String) {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let tcp = std::net::TcpStream::connect(self.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let request = format!(
+            "{head}\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(request.as_bytes()).unwrap();
+        tls.write_all(body).unwrap();
+        let mut response = Vec::new();
+        // The server closes after answering (Connection: close); rustls may report the
+        // close without a close_notify as an error after the whole answer arrived.
+        let _ = tls.read_to_end(&mut response);
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP answer: {response:?}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        (status, body)
+    }
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn pod(name: &str, namespace: &str, annotations: Value, spec_extra: Value) -> String {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": namespace, "annotations": annotations },
+        "spec": { "containers": [{ "name": "app", "image": "books:1" }] },
+    });
+    if let Value::Object(extra) = spec_extra {
+        for (k, v) in extra {
+            pod["spec"][k] = v;
+        }
+    }
+    pod.to_string()
+}
+
+/// `kubectl create -f -`: stdout and stderr (warnings), or the error.
+fn create(api: &KubeApi, object: &str, dry_run: bool) -> Result<(String, String), String> {
+    let mut cmd = api.kubectl_command();
+    cmd.args(["create", "-o", "json", "-f", "-"]);
+    if dry_run {
+        cmd.arg("--dry-run=server");
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(object.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    if out.status.success() {
+        Ok((stdout, stderr))
+    } else {
+        Err(stderr)
+    }
+}
+
+fn stored(api: &KubeApi, namespace: &str, name: &str) -> Value {
+    serde_json::from_str(
+        &api.kubectl(&["-n", namespace, "get", "pod", name, "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn init_names(pod: &Value) -> Vec<String> {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["name"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn injected(pod: &Value) -> bool {
+    init_names(pod) == ["weft-init", "weft-proxy"]
+}
+
+/// Namespaces `meshed` (annotated `weft.io/inject: enabled`) and `plain`, each with its
+/// `default` ServiceAccount (no controller manager makes them here).
+fn namespaces(api: &KubeApi) {
+    for ns in ["meshed", "plain"] {
+        api.kubectl(&["create", "namespace", ns]).unwrap();
+        api.kubectl(&["-n", ns, "create", "serviceaccount", "default"])
+            .unwrap();
+    }
+    api.kubectl(&["annotate", "namespace", "meshed", "weft.io/inject=enabled"])
+        .unwrap();
+}
+
+/// Waits until the API server calls the injector (its webhook configuration is read
+/// asynchronously): a dry-run pod in `meshed` comes back injected.
+fn wait_until_called(api: &KubeApi) {
+    let probe = pod("probe", "meshed", json!({}), Value::Null);
+    let called = eventually(Duration::from_secs(30), || {
+        let (out, _) = create(api, &probe, true).ok()?;
+        injected(&serde_json::from_str(&out).ok()?).then_some(())
+    });
+    assert!(called.is_some(), "the API server never called the injector");
+}
+
+#[test]
+fn the_api_server_injects_pods_through_the_webhook() {
+    let Some(api) = KubeApi::start() else { return };
+    let injector = Injector::start(&api);
+    namespaces(&api);
+    injector.register(&api, "Fail");
+    wait_until_called(&api);
+
+    // A pod in the annotated namespace: weft-init, then the proxy as a native sidecar.
+    create(&api, &pod("web", "meshed", json!({}), Value::Null), false).unwrap();
+    let web = stored(&api, "meshed", "web");
+    assert!(injected(&web), "{web:#}");
+    let proxy = &web["spec"]["initContainers"][1];
+    assert_eq!(proxy["restartPolicy"], "Always");
+    assert_eq!(proxy["securityContext"]["runAsUser"], 2102);
+    assert_eq!(proxy["ports"][0]["containerPort"], 4143);
+    assert_eq!(proxy["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(
+        web["spec"]["initContainers"][0]["securityContext"]["capabilities"]["add"],
+        json!(["NET_ADMIN", "NET_RAW"])
+    );
+    let identity = web["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "weft-identity")
+        .unwrap();
+    assert_eq!(
+        identity["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "identity.weft.io"
+    );
+    assert_eq!(
+        web["metadata"]["annotations"]["weft.io/injected"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        web["spec"]["containers"].as_array().unwrap().len(),
+        1,
+        "the app's containers are untouched"
+    );
+
+    // A pod created injected already (what `weft inject` prints): stored as given.
+    let mut again = web.clone();
+    again["metadata"] = json!({
+        "name": "again",
+        "namespace": "meshed",
+        "annotations": web["metadata"]["annotations"],
+    });
+    again.as_object_mut().unwrap().remove("status");
+    create(&api, &again.to_string(), false).unwrap();
+    let stored_again = stored(&api, "meshed", "again");
+    assert!(injected(&stored_again), "{stored_again:#}");
+    assert_eq!(
+        stored_again["spec"]["volumes"].as_array().unwrap().len(),
+        web["spec"]["volumes"].as_array().unwrap().len()
+    );
+
+    // Host network: created as it is, with a warning for whoever created it.
+    let host = pod("host", "meshed", json!({}), json!({ "hostNetwork": true }));
+    let (_, warnings) = create(&api, &host, false).unwrap();
+    assert!(
+        warnings.contains("weft.io/inject: not injected: the pod uses the host's network"),
+        "{warnings}"
+    );
+    assert!(init_names(&stored(&api, "meshed", "host")).is_empty());
+
+    // The pod's own word: disabled in an enabled namespace, enabled in a plain one.
+    let off = pod(
+        "off",
+        "meshed",
+        json!({ "weft.io/inject": "disabled" }),
+        Value::Null,
+    );
+    create(&api, &off, false).unwrap();
+    assert!(init_names(&stored(&api, "meshed", "off")).is_empty());
+    create(&api, &pod("bare", "plain", json!({}), Value::Null), false).unwrap();
+    assert!(init_names(&stored(&api, "plain", "bare")).is_empty());
+    let on = pod(
+        "on",
+        "plain",
+        json!({ "weft.io/inject": "enabled" }),
+        Value::Null,
+    );
+    create(&api, &on, false).unwrap();
+    assert!(injected(&stored(&api, "plain", "on")));
+
+    // A bad annotation refuses the pod, naming it.
+    let bad = pod(
+        "bad",
+        "meshed",
+        json!({ "weft.io/skip-inbound-ports": "abc" }),
+        Value::Null,
+    );
+    let refused = create(&api, &bad, false).unwrap_err();
+    assert!(
+        refused.contains(
+            r#"denied the request: weft injector: annotation weft.io/skip-inbound-ports: "abc""#
+        ),
+        "{refused}"
+    );
+
+    // Straight to the injector: a malformed AdmissionReview is a 400, not a crash.
+    let (status, body) = injector.request("POST /inject HTTP/1.1", b"{\"kind\": ");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.starts_with("not an admission.k8s.io/v1 AdmissionReview"),
+        "{body}"
+    );
+    let (status, metrics) = injector.request("GET /metrics HTTP/1.1", b"");
+    assert_eq!(status, 200);
+    for line in [
+        r#"weft_injector_admissions_total{result="skipped",reason="already_injected"} 1"#,
+        r#"weft_injector_admissions_total{result="skipped",reason="host_network"} 1"#,
+        r#"weft_injector_admissions_total{result="refused",reason="invalid_annotation"} 1"#,
+        r#"weft_injector_admissions_total{result="error",reason="malformed"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in:\n{metrics}"
+        );
+    }
+}
+
+#[test]
+fn with_the_injector_down_ignore_admits_pods_as_they_are_and_fail_refuses_them() {
+    let Some(api) = KubeApi::start() else { return };
+    let mut injector = Injector::start(&api);
+    namespaces(&api);
+    injector.register(&api, "Ignore");
+    wait_until_called(&api);
+    injector.stop();
+
+    // failurePolicy: Ignore: the pod is created, without the proxy.
+    create(
+        &api,
+        &pod("unmeshed", "meshed", json!({}), Value::Null),
+        false,
+    )
+    .unwrap();
+    assert!(init_names(&stored(&api, "meshed", "unmeshed")).is_empty());
+
+    // failurePolicy: Fail: creation is refused, saying the webhook could not be called.
+    injector.register(&api, "Fail");
+    let probe = pod("probe", "meshed", json!({}), Value::Null);
+    let refused = eventually(Duration::from_secs(30), || create(&api, &probe, true).err());
+    let refused = refused.expect("pods were still admitted with failurePolicy Fail");
+    assert!(
+        refused.contains(r#"failed calling webhook "inject.weft.io""#),
+        "{refused}"
+    );
+    let err = create(
+        &api,
+        &pod("refused", "meshed", json!({}), Value::Null),
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains(r#"failed calling webhook "inject.weft.io""#),
+        "{err}"
+    );
+    assert!(api
+        .kubectl(&["-n", "meshed", "get", "pod", "refused"])
+        .is_err());
+}
