@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::headers::grpc_status_of;
-use crate::metrics::{Classification, Direction, HttpMetrics, RouteLabels};
+use crate::metrics::{Classification, Direction, Metrics, RouteLabels};
 use crate::upstream::Reusable;
 
 /// The request's deadline, carried into its response body.
@@ -24,7 +24,9 @@ pub(crate) struct BodyDeadline {
 
 /// gRPC status (possibly in trailers) is known.
 pub(crate) struct ResponseRecorder {
-    metrics: HttpMetrics,
+    /// The proxy's metrics: one reference count per response (a clone of the
+    /// `HttpMetrics` handles was a dozen).
+    metrics: std::sync::Arc<Metrics>,
     route: Option<RouteLabels>,
     status: u16,
     grpc: bool,
@@ -35,7 +37,7 @@ pub(crate) struct ResponseRecorder {
 
 impl ResponseRecorder {
     pub(super) fn new(
-        metrics: HttpMetrics,
+        metrics: std::sync::Arc<Metrics>,
         route: RouteLabels,
         status: u16,
         grpc: bool,
@@ -62,7 +64,9 @@ impl ResponseRecorder {
         } else {
             Classification::Success
         };
-        self.metrics.response(route, self.status, classification);
+        self.metrics
+            .http
+            .response(route, self.status, classification);
     }
 }
 
@@ -135,7 +139,7 @@ impl Body for ProxyBody {
                         // The connection is mid-response: closed, not pooled.
                         reusable.take();
                         recorder.broken = true;
-                        recorder.metrics.error(
+                        recorder.metrics.http.error(
                             recorder
                                 .route
                                 .as_ref()

@@ -683,8 +683,13 @@ impl Answer {
                 r.give_back();
             }
         }
-        let recorder =
-            body::ResponseRecorder::new(metrics.clone(), route, status.as_u16(), grpc, grpc_status);
+        let recorder = body::ResponseRecorder::new(
+            ctx.shared.metrics.clone(),
+            route,
+            status.as_u16(),
+            grpc,
+            grpc_status,
+        );
         // The deadline still holds for the body (not for a tunnel, which is no longer a
         // request).
         let deadline = deadline
