@@ -313,8 +313,19 @@ fn requests_succeed_after_the_controller_is_killed() {
         ["books-0", "books-1"],
         "the calls did not reach both replicas"
     );
-    // The steady load kept succeeding too.
-    std::thread::sleep(Duration::from_millis(500));
+    // The steady load kept succeeding too: wait for it to answer a few more calls.
+    let successes = |m: &Scrape| {
+        m.sum(
+            "response_total",
+            &[("direction", "outbound"), ("classification", "success")],
+        )
+    };
+    let answered = successes(&env.metrics("client-0").unwrap());
+    let more = eventually(Duration::from_secs(10), || {
+        let m = env.metrics("client-0")?;
+        (successes(&m) >= answered + 5.0).then_some(())
+    });
+    assert!(more.is_some(), "the steady load stopped being answered");
     let client = env.metrics("client-0").unwrap();
     assert_eq!(
         client.sum(
@@ -395,7 +406,8 @@ fn bad_input_is_refused_with_its_location_and_nothing_starts() {
 /// Returns once the socket is open; `stop` ends it and gives the bytes.
 struct Capture {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<u8>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Capture {
@@ -410,6 +422,8 @@ impl Capture {
         let (opened_tx, opened) = std::sync::mpsc::channel();
         let path = format!("/var/run/netns/{netns}");
         let stopping = stop.clone();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let captured = seen.clone();
         let thread = std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).expect("the namespace");
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
@@ -427,24 +441,28 @@ impl Capture {
             )
             .unwrap();
             opened_tx.send(()).unwrap();
-            let mut seen = Vec::new();
             let mut frame = vec![0u8; 65_536];
             // Bounded: a test that forgets to stop it still ends.
             let deadline = Instant::now() + Duration::from_secs(60);
             while !stopping.load(Ordering::Relaxed) && Instant::now() < deadline {
                 if let Ok(n) = recv(fd.as_raw_fd(), &mut frame, MsgFlags::empty()) {
-                    seen.extend_from_slice(&frame[..n]);
+                    captured.lock().unwrap().extend_from_slice(&frame[..n]);
                 }
             }
-            seen
         });
         opened.recv().expect("the capture started");
-        Capture { stop, thread }
+        Capture { stop, seen, thread }
     }
 
-    fn stop(self) -> Vec<u8> {
+    /// Stops once `marker` has been captured (or after 5 s: the caller's assertion then
+    /// says it was not), and returns everything captured.
+    fn stop_after(self, marker: &[u8]) -> Vec<u8> {
+        eventually(Duration::from_secs(5), || {
+            contains(&self.seen.lock().unwrap(), marker).then_some(())
+        });
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().expect("the capture thread")
+        self.thread.join().expect("the capture thread");
+        std::mem::take(&mut *self.seen.lock().unwrap())
     }
 }
 
@@ -485,8 +503,7 @@ fn meshed_calls_are_encrypted_on_the_wire() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    std::thread::sleep(Duration::from_millis(100));
-    let seen = capture.stop();
+    let seen = capture.stop_after(control.as_bytes());
 
     assert!(
         contains(&seen, control.as_bytes()),
