@@ -15,6 +15,9 @@ use linkerd2_proxy_api::destination::update::Update as Kind;
 use linkerd2_proxy_api::destination::{GetDestination, Update};
 use linkerd2_proxy_api::identity::identity_client::IdentityClient;
 use linkerd2_proxy_api::identity::CertifyRequest;
+use linkerd2_proxy_api::meta;
+use linkerd2_proxy_api::outbound::outbound_policies_client::OutboundPoliciesClient;
+use linkerd2_proxy_api::outbound::{proxy_protocol, traffic_spec, TrafficSpec};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Streaming;
@@ -115,8 +118,8 @@ impl Mesh {
             .unwrap()
     }
 
-    /// A client presenting a workload certificate (obtained with Certify, as a proxy).
-    async fn client(&self) -> DestinationClient<Channel> {
+    /// A channel presenting a workload certificate (obtained with Certify, as a proxy).
+    async fn workload_channel(&self) -> Channel {
         let token = std::fs::read(identity::token_path(
             &self.dir.join("tokens"),
             "default",
@@ -144,7 +147,38 @@ impl Mesh {
             .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der)))
             .collect();
         let id = Identity::from_pem(chain, key.serialize_pem());
-        DestinationClient::new(self.channel(Some(id)).await)
+        self.channel(Some(id)).await
+    }
+
+    async fn client(&self) -> DestinationClient<Channel> {
+        DestinationClient::new(self.workload_channel().await)
+    }
+
+    /// The names of the HTTP routes of `authority`'s outbound policy.
+    async fn http_routes(&self, authority: &str) -> Vec<String> {
+        let spec = TrafficSpec {
+            source_workload: "default:client".into(),
+            target: Some(traffic_spec::Target::Authority(authority.into())),
+        };
+        let policy = OutboundPoliciesClient::new(self.workload_channel().await)
+            .get(spec)
+            .await
+            .unwrap_or_else(|s| panic!("OutboundPolicies.Get {authority}: {s}"))
+            .into_inner();
+        let Some(proxy_protocol::Kind::Detect(detect)) =
+            policy.protocol.as_ref().and_then(|p| p.kind.as_ref())
+        else {
+            panic!("not a detect policy: {policy:?}");
+        };
+        detect
+            .http1
+            .iter()
+            .flat_map(|h| &h.routes)
+            .filter_map(|r| match r.metadata.as_ref()?.kind.as_ref()? {
+                meta::metadata::Kind::Resource(r) => Some(r.name.clone()),
+                meta::metadata::Kind::Default(_) => None,
+            })
+            .collect()
     }
 
     async fn get(&self, path: &str) -> Streaming<Update> {
@@ -301,6 +335,17 @@ items:
     );
     apply(&api, &pod_yaml("web-1"));
     apply(&api, &pod_yaml("web-2"));
+    // The Gateway API's HTTPRoute, as its CRD serves it (the schema left open: the
+    // controller checks routes itself); no GRPCRoute nor ReferenceGrant CRD.
+    apply(&api, HTTPROUTE_CRD);
+    tokio::task::block_in_place(|| {
+        api.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/httproutes.gateway.networking.k8s.io",
+        ])
+    })
+    .unwrap();
 
     let mesh = Mesh::start(&api.kubeconfig(), "ready").await;
     assert!(
@@ -335,6 +380,27 @@ items:
             "{addr}: the node's zone (the slice's) and web's identity"
         );
     }
+
+    // A route whose parent is the Service reaches its outbound policy.
+    apply(
+        &api,
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-split, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+"#,
+    );
+    assert!(
+        weft_test::eventually(Duration::from_secs(5), || async {
+            mesh.http_routes("web.shop.svc.cluster.local:80").await == ["web-split"]
+        })
+        .await,
+        "the HTTPRoute did not reach web's outbound policy: {:?}",
+        mesh.http_routes("web.shop.svc.cluster.local:80").await
+    );
 
     // Scaled to 3.
     apply(&api, &pod_yaml("web-3"));
@@ -490,15 +556,19 @@ async fn forbidden_then_granted_then_the_api_server_gone() {
         "one line for the refused pods, however many retries: {said:#?}"
     );
 
-    kubectl(
+    apply(
         &api,
-        &[
-            "create",
-            "clusterrole",
-            "weft-controller",
-            "--verb=get,list,watch",
-            "--resource=services,pods,nodes,endpointslices.discovery.k8s.io",
-        ],
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: weft-controller}
+rules:
+- {apiGroups: [""], resources: [services, pods, nodes], verbs: [get, list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [get, list, watch]}
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes, grpcroutes, referencegrants]
+  verbs: [get, list, watch]
+"#,
     );
     kubectl(
         &api,
@@ -584,3 +654,23 @@ items:
     );
     assert!(mesh.ready().await, "ready stays ready");
 }
+
+/// The HTTPRoute CRD, its schema open.
+const HTTPROUTE_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: httproutes.gateway.networking.k8s.io
+  annotations: {api-approved.kubernetes.io: "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}
+spec:
+  group: gateway.networking.k8s.io
+  names: {kind: HTTPRoute, listKind: HTTPRouteList, plural: httproutes, singular: httproute}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;

@@ -192,8 +192,9 @@ impl Index {
                 .get(&key)
                 .and_then(|ports| ports.get(&port));
             for (addr, l) in addrs.into_iter().flatten() {
-                let e = self.listed_endpoint(namespace, *addr, l, svc_port.is_opaque());
-                endpoints.insert(e.addr, e);
+                if let Some(e) = self.listed_endpoint(namespace, *addr, l, svc_port.is_opaque()) {
+                    endpoints.insert(e.addr, e);
+                }
             }
             return Resolution::Service {
                 namespace: namespace.to_owned(),
@@ -230,14 +231,16 @@ impl Index {
     }
 
     /// A listed address: the pod at it (when it is the pod the list names) as any pod's
-    /// endpoint, with the list's zone; else an endpoint of no identity.
+    /// endpoint, with the list's zone; an address the list names no pod for is an
+    /// endpoint of no identity. `None` when the list names a pod not known here (yet):
+    /// sent without its identity, callers would speak plaintext to a meshed pod.
     fn listed_endpoint(
         &self,
         namespace: &str,
         addr: SocketAddr,
         listed: &ListedEndpoint,
         opaque_port: bool,
-    ) -> Endpoint {
+    ) -> Option<Endpoint> {
         let pod = self
             .pods_by_ip
             .get(&addr.ip())
@@ -252,9 +255,10 @@ impl Index {
                 if listed.zone.is_some() {
                     e.zone = listed.zone.clone();
                 }
-                e
+                Some(e)
             }
-            None => Endpoint {
+            None if listed.pod.is_some() => None,
+            None => Some(Endpoint {
                 addr,
                 weight: DEFAULT_WEIGHT,
                 pod: listed.pod.clone().unwrap_or_default(),
@@ -264,7 +268,7 @@ impl Index {
                 zone: listed.zone.clone(),
                 identity: None,
                 protocol: Protocol::Unknown,
-            },
+            }),
         }
     }
 

@@ -1,17 +1,19 @@
 //! The destination index from the Kubernetes objects the reflectors hold: the same
 //! [`Mesh`] and [`PodsFile`] the local source builds (one workload per pod, so that
 //! its service account, labels and ports are there for identity, routes and policy),
-//! and each Service's endpoints as its EndpointSlices list them ([`Listed`]).
+//! and each Service's endpoints as its EndpointSlices list them ([`Listed`]); the
+//! Gateway API objects as the mesh's gateway objects, which the routes index reads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use ::kube::api::DynamicObject;
 use k8s_openapi::api::core::v1::{Node, Pod, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_core::mesh::{
-    ContainerPort, Mesh, ProxySettings, Service, ServicePort, TargetPort, Workload,
+    ContainerPort, GatewayObject, Mesh, ProxySettings, Service, ServicePort, TargetPort, Workload,
 };
 use weft_core::pods::{PodEntry, PodsFile, ServiceAddress};
 
@@ -25,6 +27,8 @@ pub struct Objects {
     pub slices: Vec<Arc<EndpointSlice>>,
     pub pods: Vec<Arc<Pod>>,
     pub nodes: Vec<Arc<Node>>,
+    /// Gateway API objects by kind (`HTTPRoute`, `GRPCRoute`, `ReferenceGrant`).
+    pub gateway: Vec<(String, Vec<Arc<DynamicObject>>)>,
 }
 
 /// The index of `objects`; identities are named in `trust_domain`.
@@ -108,12 +112,19 @@ pub fn index(objects: &Objects, trust_domain: &str, opaque_ports: &[u16]) -> Ind
         add_slice(ports, service, slice, &zones);
     }
 
+    let mut gateway: Vec<GatewayObject> = objects
+        .gateway
+        .iter()
+        .flat_map(|(kind, objects)| objects.iter().filter_map(|o| gateway_object(kind, o)))
+        .collect();
+    gateway.sort_by(|a, b| a.location.cmp(&b.location));
+
     let mesh = Mesh {
         trust_domain: trust_domain.to_owned(),
         workloads,
         services,
         warnings: Vec::new(),
-        gateway: Vec::new(),
+        gateway,
     };
     let pods = PodsFile {
         pods,
@@ -304,4 +315,38 @@ fn add_slice(
             }
         }
     }
+}
+
+/// What the mesh's gateway objects say of where an object came from.
+pub const GATEWAY_FILE: &str = "kubernetes";
+
+/// A Gateway API object as the local mesh reads it from a file: its kind and API
+/// version set (items of a list may come without them), `HTTPRoute ns/name` as its
+/// location.
+fn gateway_object(kind: &str, object: &DynamicObject) -> Option<GatewayObject> {
+    let name = object.metadata.name.as_deref()?;
+    let namespace = object.metadata.namespace.as_deref()?;
+    let mut value = serde_json::to_value(object).ok()?;
+    let fields = value.as_object_mut()?;
+    let api_version = object
+        .types
+        .as_ref()
+        .map(|t| t.api_version.clone())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            let version = if kind == "ReferenceGrant" {
+                "v1beta1"
+            } else {
+                "v1"
+            };
+            format!("{}/{version}", crate::routes::GATEWAY_GROUP)
+        });
+    fields.insert("apiVersion".into(), api_version.into());
+    fields.insert("kind".into(), kind.into());
+    Some(GatewayObject {
+        file: GATEWAY_FILE.to_owned(),
+        location: format!("{kind} {namespace}/{name}"),
+        kind: kind.to_owned(),
+        value: serde_yaml_ng::to_value(&value).ok()?,
+    })
 }

@@ -13,6 +13,12 @@
 //! - Its identity is its pod's service account and namespace, for pods that run weft's
 //!   proxy (annotated [`INJECTED_ANNOTATION`]); other endpoints have none (callers
 //!   speak plaintext to them).
+//! - Gateway API HTTPRoutes, GRPCRoutes (`gateway.networking.k8s.io/v1`) and
+//!   ReferenceGrants (`v1beta1`) are reflected too, into the mesh's gateway objects the
+//!   routes index reads as it reads the local mesh directory's ([`crate::routes`]).
+//!   Their CRDs may not be installed: a kind the API server does not serve (404), or
+//!   does not let the controller read (403, logged), is none of that kind, and is
+//!   picked up when it is served (the watcher retries with backoff, 30 s at most).
 //! - Until every reflector has listed its objects once, nothing is published and the
 //!   controller's `/ready` stays false. Errors (RBAC denied, API server down) are
 //!   logged once per change of state (per kind of object); the watchers retry with
@@ -32,10 +38,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::kube::api::Api;
+use ::kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use ::kube::runtime::reflector::{self, Store};
 use ::kube::runtime::{watcher, WatchStreamExt as _};
-use ::kube::{Client, Resource, ResourceExt as _};
+use ::kube::{Client, Resource};
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -161,35 +167,48 @@ impl KubeSource {
             changed: &changed,
             metrics: &metrics,
         };
-        let (services, t1) = reflect.all::<Service>("service");
-        let (slices, t2) = reflect.all::<EndpointSlice>("endpointslice");
-        let (pods, t3) = reflect.all::<Pod>("pod");
-        let (nodes, t4) = reflect.all::<Node>("node");
-        // The reflectors stop with this task.
-        let _tasks = AbortOnDrop(vec![t1, t2, t3, t4]);
+        let mut tasks = AbortOnDrop(Vec::new());
+        let services = reflect.all::<Service>("service", (), false, &mut tasks);
+        let slices = reflect.all::<EndpointSlice>("endpointslice", (), false, &mut tasks);
+        let pods = reflect.all::<Pod>("pod", (), false, &mut tasks);
+        let nodes = reflect.all::<Node>("node", (), false, &mut tasks);
+        let gateway: Vec<_> = GATEWAY_KINDS
+            .iter()
+            .map(|&(version, kind, plural)| {
+                let gvk = GroupVersionKind::gvk(crate::routes::GATEWAY_GROUP, version, kind);
+                let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+                let store =
+                    reflect.all::<DynamicObject>(plural, resource.clone(), true, &mut tasks);
+                (resource, store)
+            })
+            .collect();
 
-        let synced = futures_util::future::try_join4(
-            services.wait_until_ready(),
-            slices.wait_until_ready(),
-            pods.wait_until_ready(),
-            nodes.wait_until_ready(),
-        )
-        .await;
-        if synced.is_err() {
-            tracing::error!("kube source: a reflector stopped before its first list");
-            return;
+        let mut settled: Vec<_> = [&services.1, &slices.1, &pods.1, &nodes.1]
+            .into_iter()
+            .chain(gateway.iter().map(|(_, (_, s))| s))
+            .cloned()
+            .collect();
+        for s in &mut settled {
+            if s.wait_for(|listed| *listed).await.is_err() {
+                tracing::error!("kube source: a reflector stopped before its first list");
+                return;
+            }
         }
         let took = started.elapsed();
         metrics.sync_seconds.set(took.as_secs_f64());
         let objects = || Objects {
-            services: services.state(),
-            slices: slices.state(),
-            pods: pods.state(),
-            nodes: nodes.state(),
+            services: services.0.state(),
+            slices: slices.0.state(),
+            pods: pods.0.state(),
+            nodes: nodes.0.state(),
+            gateway: gateway
+                .iter()
+                .map(|(resource, (store, _))| (resource.kind.clone(), store.state()))
+                .collect(),
         };
         self.publish(&publish, &objects(), &metrics, &destination);
         ready.store(true, Ordering::Release);
-        tracing::info!(took = ?took, "kube source: Services, EndpointSlices, Pods and Nodes listed; ready");
+        tracing::info!(took = ?took, "kube source: Services, EndpointSlices, Pods, Nodes and Gateway API routes listed; ready");
 
         let mut last = Instant::now();
         loop {
@@ -228,6 +247,17 @@ impl KubeSource {
     }
 }
 
+/// The Gateway API kinds reflected: version, kind and plural.
+const GATEWAY_KINDS: [(&str, &str, &str); 3] = [
+    ("v1", "HTTPRoute", "httproutes"),
+    ("v1", "GRPCRoute", "grpcroutes"),
+    ("v1beta1", "ReferenceGrant", "referencegrants"),
+];
+
+/// A reflector's store, and whether it has listed its objects once (or its kind is
+/// not served: a CRD not installed).
+type Reflected<K> = (Store<K>, watch::Receiver<bool>);
+
 /// Starts reflectors; each wakes `changed` on every change after its first list.
 struct Reflect<'a> {
     client: &'a Client,
@@ -237,21 +267,33 @@ struct Reflect<'a> {
 
 impl Reflect<'_> {
     /// A reflector over every namespace's objects of kind `K` (`kind`: its name in logs
-    /// and metrics), driven by a task of its own.
-    fn all<K>(&self, kind: &'static str) -> (Store<K>, JoinHandle<()>)
+    /// and metrics), driven by a task of its own (added to `tasks`). An `optional` kind
+    /// that the API server does not serve (404: no CRD) or lets us read (403) counts as
+    /// listed with no objects, so that it does not hold the controller's readiness;
+    /// the error is logged all the same.
+    fn all<K>(
+        &self,
+        kind: &'static str,
+        resource: K::DynamicType,
+        optional: bool,
+        tasks: &mut AbortOnDrop,
+    ) -> Reflected<K>
     where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
     {
-        let api: Api<K> = Api::all(self.client.clone());
-        let (reader, writer) = reflector::store();
+        let api: Api<K> = Api::all_with(self.client.clone(), &resource);
+        let writer = reflector::store::Writer::new(resource);
+        let reader = writer.as_reader();
         // What the index never reads is not kept: managed fields are most of an
         // object's size.
         let stream = watcher(api, watcher::Config::default())
             .default_backoff()
-            .modify(|o: &mut K| o.managed_fields_mut().clear());
+            .modify(|o: &mut K| o.meta_mut().managed_fields = None);
         let stream = reflector::reflector(writer, stream);
         let changed = self.changed.clone();
         let metrics = self.metrics.clone();
+        let (settle, settled) = watch::channel(false);
         let task = tokio::spawn(async move {
             let labels = KindLabels { kind };
             let mut failing: Option<(String, String)> = None;
@@ -270,10 +312,19 @@ impl Reflect<'_> {
                         if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
                             changed.notify_one();
                         }
+                        if matches!(event, watcher::Event::InitDone) {
+                            settle.send_replace(true);
+                        }
                     }
                     Err(error) => {
                         metrics.errors.get_or_create(&labels).inc();
                         let (state, message) = describe(kind, &error);
+                        // Not served (its CRD is not installed) or not allowed: none
+                        // of that kind, until it is.
+                        if optional && (state == "404" || state == "403") && !*settle.borrow() {
+                            settle.send_replace(true);
+                            changed.notify_one();
+                        }
                         // Said when the state changes (refused with another status,
                         // unreachable), not at every retry nor at every way the
                         // connection fails.
@@ -287,7 +338,8 @@ impl Reflect<'_> {
                 }
             }
         });
-        (reader, task)
+        tasks.0.push(task);
+        (reader, settled)
     }
 }
 

@@ -73,6 +73,7 @@ fn objects() -> Objects {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": "node-1", "labels": {"topology.kubernetes.io/zone": "zone-a"}}
         }))],
+        gateway: Vec::new(),
     }
 }
 
@@ -197,4 +198,32 @@ fn objects_the_mesh_cannot_serve_are_left_out() {
     };
     assert_eq!(index.resolve(&external), Resolution::Unknown);
     assert_eq!(index.counts(), (1, 3, 3));
+}
+
+#[test]
+fn a_pod_not_reflected_yet_is_withheld_and_an_address_of_no_pod_is_plaintext() {
+    let mut objects = objects();
+    // The slice's watch can be ahead of the pods': web-4 is listed before its pod is
+    // known. Sent without its identity, callers would speak plaintext to it.
+    objects.slices.push(object(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-fghij", "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [
+            {"addresses": ["198.18.0.14"], "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-4"}},
+            {"addresses": ["198.18.0.15"]}
+        ]
+    })));
+    let index = index(&objects, "cluster.local", &[]);
+    let Resolution::Service { endpoints, .. } = index.resolve(&web(80)) else {
+        panic!("web:80 did not resolve to a Service");
+    };
+    assert!(!endpoints.contains_key(&"198.18.0.14:8080".parse().unwrap()));
+    let external = &endpoints[&"198.18.0.15:8080".parse().unwrap()];
+    assert_eq!(
+        (external.identity.as_deref(), external.protocol),
+        (None, Protocol::Unknown)
+    );
 }
