@@ -6,6 +6,7 @@ mod edges;
 mod fetch;
 mod get;
 mod identity;
+mod inject;
 mod load;
 mod local;
 mod observe;
@@ -59,6 +60,8 @@ enum Command {
     Get(get::GetArgs),
     /// Progressive delivery: shift an HTTPRoute's weights to a canary step by step, roll back on failure.
     Rollout(rollout::RolloutArgs),
+    /// Add the weft proxy to the pods of Kubernetes YAML (FILE or -), as the injector would; prints YAML.
+    Inject(inject::InjectArgs),
 }
 
 /// Errors are for people: one message with its causes (`error: what: why`), no
@@ -100,6 +103,7 @@ fn run() -> anyhow::Result<()> {
             Command::Diagnostics(args) => diagnostics::run(args).await,
             Command::Get(args) => get::run(args),
             Command::Rollout(args) => rollout::run(args).await,
+            Command::Inject(args) => inject::run(args),
         }
     })
 }

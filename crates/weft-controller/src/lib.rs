@@ -306,9 +306,9 @@ impl Controller {
                         subscribe
                     }
                     Source::Kube(source) => {
-                        // Empty until the first full list.
+                        // Pending until the first full list.
                         let (publish, subscribe) = tokio::sync::watch::channel(Arc::new(
-                            destination::Index::empty(&config.trust_domain),
+                            destination::Index::pending(&config.trust_domain),
                         ));
                         background.push(tokio::spawn(source.run(
                             publish,

@@ -544,6 +544,12 @@ async fn forbidden_then_granted_then_the_api_server_gone() {
         mesh.admin("/metrics").await
     );
     assert!(!mesh.ready().await, "/ready before the first full list");
+    // Discovery unavailable: a stream says nothing (the proxy fails closed), rather
+    // than "no such destination".
+    let mut early = mesh.get("db.shop.svc.cluster.local:5432").await;
+    if let Ok(update) = tokio::time::timeout(Duration::from_millis(300), early.message()).await {
+        panic!("an update before the first full list: {update:?}");
+    }
     let refused = [
         "cannot watch",
         "kind=\"pod\"",
@@ -623,6 +629,14 @@ items:
     let mut view = View::default();
     assert!(
         view.until(&mut stream, Duration::from_secs(5), |v| endpoints(v) == db)
+            .await
+            .is_some(),
+        "{view:?}"
+    );
+    // The stream opened before the first list follows too.
+    let mut view = View::default();
+    assert!(
+        view.until(&mut early, PROMPT, |v| endpoints(v) == db)
             .await
             .is_some(),
         "{view:?}"

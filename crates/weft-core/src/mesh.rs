@@ -10,6 +10,9 @@
 //!   zoneMode: aware                   # aware (default) | unaware | local-only
 //!   args: [--zone-high, "3"]          # more weft-proxy flags
 //! user: 2103                          # apps' user (default 2103): UID, "UID:GID" or a name
+//! policy:
+//!   default: all-authenticated        # the mesh-wide default inbound policy (the
+//!                                     # controller's; default all-unauthenticated)
 //! workloads:
 //!   - name: books
 //!     namespace: default              # default
@@ -67,6 +70,15 @@ pub const PROXY_PORTS: [(u16, &str); 3] = [
 
 /// The proxy's `--zone-mode` values.
 pub const ZONE_MODES: [&str; 3] = ["aware", "unaware", "local-only"];
+
+/// The default inbound policies (`policy.default` in `mesh.yaml`, the controller's
+/// `--default-inbound-policy`): what a workload's port that no Server selects allows.
+pub const DEFAULT_INBOUND_POLICIES: [&str; 4] = [
+    "all-unauthenticated",
+    "all-authenticated",
+    "cluster-authenticated",
+    "deny",
+];
 
 /// weft-proxy flags `weft up` manages (discovery, identity, listeners, labels); `proxy.args`
 /// cannot give them.

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use weft_core::mesh::Mesh;
+use weft_core::mesh::{Mesh, DEFAULT_INBOUND_POLICIES};
 
 use self::addresses::loopback_block;
 use self::processes::Restarts;
@@ -65,6 +65,11 @@ pub struct UpArgs {
     /// Proxy log filter (tracing syntax).
     #[arg(long, default_value = "info")]
     proxy_log: String,
+    /// The mesh-wide default inbound policy (what a workload's port that no Server
+    /// selects allows), over mesh.yaml's `policy.default`; given to the controller
+    /// [default: mesh.yaml's, else all-unauthenticated].
+    #[arg(long, env = "WEFT_DEFAULT_INBOUND_POLICY", value_parser = clap::builder::PossibleValuesParser::new(DEFAULT_INBOUND_POLICIES))]
+    default_inbound_policy: Option<String>,
     /// Loopback mode even as root (without root it is the only mode): every pod is an
     /// address from 127.18.0.0/16 instead of a network namespace, its proxy runs in
     /// explicit mode there, and its app must listen on $WEFT_LISTEN_ADDR and send HTTP
@@ -163,7 +168,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 "not root"
             })
         );
-        for w in loopback_warnings(&mesh) {
+        let policy = default_inbound_policy(args.default_inbound_policy.as_deref(), &mesh);
+        for w in loopback_warnings(&mesh, policy) {
             eprintln!("warning: {w}");
         }
     }
@@ -287,8 +293,13 @@ fn preflight(
 
 /// What loopback mode cannot do for this mesh: a Service port that targets another
 /// port than its workload's first (inbound traffic goes to the first port only).
-fn loopback_warnings(mesh: &Mesh) -> Vec<String> {
+fn loopback_warnings(mesh: &Mesh, default_inbound_policy: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
+    if let Some(policy) = default_inbound_policy {
+        out.push(format!(
+            "default inbound policy {policy}: loopback mode's proxies do not ask the controller for policies, so it does not apply (give the proxies --default-inbound-policy in proxy.args)"
+        ));
+    }
     for w in mesh.workloads.iter().filter(|w| w.user.is_some()) {
         out.push(format!(
             "workload {}: user: is ignored in loopback mode (every process runs as you)",
@@ -312,6 +323,12 @@ fn loopback_warnings(mesh: &Mesh) -> Vec<String> {
         }
     }
     out
+}
+
+/// The mesh-wide default inbound policy: `--default-inbound-policy`, else `mesh.yaml`'s
+/// `policy.default`, else none (the controller's own default).
+fn default_inbound_policy<'a>(flag: Option<&'a str>, mesh: &'a Mesh) -> Option<&'a str> {
+    flag.or(mesh.default_inbound_policy.as_deref())
 }
 
 /// Fixed paths and settings of one `weft up`.
@@ -344,6 +361,8 @@ struct Paths {
     /// directory, and that directory.
     apps_bin: Option<(PathBuf, PathBuf)>,
     proxy_log: String,
+    /// `--default-inbound-policy`: over `mesh.yaml`'s.
+    default_inbound_policy: Option<String>,
 }
 
 struct Runner {
@@ -426,6 +445,7 @@ impl Runner {
             path_env: apps_path(apps_bin.as_deref(), &exe_dir)?,
             apps_bin: apps_bin.map(|dir| (dir, exe_dir)),
             proxy_log: args.proxy_log.clone(),
+            default_inbound_policy: args.default_inbound_policy.clone(),
         };
         let created_dir = !paths.state_dir.exists();
         std::fs::create_dir_all(&paths.state_dir)
@@ -604,8 +624,69 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            loopback_warnings(&mesh),
+            loopback_warnings(&mesh, None),
             ["Service default/api port 9090 targets port 9090 of workload api, but in loopback mode a pod's inbound traffic goes to its first port (8080)"]
         );
+    }
+
+    fn mesh_with_policy(policy: &str) -> Mesh {
+        Mesh::parse(&[(
+            "mesh.yaml".into(),
+            format!(
+                "kind: Mesh\n{policy}workloads:\n  - {{name: api, ports: [8080], command: [x]}}\n"
+            ),
+        )])
+        .unwrap()
+    }
+
+    #[test]
+    fn the_flag_overrides_the_mesh_default_inbound_policy() {
+        let none = mesh_with_policy("");
+        let deny = mesh_with_policy("policy: {default: deny}\n");
+        assert_eq!(default_inbound_policy(None, &none), None);
+        assert_eq!(default_inbound_policy(None, &deny), Some("deny"));
+        assert_eq!(
+            default_inbound_policy(Some("all-authenticated"), &deny),
+            Some("all-authenticated")
+        );
+        assert_eq!(
+            loopback_warnings(&deny, Some("deny")),
+            ["default inbound policy deny: loopback mode's proxies do not ask the controller for policies, so it does not apply (give the proxies --default-inbound-policy in proxy.args)"]
+        );
+    }
+
+    #[test]
+    fn the_flag_takes_the_four_policies_and_nothing_else() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            up: UpArgs,
+        }
+        let parse = |value: &str| {
+            Cli::try_parse_from(["weft", "--default-inbound-policy", value])
+                .map(|c| c.up.default_inbound_policy)
+        };
+        for value in DEFAULT_INBOUND_POLICIES {
+            assert_eq!(parse(value).unwrap().as_deref(), Some(value));
+        }
+        let err = parse("allow").err().unwrap().to_string();
+        assert!(
+            err.contains("invalid value 'allow' for '--default-inbound-policy")
+                && err.contains(
+                    "all-unauthenticated, all-authenticated, cluster-authenticated, deny"
+                ),
+            "{err}"
+        );
+    }
+
+    /// The mesh's values are the controller's: `weft up` passes them to its flag.
+    #[test]
+    fn the_mesh_default_inbound_policies_are_the_controllers() {
+        let controller: Vec<&str> = weft_controller::policy::DefaultPolicy::ALL
+            .iter()
+            .map(|p| p.as_str())
+            .collect();
+        assert_eq!(controller, DEFAULT_INBOUND_POLICIES);
     }
 }

@@ -88,6 +88,8 @@ pub struct Index {
     /// Set by a source that lists endpoints ([`Index::listed`]): Services' endpoints
     /// are these, not their selectors' workloads.
     listed: Option<Listed>,
+    /// The source has not loaded yet ([`Index::pending`]).
+    pending: bool,
 }
 
 impl Index {
@@ -113,7 +115,23 @@ impl Index {
             vips,
             pods_by_ip,
             listed: None,
+            pending: false,
         }
+    }
+
+    /// An index of nothing yet: its source has not listed everything once (the kube
+    /// source before its first full list). The destination service answers nothing
+    /// from it rather than "no such destination".
+    pub fn pending(trust_domain: &str) -> Index {
+        Index {
+            pending: true,
+            ..Index::empty(trust_domain)
+        }
+    }
+
+    /// Whether this is a [`Index::pending`] index.
+    pub fn is_pending(&self) -> bool {
+        self.pending
     }
 
     /// An index whose Services' endpoints are `listed` (Kubernetes' EndpointSlices);
@@ -136,6 +154,7 @@ impl Index {
     pub fn empty(trust_domain: &str) -> Index {
         let mesh = Mesh {
             trust_domain: trust_domain.to_owned(),
+            default_inbound_policy: None,
             workloads: Vec::new(),
             services: Vec::new(),
             warnings: Vec::new(),

@@ -152,8 +152,16 @@ async fn follow(
     let _guard = StreamGuard(metrics.clone());
     let mut sent = Sent::Nothing;
     loop {
-        let resolution = index.borrow_and_update().resolve(&target);
-        for update in sent.advance(resolution) {
+        let current = index.borrow_and_update().clone();
+        // A source that has not listed everything yet (the kube source before its
+        // first full list) says nothing rather than "no such destination": to the
+        // proxy, silence is discovery unavailable, and it fails closed.
+        let resolution = if current.is_pending() {
+            None
+        } else {
+            Some(current.resolve(&target))
+        };
+        for update in resolution.map(|r| sent.advance(r)).unwrap_or_default() {
             let kind = match &update.update {
                 Some(Kind::Add(_)) => "add",
                 Some(Kind::Remove(_)) => "remove",

@@ -121,6 +121,7 @@ pub fn index(objects: &Objects, trust_domain: &str, opaque_ports: &[u16]) -> Ind
 
     let mesh = Mesh {
         trust_domain: trust_domain.to_owned(),
+        default_inbound_policy: None,
         workloads,
         services,
         warnings: Vec::new(),

@@ -13,6 +13,10 @@ use crate::identity::Identity;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mesh {
     pub trust_domain: String,
+    /// `policy.default`: the mesh-wide default inbound policy, one of
+    /// [`DEFAULT_INBOUND_POLICIES`](super::DEFAULT_INBOUND_POLICIES); `None`: the
+    /// controller's default.
+    pub default_inbound_policy: Option<String>,
     pub workloads: Vec<Workload>,
     pub services: Vec<Service>,
     /// Legal but suspicious things, for the user to see.

@@ -10,7 +10,7 @@ use serde_yaml_ng::Value;
 
 use super::model::{is_dns_label, AppUser, ContainerPort, Mesh, ProxySettings, Workload};
 use super::validate::proxy_problems;
-use super::{MAX_PODS, MESH_FILE, PROXY_PORTS};
+use super::{DEFAULT_INBOUND_POLICIES, MAX_PODS, MESH_FILE, PROXY_PORTS};
 use crate::identity::{Identity, DEFAULT_TRUST_DOMAIN};
 
 /// A problem in one place of one file.
@@ -68,8 +68,16 @@ struct MeshFile {
     trust_domain: Option<String>,
     proxy: Option<ProxySpec>,
     user: Option<Value>,
+    policy: Option<PolicySpec>,
     #[serde(default)]
     workloads: Vec<WorkloadSpec>,
+}
+
+/// `policy:` in `mesh.yaml`: the mesh-wide authorization settings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySpec {
+    default: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -219,6 +227,7 @@ impl Mesh {
         let mut report = Report::default();
         let mut mesh = Mesh {
             trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            default_inbound_policy: None,
             workloads: Vec::new(),
             services: Vec::new(),
             warnings: Vec::new(),
@@ -291,6 +300,20 @@ impl Mesh {
                     self.trust_domain
                 ),
             );
+        }
+        match parsed.policy.and_then(|p| p.default) {
+            Some(p) if DEFAULT_INBOUND_POLICIES.contains(&p.as_str()) => {
+                self.default_inbound_policy = Some(p);
+            }
+            Some(p) => report.error(
+                file,
+                "policy.default",
+                format!(
+                    "{p:?} is not a default inbound policy; expected one of {}",
+                    DEFAULT_INBOUND_POLICIES.join(", ")
+                ),
+            ),
+            None => {}
         }
         if parsed.workloads.is_empty() {
             report.error(file, "workloads", "no workloads: list at least one");

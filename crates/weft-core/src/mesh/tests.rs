@@ -541,3 +541,42 @@ fn the_demo_mesh_loads() {
     let mesh = Mesh::load(&dir).unwrap();
     assert!(!mesh.services.is_empty());
 }
+
+#[test]
+fn the_mesh_wide_default_inbound_policy_is_one_of_the_four() {
+    assert_eq!(parse(MESH, SERVICES).unwrap().default_inbound_policy, None);
+    for value in DEFAULT_INBOUND_POLICIES {
+        let mesh = MESH.replace(
+            "kind: Mesh\n",
+            &format!("kind: Mesh\npolicy: {{default: {value}}}\n"),
+        );
+        assert_eq!(
+            parse(&mesh, SERVICES)
+                .unwrap()
+                .default_inbound_policy
+                .as_deref(),
+            Some(value)
+        );
+    }
+    let typo = MESH.replace(
+        "kind: Mesh\n",
+        "kind: Mesh\npolicy: {default: all-authenticaed}\n",
+    );
+    let msg = error(&typo, SERVICES);
+    assert_eq!(
+        msg,
+        "mesh.yaml: policy.default: \"all-authenticaed\" is not a default inbound policy; expected one of all-unauthenticated, all-authenticated, cluster-authenticated, deny"
+    );
+    let unknown = MESH.replace("kind: Mesh\n", "kind: Mesh\npolicy: {defaults: deny}\n");
+    let msg = error(&unknown, SERVICES);
+    assert!(
+        msg.starts_with("mesh.yaml: policy: unknown field `defaults`, expected `default`"),
+        "{msg}"
+    );
+    let number = MESH.replace("kind: Mesh\n", "kind: Mesh\npolicy: {default: [deny]}\n");
+    let msg = error(&number, SERVICES);
+    assert!(
+        msg.starts_with("mesh.yaml: policy.default: invalid type"),
+        "{msg}"
+    );
+}

@@ -87,6 +87,10 @@ impl Runner {
             "--admin-listen".into(),
             SocketAddr::from((ip, CONTROLLER_ADMIN_PORT)).to_string(),
         ];
+        let policy = self.paths.default_inbound_policy.as_deref();
+        if let Some(policy) = super::default_inbound_policy(policy, &self.mesh) {
+            argv.extend(["--default-inbound-policy".into(), policy.to_owned()]);
+        }
         if self.paths.loopback.is_none() {
             // The destination service: Services and workloads from the mesh directory,
             // where their pods run from the pods file. (Loopback proxies read endpoints

@@ -64,6 +64,19 @@ impl Runner {
             ));
             mesh.trust_domain = self.mesh.trust_domain.clone();
         }
+        if mesh.default_inbound_policy != self.mesh.default_inbound_policy {
+            let said = |p: &Option<String>| p.as_deref().unwrap_or("unset").to_owned();
+            self.event(format!(
+                "policy.default changed to {}: the controller keeps the default inbound policy it started with ({}) until weft up is restarted",
+                said(&mesh.default_inbound_policy),
+                self.paths
+                    .default_inbound_policy
+                    .clone()
+                    .or_else(|| self.mesh.default_inbound_policy.clone())
+                    .unwrap_or_else(|| "its own default, all-unauthenticated".to_owned()),
+            ));
+            mesh.default_inbound_policy = self.mesh.default_inbound_policy.clone();
+        }
         let old = std::mem::replace(&mut self.mesh, mesh);
         for w in &self.mesh.warnings {
             self.events.push_back(format!("warning: {w}"));
