@@ -200,32 +200,9 @@ pub(crate) async fn dispatch<I>(
 {
     tracing::debug!(client = %peer.client, direction = peer.direction.as_str(), ?protocol, destination = ?peer.destination, "connection accepted");
     match protocol {
-        Protocol::Opaque => {
-            let resolved = match shared.resolve_or_wait(&peer.destination, "").await {
-                Ok(resolved) => resolved,
-                Err(error) => {
-                    if let ResolveError::DiscoveryUnavailable(_) = error {
-                        shared
-                            .metrics
-                            .refused(peer.direction, "discovery_unavailable");
-                    }
-                    tracing::info!(client = %peer.client, %error, "opaque TCP connection closed: no destination");
-                    return;
-                }
-            };
-            let upstreams = match peer.direction {
-                Direction::Inbound => &shared.inbound,
-                Direction::Outbound => &shared.outbound,
-            };
-            tcp::forward(
-                io,
-                prefix,
-                resolved,
-                upstreams.connector(),
-                shared.config.tcp_idle_timeout,
-            )
-            .await;
-        }
+        // Boxed: a connection's task holds its future for the connection's life, and
+        // HTTP connections (most of them) need not carry the TCP path's size.
+        Protocol::Opaque => Box::pin(forward_opaque(io, prefix, peer, shared)).await,
         Protocol::Http1 | Protocol::Http2 => {
             let ctx = Arc::new(ConnContext {
                 direction: peer.direction,
@@ -244,4 +221,35 @@ pub(crate) async fn dispatch<I>(
             http::serve(PrefixedIo::new(prefix, io), protocol, ctx, watch).await;
         }
     }
+}
+
+/// Forwards an opaque connection as TCP to its destination's endpoint.
+async fn forward_opaque<I>(io: I, prefix: bytes::Bytes, peer: Accepted, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let resolved = match shared.resolve_or_wait(&peer.destination, "").await {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            if let ResolveError::DiscoveryUnavailable(_) = error {
+                shared
+                    .metrics
+                    .refused(peer.direction, "discovery_unavailable");
+            }
+            tracing::info!(client = %peer.client, %error, "opaque TCP connection closed: no destination");
+            return;
+        }
+    };
+    let upstreams = match peer.direction {
+        Direction::Inbound => &shared.inbound,
+        Direction::Outbound => &shared.outbound,
+    };
+    tcp::forward(
+        io,
+        prefix,
+        resolved,
+        upstreams.connector(),
+        shared.config.tcp_idle_timeout,
+    )
+    .await;
 }

@@ -81,7 +81,7 @@ pin_project_lite::pin_project! {
     #[project = UpstreamIoProj]
     pub enum UpstreamIo {
         Plain { #[pin] io: CountingIo<TcpStream> },
-        Tls { #[pin] io: tokio_rustls::client::TlsStream<CountingIo<TcpStream>> },
+        Tls { #[pin] io: Box<tokio_rustls::client::TlsStream<CountingIo<TcpStream>>> },
     }
 }
 

@@ -11,7 +11,9 @@ mod body;
 mod headers;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,61 +75,98 @@ pub struct CachedRoute {
     generation: u64,
 }
 
-/// Serves HTTP on `io` until the client closes, or drain is signalled and in-flight
-/// requests are done. Each request goes down the connection's path: outbound or
-/// inbound.
-pub async fn serve<I>(io: I, protocol: Protocol, ctx: Arc<ConnContext>, mut drain: Watch)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move {
+/// The future of one request down a connection's path.
+type Answering = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+/// One request down `$path` (`outbound` or `inbound`), boxed at its own path's size.
+macro_rules! answer {
+    ($ctx:expr, $req:expr, $path:ident) => {{
+        let (ctx, req) = ($ctx, $req);
+        Box::pin(async move {
             let start = Instant::now();
             // Every request counted must end in a response: one the caller gave up on
             // is recorded when this future is dropped.
             let mut unanswered = Unanswered::new(&ctx, start);
-            let rsp = match ctx.direction {
-                Direction::Outbound => {
-                    crate::outbound::http::forward(&ctx, req, start, &mut unanswered).await
-                }
-                Direction::Inbound => {
-                    crate::inbound::http::forward(&ctx, req, start, &mut unanswered).await
-                }
-            };
+            let rsp = crate::$path::http::forward(&ctx, req, start, &mut unanswered).await;
             unanswered.answered();
             Ok::<_, Infallible>(rsp)
+        }) as Answering
+    }};
+}
+
+/// The connection's path as hyper's service: each request goes down it.
+struct PathService(Arc<ConnContext>);
+
+impl hyper::service::Service<Request<Incoming>> for PathService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Answering;
+
+    fn call(&self, req: Request<Incoming>) -> Answering {
+        match self.0.direction {
+            Direction::Outbound => answer!(self.0.clone(), req, outbound),
+            Direction::Inbound => answer!(self.0.clone(), req, inbound),
         }
-    });
+    }
+}
+
+/// Serves HTTP on `io` until the client closes, or drain is signalled and in-flight
+/// requests are done. Each request goes down the connection's path: outbound or
+/// inbound.
+///
+/// Memory per connection (docs/reliability.md, "Memory per connection"): hyper keeps
+/// room for its service's future in a box for the connection's whole life, so each
+/// request's future is boxed on its own, at its path's size, and an idle kept-alive
+/// connection holds none; HTTP/2's connection state (rarer: between proxies, and
+/// multiplexed) is boxed so that HTTP/1 connections do not carry its size.
+pub async fn serve<I>(io: I, protocol: Protocol, ctx: Arc<ConnContext>, drain: Watch)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = PathService(ctx);
     let io = TokioIo::new(io);
     let result = if protocol == Protocol::Http2 {
-        let conn = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            res = conn.as_mut() => res,
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        Box::pin(serve_h2(io, svc, drain)).await
     } else {
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .serve_connection(io, svc)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            res = conn.as_mut() => res,
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        serve_h1(io, svc, drain).await
     };
     if let Err(error) = result {
         tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+}
+
+async fn serve_h1<I>(io: TokioIo<I>, svc: PathService, mut drain: Watch) -> hyper::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => res,
+        _ = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+async fn serve_h2<I>(io: TokioIo<I>, svc: PathService, mut drain: Watch) -> hyper::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => res,
+        _ = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }
 
@@ -714,3 +753,6 @@ impl Answer {
 pub(crate) fn elapsed_ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
+
+#[cfg(test)]
+mod tests;

@@ -94,42 +94,63 @@ pub(crate) async fn connection(
     if let Some(local) =
         local.filter(|_| protocol == Protocol::Opaque && tls::looks_like_tls(&prefix))
     {
-        let hello = match tls::read_client_hello(&mut io, prefix, deadline).await {
-            Ok(hello) => hello,
-            Err(error) => {
-                io.label(counters.plain());
-                tracing::debug!(%client, %error, "connection failed while reading a ClientHello");
-                return;
-            }
-        };
-        if hello.server_name.as_deref() != Some(local.name().dns_name().as_str()) {
-            // TLS for someone else (the application's own): passed through untouched.
-            io.label(counters.plain());
-            return forward(io, Protocol::Opaque, hello.prefix, peer, shared, watch).await;
-        }
-        // Labelled with the caller's identity once the handshake proved it; a
-        // handshake that fails still counts, without one.
-        io.label_on_drop(counters.of(Tls::Yes, Str::empty()));
-        let io = PrefixedIo::new(hello.prefix, io);
-        let Some((mut stream, client_id)) = terminate(io, &local, &peer, &shared, deadline).await
-        else {
-            return;
-        };
-        stream
-            .get_mut()
-            .0
-            .get_mut()
-            .label(counters.of(Tls::Yes, Str(client_id.dns_name().into())));
-        let peer = Accepted {
-            tls: Tls::Yes,
-            client_id: Some(client_id),
-            ..peer
-        };
-        return detect_and_forward(stream, peer, shared, watch).await;
+        // Boxed: the connection's task holds its future for the connection's life, and
+        // plaintext connections need not carry the handshake's and TLS stream's size.
+        let tls = mtls(io, prefix, local, peer, shared, watch, deadline);
+        return Box::pin(tls).await;
     }
     let protocol = if opaque { Protocol::Opaque } else { protocol };
     io.label(counters.plain());
     forward(io, protocol, prefix, peer, shared, watch).await
+}
+
+/// A TLS connection: passed through when it is for someone else (the application's
+/// own TLS), else mTLS terminated and what it carries detected and forwarded.
+async fn mtls(
+    mut io: CountingIo<TcpStream>,
+    prefix: bytes::Bytes,
+    local: Arc<LocalIdentity>,
+    peer: Accepted,
+    shared: Arc<Shared>,
+    watch: Watch,
+    deadline: tokio::time::Instant,
+) {
+    let client = peer.client;
+    let counters = SrcCounters::new(&shared, Direction::Inbound);
+    let hello = match tls::read_client_hello(&mut io, prefix, deadline).await {
+        Ok(hello) => hello,
+        Err(error) => {
+            io.label(counters.plain());
+            tracing::debug!(%client, %error, "connection failed while reading a ClientHello");
+            return;
+        }
+    };
+    if hello.server_name.as_deref() != Some(local.name().dns_name().as_str()) {
+        // TLS for someone else (the application's own): passed through untouched.
+        io.label(counters.plain());
+        return forward(io, Protocol::Opaque, hello.prefix, peer, shared, watch).await;
+    }
+    // Labelled with the caller's identity once the handshake proved it; a
+    // handshake that fails still counts, without one.
+    io.label_on_drop(counters.of(Tls::Yes, Str::empty()));
+    let io = PrefixedIo::new(hello.prefix, io);
+    let Some((mut stream, client_id)) = terminate(io, &local, &peer, &shared, deadline).await
+    else {
+        return;
+    };
+    stream
+        .get_mut()
+        .0
+        .get_mut()
+        .label(counters.of(Tls::Yes, Str(client_id.dns_name().into())));
+    let peer = Accepted {
+        tls: Tls::Yes,
+        client_id: Some(client_id),
+        ..peer
+    };
+    // Boxed: the stream is handed down several steps, each of whose futures would
+    // otherwise keep room for the TLS state.
+    detect_and_forward(Box::new(stream), peer, shared, watch).await
 }
 
 /// Detection again on a decrypted stream (opaque ports are not), then [`forward`].
