@@ -236,6 +236,8 @@ struct Case {
     absent_response_headers: Vec<&'static str>,
     /// A redirect's expected Location.
     redirect: Option<String>,
+    /// The path the backend must have seen (a rewrite's).
+    request_path: Option<&'static str>,
 }
 
 fn get(url: &str) -> Case {
@@ -265,6 +267,10 @@ impl Case {
     }
     fn from(mut self, pod: &'static str) -> Case {
         self.from = pod;
+        self
+    }
+    fn path(mut self, p: &'static str) -> Case {
+        self.request_path = Some(p);
         self
     }
 
@@ -319,6 +325,12 @@ impl Case {
         for n in &self.absent_response_headers {
             if let Some(v) = a.header(n) {
                 wrong.push(format!("response {n}: {v:?} (expected none)"));
+            }
+        }
+        if let Some(expected) = self.request_path {
+            let got = a.echo.as_ref().and_then(|e| e["path"].as_str());
+            if got != Some(expected) {
+                wrong.push(format!("backend saw path {got:?} (expected {expected:?})"));
             }
         }
         if let Some(expected) = &self.redirect {
@@ -779,11 +791,12 @@ fn mesh_http_route_redirect_scheme() {
     );
 }
 
-/// URLRewrite has no message in the OutboundPolicies protocol: the route is refused
-/// with UnsupportedValue (naming the filter), and a route never valid serves nothing:
-/// requests to echo keep the Service's default route, their path not rewritten.
+/// MeshHTTPRouteRewritePath: URLRewrite, carried to the proxies by weft's extension
+/// of the OutboundPolicies messages. Upstream's cases: prefix and full path
+/// replacements (a prefix replaced by `/` strips it), with header modifiers beside
+/// them; the route is accepted.
 #[test]
-fn mesh_http_route_rewrite_path_is_refused_as_unsupported() {
+fn mesh_http_route_rewrite_path() {
     common::require_root!();
     let env = mesh("rw", &["httproute-rewrite-path.yaml"], &[]);
     let routes = env.routes();
@@ -794,42 +807,51 @@ fn mesh_http_route_rewrite_path_is_refused_as_unsupported() {
                 .find(|r| r["metadata"]["name"] == "mesh-rewrite-path")
         })
         .unwrap_or_else(|| panic!("no mesh-rewrite-path in {routes}"));
-    let accepted = route["status"]["parents"][0]["conditions"]
+    let conditions = route["status"]["parents"][0]["conditions"]
         .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Accepted"))
-        .unwrap_or_else(|| panic!("no Accepted condition: {route}"));
-    assert_eq!(accepted["status"], "False", "{accepted}");
-    assert_eq!(accepted["reason"], "UnsupportedValue", "{accepted}");
-    let message = accepted["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("spec.rules[0].filters[0]") && message.contains("URLRewrite"),
-        "{message}"
-    );
-    // The table says so too.
-    let out = env.run(&["get", "routes"]);
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("False (UnsupportedValue)"), "{table}");
-    // The controller logs it, with the reason.
-    let logged = common::eventually(SETTLE, || {
-        let log = std::fs::read_to_string(env.state_dir.join("logs/controller.log")).ok()?;
-        log.lines()
-            .any(|l| l.contains("mesh-rewrite-path") && l.contains("reason=UnsupportedValue"))
-            .then_some(())
-    });
-    assert!(
-        logged.is_some(),
-        "the controller did not log the refusal:\n{}",
-        std::fs::read_to_string(env.state_dir.join("logs/controller.log")).unwrap_or_default()
-    );
-    expect_all(&env, &[get("http://echo/prefix/one/two")]);
-    let answers = env
-        .get_from(CLIENT, "http://echo/prefix/one/two", &[], 1)
-        .expect("an answer");
-    let path = answers[0].echo.as_ref().map(|e| e["path"].clone());
-    assert_eq!(
-        path,
-        Some(serde_json::json!("/prefix/one/two")),
-        "the refused rewrite applied"
+        .cloned()
+        .unwrap_or_default();
+    for c in &conditions {
+        assert_eq!(c["status"], "True", "{c}");
+    }
+    assert_eq!(conditions.len(), 2, "{route}");
+    let modified = |c: Case, path: &'static str| {
+        let mut c = c
+            .header("X-Header-Remove", "remove-val")
+            .header("X-Header-Add-Append", "append-val-1")
+            .header("X-Header-Set", "set-val")
+            .backend("echo-v1")
+            .path(path);
+        c.request_headers = vec![
+            ("X-Header-Add", "header-val-1"),
+            ("X-Header-Add-Append", "append-val-1,header-val-2"),
+            ("X-Header-Set", "set-overwrites-values"),
+        ];
+        c.absent_request_headers = vec!["X-Header-Remove"];
+        c
+    };
+    expect_all(
+        &env,
+        &[
+            get("http://echo/prefix/one/two")
+                .backend("echo-v1")
+                .path("/one/two"),
+            get("http://echo/strip-prefix/three")
+                .backend("echo-v1")
+                .path("/three"),
+            get("http://echo/strip-prefix").backend("echo-v1").path("/"),
+            get("http://echo/full/one/two")
+                .backend("echo-v1")
+                .path("/one"),
+            modified(
+                get("http://echo/full/rewrite-path-and-modify-headers/test"),
+                "/test",
+            ),
+            modified(
+                get("http://echo/prefix/rewrite-path-and-modify-headers/one"),
+                "/prefix/one",
+            ),
+        ],
     );
 }
 
