@@ -9,7 +9,7 @@ use proptest::sample::select as one_of;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngSeed};
 
-use super::{select, select_linear, Selected};
+use super::{select, select_indexed, select_linear, Selected};
 use crate::routes::*;
 
 /// Few segments, so that routes and requests meet often.
@@ -194,7 +194,7 @@ proptest! {
         requests in proptest::collection::vec(request(), 1..20),
     ) {
         for (req, authority) in &requests {
-            let indexed = position(&routes, select(&routes, req, authority));
+            let indexed = position(&routes, select_indexed(&routes, req, authority));
             let scanned = position(&routes, select_linear(&routes, req, authority));
             prop_assert_eq!(indexed, scanned, "{} {} (authority {})", req.method(), req.uri(), authority);
         }
