@@ -7,6 +7,7 @@ mod fetch;
 mod get;
 mod identity;
 mod inject;
+mod install;
 mod load;
 mod local;
 mod observe;
@@ -62,6 +63,10 @@ enum Command {
     Rollout(rollout::RolloutArgs),
     /// Add the weft proxy to the pods of Kubernetes YAML (FILE or -), as the injector would; prints YAML.
     Inject(inject::InjectArgs),
+    /// Print the Kubernetes manifests: the CRDs (--crds) and the control plane.
+    Install(install::InstallArgs),
+    /// Print what `weft install` made, for `kubectl delete -f -`.
+    Uninstall(install::UninstallArgs),
 }
 
 /// Errors are for people: one message with its causes (`error: what: why`), no
@@ -104,6 +109,8 @@ fn run() -> anyhow::Result<()> {
             Command::Get(args) => get::run(args),
             Command::Rollout(args) => rollout::run(args).await,
             Command::Inject(args) => inject::run(args),
+            Command::Install(args) => install::run(args),
+            Command::Uninstall(args) => install::run_uninstall(args),
         }
     })
 }

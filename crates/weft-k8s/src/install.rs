@@ -261,9 +261,9 @@ pub fn control_plane(opts: &InstallOptions) -> Result<Vec<Manifest>, InstallErro
         Manifest::of(&namespace(ns))?,
         Manifest::of(&service_account(CONTROLLER, ns))?,
         Manifest::of(&service_account(INJECTOR, ns))?,
-        Manifest::of(&controller_cluster_role(ns))?,
+        Manifest::of(&controller_cluster_role())?,
         Manifest::of(&cluster_role_binding(CONTROLLER, ns))?,
-        Manifest::of(&injector_cluster_role(ns))?,
+        Manifest::of(&injector_cluster_role())?,
         Manifest::of(&cluster_role_binding(INJECTOR, ns))?,
         Manifest::of(&lease_role(ns))?,
         Manifest::of(&lease_role_binding(ns))?,
@@ -358,17 +358,7 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE_STATUS: &[&str] = &["get", "patch", "update"];
 
-/// A cluster-scoped name unique per installation namespace (two installs in two
-/// namespaces do not share their ClusterRoles).
-fn cluster_name(component: &str, ns: &str) -> String {
-    if ns == DEFAULT_NAMESPACE {
-        component.to_owned()
-    } else {
-        format!("{component}-{ns}")
-    }
-}
-
-fn controller_cluster_role(ns: &str) -> ClusterRole {
+fn controller_cluster_role() -> ClusterRole {
     const POLICY: &[&str] = &[
         "servers",
         "authorizationpolicies",
@@ -382,7 +372,7 @@ fn controller_cluster_role(ns: &str) -> ClusterRole {
         "networkauthentications/status",
     ];
     ClusterRole {
-        metadata: meta(&cluster_name(CONTROLLER, ns), None, CONTROLLER),
+        metadata: meta(CONTROLLER, None, CONTROLLER),
         rules: Some(vec![
             // The kube source: discovery, zones, workload identities.
             rule(&[""], &["services", "pods", "nodes", "namespaces"], READ),
@@ -418,9 +408,9 @@ fn controller_cluster_role(ns: &str) -> ClusterRole {
     }
 }
 
-fn injector_cluster_role(ns: &str) -> ClusterRole {
+fn injector_cluster_role() -> ClusterRole {
     ClusterRole {
-        metadata: meta(&cluster_name(INJECTOR, ns), None, INJECTOR),
+        metadata: meta(INJECTOR, None, INJECTOR),
         // A pod's namespace's annotations decide injection and its defaults.
         rules: Some(vec![rule(&[""], &["namespaces"], READ)]),
         ..Default::default()
@@ -428,7 +418,7 @@ fn injector_cluster_role(ns: &str) -> ClusterRole {
 }
 
 fn cluster_role_binding(component: &str, ns: &str) -> ClusterRoleBinding {
-    let name = cluster_name(component, ns);
+    let name = component.to_owned();
     ClusterRoleBinding {
         metadata: meta(&name, None, component),
         role_ref: RoleRef {
@@ -797,7 +787,7 @@ fn not_in(key: &str, values: &[&str]) -> LabelSelectorRequirement {
 fn webhook(opts: &InstallOptions) -> MutatingWebhookConfiguration {
     let ns = opts.namespace.as_str();
     MutatingWebhookConfiguration {
-        metadata: meta(&cluster_name(INJECTOR, ns), None, INJECTOR),
+        metadata: meta(INJECTOR, None, INJECTOR),
         webhooks: Some(vec![MutatingWebhook {
             name: "inject.weft.io".to_owned(),
             admission_review_versions: vec!["v1".to_owned()],

@@ -11,7 +11,9 @@ pub mod common;
 pub mod operator;
 pub mod policy;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 use serde::Serialize;
 
@@ -41,12 +43,47 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         operator::DataPlane::crd(),
     ];
     for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                drop_null_enum_values(schema);
+            }
+        }
         crd.metadata
             .labels
             .get_or_insert_with(Default::default)
             .insert(PART_OF.0.to_owned(), PART_OF.1.to_owned());
     }
     crds
+}
+
+/// An optional enum's schema lists `null` among its values (schemars' `Option<T>`),
+/// which the API server then offers as a value in its refusals (`supported values:
+/// "Always", "IfNotPresent", "Never", "null"`); `nullable` already allows an
+/// explicit null.
+fn drop_null_enum_values(schema: &mut JSONSchemaProps) {
+    if let Some(values) = &mut schema.enum_ {
+        values.retain(|v| v.0 != serde_json::Value::Null);
+    }
+    for child in schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.all_of.iter_mut().flatten())
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten())
+    {
+        drop_null_enum_values(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = &mut schema.items {
+        drop_null_enum_values(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(extra)) = &mut schema.additional_properties {
+        drop_null_enum_values(extra);
+    }
 }
 
 /// One object as a YAML document (without the `---` separator).

@@ -4,6 +4,10 @@
 //! workloads follow the control plane's proxy version, and the operator restarts them
 //! onto it after an upgrade, a few at a time.
 
+// kube's printcolumn(...) lists repeat `type_ = "string"`, which clippy takes for a
+// repeated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use kube::CustomResource;

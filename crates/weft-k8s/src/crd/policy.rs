@@ -5,6 +5,10 @@
 //! (required fields, enums, names, port ranges, CIDRs), and the controller still
 //! checks everything it checks in a local mesh.
 
+// kube's printcolumn(...) lists repeat `type_ = "string"`, which clippy takes for a
+// repeated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use kube::CustomResource;

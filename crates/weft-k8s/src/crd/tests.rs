@@ -172,6 +172,9 @@ fn operator_schemas_require_the_version_and_bound_replicas() {
         (Some(2.0), Some(9.0))
     );
     assert!(spec["properties"]["trustAnchor"]["x-kubernetes-validations"].is_array());
+    let pull = &spec["properties"]["values"]["properties"]["proxy"]["properties"]["image"]
+        ["properties"]["pullPolicy"];
+    assert_eq!(pull["enum"], json!(["Always", "IfNotPresent", "Never"]));
     let d = schema_of("DataPlane");
     let max = &d["properties"]["spec"]["properties"]["maxUnavailable"];
     assert_eq!(max["minimum"].as_f64(), Some(1.0));

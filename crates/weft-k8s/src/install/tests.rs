@@ -117,7 +117,6 @@ fn options_change_namespace_images_and_replicas() {
     };
     let m = control_plane(&opts).unwrap();
     assert!(kinds(&m).contains(&("PodDisruptionBudget", "weft-controller")));
-    assert!(kinds(&m).contains(&("ClusterRole", "weft-controller-mesh")));
     let d = controller_deployment(&opts);
     let spec = d.spec.unwrap();
     assert_eq!(spec.replicas, Some(3));

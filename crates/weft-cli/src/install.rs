@@ -1,0 +1,111 @@
+//! `weft install [--crds]` and `weft uninstall`: print the Kubernetes manifests (the
+//! CRDs, the control plane) for `kubectl apply -f -` / `kubectl delete -f -`, made by
+//! `weft_k8s::install` from typed objects (the Helm chart renders the same ones).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use weft_k8s::install::{self, InstallOptions};
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+Prints YAML on standard output; nothing is sent to a cluster.
+
+Before the control plane starts it needs, in its namespace, the Secret weft-identity \
+(trust-anchors.pem, issuer.crt, issuer.key from `weft identity init`) and the \
+kubernetes.io/tls Secret weft-injector-tls (the injector's certificate for \
+weft-injector.weft-system.svc); nothing is generated in the cluster.
+
+Examples:
+  weft install --crds | kubectl apply --server-side -f -
+  weft install --ha --version v0.1.0 | kubectl apply --server-side -f -
+  weft install --image-registry registry.local:5000/weft --webhook-ca-bundle ca.crt")]
+pub struct InstallArgs {
+    /// Only the CustomResourceDefinitions (policy.weft.io, operator.weft.io).
+    #[arg(long)]
+    crds: bool,
+
+    /// weft's version: the tag of the weft-controller, weft-injector and weft-proxy images.
+    #[arg(long = "version", value_name = "VERSION", default_value = install::DEFAULT_VERSION)]
+    weft_version: String,
+
+    /// The control plane's namespace.
+    #[arg(long, short = 'n', default_value = install::DEFAULT_NAMESPACE)]
+    namespace: String,
+
+    /// High availability: 3 controller replicas spread over nodes, a PodDisruptionBudget,
+    /// 2 injector replicas.
+    #[arg(long)]
+    ha: bool,
+
+    /// Registry and path of the images ({registry}/weft-controller:{version}).
+    #[arg(long, default_value = install::DEFAULT_IMAGE_REGISTRY)]
+    image_registry: String,
+
+    /// PEM file of the CA that signed the injector's certificate: the webhook's caBundle
+    /// (without it, whoever makes the certificate fills it in).
+    #[arg(long, value_name = "FILE")]
+    webhook_ca_bundle: Option<PathBuf>,
+
+    /// failurePolicy Fail: pods are not created while the injector is down (the default,
+    /// Ignore, creates them without the proxy).
+    #[arg(long)]
+    webhook_fail_closed: bool,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+Prints references to every object `weft install` makes, the webhook configuration \
+first and the CRDs (with every weft custom resource in the cluster) last.
+
+Example:
+  weft uninstall | kubectl delete --ignore-not-found -f -")]
+pub struct UninstallArgs {
+    /// The control plane's namespace.
+    #[arg(long, short = 'n', default_value = install::DEFAULT_NAMESPACE)]
+    namespace: String,
+
+    /// Leave the CRDs (and so the policy objects and ControlPlane resources) in place.
+    #[arg(long)]
+    keep_crds: bool,
+}
+
+pub fn run(args: InstallArgs) -> anyhow::Result<()> {
+    let text = if args.crds {
+        weft_k8s::crd::render()?
+    } else {
+        let webhook_ca_bundle = match &args.webhook_ca_bundle {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --webhook-ca-bundle {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let opts = InstallOptions {
+            version: args.weft_version,
+            namespace: args.namespace,
+            image_registry: args.image_registry,
+            controller_replicas: if args.ha { install::HA_REPLICAS } else { 1 },
+            webhook_ca_bundle,
+            fail_closed: args.webhook_fail_closed,
+        };
+        install::render(&opts, true)?
+    };
+    print(&text)
+}
+
+pub fn run_uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let opts = InstallOptions {
+        namespace: args.namespace,
+        ..InstallOptions::default()
+    };
+    print(&install::uninstall(&opts, !args.keep_crds)?)
+}
+
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the manifests to standard output")
+}
