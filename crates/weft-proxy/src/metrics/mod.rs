@@ -594,4 +594,62 @@ mod tests {
         http.response(gone.clone(), 503, Classification::Failure);
         assert!(render().contains("198.18.0.9:4143"));
     }
+
+    #[test]
+    fn a_routes_last_series_never_counts_another_status_or_classification() {
+        let metrics = Metrics::new(&WorkloadLabels::default());
+        let http = &metrics.http;
+        let route = RouteLabels::new(RouteLabelValues {
+            direction: Direction::Inbound,
+            authority: "books:80".into(),
+            target_addr: "198.18.0.9:8080".into(),
+            tls: Tls::NoIdentity,
+            dst_service: "".into(),
+            dst_zone: "".into(),
+            client_id: "".into(),
+            server_id: "".into(),
+            route: RouteLabel::default(),
+        });
+        let answers = [
+            (200, Classification::Success),
+            (200, Classification::Success),
+            (503, Classification::Failure),
+            (200, Classification::Failure),
+            (200, Classification::Success),
+        ];
+        for (status, classification) in answers {
+            http.latency(&route, status, 2.5);
+            http.response(route.clone(), status, classification);
+        }
+        let text = metrics.encode(&crate::endpoints::ServiceIndex::default());
+        let value = |prefix: &str, labels: &[&str]| -> String {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
+                .unwrap_or_else(|| panic!("no {prefix} {labels:?} in {text}"));
+            line.rsplit(' ').next().unwrap_or_default().to_owned()
+        };
+        let success = r#"classification="success""#;
+        let failure = r#"classification="failure""#;
+        assert_eq!(
+            value("response_total{", &[success, r#"status_code="200""#]),
+            "3"
+        );
+        assert_eq!(
+            value("response_total{", &[failure, r#"status_code="200""#]),
+            "1"
+        );
+        assert_eq!(
+            value("response_total{", &[failure, r#"status_code="503""#]),
+            "1"
+        );
+        assert_eq!(
+            value("response_latency_ms_count{", &[r#"status_code="200""#]),
+            "4"
+        );
+        assert_eq!(
+            value("response_latency_ms_count{", &[r#"status_code="503""#]),
+            "1"
+        );
+    }
 }
