@@ -1,14 +1,15 @@
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use weft_controller::destination::LocalSourceConfig;
-use weft_controller::identity::ReloadOptions;
+use weft_controller::identity::{KubeTokensConfig, ReloadOptions};
 use weft_controller::kube::KubeSourceConfig;
+use weft_controller::lease::{Elector, LeaseConfig};
 use weft_controller::policy::{DefaultPolicy, PolicyConfig};
-use weft_controller::{Config, Controller, DestinationConfig, SourceConfig};
+use weft_controller::{Config, Controller, DestinationConfig, SourceConfig, Tokens};
 
 /// weft's control plane, over gRPC with TLS: the identity service (the mesh's
 /// certificate authority, Identity.Certify) and, with --mesh-dir or --source kube, the
@@ -31,9 +32,33 @@ struct Args {
     identity_dir: PathBuf,
 
     /// Directory of workload tokens, one file per identity: {DIR}/{namespace}/{service
-    /// account}. A Certify request's token must equal the file's content.
+    /// account}. A Certify request's token must equal the file's content. Required with
+    /// --identity-tokens local.
     #[arg(long, env = "WEFT_TOKENS_DIR", value_name = "DIR")]
-    tokens_dir: PathBuf,
+    tokens_dir: Option<PathBuf>,
+
+    /// How Certify requests prove their identity: local (a token file in --tokens-dir,
+    /// written by `weft up`) or kube (the pod's projected ServiceAccount token for the
+    /// audience identity.weft.io, checked with the Kubernetes TokenReview API through
+    /// --kubeconfig or in-cluster; the identity issued is the token's ServiceAccount,
+    /// never the request's).
+    #[arg(
+        long,
+        env = "WEFT_IDENTITY_TOKENS",
+        value_enum,
+        default_value = "local"
+    )]
+    identity_tokens: TokensKind,
+
+    /// With --source kube: the namespace of the leader-election Lease `weft-controller`.
+    /// Every replica serves proxies; only the Lease's holder will write status.
+    #[arg(long, env = "WEFT_LEASE_NAMESPACE", default_value = "weft-system")]
+    lease_namespace: String,
+
+    /// This replica's name in the Lease (default: $HOSTNAME, the pod's name, with a
+    /// random suffix).
+    #[arg(long, env = "WEFT_LEASE_IDENTITY")]
+    lease_identity: Option<String>,
 
     /// Trust domain of the identities issued.
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = weft_core::identity::DEFAULT_TRUST_DOMAIN)]
@@ -57,7 +82,8 @@ struct Args {
     #[arg(long, env = "WEFT_SOURCE", value_enum, default_value = "local")]
     source: SourceKind,
 
-    /// Kubeconfig file of the Kubernetes API (--source kube); without it the pod's
+    /// Kubeconfig file of the Kubernetes API (--source kube, --identity-tokens kube,
+    /// the leader-election Lease); without it the pod's
     /// service account is used in a cluster, else $KUBECONFIG or ~/.kube/config.
     #[arg(long, env = "WEFT_KUBECONFIG", value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
@@ -139,6 +165,31 @@ struct Args {
     log: String,
 }
 
+/// `--identity-tokens`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TokensKind {
+    Local,
+    Kube,
+}
+
+/// A client of the Kubernetes API: `kubeconfig`, else in-cluster, else $KUBECONFIG or
+/// ~/.kube/config.
+async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let settings = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("cannot use the kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "cannot find the Kubernetes API (no --kubeconfig; tried in-cluster, $KUBECONFIG, ~/.kube/config)",
+        )?,
+    };
+    kube::Client::try_from(settings).context("cannot make a Kubernetes API client")
+}
+
 /// `--source`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum SourceKind {
@@ -148,6 +199,9 @@ enum SourceKind {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.identity_tokens == TokensKind::Local && args.tokens_dir.is_none() {
+        anyhow::bail!("--tokens-dir is required with --identity-tokens local (the default); --identity-tokens kube checks Kubernetes ServiceAccount tokens instead");
+    }
     let source = match args.source {
         SourceKind::Local => args.mesh_dir.map(|mesh_dir| {
             SourceConfig::Local(LocalSourceConfig {
@@ -161,7 +215,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--mesh-dir and --pods-file are for --source local; --source kube reads the Kubernetes API");
             }
             Some(SourceConfig::Kube(KubeSourceConfig {
-                kubeconfig: args.kubeconfig,
+                kubeconfig: args.kubeconfig.clone(),
                 debounce: args.kube_debounce,
             }))
         }
@@ -190,10 +244,33 @@ fn main() -> anyhow::Result<()> {
             interval: args.identity_reload_interval,
             expiry_warning: args.issuer_expiry_warning,
         };
-        let mut controller = Controller::start_with(
+        let tokens = match args.identity_tokens {
+            TokensKind::Local => Tokens::Files,
+            TokensKind::Kube => Tokens::Kube {
+                client: kube_client(args.kubeconfig.as_deref()).await?,
+                config: KubeTokensConfig::default(),
+            },
+        };
+        // Several replicas may run against one API server: one leads (writes status).
+        let elector = match args.source {
+            SourceKind::Local => None,
+            SourceKind::Kube => {
+                let identity = args.lease_identity.clone().unwrap_or_else(|| {
+                    let host =
+                        std::env::var("HOSTNAME").unwrap_or_else(|_| "weft-controller".into());
+                    format!("{host}-{:08x}", rand::random::<u32>())
+                });
+                let client = kube_client(args.kubeconfig.as_deref()).await?;
+                Some(Elector::start(
+                    client,
+                    LeaseConfig::new(&args.lease_namespace, &identity),
+                )?)
+            }
+        };
+        let mut controller = Controller::start_with_tokens(
             Config {
                 identity_dir: args.identity_dir,
-                tokens_dir: args.tokens_dir,
+                tokens_dir: args.tokens_dir.unwrap_or_default(),
                 trust_domain: args.trust_domain,
                 cert_lifetime: args.cert_lifetime,
                 listen: args.listen,
@@ -209,6 +286,7 @@ fn main() -> anyhow::Result<()> {
                 }),
             },
             reload,
+            tokens,
         )
         .await?;
         tokio::select! {
@@ -218,6 +296,10 @@ fn main() -> anyhow::Result<()> {
                 result?;
                 anyhow::bail!("the gRPC server stopped unexpectedly");
             }
+        }
+        // Step down and release the Lease first: another replica takes over at once.
+        if let Some(elector) = elector {
+            elector.stop().await;
         }
         controller.shutdown().await?;
         anyhow::Ok(())

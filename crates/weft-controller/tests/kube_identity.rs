@@ -261,10 +261,12 @@ fn certify_takes_the_identity_from_the_token_review() {
                 && status.message().contains("audience"),
             "{status:?}"
         );
+        eprintln!("wrong audience: {}", status.message());
         // Expired.
         let status = certify(&mut grpc, BOOKS, &expired, BOOKS).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
         assert!(status.message().contains("expired"), "{status:?}");
+        eprintln!("expired: {}", status.message());
         certify(&mut grpc, BOOKS, &handmade, BOOKS).await.unwrap();
         // Garbage, and nothing at all.
         let status = certify(&mut grpc, BOOKS, "not-a-token", BOOKS).await.unwrap_err();

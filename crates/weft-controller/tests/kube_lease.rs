@@ -136,3 +136,154 @@ fn one_of_two_electors_leads_and_the_other_takes_over_when_it_stops() {
         assert_eq!(lease_field(api, "holderIdentity"), "");
     });
 }
+
+/// The binary: `--identity-tokens kube` issues a ServiceAccount token's certificate,
+/// `--source kube` takes the Lease in `--lease-namespace`, and SIGTERM releases it.
+#[test]
+fn the_binary_checks_tokens_with_the_api_and_releases_its_lease_on_sigterm() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let Some(api) = KubeApi::shared() else { return };
+    api.kubectl(&["create", "namespace", NAMESPACE]).unwrap();
+    api.kubectl(&["create", "namespace", "shop"]).unwrap();
+    api.kubectl(&["-n", "shop", "create", "serviceaccount", "books"])
+        .unwrap();
+    let token = api
+        .kubectl(&[
+            "-n",
+            "shop",
+            "create",
+            "token",
+            "books",
+            &format!("--audience={}", weft_core::identity::KUBE_TOKEN_AUDIENCE),
+        ])
+        .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("weft-controller-kube-bin-")
+        .tempdir()
+        .unwrap();
+    let identity_dir = dir.path().join("identity");
+    weft_controller::identity::init(&identity_dir, "cluster.local", false).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
+        .arg("--identity-dir")
+        .arg(&identity_dir)
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .args(["--identity-tokens", "kube", "--source", "kube"])
+        .args(["--lease-namespace", NAMESPACE, "--lease-identity", "bin-a"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("WEFT_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut log = String::new();
+    while !line.contains("controller serving") {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("the controller exited before serving:\n{log}");
+        }
+        log.push_str(&line);
+    }
+    let grpc: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc_addr="))
+        .unwrap_or_else(|| panic!("no grpc_addr in {line}"))
+        .parse()
+        .unwrap();
+    // The rest of the log is drained so the controller never blocks on it.
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let anchors =
+        std::fs::read(identity_dir.join(weft_controller::identity::ANCHORS_FILE)).unwrap();
+    let leaf = runtime.block_on(async {
+        use linkerd2_proxy_api::identity::identity_client::IdentityClient;
+        use linkerd2_proxy_api::identity::CertifyRequest;
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(anchors))
+            .domain_name("weft-controller.weft-system.serviceaccount.identity.weft.cluster.local");
+        let channel = Endpoint::from_shared(format!("https://{grpc}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .timeout(Duration::from_secs(20))
+            .connect()
+            .await
+            .unwrap();
+        let books = "books.shop.serviceaccount.identity.weft.cluster.local";
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::DnsName(books.try_into().unwrap())];
+        IdentityClient::new(channel)
+            .certify(CertifyRequest {
+                identity: books.into(),
+                token: token.trim().as_bytes().to_vec(),
+                certificate_signing_request: params.serialize_request(&key).unwrap().der().to_vec(),
+            })
+            .await
+    });
+    // Its connection closes with it (a graceful stop waits for open connections).
+    drop(runtime);
+    let leaf = leaf.unwrap_or_else(|status| {
+        let _ = child.kill();
+        panic!("Certify refused: {status:?}")
+    });
+    assert!(!leaf.into_inner().leaf_certificate.is_empty());
+
+    // It takes the Lease.
+    let start = Instant::now();
+    while api
+        .kubectl(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "lease",
+            "weft-controller",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap_or_default()
+        != "bin-a"
+    {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the controller never took the Lease");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // SIGTERM: it stops cleanly and leaves the Lease without a holder.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the controller did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rest = drain.join().unwrap();
+    assert!(status.success(), "{status}: {log}{rest}");
+    assert!(rest.contains("Lease released"), "{log}{rest}");
+    assert_eq!(lease_field(api, "holderIdentity"), "");
+}

@@ -105,8 +105,7 @@ fn extension_filter(f: FilterExtension) -> Result<Option<Filter>, String> {
                 route_api::path_modifier::Replace::Full(f) => PathModifier::Full(f),
                 route_api::path_modifier::Replace::Prefix(p) => PathModifier::Prefix(p),
             });
-            for p in [&path].into_iter().flatten() {
-                let (PathModifier::Full(v) | PathModifier::Prefix(v)) = p;
+            if let Some(PathModifier::Full(v) | PathModifier::Prefix(v)) = &path {
                 if !v.starts_with('/') || http::uri::PathAndQuery::try_from(v.as_str()).is_err() {
                     return Err(format!(
                         "filters.urlRewrite.path: {v:?} is not an absolute path"
