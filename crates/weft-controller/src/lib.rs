@@ -115,7 +115,8 @@ impl From<kube::KubeSourceConfig> for SourceConfig {
 
 /// A destination source, loaded or connected.
 enum Source {
-    Local(destination::LocalSource),
+    // Boxed: a local source holds the whole mesh.
+    Local(Box<destination::LocalSource>),
     Kube(kube::KubeSource),
 }
 
@@ -224,11 +225,13 @@ impl Controller {
         // API settings; an API server that is down is retried).
         let source = match &config.destination {
             Some(d) => Some(match &d.source {
-                SourceConfig::Local(local) => Source::Local(destination::LocalSource::load(
-                    local.clone(),
-                    &config.trust_domain,
-                    &d.opaque_ports,
-                )?),
+                SourceConfig::Local(local) => {
+                    Source::Local(Box::new(destination::LocalSource::load(
+                        local.clone(),
+                        &config.trust_domain,
+                        &d.opaque_ports,
+                    )?))
+                }
                 SourceConfig::Kube(k) => Source::Kube(
                     kube::KubeSource::connect(k, &config.trust_domain, &d.opaque_ports).await?,
                 ),
@@ -283,6 +286,7 @@ impl Controller {
             (Some(source), Some(d)) => {
                 let subscribe = match source {
                     Source::Local(source) => {
+                        let source = *source;
                         let (publish, subscribe) =
                             tokio::sync::watch::channel(Arc::new(source.index()));
                         metrics
