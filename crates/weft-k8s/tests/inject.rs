@@ -267,9 +267,9 @@ fn namespaces(api: &KubeApi) {
 }
 
 /// Waits until the API server calls the injector (its webhook configuration is read
-/// asynchronously): a dry-run pod in `meshed` comes back injected.
-fn wait_until_called(api: &KubeApi) {
-    let probe = pod("probe", "meshed", json!({}), Value::Null);
+/// asynchronously): a dry-run pod in `namespace` (annotated) comes back injected.
+fn wait_until_called(api: &KubeApi, namespace: &str) {
+    let probe = pod("probe", namespace, json!({}), Value::Null);
     let called = eventually(Duration::from_secs(30), || {
         let (out, _) = create(api, &probe, true).ok()?;
         injected(&serde_json::from_str(&out).ok()?).then_some(())
@@ -283,7 +283,7 @@ fn the_api_server_injects_pods_through_the_webhook() {
     let injector = Injector::start(&api);
     namespaces(&api);
     injector.register(&api, "Fail");
-    wait_until_called(&api);
+    wait_until_called(&api, "meshed");
 
     // A pod in the annotated namespace: weft-init, then the proxy as a native sidecar.
     create(&api, &pod("web", "meshed", json!({}), Value::Null), false).unwrap();
@@ -406,7 +406,7 @@ fn with_the_injector_down_ignore_admits_pods_as_they_are_and_fail_refuses_them()
     let mut injector = Injector::start(&api);
     namespaces(&api);
     injector.register(&api, "Ignore");
-    wait_until_called(&api);
+    wait_until_called(&api, "meshed");
     injector.stop();
 
     // failurePolicy: Ignore: the pod is created, without the proxy.
@@ -440,4 +440,59 @@ fn with_the_injector_down_ignore_admits_pods_as_they_are_and_fail_refuses_them()
     assert!(api
         .kubectl(&["-n", "meshed", "get", "pod", "refused"])
         .is_err());
+}
+
+#[test]
+fn a_deployments_pods_are_injected_when_the_replicaset_creates_them() {
+    let Some(api) = KubeApi::start_with_controller_manager() else {
+        return;
+    };
+    let injector = Injector::start(&api);
+    api.kubectl(&["create", "namespace", "shop"]).unwrap();
+    api.kubectl(&["annotate", "namespace", "shop", "weft.io/inject=enabled"])
+        .unwrap();
+    // The controller manager makes the namespace's default ServiceAccount.
+    let account = eventually(Duration::from_secs(30), || {
+        api.kubectl(&["-n", "shop", "get", "serviceaccount", "default"])
+            .ok()
+    });
+    assert!(account.is_some(), "no default ServiceAccount in shop");
+    injector.register(&api, "Fail");
+    wait_until_called(&api, "shop");
+
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": "books", "namespace": "shop" },
+        "spec": {
+            "replicas": 2,
+            "selector": { "matchLabels": { "app": "books" } },
+            "template": {
+                "metadata": { "labels": { "app": "books" } },
+                "spec": { "containers": [{ "name": "app", "image": "books:1" }] },
+            },
+        },
+    });
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(&deployment.to_string()))
+        .unwrap();
+    let pods = eventually(Duration::from_secs(30), || {
+        let list: Value = serde_json::from_str(
+            &api.kubectl(&["-n", "shop", "get", "pods", "-l", "app=books", "-o", "json"])
+                .ok()?,
+        )
+        .ok()?;
+        let items = list["items"].as_array()?.clone();
+        (items.len() == 2).then_some(items)
+    })
+    .expect("the ReplicaSet did not create two pods");
+    for pod in &pods {
+        assert!(injected(pod), "{pod:#}");
+        let env = pod["spec"]["initContainers"][1]["env"].as_array().unwrap();
+        let deployment = env.iter().find(|e| e["name"] == "WEFT_DEPLOYMENT");
+        assert_eq!(
+            deployment.map(|e| &e["value"]),
+            Some(&json!("books")),
+            "{env:?}"
+        );
+    }
 }
