@@ -27,11 +27,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    KeyToPath, Namespace, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-    VolumeMount, WeightedPodAffinityTerm,
+    Affinity, Capabilities, Container, ContainerPort, HTTPGetAction, KeyToPath, Namespace,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{
@@ -511,20 +510,6 @@ fn probe(path: &str, port: i32, scheme: &str) -> Probe {
     }
 }
 
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn secret_volume(name: &str, secret: &str, keys: &[&str]) -> Volume {
     Volume {
         name: name.to_owned(),
@@ -546,19 +531,17 @@ fn secret_volume(name: &str, secret: &str, keys: &[&str]) -> Volume {
 }
 
 /// The controller's arguments on Kubernetes: the kube source for discovery, routes and
-/// policy, ServiceAccount tokens checked with TokenReview, the identity files from
-/// the `weft-identity` Secret.
-pub fn controller_args() -> Vec<String> {
-    [
-        "--source=kube",
-        "--identity-tokens=kube",
-        &format!("--identity-dir={IDENTITY_DIR}"),
-        &format!("--listen=0.0.0.0:{CONTROLLER_GRPC_PORT}"),
-        &format!("--admin-listen=0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
+/// policy, ServiceAccount tokens checked with TokenReview, the identity files from the
+/// `weft-identity` Secret, the leader-election Lease in the control plane's namespace.
+pub fn controller_args(opts: &InstallOptions) -> Vec<String> {
+    vec![
+        "--source=kube".to_owned(),
+        "--identity-tokens=kube".to_owned(),
+        format!("--identity-dir={IDENTITY_DIR}"),
+        format!("--lease-namespace={}", opts.namespace),
+        format!("--listen=0.0.0.0:{CONTROLLER_GRPC_PORT}"),
+        format!("--admin-listen=0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
     ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
 }
 
 /// The injector's arguments (`weft-injector`: HTTPS with the certificate from the
@@ -639,11 +622,7 @@ fn controller_deployment(opts: &InstallOptions) -> Deployment {
         name: "controller".to_owned(),
         image: Some(opts.image(CONTROLLER)),
         image_pull_policy: Some("IfNotPresent".to_owned()),
-        args: Some(controller_args()),
-        env: Some(vec![
-            field_env("WEFT_POD_NAME", "metadata.name"),
-            field_env("WEFT_POD_NAMESPACE", "metadata.namespace"),
-        ]),
+        args: Some(controller_args(opts)),
         ports: Some(vec![
             container_port("grpc", CONTROLLER_GRPC_PORT),
             container_port("admin", CONTROLLER_ADMIN_PORT),

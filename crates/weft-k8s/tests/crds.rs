@@ -404,6 +404,15 @@ fn chart_crds_are_what_weft_install_crds_prints() {
         committed(&dir.join(&name), &crd::yaml(&name, &c).unwrap());
         names.push(name);
     }
+    // Concatenated in order, they are `weft install --crds`'s output (crd::render).
+    let files = names
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.join(n)).unwrap_or_default());
+    assert!(
+        crd::documents(files) == crd::render().unwrap(),
+        "{} differs from `weft install --crds`; {REGENERATE}",
+        dir.display()
+    );
     let mut present: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
