@@ -1,6 +1,9 @@
 //! `weft get routes`: the mesh directory's HTTPRoutes and GRPCRoutes with their parents,
 //! hostnames, weighted backends and conditions, checked by the controller's own code
 //! (`weft_controller::routes`), so it works with or without a running mesh.
+//! `weft get policies`: its policy objects (Server, AuthorizationPolicy,
+//! MeshTLSAuthentication, NetworkAuthentication) and their conditions, checked by
+//! `weft_controller::policy` the same way.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use clap::ValueEnum;
+use weft_controller::policy::{Condition, ObjectReport, PolicyConfig, PolicyIndex};
 use weft_controller::routes::table::{ParentReport, RouteReport, TimedCond};
 use weft_controller::routes::{status, RouteTable};
 use weft_core::mesh::Mesh;
@@ -18,6 +22,9 @@ use crate::local::LocalArgs;
 enum Kind {
     /// HTTPRoutes and GRPCRoutes.
     Routes,
+    /// Servers, AuthorizationPolicies, MeshTLSAuthentications and
+    /// NetworkAuthentications.
+    Policies,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -36,9 +43,15 @@ RefNotPermitted); the messages of false ones follow the table. -o yaml|json prin
 each route's status as Kubernetes shows it. Without a controller's history, a \
 condition's lastTransitionTime is when the route's file was last written.
 
+policies: one row per policy object with its Accepted and ResolvedRefs conditions \
+(reasons: Accepted, Invalid; ResolvedRefs, TargetNotFound, AuthenticationNotFound, \
+InvalidKind) and whether it serves (an invalid object's last valid version keeps \
+serving); the messages of false ones follow the table. Table output only.
+
 Examples:
   weft get routes
-  weft get routes examples/demo -o yaml")]
+  weft get routes examples/demo -o yaml
+  weft get policies")]
 pub struct GetArgs {
     /// What to list.
     #[arg(value_enum)]
@@ -59,26 +72,139 @@ pub struct GetArgs {
 }
 
 pub fn run(args: GetArgs) -> anyhow::Result<()> {
-    let Kind::Routes = args.kind;
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => {
             args.local
-                .running_mesh("give a mesh directory: weft get routes DIR")?
+                .running_mesh("give a mesh directory: weft get routes|policies DIR")?
                 .mesh_dir
         }
     };
-    let reports = routes(&dir, &args.cluster_domain, args.namespace.as_deref())?;
-    let text = match args.output {
-        Output::Table => table(&reports),
-        Output::Yaml => serde_yaml_ng::to_string(&status::list(reports.iter()))?,
-        Output::Json => serde_json::to_string_pretty(&status::list(reports.iter()))? + "\n",
+    let text = match args.kind {
+        Kind::Routes => {
+            let reports = routes(&dir, &args.cluster_domain, args.namespace.as_deref())?;
+            match args.output {
+                Output::Table => table(&reports),
+                Output::Yaml => serde_yaml_ng::to_string(&status::list(reports.iter()))?,
+                Output::Json => serde_json::to_string_pretty(&status::list(reports.iter()))? + "\n",
+            }
+        }
+        Kind::Policies => {
+            anyhow::ensure!(
+                matches!(args.output, Output::Table),
+                "weft get policies prints a table only (-o table)"
+            );
+            policy_table(&policies(&dir, args.namespace.as_deref())?)
+        }
     };
     // A reader that stops early (`| head`) is not an error.
     match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// The policy objects of `dir`, checked as the controller checks them.
+fn policies(dir: &Path, namespace: Option<&str>) -> anyhow::Result<Vec<ObjectReport>> {
+    let mesh = Mesh::load(dir)
+        .map_err(|e| anyhow::anyhow!("the mesh directory {} does not load: {e}", dir.display()))?;
+    let empty = PolicyIndex::empty(PolicyConfig::default(), &mesh.trust_domain);
+    let index = PolicyIndex::build(&empty, &mesh);
+    Ok(index
+        .reports()
+        .iter()
+        .filter(|r| namespace.is_none_or(|ns| r.key.as_ref().is_some_and(|k| k.namespace == ns)))
+        .cloned()
+        .collect())
+}
+
+fn policy_cond(c: &Condition) -> String {
+    if c.ok {
+        "True".into()
+    } else {
+        format!("False ({})", c.reason)
+    }
+}
+
+/// The policy objects' table, then the messages of the conditions that are false.
+fn policy_table(reports: &[ObjectReport]) -> String {
+    let header = [
+        "NAMESPACE",
+        "NAME",
+        "KIND",
+        "ACCEPTED",
+        "RESOLVED",
+        "SERVING",
+    ];
+    let mut rows: Vec<[String; 6]> = Vec::new();
+    let mut notes = Vec::new();
+    for r in reports {
+        let (namespace, name, kind, what) = match &r.key {
+            Some(k) => (
+                k.namespace.clone(),
+                k.name.clone(),
+                k.kind.to_owned(),
+                k.to_string(),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), r.file.clone()),
+        };
+        let serving = match (r.serving, r.kept) {
+            (true, true) => "last valid version",
+            (true, false) => "yes",
+            (false, _) => "no",
+        };
+        rows.push([
+            namespace,
+            name,
+            kind,
+            policy_cond(&r.accepted),
+            r.resolved_refs
+                .as_ref()
+                .map_or_else(|| "-".into(), policy_cond),
+            serving.into(),
+        ]);
+        let conditions = [
+            ("Accepted", Some(&r.accepted)),
+            ("ResolvedRefs", r.resolved_refs.as_ref()),
+        ];
+        for (kind, c) in conditions {
+            if let Some(c) = c.filter(|c| !c.ok) {
+                notes.push(format!(
+                    "{what} ({}): {kind} {}: {}",
+                    r.file, c.reason, c.message
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return "no Servers, AuthorizationPolicies, MeshTLSAuthentications or NetworkAuthentications\n".into();
+    }
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(&header.map(str::to_owned));
+    for row in &rows {
+        line(row);
+    }
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            let _ = writeln!(out, "{n}");
+        }
+    }
+    out
 }
 
 /// The routes of `dir` checked, each condition stamped with its file's modification
@@ -279,6 +405,42 @@ mod tests {
         std::fs::write(d.join("services.yaml"), SERVICES).unwrap();
         std::fs::write(d.join("routes.yaml"), routes).unwrap();
         Dir(d)
+    }
+
+    const POLICY: &str = "apiVersion: policy.weft.io/v1alpha1\nkind: Server\nmetadata: {name: books-http}\nspec: {podSelector: {matchLabels: {app: books}}, port: 8080}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: MeshTLSAuthentication\nmetadata: {name: web-only}\nspec: {identityRefs: [{kind: ServiceAccount, name: web}]}\n---\napiVersion: policy.weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: books-from-web}\nspec:\n  targetRef: {group: policy.weft.io, kind: Server, name: books-grpc}\n  requiredAuthenticationRefs: [{group: policy.weft.io, kind: MeshTLSAuthentication, name: web-only}]\n";
+
+    #[test]
+    fn the_policy_table_shows_each_objects_conditions_and_why_one_is_false() {
+        let d = dir("policies", POLICY);
+        let reports = policies(&d.0, None).unwrap();
+        let text = policy_table(&reports);
+        let lines: Vec<&str> = text.lines().collect();
+        let row = |name: &str| {
+            let line = lines
+                .iter()
+                .find(|l| l.split_whitespace().nth(1) == Some(name))
+                .unwrap_or_else(|| panic!("no row for {name}:\n{text}"));
+            line.split_whitespace().collect::<Vec<_>>().join(" ")
+        };
+        assert!(lines[0].starts_with("NAMESPACE  NAME"), "{text}");
+        assert_eq!(row("books-http"), "default books-http Server True - yes");
+        assert_eq!(
+            row("web-only"),
+            "default web-only MeshTLSAuthentication True - yes"
+        );
+        assert_eq!(
+            row("books-from-web"),
+            "default books-from-web AuthorizationPolicy True False (TargetNotFound) no"
+        );
+        assert!(
+            text.contains("AuthorizationPolicy default/books-from-web (routes.yaml): ResolvedRefs TargetNotFound: "),
+            "{text}"
+        );
+        assert!(policies(&d.0, Some("other")).unwrap().is_empty());
+        assert_eq!(
+            policy_table(&[]),
+            "no Servers, AuthorizationPolicies, MeshTLSAuthentications or NetworkAuthentications\n"
+        );
     }
 
     const CANARY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: books-canary}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: books, port: 80}]\n  rules:\n  - backendRefs: [{name: books-v1, port: 80, weight: 90}, {name: books-v2, port: 80, weight: 10}]\n";
