@@ -287,3 +287,48 @@ fn the_binary_checks_tokens_with_the_api_and_releases_its_lease_on_sigterm() {
     assert!(rest.contains("Lease released"), "{log}{rest}");
     assert_eq!(lease_field(api, "holderIdentity"), "");
 }
+
+/// A leader that vanished without releasing (crashed, partitioned): its Lease is taken
+/// over only once its record stayed unchanged for its lease duration, by the
+/// follower's own clock.
+#[test]
+fn a_lease_left_by_a_crashed_leader_is_taken_over_after_its_duration() {
+    let Some(api) = KubeApi::shared() else { return };
+    api.kubectl(&["create", "namespace", NAMESPACE]).unwrap();
+    // Renewed long ago by another machine's clock; not trusted, only watched.
+    let now = "2026-01-01T00:00:00.000000Z";
+    let lease = format!(
+        r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease",
+            "metadata":{{"name":"weft-controller","namespace":"{NAMESPACE}"}},
+            "spec":{{"holderIdentity":"crashed","leaseDurationSeconds":2,"leaseTransitions":4,
+                     "acquireTime":"{now}","renewTime":"{now}"}}}}"#
+    );
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&lease))
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(api.kubeconfig()).unwrap();
+        let client = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let b = Elector::start(client, config("replica-b")).unwrap();
+        let rb = b.is_leader();
+        wait(&[&rb], Duration::from_secs(30), "takeover", |l| l[0]).await;
+        let took = started.elapsed();
+        eprintln!("a crashed leader's Lease taken over after {took:?}");
+        // Not before the record stayed the same for its 2 s (its renewTime, long past,
+        // is another machine's clock and is not trusted).
+        assert!(took >= LEASE_DURATION, "taken over after only {took:?}");
+        assert_eq!(lease_field(api, "holderIdentity"), "replica-b");
+        assert_eq!(lease_field(api, "leaseTransitions"), "5");
+        b.stop().await;
+    });
+}
