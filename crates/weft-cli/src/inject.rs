@@ -75,16 +75,20 @@ pub fn inject_documents(
     Ok((out.join("---\n"), notes))
 }
 
+fn object_name(object: &Value) -> Option<String> {
+    object
+        .get("metadata")?
+        .get("name")?
+        .as_str()
+        .map(str::to_owned)
+}
+
 fn describe(object: &Value) -> String {
     let kind = object
         .get("kind")
         .and_then(Value::as_str)
         .unwrap_or("object without a kind");
-    match object
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-    {
+    match object_name(object) {
         Some(name) => format!("{kind} {name}"),
         None => kind.to_owned(),
     }
@@ -122,13 +126,17 @@ fn inject_object(
         "CronJob" => &["spec", "jobTemplate", "spec", "template"],
         _ => return Ok(()),
     };
+    let deployment = (kind == "Deployment")
+        .then(|| object_name(object))
+        .flatten();
     let mut template = &mut *object;
     for key in path {
         template = template
             .get_mut(*key)
             .with_context(|| format!("{at}: no {}", path.join(".")))?;
     }
-    if let Some(skip) = inject_template(template, config).with_context(|| at.clone())? {
+    let injected = inject_template(template, deployment.as_deref(), config);
+    if let Some(skip) = injected.with_context(|| at.clone())? {
         notes.push(format!("{at}: not injected: {skip}"));
     }
     Ok(())
@@ -139,6 +147,7 @@ fn inject_object(
 /// why when it cannot be injected (host network, a container named weft-proxy).
 fn inject_template(
     template: &mut Value,
+    deployment: Option<&str>,
     config: &InjectConfig,
 ) -> anyhow::Result<Option<inject::Skip>> {
     let Value::Mapping(map) = template else {
@@ -169,7 +178,7 @@ fn inject_template(
     let pod: Pod = serde_json::to_value(&*template)
         .and_then(serde_json::from_value)
         .context("not a pod template")?;
-    match inject::inject(&pod, None, config)? {
+    match inject::inject_template(&pod, deployment, config)? {
         Decision::Inject(injection) => {
             for op in &injection.patch.0 {
                 apply(template, op)?;
@@ -292,6 +301,17 @@ items:
         let annotations = &template["metadata"]["annotations"];
         assert_eq!(annotations["weft.io/inject"], "enabled");
         assert_eq!(annotations["weft.io/injected"], env!("CARGO_PKG_VERSION"));
+        // The Deployment's name for the proxy's `deployment` label.
+        let env = template["spec"]["initContainers"][1]["env"]
+            .as_sequence()
+            .unwrap();
+        let deployment = env.iter().find(|e| e["name"] == "WEFT_DEPLOYMENT");
+        assert_eq!(deployment.unwrap()["value"], "books");
+        let cron = &docs[2]["items"][1]["spec"]["jobTemplate"]["spec"]["template"];
+        let env = cron["spec"]["initContainers"][1]["env"]
+            .as_sequence()
+            .unwrap();
+        assert!(env.iter().all(|e| e["name"] != "WEFT_DEPLOYMENT"));
         let init_args = &template["spec"]["initContainers"][0]["args"];
         assert_eq!(
             serde_yaml_ng::to_string(init_args).unwrap(),

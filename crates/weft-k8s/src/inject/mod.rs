@@ -202,6 +202,27 @@ pub fn inject(
     namespace: Option<&ObjectMeta>,
     config: &InjectConfig,
 ) -> Result<Decision, InvalidAnnotation> {
+    decide(pod, namespace, config, None)
+}
+
+/// [`inject`] for a pod template offline (`weft inject`), with the name of the
+/// Deployment it belongs to, if any: the pods made from it pass the webhook as injected
+/// already, so the template carries the name of the proxy's `deployment` label (the
+/// webhook finds it from a pod's ReplicaSet).
+pub fn inject_template(
+    template: &Pod,
+    deployment: Option<&str>,
+    config: &InjectConfig,
+) -> Result<Decision, InvalidAnnotation> {
+    decide(template, None, config, deployment)
+}
+
+fn decide(
+    pod: &Pod,
+    namespace: Option<&ObjectMeta>,
+    config: &InjectConfig,
+    deployment: Option<&str>,
+) -> Result<Decision, InvalidAnnotation> {
     let empty = BTreeMap::new();
     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
     if let Some(version) = annotations.get(INJECTED_ANNOTATION) {
@@ -254,6 +275,6 @@ pub fn inject(
     }
     let settings = Settings::parse(annotations)?;
     Ok(Decision::Inject(Injection {
-        patch: pod::patch(pod, &settings, config),
+        patch: pod::patch(pod, &settings, config, deployment),
     }))
 }

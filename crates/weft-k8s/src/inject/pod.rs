@@ -23,12 +23,18 @@ use super::{
 };
 
 /// The patch adding weft to `pod` (whose spec decides between creating and extending
-/// each list and map).
-pub(super) fn patch(pod: &Pod, settings: &Settings, config: &InjectConfig) -> Patch {
+/// each list and map); `deployment` names its Deployment when the pod cannot tell.
+pub(super) fn patch(
+    pod: &Pod,
+    settings: &Settings,
+    config: &InjectConfig,
+    deployment: Option<&str>,
+) -> Patch {
     let spec = pod.spec.clone().unwrap_or_default();
     let mut ops = Vec::new();
     let init = value(&init_container(settings, config));
-    let proxy = value(&proxy_container(pod, settings, config));
+    let deployment = deployment.map(str::to_owned).or_else(|| deployment_of(pod));
+    let proxy = value(&proxy_container(deployment, settings, config));
     // weft-init first (the rules), then the proxy, then the pod's own init containers,
     // whose traffic the rules send to the proxy.
     match &spec.init_containers {
@@ -167,7 +173,7 @@ fn runtime_default() -> SeccompProfile {
 
 /// The workload's name for the `deployment` metric label: a pod of a ReplicaSet owned
 /// by a Deployment is named after the ReplicaSet, `{deployment}-{pod-template-hash}`.
-fn deployment(pod: &Pod) -> Option<String> {
+fn deployment_of(pod: &Pod) -> Option<String> {
     let owner = pod
         .metadata
         .owner_references
@@ -185,7 +191,11 @@ fn deployment(pod: &Pod) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn proxy_container(pod: &Pod, settings: &Settings, config: &InjectConfig) -> Container {
+fn proxy_container(
+    deployment: Option<String>,
+    settings: &Settings,
+    config: &InjectConfig,
+) -> Container {
     let mut opaque: Vec<u16> = PROXY_DEFAULT_OPAQUE_PORTS.to_vec();
     opaque.extend(&settings.opaque);
     opaque.sort_unstable();
@@ -216,7 +226,7 @@ fn proxy_container(pod: &Pod, settings: &Settings, config: &InjectConfig) -> Con
         env("WEFT_DESTINATION", config.controller.clone()),
         env("WEFT_OPAQUE_PORTS", opaque),
     ];
-    if let Some(deployment) = deployment(pod) {
+    if let Some(deployment) = deployment {
         vars.push(env("WEFT_DEPLOYMENT", deployment));
     }
     let resources = |cpu: &Option<String>, memory: &Option<String>| {
