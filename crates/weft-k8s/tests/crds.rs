@@ -68,7 +68,7 @@ spec:
 #[test]
 fn every_crd_becomes_established_accepts_the_documented_objects_and_refuses_bad_ones() {
     let Some(api) = KubeApi::shared() else { return };
-    install_crds(&api);
+    install_crds(api);
 
     // Every example of docs/policy.md's examples directory is accepted as it is, and
     // reads back into the types unchanged.
@@ -215,7 +215,7 @@ fn every_crd_becomes_established_accepts_the_documented_objects_and_refuses_bad_
         ),
     ];
     for (yaml, expected) in cases {
-        let message = refused(&api, yaml);
+        let message = refused(api, yaml);
         for e in *expected {
             assert!(
                 message.contains(e),
