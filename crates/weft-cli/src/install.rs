@@ -75,24 +75,27 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let text = if args.crds {
         weft_k8s::crd::render()?
     } else {
-        let webhook_ca_bundle = match &args.webhook_ca_bundle {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading --webhook-ca-bundle {}", path.display()))?,
-            ),
-            None => None,
-        };
-        let opts = InstallOptions {
-            version: args.weft_version,
-            namespace: args.namespace,
-            image_registry: args.image_registry,
-            controller_replicas: if args.ha { install::HA_REPLICAS } else { 1 },
-            webhook_ca_bundle,
-            fail_closed: args.webhook_fail_closed,
-        };
-        install::render(&opts, true)?
+        install::render(&options(args)?, true)?
     };
     print(&text)
+}
+
+fn options(args: InstallArgs) -> anyhow::Result<InstallOptions> {
+    let webhook_ca_bundle = match &args.webhook_ca_bundle {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --webhook-ca-bundle {}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(InstallOptions {
+        version: args.weft_version,
+        namespace: args.namespace,
+        image_registry: args.image_registry,
+        controller_replicas: if args.ha { install::HA_REPLICAS } else { 1 },
+        webhook_ca_bundle,
+        fail_closed: args.webhook_fail_closed,
+    })
 }
 
 pub fn run_uninstall(args: UninstallArgs) -> anyhow::Result<()> {
@@ -108,4 +111,54 @@ fn print(text: &str) -> anyhow::Result<()> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .context("writing the manifests to standard output")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: InstallArgs,
+    }
+
+    fn parse(args: &[&str]) -> anyhow::Result<InstallOptions> {
+        let cli = Cli::try_parse_from(std::iter::once("weft-install").chain(args.iter().copied()))?;
+        options(cli.args)
+    }
+
+    #[test]
+    fn flags_become_install_options() {
+        assert_eq!(parse(&[]).unwrap(), InstallOptions::default());
+        let o = parse(&[
+            "--ha",
+            "--version",
+            "v1.2.3",
+            "-n",
+            "mesh",
+            "--image-registry",
+            "registry.local:5000/weft",
+            "--webhook-fail-closed",
+        ])
+        .unwrap();
+        assert_eq!(
+            o,
+            InstallOptions {
+                version: "v1.2.3".into(),
+                namespace: "mesh".into(),
+                image_registry: "registry.local:5000/weft".into(),
+                controller_replicas: install::HA_REPLICAS,
+                webhook_ca_bundle: None,
+                fail_closed: true,
+            }
+        );
+        let missing = parse(&["--webhook-ca-bundle", "/nonexistent/ca.crt"]).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("reading --webhook-ca-bundle /nonexistent/ca.crt"),
+            "{missing:#}"
+        );
+    }
 }
