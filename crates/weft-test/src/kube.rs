@@ -224,6 +224,11 @@ impl KubeApi {
                 format!("--service-account-signing-key-file={}", p(&pki.sa_key)),
                 format!("--api-audiences={API_AUDIENCE}"),
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
+                // A webhook or aggregated API named by a Service is dialled at the
+                // Service's endpoints, never by its DNS name: this machine has no Service
+                // network, and the name `x.ns.svc` must not be resolved (and called) out
+                // there. Without endpoints the call fails on loopback.
+                "--enable-aggregator-routing=true".into(),
                 "--authorization-mode=RBAC".into(),
                 "--allow-privileged=true".into(),
                 format!("--cert-dir={}", p(&api.dir.join("certs"))),
