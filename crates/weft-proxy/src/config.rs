@@ -237,8 +237,20 @@ pub struct Args {
     /// Trust anchors (PEM bundle). Setting them turns on mTLS: the proxy makes a key,
     /// obtains a certificate from --controller with --identity-token, and reports ready
     /// only once it has one.
-    #[arg(long, env = "WEFT_TRUST_ANCHORS")]
+    #[arg(long, env = "WEFT_TRUST_ANCHORS", group = "anchors")]
     pub trust_anchors: Option<PathBuf>,
+
+    /// The trust anchors inline (the PEM bundle itself), instead of --trust-anchors: the
+    /// sidecar injector passes them so, with no volume to mount.
+    #[arg(
+        long,
+        env = "WEFT_TRUST_ANCHORS_PEM",
+        group = "anchors",
+        value_name = "PEM",
+        // A PEM bundle begins with `-----`, which clap would take for a flag.
+        allow_hyphen_values = true
+    )]
+    pub trust_anchors_pem: Option<String>,
 
     /// The controller's identity service, `host:port` (gRPC over TLS).
     #[arg(long, env = "WEFT_CONTROLLER")]
@@ -254,7 +266,7 @@ pub struct Args {
     /// Outbound connections to addresses the endpoints file does not know are resolved
     /// through it (explicit mode: HTTP authorities); the endpoints it streams are
     /// applied as they change, and kept while the controller is unreachable.
-    #[arg(long, env = "WEFT_DESTINATION", requires = "trust_anchors")]
+    #[arg(long, env = "WEFT_DESTINATION", requires = "anchors")]
     pub destination: Option<String>,
 
     /// How long connections to a destination met for the first time wait for the
@@ -381,14 +393,20 @@ pub enum ConfigError {
     Flag { flag: &'static str, problem: String },
     #[error("the zone band needs 0 <= --zone-low <= --zone-high (got {0} and {1})")]
     ZoneBand(f64, f64),
-    #[error("--trust-anchors turns on mTLS, which also needs {0}")]
+    #[error(
+        "trust anchors (--trust-anchors or --trust-anchors-pem) turn on mTLS, which also need {0}"
+    )]
     IdentityIncomplete(&'static str),
     #[error("--identity-token -: cannot read the token from stdin: {0}")]
     TokenStdin(std::io::Error),
     #[error("--identity-token -: stdin held no token")]
     EmptyToken,
-    #[error("--destination needs --trust-anchors to verify the controller's certificate")]
+    #[error("--destination needs --trust-anchors or --trust-anchors-pem to verify the controller's certificate")]
     DestinationWithoutAnchors,
+    #[error("--trust-anchors and --trust-anchors-pem both name trust anchors; give one")]
+    TwoAnchorSources,
+    #[error("trust anchors from --trust-anchors-pem (WEFT_TRUST_ANCHORS_PEM): {0}")]
+    InlineAnchors(String),
     #[error("the proxy's identity: {0}")]
     IdentityName(#[from] weft_core::identity::IdentityError),
     #[error(transparent)]
@@ -415,7 +433,44 @@ fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{s:?} is not a network (CIDR like 198.18.0.0/15) or an address"))
 }
 
+/// The trust anchors, parsed and as the PEM bundle they came in.
+struct TrustAnchors {
+    roots: Arc<rustls::RootCertStore>,
+    pem: Vec<u8>,
+}
+
 impl Args {
+    /// The trust anchors parsed, with their PEM bundle (which the identity and
+    /// destination clients verify the controller with), from whichever of
+    /// --trust-anchors and --trust-anchors-pem is given; the file is read once.
+    fn anchors(&self) -> Result<Option<TrustAnchors>, ConfigError> {
+        match (&self.trust_anchors, &self.trust_anchors_pem) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(ConfigError::TwoAnchorSources),
+            (Some(path), None) => {
+                let pem = std::fs::read(path).map_err(|source| {
+                    crate::identity::IdentityError::ReadAnchors {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                let roots = crate::identity::anchors_from_pem(&pem).map_err(|problem| {
+                    crate::identity::IdentityError::BadAnchors {
+                        path: path.clone(),
+                        problem,
+                    }
+                })?;
+                Ok(Some(TrustAnchors { roots, pem }))
+            }
+            (None, Some(pem)) => {
+                let pem = pem.as_bytes().to_vec();
+                let roots =
+                    crate::identity::anchors_from_pem(&pem).map_err(ConfigError::InlineAnchors)?;
+                Ok(Some(TrustAnchors { roots, pem }))
+            }
+        }
+    }
+
     pub fn into_config(self) -> Result<Config, ConfigError> {
         if self.worker_threads == 0 {
             return Err(ConfigError::NoWorkers);
@@ -451,9 +506,13 @@ impl Args {
                 return Err(ConfigError::InboundForwardLoop(forward, listen));
             }
         }
-        let identity = match &self.trust_anchors {
+        let anchors = self.anchors()?;
+        let identity = match &anchors {
             None => None,
-            Some(anchors) => {
+            Some(TrustAnchors {
+                roots,
+                pem: anchors_pem,
+            }) => {
                 let controller = self
                     .controller
                     .clone()
@@ -467,43 +526,36 @@ impl Args {
                 };
                 let name =
                     Identity::new(&self.service_account, &self.namespace, &self.trust_domain)?;
-                let roots = crate::identity::load_anchors(anchors)?;
-                let anchors_pem = std::fs::read(anchors).map_err(|source| {
-                    crate::identity::IdentityError::ReadAnchors {
-                        path: anchors.clone(),
-                        source,
-                    }
-                })?;
                 let controller_name = match &self.controller_name {
                     Some(n) => n.clone(),
                     None => Identity::new("weft-controller", "weft-system", &self.trust_domain)?
                         .dns_name(),
                 };
                 Some(IdentityConfig {
-                    local: LocalIdentity::new(name, roots)?,
+                    local: LocalIdentity::new(name, roots.clone())?,
                     certify: Some(CertifyConfig {
                         controller,
                         controller_name,
                         token,
-                        anchors_pem,
+                        anchors_pem: anchors_pem.clone(),
                     }),
                 })
             }
         };
-        let destination = match (&self.destination, &self.trust_anchors) {
-            (Some(controller), Some(anchors)) => Some(DestinationConfig {
+        let destination = match (&self.destination, anchors) {
+            (
+                Some(controller),
+                Some(TrustAnchors {
+                    pem: anchors_pem, ..
+                }),
+            ) => Some(DestinationConfig {
                 controller: controller.clone(),
                 controller_name: match &self.controller_name {
                     Some(n) => n.clone(),
                     None => Identity::new("weft-controller", "weft-system", &self.trust_domain)?
                         .dns_name(),
                 },
-                anchors_pem: std::fs::read(anchors).map_err(|source| {
-                    crate::identity::IdentityError::ReadAnchors {
-                        path: anchors.clone(),
-                        source,
-                    }
-                })?,
+                anchors_pem,
                 first_update: self.destination_wait,
                 mesh_networks: self.mesh_networks.clone(),
             }),
@@ -631,6 +683,124 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("weft-proxy").chain(args.iter().copied()))
+    }
+
+    fn anchor_pem() -> String {
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    const MTLS: [&str; 6] = [
+        "--controller",
+        "198.18.0.1:8080",
+        "--identity-token",
+        "/var/run/secrets/tokens/weft-identity",
+        "--destination",
+        "198.18.0.1:8090",
+    ];
+
+    #[test]
+    fn trust_anchors_come_from_a_file_or_inline_but_not_both() {
+        let pem = anchor_pem();
+        let dir = std::env::temp_dir().join(format!("weft-proxy-anchors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("anchors.pem");
+        std::fs::write(&file, &pem).unwrap();
+        let bad_file = dir.join("bad.pem");
+        std::fs::write(&bad_file, "not a certificate\n").unwrap();
+        let file_arg = file.to_str().unwrap();
+        let bad_arg = bad_file.to_str().unwrap();
+
+        let from_file = parse(&[&["--trust-anchors", file_arg][..], &MTLS].concat())
+            .unwrap()
+            .into_config();
+        let inline = parse(&[&["--trust-anchors-pem", pem.as_str()][..], &MTLS].concat())
+            .unwrap()
+            .into_config();
+        let bad_from_file = parse(&[
+            "--trust-anchors",
+            bad_arg,
+            "--controller",
+            "198.18.0.1:8080",
+        ])
+        .unwrap()
+        .into_config();
+        let both = parse(&[
+            "--trust-anchors",
+            file_arg,
+            "--trust-anchors-pem",
+            pem.as_str(),
+        ]);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        for config in [from_file.unwrap(), inline.unwrap()] {
+            let identity = config.identity.expect("mTLS is on");
+            let certify = identity.certify.expect("certificates from the controller");
+            assert_eq!(certify.anchors_pem, pem.as_bytes());
+            assert_eq!(certify.controller, "198.18.0.1:8080");
+            let destination = config.destination.expect("destination service");
+            assert_eq!(destination.anchors_pem, pem.as_bytes());
+        }
+
+        // The same parsing for both sources; each error names its source.
+        let err = bad_from_file.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("trust anchors {bad_arg}: no certificate in the bundle")
+        );
+        let err = parse(&[
+            "--trust-anchors-pem",
+            "not a certificate",
+            "--controller",
+            "198.18.0.1:8080",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "trust anchors from --trust-anchors-pem (WEFT_TRUST_ANCHORS_PEM): no certificate in the bundle"
+        );
+        let truncated = &pem[..pem.len() / 2];
+        let err = parse(&[
+            "--trust-anchors-pem",
+            truncated,
+            "--controller",
+            "198.18.0.1:8080",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("trust anchors from --trust-anchors-pem (WEFT_TRUST_ANCHORS_PEM): not a PEM certificate bundle"),
+            "{err}"
+        );
+
+        // Exclusive: on the command line (or from the environment) clap refuses both,
+        // and a config built otherwise is refused too.
+        let err = both.unwrap_err().to_string();
+        assert!(err.contains("--trust-anchors <TRUST_ANCHORS>"), "{err}");
+        assert!(err.contains("cannot be used with"), "{err}");
+        assert!(err.contains("--trust-anchors-pem <PEM>"), "{err}");
+        let mut args = parse(&["--trust-anchors-pem", pem.as_str()]).unwrap();
+        args.trust_anchors = Some(file);
+        assert!(matches!(
+            args.into_config(),
+            Err(ConfigError::TwoAnchorSources)
+        ));
+
+        // --destination needs anchors from either source.
+        let err = parse(&["--destination", "198.18.0.1:8090"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--trust-anchors <TRUST_ANCHORS>|--trust-anchors-pem <PEM>"),
+            "{err}"
+        );
     }
 
     #[test]
