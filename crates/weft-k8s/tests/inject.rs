@@ -55,6 +55,8 @@ struct Injector {
     task: Option<tokio::task::JoinHandle<()>>,
     addr: SocketAddr,
     ca_pem: String,
+    /// The trust anchors it gives the proxies (its own copy, read from a file).
+    anchors_pem: String,
 }
 
 impl Injector {
@@ -63,6 +65,13 @@ impl Injector {
         std::fs::create_dir_all(&dir).unwrap();
         let ca_pem = webhook_certificate(&dir);
         let tls = inject::tls_config(&dir.join("tls.crt"), &dir.join("tls.key")).unwrap();
+        // Any CA serves as the mesh's anchors here: the proxies never start.
+        std::fs::write(dir.join("trust-anchors.pem"), &ca_pem).unwrap();
+        let inject_config = InjectConfig {
+            trust_anchors_pem: inject::read_trust_anchors(&dir.join("trust-anchors.pem")).unwrap(),
+            ..InjectConfig::default()
+        };
+        let anchors_pem = inject_config.trust_anchors_pem.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -77,7 +86,7 @@ impl Injector {
             let client = kube::Client::try_from(config).unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let webhook = Arc::new(Webhook::new(InjectConfig::default(), Some(client)));
+            let webhook = Arc::new(Webhook::new(inject_config, Some(client)));
             (tokio::spawn(inject::serve(listener, tls, webhook)), addr)
         });
         Injector {
@@ -85,6 +94,7 @@ impl Injector {
             task: Some(task),
             addr,
             ca_pem,
+            anchors_pem,
         }
     }
 
@@ -305,9 +315,19 @@ fn the_api_server_injects_pods_through_the_webhook() {
         .find(|v| v["name"] == "weft-identity")
         .unwrap();
     assert_eq!(
-        identity["projected"]["sources"][0]["serviceAccountToken"]["audience"],
-        "identity.weft.io"
+        identity["projected"]["sources"],
+        json!([{ "serviceAccountToken": {
+            "audience": "identity.weft.io", "expirationSeconds": 3600, "path": "token",
+        } }]),
+        "the token only: the trust anchors come inline, from no ConfigMap"
     );
+    let anchors = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "WEFT_TRUST_ANCHORS_PEM")
+        .unwrap();
+    assert_eq!(anchors["value"], injector.anchors_pem.as_str());
     assert_eq!(
         web["metadata"]["annotations"]["weft.io/injected"],
         env!("CARGO_PKG_VERSION")

@@ -47,10 +47,12 @@ struct Args {
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
 
-    /// ConfigMap, in each injected pod's namespace, whose trust-anchors.pem the proxy
-    /// verifies the controller and its peers with.
-    #[arg(long, env = "WEFT_TRUST_ANCHORS_CONFIGMAP", default_value = inject::DEFAULT_TRUST_ANCHORS_CONFIGMAP)]
-    trust_anchors_configmap: String,
+    /// The mesh's trust anchors (PEM bundle, the injector's own mounted copy): each
+    /// injected proxy gets them inline as WEFT_TRUST_ANCHORS_PEM and verifies the
+    /// controller and its peers with them. Read once at start: restart the injector
+    /// after an anchor rotation (and the pods after it).
+    #[arg(long, env = "WEFT_TRUST_ANCHORS", value_name = "FILE")]
+    trust_anchors: PathBuf,
 
     /// The proxies' log filter unless a pod's weft.io/proxy-log-level says otherwise.
     #[arg(long, env = "WEFT_PROXY_LOG_LEVEL", default_value = "info")]
@@ -71,12 +73,13 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let tls = inject::tls_config(&args.cert, &args.key)?;
+    let trust_anchors_pem = inject::read_trust_anchors(&args.trust_anchors)?;
     let config = InjectConfig {
         proxy_image: args.proxy_image,
         image_pull_policy: args.image_pull_policy,
         controller: args.controller,
         trust_domain: args.trust_domain,
-        trust_anchors_configmap: args.trust_anchors_configmap,
+        trust_anchors_pem,
         log_level: args.proxy_log_level,
         ..InjectConfig::default()
     };

@@ -10,7 +10,9 @@
 //!   containers, whose traffic it then carries) as UID 2102, configured through its
 //!   `WEFT_*` environment (pod, namespace and service account from the downward API),
 //!   with its identity token (a projected ServiceAccount token for the audience
-//!   [`IDENTITY_AUDIENCE`]) and the mesh's trust anchors in the `weft-identity` volume;
+//!   [`IDENTITY_AUDIENCE`]) in the `weft-identity` volume and the mesh's trust anchors
+//!   inline in `WEFT_TRUST_ANCHORS_PEM` (the injector's own copy: no object in the
+//!   pod's namespace to create or keep in step);
 //! - the annotation `weft.io/injected: <version>`, which makes a second injection a
 //!   no-op.
 
@@ -43,7 +45,7 @@ pub const INJECTED_ANNOTATION: &str = "weft.io/injected";
 pub const PROXY_CONTAINER: &str = "weft-proxy";
 /// The init container that installs the iptables rules.
 pub const INIT_CONTAINER: &str = "weft-init";
-/// The projected volume with the proxy's identity token and the trust anchors.
+/// The projected volume with the proxy's identity token.
 pub const IDENTITY_VOLUME: &str = "weft-identity";
 /// A writable /run for `weft-init` (iptables' lock file) on a read-only root.
 pub const INIT_RUN_VOLUME: &str = "weft-init-run";
@@ -53,9 +55,6 @@ pub const INIT_RUN_VOLUME: &str = "weft-init-run";
 pub const IDENTITY_AUDIENCE: &str = weft_core::identity::KUBE_TOKEN_AUDIENCE;
 /// Where the controller serves identity and destination in a cluster.
 pub const DEFAULT_CONTROLLER: &str = "weft-controller.weft-system.svc:8090";
-/// The ConfigMap (in the pod's namespace) holding the trust anchors, and its key.
-pub const DEFAULT_TRUST_ANCHORS_CONFIGMAP: &str = "weft-trust-anchors";
-pub const TRUST_ANCHORS_KEY: &str = "trust-anchors.pem";
 /// Where the proxy finds its identity volume.
 pub const IDENTITY_DIR: &str = "/var/run/weft/identity";
 /// The proxy's and the init container's image by default.
@@ -75,9 +74,10 @@ pub struct InjectConfig {
     pub controller: String,
     /// Trust domain of identities (`WEFT_TRUST_DOMAIN`).
     pub trust_domain: String,
-    /// The ConfigMap in the pod's namespace with the trust anchors under
-    /// [`TRUST_ANCHORS_KEY`].
-    pub trust_anchors_configmap: String,
+    /// The trust anchors (PEM bundle), given to the proxy as `WEFT_TRUST_ANCHORS_PEM`;
+    /// [`read_trust_anchors`] reads and checks them (empty by default: a proxy given
+    /// none refuses to start, naming the variable).
+    pub trust_anchors_pem: String,
     /// Lifetime of the projected identity token (the kubelet renews it at 80 %).
     pub token_expiration_seconds: i64,
     /// The proxy's log filter unless the pod's annotation says otherwise.
@@ -97,7 +97,7 @@ impl Default for InjectConfig {
             version: env!("CARGO_PKG_VERSION").into(),
             controller: DEFAULT_CONTROLLER.into(),
             trust_domain: "cluster.local".into(),
-            trust_anchors_configmap: DEFAULT_TRUST_ANCHORS_CONFIGMAP.into(),
+            trust_anchors_pem: String::new(),
             token_expiration_seconds: 3600,
             log_level: "info".into(),
             cpu_request: Some("100m".into()),
@@ -193,6 +193,44 @@ pub struct InvalidAnnotation {
     pub annotation: &'static str,
     pub value: String,
     pub problem: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustAnchorsError {
+    #[error("cannot read trust anchors {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("trust anchors {path}: {problem}")]
+    Bad {
+        path: std::path::PathBuf,
+        problem: String,
+    },
+}
+
+/// The trust anchors the injected proxies get, from the injector's own copy: a PEM
+/// bundle of at least one certificate, checked here so that a bad file stops the
+/// injector rather than every injected proxy.
+pub fn read_trust_anchors(path: &std::path::Path) -> Result<String, TrustAnchorsError> {
+    use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+    let pem = std::fs::read_to_string(path).map_err(|source| TrustAnchorsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let bad = |problem: String| TrustAnchorsError::Bad {
+        path: path.to_owned(),
+        problem,
+    };
+    let mut certificates = 0;
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        cert.map_err(|e| bad(format!("not a PEM certificate bundle: {e}")))?;
+        certificates += 1;
+    }
+    if certificates == 0 {
+        return Err(bad("no certificate in the bundle".into()));
+    }
+    Ok(pem)
 }
 
 /// Decides whether `pod` gets the proxy and, if so, makes its patch. `namespace` is the

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -19,7 +19,7 @@ use weft_core::iptables::{ADMIN_PORT, INBOUND_PORT, PROXY_UID};
 use super::annotations::{Settings, PROXY_DEFAULT_OPAQUE_PORTS};
 use super::{
     InjectConfig, IDENTITY_AUDIENCE, IDENTITY_DIR, IDENTITY_VOLUME, INIT_CONTAINER,
-    INIT_RUN_VOLUME, INJECTED_ANNOTATION, PROXY_CONTAINER, TRUST_ANCHORS_KEY,
+    INIT_RUN_VOLUME, INJECTED_ANNOTATION, PROXY_CONTAINER,
 };
 
 /// The patch adding weft to `pod` (whose spec decides between creating and extending
@@ -217,10 +217,7 @@ fn proxy_container(
         env_field("WEFT_NAMESPACE", "metadata.namespace"),
         env_field("WEFT_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         env("WEFT_TRUST_DOMAIN", config.trust_domain.clone()),
-        env(
-            "WEFT_TRUST_ANCHORS",
-            format!("{IDENTITY_DIR}/{TRUST_ANCHORS_KEY}"),
-        ),
+        env("WEFT_TRUST_ANCHORS_PEM", config.trust_anchors_pem.clone()),
         env("WEFT_IDENTITY_TOKEN", format!("{IDENTITY_DIR}/token")),
         env("WEFT_CONTROLLER", config.controller.clone()),
         env("WEFT_DESTINATION", config.controller.clone()),
@@ -316,28 +313,14 @@ fn volumes(config: &InjectConfig) -> Vec<Volume> {
         Volume {
             name: IDENTITY_VOLUME.into(),
             projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![
-                    VolumeProjection {
-                        service_account_token: Some(ServiceAccountTokenProjection {
-                            audience: Some(IDENTITY_AUDIENCE.into()),
-                            expiration_seconds: Some(config.token_expiration_seconds),
-                            path: "token".into(),
-                        }),
-                        ..VolumeProjection::default()
-                    },
-                    VolumeProjection {
-                        config_map: Some(ConfigMapProjection {
-                            name: config.trust_anchors_configmap.clone(),
-                            items: Some(vec![KeyToPath {
-                                key: TRUST_ANCHORS_KEY.into(),
-                                path: TRUST_ANCHORS_KEY.into(),
-                                mode: None,
-                            }]),
-                            optional: Some(false),
-                        }),
-                        ..VolumeProjection::default()
-                    },
-                ]),
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(IDENTITY_AUDIENCE.into()),
+                        expiration_seconds: Some(config.token_expiration_seconds),
+                        path: "token".into(),
+                    }),
+                    ..VolumeProjection::default()
+                }]),
                 default_mode: None,
             }),
             ..Volume::default()

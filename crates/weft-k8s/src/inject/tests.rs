@@ -32,8 +32,19 @@ fn typed(pod: &Value) -> Pod {
     serde_json::from_value(pod.clone()).unwrap()
 }
 
+/// A trust anchor (its bytes are not checked by the injection itself).
+const ANCHORS_PEM: &str =
+    "-----BEGIN CERTIFICATE-----\nMIIBeTCCAR6gAwIBAgIU\n-----END CERTIFICATE-----\n";
+
+fn config() -> InjectConfig {
+    InjectConfig {
+        trust_anchors_pem: ANCHORS_PEM.into(),
+        ..InjectConfig::default()
+    }
+}
+
 fn decide(pod: &Value) -> Result<Decision, InvalidAnnotation> {
-    inject(&typed(pod), None, &InjectConfig::default())
+    inject(&typed(pod), None, &config())
 }
 
 /// The pod with its patch applied.
@@ -151,10 +162,7 @@ fn an_enabled_pod_gets_the_init_container_the_native_sidecar_and_the_annotation(
         env_value(proxy, "WEFT_IDENTITY_TOKEN"),
         "/var/run/weft/identity/token"
     );
-    assert_eq!(
-        env_value(proxy, "WEFT_TRUST_ANCHORS"),
-        "/var/run/weft/identity/trust-anchors.pem"
-    );
+    assert_eq!(env_value(proxy, "WEFT_TRUST_ANCHORS_PEM"), ANCHORS_PEM);
     assert_eq!(env_value(proxy, "WEFT_LOG"), "info");
     let mounts = proxy.volume_mounts.as_ref().unwrap();
     assert_eq!(
@@ -173,8 +181,11 @@ fn an_enabled_pod_gets_the_init_container_the_native_sidecar_and_the_annotation(
     let token = sources[0].service_account_token.as_ref().unwrap();
     assert_eq!(token.audience.as_deref(), Some("identity.weft.io"));
     assert_eq!(token.path, "token");
-    let anchors = sources[1].config_map.as_ref().unwrap();
-    assert_eq!(anchors.name, "weft-trust-anchors");
+    assert_eq!(
+        sources.len(),
+        1,
+        "the token only: the trust anchors come inline, from no ConfigMap"
+    );
     assert_eq!(spec.containers[0].name, "app", "the app is untouched");
 
     assert_eq!(
@@ -429,12 +440,66 @@ fn a_replicaset_pod_carries_its_deployments_name() {
         .all(|e| e.name != "WEFT_DEPLOYMENT"));
 }
 
+fn real_anchor_pem() -> String {
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[test]
+fn the_injectors_trust_anchors_are_read_and_checked_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("weft-inject-anchors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("trust-anchors.pem");
+    let pem = real_anchor_pem();
+    std::fs::write(&good, &pem).unwrap();
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let garbled = dir.join("garbled.pem");
+    std::fs::write(&garbled, &pem[..pem.len() / 2]).unwrap();
+    let missing = dir.join("missing.pem");
+    let results = [&good, &empty, &garbled, &missing].map(|p| read_trust_anchors(p));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let [good_r, empty_r, garbled_r, missing_r] = results;
+    assert_eq!(good_r.unwrap(), pem);
+    assert_eq!(
+        empty_r.unwrap_err().to_string(),
+        format!(
+            "trust anchors {}: no certificate in the bundle",
+            empty.display()
+        )
+    );
+    let err = garbled_r.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "trust anchors {}: not a PEM certificate bundle",
+            garbled.display()
+        )),
+        "{err}"
+    );
+    let err = missing_r.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "cannot read trust anchors {}: ",
+            missing.display()
+        )),
+        "{err}"
+    );
+}
+
 /// Every environment variable the injector gives the proxy is one weft-proxy reads, and
 /// its value parses; the init container's arguments are `weft-proxy init`'s.
 #[test]
 fn the_proxy_accepts_the_injected_environment_and_arguments() {
     use clap::{CommandFactory as _, Parser as _};
-    let pod = injected(&pod_json(
+    let anchors_pem = real_anchor_pem();
+    let config = InjectConfig {
+        trust_anchors_pem: anchors_pem.clone(),
+        ..InjectConfig::default()
+    };
+    let pod = pod_json(
         json!({
             INJECT_ANNOTATION: "enabled",
             SKIP_INBOUND_PORTS: "22,4000-4010",
@@ -442,7 +507,12 @@ fn the_proxy_accepts_the_injected_environment_and_arguments() {
             PROXY_LOG_LEVEL: "debug",
         }),
         Value::Null,
-    ));
+    );
+    let Decision::Inject(injection) = inject(&typed(&pod), None, &config).unwrap() else {
+        panic!("not injected")
+    };
+    let mut pod = pod;
+    json_patch::patch(&mut pod, &injection.patch).unwrap();
     let command = weft_proxy::Args::command();
     let mut argv = vec!["weft-proxy".to_owned()];
     for var in proxy(&pod).env.unwrap() {
@@ -454,7 +524,12 @@ fn the_proxy_accepts_the_injected_environment_and_arguments() {
         let value = var.value.unwrap_or_else(|| "books".into());
         argv.push(format!("--{}={value}", arg.get_long().unwrap()));
     }
-    weft_proxy::Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let args = weft_proxy::Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    // The inline anchors turn on mTLS and verify the destination service.
+    let proxy_config = args.into_config().unwrap();
+    assert!(proxy_config.identity.is_some());
+    let destination = proxy_config.destination.unwrap();
+    assert_eq!(destination.anchors_pem, anchors_pem.as_bytes());
 
     let init = &init_containers(&pod)[0];
     let args = weft_proxy::init::InitArgs::try_parse_from(init.args.as_ref().unwrap()).unwrap();
