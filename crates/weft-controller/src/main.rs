@@ -1,5 +1,5 @@
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -172,24 +172,6 @@ enum TokensKind {
     Kube,
 }
 
-/// A client of the Kubernetes API: `kubeconfig`, else in-cluster, else $KUBECONFIG or
-/// ~/.kube/config.
-async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
-    let settings = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .with_context(|| format!("cannot use the kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer().await.context(
-            "cannot find the Kubernetes API (no --kubeconfig; tried in-cluster, $KUBECONFIG, ~/.kube/config)",
-        )?,
-    };
-    kube::Client::try_from(settings).context("cannot make a Kubernetes API client")
-}
-
 /// `--source`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum SourceKind {
@@ -247,7 +229,7 @@ fn main() -> anyhow::Result<()> {
         let tokens = match args.identity_tokens {
             TokensKind::Local => Tokens::Files,
             TokensKind::Kube => Tokens::Kube {
-                client: kube_client(args.kubeconfig.as_deref()).await?,
+                client: weft_controller::kube::api_client(args.kubeconfig.as_deref()).await?,
                 config: KubeTokensConfig::default(),
             },
         };
@@ -260,7 +242,7 @@ fn main() -> anyhow::Result<()> {
                         std::env::var("HOSTNAME").unwrap_or_else(|_| "weft-controller".into());
                     format!("{host}-{:08x}", rand::random::<u32>())
                 });
-                let client = kube_client(args.kubeconfig.as_deref()).await?;
+                let client = weft_controller::kube::api_client(args.kubeconfig.as_deref()).await?;
                 Some(Elector::start(
                     client,
                     LeaseConfig::new(&args.lease_namespace, &identity),

@@ -33,7 +33,7 @@ pub use build::{index, Objects};
 pub use metrics::{KindLabels, KubeMetrics};
 
 use std::fmt::Debug;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,6 +98,27 @@ pub enum KubeSourceError {
     Client(#[from] ::kube::Error),
 }
 
+/// A client of the Kubernetes API from `kubeconfig`, or when `None` from the in-cluster
+/// service account, then $KUBECONFIG and ~/.kube/config: the one set-up of the kube
+/// source, the token reviews and leader election.
+pub async fn api_client(kubeconfig: Option<&Path>) -> Result<Client, KubeSourceError> {
+    let settings = match kubeconfig {
+        Some(path) => {
+            let kubeconfig_error = |source| KubeSourceError::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
+            let file = ::kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+            ::kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(kubeconfig_error)?
+        }
+        None => ::kube::Config::infer().await?,
+    };
+    tracing::info!(api = %settings.cluster_url, "Kubernetes API");
+    Ok(Client::try_from(settings)?)
+}
+
 /// A client of the Kubernetes API, ready to reflect its objects.
 pub struct KubeSource {
     client: Client,
@@ -123,25 +144,7 @@ impl KubeSource {
         trust_domain: &str,
         opaque_ports: &[u16],
     ) -> Result<KubeSource, KubeSourceError> {
-        let settings = match &config.kubeconfig {
-            Some(path) => {
-                let file = ::kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                    KubeSourceError::Kubeconfig {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                ::kube::Config::from_custom_kubeconfig(file, &Default::default())
-                    .await
-                    .map_err(|source| KubeSourceError::Kubeconfig {
-                        path: path.clone(),
-                        source,
-                    })?
-            }
-            None => ::kube::Config::infer().await?,
-        };
-        tracing::info!(api = %settings.cluster_url, "kube source: Kubernetes API");
-        let client = Client::try_from(settings)?;
+        let client = api_client(config.kubeconfig.as_deref()).await?;
         Ok(KubeSource {
             client,
             trust_domain: trust_domain.to_owned(),

@@ -227,3 +227,25 @@ fn a_pod_not_reflected_yet_is_withheld_and_an_address_of_no_pod_is_plaintext() {
         (None, Protocol::Unknown)
     );
 }
+
+#[tokio::test]
+async fn the_api_client_refuses_a_bad_kubeconfig_naming_it() {
+    let dir = std::env::temp_dir().join(format!("weft-kubeconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("missing");
+    let garbled = dir.join("garbled");
+    std::fs::write(&garbled, "clusters: [").unwrap();
+    let missing_result = super::api_client(Some(&missing)).await;
+    let garbled_result = super::api_client(Some(&garbled)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    for (result, path) in [(missing_result, &missing), (garbled_result, &garbled)] {
+        let Err(err) = result else {
+            panic!("a client from {}", path.display())
+        };
+        let err = err.to_string();
+        assert!(
+            err.starts_with(&format!("cannot use the kubeconfig {}: ", path.display())),
+            "{err}"
+        );
+    }
+}
