@@ -28,6 +28,11 @@ pub struct InjectArgs {
     /// The controller's identity and destination services, host:port.
     #[arg(long, env = "WEFT_CONTROLLER", default_value = inject::DEFAULT_CONTROLLER)]
     pub controller: String,
+
+    /// The mesh's trust anchors (PEM bundle, e.g. `weft identity init`'s
+    /// trust-anchors.pem): each injected proxy gets them inline (WEFT_TRUST_ANCHORS_PEM).
+    #[arg(long, env = "WEFT_TRUST_ANCHORS", value_name = "FILE")]
+    pub trust_anchors: PathBuf,
 }
 
 pub fn run(args: InjectArgs) -> anyhow::Result<()> {
@@ -43,6 +48,7 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
     let config = InjectConfig {
         proxy_image: args.proxy_image,
         controller: args.controller,
+        trust_anchors_pem: inject::read_trust_anchors(&args.trust_anchors)?,
         ..InjectConfig::default()
     };
     let (output, notes) = inject_documents(&input, &config)?;
