@@ -154,7 +154,10 @@ fn fault_file_changes_behaviour_while_serving_and_its_removal_restores_it() {
         let tx = tx.clone();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = tx.send(line);
             }
         });

@@ -75,7 +75,9 @@ pub(crate) async fn forward(
         .unwrap_or_default();
     if !mirrors.is_empty() && (upgrade.is_some() || req.body().is_end_stream()) {
         let head = (upgrade.is_none()).then(|| empty_copy(&req));
-        mirror::send(ctx, mirrors, route_meta.as_ref(), version, || head.as_ref().map(|h| h()));
+        mirror::send(ctx, mirrors, route_meta.as_ref(), version, || {
+            head.as_ref().map(|h| h())
+        });
         mirrors = &[];
     }
     let rule_policy = rule.as_ref().and_then(|r| r.policy());
