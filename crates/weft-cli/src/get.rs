@@ -179,32 +179,7 @@ fn policy_table(reports: &[ObjectReport]) -> String {
     if rows.is_empty() {
         return "no Servers, AuthorizationPolicies, MeshTLSAuthentications or NetworkAuthentications\n".into();
     }
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[String]| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", text.join("  ").trim_end());
-    };
-    line(&header.map(str::to_owned));
-    for row in &rows {
-        line(row);
-    }
-    if !notes.is_empty() {
-        out.push('\n');
-        for n in notes {
-            let _ = writeln!(out, "{n}");
-        }
-    }
-    out
+    columns(header, &rows, &notes)
 }
 
 /// The routes of `dir` checked, each condition stamped with its file's modification
@@ -354,8 +329,14 @@ fn table(reports: &[RouteReport]) -> String {
     if rows.is_empty() {
         return "no HTTPRoutes or GRPCRoutes\n".into();
     }
+    columns(header, &rows, &notes)
+}
+
+/// `rows` under `header` in left-aligned columns two spaces apart, then `notes` after an
+/// empty line (the tables of `weft get routes` and `weft get policies`).
+fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]], notes: &[String]) -> String {
     let mut widths = header.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -370,7 +351,7 @@ fn table(reports: &[RouteReport]) -> String {
         let _ = writeln!(out, "{}", text.join("  ").trim_end());
     };
     line(&header.map(str::to_owned));
-    for row in &rows {
+    for row in rows {
         line(row);
     }
     if !notes.is_empty() {
