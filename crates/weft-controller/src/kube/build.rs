@@ -27,7 +27,8 @@ pub struct Objects {
     pub slices: Vec<Arc<EndpointSlice>>,
     pub pods: Vec<Arc<Pod>>,
     pub nodes: Vec<Arc<Node>>,
-    /// Gateway API objects by kind (`HTTPRoute`, `GRPCRoute`, `ReferenceGrant`).
+    /// Gateway API and policy objects by kind (`HTTPRoute`, `GRPCRoute`,
+    /// `ReferenceGrant`, `Server`, `AuthorizationPolicy`, ...).
     pub gateway: Vec<(String, Vec<Arc<DynamicObject>>)>,
 }
 
@@ -321,12 +322,13 @@ fn add_slice(
 /// What the mesh's gateway objects say of where an object came from.
 pub const GATEWAY_FILE: &str = "kubernetes";
 
-/// A Gateway API object as the local mesh reads it from a file: its kind and API
-/// version set (items of a list may come without them), `HTTPRoute ns/name` as its
-/// location.
+/// A Gateway API or policy object as the local mesh reads it from a file: its kind and
+/// API version set (items of a list may come without them), `HTTPRoute ns/name` as its
+/// location; a policy object's metadata only what a file's may hold, without status.
 fn gateway_object(kind: &str, object: &DynamicObject) -> Option<GatewayObject> {
     let name = object.metadata.name.as_deref()?;
     let namespace = object.metadata.namespace.as_deref()?;
+    let policy = crate::policy::parse::policy_kind(kind).is_some();
     let mut value = serde_json::to_value(object).ok()?;
     let fields = value.as_object_mut()?;
     let api_version = object
@@ -335,6 +337,9 @@ fn gateway_object(kind: &str, object: &DynamicObject) -> Option<GatewayObject> {
         .map(|t| t.api_version.clone())
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| {
+            if policy {
+                return crate::policy::API_VERSION.to_owned();
+            }
             let version = if kind == "ReferenceGrant" {
                 "v1beta1"
             } else {
@@ -344,6 +349,19 @@ fn gateway_object(kind: &str, object: &DynamicObject) -> Option<GatewayObject> {
         });
     fields.insert("apiVersion".into(), api_version.into());
     fields.insert("kind".into(), kind.into());
+    if policy {
+        // The policy parser takes a file's object: what the API server adds to the
+        // metadata (uid, resourceVersion, timestamps, owners) and the status are not
+        // in it.
+        fields.remove("status");
+        let metadata = fields.get_mut("metadata")?.as_object_mut()?;
+        metadata.retain(|field, _| {
+            matches!(
+                field.as_str(),
+                "name" | "namespace" | "generation" | "labels" | "annotations"
+            )
+        });
+    }
     Some(GatewayObject {
         file: GATEWAY_FILE.to_owned(),
         location: format!("{kind} {namespace}/{name}"),

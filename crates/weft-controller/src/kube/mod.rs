@@ -19,6 +19,11 @@
 //!   Their CRDs may not be installed: a kind the API server does not serve (404), or
 //!   does not let the controller read (403, logged), is none of that kind, and is
 //!   picked up when it is served (the watcher retries with backoff, 30 s at most).
+//! - The policy objects (`policy.weft.io/v1alpha1` Servers, AuthorizationPolicies,
+//!   MeshTLSAuthentications, NetworkAuthentications) are reflected the same way, into
+//!   the same gateway objects, where the policy index reads them as it reads the mesh
+//!   directory's ([`crate::policy`]): their metadata cut to what a file's would hold
+//!   (name, namespace, generation, labels, annotations), their status left out.
 //! - Until every reflector has listed its objects once, nothing is published and the
 //!   controller's `/ready` stays false. Errors (RBAC denied, API server down) are
 //!   logged once per change of state (per kind of object); the watchers retry with
@@ -177,8 +182,9 @@ impl KubeSource {
         let nodes = reflect.all::<Node>("node", (), false, &mut tasks);
         let gateway: Vec<_> = GATEWAY_KINDS
             .iter()
-            .map(|&(version, kind, plural)| {
-                let gvk = GroupVersionKind::gvk(crate::routes::GATEWAY_GROUP, version, kind);
+            .chain(&POLICY_KINDS)
+            .map(|&(group, version, kind, plural)| {
+                let gvk = GroupVersionKind::gvk(group, version, kind);
                 let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
                 let store =
                     reflect.all::<DynamicObject>(plural, resource.clone(), true, &mut tasks);
@@ -211,7 +217,7 @@ impl KubeSource {
         };
         self.publish(&publish, &objects(), &metrics, &destination);
         ready.store(true, Ordering::Release);
-        tracing::info!(took = ?took, "kube source: Services, EndpointSlices, Pods, Nodes and Gateway API routes listed; ready");
+        tracing::info!(took = ?took, "kube source: Services, EndpointSlices, Pods, Nodes, Gateway API routes and policy objects listed; ready");
 
         let mut last = Instant::now();
         loop {
@@ -250,11 +256,49 @@ impl KubeSource {
     }
 }
 
-/// The Gateway API kinds reflected: version, kind and plural.
-const GATEWAY_KINDS: [(&str, &str, &str); 3] = [
-    ("v1", "HTTPRoute", "httproutes"),
-    ("v1", "GRPCRoute", "grpcroutes"),
-    ("v1beta1", "ReferenceGrant", "referencegrants"),
+/// The Gateway API kinds reflected: group, version, kind and plural.
+const GATEWAY_KINDS: [(&str, &str, &str, &str); 3] = [
+    (
+        crate::routes::GATEWAY_GROUP,
+        "v1",
+        "HTTPRoute",
+        "httproutes",
+    ),
+    (
+        crate::routes::GATEWAY_GROUP,
+        "v1",
+        "GRPCRoute",
+        "grpcroutes",
+    ),
+    (
+        crate::routes::GATEWAY_GROUP,
+        "v1beta1",
+        "ReferenceGrant",
+        "referencegrants",
+    ),
+];
+
+/// The policy kinds reflected (`policy.weft.io/v1alpha1`), as the Gateway API kinds are.
+const POLICY_KINDS: [(&str, &str, &str, &str); 4] = [
+    (crate::policy::POLICY_GROUP, "v1alpha1", "Server", "servers"),
+    (
+        crate::policy::POLICY_GROUP,
+        "v1alpha1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+    ),
+    (
+        crate::policy::POLICY_GROUP,
+        "v1alpha1",
+        "MeshTLSAuthentication",
+        "meshtlsauthentications",
+    ),
+    (
+        crate::policy::POLICY_GROUP,
+        "v1alpha1",
+        "NetworkAuthentication",
+        "networkauthentications",
+    ),
 ];
 
 /// A reflector's store, and whether it has listed its objects once (or its kind is
