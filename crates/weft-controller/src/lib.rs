@@ -282,6 +282,8 @@ impl Controller {
         let mut policies = None;
         let mut inbound = None;
         let mut inbound_policy = None;
+        // The kube source's client and leadership, for the route status writer.
+        let mut status_writer = None;
         let destinations = match (source, &config.destination) {
             (Some(source), Some(d)) => {
                 let subscribe = match source {
@@ -310,6 +312,11 @@ impl Controller {
                         subscribe
                     }
                     Source::Kube(source) => {
+                        let leader = match &d.source {
+                            SourceConfig::Kube(k) => k.leader.clone(),
+                            SourceConfig::Local(_) => None,
+                        };
+                        status_writer = Some((source.client().clone(), leader));
                         // Pending until the first full list.
                         let (publish, subscribe) = tokio::sync::watch::channel(Arc::new(
                             destination::Index::pending(&config.trust_domain),
@@ -335,6 +342,13 @@ impl Controller {
                     routes_tx,
                     d.cluster_domain.clone(),
                 )));
+                if let Some((client, leader)) = status_writer.take() {
+                    background.push(tokio::spawn(kube::status::run(
+                        client,
+                        routes_rx.clone(),
+                        leader,
+                    )));
+                }
                 // Authorization policy follows it too.
                 let first = policy::serve::snapshot(subscribe.borrow().clone(), d.policy.clone());
                 let (inbound_tx, inbound_rx) = tokio::sync::watch::channel(Arc::new(first));

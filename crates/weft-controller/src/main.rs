@@ -184,7 +184,7 @@ fn main() -> anyhow::Result<()> {
     if args.identity_tokens == TokensKind::Local && args.tokens_dir.is_none() {
         anyhow::bail!("--tokens-dir is required with --identity-tokens local (the default); --identity-tokens kube checks Kubernetes ServiceAccount tokens instead");
     }
-    let source = match args.source {
+    let mut source = match args.source {
         SourceKind::Local => args.mesh_dir.map(|mesh_dir| {
             SourceConfig::Local(LocalSourceConfig {
                 mesh_dir,
@@ -199,6 +199,7 @@ fn main() -> anyhow::Result<()> {
             Some(SourceConfig::Kube(KubeSourceConfig {
                 kubeconfig: args.kubeconfig.clone(),
                 debounce: args.kube_debounce,
+                leader: None,
             }))
         }
     };
@@ -249,6 +250,10 @@ fn main() -> anyhow::Result<()> {
                 )?)
             }
         };
+        // Only the leader writes route statuses.
+        if let (Some(SourceConfig::Kube(k)), Some(e)) = (&mut source, &elector) {
+            k.leader = Some(e.is_leader());
+        }
         let mut controller = Controller::start_with_tokens(
             Config {
                 identity_dir: args.identity_dir,

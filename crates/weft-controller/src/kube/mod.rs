@@ -31,6 +31,7 @@
 
 mod build;
 mod metrics;
+pub mod status;
 #[cfg(test)]
 mod tests;
 
@@ -79,6 +80,9 @@ pub struct KubeSourceConfig {
     pub kubeconfig: Option<PathBuf>,
     /// The index is rebuilt at most once per this interval after a change.
     pub debounce: Duration,
+    /// Whether this replica leads ([`crate::lease::Elector::is_leader`]): route
+    /// statuses are written only then ([`status`]); `None`: always.
+    pub leader: Option<watch::Receiver<bool>>,
 }
 
 impl Default for KubeSourceConfig {
@@ -86,6 +90,7 @@ impl Default for KubeSourceConfig {
         KubeSourceConfig {
             kubeconfig: None,
             debounce: DEFAULT_DEBOUNCE,
+            leader: None,
         }
     }
 }
@@ -156,6 +161,11 @@ impl KubeSource {
             opaque_ports: opaque_ports.to_vec(),
             debounce: config.debounce,
         })
+    }
+
+    /// The client of the Kubernetes API (also the status writer's).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Reflects the objects forever (until the task is dropped): publishes the first
