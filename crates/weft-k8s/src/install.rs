@@ -80,6 +80,9 @@ pub const FIELD_MANAGER: &str = "weft";
 
 const IDENTITY_DIR: &str = "/var/run/weft/identity";
 const INJECTOR_TLS_DIR: &str = "/var/run/weft/injector-tls";
+/// The injector's copy of the trust anchors (the `weft-identity` Secret's
+/// `trust-anchors.pem` alone), which it gives every injected proxy inline.
+const INJECTOR_ANCHORS_DIR: &str = "/var/run/weft/trust-anchors";
 /// The UID the control plane's containers run as (not the proxy's 2102).
 const CONTROL_PLANE_UID: i64 = 2103;
 
@@ -545,12 +548,14 @@ pub fn controller_args(opts: &InstallOptions) -> Vec<String> {
 }
 
 /// The injector's arguments (`weft-injector`: HTTPS with the certificate from the
-/// `weft-injector-tls` Secret; the proxy image of the same version).
+/// `weft-injector-tls` Secret; the trust anchors from the `weft-identity` Secret; the
+/// proxy image of the same version).
 pub fn injector_args(opts: &InstallOptions) -> Vec<String> {
     vec![
         format!("--listen=0.0.0.0:{INJECTOR_TARGET_PORT}"),
         format!("--cert={INJECTOR_TLS_DIR}/tls.crt"),
         format!("--key={INJECTOR_TLS_DIR}/tls.key"),
+        format!("--trust-anchors={INJECTOR_ANCHORS_DIR}/trust-anchors.pem"),
         format!("--proxy-image={}", opts.image("weft-proxy")),
         format!(
             "--controller={CONTROLLER}.{}.svc:{CONTROLLER_GRPC_PORT}",
@@ -672,19 +677,27 @@ fn injector_deployment(opts: &InstallOptions) -> Deployment {
             ..Default::default()
         }),
         security_context: Some(restricted_container_security()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tls".to_owned(),
-            mount_path: INJECTOR_TLS_DIR.to_owned(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "tls".to_owned(),
+                mount_path: INJECTOR_TLS_DIR.to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "trust-anchors".to_owned(),
+                mount_path: INJECTOR_ANCHORS_DIR.to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
         ..Default::default()
     };
-    let volumes = vec![secret_volume(
-        "tls",
-        INJECTOR_TLS_SECRET,
-        &["tls.crt", "tls.key"],
-    )];
+    // Of the identity Secret, the public anchors only: never the issuer's key.
+    let volumes = vec![
+        secret_volume("tls", INJECTOR_TLS_SECRET, &["tls.crt", "tls.key"]),
+        secret_volume("trust-anchors", IDENTITY_SECRET, &["trust-anchors.pem"]),
+    ];
     let replicas = opts.controller_replicas.min(2);
     deployment(opts, INJECTOR, replicas, container, volumes)
 }

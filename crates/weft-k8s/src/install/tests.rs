@@ -162,3 +162,33 @@ fn uninstall_lists_the_webhook_first_and_the_crds_last_by_reference_only() {
     let without = uninstall(&InstallOptions::default(), false).unwrap();
     assert!(!without.contains("CustomResourceDefinition"));
 }
+
+#[test]
+fn the_injector_reads_the_trust_anchors_alone_from_the_identity_secret() {
+    let deployment = injector_deployment(&InstallOptions::default());
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    let arg = "--trust-anchors=/var/run/weft/trust-anchors/trust-anchors.pem";
+    assert!(container.args.as_ref().unwrap().iter().any(|a| a == arg));
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/var/run/weft/trust-anchors")
+        .unwrap();
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some(IDENTITY_SECRET));
+    let keys: Vec<&str> = secret
+        .items
+        .iter()
+        .flatten()
+        .map(|i| i.key.as_str())
+        .collect();
+    assert_eq!(keys, ["trust-anchors.pem"], "never the issuer's key");
+}
