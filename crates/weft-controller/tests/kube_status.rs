@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::watch;
 use weft_controller::kube::KubeSourceConfig;
 use weft_controller::{identity, Config, Controller, DestinationConfig};
 use weft_test::kube::KubeApi;
@@ -29,7 +30,8 @@ impl Drop for Mesh {
 }
 
 impl Mesh {
-    async fn start(kubeconfig: &Path, test: &str) -> Mesh {
+    /// With `leader`, statuses are written only while it holds true.
+    async fn start(kubeconfig: &Path, test: &str, leader: Option<watch::Receiver<bool>>) -> Mesh {
         let dir =
             std::env::temp_dir().join(format!("weft-kube-status-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -44,6 +46,7 @@ impl Mesh {
             destination: Some(DestinationConfig {
                 source: KubeSourceConfig {
                     kubeconfig: Some(kubeconfig.to_owned()),
+                    leader,
                     ..Default::default()
                 }
                 .into(),
@@ -214,7 +217,7 @@ items:
         ],
     );
 
-    let _mesh = Mesh::start(&api.kubeconfig(), "write").await;
+    let _mesh = Mesh::start(&api.kubeconfig(), "write", None).await;
 
     let (entry, good) = written(&api, "good").await;
     assert_eq!(
@@ -329,6 +332,71 @@ spec:
         entries(&good, "example.com/gateway").len(),
         1,
         "the gateway's entry stays: {good:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes() {
+    let Some(api) = tokio::task::block_in_place(KubeApi::start) else {
+        return;
+    };
+    apply(
+        &api,
+        r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: shop}
+  spec: {selector: {app: web}, ports: [{name: http, port: 80}]}
+"#,
+    );
+    apply(&api, HTTPROUTE_CRD);
+    kubectl(
+        &api,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/httproutes.gateway.networking.k8s.io",
+        ],
+    );
+    apply(
+        &api,
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: good, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+"#,
+    );
+    let (lead, leader) = watch::channel(false);
+    let mesh = Mesh::start(&api.kubeconfig(), "leader", Some(leader)).await;
+    let controller = mesh.controller.as_ref().unwrap();
+    assert!(
+        weft_test::eventually(PROMPT, || async {
+            controller
+                .destination_index()
+                .is_some_and(|i| !i.mesh().gateway.is_empty())
+        })
+        .await,
+        "the route never reached the controller's index"
+    );
+    let good = route(&api, "good");
+    assert!(
+        entries(&good, "weft.io/controller").is_empty(),
+        "written by a replica that does not lead: {good:#}"
+    );
+    // Leading: written without any change of the route.
+    lead.send_replace(true);
+    let (entry, _) = written(&api, "good").await;
+    assert_eq!(
+        condition(&entry, "ResolvedRefs"),
+        Some(("True".into(), "ResolvedRefs".into(), 1)),
+        "{entry:#}"
     );
 }
 
