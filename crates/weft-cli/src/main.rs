@@ -1,5 +1,6 @@
 //! `weft`: the command line of the weft service mesh.
 
+mod check_kube;
 mod demo;
 mod diagnostics;
 mod edges;
@@ -38,7 +39,7 @@ enum Command {
     /// Run a mesh directory locally: a network namespace, proxy and command per replica (root).
     Up(local::up::UpArgs),
     /// Take down the local mesh `weft up` started (also after it crashed).
-    Down(local::down::DownArgs),
+    /// Preflight checks for `weft up`, or with --kube of weft on a Kubernetes cluster, each failure with its fix.
     /// Preflight checks for `weft up`, each failure with its fix.
     Check(local::check::CheckArgs),
     /// The mesh's certificate authority: `weft identity init` makes a trust anchor and issuer.
@@ -97,6 +98,7 @@ fn run() -> anyhow::Result<()> {
             Command::Load(args) => load::run(args).await,
             Command::Up(args) => local::up::run(args).await,
             Command::Down(args) => local::down::run(args),
+            Command::Check(args) if args.kube.kube => check_kube::run(args.kube).await,
             Command::Check(args) => local::check::run(args),
             Command::Identity(args) => identity::run(args),
             Command::Ps(args) => local::ps::run(args),

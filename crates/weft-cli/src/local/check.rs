@@ -37,14 +37,16 @@ pub struct CheckArgs {
     max_clock_skew: Duration,
     #[command(flatten)]
     local: LocalArgs,
+    #[command(flatten)]
+    pub kube: crate::check_kube::KubeArgs,
 }
 
-struct Report {
-    failed: usize,
+pub(crate) struct Report {
+    pub(crate) failed: usize,
 }
 
 impl Report {
-    fn check(&mut self, ok: bool, what: &str, fix: &str) {
+    pub(crate) fn check(&mut self, ok: bool, what: &str, fix: &str) {
         if ok {
             println!("  ok    {what}");
         } else {
@@ -259,7 +261,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
 
 impl Report {
     /// The exit: an error (exit code 1) if any check failed.
-    fn finish(&self) -> anyhow::Result<()> {
+    pub(crate) fn finish(&self) -> anyhow::Result<()> {
         if self.failed > 0 {
             anyhow::bail!("{} check(s) failed", self.failed);
         }

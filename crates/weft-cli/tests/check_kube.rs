@@ -1,0 +1,114 @@
+//! `weft check --kube` against a real kube-apiserver (`weft_test::kube::KubeApi`:
+//! skipped with a message when the binaries are not built, failing under CI).
+
+use std::process::{Command, Output};
+
+use weft_k8s::crd;
+use weft_test::kube::KubeApi;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+fn check(api: &KubeApi) -> Output {
+    Command::new(WEFT)
+        .args(["check", "--kube", "--kubeconfig"])
+        .arg(api.kubeconfig())
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run weft")
+}
+
+/// The line of `stdout` starting (after its status) with `what`, and the line after it.
+fn line<'a>(stdout: &'a str, what: &str) -> (&'a str, &'a str) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| {
+            l.trim_start()
+                .split_once("  ")
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(what))
+        })
+        .unwrap_or_else(|| panic!("no line {what:?} in:\n{stdout}"));
+    (lines[i], lines.get(i + 1).copied().unwrap_or(""))
+}
+
+#[test]
+fn check_kube_fails_on_an_empty_cluster_and_passes_the_crds_once_applied() {
+    let Some(api) = KubeApi::shared() else { return };
+
+    // An empty cluster: the API server passes, every CRD fails with its fix, exit 1.
+    let out = check(api);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let (api_line, _) = line(&stdout, "Kubernetes API server reachable");
+    assert!(api_line.trim_start().starts_with("ok"), "{stdout}");
+    assert!(api_line.contains("version v1."), "{stdout}");
+    let crds = crd::all();
+    for c in &crds {
+        let name = c.metadata.name.as_deref().unwrap();
+        let (fail, fix) = line(&stdout, &format!("CRD {name} installed"));
+        assert!(fail.trim_start().starts_with("FAIL"), "{stdout}");
+        assert!(
+            fix.contains("fix: weft install --crds | kubectl apply -f -"),
+            "{stdout}"
+        );
+    }
+    let (webhook, _) = line(
+        &stdout,
+        "MutatingWebhookConfiguration weft-injector present",
+    );
+    assert!(webhook.trim_start().starts_with("FAIL"), "{stdout}");
+    let (controller, _) = line(&stdout, "Deployment weft-system/weft-controller present");
+    assert!(controller.trim_start().starts_with("FAIL"), "{stdout}");
+
+    // The CRDs applied and Established: their lines pass; the control plane still fails.
+    let rendered = crd::render().unwrap();
+    api.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&rendered))
+        .unwrap();
+    for c in &crds {
+        let name = format!("crd/{}", c.metadata.name.as_deref().unwrap());
+        api.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &name,
+        ])
+        .unwrap_or_else(|e| panic!("{name} is not Established: {e:#}"));
+    }
+    let out = check(api);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for c in &crds {
+        let name = c.metadata.name.as_deref().unwrap();
+        let (ok, _) = line(
+            &stdout,
+            &format!("CRD {name} installed, Established, this weft's schema (v1alpha1)"),
+        );
+        assert!(ok.trim_start().starts_with("ok"), "{stdout}");
+    }
+    assert!(!stdout.contains("fix: weft install --crds"), "{stdout}");
+
+    // A CRD of another weft (a schema changed by hand) fails as not this weft's.
+    let name = crds[0].metadata.name.as_deref().unwrap();
+    api.kubectl(&[
+        "patch",
+        "crd",
+        name,
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/description","value":"another weft"}]"#,
+    ])
+    .unwrap();
+    let out = check(api);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (fail, fix) = line(&stdout, &format!("CRD {name} matches this weft's schema"));
+    assert!(fail.trim_start().starts_with("FAIL"), "{stdout}");
+    assert!(fail.contains("v1alpha1's schema differs"), "{stdout}");
+    assert!(
+        fix.contains("weft install --crds | kubectl apply -f -"),
+        "{stdout}"
+    );
+
+    // Clean up what the test made (the shared API server is the process's own).
+    api.kubectl_stdin(&["delete", "-f", "-"], Some(&rendered))
+        .unwrap();
+}
