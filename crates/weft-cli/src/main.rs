@@ -39,8 +39,8 @@ enum Command {
     /// Run a mesh directory locally: a network namespace, proxy and command per replica (root).
     Up(local::up::UpArgs),
     /// Take down the local mesh `weft up` started (also after it crashed).
-    /// Preflight checks for `weft up`, or with --kube of weft on a Kubernetes cluster, each failure with its fix.
-    /// Preflight checks for `weft up`, each failure with its fix.
+    Down(local::down::DownArgs),
+    /// Preflight checks for `weft up` (with --kube: of weft on a Kubernetes cluster), each failure with its fix.
     Check(local::check::CheckArgs),
     /// The mesh's certificate authority: `weft identity init` makes a trust anchor and issuer.
     Identity(identity::IdentityArgs),
