@@ -4,6 +4,7 @@
 use std::process::{Command, Output};
 
 use weft_k8s::crd;
+use weft_k8s::install::{self, InstallOptions};
 use weft_test::kube::KubeApi;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -108,7 +109,65 @@ fn check_kube_fails_on_an_empty_cluster_and_passes_the_crds_once_applied() {
         "{stdout}"
     );
 
+    // The control plane applied without a caBundle: the webhook fails for it; the
+    // Deployments are there but not available (no kubelet runs their pods), so /ready
+    // is skipped with a note.
+    let opts = InstallOptions::default();
+    api.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&install::render(&opts, false).unwrap()),
+    )
+    .unwrap();
+    let out = check(api);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let (fail, fix) = line(
+        &stdout,
+        "MutatingWebhookConfiguration weft-injector has a caBundle (missing in inject.weft.io)",
+    );
+    assert!(fail.trim_start().starts_with("FAIL"), "{stdout}");
+    assert!(fix.contains("--webhook-ca-bundle"), "{stdout}");
+    for name in ["weft-controller", "weft-injector"] {
+        let (fail, fix) = line(
+            &stdout,
+            &format!("Deployment weft-system/{name} available (0 of 1 ready)"),
+        );
+        assert!(fail.trim_start().starts_with("FAIL"), "{stdout}");
+        assert!(
+            fix.contains(&format!(
+                "kubectl -n weft-system describe deployment {name}"
+            )),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("note  the controller's /ready: skipped (its Deployment is not available)"),
+        "{stdout}"
+    );
+
+    // With the caBundle, the webhook's line passes.
+    let ca = std::fs::read_to_string(api.ca_cert()).unwrap();
+    let with_ca = InstallOptions {
+        webhook_ca_bundle: Some(ca),
+        ..InstallOptions::default()
+    };
+    api.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&install::render(&with_ca, false).unwrap()),
+    )
+    .unwrap();
+    let out = check(api);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (ok, _) = line(
+        &stdout,
+        "MutatingWebhookConfiguration weft-injector present with a caBundle",
+    );
+    assert!(ok.trim_start().starts_with("ok"), "{stdout}");
+
     // Clean up what the test made (the shared API server is the process's own).
-    api.kubectl_stdin(&["delete", "-f", "-"], Some(&rendered))
-        .unwrap();
+    api.kubectl_stdin(
+        &["delete", "--wait=false", "-f", "-"],
+        Some(&install::uninstall(&opts, true).unwrap()),
+    )
+    .unwrap();
 }
