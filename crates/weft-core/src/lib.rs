@@ -13,6 +13,7 @@ pub mod netns;
 pub mod outbound_ext;
 #[cfg(feature = "mesh")]
 pub mod pods;
+pub mod policy;
 #[cfg(feature = "prom")]
 pub mod prom;
 #[cfg(feature = "watch")]

@@ -73,12 +73,7 @@ pub const ZONE_MODES: [&str; 3] = ["aware", "unaware", "local-only"];
 
 /// The default inbound policies (`policy.default` in `mesh.yaml`, the controller's
 /// `--default-inbound-policy`): what a workload's port that no Server selects allows.
-pub const DEFAULT_INBOUND_POLICIES: [&str; 4] = [
-    "all-unauthenticated",
-    "all-authenticated",
-    "cluster-authenticated",
-    "deny",
-];
+pub const DEFAULT_INBOUND_POLICIES: [&str; 4] = crate::policy::DefaultPolicy::NAMES;
 
 /// weft-proxy flags `weft up` manages (discovery, identity, listeners, labels); `proxy.args`
 /// cannot give them.

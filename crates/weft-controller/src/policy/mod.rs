@@ -24,7 +24,6 @@ pub mod parse;
 pub mod serve;
 
 use std::fmt;
-use std::str::FromStr;
 
 pub use index::{Condition, ObjectReport, PolicyIndex};
 pub use serve::InboundPolicyService;
@@ -39,58 +38,7 @@ pub const API_VERSION: &str = "policy.weft.io/v1alpha1";
 /// Linkerd's equivalent is the `config.linkerd.io/default-inbound-policy` annotation.
 pub const DEFAULT_POLICY_LABEL: &str = "config.weft.io/default-inbound-policy";
 
-/// What a port no Server selects allows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum DefaultPolicy {
-    /// Everyone, meshed or not (the behaviour before policy existed).
-    #[default]
-    AllUnauthenticated,
-    /// Callers with a mesh identity (mTLS), from anywhere.
-    AllAuthenticated,
-    /// Callers with a mesh identity, from the cluster's networks.
-    ClusterAuthenticated,
-    /// Nobody.
-    Deny,
-}
-
-impl DefaultPolicy {
-    pub const ALL: [DefaultPolicy; 4] = [
-        DefaultPolicy::AllUnauthenticated,
-        DefaultPolicy::AllAuthenticated,
-        DefaultPolicy::ClusterAuthenticated,
-        DefaultPolicy::Deny,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DefaultPolicy::AllUnauthenticated => "all-unauthenticated",
-            DefaultPolicy::AllAuthenticated => "all-authenticated",
-            DefaultPolicy::ClusterAuthenticated => "cluster-authenticated",
-            DefaultPolicy::Deny => "deny",
-        }
-    }
-}
-
-impl fmt::Display for DefaultPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DefaultPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        DefaultPolicy::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "{s:?} is not a default policy: one of all-unauthenticated, all-authenticated, cluster-authenticated, deny"
-                )
-            })
-    }
-}
+pub use weft_core::policy::DefaultPolicy;
 
 /// The policy service's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]

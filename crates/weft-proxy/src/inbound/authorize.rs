@@ -14,9 +14,7 @@
 //! each decision counts in `inbound_{http,tcp}_authz_{allow,deny}_total`.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use ::http::StatusCode;
@@ -32,20 +30,7 @@ use crate::Shared;
 /// gRPC's PERMISSION_DENIED.
 const GRPC_PERMISSION_DENIED: u16 = 7;
 
-/// What a port allows when no policy from the controller says otherwise.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum DefaultPolicy {
-    /// Everyone (the behaviour before policy existed).
-    #[default]
-    AllUnauthenticated,
-    /// Callers with a mesh identity.
-    AllAuthenticated,
-    /// Callers with a mesh identity, from private networks and loopback
-    /// ([`CLUSTER_NETWORKS`]).
-    ClusterAuthenticated,
-    /// Nobody.
-    Deny,
-}
+pub use weft_core::policy::DefaultPolicy;
 
 /// The networks `cluster-authenticated` allows on the proxy's side (the controller's
 /// `--cluster-networks` default).
@@ -59,43 +44,6 @@ pub const CLUSTER_NETWORKS: [&str; 8] = [
     "fd00::/8",
     "::1/128",
 ];
-
-impl DefaultPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DefaultPolicy::AllUnauthenticated => "all-unauthenticated",
-            DefaultPolicy::AllAuthenticated => "all-authenticated",
-            DefaultPolicy::ClusterAuthenticated => "cluster-authenticated",
-            DefaultPolicy::Deny => "deny",
-        }
-    }
-}
-
-impl fmt::Display for DefaultPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DefaultPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            DefaultPolicy::AllUnauthenticated,
-            DefaultPolicy::AllAuthenticated,
-            DefaultPolicy::ClusterAuthenticated,
-            DefaultPolicy::Deny,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
-        .ok_or_else(|| {
-            format!(
-                "{s:?}: one of all-unauthenticated, all-authenticated, cluster-authenticated, deny"
-            )
-        })
-    }
-}
 
 /// Who may call one port: its Server and that Server's authorizations.
 #[derive(Clone, Debug, PartialEq, Eq)]
