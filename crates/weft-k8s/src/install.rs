@@ -382,7 +382,7 @@ fn controller_cluster_role() -> ClusterRole {
             // Routes, and their status (server-side apply, our own parent statuses).
             rule(
                 &["gateway.networking.k8s.io"],
-                &["httproutes", "grpcroutes"],
+                &["httproutes", "grpcroutes", "referencegrants"],
                 READ,
             ),
             rule(
