@@ -9,6 +9,7 @@
 mod ca;
 mod certify;
 mod kube_token;
+mod material;
 mod reload;
 mod rotate;
 pub(crate) use reload::watch;
@@ -24,6 +25,7 @@ pub use kube_token::{
     KubeTokens, KubeTokensConfig, DEFAULT_REVIEW_CACHE_SIZE, DEFAULT_REVIEW_CACHE_TTL,
     DEFAULT_REVIEW_TIMEOUT,
 };
+pub use material::{make_trust_anchor, pem_not_after, sign_issuer, sign_server, Material};
 pub use reload::{IdentityFiles, ReloadOptions, DEFAULT_EXPIRY_WARNING, DEFAULT_RELOAD_INTERVAL};
 pub use rotate::{
     certificate_expiry, new_anchor, rotate_issuer, NewAnchor, RotateOptions, Rotated,

@@ -6,13 +6,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rcgen::KeyPair;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer as _;
 
 use super::ca::*;
+use super::material::sign_issuer;
 
 /// What [`new_anchor`] wrote.
 #[derive(Clone, Debug)]
@@ -106,71 +106,19 @@ pub struct Rotated {
 pub fn rotate_issuer(options: &RotateOptions) -> Result<Rotated, CaError> {
     let cert_path = &options.anchor_cert;
     let key_path = &options.anchor_key;
-    let anchor = TrustAnchors::load(cert_path)?;
-    if anchor.len() != 1 {
-        return Err(invalid(
-            cert_path,
-            format!(
-                "holds {} certificates; name the one trust anchor whose key is {}",
-                anchor.len(),
-                key_path.display()
-            ),
-        ));
-    }
-    let record = &anchor.anchors[0];
-    if record.expired {
-        return Err(invalid(
-            cert_path,
-            format!(
-                "the trust anchor {} is not valid now (it ends {}); make a new one (weft identity new-anchor)",
-                record.subject,
-                rfc3339(record.not_after)
-            ),
-        ));
-    }
+    let anchor_pem = read(cert_path)?;
     let key_text = String::from_utf8(read(key_path)?)
         .map_err(|_| invalid(key_path, "is not a PEM file (not text)"))?;
-    let key = KeyPair::from_pem(&key_text).map_err(|e| {
-        invalid(
-            key_path,
-            format!("is not a PEM private key weft can use (PKCS#8 expected): {e}"),
-        )
-    })?;
-    let (_, parsed) = X509Certificate::from_der(&record.der)
-        .map_err(|e| invalid(cert_path, format!("does not parse as X.509: {e}")))?;
-    if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(invalid(
-            key_path,
-            format!(
-                "this key does not belong to the trust anchor {} in {} (the public keys differ)",
-                record.subject,
-                cert_path.display()
-            ),
-        ));
-    }
-    let trust_domain = match &options.trust_domain {
-        Some(td) => td.clone(),
-        None => parsed
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .and_then(|cn| cn.strip_prefix("root.identity.weft."))
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                invalid(
-                    cert_path,
-                    format!(
-                        "the trust domain cannot be read from the anchor's subject {} (CN=root.identity.weft.TD expected); name it",
-                        record.subject
-                    ),
-                )
-            })?,
-    };
-    weft_core::identity::Identity::new("weft", "weft", &trust_domain)?;
-    let anchor_not_after = record.not_after;
-    let signer = rcgen::Issuer::from_ca_cert_der(&record.der, key)
-        .map_err(|e| invalid(cert_path, format!("unusable as an issuer: {e}")))?;
+    let issuer = sign_issuer(
+        &anchor_pem,
+        cert_path,
+        &key_text,
+        key_path,
+        options.trust_domain.as_deref(),
+        options.lifetime,
+    )?;
+    let anchor = TrustAnchors::from_pem(&anchor_pem, cert_path)?;
+    let record = &anchor.anchors[0];
 
     let dir = &options.out_dir;
     let anchors_path = dir.join(ANCHORS_FILE);
@@ -191,19 +139,8 @@ pub fn rotate_issuer(options: &RotateOptions) -> Result<Rotated, CaError> {
         Some(anchors_path.clone())
     };
 
-    let now = SystemTime::now();
-    let not_after = (now + options.lifetime).min(anchor_not_after);
-    let (issuer_pem, key_pem) = make_issuer(&signer, &trust_domain, now, not_after)?;
-    // What the controller will check, checked here first.
     let issuer_cert = dir.join(ISSUER_CERT_FILE);
     let issuer_key = dir.join(ISSUER_KEY_FILE);
-    Issuer::from_pem(
-        issuer_pem.as_bytes(),
-        &issuer_cert,
-        key_pem.as_bytes(),
-        &issuer_key,
-        &anchor,
-    )?;
     fs::create_dir_all(dir).map_err(|source| CaError::Write {
         path: dir.to_owned(),
         source,
@@ -213,13 +150,13 @@ pub fn rotate_issuer(options: &RotateOptions) -> Result<Rotated, CaError> {
     }
     // The key first: a controller that reads the pair between the two renames sees a
     // key that does not match its certificate, and waits for the pair to settle.
-    write_file(&issuer_key, key_pem.as_bytes(), 0o600)?;
-    write_file(&issuer_cert, issuer_pem.as_bytes(), 0o644)?;
+    write_file(&issuer_key, issuer.key_pem.as_bytes(), 0o600)?;
+    write_file(&issuer_cert, issuer.cert_pem.as_bytes(), 0o644)?;
     Ok(Rotated {
         issuer_cert,
         issuer_key,
-        issuer_subject: format!("CN={}", issuer_cn(&trust_domain)),
-        issuer_not_after: truncate_to_seconds(not_after),
+        issuer_subject: issuer.subject,
+        issuer_not_after: issuer.not_after,
         anchor_subject: record.subject.clone(),
         anchors_written,
     })
