@@ -7,24 +7,41 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use weft_k8s::install::{self, InstallOptions};
+use weft_k8s::operator::manifests;
 
 #[derive(clap::Args)]
 #[command(after_help = "\
 Prints YAML on standard output; nothing is sent to a cluster.
 
-Before the control plane starts it needs, in its namespace, the Secret weft-identity \
-(trust-anchors.pem, issuer.crt, issuer.key from `weft identity init`) and the \
-kubernetes.io/tls Secret weft-injector-tls (the injector's certificate for \
-weft-injector.weft-system.svc); nothing is generated in the cluster.
+With --operator: the CRDs, the operator (namespace weft-operator) and a ControlPlane \
+resource named weft; the operator then makes the control plane, its trust anchor, issuer \
+and the injector's certificate included, and upgrades it when the ControlPlane's version \
+changes.
+
+Without it: the control plane's objects themselves. Before the control plane starts it \
+needs, in its namespace, the Secret weft-identity (trust-anchors.pem, issuer.crt, \
+issuer.key from `weft identity init`) and the kubernetes.io/tls Secret weft-injector-tls \
+(the injector's certificate for weft-injector.weft-system.svc); nothing is generated in \
+the cluster.
 
 Examples:
+  weft install --operator | kubectl apply --server-side -f -
   weft install --crds | kubectl apply --server-side -f -
   weft install --ha --version v0.1.0 | kubectl apply --server-side -f -
   weft install --image-registry registry.local:5000/weft --webhook-ca-bundle ca.crt")]
 pub struct InstallArgs {
     /// Only the CustomResourceDefinitions (policy.weft.io, operator.weft.io).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "operator")]
     crds: bool,
+
+    /// The operator and a ControlPlane resource (with the CRDs) instead of the control
+    /// plane's objects: the operator makes and upgrades those.
+    #[arg(long, conflicts_with_all = ["webhook_ca_bundle", "webhook_fail_closed"])]
+    operator: bool,
+
+    /// The operator's namespace (with --operator).
+    #[arg(long, default_value = manifests::OPERATOR, requires = "operator")]
+    operator_namespace: String,
 
     /// weft's version: the tag of the weft-controller, weft-injector and weft-proxy images.
     #[arg(long = "version", value_name = "VERSION", default_value = install::DEFAULT_VERSION)]
@@ -69,11 +86,23 @@ pub struct UninstallArgs {
     /// Leave the CRDs (and so the policy objects and ControlPlane resources) in place.
     #[arg(long)]
     keep_crds: bool,
+
+    /// What `weft install --operator` made: the ControlPlane resource first (the
+    /// control plane it owns goes with it), then the operator.
+    #[arg(long)]
+    operator: bool,
+
+    /// The operator's namespace (with --operator).
+    #[arg(long, default_value = manifests::OPERATOR, requires = "operator")]
+    operator_namespace: String,
 }
 
 pub fn run(args: InstallArgs) -> anyhow::Result<()> {
     let text = if args.crds {
         weft_k8s::crd::render()?
+    } else if args.operator {
+        let namespace = args.operator_namespace.clone();
+        manifests::render(&options(args)?, &namespace, true)?
     } else {
         install::render(&options(args)?, true)?
     };
@@ -95,6 +124,7 @@ fn options(args: InstallArgs) -> anyhow::Result<InstallOptions> {
         controller_replicas: if args.ha { install::HA_REPLICAS } else { 1 },
         webhook_ca_bundle,
         fail_closed: args.webhook_fail_closed,
+        values: Default::default(),
     })
 }
 
@@ -103,14 +133,23 @@ pub fn run_uninstall(args: UninstallArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         ..InstallOptions::default()
     };
+    if args.operator {
+        return print(&manifests::uninstall(
+            &opts,
+            &args.operator_namespace,
+            !args.keep_crds,
+        )?);
+    }
     print(&install::uninstall(&opts, !args.keep_crds)?)
 }
 
 fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .context("writing the manifests to standard output")
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // A reader that stops early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.context("writing the manifests to standard output"),
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +192,7 @@ mod tests {
                 controller_replicas: install::HA_REPLICAS,
                 webhook_ca_bundle: None,
                 fail_closed: true,
+                values: Default::default(),
             }
         );
         let missing = parse(&["--webhook-ca-bundle", "/nonexistent/ca.crt"]).unwrap_err();

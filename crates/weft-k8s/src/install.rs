@@ -44,6 +44,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use serde::Serialize;
 
+use crate::crd::operator::{ComponentValues, ControlPlaneValues, PullPolicy};
 use crate::crd::{self, RenderError, PART_OF};
 
 /// The control plane's default namespace.
@@ -57,6 +58,8 @@ pub const DEFAULT_VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
 pub const CONTROLLER: &str = "weft-controller";
 /// The injector's Deployment, Service and ServiceAccount, and the webhook configuration.
 pub const INJECTOR: &str = "weft-injector";
+/// The injected proxy's image name (`{registry}/weft-proxy:{version}`).
+pub const PROXY: &str = "weft-proxy";
 /// The injector's Service port (the API server calls it there) and container port.
 pub const INJECTOR_PORT: i32 = 443;
 pub const INJECTOR_TARGET_PORT: i32 = 8443;
@@ -102,6 +105,9 @@ pub struct InstallOptions {
     pub webhook_ca_bundle: Option<String>,
     /// `failurePolicy: Fail` instead of `Ignore`.
     pub fail_closed: bool,
+    /// The controller's and the injected proxies' images, log levels and resources (a
+    /// `ControlPlane`'s `values`; its `imageRegistry` is [`Self::image_registry`]).
+    pub values: ControlPlaneValues,
 }
 
 impl Default for InstallOptions {
@@ -113,6 +119,7 @@ impl Default for InstallOptions {
             controller_replicas: 1,
             webhook_ca_bundle: None,
             fail_closed: false,
+            values: ControlPlaneValues::default(),
         }
     }
 }
@@ -133,6 +140,12 @@ pub enum InstallError {
     Replicas(i32),
     #[error("the webhook CA bundle is not PEM (no -----BEGIN CERTIFICATE----- line)")]
     CaBundle,
+    #[error("values.{component}.image.name {0:?} is not an image repository (like ghcr.io/weft-mesh/weft-proxy)", component = .1)]
+    ImageName(String, &'static str),
+    #[error("values.{component}.image.tag {0:?} is not an image tag", component = .1)]
+    ImageTag(String, &'static str),
+    #[error("values.{component}.logLevel {0:?} is not a log filter (letters, digits, '_', ':', '=', ',', '.', '-')", component = .1)]
+    LogLevel(String, &'static str),
     #[error(transparent)]
     Render(#[from] RenderError),
 }
@@ -156,15 +169,112 @@ impl InstallOptions {
                 return Err(InstallError::CaBundle);
             }
         }
+        for (component, values) in [
+            ("controller", &self.values.controller),
+            ("proxy", &self.values.proxy),
+        ] {
+            let Some(values) = values else { continue };
+            if let Some(image) = &values.image {
+                if let Some(name) = image.name.as_ref().filter(|n| !is_image_repository(n)) {
+                    return Err(InstallError::ImageName(name.clone(), component));
+                }
+                if let Some(tag) = image.tag.as_ref().filter(|t| !is_image_tag(t)) {
+                    return Err(InstallError::ImageTag(tag.clone(), component));
+                }
+            }
+            if let Some(level) = values.log_level.as_ref().filter(|l| !is_log_filter(l)) {
+                return Err(InstallError::LogLevel(level.clone(), component));
+            }
+        }
         Ok(())
     }
 
+    /// `{registry}/{component}:{version}`, or what `values` says for the controller
+    /// and the proxy.
     fn image(&self, component: &str) -> String {
-        format!("{}/{component}:{}", self.image_registry, self.version)
+        let image = self.component(component).and_then(|c| c.image.as_ref());
+        let name = image.and_then(|i| i.name.clone());
+        let tag = image
+            .and_then(|i| i.tag.as_deref())
+            .unwrap_or(&self.version);
+        match name {
+            Some(name) => format!("{name}:{tag}"),
+            None => format!("{}/{component}:{tag}", self.image_registry),
+        }
+    }
+
+    /// The injected proxies' image: what `weft.io/injected` pods run after an upgrade
+    /// (the `DataPlane`'s target).
+    pub fn proxy_image(&self) -> String {
+        self.image(PROXY)
+    }
+
+    fn component(&self, component: &str) -> Option<&ComponentValues> {
+        match component {
+            CONTROLLER => self.values.controller.as_ref(),
+            PROXY => self.values.proxy.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn pull_policy(&self, component: &str) -> Option<String> {
+        let policy = self.component(component)?.image.as_ref()?.pull_policy?;
+        Some(
+            match policy {
+                PullPolicy::Always => "Always",
+                PullPolicy::IfNotPresent => "IfNotPresent",
+                PullPolicy::Never => "Never",
+            }
+            .to_owned(),
+        )
+    }
+
+    fn log_level(&self, component: &str) -> Option<&str> {
+        self.component(component)?.log_level.as_deref()
+    }
+
+    /// The resources `values` gives a component, over `default`.
+    fn resources(&self, component: &str, default: ResourceRequirements) -> ResourceRequirements {
+        let Some(given) = self.component(component).and_then(|c| c.resources.as_ref()) else {
+            return default;
+        };
+        let merge = |base: Option<BTreeMap<String, Quantity>>,
+                     list: &Option<crd::operator::ResourceList>| {
+            let mut out = base.unwrap_or_default();
+            if let Some(list) = list {
+                for (key, q) in [("cpu", &list.cpu), ("memory", &list.memory)] {
+                    if let Some(q) = q {
+                        out.insert(key.to_owned(), quantity(q));
+                    }
+                }
+            }
+            (!out.is_empty()).then_some(out)
+        };
+        ResourceRequirements {
+            requests: merge(default.requests, &given.requests),
+            limits: merge(default.limits, &given.limits),
+            ..Default::default()
+        }
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
+fn quantity(q: &crd::operator::Quantity) -> Quantity {
+    match q {
+        crd::operator::Quantity::Number(n) => Quantity(n.to_string()),
+        crd::operator::Quantity::Text(t) => Quantity(t.clone()),
+    }
+}
+
+/// A tracing filter as the CRD's `logLevel` pattern takes it.
+fn is_log_filter(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'=' | b',' | b'.' | b'-')
+        })
+}
+
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -220,7 +330,7 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    fn of<T>(object: &T) -> Result<Manifest, RenderError>
+    pub(crate) fn of<T>(object: &T) -> Result<Manifest, RenderError>
     where
         T: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Serialize,
     {
@@ -236,7 +346,7 @@ impl Manifest {
     }
 
     /// The object reduced to what `kubectl delete -f -` needs.
-    fn reference(&self) -> String {
+    pub(crate) fn reference(&self) -> String {
         let mut out = format!(
             "apiVersion: {}\nkind: {}\nmetadata:\n  name: {}\n",
             self.api_version, self.kind, self.name
@@ -303,14 +413,14 @@ pub fn uninstall(opts: &InstallOptions, crds: bool) -> Result<String, InstallErr
     Ok(crd::documents(manifests.iter().map(Manifest::reference)))
 }
 
-fn labels(component: &str) -> BTreeMap<String, String> {
+pub(crate) fn labels(component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), component.to_owned()),
         (PART_OF.0.to_owned(), PART_OF.1.to_owned()),
     ])
 }
 
-fn meta(name: &str, namespace: Option<&str>, component: &str) -> ObjectMeta {
+pub(crate) fn meta(name: &str, namespace: Option<&str>, component: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
         namespace: namespace.map(str::to_owned),
@@ -319,7 +429,7 @@ fn meta(name: &str, namespace: Option<&str>, component: &str) -> ObjectMeta {
     }
 }
 
-fn selector(component: &str) -> LabelSelector {
+pub(crate) fn selector(component: &str) -> LabelSelector {
     LabelSelector {
         match_labels: Some(BTreeMap::from([(
             "app.kubernetes.io/name".to_owned(),
@@ -340,14 +450,14 @@ fn namespace(ns: &str) -> Namespace {
     }
 }
 
-fn service_account(name: &str, ns: &str) -> ServiceAccount {
+pub(crate) fn service_account(name: &str, ns: &str) -> ServiceAccount {
     ServiceAccount {
         metadata: meta(name, Some(ns), name),
         ..Default::default()
     }
 }
 
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+pub(crate) fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     let strings = |v: &[&str]| Some(v.iter().map(|s| (*s).to_owned()).collect());
     PolicyRule {
         api_groups: strings(groups),
@@ -357,7 +467,7 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-const READ: &[&str] = &["get", "list", "watch"];
+pub(crate) const READ: &[&str] = &["get", "list", "watch"];
 const WRITE_STATUS: &[&str] = &["get", "patch", "update"];
 
 fn controller_cluster_role() -> ClusterRole {
@@ -466,7 +576,7 @@ fn lease_role_binding(ns: &str) -> RoleBinding {
     }
 }
 
-fn quantities(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, Quantity>> {
+pub(crate) fn quantities(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, Quantity>> {
     Some(
         pairs
             .iter()
@@ -475,7 +585,7 @@ fn quantities(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, Quantity>> {
     )
 }
 
-fn restricted_container_security() -> SecurityContext {
+pub(crate) fn restricted_container_security() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
@@ -489,7 +599,7 @@ fn restricted_container_security() -> SecurityContext {
     }
 }
 
-fn pod_security() -> PodSecurityContext {
+pub(crate) fn pod_security() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         seccomp_profile: Some(SeccompProfile {
@@ -500,7 +610,7 @@ fn pod_security() -> PodSecurityContext {
     }
 }
 
-fn probe(path: &str, port: i32, scheme: &str) -> Probe {
+pub(crate) fn probe(path: &str, port: i32, scheme: &str) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -537,31 +647,53 @@ fn secret_volume(name: &str, secret: &str, keys: &[&str]) -> Volume {
 /// policy, ServiceAccount tokens checked with TokenReview, the identity files from the
 /// `weft-identity` Secret, the leader-election Lease in the control plane's namespace.
 pub fn controller_args(opts: &InstallOptions) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "--source=kube".to_owned(),
         "--identity-tokens=kube".to_owned(),
         format!("--identity-dir={IDENTITY_DIR}"),
         format!("--lease-namespace={}", opts.namespace),
         format!("--listen=0.0.0.0:{CONTROLLER_GRPC_PORT}"),
         format!("--admin-listen=0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
-    ]
+    ];
+    if let Some(level) = opts.log_level(CONTROLLER) {
+        args.push(format!("--log={level}"));
+    }
+    args
 }
 
 /// The injector's arguments (`weft-injector`: HTTPS with the certificate from the
 /// `weft-injector-tls` Secret; the trust anchors from the `weft-identity` Secret; the
 /// proxy image of the same version).
 pub fn injector_args(opts: &InstallOptions) -> Vec<String> {
-    vec![
+    let mut args = vec![
         format!("--listen=0.0.0.0:{INJECTOR_TARGET_PORT}"),
         format!("--cert={INJECTOR_TLS_DIR}/tls.crt"),
         format!("--key={INJECTOR_TLS_DIR}/tls.key"),
         format!("--trust-anchors={INJECTOR_ANCHORS_DIR}/trust-anchors.pem"),
-        format!("--proxy-image={}", opts.image("weft-proxy")),
+        format!("--proxy-image={}", opts.proxy_image()),
         format!(
             "--controller={CONTROLLER}.{}.svc:{CONTROLLER_GRPC_PORT}",
             opts.namespace
         ),
-    ]
+    ];
+    if let Some(policy) = opts.pull_policy(PROXY) {
+        args.push(format!("--image-pull-policy={policy}"));
+    }
+    if let Some(level) = opts.log_level(PROXY) {
+        args.push(format!("--proxy-log-level={level}"));
+    }
+    let proxy = opts.resources(PROXY, ResourceRequirements::default());
+    for (flag, list, key) in [
+        ("--proxy-cpu-request", &proxy.requests, "cpu"),
+        ("--proxy-memory-request", &proxy.requests, "memory"),
+        ("--proxy-cpu-limit", &proxy.limits, "cpu"),
+        ("--proxy-memory-limit", &proxy.limits, "memory"),
+    ] {
+        if let Some(q) = list.as_ref().and_then(|l| l.get(key)) {
+            args.push(format!("{flag}={}", q.0));
+        }
+    }
+    args
 }
 
 fn deployment(
@@ -626,7 +758,10 @@ fn controller_deployment(opts: &InstallOptions) -> Deployment {
     let container = Container {
         name: "controller".to_owned(),
         image: Some(opts.image(CONTROLLER)),
-        image_pull_policy: Some("IfNotPresent".to_owned()),
+        image_pull_policy: Some(
+            opts.pull_policy(CONTROLLER)
+                .unwrap_or_else(|| "IfNotPresent".to_owned()),
+        ),
         args: Some(controller_args(opts)),
         ports: Some(vec![
             container_port("grpc", CONTROLLER_GRPC_PORT),
@@ -634,11 +769,14 @@ fn controller_deployment(opts: &InstallOptions) -> Deployment {
         ]),
         readiness_probe: Some(probe("/ready", CONTROLLER_ADMIN_PORT, "HTTP")),
         liveness_probe: Some(probe("/live", CONTROLLER_ADMIN_PORT, "HTTP")),
-        resources: Some(ResourceRequirements {
-            requests: quantities(&[("cpu", "100m"), ("memory", "64Mi")]),
-            limits: quantities(&[("memory", "256Mi")]),
-            ..Default::default()
-        }),
+        resources: Some(opts.resources(
+            CONTROLLER,
+            ResourceRequirements {
+                requests: quantities(&[("cpu", "100m"), ("memory", "64Mi")]),
+                limits: quantities(&[("memory", "256Mi")]),
+                ..Default::default()
+            },
+        )),
         security_context: Some(restricted_container_security()),
         volume_mounts: Some(vec![VolumeMount {
             name: "identity".to_owned(),
@@ -702,7 +840,7 @@ fn injector_deployment(opts: &InstallOptions) -> Deployment {
     deployment(opts, INJECTOR, replicas, container, volumes)
 }
 
-fn container_port(name: &str, port: i32) -> ContainerPort {
+pub(crate) fn container_port(name: &str, port: i32) -> ContainerPort {
     ContainerPort {
         name: Some(name.to_owned()),
         container_port: port,

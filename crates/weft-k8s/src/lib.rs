@@ -10,3 +10,4 @@
 pub mod crd;
 pub mod inject;
 pub mod install;
+pub mod operator;

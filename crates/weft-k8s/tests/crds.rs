@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use weft_k8s::crd::{self, operator, policy};
 use weft_k8s::install::{self, InstallOptions};
+use weft_k8s::operator::manifests;
 use weft_test::kube::KubeApi;
 
 fn repo() -> PathBuf {
@@ -427,20 +428,21 @@ fn chart_crds_are_what_weft_install_crds_prints() {
     );
 }
 
-/// `charts/weft/rendered/` is `weft install`'s default output (there is no Debian
-/// `helm` to render the chart here): what the chart's default rendering must be.
+/// `charts/weft/rendered/` is `weft install --operator`'s default output (there is no
+/// Debian `helm` to render the chart here): what the chart's default rendering must be.
 #[test]
 fn chart_rendered_manifests_are_weft_installs_default_output() {
     let path = repo().join("charts/weft/rendered/weft.yaml");
     committed(
         &path,
-        &install::render(&InstallOptions::default(), true).unwrap(),
+        &manifests::render(&InstallOptions::default(), manifests::OPERATOR, true).unwrap(),
     );
 }
 
 /// The chart's templates, rendered with a small subset of Helm's template language
-/// (the only constructs they use), make the same objects as `weft install`, with the
-/// default values and with high availability.
+/// (the only constructs they use), make the same objects as `weft install --operator`,
+/// with the default values, with high availability, without the Namespace and without
+/// the ControlPlane.
 #[test]
 fn chart_templates_render_the_same_objects_as_weft_install() {
     let chart = repo().join("charts/weft");
@@ -462,10 +464,20 @@ fn chart_templates_render_the_same_objects_as_weft_install() {
         "Chart.yaml's appVersion"
     );
 
-    for (ha, create_namespace) in [(false, true), (true, true), (false, false)] {
+    assert_eq!(
+        values["controlPlane"]["namespace"],
+        install::DEFAULT_NAMESPACE
+    );
+    for (ha, create_namespace, control_plane) in [
+        (false, true, true),
+        (true, true, true),
+        (false, false, true),
+        (false, true, false),
+    ] {
         let mut values = values.clone();
         values["highAvailability"] = ha.into();
         values["createNamespace"] = create_namespace.into();
+        values["controlPlane"]["create"] = control_plane.into();
         let mut rendered = Vec::new();
         let mut templates: Vec<_> = std::fs::read_dir(chart.join("templates"))
             .unwrap()
@@ -474,7 +486,7 @@ fn chart_templates_render_the_same_objects_as_weft_install() {
         templates.sort();
         for t in templates {
             let text = std::fs::read_to_string(&t).unwrap();
-            let out = helm_subset::render(&text, &values, install::DEFAULT_NAMESPACE)
+            let out = helm_subset::render(&text, &values, manifests::OPERATOR)
                 .unwrap_or_else(|e| panic!("{}: {e}", t.display()));
             for doc in serde_yaml_ng::Deserializer::from_str(&out) {
                 let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
@@ -487,19 +499,20 @@ fn chart_templates_render_the_same_objects_as_weft_install() {
             controller_replicas: if ha { install::HA_REPLICAS } else { 1 },
             ..Default::default()
         };
-        let mut want: Vec<serde_json::Value> = install::control_plane(&opts)
-            .unwrap()
-            .iter()
-            .map(|m| serde_yaml_ng::from_str(&m.yaml).unwrap())
-            .filter(|v: &serde_json::Value| create_namespace || v["kind"] != "Namespace")
-            .collect();
+        let mut want: Vec<serde_json::Value> =
+            manifests::operator(&opts, manifests::OPERATOR, control_plane)
+                .unwrap()
+                .iter()
+                .map(|m| serde_yaml_ng::from_str(&m.yaml).unwrap())
+                .filter(|v: &serde_json::Value| create_namespace || v["kind"] != "Namespace")
+                .collect();
         let key = |v: &serde_json::Value| format!("{} {}", v["kind"], v["metadata"]["name"]);
         rendered.sort_by_key(key);
         want.sort_by_key(key);
         assert_eq!(
             rendered.iter().map(key).collect::<Vec<_>>(),
             want.iter().map(key).collect::<Vec<_>>(),
-            "ha={ha} createNamespace={create_namespace}"
+            "ha={ha} createNamespace={create_namespace} controlPlane={control_plane}"
         );
         for (r, w) in rendered.iter().zip(&want) {
             assert_eq!(

@@ -58,9 +58,35 @@ struct Args {
     #[arg(long, env = "WEFT_PROXY_LOG_LEVEL", default_value = "info")]
     proxy_log_level: String,
 
+    /// The proxies' CPU request unless a pod's weft.io/proxy-cpu-request says otherwise.
+    #[arg(long, env = "WEFT_PROXY_CPU_REQUEST", default_value = "100m", value_parser = quantity)]
+    proxy_cpu_request: String,
+
+    /// The proxies' CPU limit (none by default: a CPU limit throttles the data path).
+    #[arg(long, env = "WEFT_PROXY_CPU_LIMIT", value_parser = quantity)]
+    proxy_cpu_limit: Option<String>,
+
+    /// The proxies' memory request.
+    #[arg(long, env = "WEFT_PROXY_MEMORY_REQUEST", default_value = "20Mi", value_parser = quantity)]
+    proxy_memory_request: String,
+
+    /// The proxies' memory limit.
+    #[arg(long, env = "WEFT_PROXY_MEMORY_LIMIT", default_value = "250Mi", value_parser = quantity)]
+    proxy_memory_limit: String,
+
     /// This program's log filter (tracing EnvFilter syntax).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
+}
+
+/// A Kubernetes quantity (`100m`, `0.5`, `64Mi`).
+fn quantity(s: &str) -> Result<String, String> {
+    match inject::quantity_value(s) {
+        Some(_) => Ok(s.to_owned()),
+        None => Err(format!(
+            "{s:?} is not a quantity (such as 100m, 0.5 or 64Mi)"
+        )),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +107,10 @@ fn main() -> anyhow::Result<()> {
         trust_domain: args.trust_domain,
         trust_anchors_pem,
         log_level: args.proxy_log_level,
+        cpu_request: Some(args.proxy_cpu_request),
+        cpu_limit: args.proxy_cpu_limit,
+        memory_request: Some(args.proxy_memory_request),
+        memory_limit: Some(args.proxy_memory_limit),
         ..InjectConfig::default()
     };
     tokio::runtime::Builder::new_multi_thread()
