@@ -14,6 +14,8 @@ pub mod docs;
 pub mod fifo;
 pub mod grpc;
 pub mod kube;
+#[cfg(target_os = "linux")]
+pub mod kube_node;
 pub mod metrics;
 #[cfg(target_os = "linux")]
 pub mod netns;

@@ -1,0 +1,526 @@
+//! Injected pods run for real (issue 12's "best version" of discovery and injection end
+//! to end): a real kube-apiserver and kube-controller-manager (`weft_test::kube`), the
+//! real `weft-injector` as the API server's mutating webhook, the real
+//! `weft-controller` with `--source kube --identity-tokens kube`, and a test node agent
+//! (`weft_test::kube_node`) that runs the pods bound to its Node from their stored,
+//! injected spec: `weft-init`'s `weft-proxy init`, the `weft-proxy` sidecar with its
+//! injected environment and a projected token from TokenRequest, the app. A request
+//! between two Deployments then crosses both injected proxies over mTLS.
+//!
+//! Needs root (network namespaces, iptables), the Kubernetes test binaries
+//! (`scripts/setup --kube`) and the workspace's binaries (`cargo build --workspace
+//! --bins`): skipped with a message without them, failing under CI.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weft_test::kube::KubeApi;
+use weft_test::kube_node::{KubeNode, NodeConfig, NODE_IP};
+use weft_test::Scrape;
+
+/// The image the injector gives both of its containers; the node runs weft-proxy for it.
+const PROXY_IMAGE: &str = "weft.test/weft-proxy:dev";
+const APP_IMAGE: &str = "weft.test/weft-demo-app:dev";
+const CLIENT_ID: &str = "client.shop.serviceaccount.identity.weft.cluster.local";
+const SERVER_ID: &str = "server.shop.serviceaccount.identity.weft.cluster.local";
+/// The controller's ports on the node's network.
+const CONTROLLER_PORT: u16 = 8090;
+const CONTROLLER_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9990);
+/// The bound of every wait.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Where cargo put this package's binaries, and the workspace's others.
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_weft-injector"))
+        .parent()
+        .expect("a directory")
+        .to_owned()
+}
+
+/// Why this test cannot run here, if it cannot.
+fn cannot_run() -> Option<String> {
+    if let Err(reason) = weft_test::netns::can_run() {
+        return Some(reason);
+    }
+    let missing: Vec<&str> = ["weft", "weft-proxy", "weft-controller", "weft-demo-app"]
+        .into_iter()
+        .filter(|b| !bin_dir().join(b).is_file())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{} not built in {}: run `cargo build --workspace --bins` first (scripts/test does)",
+            missing.join(", "),
+            bin_dir().display()
+        )
+    })
+}
+
+/// Polls `check` every 100 ms until it gives a value or `limit` passes.
+fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A process of this test, killed (by its pid) when dropped.
+struct Process {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("----- {} -----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// The real weft-injector on a loopback port, with a serving certificate for
+/// 127.0.0.1 from a CA of its own; the CA's PEM for the webhook's caBundle.
+fn start_injector(api: &KubeApi, dir: &Path, anchors: &Path) -> (Process, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.join("weft-injector.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_weft-injector"))
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--cert={}", dir.join("tls.crt").display()))
+        .arg(format!("--key={}", dir.join("tls.key").display()))
+        .arg(format!("--trust-anchors={}", anchors.display()))
+        .arg(format!("--controller={NODE_IP}:{CONTROLLER_PORT}"))
+        .arg(format!("--proxy-image={PROXY_IMAGE}"))
+        .env("KUBECONFIG", api.kubeconfig())
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let injector = Process {
+        name: "weft-injector",
+        child,
+        log,
+    };
+    let webhook = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": { "name": "weft-injector" },
+        "webhooks": [{
+            "name": "inject.weft.io",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{port}/inject"),
+                "caBundle": k8s_openapi::ByteString(ca.pem().into_bytes()),
+            },
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "timeoutSeconds": 5,
+            "rules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                "resources": ["pods"], "scope": "Namespaced" }],
+        }],
+    });
+    apply(api, &webhook.to_string());
+    (injector, ca.pem())
+}
+
+fn apply(api: &KubeApi, object: &str) {
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(object))
+        .unwrap_or_else(|e| panic!("kubectl apply: {e:#}\n{object}"));
+}
+
+fn get_json(api: &KubeApi, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&api.kubectl(&all).unwrap()).unwrap()
+}
+
+/// A Deployment of weft-demo-app in shop: `name`'s pods (label `app: name`, service
+/// account `name`), serving on 8080.
+fn deployment(name: &str, replicas: u32, extra_args: &[&str], probe: Value) -> String {
+    let mut args = vec!["serve", "--name", name, "--port", "8080"];
+    args.extend(extra_args);
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name, "namespace": "shop" },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": {
+                    "serviceAccountName": name,
+                    "containers": [{
+                        "name": "app",
+                        "image": APP_IMAGE,
+                        "args": args,
+                        "env": [
+                            { "name": "WEFT_POD", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                        ],
+                        "ports": [{ "name": "http", "containerPort": 8080 }],
+                        "readinessProbe": probe,
+                    }],
+                },
+            },
+        },
+    })
+    .to_string()
+}
+
+/// The names and addresses of the node's Ready pods of `app`.
+fn ready_pods(node: &KubeNode, app: &str) -> Vec<(String, Ipv4Addr)> {
+    node.pods()
+        .into_iter()
+        .filter(|p| p.namespace == "shop" && p.name.starts_with(&format!("{app}-")))
+        .filter(|p| p.state == "ready")
+        .map(|p| (p.name, p.ip))
+        .collect()
+}
+
+fn metrics(node: &KubeNode, addr: SocketAddr) -> (Scrape, String) {
+    let (status, body) = node
+        .get(addr, "/metrics")
+        .unwrap_or_else(|e| panic!("GET {addr}/metrics: {e:#}"));
+    assert_eq!(status, 200, "{body}");
+    (Scrape::parse(&body), body)
+}
+
+#[test]
+fn a_request_between_two_injected_deployments_crosses_both_proxies_over_mtls() {
+    if let Some(reason) = cannot_run() {
+        weft_test::netns::skip(&reason);
+        return;
+    }
+    let Some(api) = KubeApi::start_with_controller_manager() else {
+        return;
+    };
+    let bins = bin_dir();
+    let dir = api.dir().join("e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // The mesh's trust anchors and issuer, as an operator makes them.
+    let identity = dir.join("identity");
+    let out = Command::new(bins.join("weft"))
+        .args([
+            "identity",
+            "init",
+            "--trust-domain",
+            "cluster.local",
+            "--dir",
+        ])
+        .arg(&identity)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let anchors = identity.join("trust-anchors.pem");
+
+    let node = KubeNode::start(
+        &api,
+        NodeConfig::new("weft-test-node")
+            .zone("zone-a")
+            .namespace("shop")
+            .image(PROXY_IMAGE, bins.join("weft-proxy"))
+            .image(APP_IMAGE, bins.join("weft-demo-app")),
+    )
+    .unwrap();
+
+    // The controller on the node's network (as a host-network pod), serving the pods
+    // at the node's address, reading the API through the fixture's kubeconfig.
+    api.kubectl(&["create", "namespace", "weft-system"])
+        .unwrap();
+    let mut controller = Command::new(bins.join("weft-controller"));
+    controller
+        .arg(format!("--identity-dir={}", identity.display()))
+        .args(["--identity-tokens=kube", "--source=kube"])
+        .arg(format!("--kubeconfig={}", api.kubeconfig().display()))
+        .arg(format!("--listen={NODE_IP}:{CONTROLLER_PORT}"))
+        .arg(format!("--admin-listen={CONTROLLER_ADMIN}"))
+        .args(["--lease-namespace=weft-system", "--lease-identity=node-e2e"]);
+    node.spawn_on_node("weft-controller", &controller).unwrap();
+    let controller_ready = eventually(LIMIT, || {
+        let (status, _) = node.get(CONTROLLER_ADMIN, "/ready").ok()?;
+        (status == 200).then_some(())
+    });
+    assert!(
+        controller_ready.is_some(),
+        "the controller's /ready never turned 200:\n{}",
+        node.log("weft-controller")
+    );
+
+    // The injector, called by the API server for the pods of the annotated namespace.
+    apply(
+        &api,
+        r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: shop, annotations: {weft.io/inject: enabled}}
+- {apiVersion: v1, kind: ServiceAccount, metadata: {name: client, namespace: shop}}
+- {apiVersion: v1, kind: ServiceAccount, metadata: {name: server, namespace: shop}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: server, namespace: shop}
+  spec: {selector: {app: server}, ports: [{name: http, port: 80, targetPort: http}]}
+"#,
+    );
+    let (injector, _) = start_injector(&api, &dir, &anchors);
+    let probe = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "probe", "namespace": "shop" },
+        "spec": { "containers": [{ "name": "app", "image": APP_IMAGE }] },
+    })
+    .to_string();
+    let called = eventually(LIMIT, || {
+        let pod: Value = serde_json::from_str(
+            &api.kubectl_stdin(
+                &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+                Some(&probe),
+            )
+            .ok()?,
+        )
+        .ok()?;
+        pod["spec"]["initContainers"].is_array().then_some(())
+    });
+    assert!(
+        called.is_some(),
+        "the API server never called the injector:\n{}",
+        injector.log()
+    );
+
+    // The server, then the client calling the server's ClusterIP for every request.
+    let started = Instant::now();
+    apply(
+        &api,
+        &deployment(
+            "server",
+            1,
+            &[],
+            json!({ "httpGet": { "path": "/", "port": "http" }, "periodSeconds": 1 }),
+        ),
+    );
+    let vip = api
+        .kubectl(&[
+            "-n",
+            "shop",
+            "get",
+            "service",
+            "server",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .unwrap();
+    let upstream = format!("http://{vip}:80/");
+    apply(
+        &api,
+        &deployment(
+            "client",
+            1,
+            &["--upstream", &upstream],
+            json!({ "tcpSocket": { "port": 8080 }, "periodSeconds": 1 }),
+        ),
+    );
+    let running = eventually(LIMIT, || {
+        let (client, server) = (ready_pods(&node, "client"), ready_pods(&node, "server"));
+        (client.len() == 1 && server.len() == 1).then(|| (client[0].clone(), server[0].clone()))
+    });
+    let Some(((client_pod, client_ip), (server_pod, server_ip))) = running else {
+        panic!(
+            "the pods did not become ready:\n{}\n{}",
+            api.kubectl(&["-n", "shop", "get", "pods", "-o", "wide"])
+                .unwrap_or_default(),
+            node.logs()
+        );
+    };
+    eprintln!(
+        "client {client_pod} ({client_ip}) and server {server_pod} ({server_ip}) ready {:?} after the server's Deployment was applied",
+        started.elapsed()
+    );
+
+    // What the API server stored: the injected spec the node ran, Ready where it runs.
+    let stored = get_json(&api, &["-n", "shop", "get", "pod", &server_pod]);
+    let init: Vec<&str> = stored["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(init, ["weft-init", "weft-proxy"], "{stored:#}");
+    assert_eq!(stored["spec"]["nodeName"], "weft-test-node");
+    assert_eq!(stored["status"]["podIP"], server_ip.to_string());
+    let slices = get_json(
+        &api,
+        &[
+            "-n",
+            "shop",
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=server",
+        ],
+    );
+    let slice_addrs: Vec<&str> = slices["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+        .filter_map(|e| e["addresses"][0].as_str())
+        .collect();
+    assert_eq!(
+        slice_addrs,
+        [server_ip.to_string()],
+        "kube-controller-manager's EndpointSlice for server: {slices:#}"
+    );
+
+    // The request: from the node to the client's app (through its inbound proxy), which
+    // calls the server's ClusterIP: out through the client's proxy, in through the
+    // server's.
+    let client_app = SocketAddr::from((client_ip, 8080));
+    let answer = eventually(LIMIT, || {
+        let (status, body) = node.get(client_app, "/").ok()?;
+        (status == 200).then_some(body)
+    });
+    let Some(answer) = answer else {
+        panic!(
+            "the client never answered 200: {:?}\n{}",
+            node.get(client_app, "/"),
+            node.logs()
+        );
+    };
+    eprintln!("answer: {}", answer.trim());
+    assert!(
+        answer.starts_with(&format!("client / (pod {client_pod}, zone )")),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(&format!("<- [200 server / (pod {server_pod}, zone )]")),
+        "{answer}"
+    );
+
+    // Both hops' proxies saw the request over mTLS with the other side's identity.
+    let (client_proxy, client_text) = metrics(&node, SocketAddr::from((client_ip, 4191)));
+    let outbound = client_proxy.sum(
+        "request_total",
+        &[
+            ("direction", "outbound"),
+            ("tls", "true"),
+            ("server_id", SERVER_ID),
+        ],
+    );
+    assert!(outbound >= 1.0, "client's proxy:\n{client_text}");
+    let (server_proxy, server_text) = metrics(&node, SocketAddr::from((server_ip, 4191)));
+    let inbound = server_proxy.sum(
+        "request_total",
+        &[
+            ("direction", "inbound"),
+            ("tls", "true"),
+            ("client_id", CLIENT_ID),
+        ],
+    );
+    assert!(inbound >= 1.0, "server's proxy:\n{server_text}");
+    for (scrape, text) in [(&client_proxy, &client_text), (&server_proxy, &server_text)] {
+        assert_eq!(
+            scrape.sum("identity_cert_refresh_total", &[("result", "ok")]),
+            1.0,
+            "{text}"
+        );
+    }
+
+    // Their certificates came from projected tokens the controller had reviewed.
+    let (controller_metrics, text) = metrics(&node, CONTROLLER_ADMIN);
+    let reviewed = controller_metrics.sum(
+        "weft_controller_identity_token_reviews_total",
+        &[("result", "authenticated")],
+    );
+    assert_eq!(reviewed, 2.0, "{text}");
+    assert_eq!(
+        controller_metrics.sum(
+            "weft_controller_identity_certify_total",
+            &[("result", "ok")]
+        ),
+        2.0,
+        "{text}"
+    );
+
+    // Scaled to two servers: the new one is reached through the same proxies.
+    let scaled = Instant::now();
+    api.kubectl(&[
+        "-n",
+        "shop",
+        "scale",
+        "deployment",
+        "server",
+        "--replicas=2",
+    ])
+    .unwrap();
+    let new_server = eventually(LIMIT, || {
+        ready_pods(&node, "server")
+            .into_iter()
+            .find(|(name, _)| *name != server_pod)
+    });
+    let Some((new_pod, new_ip)) = new_server else {
+        panic!("no second server became ready:\n{}", node.logs());
+    };
+    let ready_after = scaled.elapsed();
+    let reached = eventually(LIMIT, || {
+        let (status, body) = node.get(client_app, "/").ok()?;
+        (status == 200 && body.contains(&format!("(pod {new_pod}, zone )"))).then_some(body)
+    });
+    assert!(
+        reached.is_some(),
+        "{new_pod} ({new_ip}) was never reached through the client:\n{}",
+        node.logs()
+    );
+    eprintln!(
+        "{new_pod} ({new_ip}) ready {ready_after:?} and reached {:?} after kubectl scale returned",
+        scaled.elapsed()
+    );
+    let (new_proxy, text) = metrics(&node, SocketAddr::from((new_ip, 4191)));
+    assert!(
+        new_proxy.sum(
+            "request_total",
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", CLIENT_ID),
+            ],
+        ) >= 1.0,
+        "{text}"
+    );
+    drop(injector);
+}
