@@ -23,7 +23,8 @@ struct Args {
     listen: SocketAddr,
 
     /// The webhook's certificate chain (PEM), for the name the API server calls
-    /// (weft-injector.weft-system.svc).
+    /// (weft-injector.weft-system.svc). Read again when it or the key changes (a
+    /// renewed Secret), within 10 s.
     #[arg(long, env = "WEFT_CERT", value_name = "FILE")]
     cert: PathBuf,
 

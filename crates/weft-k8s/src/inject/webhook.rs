@@ -66,24 +66,15 @@ pub enum ServeError {
     },
 }
 
-/// The TLS settings of the webhook from a PEM certificate chain and key.
+/// The TLS settings of the webhook from a PEM certificate chain and key. The files are
+/// read now (an error names the file) and again when they change: a Secret volume is
+/// updated in place when the certificate is renewed (the operator renews it), and new
+/// handshakes use the new certificate within [`RELOAD_CHECK`] of the change. A change
+/// that does not load (a half-written pair, a key of another certificate) is logged and
+/// the previous certificate kept.
 pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServeError> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| ServeError::Certificate {
-            path: cert.to_owned(),
-            source,
-        })?;
-    if chain.is_empty() {
-        return Err(ServeError::NoCertificate {
-            path: cert.to_owned(),
-        });
-    }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|source| ServeError::Key {
-        path: key.to_owned(),
-        source,
-    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let files = CertFiles::load(cert, key, provider.clone())?;
     let tls_error = |source| ServeError::Tls {
         cert: cert.to_owned(),
         key: key.to_owned(),
@@ -93,10 +84,120 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
         .with_safe_default_protocol_versions()
         .map_err(tls_error)?
         .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .map_err(tls_error)?;
+        .with_cert_resolver(Arc::new(files));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// How often the certificate files are looked at (on a handshake, at most this often).
+pub const RELOAD_CHECK: Duration = Duration::from_secs(10);
+
+/// The certificate and key files, loaded, and when they were last looked at.
+#[derive(Debug)]
+struct CertFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    state: std::sync::Mutex<CertState>,
+}
+
+#[derive(Debug)]
+struct CertState {
+    current: Arc<rustls::sign::CertifiedKey>,
+    /// The files' modification times when `current` was loaded.
+    stamps: (Option<std::time::SystemTime>, Option<std::time::SystemTime>),
+    checked: std::time::Instant,
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl CertFiles {
+    fn load(
+        cert: &Path,
+        key: &Path,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<CertFiles, ServeError> {
+        let stamps = (modified(cert), modified(key));
+        let current = Arc::new(Self::read(cert, key, &provider)?);
+        Ok(CertFiles {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            provider,
+            state: std::sync::Mutex::new(CertState {
+                current,
+                stamps,
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    fn read(
+        cert: &Path,
+        key: &Path,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Result<rustls::sign::CertifiedKey, ServeError> {
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| ServeError::Certificate {
+                path: cert.to_owned(),
+                source,
+            })?;
+        if chain.is_empty() {
+            return Err(ServeError::NoCertificate {
+                path: cert.to_owned(),
+            });
+        }
+        let private = PrivateKeyDer::from_pem_file(key).map_err(|source| ServeError::Key {
+            path: key.to_owned(),
+            source,
+        })?;
+        let tls_error = |source| ServeError::Tls {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            source,
+        };
+        let certified =
+            rustls::sign::CertifiedKey::from_der(chain, private, provider).map_err(tls_error)?;
+        Ok(certified)
+    }
+
+    /// The certificate to present, reloaded first if the files changed.
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if state.checked.elapsed() >= RELOAD_CHECK {
+            state.checked = std::time::Instant::now();
+            let stamps = (modified(&self.cert), modified(&self.key));
+            if stamps != state.stamps {
+                match Self::read(&self.cert, &self.key, &self.provider) {
+                    Ok(certified) => {
+                        tracing::info!(cert = %self.cert.display(), "serving certificate reloaded");
+                        state.current = Arc::new(certified);
+                        state.stamps = stamps;
+                    }
+                    Err(error) => {
+                        // Looked at again at the next check: a pair half-written now is
+                        // whole then.
+                        tracing::warn!(error = %error, "the certificate files changed but do not load; serving the previous certificate");
+                    }
+                }
+            }
+        }
+        state.current.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertFiles {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -406,5 +507,60 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, webhoo
                 tracing::debug!(%peer, %error, "connection ended in an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod cert_reload_tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn force_check(files: &CertFiles) {
+        let mut state = files.state.lock().unwrap();
+        state.checked -= RELOAD_CHECK;
+        // Some filesystems keep whole-second times: make the change visible.
+        state.stamps = (None, None);
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_served_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write_pair(dir.path(), "a.test");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let files = CertFiles::load(
+            &dir.path().join("tls.crt"),
+            &dir.path().join("tls.key"),
+            provider,
+        )
+        .unwrap();
+        assert_eq!(files.current().cert[0].as_ref(), first.as_slice());
+
+        // Not looked at again before RELOAD_CHECK.
+        let second = write_pair(dir.path(), "b.test");
+        assert_eq!(files.current().cert[0].as_ref(), first.as_slice());
+        force_check(&files);
+        assert_eq!(files.current().cert[0].as_ref(), second.as_slice());
+
+        // A key that is not the certificate's: the previous pair stays.
+        let other = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.path().join("tls.key"), other.serialize_pem()).unwrap();
+        force_check(&files);
+        assert_eq!(files.current().cert[0].as_ref(), second.as_slice());
+        // Refused, not taken: the pair is tried again at the next check.
+        assert_eq!(files.state.lock().unwrap().stamps, (None, None));
+        std::fs::write(dir.path().join("tls.crt"), "not PEM").unwrap();
+        force_check(&files);
+        assert_eq!(files.current().cert[0].as_ref(), second.as_slice());
+        assert_eq!(files.state.lock().unwrap().stamps, (None, None));
     }
 }
