@@ -837,7 +837,33 @@ fn injector_deployment(opts: &InstallOptions) -> Deployment {
         secret_volume("trust-anchors", IDENTITY_SECRET, &["trust-anchors.pem"]),
     ];
     let replicas = opts.controller_replicas.min(2);
-    deployment(opts, INJECTOR, replicas, container, volumes)
+    let mut deployment = deployment(opts, INJECTOR, replicas, container, volumes);
+    // The injector reads the trust anchors once, at start: a change of them (known
+    // here as the webhook's caBundle) changes the pod template, which restarts it.
+    if let Some(pem) = &opts.webhook_ca_bundle {
+        if let Some(meta) = deployment
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.metadata.as_mut())
+        {
+            meta.annotations = Some(BTreeMap::from([(
+                TRUST_ANCHORS_CHECKSUM.to_owned(),
+                checksum(pem.as_bytes()),
+            )]));
+        }
+    }
+    deployment
+}
+
+/// The injector's pod-template annotation holding a checksum of the trust anchors.
+pub const TRUST_ANCHORS_CHECKSUM: &str = "weft.io/trust-anchors-checksum";
+
+/// FNV-1a (64 bits) as hex: a change detector, not a cryptographic digest.
+fn checksum(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }
 
 pub(crate) fn container_port(name: &str, port: i32) -> ContainerPort {

@@ -192,3 +192,30 @@ fn the_injector_reads_the_trust_anchors_alone_from_the_identity_secret() {
         .collect();
     assert_eq!(keys, ["trust-anchors.pem"], "never the issuer's key");
 }
+
+#[test]
+fn the_injector_restarts_when_the_trust_anchors_change() {
+    let annotation = |pem: Option<&str>| {
+        let opts = InstallOptions {
+            webhook_ca_bundle: pem.map(str::to_owned),
+            ..Default::default()
+        };
+        let d = injector_deployment(&opts);
+        d.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .and_then(|a| a.get(TRUST_ANCHORS_CHECKSUM).cloned())
+    };
+    assert_eq!(annotation(None), None);
+    let a = annotation(Some("-----BEGIN CERTIFICATE-----\nA\n")).unwrap();
+    let b = annotation(Some("-----BEGIN CERTIFICATE-----\nB\n")).unwrap();
+    assert_eq!(a.len(), 16);
+    assert_ne!(a, b);
+    assert_eq!(
+        annotation(Some("-----BEGIN CERTIFICATE-----\nA\n")).unwrap(),
+        a
+    );
+}
