@@ -443,6 +443,12 @@ items:
         ],
     );
     assert!(outbound >= 1.0, "client's proxy:\n{client_text}");
+    for line in client_text
+        .lines()
+        .filter(|l| l.starts_with("request_total{") && l.contains(r#"direction="outbound""#))
+    {
+        eprintln!("client's proxy: {line}");
+    }
     let (server_proxy, server_text) = metrics(&node, SocketAddr::from((server_ip, 4191)));
     let inbound = server_proxy.sum(
         "request_total",
@@ -453,6 +459,12 @@ items:
         ],
     );
     assert!(inbound >= 1.0, "server's proxy:\n{server_text}");
+    for line in server_text
+        .lines()
+        .filter(|l| l.starts_with("request_total{") && l.contains(r#"tls="true""#))
+    {
+        eprintln!("server's proxy: {line}");
+    }
     for (scrape, text) in [(&client_proxy, &client_text), (&server_proxy, &server_text)] {
         assert_eq!(
             scrape.sum("identity_cert_refresh_total", &[("result", "ok")]),
@@ -521,6 +533,65 @@ items:
             ],
         ) >= 1.0,
         "{text}"
+    );
+    let (controller_metrics, text) = metrics(&node, CONTROLLER_ADMIN);
+    assert_eq!(
+        controller_metrics.sum(
+            "weft_controller_identity_token_reviews_total",
+            &[("result", "authenticated")],
+        ),
+        3.0,
+        "the new proxy's token was reviewed too:\n{text}"
+    );
+
+    // Scaled back to one: the node stops the deleted pod's containers, removes its
+    // network and deletes it for good; the client's answers come from the one left.
+    let scaled_down = Instant::now();
+    api.kubectl(&[
+        "-n",
+        "shop",
+        "scale",
+        "deployment",
+        "server",
+        "--replicas=1",
+    ])
+    .unwrap();
+    let gone = eventually(LIMIT, || {
+        let pods = get_json(&api, &["-n", "shop", "get", "pods", "-l", "app=server"]);
+        let names: Vec<String> = pods["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| Some(p["metadata"]["name"].as_str()?.to_owned()))
+            .collect();
+        let running = ready_pods(&node, "server");
+        (names.len() == 1 && running.len() == 1 && node.pods().len() == 2)
+            .then(|| running[0].clone())
+    });
+    let Some((left, _)) = gone else {
+        panic!(
+            "the scale-down did not finish:\n{}\n{}",
+            api.kubectl(&["-n", "shop", "get", "pods", "-o", "wide"])
+                .unwrap_or_default(),
+            node.logs()
+        );
+    };
+    let only_left = eventually(LIMIT, || {
+        (0..5)
+            .all(|_| {
+                node.get(client_app, "/").is_ok_and(|(status, body)| {
+                    status == 200 && body.contains(&format!("(pod {left}, zone )"))
+                })
+            })
+            .then_some(())
+    });
+    assert!(
+        only_left.is_some(),
+        "the client's answers did not all come from {left}:\n{}",
+        node.logs()
+    );
+    eprintln!(
+        "scaled back to {left} alone {:?} after kubectl scale returned",
+        scaled_down.elapsed()
     );
     drop(injector);
 }
