@@ -163,6 +163,107 @@ fn check_kube_fails_on_an_empty_cluster_and_passes_the_crds_once_applied() {
         "MutatingWebhookConfiguration weft-injector present with a caBundle",
     );
     assert!(ok.trim_start().starts_with("ok"), "{stdout}");
+    // No identity Secret yet: its line fails, naming the Secret.
+    let (fail, _) = line(&stdout, "Secret weft-system/weft-identity present");
+    assert!(fail.trim_start().starts_with("FAIL"), "{stdout}");
+    assert!(
+        stdout.contains("note  no ControlPlane resource"),
+        "{stdout}"
+    );
+
+    // The identity Secrets, as `weft identity init` and a serving certificate make
+    // them, and two meshed pods: one trusting these anchors, one another anchor.
+    let dir = api.dir().join("check-identity");
+    weft_controller::identity::init(&dir, "cluster.local", true).unwrap();
+    let anchors = std::fs::read_to_string(dir.join("trust-anchors.pem")).unwrap();
+    let server = weft_controller::identity::sign_server(
+        &std::fs::read_to_string(dir.join("issuer.crt")).unwrap(),
+        &std::fs::read_to_string(dir.join("issuer.key")).unwrap(),
+        &dir,
+        &["weft-injector.weft-system.svc".to_owned()],
+        std::time::Duration::from_secs(3 * 24 * 3600),
+    )
+    .unwrap();
+    std::fs::write(dir.join("tls.crt"), &server.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &server.key_pem).unwrap();
+    let path = |f: &str| dir.join(f).display().to_string();
+    api.kubectl(&[
+        "-n",
+        "weft-system",
+        "create",
+        "secret",
+        "generic",
+        "weft-identity",
+        &format!("--from-file={}", path("trust-anchors.pem")),
+        &format!("--from-file={}", path("issuer.crt")),
+        &format!("--from-file={}", path("issuer.key")),
+    ])
+    .unwrap();
+    api.kubectl(&[
+        "-n",
+        "weft-system",
+        "create",
+        "secret",
+        "tls",
+        "weft-injector-tls",
+        &format!("--cert={}", path("tls.crt")),
+        &format!("--key={}", path("tls.key")),
+    ])
+    .unwrap();
+    let other = weft_controller::identity::make_trust_anchor(
+        "cluster.local",
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    // No controller manager here makes the default ServiceAccount pods need.
+    let _ = api.kubectl(&["-n", "default", "create", "serviceaccount", "default"]);
+    for (name, trusted) in [
+        ("current", anchors.as_str()),
+        ("stale", other.cert_pem.as_str()),
+    ] {
+        let pod = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "annotations": {"weft.io/injected": "v0.1.0"}},
+            "spec": {"containers": [
+                {"name": "app", "image": "app"},
+                {"name": "weft-proxy", "image": "weft-proxy", "env": [{"name": "WEFT_TRUST_ANCHORS_PEM", "value": trusted}]}
+            ]}
+        });
+        api.kubectl_stdin(&["apply", "-f", "-"], Some(&pod.to_string()))
+            .unwrap();
+    }
+    let out = check(api);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (ok, _) = line(
+        &stdout,
+        "the issuer CN=identity.weft.cluster.local chains to the trust anchors",
+    );
+    assert!(ok.trim_start().starts_with("ok"), "{stdout}");
+    // The injector's certificate has 3 days left: under the week asked for.
+    let (fail, fix) = line(&stdout, "the injector's certificate valid until");
+    assert!(
+        fail.trim_start().starts_with("FAIL") && fail.contains("2 days left"),
+        "{stdout}"
+    );
+    assert!(fix.contains("renews it"), "{stdout}");
+    let (fail, fix) = line(
+        &stdout,
+        "1 of 2 meshed pods' proxies trust other anchors: default/stale",
+    );
+    assert!(fail.trim_start().starts_with("FAIL"), "{stdout}");
+    assert!(fix.contains("restart them"), "{stdout}");
+    api.kubectl(&["delete", "pod", "stale", "--wait=false"])
+        .unwrap();
+    let out = check(api);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (ok, _) = line(
+        &stdout,
+        "1 meshed pods' proxies trust the control plane's anchors",
+    );
+    assert!(ok.trim_start().starts_with("ok"), "{stdout}");
+    api.kubectl(&["delete", "pod", "current", "--wait=false"])
+        .unwrap();
 
     // Clean up what the test made (the shared API server is the process's own).
     api.kubectl_stdin(
