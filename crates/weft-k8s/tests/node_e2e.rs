@@ -13,7 +13,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -73,32 +73,10 @@ fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-/// A process of this test, killed (by its pid) when dropped.
-struct Process {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("----- {} -----\n{}", self.name, self.log());
-        }
-    }
-}
-
-/// The real weft-injector on a loopback port, with a serving certificate for
-/// 127.0.0.1 from a CA of its own; the CA's PEM for the webhook's caBundle.
-fn start_injector(api: &KubeApi, dir: &Path, anchors: &Path) -> (Process, String) {
+/// The real weft-injector on a loopback port (started by the node, which stops it),
+/// with a serving certificate for 127.0.0.1 from a CA of its own, registered as the
+/// API server's webhook for pods.
+fn start_injector(api: &KubeApi, node: &KubeNode, dir: &Path, anchors: &Path) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca = CertificateParams::default();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -115,26 +93,16 @@ fn start_injector(api: &KubeApi, dir: &Path, anchors: &Path) -> (Process, String
         .local_addr()
         .unwrap()
         .port();
-    let log = dir.join("weft-injector.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_weft-injector"))
+    let mut injector = Command::new(env!("CARGO_BIN_EXE_weft-injector"));
+    injector
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg(format!("--cert={}", dir.join("tls.crt").display()))
         .arg(format!("--key={}", dir.join("tls.key").display()))
         .arg(format!("--trust-anchors={}", anchors.display()))
         .arg(format!("--controller={NODE_IP}:{CONTROLLER_PORT}"))
         .arg(format!("--proxy-image={PROXY_IMAGE}"))
-        .env("KUBECONFIG", api.kubeconfig())
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let injector = Process {
-        name: "weft-injector",
-        child,
-        log,
-    };
+        .env("KUBECONFIG", api.kubeconfig());
+    node.spawn_local("weft-injector", injector).unwrap();
     let webhook = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -154,7 +122,6 @@ fn start_injector(api: &KubeApi, dir: &Path, anchors: &Path) -> (Process, String
         }],
     });
     apply(api, &webhook.to_string());
-    (injector, ca.pem())
 }
 
 fn apply(api: &KubeApi, object: &str) {
@@ -299,7 +266,7 @@ items:
   spec: {selector: {app: server}, ports: [{name: http, port: 80, targetPort: http}]}
 "#,
     );
-    let (injector, _) = start_injector(&api, &dir, &anchors);
+    start_injector(&api, &node, &dir, &anchors);
     let probe = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "name": "probe", "namespace": "shop" },
@@ -320,7 +287,7 @@ items:
     assert!(
         called.is_some(),
         "the API server never called the injector:\n{}",
-        injector.log()
+        node.log("weft-injector")
     );
 
     // The server, then the client calling the server's ClusterIP for every request.
@@ -593,5 +560,4 @@ items:
         "scaled back to {left} alone {:?} after kubectl scale returned",
         scaled_down.elapsed()
     );
-    drop(injector);
 }

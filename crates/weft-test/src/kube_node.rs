@@ -59,7 +59,7 @@ use std::io::{BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -255,6 +255,9 @@ struct Shared {
     procs: Mutex<Vec<Proc>>,
     /// Threads stopping deleted pods.
     stoppers: Mutex<Vec<JoinHandle<()>>>,
+    /// Told every pid and namespace while they exist: cleans up if this process dies
+    /// without dropping the node.
+    reaper: Mutex<Option<(Child, ChildStdin)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -294,6 +297,7 @@ impl KubeNode {
             netns: Mutex::new(Vec::new()),
             procs: Mutex::new(Vec::new()),
             stoppers: Mutex::new(Vec::new()),
+            reaper: Mutex::new(None),
         });
         // From here on, dropping `node` removes what was made.
         let mut node = KubeNode {
@@ -302,6 +306,7 @@ impl KubeNode {
             watcher: None,
             relay: None,
         };
+        shared.start_reaper()?;
         shared.add_netns(&shared.hub)?;
         ip_in(&shared.hub, &["link", "add", "br0", "type", "bridge"])?;
         ip_in(
@@ -313,6 +318,7 @@ impl KubeNode {
         shared.register_node()?;
 
         let (stdout, child) = shared.watch_pods()?;
+        shared.tell_reaper(&format!("pid {}", child.id()));
         *lock(&node.watch) = Some(child);
         let watcher_shared = shared.clone();
         node.watcher = Some(
@@ -368,6 +374,14 @@ impl KubeNode {
         self.shared.spawn_logged(outer, "", name, false, &log)
     }
 
+    /// Starts `cmd` as it is, in this process's own network namespace (beside the API
+    /// server: a webhook it calls on loopback), stopped with the node like the others
+    /// (and by its reaper). Its output goes to a log ([`KubeNode::log`] `name`).
+    pub fn spawn_local(&self, name: &str, cmd: Command) -> anyhow::Result<u32> {
+        let log = self.shared.dir.join(format!("local-{name}.log"));
+        self.shared.spawn_logged(cmd, "", name, false, &log)
+    }
+
     /// Whether the process `pid` it started has exited, and how.
     pub fn exited(&self, pid: u32) -> Option<ExitStatus> {
         let mut procs = lock(&self.shared.procs);
@@ -375,8 +389,8 @@ impl KubeNode {
         proc.child.try_wait().ok().flatten()
     }
 
-    /// The log of a host-network process ([`KubeNode::spawn_on_node`]) or of a
-    /// container, `NAMESPACE/POD/CONTAINER`.
+    /// The log of a process started with [`KubeNode::spawn_on_node`] or
+    /// [`KubeNode::spawn_local`], or of a container, `NAMESPACE/POD/CONTAINER`.
     pub fn log(&self, name: &str) -> String {
         // Locks in one order everywhere: pods, then procs.
         let pods = lock(&self.shared.pods);
@@ -432,6 +446,12 @@ impl KubeNode {
 impl Drop for KubeNode {
     fn drop(&mut self) {
         let shared = &self.shared;
+        // The reaper first, so that it never signals a pid reused after ours were reaped.
+        if let Some((mut reaper, stdin)) = lock(&shared.reaper).take() {
+            let _ = reaper.kill();
+            let _ = reaper.wait();
+            drop(stdin);
+        }
         shared.stop.store(true, Ordering::SeqCst);
         if let Some(mut watch) = lock(&self.watch).take() {
             let _ = watch.kill();
@@ -478,7 +498,46 @@ impl Drop for KubeNode {
 }
 
 impl Shared {
+    /// A shell that, when this process exits without dropping the node, sees its
+    /// stdin close and then kills the pids and deletes the namespaces it still knows.
+    fn start_reaper(&self) -> anyhow::Result<()> {
+        const REAPER: &str = r#"
+trap '' INT TERM HUP
+pids= nets=
+while read -r op arg; do
+  case "$op" in
+    pid) pids="$pids $arg" ;;
+    unpid) pids=$(printf '%s\n' $pids | grep -vx "$arg" | tr '\n' ' ') ;;
+    ns) nets="$nets $arg" ;;
+    unns) nets=$(printf '%s\n' $nets | grep -vx "$arg" | tr '\n' ' ') ;;
+  esac
+done
+for p in $pids; do kill -9 "$p" 2>/dev/null; done
+for n in $nets; do ip netns delete "$n" 2>/dev/null; done
+rm -rf "$1"
+"#;
+        let mut child = Command::new("sh")
+            .args(["-c", REAPER, "weft-kube-node-reaper"])
+            .arg(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the reaper (sh)")?;
+        let stdin = child.stdin.take().context("the reaper's stdin")?;
+        *lock(&self.reaper) = Some((child, stdin));
+        Ok(())
+    }
+
+    /// One line for the reaper: `pid N`, `unpid N`, `ns NAME`, `unns NAME`.
+    fn tell_reaper(&self, line: &str) {
+        if let Some((_, stdin)) = lock(&self.reaper).as_mut() {
+            let _ = writeln!(stdin, "{line}");
+        }
+    }
+
     fn add_netns(&self, ns: &str) -> anyhow::Result<()> {
+        self.tell_reaper(&format!("ns {ns}"));
         sh("ip", &["netns", "add", ns], None)?;
         lock(&self.netns).push(ns.to_owned());
         ip_in(ns, &["link", "set", "lo", "up"])?;
@@ -490,6 +549,7 @@ impl Shared {
             eprintln!("kube node: cannot delete network namespace {ns}: {e:#}");
         }
         lock(&self.netns).retain(|n| n != ns);
+        self.tell_reaper(&format!("unns {ns}"));
     }
 
     /// The Node object, Ready at [`NODE_IP`].
@@ -817,9 +877,13 @@ impl Shared {
                 procs
                     .iter_mut()
                     .filter(|p| watched.iter().any(|(_, pid)| *pid == p.child.id()))
-                    .find_map(|p| Some((p.name.clone(), p.child.try_wait().ok().flatten()?)))
+                    .find_map(|p| {
+                        let status = p.child.try_wait().ok().flatten()?;
+                        Some((p.name.clone(), p.child.id(), status))
+                    })
             };
-            if let Some((container, status)) = exited {
+            if let Some((container, pid, status)) = exited {
+                self.tell_reaper(&format!("unpid {pid}"));
                 let message = format!("container {container} exited ({status}); not restarted");
                 run.set_state(format!("failed: {message}"));
                 self.report(run, &spec, false, Some(&message))?;
@@ -1170,6 +1234,7 @@ impl Shared {
             .spawn()
             .with_context(|| format!("cannot start {cmd:?}"))?;
         let pid = child.id();
+        self.tell_reaper(&format!("pid {pid}"));
         procs.push(Proc {
             pod: pod.to_owned(),
             name: name.to_owned(),
@@ -1193,6 +1258,10 @@ impl Shared {
                     .context("the init container's process is gone")?;
                 proc.child.try_wait().context("waiting for a process")?
             };
+            if status.is_some() {
+                // Reaped: its pid may be reused.
+                self.tell_reaper(&format!("unpid {pid}"));
+            }
             match status {
                 Some(status) if status.success() => return Ok(()),
                 Some(status) => bail!(
@@ -1234,6 +1303,7 @@ impl Shared {
                     .and_then(|p| p.child.try_wait().ok().flatten())
             };
             if let Some(status) = exited {
+                self.tell_reaper(&format!("unpid {pid}"));
                 bail!(
                     "container {} exited ({status}) before its {what} probe passed: {}",
                     container.name,
@@ -1342,6 +1412,9 @@ impl Shared {
                     _ => break,
                 }
             }
+        }
+        for p in procs.iter().filter(|p| which(p)) {
+            self.tell_reaper(&format!("unpid {}", p.child.id()));
         }
         procs.retain(|p| !which(p));
     }
