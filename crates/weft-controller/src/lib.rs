@@ -282,7 +282,8 @@ impl Controller {
         let mut policies = None;
         let mut inbound = None;
         let mut inbound_policy = None;
-        // The kube source's client and leadership, for the route status writer.
+        // The kube source's client and leadership, for the route and policy status
+        // writers.
         let mut status_writer = None;
         let destinations = match (source, &config.destination) {
             (Some(source), Some(d)) => {
@@ -342,11 +343,12 @@ impl Controller {
                     routes_tx,
                     d.cluster_domain.clone(),
                 )));
-                if let Some((client, leader)) = status_writer.take() {
+                if let Some((client, leader)) = &status_writer {
                     background.push(tokio::spawn(kube::status::run(
-                        client,
+                        client.clone(),
                         routes_rx.clone(),
-                        leader,
+                        leader.clone(),
+                        metrics.kube.clone(),
                     )));
                 }
                 // Authorization policy follows it too.
@@ -356,6 +358,14 @@ impl Controller {
                     subscribe.clone(),
                     inbound_tx,
                 )));
+                if let Some((client, leader)) = status_writer.take() {
+                    background.push(tokio::spawn(kube::policy_status::run(
+                        client,
+                        inbound_rx.clone(),
+                        leader,
+                        metrics.kube.clone(),
+                    )));
+                }
                 inbound_policy = Some(inbound_rx.clone());
                 inbound = Some(policy::InboundPolicyService::new(
                     inbound_rx,

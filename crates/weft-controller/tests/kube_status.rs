@@ -1,15 +1,18 @@
-//! The kube source's route status writer against a real kube-apiserver
+//! The kube source's status writers against a real kube-apiserver
 //! (`weft_test::kube::KubeApi`; skipped with a message when the binaries are not built,
 //! failing under CI): HTTPRoutes to a Service get weft's `status.parents[]` entries,
 //! another controller's entry stays, and a route is written again only when its status
-//! changes.
+//! changes (not at a restart of the controller); the policy objects get their
+//! `Accepted`/`ResolvedRefs` conditions, which follow fixes and new generations, keep
+//! their `lastTransitionTime` while their status stays, leave other writers'
+//! conditions alone and are written by the leader only.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::watch;
-use weft_controller::kube::KubeSourceConfig;
+use weft_controller::kube::{KubeSourceConfig, StatusLabels};
 use weft_controller::{identity, Config, Controller, DestinationConfig};
 use weft_test::kube::KubeApi;
 
@@ -61,7 +64,25 @@ impl Mesh {
             controller: Some(controller),
         }
     }
+
+    fn controller(&self) -> &Controller {
+        self.controller.as_ref().unwrap()
+    }
+
+    /// `weft_controller_kube_status_writes_total{kind,result}` of this controller.
+    fn writes(&self, kind: &'static str, result: &'static str) -> u64 {
+        self.controller()
+            .metrics()
+            .kube
+            .status_writes
+            .get_or_create(&StatusLabels { kind, result })
+            .get()
+    }
 }
+
+/// A `lastTransitionTime` long before the test: kept by a writer whose condition has
+/// the same status, replaced by one that rewrites it.
+const LONG_AGO: &str = "2026-01-01T00:00:00Z";
 
 fn kubectl(api: &KubeApi, args: &[&str]) -> String {
     tokio::task::block_in_place(|| api.kubectl(args))
@@ -217,7 +238,7 @@ items:
         ],
     );
 
-    let _mesh = Mesh::start(&api.kubeconfig(), "write", None).await;
+    let mesh = Mesh::start(&api.kubeconfig(), "write", None).await;
 
     let (entry, good) = written(&api, "good").await;
     assert_eq!(
@@ -333,6 +354,451 @@ spec:
         1,
         "the gateway's entry stays: {good:#}"
     );
+
+    // A restarted controller, to which every condition is new, leaves the routes as
+    // they are: good's times (set long ago here) stay, since no status changed.
+    drop(mesh);
+    let parents: Vec<Value> = good["status"]["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        .map(|mut p| {
+            if p["controllerName"] == "weft.io/controller" {
+                for c in p["conditions"].as_array_mut().unwrap() {
+                    c["lastTransitionTime"] = json!(LONG_AGO);
+                }
+            }
+            p
+        })
+        .collect();
+    let patch = json!({"status": {"parents": parents}}).to_string();
+    kubectl(
+        &api,
+        &[
+            "-n",
+            "shop",
+            "patch",
+            "httproute",
+            "good",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ],
+    );
+    let versions: Vec<Value> = ["good", "missing", "later"]
+        .iter()
+        .map(|r| route(&api, r)["metadata"]["resourceVersion"].clone())
+        .collect();
+    let mesh = Mesh::start(&api.kubeconfig(), "write", None).await;
+    assert!(
+        weft_test::eventually(PROMPT, || async {
+            mesh.writes("HTTPRoute", "unchanged") >= 3
+        })
+        .await,
+        "the restarted controller did not find the 3 routes' statuses as it would write them: {} written, {} unchanged",
+        mesh.writes("HTTPRoute", "written"),
+        mesh.writes("HTTPRoute", "unchanged"),
+    );
+    let after: Vec<Value> = ["good", "missing", "later"]
+        .iter()
+        .map(|r| route(&api, r)["metadata"]["resourceVersion"].clone())
+        .collect();
+    assert_eq!(after, versions, "routes rewritten at a restart");
+    let (entry, _) = written(&api, "good").await;
+    for c in entry["conditions"].as_array().unwrap() {
+        assert_eq!(c["lastTransitionTime"], LONG_AGO, "{entry:#}");
+    }
+}
+
+/// The policy CRDs of the chart, applied and established.
+fn policy_crds(api: &KubeApi) {
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/weft/crds");
+    for kind in [
+        "servers",
+        "authorizationpolicies",
+        "meshtlsauthentications",
+        "networkauthentications",
+    ] {
+        let file = crds.join(format!("{kind}.policy.weft.io.yaml"));
+        kubectl(api, &["apply", "-f", file.to_str().unwrap()]);
+        kubectl(
+            api,
+            &[
+                "wait",
+                "--for=condition=Established",
+                &format!("crd/{kind}.policy.weft.io"),
+            ],
+        );
+    }
+}
+
+/// Policy object `kind` (`authorizationpolicy`, `server`, ...) `name` of namespace shop,
+/// as the API server has it.
+fn policy(api: &KubeApi, kind: &str, name: &str) -> Value {
+    let json = kubectl(
+        api,
+        &[
+            "-n",
+            "shop",
+            "get",
+            &format!("{kind}.policy.weft.io"),
+            name,
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ],
+    );
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{kind} {name}: {e}: {json}"))
+}
+
+/// The object's condition of type `kind`.
+fn policy_condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+/// Waits until the object has each of `want`'s conditions (type, status, reason) with
+/// `observedGeneration` its generation; returns it.
+async fn conditions(api: &KubeApi, kind: &str, name: &str, want: &[(&str, &str, &str)]) -> Value {
+    let deadline = std::time::Instant::now() + PROMPT;
+    loop {
+        let object = policy(api, kind, name);
+        let generation = &object["metadata"]["generation"];
+        let done = want.iter().all(|(t, status, reason)| {
+            policy_condition(&object, t).is_some_and(|c| {
+                c["status"] == *status
+                    && c["reason"] == *reason
+                    && c["observedGeneration"] == *generation
+            })
+        });
+        if done {
+            return object;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{kind} shop/{name}: not {want:?} within {PROMPT:?}: {:#}",
+            object["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn message(object: &Value, kind: &str) -> String {
+    policy_condition(object, kind)
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn patch_status(api: &KubeApi, kind: &str, name: &str, status: Value) {
+    let patch = json!({ "status": status }).to_string();
+    kubectl(
+        api,
+        &[
+            "-n",
+            "shop",
+            "patch",
+            kind,
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ],
+    );
+}
+
+const ACCEPTED: (&str, &str, &str) = ("Accepted", "True", "Accepted");
+const RESOLVED: (&str, &str, &str) = ("ResolvedRefs", "True", "ResolvedRefs");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_statuses_are_written_and_follow_fixes() {
+    tracing_subscriber::fmt()
+        .with_env_filter("weft_controller=info,weft_controller::kube=debug")
+        .with_ansi(false)
+        .with_test_writer()
+        .init();
+    let Some(api) = tokio::task::block_in_place(KubeApi::start) else {
+        return;
+    };
+    policy_crds(&api);
+    apply(
+        &api,
+        r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
+- apiVersion: policy.weft.io/v1alpha1
+  kind: Server
+  metadata: {name: web-http, namespace: shop}
+  spec: {podSelector: {matchLabels: {app: web}}, port: http}
+- apiVersion: policy.weft.io/v1alpha1
+  kind: MeshTLSAuthentication
+  metadata: {name: meshed, namespace: shop}
+  spec: {identities: ["*"]}
+- apiVersion: policy.weft.io/v1alpha1
+  kind: AuthorizationPolicy
+  metadata: {name: good, namespace: shop}
+  spec:
+    targetRef: {group: policy.weft.io, kind: Server, name: web-http}
+    requiredAuthenticationRefs:
+    - {group: policy.weft.io, kind: MeshTLSAuthentication, name: meshed}
+- apiVersion: policy.weft.io/v1alpha1
+  kind: AuthorizationPolicy
+  metadata: {name: no-server, namespace: shop}
+  spec:
+    targetRef: {group: policy.weft.io, kind: Server, name: api-http}
+- apiVersion: policy.weft.io/v1alpha1
+  kind: AuthorizationPolicy
+  metadata: {name: no-authn, namespace: shop}
+  spec:
+    targetRef: {group: policy.weft.io, kind: Server, name: web-http}
+    requiredAuthenticationRefs:
+    - {group: policy.weft.io, kind: MeshTLSAuthentication, name: admins}
+"#,
+    );
+    // Another writer's condition on good; no-server Accepted long ago (as by an
+    // earlier controller).
+    patch_status(
+        &api,
+        "authorizationpolicy.policy.weft.io",
+        "good",
+        json!({"conditions": [{"type": "example.com/Audited", "status": "True", "reason": "Audited", "message": "", "lastTransitionTime": LONG_AGO}]}),
+    );
+    patch_status(
+        &api,
+        "authorizationpolicy.policy.weft.io",
+        "no-server",
+        json!({"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": LONG_AGO, "observedGeneration": 1}]}),
+    );
+
+    let mesh = Mesh::start(&api.kubeconfig(), "policy", None).await;
+
+    let good = conditions(&api, "authorizationpolicy", "good", &[ACCEPTED, RESOLVED]).await;
+    assert!(
+        policy_condition(&good, "example.com/Audited").is_some(),
+        "the other writer's condition stays: {:#}",
+        good["status"]
+    );
+    let fields = &good["metadata"]["managedFields"];
+    assert!(
+        fields.as_array().is_some_and(|fs| fs.iter().any(|f| {
+            f["manager"] == "weft.io/controller"
+                && f["operation"] == "Apply"
+                && f["subresource"] == "status"
+        })),
+        "applied by field manager weft.io/controller: {fields:#}"
+    );
+    for (kind, name) in [("server", "web-http"), ("meshtlsauthentication", "meshed")] {
+        let o = conditions(&api, kind, name, &[ACCEPTED]).await;
+        assert!(
+            policy_condition(&o, "ResolvedRefs").is_none(),
+            "{kind} {name}: {:#}",
+            o["status"]
+        );
+    }
+    let no_server = conditions(
+        &api,
+        "authorizationpolicy",
+        "no-server",
+        &[ACCEPTED, ("ResolvedRefs", "False", "TargetNotFound")],
+    )
+    .await;
+    let m = message(&no_server, "ResolvedRefs");
+    assert!(
+        m.contains("no valid Server shop/api-http in the cluster"),
+        "{m}"
+    );
+    assert_eq!(
+        policy_condition(&no_server, "Accepted").unwrap()["lastTransitionTime"],
+        LONG_AGO,
+        "Accepted stayed True: its time is kept"
+    );
+    let no_authn = conditions(
+        &api,
+        "authorizationpolicy",
+        "no-authn",
+        &[
+            ACCEPTED,
+            ("ResolvedRefs", "False", "AuthenticationNotFound"),
+        ],
+    )
+    .await;
+    let m = message(&no_authn, "ResolvedRefs");
+    assert!(
+        m.contains("no valid MeshTLSAuthentication shop/admins in the cluster"),
+        "{m}"
+    );
+    let good_version = good["metadata"]["resourceVersion"].clone();
+
+    // The missing objects created: both flip to ResolvedRefs True; good, whose
+    // conditions did not change, is not written again.
+    apply(
+        &api,
+        r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: policy.weft.io/v1alpha1
+  kind: Server
+  metadata: {name: api-http, namespace: shop}
+  spec: {podSelector: {matchLabels: {app: api}}, port: 8080}
+- apiVersion: policy.weft.io/v1alpha1
+  kind: MeshTLSAuthentication
+  metadata: {name: admins, namespace: shop}
+  spec: {identityRefs: [{kind: ServiceAccount, name: admin}]}
+"#,
+    );
+    let fixed = conditions(
+        &api,
+        "authorizationpolicy",
+        "no-server",
+        &[ACCEPTED, RESOLVED],
+    )
+    .await;
+    assert_eq!(message(&fixed, "ResolvedRefs"), "", "{:#}", fixed["status"]);
+    conditions(
+        &api,
+        "authorizationpolicy",
+        "no-authn",
+        &[ACCEPTED, RESOLVED],
+    )
+    .await;
+    conditions(&api, "server", "api-http", &[ACCEPTED]).await;
+    assert_eq!(
+        policy(&api, "authorizationpolicy", "good")["metadata"]["resourceVersion"],
+        good_version,
+        "good was written again though its conditions did not change"
+    );
+
+    // A new generation naming a missing NetworkAuthentication: observedGeneration 2,
+    // ResolvedRefs False again.
+    apply(
+        &api,
+        r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-authn, namespace: shop}
+spec:
+  targetRef: {group: policy.weft.io, kind: Server, name: web-http}
+  requiredAuthenticationRefs:
+  - {group: policy.weft.io, kind: MeshTLSAuthentication, name: admins}
+  - {group: policy.weft.io, kind: NetworkAuthentication, name: office}
+"#,
+    );
+    let no_authn = conditions(
+        &api,
+        "authorizationpolicy",
+        "no-authn",
+        &[
+            ACCEPTED,
+            ("ResolvedRefs", "False", "AuthenticationNotFound"),
+        ],
+    )
+    .await;
+    assert_eq!(no_authn["metadata"]["generation"], 2, "{no_authn:#}");
+    let m = message(&no_authn, "ResolvedRefs");
+    assert!(
+        m.contains("no valid NetworkAuthentication shop/office in the cluster"),
+        "{m}"
+    );
+    // Generation 1 resolved: it keeps serving, and the condition says so.
+    assert!(
+        m.ends_with("; the last valid version of the object keeps serving"),
+        "{m}"
+    );
+
+    // A replica that does not lead writes nothing (a new policy stays without status);
+    // made leader, it writes that one, and no-authn, whose generation 1 no longer
+    // serves after the restart (a restarted controller has no last valid version),
+    // and finds the others as it would write them, restarted though it is.
+    drop(mesh);
+    let objects = [
+        ("authorizationpolicy", "good"),
+        ("authorizationpolicy", "no-server"),
+        ("server", "web-http"),
+        ("server", "api-http"),
+        ("meshtlsauthentication", "meshed"),
+        ("meshtlsauthentication", "admins"),
+    ];
+    let versions: Vec<Value> = objects
+        .iter()
+        .map(|(k, n)| policy(&api, k, n)["metadata"]["resourceVersion"].clone())
+        .collect();
+    let (lead, leader) = watch::channel(false);
+    let mesh = Mesh::start(&api.kubeconfig(), "policy", Some(leader)).await;
+    apply(
+        &api,
+        r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: later, namespace: shop}
+spec:
+  targetRef: {group: policy.weft.io, kind: Server, name: web-http}
+"#,
+    );
+    assert!(
+        weft_test::eventually(PROMPT, || async {
+            mesh.controller()
+                .policy_reports()
+                .iter()
+                .any(|r| r.key.as_ref().is_some_and(|k| k.name == "later"))
+        })
+        .await,
+        "AuthorizationPolicy later never reached the controller's index"
+    );
+    let later = policy(&api, "authorizationpolicy", "later");
+    assert!(
+        later["status"]["conditions"].is_null(),
+        "written by a replica that does not lead: {:#}",
+        later["status"]
+    );
+    lead.send_replace(true);
+    conditions(&api, "authorizationpolicy", "later", &[ACCEPTED, RESOLVED]).await;
+    assert!(
+        weft_test::eventually(PROMPT, || async {
+            mesh.writes("AuthorizationPolicy", "unchanged") >= 2
+                && mesh.writes("AuthorizationPolicy", "written") >= 2
+                && mesh.writes("Server", "unchanged") >= 2
+                && mesh.writes("MeshTLSAuthentication", "unchanged") >= 2
+        })
+        .await,
+        "the new leader did not find every object's status as it would write it: {:?}",
+        ["AuthorizationPolicy", "Server", "MeshTLSAuthentication"].map(|k| (
+            k,
+            ["written", "unchanged", "stale", "failed"].map(|r| (r, mesh.writes(k, r)))
+        ))
+    );
+    let after: Vec<Value> = objects
+        .iter()
+        .map(|(k, n)| policy(&api, k, n)["metadata"]["resourceVersion"].clone())
+        .collect();
+    assert_eq!(
+        after, versions,
+        "policy objects rewritten by the new leader"
+    );
+    assert_eq!(
+        mesh.writes("AuthorizationPolicy", "written"),
+        2,
+        "only later and no-authn are written"
+    );
+    let no_authn = conditions(
+        &api,
+        "authorizationpolicy",
+        "no-authn",
+        &[
+            ACCEPTED,
+            ("ResolvedRefs", "False", "AuthenticationNotFound"),
+        ],
+    )
+    .await;
+    let m = message(&no_authn, "ResolvedRefs");
+    assert!(!m.contains("keeps serving"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

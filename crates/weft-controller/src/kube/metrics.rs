@@ -15,6 +15,16 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Labels of `weft_controller_kube_status_writes_total`: the object's `kind`
+/// (`HTTPRoute`, `GRPCRoute`, `Server`, `AuthorizationPolicy`, ...) and the `result`:
+/// `written`, `unchanged` (the object had weft's status already), `stale` (gone, or of
+/// a newer generation than the index's) or `failed` (tried again later).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct KubeMetrics {
     /// `weft_controller_kube_events_total{kind}`: watch events received (objects
@@ -29,6 +39,9 @@ pub struct KubeMetrics {
     /// `weft_controller_kube_index_builds_total`: indexes built from the reflected
     /// objects (published when they differ from the current one).
     pub builds: Counter,
+    /// `weft_controller_kube_status_writes_total{kind,result}`: status writes the
+    /// leader attempted (an object read, then written if its status differed).
+    pub status_writes: Family<StatusLabels, Counter>,
 }
 
 impl KubeMetrics {
@@ -52,6 +65,11 @@ impl KubeMetrics {
             "kube_index_builds",
             "Destination indexes built by the kube source from the reflected objects",
             self.builds.clone(),
+        );
+        registry.register(
+            "kube_status_writes",
+            "Status writes of routes and policy objects attempted by the leader, by kind of object and result (written, unchanged, stale, failed)",
+            self.status_writes.clone(),
         );
     }
 }

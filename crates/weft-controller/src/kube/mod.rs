@@ -24,6 +24,8 @@
 //!   the same gateway objects, where the policy index reads them as it reads the mesh
 //!   directory's ([`crate::policy`]): their metadata cut to what a file's would hold
 //!   (name, namespace, generation, labels, annotations), their status left out.
+//! - Status is written back by the leader: routes' `status.parents[]` ([`status`]) and
+//!   the policy objects' `status.conditions` ([`policy_status`]).
 //! - Until every reflector has listed its objects once, nothing is published and the
 //!   controller's `/ready` stays false. Errors (RBAC denied, API server down) are
 //!   logged once per change of state (per kind of object); the watchers retry with
@@ -31,12 +33,13 @@
 
 mod build;
 mod metrics;
+pub mod policy_status;
 pub mod status;
 #[cfg(test)]
 mod tests;
 
-pub use build::{index, Objects};
-pub use metrics::{KindLabels, KubeMetrics};
+pub use build::{index, Objects, GATEWAY_FILE};
+pub use metrics::{KindLabels, KubeMetrics, StatusLabels};
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -80,8 +83,9 @@ pub struct KubeSourceConfig {
     pub kubeconfig: Option<PathBuf>,
     /// The index is rebuilt at most once per this interval after a change.
     pub debounce: Duration,
-    /// Whether this replica leads ([`crate::lease::Elector::is_leader`]): route
-    /// statuses are written only then ([`status`]); `None`: always.
+    /// Whether this replica leads ([`crate::lease::Elector::is_leader`]): route and
+    /// policy statuses are written only then ([`status`], [`policy_status`]); `None`:
+    /// always.
     pub leader: Option<watch::Receiver<bool>>,
 }
 

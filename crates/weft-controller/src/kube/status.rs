@@ -13,6 +13,9 @@
 //!   new table), and only while this replica leads (the [`crate::lease::Elector`]'s
 //!   receiver; without one, always). A leader that steps down forgets what it wrote:
 //!   when it leads again it reads every route once.
+//! - A condition whose `status` is the route's already keeps the route's
+//!   `lastTransitionTime` (Kubernetes' rule: when the status last changed), so a
+//!   restarted controller, to which every condition is new, does not rewrite them.
 //! - A route whose generation is no longer the table's is left to the next table.
 //!   Writes that fail (API server down, RBAC) are logged and tried again 5 s later.
 
@@ -25,6 +28,7 @@ use ::kube::Client;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::metrics::{KubeMetrics, StatusLabels};
 use crate::routes::serve::Snapshot;
 use crate::routes::table::RouteReport;
 use crate::routes::{RouteKey, RouteKind, CONTROLLER_NAME, GATEWAY_GROUP};
@@ -87,7 +91,55 @@ fn is_ours(entry: &Value) -> bool {
     entry.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
 }
 
-/// Writes `ours` as weft's entries of `report`'s route, keeping the other controllers'.
+impl Written {
+    /// Its `result` label of `weft_controller_kube_status_writes_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Written::Written => "written",
+            Written::Unchanged => "unchanged",
+            Written::Stale => "stale",
+        }
+    }
+}
+
+/// Gives `want`'s conditions the `lastTransitionTime` of `have`'s condition of the same
+/// `type` when that one has the same `status`: the time is when the status last
+/// changed, whatever the controller's own record says (it starts afresh at a restart).
+pub fn keep_transition_times(want: &mut [Value], have: &[Value]) {
+    for c in want {
+        let kept = have
+            .iter()
+            .find(|h| h.get("type") == c.get("type") && h.get("status") == c.get("status"))
+            .and_then(|h| h.get("lastTransitionTime"))
+            .filter(|t| t.is_string());
+        if let (Some(t), Some(fields)) = (kept, c.as_object_mut()) {
+            fields.insert("lastTransitionTime".into(), t.clone());
+        }
+    }
+}
+
+/// `ours` with each parent's conditions keeping the times of `mine`'s (the route's
+/// entries of weft) for the same parentRef ([`keep_transition_times`]).
+fn with_kept_times(ours: &[Value], mine: &[Value]) -> Vec<Value> {
+    let mut ours = ours.to_vec();
+    for entry in &mut ours {
+        let Some(have) = mine
+            .iter()
+            .find(|m| m.get("parentRef") == entry.get("parentRef"))
+            .and_then(|m| m.get("conditions"))
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
+        if let Some(Value::Array(want)) = entry.get_mut("conditions") {
+            keep_transition_times(want, have);
+        }
+    }
+    ours
+}
+
+/// Writes `ours` as weft's entries of `report`'s route, keeping the other controllers'
+/// (and the route's `lastTransitionTime`s of conditions whose status is the same).
 pub async fn write(
     client: &Client,
     report: &RouteReport,
@@ -130,11 +182,12 @@ pub async fn write(
         };
         let (theirs, mine): (Vec<Value>, Vec<Value>) =
             current.into_iter().partition(|p| !is_ours(p));
+        let ours = with_kept_times(ours, &mine);
         if mine == ours {
             return Ok(Written::Unchanged);
         }
         let mut parents = theirs;
-        parents.extend_from_slice(ours);
+        parents.extend(ours);
         let patch = json!({
             "metadata": {"resourceVersion": route.metadata.resource_version},
             "status": {"parents": parents},
@@ -163,6 +216,7 @@ pub async fn run(
     client: Client,
     mut routes: watch::Receiver<Arc<Snapshot>>,
     mut leader: Option<watch::Receiver<bool>>,
+    metrics: KubeMetrics,
 ) {
     // weft's entries as the API server has them, by route.
     let mut known: BTreeMap<RouteKey, Vec<Value>> = BTreeMap::new();
@@ -179,7 +233,13 @@ pub async fn run(
                 if known.get(&report.key) == Some(&ours) {
                     continue;
                 }
-                match write(&client, report, &ours).await {
+                let result = write(&client, report, &ours).await;
+                let labels = StatusLabels {
+                    kind: report.key.kind.as_str(),
+                    result: result.as_ref().map_or("failed", |w| w.as_str()),
+                };
+                metrics.status_writes.get_or_create(&labels).inc();
+                match result {
                     Ok(Written::Written) => {
                         tracing::info!(route = %report.key, generation = report.generation, "route status written");
                         known.insert(report.key.clone(), ours);

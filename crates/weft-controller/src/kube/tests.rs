@@ -249,3 +249,81 @@ async fn the_api_client_refuses_a_bad_kubeconfig_naming_it() {
         );
     }
 }
+
+/// A condition keeps the object's `lastTransitionTime` while its status is the same
+/// (also when its reason changed: Kubernetes' rule), and takes the new one otherwise.
+#[test]
+fn transition_times_are_kept_while_the_status_stays() {
+    let have = vec![
+        json!({"type": "Accepted", "status": "True", "reason": "Accepted", "lastTransitionTime": "2026-01-01T00:00:00Z"}),
+        json!({"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "lastTransitionTime": "2026-01-01T00:00:00Z"}),
+        json!({"type": "Other", "status": "False", "reason": "X", "lastTransitionTime": "2026-01-01T00:00:00Z"}),
+    ];
+    let mut want = vec![
+        json!({"type": "Accepted", "status": "True", "reason": "Accepted", "lastTransitionTime": "2026-12-02T12:00:00Z"}),
+        json!({"type": "ResolvedRefs", "status": "False", "reason": "TargetNotFound", "lastTransitionTime": "2026-12-02T12:00:00Z"}),
+        json!({"type": "Other", "status": "False", "reason": "Y", "lastTransitionTime": "2026-12-02T12:00:00Z"}),
+        json!({"type": "New", "status": "True", "reason": "Z", "lastTransitionTime": "2026-12-02T12:00:00Z"}),
+    ];
+    super::status::keep_transition_times(&mut want, &have);
+    let times: Vec<&str> = want
+        .iter()
+        .map(|c| c["lastTransitionTime"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        times,
+        [
+            "2026-01-01T00:00:00Z",
+            "2026-12-02T12:00:00Z",
+            "2026-01-01T00:00:00Z",
+            "2026-12-02T12:00:00Z"
+        ]
+    );
+}
+
+/// A policy object's report as the status writer writes it: `Accepted`, and
+/// `ResolvedRefs` when the index resolved its references, with `observedGeneration`;
+/// a false condition of an object whose last valid version serves says so.
+#[test]
+fn policy_conditions_are_the_reports() {
+    use super::policy_status::Conditions;
+    use crate::policy::{Condition, ObjectKey, ObjectReport};
+    let report = ObjectReport {
+        key: Some(ObjectKey {
+            kind: "AuthorizationPolicy",
+            namespace: "shop".into(),
+            name: "p".into(),
+        }),
+        file: super::GATEWAY_FILE.into(),
+        generation: Some(3),
+        accepted: Condition {
+            ok: true,
+            reason: "Accepted",
+            message: String::new(),
+        },
+        resolved_refs: Some(Condition {
+            ok: false,
+            reason: "TargetNotFound",
+            message:
+                "AuthorizationPolicy shop/p: spec.targetRef: no valid Server shop/s in the cluster"
+                    .into(),
+        }),
+        serving: true,
+        kept: true,
+    };
+    let (key, conditions) = Conditions::of(&report).unwrap();
+    assert_eq!(key.to_string(), "AuthorizationPolicy shop/p");
+    let now = json!("2026-12-02T12:00:00Z");
+    assert_eq!(
+        conditions.entries(&now),
+        vec![
+            json!({"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "observedGeneration": 3, "lastTransitionTime": "2026-12-02T12:00:00Z"}),
+            json!({"type": "ResolvedRefs", "status": "False", "reason": "TargetNotFound", "message": "AuthorizationPolicy shop/p: spec.targetRef: no valid Server shop/s in the cluster; the last valid version of the object keeps serving", "observedGeneration": 3, "lastTransitionTime": "2026-12-02T12:00:00Z"}),
+        ]
+    );
+    let nameless = ObjectReport {
+        key: None,
+        ..report
+    };
+    assert!(Conditions::of(&nameless).is_none());
+}

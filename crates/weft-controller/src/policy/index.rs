@@ -70,6 +70,9 @@ pub struct ObjectReport {
     /// name.
     pub key: Option<ObjectKey>,
     pub file: String,
+    /// The `metadata.generation` the conditions were computed from (the Kubernetes
+    /// status writer's `observedGeneration`), when the object has one.
+    pub generation: Option<i64>,
     pub accepted: Condition,
     pub resolved_refs: Option<Condition>,
     /// Whether a version of it serves: this one, or the last valid one (`kept`).
@@ -142,6 +145,7 @@ impl PolicyIndex {
                     reports.push(ObjectReport {
                         key: Some(p.key.clone()),
                         file: p.file.clone(),
+                        generation: p.generation,
                         accepted: Condition::ok("Accepted"),
                         resolved_refs: None,
                         serving: true,
@@ -155,7 +159,7 @@ impl PolicyIndex {
                         previous,
                         &mut valid,
                         Some(&p.key),
-                        &p.file,
+                        (&p.file, p.generation),
                         message,
                     ));
                 }
@@ -167,7 +171,7 @@ impl PolicyIndex {
                 previous,
                 &mut valid,
                 u.key.as_ref(),
-                &u.file,
+                (&u.file, u.generation),
                 message,
             ));
         }
@@ -184,7 +188,7 @@ impl PolicyIndex {
             let id = (key.namespace.clone(), key.name.clone());
             let resolved = match valid.get(&key).map(|p| &p.spec) {
                 Some(Spec::AuthorizationPolicy(spec)) if !report.kept => {
-                    resolve(&key, spec, &valid, trust_domain)
+                    resolve(&key, spec, &valid, trust_domain, place(&report.file))
                 }
                 // A kept version was resolved when it was valid.
                 _ => {
@@ -287,7 +291,7 @@ fn invalid(
     previous: &PolicyIndex,
     valid: &mut BTreeMap<ObjectKey, Parsed>,
     key: Option<&ObjectKey>,
-    file: &str,
+    (file, generation): (&str, Option<i64>),
     message: String,
 ) -> ObjectReport {
     let kept = key.and_then(|k| previous.valid.get(k));
@@ -297,6 +301,7 @@ fn invalid(
     ObjectReport {
         key: key.cloned(),
         file: file.to_owned(),
+        generation,
         accepted: Condition::failed("Invalid", message),
         resolved_refs: None,
         serving: kept.is_some(),
@@ -570,12 +575,24 @@ fn is_dns_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(weft_core::mesh::is_dns_label)
 }
 
-/// Resolves an AuthorizationPolicy's references against the valid objects.
+/// Where an object of `file` comes from, for messages: the cluster (the kube source),
+/// else the mesh directory.
+fn place(file: &str) -> &'static str {
+    if file == crate::kube::GATEWAY_FILE {
+        "in the cluster"
+    } else {
+        "in the mesh directory"
+    }
+}
+
+/// Resolves an AuthorizationPolicy's references against the valid objects (`place`:
+/// where they were looked for, for messages).
 fn resolve(
     key: &ObjectKey,
     spec: &AuthorizationPolicySpec,
     valid: &BTreeMap<ObjectKey, Parsed>,
     trust_domain: &str,
+    place: &str,
 ) -> Result<Resolved, (&'static str, String)> {
     let t = &spec.target_ref;
     let target = match (t.group.as_deref(), t.kind.as_str()) {
@@ -594,7 +611,7 @@ fn resolve(
             if !valid.contains_key(&server) {
                 return Err((
                     "TargetNotFound",
-                    format!("{key}: spec.targetRef: no valid {server} in the mesh directory"),
+                    format!("{key}: spec.targetRef: no valid {server} {place}"),
                 ));
             }
             Target::Server(t.name.clone())
@@ -649,7 +666,7 @@ fn resolve(
         let Some(found) = valid.get(&target) else {
             return Err((
                 "AuthenticationNotFound",
-                format!("{key}: {field}: no valid {target} in the mesh directory"),
+                format!("{key}: {field}: no valid {target} {place}"),
             ));
         };
         let twice = |what: &str| {

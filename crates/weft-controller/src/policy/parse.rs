@@ -163,6 +163,8 @@ pub struct Unparsed {
     /// `Server default/books: spec.port` (object and field).
     pub location: String,
     pub message: String,
+    /// Its `metadata.generation`, when it has one that is a number.
+    pub generation: Option<i64>,
 }
 
 /// Every policy object of the mesh directory.
@@ -232,6 +234,11 @@ pub fn parse(objects: &[GatewayObject]) -> Objects {
                 file: object.file.clone(),
                 location,
                 message,
+                generation: object
+                    .value
+                    .get("metadata")
+                    .and_then(|m| m.get("generation"))
+                    .and_then(Value::as_i64),
             }),
         }
     }
