@@ -55,10 +55,11 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
     for note in notes {
         eprintln!("{note}");
     }
-    std::io::stdout()
-        .lock()
-        .write_all(output.as_bytes())
-        .context("cannot write to stdout")
+    match std::io::stdout().lock().write_all(output.as_bytes()) {
+        // A reader that stops early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.context("cannot write to stdout"),
+    }
 }
 
 /// The documents of `input` with their pod templates injected, as YAML, and one note

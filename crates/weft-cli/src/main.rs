@@ -73,6 +73,7 @@ enum Command {
 /// Errors are for people: one message with its causes (`error: what: why`), no
 /// backtrace even under `RUST_BACKTRACE=1`, unless `WEFT_DEBUG` asks for the details.
 fn main() -> std::process::ExitCode {
+    quiet_when_stdout_closes();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -83,6 +84,32 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A reader that stops early (`weft check | head -1`) ends the command quietly with
+/// status 0, as `weft get` and `weft stat` do, instead of a panic: Rust ignores SIGPIPE,
+/// so `println!` on a closed pipe panics with `failed printing to stdout: Broken pipe`,
+/// and `unsafe_code` is forbidden here, so SIGPIPE cannot be set back to its default
+/// (which would also kill `weft up` when a child it writes to exits). The panic hook
+/// exits on exactly that panic and leaves every other panic to the default hook.
+fn quiet_when_stdout_closes() {
+    let closed = format!(
+        "failed printing to stdout: {}",
+        std::io::Error::from_raw_os_error(nix::libc::EPIPE)
+    );
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // (`PanicHookInfo::payload_as_str` is past the MSRV.)
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        if message == Some(closed.as_str()) {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
 }
 
 fn run() -> anyhow::Result<()> {
