@@ -333,3 +333,60 @@ fn a_deployments_pods_are_injected_when_the_replicaset_creates_them() {
         );
     }
 }
+
+/// The proxy's zone: the injector asks the downward API for the pod's
+/// `topology.kubernetes.io/zone` label, which the API server's PodTopologyLabels
+/// admission copies from the Node when the pod is bound to it.
+#[test]
+fn a_bound_pod_carries_its_nodes_zone_for_the_proxy() {
+    let Some(api) = KubeApi::start() else { return };
+    let injector = Injector::start(&api, Default::default());
+    namespaces(&api);
+    injector.register(&api, "weft-injector", "Fail");
+    wait_until_called(&api, "meshed");
+    api.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a","labels":{"topology.kubernetes.io/zone":"zone-a","topology.kubernetes.io/region":"region-1"}}}"#),
+    )
+    .unwrap();
+    // The admission reads Nodes from its informer: wait until it knows node-a (a
+    // dry-run pod naming the node comes back labelled).
+    let probe = pod(
+        "zone-probe",
+        "plain",
+        json!({}),
+        json!({"nodeName": "node-a"}),
+    );
+    eventually(Duration::from_secs(30), || {
+        let (out, _) = create(&api, &probe, true).ok()?;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        (v["metadata"]["labels"]["topology.kubernetes.io/zone"] == "zone-a").then_some(())
+    })
+    .expect("the API server never labelled a pod on node-a with its zone");
+    create(&api, &pod("web", "meshed", json!({}), Value::Null), false).unwrap();
+    let web = stored(&api, "meshed", "web");
+    let proxy = &web["spec"]["initContainers"][1];
+    let zone = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "WEFT_ZONE")
+        .unwrap_or_else(|| panic!("no WEFT_ZONE: {proxy:#}"));
+    assert_eq!(
+        zone["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.labels['topology.kubernetes.io/zone']"
+    );
+    // Bound as the scheduler binds it (the pods/binding subresource).
+    api.kubectl_stdin(
+        &["create", "--raw", "/api/v1/namespaces/meshed/pods/web/binding", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"web","namespace":"meshed"},"target":{"apiVersion":"v1","kind":"Node","name":"node-a"}}"#),
+    )
+    .unwrap();
+    let web = stored(&api, "meshed", "web");
+    assert_eq!(web["spec"]["nodeName"], "node-a");
+    assert_eq!(
+        web["metadata"]["labels"]["topology.kubernetes.io/zone"], "zone-a",
+        "the API server did not copy the Node's zone onto the pod: {:#}",
+        web["metadata"]
+    );
+}

@@ -88,6 +88,9 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
+/// The downward-API field of the pod's zone label.
+pub const ZONE_FIELD: &str = "metadata.labels['topology.kubernetes.io/zone']";
+
 fn env_field(name: &str, field: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -216,6 +219,10 @@ fn proxy_container(
         env_field("WEFT_POD", "metadata.name"),
         env_field("WEFT_NAMESPACE", "metadata.namespace"),
         env_field("WEFT_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        // The Node's zone, copied onto the pod at binding by the API server's
+        // PodTopologyLabels admission (Kubernetes 1.35+, beta); empty (no zone-aware
+        // balancing) where it does not run or the Node has no zone label.
+        env_field("WEFT_ZONE", ZONE_FIELD),
         env("WEFT_TRUST_DOMAIN", config.trust_domain.clone()),
         env("WEFT_TRUST_ANCHORS_PEM", config.trust_anchors_pem.clone()),
         env("WEFT_IDENTITY_TOKEN", format!("{IDENTITY_DIR}/token")),
