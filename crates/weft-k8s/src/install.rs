@@ -529,7 +529,7 @@ fn injector_cluster_role() -> ClusterRole {
     }
 }
 
-fn cluster_role_binding(component: &str, ns: &str) -> ClusterRoleBinding {
+pub(crate) fn cluster_role_binding(component: &str, ns: &str) -> ClusterRoleBinding {
     let name = component.to_owned();
     ClusterRoleBinding {
         metadata: meta(&name, None, component),

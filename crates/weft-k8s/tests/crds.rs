@@ -2,8 +2,11 @@
 //! (`weft_test::kube::KubeApi`: skipped with a message when the binaries are not built,
 //! failing under CI), and the chart's committed files against what weft renders.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::install_crds;
 use weft_k8s::crd::{self, operator, policy};
 use weft_k8s::install::{self, InstallOptions};
 use weft_k8s::operator::manifests;
@@ -11,23 +14,6 @@ use weft_test::kube::KubeApi;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Applies the CRDs and waits until the API server serves them.
-fn install_crds(api: &KubeApi) {
-    let crds = crd::render().unwrap();
-    api.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&crds))
-        .unwrap();
-    for c in crd::all() {
-        let name = format!("crd/{}", c.metadata.name.unwrap());
-        api.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &name,
-        ])
-        .unwrap_or_else(|e| panic!("{name} is not Established: {e:#}"));
-    }
 }
 
 /// `kubectl create` of `yaml`, expected to be refused; the refusal's text.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, Injector};
+use common::{eventually, install_crds, Injector};
 use rustls::pki_types::pem::PemObject as _;
 use serde_json::Value;
 use weft_k8s::crd;
@@ -344,17 +344,7 @@ fn a_control_plane_resource_installs_upgrades_restarts_workloads_and_deletes_the
     let Some(api) = KubeApi::start_with_controller_manager() else {
         return;
     };
-    apply(&api, &crd::render().unwrap());
-    for c in crd::all() {
-        let name = format!("crd/{}", c.metadata.name.unwrap());
-        api.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &name,
-        ])
-        .unwrap();
-    }
+    install_crds(&api);
     // The operator's own objects as `weft install --operator` prints them, but for its
     // Deployment: its process runs here instead, as its ServiceAccount.
     let opts = InstallOptions {

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Resource as _, ResourceExt as _};
-use serde_json::json;
 
 use super::conditions::{condition, merge_conditions};
 use super::{apply, identity, Context, OperatorError};
@@ -121,18 +120,7 @@ async fn write_status(
     if status == old {
         return Ok(());
     }
-    let name = cp.name_any();
-    Api::<ControlPlane>::all(ctx.client.clone())
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .map_err(OperatorError::kube(format!(
-            "writing ControlPlane {name}'s status"
-        )))?;
-    Ok(())
+    super::patch_status::<ControlPlane>(ctx, &cp.name_any(), &status).await
 }
 
 /// Ready=False and Degraded=True with `reason` and the error's message.

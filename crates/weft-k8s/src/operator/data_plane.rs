@@ -171,28 +171,27 @@ async fn pods(
         .items)
 }
 
-async fn workload(
+async fn workload<K: WorkloadKind>(
     ctx: &Context,
-    kind: Kind,
-    meta: &kube::api::ObjectMeta,
-    label_selector: Option<&LabelSelector>,
-    template_annotations: Option<&std::collections::BTreeMap<String, String>>,
-    settled: bool,
+    w: &K,
     target: &str,
 ) -> Result<Workload, OperatorError> {
+    let kind = K::KIND;
+    let meta = w.meta();
     let namespace = meta.namespace.clone().unwrap_or_default();
     let name = meta.name.clone().unwrap_or_default();
     let id = format!("{kind:?} {namespace}/{name}");
-    let pods = pods(ctx, &namespace, label_selector, &id).await?;
+    let pods = pods(ctx, &namespace, w.selector(), &id).await?;
     let images: Vec<&str> = pods
         .iter()
         .filter_map(|p| proxy_image(p.spec.as_ref()))
         .collect();
     Ok(Workload {
-        restarted_for: template_annotations
+        restarted_for: w
+            .template_annotations()
             .and_then(|a| a.get(RESTARTED_FOR))
             .cloned(),
-        settled,
+        settled: w.settled(),
         meshed: images.len(),
         stale: images.iter().filter(|i| **i != target).count(),
         id,
@@ -200,6 +199,103 @@ async fn workload(
         namespace,
         name,
     })
+}
+
+/// What the DataPlane needs of a workload kind.
+trait WorkloadKind:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    const KIND: Kind;
+    fn selector(&self) -> Option<&LabelSelector>;
+    fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>>;
+    /// Its controller has finished replacing its pods.
+    fn settled(&self) -> bool;
+}
+
+impl WorkloadKind for Deployment {
+    const KIND: Kind = Kind::Deployment;
+    fn selector(&self) -> Option<&LabelSelector> {
+        self.spec.as_ref().map(|s| &s.selector)
+    }
+    fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()
+    }
+    fn settled(&self) -> bool {
+        rollout(Some(self)) == Rollout::Done
+    }
+}
+
+impl WorkloadKind for StatefulSet {
+    const KIND: Kind = Kind::StatefulSet;
+    fn selector(&self) -> Option<&LabelSelector> {
+        self.spec.as_ref().map(|s| &s.selector)
+    }
+    fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()
+    }
+    fn settled(&self) -> bool {
+        let status = self.status.clone().unwrap_or_default();
+        let want = self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        status.observed_generation.unwrap_or(0) >= self.metadata.generation.unwrap_or(0)
+            && status.update_revision.is_some()
+            && status.update_revision == status.current_revision
+            && status.ready_replicas.unwrap_or(0) >= want
+    }
+}
+
+impl WorkloadKind for DaemonSet {
+    const KIND: Kind = Kind::DaemonSet;
+    fn selector(&self) -> Option<&LabelSelector> {
+        self.spec.as_ref().map(|s| &s.selector)
+    }
+    fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()
+    }
+    fn settled(&self) -> bool {
+        let status = self.status.clone().unwrap_or_default();
+        status.observed_generation.unwrap_or(0) >= self.metadata.generation.unwrap_or(0)
+            && status.updated_number_scheduled.unwrap_or(0) >= status.desired_number_scheduled
+            && status.number_available.unwrap_or(0) >= status.desired_number_scheduled
+    }
+}
+
+/// The workloads of kind `K` that `lp` picks in `ns` (or everywhere).
+async fn of_kind<K: WorkloadKind>(
+    ctx: &Context,
+    ns: Option<&str>,
+    lp: &ListParams,
+    target: &str,
+    out: &mut Vec<Workload>,
+) -> Result<(), OperatorError> {
+    let list = api::<K>(ctx, ns)
+        .list(lp)
+        .await
+        .map_err(OperatorError::kube(format!("listing {:?}s", K::KIND)))?;
+    for w in list {
+        out.push(workload(ctx, &w, target).await?);
+    }
+    Ok(())
 }
 
 /// The workloads `selector` picks, with their pods' proxy images against `target`.
@@ -211,75 +307,21 @@ async fn workloads(
     let lp = list_params(selector)?;
     let ns = selector.namespace.as_deref();
     let mut out = Vec::new();
-    for d in api::<Deployment>(ctx, ns)
-        .list(&lp)
-        .await
-        .map_err(OperatorError::kube("listing Deployments"))?
-    {
-        let spec = d.spec.as_ref();
-        let settled = rollout(Some(&d)) == Rollout::Done;
-        out.push(
-            workload(
-                ctx,
-                Kind::Deployment,
-                &d.metadata,
-                spec.map(|s| &s.selector),
-                spec.and_then(|s| s.template.metadata.as_ref()?.annotations.as_ref()),
-                settled,
-                target,
-            )
-            .await?,
-        );
-    }
-    for s in api::<StatefulSet>(ctx, ns)
-        .list(&lp)
-        .await
-        .map_err(OperatorError::kube("listing StatefulSets"))?
-    {
-        let spec = s.spec.as_ref();
-        let status = s.status.clone().unwrap_or_default();
-        let want = spec.and_then(|s| s.replicas).unwrap_or(1);
-        let settled = status.observed_generation.unwrap_or(0) >= s.metadata.generation.unwrap_or(0)
-            && status.update_revision.is_some()
-            && status.update_revision == status.current_revision
-            && status.ready_replicas.unwrap_or(0) >= want;
-        out.push(
-            workload(
-                ctx,
-                Kind::StatefulSet,
-                &s.metadata,
-                spec.map(|s| &s.selector),
-                spec.and_then(|s| s.template.metadata.as_ref()?.annotations.as_ref()),
-                settled,
-                target,
-            )
-            .await?,
-        );
-    }
-    for d in api::<DaemonSet>(ctx, ns)
-        .list(&lp)
-        .await
-        .map_err(OperatorError::kube("listing DaemonSets"))?
-    {
-        let spec = d.spec.as_ref();
-        let status = d.status.clone().unwrap_or_default();
-        let settled = status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
-            && status.updated_number_scheduled.unwrap_or(0) >= status.desired_number_scheduled
-            && status.number_available.unwrap_or(0) >= status.desired_number_scheduled;
-        out.push(
-            workload(
-                ctx,
-                Kind::DaemonSet,
-                &d.metadata,
-                spec.map(|s| &s.selector),
-                spec.and_then(|s| s.template.metadata.as_ref()?.annotations.as_ref()),
-                settled,
-                target,
-            )
-            .await?,
-        );
-    }
+    of_kind::<Deployment>(ctx, ns, &lp, target, &mut out).await?;
+    of_kind::<StatefulSet>(ctx, ns, &lp, target, &mut out).await?;
+    of_kind::<DaemonSet>(ctx, ns, &lp, target, &mut out).await?;
     Ok(out)
+}
+
+async fn patch_template<K: WorkloadKind>(
+    ctx: &Context,
+    w: &Workload,
+    patch: &serde_json::Value,
+) -> Result<(), kube::Error> {
+    Api::<K>::namespaced(ctx.client.clone(), &w.namespace)
+        .patch(&w.name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(drop)
 }
 
 async fn restart(ctx: &Context, w: &Workload, target: &str) -> Result<(), OperatorError> {
@@ -287,21 +329,10 @@ async fn restart(ctx: &Context, w: &Workload, target: &str) -> Result<(), Operat
         RESTARTED_FOR: target,
         RESTARTED_AT: now(),
     }}}}});
-    let params = PatchParams::default();
-    let ns = w.namespace.as_str();
     let result = match w.kind {
-        Kind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
-            .patch(&w.name, &params, &Patch::Merge(&patch))
-            .await
-            .map(drop),
-        Kind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
-            .patch(&w.name, &params, &Patch::Merge(&patch))
-            .await
-            .map(drop),
-        Kind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
-            .patch(&w.name, &params, &Patch::Merge(&patch))
-            .await
-            .map(drop),
+        Kind::Deployment => patch_template::<Deployment>(ctx, w, &patch).await,
+        Kind::StatefulSet => patch_template::<StatefulSet>(ctx, w, &patch).await,
+        Kind::DaemonSet => patch_template::<DaemonSet>(ctx, w, &patch).await,
     };
     result.map_err(OperatorError::kube(format!("restarting {}", w.id)))
 }
@@ -323,18 +354,7 @@ async fn write_status(
     if status == old {
         return Ok(());
     }
-    let name = dp.name_any();
-    Api::<DataPlane>::all(ctx.client.clone())
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .map_err(OperatorError::kube(format!(
-            "writing DataPlane {name}'s status"
-        )))?;
-    Ok(())
+    super::patch_status::<DataPlane>(ctx, &dp.name_any(), &status).await
 }
 
 fn list(names: &[String]) -> String {

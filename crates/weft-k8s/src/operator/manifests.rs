@@ -11,13 +11,13 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy}
 use k8s_openapi::api::core::v1::{
     Container, Namespace, PodSpec, PodTemplateSpec, ResourceRequirements,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::crd::operator::{ControlPlane, ControlPlaneSpec, HighAvailability};
 use crate::crd::{self, RenderError};
 use crate::install::{
-    self, container_port, labels, meta, pod_security, probe, quantities,
+    self, cluster_role_binding, container_port, labels, meta, pod_security, probe, quantities,
     restricted_container_security, rule, selector, service_account, InstallError, InstallOptions,
     Manifest, CONTROLLER_ADMIN_PORT, HA_REPLICAS, INJECT_KEY, READ,
 };
@@ -86,23 +86,6 @@ fn cluster_role() -> ClusterRole {
             ),
         ]),
         ..Default::default()
-    }
-}
-
-fn cluster_role_binding(namespace: &str) -> ClusterRoleBinding {
-    ClusterRoleBinding {
-        metadata: meta(OPERATOR, None, OPERATOR),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".to_owned()),
-            kind: "ClusterRole".to_owned(),
-            name: OPERATOR.to_owned(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".to_owned(),
-            name: OPERATOR.to_owned(),
-            namespace: Some(namespace.to_owned()),
-            ..Default::default()
-        }]),
     }
 }
 
@@ -208,7 +191,7 @@ pub fn operator(
         Manifest::of(&namespace)?,
         Manifest::of(&service_account(OPERATOR, ns))?,
         Manifest::of(&cluster_role())?,
-        Manifest::of(&cluster_role_binding(ns))?,
+        Manifest::of(&cluster_role_binding(OPERATOR, ns))?,
         Manifest::of(&deployment(opts, ns))?,
     ];
     if control_plane {

@@ -200,6 +200,33 @@ pub async fn run(
     tokio::join!(control_planes, data_planes);
 }
 
+/// Writes `status` as the status of the cluster-scoped resource `name` (a merge patch:
+/// the operator owns its resources' status whole).
+pub(crate) async fn patch_status<K>(
+    ctx: &Context,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), OperatorError>
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::all(ctx.client.clone())
+        .patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await
+        .map_err(OperatorError::kube(format!(
+            "writing {} {name}'s status",
+            K::kind(&())
+        )))?;
+    Ok(())
+}
+
 /// `app.kubernetes.io/part-of=weft`: every object weft makes.
 pub(crate) fn part_of_selector() -> String {
     format!("{}={}", crate::crd::PART_OF.0, crate::crd::PART_OF.1)

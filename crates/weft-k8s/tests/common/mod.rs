@@ -19,6 +19,23 @@ use rustls::pki_types::pem::PemObject as _;
 use weft_k8s::inject::{self, InjectConfig, Webhook};
 use weft_test::kube::KubeApi;
 
+/// Applies weft's CRDs and waits until the API server serves them.
+pub fn install_crds(api: &KubeApi) {
+    let crds = weft_k8s::crd::render().unwrap();
+    api.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&crds))
+        .unwrap();
+    for c in weft_k8s::crd::all() {
+        let name = format!("crd/{}", c.metadata.name.unwrap());
+        api.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &name,
+        ])
+        .unwrap_or_else(|e| panic!("{name} is not Established: {e:#}"));
+    }
+}
+
 /// Polls `check` every 100 ms until it gives a value or `limit` passes.
 pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
