@@ -9,6 +9,7 @@
 
 mod body;
 mod headers;
+mod timer;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -139,8 +140,10 @@ async fn serve_h1<I>(io: TokioIo<I>, svc: PathService, mut drain: Watch) -> hype
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The header-read timeout (hyper's default, 30 s) on one timer per connection
+    // instead of a new one per request (see `timer`).
     let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
+        .timer(timer::ConnTimer::default())
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);
