@@ -349,6 +349,13 @@ items:
         .collect();
     assert_eq!(init, ["weft-init", "weft-proxy"], "{stored:#}");
     assert_eq!(stored["spec"]["nodeName"], "weft-test-node");
+    // Bound through pods/binding, as the scheduler binds: the API server's
+    // PodTopologyLabels admission copied the Node's zone, which the injected proxy
+    // reads through the downward API (WEFT_ZONE).
+    assert_eq!(
+        stored["metadata"]["labels"]["topology.kubernetes.io/zone"], "zone-a",
+        "{stored:#}"
+    );
     assert_eq!(stored["status"]["podIP"], server_ip.to_string());
     let slices = get_json(
         &api,
@@ -407,6 +414,8 @@ items:
             ("direction", "outbound"),
             ("tls", "true"),
             ("server_id", SERVER_ID),
+            ("zone", "zone-a"),
+            ("dst_zone", "zone-a"),
         ],
     );
     assert!(outbound >= 1.0, "client's proxy:\n{client_text}");

@@ -722,8 +722,20 @@ rm -rf "$1"
             "metadata": { "name": name, "namespace": namespace, "uid": uid },
             "target": { "apiVersion": "v1", "kind": "Node", "name": self.config.name },
         });
+        // POSTed to the pods/binding subresource, as the scheduler binds (`kubectl create`
+        // of a Binding would go to the `bindings` resource, which admission plugins such
+        // as PodTopologyLabels do not see).
         self.kubectl
-            .run(&["create", "-f", "-"], Some(&binding.to_string()))
+            .run(
+                &[
+                    "create",
+                    "--raw",
+                    &format!("/api/v1/namespaces/{namespace}/pods/{name}/binding"),
+                    "-f",
+                    "-",
+                ],
+                Some(&binding.to_string()),
+            )
             .with_context(|| format!("binding {namespace}/{name}"))?;
         Ok(())
     }
