@@ -217,6 +217,7 @@ pub(crate) async fn dispatch<I>(
                 shared: shared.clone(),
                 route_cache: Default::default(),
                 authz_cache: Default::default(),
+                pool_cache: Default::default(),
             });
             http::serve(PrefixedIo::new(prefix, io), protocol, ctx, watch).await;
         }

@@ -8,11 +8,16 @@
 //! request try again. A pool that has no request in flight and was not used for the
 //! pool idle timeout is removed by [`HttpUpstreams::evict_idle`] (closing its idle
 //! connections), so the pools follow the endpoints in use, not every endpoint ever met.
+//!
+//! Each request's pool is looked up in a map of every endpoint's (a lock, the key
+//! hashed, the endpoint's identity cloned); a client connection keeps the last pool its
+//! requests used ([`PoolCache`], weakly: it keeps no pool from eviction), so requests
+//! that go where the previous one went skip the map.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt as _, Shared};
 use hyper::body::Incoming;
@@ -20,6 +25,7 @@ use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use rustls::pki_types::ServerName;
 use weft_core::identity::Identity;
@@ -259,12 +265,24 @@ impl Reusable {
         if self.sender.is_closed() {
             return;
         }
-        self.pool.touch();
+        // The time it went idle is also the pool's last use ([`Pool::last_used`]).
+        let now = Instant::now();
         let mut idle = self.pool.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push((self.sender, Instant::now()));
+            idle.push((self.sender, now));
         }
     }
+}
+
+/// The pool a client connection's last request used, for its next one (see the
+/// module's documentation). Held weakly: a pool evicted is looked up again.
+#[derive(Default)]
+pub struct PoolCache(Mutex<Option<CachedPool>>);
+
+struct CachedPool {
+    addr: SocketAddr,
+    version: HttpVersion,
+    pool: Weak<Pool>,
 }
 
 /// The outcome of one attempt to open an HTTP/2 connection, shared by every request
@@ -288,18 +306,25 @@ pub struct Pool {
     h1_idle: Mutex<Vec<(H1Sender, Instant)>>,
     /// Locked only to look at or replace the slot, never across an await.
     h2: Mutex<H2Slot>,
-    /// When a request last took this pool or gave a connection back (the runtime's
-    /// clock, which tests may pause).
-    last_used: Mutex<tokio::time::Instant>,
+    /// When a request last took this pool (the runtime's clock, which tests may
+    /// pause). A connection given back is stamped in `h1_idle`.
+    last_used: Mutex<Instant>,
 }
 
 impl Pool {
-    fn touch(&self) {
-        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+    /// Marks the pool used now, and returns now.
+    fn touch(&self) -> Instant {
+        let now = Instant::now();
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        now
     }
 
-    fn last_used(&self) -> tokio::time::Instant {
-        *self.last_used.lock().unwrap_or_else(|e| e.into_inner())
+    /// When the pool was last used: taken by a request or given a connection back.
+    fn last_used(&self) -> Instant {
+        let last = *self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Newest last: given back in order.
+        idle.last().map_or(last, |(_, since)| last.max(*since))
     }
 }
 
@@ -331,7 +356,13 @@ impl HttpUpstreams {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn pool(&self, addr: SocketAddr, version: HttpVersion, server: Option<&Identity>) -> Arc<Pool> {
+    /// The endpoint's pool, marked used, and the time it was.
+    fn pool(
+        &self,
+        addr: SocketAddr,
+        version: HttpVersion,
+        server: Option<&Identity>,
+    ) -> (Arc<Pool>, Instant) {
         let pool = self
             .pools()
             .entry((addr, version, server.cloned()))
@@ -340,12 +371,39 @@ impl HttpUpstreams {
                     server: server.cloned(),
                     h1_idle: Mutex::default(),
                     h2: Mutex::default(),
-                    last_used: Mutex::new(tokio::time::Instant::now()),
+                    last_used: Mutex::new(Instant::now()),
                 })
             })
             .clone();
-        pool.touch();
-        pool
+        let now = pool.touch();
+        (pool, now)
+    }
+
+    /// [`HttpUpstreams::pool`] by way of the connection's cache.
+    fn cached_pool(
+        &self,
+        cache: &PoolCache,
+        addr: SocketAddr,
+        version: HttpVersion,
+        server: Option<&Identity>,
+    ) -> (Arc<Pool>, Instant) {
+        let mut cached = cache.0.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = cached
+            .as_ref()
+            .filter(|c| c.addr == addr && c.version == version)
+            .and_then(|c| c.pool.upgrade())
+            .filter(|pool| pool.server.as_ref() == server);
+        if let Some(pool) = hit {
+            let now = pool.touch();
+            return (pool, now);
+        }
+        let (pool, now) = self.pool(addr, version, server);
+        *cached = Some(CachedPool {
+            addr,
+            version,
+            pool: Arc::downgrade(&pool),
+        });
+        (pool, now)
     }
 
     /// Endpoint pools held now.
@@ -357,14 +415,16 @@ impl HttpUpstreams {
     /// lent out) and that were not used for the idle timeout before `now`: their idle
     /// connections close (an HTTP/2 connection once its last stream ends). Returns how
     /// many were removed.
-    pub fn evict_idle(&self, now: tokio::time::Instant) -> usize {
+    pub fn evict_idle(&self, now: Instant) -> usize {
         let mut pools = self.pools();
         let before = pools.len();
         pools.retain(|_, pool| {
-            // The map's reference is the only one: nothing is using the pool, and
-            // nothing can start to without taking the map's lock, held here.
+            let last_used = pool.last_used();
+            // The map's reference is the only one (a connection's cache holds a weak
+            // one): nothing is using the pool, and nothing can start to without taking
+            // the map's lock, held here, or a strong reference, counted here.
             Arc::strong_count(pool) > 1
-                || now.saturating_duration_since(pool.last_used()) < self.idle_timeout
+                || now.saturating_duration_since(last_used) < self.idle_timeout
         });
         before - pools.len()
     }
@@ -380,9 +440,28 @@ impl HttpUpstreams {
         server: Option<&Identity>,
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
-        let pool = self.pool(addr, version, server);
+        let (pool, now) = self.pool(addr, version, server);
         match version {
-            HttpVersion::Http1 => self.send_h1(addr, pool, req).await,
+            HttpVersion::Http1 => self.send_h1(addr, pool, now, req).await,
+            HttpVersion::Http2 => self.send_h2(addr, pool, req).await.map(|rsp| (rsp, None)),
+        }
+    }
+
+    /// [`HttpUpstreams::send`] for a client connection's request, whose pool is looked
+    /// for in the connection's `cache` first.
+    pub async fn send_cached(
+        &self,
+        cache: &PoolCache,
+        addr: SocketAddr,
+        version: HttpVersion,
+        server: Option<&Identity>,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
+        let (pool, now) = self.cached_pool(cache, addr, version, server);
+        // The same as `send`'s, not a shared async helper: each await of a nested future
+        // copies it into its caller's.
+        match version {
+            HttpVersion::Http1 => self.send_h1(addr, pool, now, req).await,
             HttpVersion::Http2 => self.send_h2(addr, pool, req).await.map(|rsp| (rsp, None)),
         }
     }
@@ -391,10 +470,11 @@ impl HttpUpstreams {
         &self,
         addr: SocketAddr,
         pool: Arc<Pool>,
+        now: Instant,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
         loop {
-            let (mut sender, reused) = match self.take_idle(&pool) {
+            let (mut sender, reused) = match self.take_idle(&pool, now) {
                 Some(mut sender) => {
                     // A connection whose last response just ended becomes ready as
                     // soon as its task has run; this waits for that, not for I/O.
@@ -428,10 +508,10 @@ impl HttpUpstreams {
         }
     }
 
-    fn take_idle(&self, pool: &Pool) -> Option<H1Sender> {
+    fn take_idle(&self, pool: &Pool, now: Instant) -> Option<H1Sender> {
         let mut idle = pool.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
+            if !sender.is_closed() && now.saturating_duration_since(since) < self.idle_timeout {
                 return Some(sender);
             }
         }

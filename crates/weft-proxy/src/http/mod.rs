@@ -38,7 +38,7 @@ use crate::metrics::{
 };
 use crate::retry::RequestBody;
 use crate::routes::RouteMeta;
-use crate::upstream::{HttpUpstreams, HttpVersion, Reusable, SendError, UpstreamError};
+use crate::upstream::{HttpUpstreams, HttpVersion, PoolCache, Reusable, SendError, UpstreamError};
 use crate::{Destination, ResolveError, Resolved, Shared};
 
 pub(crate) use body::{BodyDeadline, ProxyBody};
@@ -63,6 +63,9 @@ pub struct ConnContext {
     /// Inbound: the last authorization decision and its counter (the caller and the
     /// port are the same for every request of a connection).
     pub(crate) authz_cache: std::sync::Mutex<Option<crate::inbound::authorize::Cached>>,
+    /// The upstream pool the last request used (requests on one connection usually go
+    /// to the same endpoint).
+    pub(crate) pool_cache: PoolCache,
 }
 
 pub struct CachedRoute {
@@ -619,7 +622,9 @@ pub(crate) async fn attempt(
     attempt_timeout: Option<Duration>,
     deadline: Option<&Deadline>,
 ) -> Result<Sent, Failure> {
-    let send = ctx.upstreams().send(endpoint, version, server, req);
+    let send = ctx
+        .upstreams()
+        .send_cached(&ctx.pool_cache, endpoint, version, server, req);
     let attempt_end = attempt_timeout.map(|t| (tokio::time::Instant::now() + t, t));
     let limit = match (attempt_end, deadline) {
         (None, None) => None,
