@@ -7,7 +7,8 @@
 //! attempt's outcome, and a failed attempt fails them all at once and lets the next
 //! request try again. A pool that has no request in flight and was not used for the
 //! pool idle timeout is removed by [`HttpUpstreams::evict_idle`] (closing its idle
-//! connections), so the pools follow the endpoints in use, not every endpoint ever met.
+//! connections), so the pools follow the endpoints in use, not every endpoint ever met;
+//! in the pools kept, the HTTP/1 connections idle for that long are closed then too.
 //!
 //! Each request's pool is looked up in a map of every endpoint's (a lock, the key
 //! hashed, the endpoint's identity cloned); a client connection keeps the last pool its
@@ -319,12 +320,18 @@ impl Pool {
         now
     }
 
-    /// When the pool was last used: taken by a request or given a connection back.
-    fn last_used(&self) -> Instant {
+    /// Closes the idle HTTP/1 connections that were idle for `timeout` at `now` (or
+    /// closed already), and returns when the pool was last used: taken by a request or
+    /// given a connection back.
+    fn prune_idle(&self, now: Instant, timeout: Duration) -> Instant {
         let last = *self.last_used.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
         // Newest last: given back in order.
-        idle.last().map_or(last, |(_, since)| last.max(*since))
+        let newest = idle.last().map_or(last, |(_, since)| last.max(*since));
+        idle.retain(|(sender, since)| {
+            !sender.is_closed() && now.saturating_duration_since(*since) < timeout
+        });
+        newest
     }
 }
 
@@ -413,13 +420,16 @@ impl HttpUpstreams {
 
     /// Removes the pools that no request holds (none in flight, no HTTP/1 connection
     /// lent out) and that were not used for the idle timeout before `now`: their idle
-    /// connections close (an HTTP/2 connection once its last stream ends). Returns how
-    /// many were removed.
+    /// connections close (an HTTP/2 connection once its last stream ends). In the pools
+    /// kept, HTTP/1 connections idle for the timeout are closed: after a burst, a pool
+    /// still in use would otherwise keep the burst's connections (each with hyper's
+    /// buffers and request channel) until the server closed them. Returns how many
+    /// pools were removed.
     pub fn evict_idle(&self, now: Instant) -> usize {
         let mut pools = self.pools();
         let before = pools.len();
         pools.retain(|_, pool| {
-            let last_used = pool.last_used();
+            let last_used = pool.prune_idle(now, self.idle_timeout);
             // The map's reference is the only one (a connection's cache holds a weak
             // one): nothing is using the pool, and nothing can start to without taking
             // the map's lock, held here, or a strong reference, counted here.
@@ -427,6 +437,14 @@ impl HttpUpstreams {
                 || now.saturating_duration_since(last_used) < self.idle_timeout
         });
         before - pools.len()
+    }
+
+    /// Idle HTTP/1 connections held now, in all pools.
+    pub fn idle_count(&self) -> usize {
+        self.pools()
+            .values()
+            .map(|pool| pool.h1_idle.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
     /// Sends `req` to the endpoint at `addr` over a pooled connection. An HTTP/1
@@ -631,5 +649,91 @@ impl HttpUpstreams {
         }
         .boxed()
         .shared()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+    use weft_test::TestServer;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn upstreams() -> HttpUpstreams {
+        let connector = Connector::new(
+            Direction::Outbound,
+            Duration::from_secs(5),
+            Metrics::new(&Default::default()).tcp.clone(),
+            None,
+        );
+        HttpUpstreams::new(connector, Duration::from_secs(60))
+    }
+
+    fn get() -> Request<RequestBody> {
+        Request::get("http://test/")
+            .body(RequestBody::Replay {
+                data: Vec::new().into_iter(),
+                trailers: None,
+                remaining: 0,
+            })
+            .unwrap()
+    }
+
+    /// Sends a GET and reads its response; the connection comes back lent out.
+    async fn send(upstreams: &HttpUpstreams, cache: &PoolCache, addr: SocketAddr) -> Reusable {
+        let (rsp, reusable) = upstreams
+            .send_cached(cache, addr, HttpVersion::Http1, None, get())
+            .await
+            .map_err(|e| e.error)
+            .unwrap();
+        rsp.into_body().collect().await.unwrap();
+        reusable.expect("an HTTP/1 connection")
+    }
+
+    #[tokio::test]
+    async fn connections_idle_for_the_timeout_close_in_a_pool_still_in_use() {
+        let app = TestServer::loopback("app").await;
+        let upstreams = upstreams();
+        let cache = PoolCache::default();
+        // A burst: three connections at once, given back.
+        let burst = [
+            send(&upstreams, &cache, app.addr()).await,
+            send(&upstreams, &cache, app.addr()).await,
+            send(&upstreams, &cache, app.addr()).await,
+        ];
+        burst.into_iter().for_each(Reusable::give_back);
+        assert_eq!(upstreams.idle_count(), 3);
+        // The pool stays in use (a request in flight): kept, but its connections idle
+        // for the timeout close.
+        let in_flight = send(&upstreams, &cache, app.addr()).await;
+        let later = Instant::now() + upstreams.idle_timeout();
+        assert_eq!(upstreams.evict_idle(later), 0, "the pool is in use");
+        assert_eq!(upstreams.pool_count(), 1);
+        assert_eq!(upstreams.idle_count(), 0, "the burst's connections closed");
+        // Idle for less than the timeout: kept.
+        in_flight.give_back();
+        assert_eq!(upstreams.evict_idle(Instant::now()), 0);
+        assert_eq!(upstreams.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connections_cached_pool_is_the_maps_and_keeps_none_from_eviction() {
+        let app = TestServer::loopback("app").await;
+        let upstreams = upstreams();
+        let cache = PoolCache::default();
+        send(&upstreams, &cache, app.addr()).await.give_back();
+        // The next request takes the connection the first gave back, through the cache.
+        send(&upstreams, &cache, app.addr()).await.give_back();
+        assert_eq!(upstreams.pool_count(), 1);
+        assert_eq!(upstreams.idle_count(), 1, "one connection, reused");
+        // The cache holds the pool weakly: unused, it is evicted, and the next request
+        // finds (makes) the map's pool again instead of the evicted one.
+        let later = Instant::now() + upstreams.idle_timeout();
+        assert_eq!(upstreams.evict_idle(later), 1);
+        assert_eq!(upstreams.pool_count(), 0);
+        send(&upstreams, &cache, app.addr()).await.give_back();
+        assert_eq!(upstreams.pool_count(), 1);
+        assert_eq!(upstreams.idle_count(), 1);
     }
 }
