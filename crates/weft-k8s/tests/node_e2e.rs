@@ -569,4 +569,103 @@ items:
         "scaled back to {left} alone {:?} after kubectl scale returned",
         scaled_down.elapsed()
     );
+
+    // An impostor: the server's injected pod as stored, run as ServiceAccount client but
+    // with its proxy told it is server (created injected, so the webhook leaves it). Its
+    // projected token is client's, so the controller refuses server's certificate and
+    // the pod never becomes Ready.
+    let mut impostor = get_json(&api, &["-n", "shop", "get", "pod", &left]);
+    impostor.as_object_mut().unwrap().remove("status");
+    impostor["metadata"] = json!({
+        "name": "impostor",
+        "namespace": "shop",
+        "labels": { "app": "impostor" },
+        "annotations": impostor["metadata"]["annotations"].clone(),
+    });
+    impostor["spec"]["serviceAccountName"] = json!("client");
+    impostor["spec"]["serviceAccount"] = json!("client");
+    impostor["spec"].as_object_mut().unwrap().remove("nodeName");
+    let proxy_env = impostor["spec"]["initContainers"][1]["env"]
+        .as_array_mut()
+        .unwrap();
+    let account = proxy_env
+        .iter_mut()
+        .find(|e| e["name"] == "WEFT_SERVICE_ACCOUNT")
+        .unwrap();
+    *account = json!({ "name": "WEFT_SERVICE_ACCOUNT", "value": "server" });
+    let created = Instant::now();
+    apply(&api, &impostor.to_string());
+    let refused = eventually(LIMIT, || {
+        let (scrape, _) = metrics(&node, CONTROLLER_ADMIN);
+        (scrape.sum(
+            "weft_controller_identity_certify_total",
+            &[("result", "wrong_identity")],
+        ) >= 1.0)
+            .then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "the impostor's proxy was not refused:\n{}",
+        node.logs()
+    );
+    // The proxy says why (logged after the controller counted it).
+    let refusal =
+        format!("the token proves ServiceAccount shop/client ({CLIENT_ID}), not {SERVER_ID}");
+    let logged = eventually(LIMIT, || {
+        node.log("shop/impostor/weft-proxy")
+            .contains(&refusal)
+            .then_some(())
+    });
+    assert!(logged.is_some(), "{}", node.log("shop/impostor/weft-proxy"));
+    let log = node.log("shop/impostor/weft-proxy");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&refusal))
+        .unwrap_or_default();
+    eprintln!(
+        "impostor refused {:?} after kubectl apply returned: {line}",
+        created.elapsed()
+    );
+    let state = node
+        .pods()
+        .into_iter()
+        .find(|p| p.name == "impostor")
+        .map(|p| p.state);
+    assert_eq!(
+        state.as_deref(),
+        Some("starting init container weft-proxy"),
+        "waiting for its proxy's startup probe"
+    );
+    let ready = api
+        .kubectl(&[
+            "-n",
+            "shop",
+            "get",
+            "pod",
+            "impostor",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+        .unwrap();
+    assert_ne!(ready, "True");
+    // Deleted while it starts: the node stops it and deletes it for good.
+    api.kubectl(&["-n", "shop", "delete", "pod", "impostor", "--wait=false"])
+        .unwrap();
+    let deleted = eventually(LIMIT, || {
+        let gone = api
+            .kubectl(&["-n", "shop", "get", "pod", "impostor", "--ignore-not-found"])
+            .ok()?
+            .trim()
+            .is_empty();
+        (gone && node.pods().iter().all(|p| p.name != "impostor")).then_some(())
+    });
+    assert!(
+        deleted.is_some(),
+        "the impostor was not stopped and deleted:\n{}",
+        node.logs()
+    );
+    eprintln!(
+        "impostor stopped and deleted {:?} after it was created",
+        created.elapsed()
+    );
 }
