@@ -377,8 +377,8 @@ pub fn control_plane(opts: &InstallOptions) -> Result<Vec<Manifest>, InstallErro
         Manifest::of(&cluster_role_binding(CONTROLLER, ns))?,
         Manifest::of(&injector_cluster_role())?,
         Manifest::of(&cluster_role_binding(INJECTOR, ns))?,
-        Manifest::of(&lease_role(ns))?,
-        Manifest::of(&lease_role_binding(ns))?,
+        Manifest::of(&lease_role(CONTROLLER, ns))?,
+        Manifest::of(&lease_role_binding(CONTROLLER, ns))?,
         Manifest::of(&controller_deployment(opts))?,
         Manifest::of(&controller_service(ns))?,
     ];
@@ -547,9 +547,10 @@ pub(crate) fn cluster_role_binding(component: &str, ns: &str) -> ClusterRoleBind
     }
 }
 
-fn lease_role(ns: &str) -> Role {
+/// The Role letting `component`'s ServiceAccount hold its leader-election Lease.
+pub(crate) fn lease_role(component: &str, ns: &str) -> Role {
     Role {
-        metadata: meta(&format!("{CONTROLLER}-lease"), Some(ns), CONTROLLER),
+        metadata: meta(&format!("{component}-lease"), Some(ns), component),
         rules: Some(vec![rule(
             &["coordination.k8s.io"],
             &["leases"],
@@ -558,10 +559,10 @@ fn lease_role(ns: &str) -> Role {
     }
 }
 
-fn lease_role_binding(ns: &str) -> RoleBinding {
-    let name = format!("{CONTROLLER}-lease");
+pub(crate) fn lease_role_binding(component: &str, ns: &str) -> RoleBinding {
+    let name = format!("{component}-lease");
     RoleBinding {
-        metadata: meta(&name, Some(ns), CONTROLLER),
+        metadata: meta(&name, Some(ns), component),
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".to_owned()),
             kind: "Role".to_owned(),
@@ -569,7 +570,7 @@ fn lease_role_binding(ns: &str) -> RoleBinding {
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".to_owned(),
-            name: CONTROLLER.to_owned(),
+            name: component.to_owned(),
             namespace: Some(ns.to_owned()),
             ..Default::default()
         }]),

@@ -33,10 +33,10 @@ struct Operator {
 }
 
 impl Operator {
-    /// Runs `weft-operator` as the operator's ServiceAccount.
-    fn start(api: &KubeApi) -> Operator {
+    /// Runs `weft-operator` as the operator's ServiceAccount, `name` in its Lease.
+    fn start(api: &KubeApi, name: &str) -> Operator {
         let admin = kubeconfig_as(api, &format!("system:serviceaccount:{OPERATOR}:{OPERATOR}"));
-        let log = api.dir().join("logs/weft-operator.log");
+        let log = api.dir().join(format!("logs/{name}.log"));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -47,6 +47,8 @@ impl Operator {
             .args([
                 &format!("--admin-listen=127.0.0.1:{port}"),
                 "--log=info,weft_k8s=debug",
+                &format!("--lease-namespace={OPERATOR}"),
+                &format!("--lease-identity={name}"),
             ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -61,6 +63,15 @@ impl Operator {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; waits for the exit.
+    fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status}\n{}", self.log());
     }
 
     /// `GET path` on the admin port: status code and body.
@@ -88,6 +99,12 @@ impl Drop for Operator {
             eprintln!("--- weft-operator's log ---\n{}", self.log());
         }
     }
+}
+
+/// The operator Lease's holder.
+fn lease_holder(api: &KubeApi) -> Option<String> {
+    let lease = get(api, &["lease", "-n", OPERATOR, "weft-operator"])?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
 }
 
 /// A copy of the fixture's kubeconfig that impersonates `user`.
@@ -359,9 +376,17 @@ fn a_control_plane_resource_installs_upgrades_restarts_workloads_and_deletes_the
         .map(|m| m.yaml.clone())
         .collect();
     apply(&api, &crd::documents(rbac));
-    let operator = Operator::start(&api);
+    let operator = Operator::start(&api, "op-1");
     eventually(WAIT, || (operator.admin("/ready")?.0 == 200).then_some(()))
         .unwrap_or_else(|| panic!("the operator never became ready:\n{}", operator.log()));
+    eventually(WAIT, || (lease_holder(&api)? == "op-1").then_some(()))
+        .unwrap_or_else(|| panic!("op-1 never took the Lease:\n{}", operator.log()));
+    // A second replica waits: it reconciles nothing while op-1 holds the Lease.
+    let standby = Operator::start(&api, "op-2");
+    eventually(WAIT, || {
+        standby.log().contains("waiting to lead").then_some(())
+    })
+    .unwrap_or_else(|| panic!("op-2 did not wait:\n{}", standby.log()));
 
     // A ControlPlane with a bad trust anchor reference says so.
     apply(
@@ -530,6 +555,18 @@ fn a_control_plane_resource_installs_upgrades_restarts_workloads_and_deletes_the
         metrics.contains("operator_workload_restarts_total 3"),
         "{metrics}"
     );
+
+    // op-1 stops (SIGTERM): it releases the Lease and op-2 takes over, and handles
+    // what follows.
+    assert!(
+        !standby.log().contains("leading: reconciling"),
+        "{}",
+        standby.log()
+    );
+    operator.terminate();
+    let operator = standby;
+    eventually(WAIT, || (lease_holder(&api)? == "op-2").then_some(()))
+        .unwrap_or_else(|| panic!("op-2 never took the Lease over:\n{}", operator.log()));
 
     // High availability adds a PodDisruptionBudget; turning it off removes it.
     api.kubectl(&[

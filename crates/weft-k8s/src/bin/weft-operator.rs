@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use weft_controller::lease::{Elector, LeaseConfig};
 use weft_k8s::operator::{self, Metrics};
 
 /// weft's lifecycle operator: makes and upgrades the control plane from the cluster's
@@ -23,10 +24,25 @@ struct Args {
     #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value = "0.0.0.0:9990")]
     admin_listen: SocketAddr,
 
+    /// The namespace of the leader-election Lease `weft-operator`: with it, several
+    /// replicas may run and only the Lease's holder reconciles (a replica that loses
+    /// the Lease exits, to be restarted as a follower). Without it, this process
+    /// reconciles at once: run one only.
+    #[arg(long, env = "WEFT_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+
+    /// This replica's name in the Lease (default: $HOSTNAME, the pod's name, with a
+    /// random suffix).
+    #[arg(long, env = "WEFT_LEASE_IDENTITY")]
+    lease_identity: Option<String>,
+
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
 }
+
+/// The operator's Lease.
+const LEASE_NAME: &str = "weft-operator";
 
 struct Admin {
     registry: Registry,
@@ -97,14 +113,65 @@ fn main() -> anyhow::Result<()> {
                 }),
             ));
             tracing::info!(admin = %args.admin_listen, "operator running");
-            let shutdown = async move {
+            let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),
                     _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
                 }
+                let _ = stop_tx.send(true);
+            });
+            let elector = match &args.lease_namespace {
+                None => None,
+                Some(ns) => {
+                    let identity = args.lease_identity.clone().unwrap_or_else(|| {
+                        let host = std::env::var("HOSTNAME")
+                            .unwrap_or_else(|_| "weft-operator".into());
+                        format!("{host}-{:08x}", std::process::id())
+                    });
+                    let mut config = LeaseConfig::new(ns, &identity);
+                    config.name = LEASE_NAME.to_owned();
+                    Some(Elector::start(client.clone(), config)?)
+                }
             };
-            operator::run(client, metrics, ready, shutdown).await;
+            let mut lost = false;
+            if let Some(elector) = &elector {
+                let mut leader = elector.is_leader();
+                tracing::info!(lease = LEASE_NAME, identity = elector.identity(), "waiting to lead");
+                tokio::select! {
+                    _ = leader.wait_for(|l| *l) => tracing::info!("leading: reconciling"),
+                    _ = stop_rx.wait_for(|s| *s) => {}
+                }
+            }
+            if !*stop_rx.borrow() {
+                let leader = elector.as_ref().map(Elector::is_leader);
+                let lost_tx = std::sync::Arc::new(AtomicBool::new(false));
+                let lost_flag = lost_tx.clone();
+                let shutdown = async move {
+                    let stopped = stop_rx.wait_for(|s| *s);
+                    match leader {
+                        Some(mut leader) => tokio::select! {
+                            _ = stopped => {}
+                            _ = leader.wait_for(|l| !*l) => {
+                                tracing::warn!("lost the Lease: stopping, to start again as a follower");
+                                lost_flag.store(true, Ordering::Relaxed);
+                            }
+                        },
+                        None => {
+                            let _ = stopped.await;
+                        }
+                    }
+                };
+                operator::run(client, metrics, ready, shutdown).await;
+                lost = lost_tx.load(Ordering::Relaxed);
+            }
+            if let Some(elector) = elector {
+                elector.stop().await;
+            }
             tracing::info!("operator stopped");
+            if lost {
+                anyhow::bail!("lost the leader-election Lease {LEASE_NAME}");
+            }
             anyhow::Ok(())
         })
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Container, Namespace, PodSpec, PodTemplateSpec, ResourceRequirements,
 };
@@ -17,9 +17,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::crd::operator::{ControlPlane, ControlPlaneSpec, HighAvailability};
 use crate::crd::{self, RenderError};
 use crate::install::{
-    self, cluster_role_binding, container_port, labels, meta, pod_security, probe, quantities,
-    restricted_container_security, rule, selector, service_account, InstallError, InstallOptions,
-    Manifest, CONTROLLER_ADMIN_PORT, HA_REPLICAS, INJECT_KEY, READ,
+    self, cluster_role_binding, container_port, labels, lease_role, lease_role_binding, meta,
+    pod_security, probe, quantities, restricted_container_security, rule, selector,
+    service_account, InstallError, InstallOptions, Manifest, CONTROLLER_ADMIN_PORT, HA_REPLICAS,
+    INJECT_KEY, READ,
 };
 
 /// The operator's Deployment, ServiceAccount, ClusterRole and binding, and its default
@@ -99,9 +100,10 @@ fn deployment(opts: &InstallOptions, namespace: &str) -> Deployment {
             opts.image_registry, opts.version
         )),
         image_pull_policy: Some("IfNotPresent".to_owned()),
-        args: Some(vec![format!(
-            "--admin-listen=0.0.0.0:{OPERATOR_ADMIN_PORT}"
-        )]),
+        args: Some(vec![
+            format!("--admin-listen=0.0.0.0:{OPERATOR_ADMIN_PORT}"),
+            format!("--lease-namespace={namespace}"),
+        ]),
         ports: Some(vec![container_port("admin", OPERATOR_ADMIN_PORT)]),
         readiness_probe: Some(probe("/ready", OPERATOR_ADMIN_PORT, "HTTP")),
         liveness_probe: Some(probe("/live", OPERATOR_ADMIN_PORT, "HTTP")),
@@ -116,13 +118,10 @@ fn deployment(opts: &InstallOptions, namespace: &str) -> Deployment {
     Deployment {
         metadata: meta(OPERATOR, Some(namespace), OPERATOR),
         spec: Some(DeploymentSpec {
-            // One operator: two would write the same objects.
-            replicas: Some(1),
+            // Two with high availability: the Lease's holder reconciles, the other
+            // waits to take over.
+            replicas: Some(if opts.controller_replicas > 1 { 2 } else { 1 }),
             selector: selector(OPERATOR),
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".to_owned()),
-                ..Default::default()
-            }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
@@ -192,6 +191,8 @@ pub fn operator(
         Manifest::of(&service_account(OPERATOR, ns))?,
         Manifest::of(&cluster_role())?,
         Manifest::of(&cluster_role_binding(OPERATOR, ns))?,
+        Manifest::of(&lease_role(OPERATOR, ns))?,
+        Manifest::of(&lease_role_binding(OPERATOR, ns))?,
         Manifest::of(&deployment(opts, ns))?,
     ];
     if control_plane {
@@ -276,18 +277,26 @@ mod tests {
                 "ServiceAccount",
                 "ClusterRole",
                 "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
                 "Deployment",
                 "ControlPlane"
             ]
         );
         let role = &objects[2].yaml;
         assert!(role.contains("escalate") && role.contains("bind"), "{role}");
+        assert!(objects[4].yaml.contains("leases"), "{}", objects[4].yaml);
         assert!(
-            objects[5]
+            objects[6].yaml.contains("--lease-namespace=weft-operator"),
+            "{}",
+            objects[6].yaml
+        );
+        assert!(
+            objects[7]
                 .yaml
                 .contains("apiVersion: operator.weft.io/v1alpha1"),
             "{}",
-            objects[5].yaml
+            objects[7].yaml
         );
     }
 }
