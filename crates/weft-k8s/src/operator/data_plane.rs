@@ -215,39 +215,35 @@ trait WorkloadKind:
     fn settled(&self) -> bool;
 }
 
+/// The parts of [`WorkloadKind`] the three kinds share: their specs have the same
+/// `selector` and `template`.
+macro_rules! workload_spec {
+    ($kind:ident) => {
+        const KIND: Kind = Kind::$kind;
+        fn selector(&self) -> Option<&LabelSelector> {
+            self.spec.as_ref().map(|s| &s.selector)
+        }
+        fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+            self.spec
+                .as_ref()?
+                .template
+                .metadata
+                .as_ref()?
+                .annotations
+                .as_ref()
+        }
+    };
+}
+
 impl WorkloadKind for Deployment {
-    const KIND: Kind = Kind::Deployment;
-    fn selector(&self) -> Option<&LabelSelector> {
-        self.spec.as_ref().map(|s| &s.selector)
-    }
-    fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
-        self.spec
-            .as_ref()?
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()
-    }
+    workload_spec!(Deployment);
     fn settled(&self) -> bool {
         rollout(Some(self)) == Rollout::Done
     }
 }
 
 impl WorkloadKind for StatefulSet {
-    const KIND: Kind = Kind::StatefulSet;
-    fn selector(&self) -> Option<&LabelSelector> {
-        self.spec.as_ref().map(|s| &s.selector)
-    }
-    fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
-        self.spec
-            .as_ref()?
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()
-    }
+    workload_spec!(StatefulSet);
     fn settled(&self) -> bool {
         let status = self.status.clone().unwrap_or_default();
         let want = self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -259,19 +255,7 @@ impl WorkloadKind for StatefulSet {
 }
 
 impl WorkloadKind for DaemonSet {
-    const KIND: Kind = Kind::DaemonSet;
-    fn selector(&self) -> Option<&LabelSelector> {
-        self.spec.as_ref().map(|s| &s.selector)
-    }
-    fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
-        self.spec
-            .as_ref()?
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()
-    }
+    workload_spec!(DaemonSet);
     fn settled(&self) -> bool {
         let status = self.status.clone().unwrap_or_default();
         status.observed_generation.unwrap_or(0) >= self.metadata.generation.unwrap_or(0)
