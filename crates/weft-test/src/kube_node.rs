@@ -36,6 +36,9 @@
 //! - on deletion stops the containers (SIGTERM, then SIGKILL), the sidecars last,
 //!   removes the namespace and the pod's directory and deletes the pod for good.
 //!
+//! It watches pods with `kubectl get pods --watch` (started again when it ends; a pod
+//! deleted between two watches is missed) and talks to the API with kubectl.
+//!
 //! What it does not do: images (the executables are this machine's), filesystem
 //! isolation, users' groups and capabilities beyond the UID (init containers that ask
 //! for root get all of root's), resource limits, restarts, liveness probes, `exec`
@@ -255,6 +258,8 @@ struct Shared {
     procs: Mutex<Vec<Proc>>,
     /// Threads stopping deleted pods.
     stoppers: Mutex<Vec<JoinHandle<()>>>,
+    /// The running `kubectl get pods --watch`.
+    watch: Mutex<Option<Child>>,
     /// Told every pid and namespace while they exist: cleans up if this process dies
     /// without dropping the node.
     reaper: Mutex<Option<(Child, ChildStdin)>>,
@@ -267,7 +272,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A running node agent. Stops everything it started when dropped.
 pub struct KubeNode {
     shared: Arc<Shared>,
-    watch: Mutex<Option<Child>>,
     watcher: Option<JoinHandle<()>>,
     relay: Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>,
 }
@@ -297,12 +301,12 @@ impl KubeNode {
             netns: Mutex::new(Vec::new()),
             procs: Mutex::new(Vec::new()),
             stoppers: Mutex::new(Vec::new()),
+            watch: Mutex::new(None),
             reaper: Mutex::new(None),
         });
         // From here on, dropping `node` removes what was made.
         let mut node = KubeNode {
             shared: shared.clone(),
-            watch: Mutex::new(None),
             watcher: None,
             relay: None,
         };
@@ -317,14 +321,11 @@ impl KubeNode {
         node.relay = Some(relay_api(&shared.hub, api.url())?);
         shared.register_node()?;
 
-        let (stdout, child) = shared.watch_pods()?;
-        shared.tell_reaper(&format!("pid {}", child.id()));
-        *lock(&node.watch) = Some(child);
         let watcher_shared = shared.clone();
         node.watcher = Some(
             thread::Builder::new()
                 .name(format!("kube node {}", shared.config.name))
-                .spawn(move || watcher_shared.watch_loop(stdout))
+                .spawn(move || watcher_shared.watch_forever())
                 .context("cannot start a thread")?,
         );
         Ok(node)
@@ -453,9 +454,8 @@ impl Drop for KubeNode {
             drop(stdin);
         }
         shared.stop.store(true, Ordering::SeqCst);
-        if let Some(mut watch) = lock(&self.watch).take() {
-            let _ = watch.kill();
-            let _ = watch.wait();
+        if let Some(watch) = lock(&shared.watch).take() {
+            shared.end_watch(watch);
         }
         if let Some(watcher) = self.watcher.take() {
             let _ = watcher.join();
@@ -612,7 +612,44 @@ rm -rf "$1"
         Ok((stdout, child))
     }
 
-    fn watch_loop(self: Arc<Self>, stdout: std::process::ChildStdout) {
+    /// Watches pods until the node stops, starting the watch again when it ends (the
+    /// API server ends watches after a while). Pods are started and stopped by uid, so
+    /// the events a new watch repeats change nothing; a pod deleted between two watches
+    /// is not seen.
+    fn watch_forever(self: Arc<Self>) {
+        while !self.stop.load(Ordering::SeqCst) {
+            match self.watch_pods() {
+                Ok((stdout, child)) => {
+                    self.tell_reaper(&format!("pid {}", child.id()));
+                    let old = lock(&self.watch).replace(child);
+                    if let Some(old) = old {
+                        self.end_watch(old);
+                    }
+                    // The node's drop may have looked before this watch was stored.
+                    if self.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    self.watch_loop(stdout);
+                }
+                Err(e) => eprintln!("kube node: {e:#}"),
+            }
+            if !self.stop.load(Ordering::SeqCst) {
+                eprintln!("kube node: watching pods again");
+                thread::sleep(Duration::from_millis(500));
+            }
+        }
+        if let Some(watch) = lock(&self.watch).take() {
+            self.end_watch(watch);
+        }
+    }
+
+    fn end_watch(&self, mut watch: Child) {
+        let _ = watch.kill();
+        let _ = watch.wait();
+        self.tell_reaper(&format!("unpid {}", watch.id()));
+    }
+
+    fn watch_loop(self: &Arc<Self>, stdout: std::process::ChildStdout) {
         let events =
             serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<Value>();
         for event in events {
