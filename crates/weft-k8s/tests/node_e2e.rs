@@ -5,7 +5,9 @@
 //! (`weft_test::kube_node`) that runs the pods bound to its Node from their stored,
 //! injected spec: `weft-init`'s `weft-proxy init`, the `weft-proxy` sidecar with its
 //! injected environment and a projected token from TokenRequest, the app. A request
-//! between two Deployments then crosses both injected proxies over mTLS.
+//! between two Deployments then crosses both injected proxies over mTLS with the
+//! ServiceAccounts' identities; a scaled-up server is reached and a scaled-down one
+//! removed; an impostor pod (another ServiceAccount's token) gets no certificate.
 //!
 //! Needs root (network namespaces, iptables), the Kubernetes test binaries
 //! (`scripts/setup --kube`) and the workspace's binaries (`cargo build --workspace
