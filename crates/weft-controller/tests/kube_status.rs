@@ -94,15 +94,16 @@ fn apply(api: &KubeApi, yaml: &str) {
         .unwrap_or_else(|e| panic!("kubectl apply: {e:#}\n{yaml}"));
 }
 
-/// HTTPRoute `name` of namespace shop, as the API server has it.
-fn route(api: &KubeApi, name: &str) -> Value {
+/// Route `kind` (`httproute`, `grpcroute`) `name` of namespace shop, as the API server
+/// has it.
+fn route_of(api: &KubeApi, kind: &str, name: &str) -> Value {
     let json = kubectl(
         api,
         &[
             "-n",
             "shop",
             "get",
-            "httproute",
+            kind,
             name,
             "-o",
             "json",
@@ -110,6 +111,11 @@ fn route(api: &KubeApi, name: &str) -> Value {
         ],
     );
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("{name}: {e}: {json}"))
+}
+
+/// HTTPRoute `name` of namespace shop.
+fn route(api: &KubeApi, name: &str) -> Value {
+    route_of(api, "httproute", name)
 }
 
 /// The route's `status.parents[]` entries of `controller`.
@@ -140,8 +146,8 @@ fn condition(entry: &Value, kind: &str) -> Option<(String, String, i64)> {
 
 /// weft's one entry for Service web port 80, once it has both conditions at the route's
 /// generation.
-fn weft_entry(api: &KubeApi, name: &str) -> Option<(Value, Value)> {
-    let r = route(api, name);
+fn weft_entry(api: &KubeApi, kind: &str, name: &str) -> Option<(Value, Value)> {
+    let r = route_of(api, kind, name);
     let generation = r["metadata"]["generation"].as_i64()?;
     let ours = entries(&r, "weft.io/controller");
     let [entry] = ours.as_slice() else {
@@ -154,15 +160,19 @@ fn weft_entry(api: &KubeApi, name: &str) -> Option<(Value, Value)> {
 }
 
 async fn written(api: &KubeApi, name: &str) -> (Value, Value) {
+    written_of(api, "httproute", name).await
+}
+
+async fn written_of(api: &KubeApi, kind: &str, name: &str) -> (Value, Value) {
     let deadline = std::time::Instant::now() + PROMPT;
     loop {
-        if let Some(found) = weft_entry(api, name) {
+        if let Some(found) = weft_entry(api, kind, name) {
             return found;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no weft status on HTTPRoute shop/{name} within {PROMPT:?}: {:#}",
-            route(api, name)
+            "no weft status on {kind} shop/{name} within {PROMPT:?}: {:#}",
+            route_of(api, kind, name)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -319,7 +329,8 @@ spec: {selector: {app: nosuch}, ports: [{name: http, port: 80}]}
     );
     let deadline = std::time::Instant::now() + PROMPT;
     loop {
-        let resolved = weft_entry(&api, "missing").and_then(|(e, _)| condition(&e, "ResolvedRefs"));
+        let resolved = weft_entry(&api, "httproute", "missing")
+            .and_then(|(e, _)| condition(&e, "ResolvedRefs"));
         if resolved == Some(("True".into(), "ResolvedRefs".into(), 1)) {
             break;
         }
@@ -862,6 +873,82 @@ spec:
     assert_eq!(
         condition(&entry, "ResolvedRefs"),
         Some(("True".into(), "ResolvedRefs".into(), 1)),
+        "{entry:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_route_statuses_are_written() {
+    let Some(api) = tokio::task::block_in_place(KubeApi::start) else {
+        return;
+    };
+    apply(
+        &api,
+        r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: stock, namespace: shop}
+  spec: {selector: {app: stock}, ports: [{name: grpc, port: 8080, appProtocol: kubernetes.io/h2c}]}
+"#,
+    );
+    apply(
+        &api,
+        &HTTPROUTE_CRD
+            .replace("httproute", "grpcroute")
+            .replace("HTTPRoute", "GRPCRoute"),
+    );
+    kubectl(
+        &api,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/grpcroutes.gateway.networking.k8s.io",
+        ],
+    );
+    apply(
+        &api,
+        r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: gateway.networking.k8s.io/v1
+  kind: GRPCRoute
+  metadata: {name: good, namespace: shop}
+  spec:
+    parentRefs: [{group: "", kind: Service, name: stock, port: 8080}]
+    rules:
+    - matches: [{method: {service: shop.Stock, method: Get}}]
+      backendRefs: [{name: stock, port: 8080}]
+- apiVersion: gateway.networking.k8s.io/v1
+  kind: GRPCRoute
+  metadata: {name: missing, namespace: shop}
+  spec:
+    parentRefs: [{group: "", kind: Service, name: stock, port: 8080}]
+    rules: [{backendRefs: [{name: nosuch, port: 8080}]}]
+"#,
+    );
+    let _mesh = Mesh::start(&api.kubeconfig(), "grpc", None).await;
+    let (entry, _) = written_of(&api, "grpcroute", "good").await;
+    assert_eq!(
+        entry["parentRef"],
+        serde_json::json!({"group": "", "kind": "Service", "name": "stock", "port": 8080}),
+        "{entry:#}"
+    );
+    for kind in ["Accepted", "ResolvedRefs"] {
+        assert_eq!(
+            condition(&entry, kind),
+            Some(("True".into(), kind.into(), 1)),
+            "{entry:#}"
+        );
+    }
+    let (entry, _) = written_of(&api, "grpcroute", "missing").await;
+    assert_eq!(
+        condition(&entry, "ResolvedRefs"),
+        Some(("False".into(), "BackendNotFound".into(), 1)),
         "{entry:#}"
     );
 }
