@@ -408,6 +408,23 @@ items:
         "{answer}"
     );
 
+    // From inside the client pod (as `kubectl exec` would run it, as the app's user):
+    // the ClusterIP through the client's proxy too.
+    let bin_demo = bins.join("weft-demo-app");
+    let out = node
+        .exec(
+            "shop",
+            &client_pod,
+            2103,
+            &[bin_demo.to_str().unwrap(), "get", &upstream],
+        )
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("server / (pod {server_pod}, zone )")),
+        "{out:?}"
+    );
+
     // Both hops' proxies saw the request over mTLS with the other side's identity.
     let (client_proxy, client_text) = metrics(&node, SocketAddr::from((client_ip, 4191)));
     let outbound = client_proxy.sum(

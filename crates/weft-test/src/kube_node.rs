@@ -439,7 +439,8 @@ impl KubeNode {
             .ok_or_else(|| anyhow!("the node runs no pod {namespace}/{pod}"))?;
         let (program, rest) = args.split_first().context("nothing to run")?;
         let mut cmd = in_pod(&netns, uid, Path::new(program));
-        cmd.args(rest).env("PATH", PATH);
+        // Only PATH from here: not the test's environment (an HTTP_PROXY, say).
+        cmd.args(rest).env_clear().env("PATH", PATH);
         cmd.output().with_context(|| format!("cannot run {cmd:?}"))
     }
 }
