@@ -22,7 +22,7 @@ use crate::retry::RequestBody;
 /// Handles one request for the local application.
 pub(crate) async fn forward(
     ctx: &ConnContext,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     start: Instant,
     unanswered: &mut Unanswered,
 ) -> Response<ProxyBody> {
@@ -36,11 +36,7 @@ pub(crate) async fn forward(
     if let Err(denied) = super::authorize::http(ctx).await {
         return ctx.error_response(route, grpc, start, denied);
     }
-    let Prepared {
-        req,
-        version,
-        upgrade,
-    } = match http::prepare(req, &target.authority) {
+    let Prepared { version, upgrade } = match http::prepare(&mut req, &target.authority) {
         Ok(prepared) => prepared,
         Err(e) => return ctx.error_response(route, grpc, start, e),
     };

@@ -40,12 +40,11 @@ use crate::upstream::HttpVersion;
 /// Handles one request from the local workload.
 pub(crate) async fn forward(
     ctx: &ConnContext,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     start: Instant,
     unanswered: &mut Unanswered,
 ) -> Response<ProxyBody> {
     let grpc = http::is_grpc(req.headers());
-    let mut req = req;
     let (target, rule) = match resolve(ctx, &mut req, start).await {
         Ok(Routed::Forward { target, rule }) => (target, rule),
         Ok(Routed::Answered(rsp)) => return *rsp,
@@ -53,11 +52,7 @@ pub(crate) async fn forward(
     };
     let route = ctx.count_request(&target);
     unanswered.counted(route.clone());
-    let Prepared {
-        req,
-        version,
-        upgrade,
-    } = match http::prepare(req, &target.authority) {
+    let Prepared { version, upgrade } = match http::prepare(&mut req, &target.authority) {
         Ok(prepared) => prepared,
         Err(e) => return ctx.error_response(route, grpc, start, e),
     };
