@@ -234,6 +234,13 @@ pub struct Args {
     #[arg(long, env = "WEFT_POD", default_value = "")]
     pub pod: String,
 
+    /// The workload whose inbound policy the proxy asks the controller for, as
+    /// NAMESPACE:NAME with --namespace (default: --deployment). On Kubernetes the
+    /// controller knows each pod as a workload of its own (a Deployment's pods may
+    /// differ in labels during a rollout), and the injector sets this to the pod's name.
+    #[arg(long, env = "WEFT_POLICY_WORKLOAD")]
+    pub policy_workload: Option<String>,
+
     /// Trust anchors (PEM bundle). Setting them turns on mTLS: the proxy makes a key,
     /// obtains a certificate from --controller with --identity-token, and reports ready
     /// only once it has one.
@@ -356,6 +363,9 @@ pub struct Config {
     /// Idle HTTP route series are dropped after this (`--metrics-retain-idle`).
     pub metrics_retain_idle: Option<Duration>,
     pub labels: WorkloadLabels,
+    /// The workload's name in inbound policy requests (`--policy-workload`); `None`:
+    /// the deployment's.
+    pub policy_workload: Option<String>,
     /// How services are balanced (zone awareness and its band, ejection, ...).
     pub balance: Arc<BalanceConfig>,
     /// mTLS: this proxy's identity and where it gets its certificate.
@@ -585,6 +595,7 @@ impl Args {
             max_destinations: self.max_destinations,
             metrics_retain_idle: (!self.metrics_retain_idle.is_zero())
                 .then_some(self.metrics_retain_idle),
+            policy_workload: self.policy_workload.filter(|w| !w.is_empty()),
             labels: WorkloadLabels {
                 namespace: self.namespace,
                 deployment: self.deployment,
@@ -666,6 +677,7 @@ impl Config {
             max_destinations: crate::destination::DEFAULT_MAX_FOLLOWED,
             metrics_retain_idle: Some(Duration::from_secs(600)),
             labels: WorkloadLabels::default(),
+            policy_workload: None,
             balance: Arc::default(),
             identity: None,
             destination: None,

@@ -208,8 +208,14 @@ impl Proxy {
         let labels = &config.labels;
         let inbound_policy = inbound::policy::InboundPolicies::new(
             destinations.as_ref().map(|d| d.channel()),
-            (!labels.namespace.is_empty() && !labels.deployment.is_empty())
-                .then(|| format!("{}:{}", labels.namespace, labels.deployment)),
+            {
+                let name = config
+                    .policy_workload
+                    .as_deref()
+                    .unwrap_or(&labels.deployment);
+                (!labels.namespace.is_empty() && !name.is_empty())
+                    .then(|| format!("{}:{name}", labels.namespace))
+            },
             config.default_inbound_policy,
             config
                 .destination

@@ -161,7 +161,7 @@ impl InboundPolicyService {
         let snapshot = self.policies.borrow().clone();
         let Some(workload) = snapshot.index.mesh().workload(namespace, name) else {
             return Err(tonic::Status::not_found(format!(
-                "no workload {name} in namespace {namespace} in the mesh directory"
+                "no workload {name} in namespace {namespace} (a mesh directory's workload, or on Kubernetes a running pod)"
             )));
         };
         if caller.namespace() != workload.namespace
@@ -185,7 +185,7 @@ fn server(snapshot: &Snapshot, namespace: &str, name: &str, port: u16) -> Option
 
 fn gone(namespace: &str, name: &str) -> tonic::Status {
     tonic::Status::not_found(format!(
-        "workload {name} of namespace {namespace} is no longer in the mesh directory"
+        "workload {name} of namespace {namespace} is gone (from the mesh directory, or on Kubernetes the pod)"
     ))
 }
 

@@ -217,6 +217,8 @@ fn proxy_container(
                 .unwrap_or_else(|| config.log_level.clone()),
         ),
         env_field("WEFT_POD", "metadata.name"),
+        // The controller's kube source knows each pod as a workload of its own.
+        env_field("WEFT_POLICY_WORKLOAD", "metadata.name"),
         env_field("WEFT_NAMESPACE", "metadata.namespace"),
         env_field("WEFT_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         // The Node's zone, copied onto the pod at binding by the API server's

@@ -3,9 +3,9 @@
 //! stream (over the destination service's connection), for the [`super::authorize`]
 //! step.
 //!
-//! The proxy names its workload `NAMESPACE:NAME` (its `--namespace` and
-//! `--deployment`); the controller answers only a proxy whose certificate is that
-//! workload's.
+//! The proxy names its workload `NAMESPACE:NAME` (its `--namespace`, and
+//! `--policy-workload` or else `--deployment`: on Kubernetes the pod's name); the
+//! controller answers only a proxy whose certificate is that workload's.
 //!
 //! - **No controller** (no `--destination`), or no workload name: every port has the
 //!   proxy's `--default-inbound-policy` (all-unauthenticated unless set).
