@@ -17,6 +17,13 @@ use tokio::net::TcpListener;
 /// An admin server's answer.
 pub type Reply = Response<Full<Bytes>>;
 
+/// An answer that takes a while (an application probe made on the caller's behalf).
+pub type ReplyFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
+
+/// Paths under this prefix are the application's probes, which the proxy makes for the
+/// kubelet ([`Admin::app_probe`]): `/app-probe/CONTAINER/KIND`.
+pub const APP_PROBE_PREFIX: &str = "/app-probe/";
+
 /// A route of a component's own, besides `/metrics`, `/ready` and `/live`.
 #[derive(Debug)]
 pub struct Route {
@@ -48,6 +55,12 @@ pub trait Admin: Send + Sync + 'static {
     /// Answers a request to `path`, one of [`Admin::ROUTES`], with its method.
     fn handle(&self, _path: &'static str, _peer: SocketAddr) -> Reply {
         text(StatusCode::NOT_FOUND, "not found\n")
+    }
+
+    /// `GET /app-probe/NAME`: the application's probe `NAME`, made now; `None` (404)
+    /// when the component has no such probe.
+    fn app_probe(&self, _name: &str) -> Option<ReplyFuture> {
+        None
     }
 
     /// Reports a failed accept (the loop tries again 50 ms later). Logged by the
@@ -93,6 +106,7 @@ pub async fn serve<A: Admin>(listener: TcpListener, admin: Arc<A>) {
 enum Routed {
     Done(Reply),
     RenderMetrics,
+    Later(ReplyFuture),
 }
 
 fn route<A: Admin>(admin: &A, req: &Request<Incoming>, peer: SocketAddr) -> Routed {
@@ -108,6 +122,17 @@ fn route<A: Admin>(admin: &A, req: &Request<Incoming>, peer: SocketAddr) -> Rout
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
         },
         "/metrics" | "/live" | "/ready" => method_not_allowed(),
+        path if path.starts_with(APP_PROBE_PREFIX) => {
+            let name = &path[APP_PROBE_PREFIX.len()..];
+            match admin.app_probe(name) {
+                Some(_) if !get => method_not_allowed(),
+                Some(probe) => return Routed::Later(probe),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!("no application probe {name:?}\n"),
+                ),
+            }
+        }
         path => match A::ROUTES.iter().find(|r| r.path == path) {
             Some(r) if r.method == req.method() => admin.handle(r.path, peer),
             Some(_) => method_not_allowed(),
@@ -129,6 +154,7 @@ async fn answer<A: Admin>(admin: Arc<A>, routed: Routed) -> Reply {
             }
         }
         Routed::RenderMetrics => metrics_response(admin.metrics()),
+        Routed::Later(reply) => reply.await,
     }
 }
 

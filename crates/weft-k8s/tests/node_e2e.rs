@@ -468,6 +468,80 @@ items:
         );
     }
 
+    // Inbound policy reaches the injected pods: a Server for the server's port that
+    // only the client's ServiceAccount may call. The client's calls still pass; a
+    // caller without a mesh identity (the node) gets 403 from the server's proxy. The
+    // kubelet's probes come from the node too, but the injector pointed them at the
+    // proxy's admin port, which makes them on loopback: the new server pods below
+    // become Ready all the same.
+    let crds = weft_k8s::crd::render().unwrap();
+    api.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&crds))
+        .unwrap();
+    for c in weft_k8s::crd::all() {
+        let name = format!("crd/{}", c.metadata.name.unwrap());
+        api.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &name,
+        ])
+        .unwrap();
+    }
+    apply(
+        &api,
+        r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: policy.weft.io/v1alpha1
+  kind: Server
+  metadata: {name: server-http, namespace: shop}
+  spec: {podSelector: {matchLabels: {app: server}}, port: http, proxyProtocol: HTTP/1}
+- apiVersion: policy.weft.io/v1alpha1
+  kind: MeshTLSAuthentication
+  metadata: {name: clients, namespace: shop}
+  spec: {identityRefs: [{kind: ServiceAccount, name: client}]}
+- apiVersion: policy.weft.io/v1alpha1
+  kind: AuthorizationPolicy
+  metadata: {name: server-from-client, namespace: shop}
+  spec:
+    targetRef: {group: policy.weft.io, kind: Server, name: server-http}
+    requiredAuthenticationRefs: [{group: policy.weft.io, kind: MeshTLSAuthentication, name: clients}]
+"#,
+    );
+    let server_app = SocketAddr::from((server_ip, 8080));
+    let refused = eventually(LIMIT, || {
+        let (status, body) = node.get(server_app, "/").ok()?;
+        (status == 403).then_some(body)
+    });
+    let Some(refused) = refused else {
+        panic!(
+            "the server's proxy never refused an unauthenticated caller: {:?}\n{}",
+            node.get(server_app, "/"),
+            node.logs()
+        );
+    };
+    eprintln!(
+        "the node, unauthenticated, to the server: 403 {}",
+        refused.trim()
+    );
+    // The three objects reach the controller's index one by one: until the
+    // authentication is there too, the Server admits no one.
+    let allowed = eventually(LIMIT, || {
+        let (status, body) = node.get(client_app, "/").ok()?;
+        (status == 200 && body.contains("<- [200 server /")).then_some(())
+    });
+    assert!(
+        allowed.is_some(),
+        "the client, authorized, is refused: {:?}",
+        node.get(client_app, "/")
+    );
+    assert!(
+        !node.logs().contains("no inbound policy for this workload"),
+        "a proxy found no inbound policy for its pod:\n{}",
+        node.logs()
+    );
+
     // Their certificates came from projected tokens the controller had reviewed.
     let (controller_metrics, text) = metrics(&node, CONTROLLER_ADMIN);
     let reviewed = controller_metrics.sum(
@@ -686,78 +760,5 @@ items:
     eprintln!(
         "impostor stopped and deleted {:?} after it was created",
         created.elapsed()
-    );
-
-    // Inbound policy reaches the injected pods: a Server for the server's port that
-    // only the client's ServiceAccount may call. The client's calls still pass; a
-    // caller without a mesh identity (the node) gets 403 from the server's proxy. Last:
-    // the kubelet's probes come from the node too, and nothing authorizes them yet
-    // (docs/kubernetes.md), so a new server pod would not become Ready after this.
-    let crds = weft_k8s::crd::render().unwrap();
-    api.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&crds))
-        .unwrap();
-    for c in weft_k8s::crd::all() {
-        let name = format!("crd/{}", c.metadata.name.unwrap());
-        api.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &name,
-        ])
-        .unwrap();
-    }
-    apply(
-        &api,
-        r#"
-apiVersion: v1
-kind: List
-items:
-- apiVersion: policy.weft.io/v1alpha1
-  kind: Server
-  metadata: {name: server-http, namespace: shop}
-  spec: {podSelector: {matchLabels: {app: server}}, port: http, proxyProtocol: HTTP/1}
-- apiVersion: policy.weft.io/v1alpha1
-  kind: MeshTLSAuthentication
-  metadata: {name: clients, namespace: shop}
-  spec: {identityRefs: [{kind: ServiceAccount, name: client}]}
-- apiVersion: policy.weft.io/v1alpha1
-  kind: AuthorizationPolicy
-  metadata: {name: server-from-client, namespace: shop}
-  spec:
-    targetRef: {group: policy.weft.io, kind: Server, name: server-http}
-    requiredAuthenticationRefs: [{group: policy.weft.io, kind: MeshTLSAuthentication, name: clients}]
-"#,
-    );
-    let server_app = SocketAddr::from((server_ip, 8080));
-    let refused = eventually(LIMIT, || {
-        let (status, body) = node.get(server_app, "/").ok()?;
-        (status == 403).then_some(body)
-    });
-    let Some(refused) = refused else {
-        panic!(
-            "the server's proxy never refused an unauthenticated caller: {:?}\n{}",
-            node.get(server_app, "/"),
-            node.logs()
-        );
-    };
-    eprintln!(
-        "the node, unauthenticated, to the server: 403 {}",
-        refused.trim()
-    );
-    // The three objects reach the controller's index one by one: until the
-    // authentication is there too, the Server admits no one.
-    let allowed = eventually(LIMIT, || {
-        let (status, body) = node.get(client_app, "/").ok()?;
-        (status == 200 && body.contains("<- [200 server /")).then_some(())
-    });
-    assert!(
-        allowed.is_some(),
-        "the client, authorized, is refused: {:?}",
-        node.get(client_app, "/")
-    );
-    assert!(
-        !node.logs().contains("no inbound policy for this workload"),
-        "a proxy found no inbound policy for its pod:\n{}",
-        node.logs()
     );
 }

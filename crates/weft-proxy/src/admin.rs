@@ -1,5 +1,6 @@
 //! The admin server: `/metrics` (loopback and `--admin-metrics-from` callers),
-//! `/ready`, `/live`, and `POST /shutdown` (loopback callers only), served by
+//! `/ready`, `/live`, `POST /shutdown` (loopback callers only) and `GET
+//! /app-probe/CONTAINER/KIND` (the application's probes, `--app-probes`), served by
 //! `weft_core::admin`.
 
 use std::net::SocketAddr;
@@ -7,7 +8,9 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use tokio::net::TcpListener;
-use weft_core::admin::{text, Reply, Route};
+use weft_core::admin::{text, Reply, ReplyFuture, Route};
+
+use crate::app_probe::AppProbes;
 
 use crate::endpoints::ServiceIndex;
 use crate::identity::LocalIdentity;
@@ -21,6 +24,7 @@ pub(crate) async fn serve(
     identity: Option<Arc<LocalIdentity>>,
     services: ServiceIndex,
     metrics_from: Arc<[ipnet::IpNet]>,
+    app_probes: Arc<AppProbes>,
 ) {
     let admin = Admin {
         metrics,
@@ -28,6 +32,7 @@ pub(crate) async fn serve(
         identity,
         services,
         metrics_from,
+        app_probes,
     };
     weft_core::admin::serve(listener, Arc::new(admin)).await;
 }
@@ -38,6 +43,7 @@ struct Admin {
     identity: Option<Arc<LocalIdentity>>,
     services: ServiceIndex,
     metrics_from: Arc<[ipnet::IpNet]>,
+    app_probes: Arc<AppProbes>,
 }
 
 impl weft_core::admin::Admin for Admin {
@@ -92,6 +98,12 @@ impl weft_core::admin::Admin for Admin {
                 "shutdown is only accepted from loopback addresses\n",
             )
         }
+    }
+
+    /// The kubelet's probe of the application, made on loopback (see `app_probe`).
+    fn app_probe(&self, name: &str) -> Option<ReplyFuture> {
+        let probe = self.app_probes.get(name)?.clone();
+        Some(Box::pin(crate::app_probe::run(name.to_owned(), probe)))
     }
 
     fn accept_failed(&self, error: &std::io::Error) {

@@ -241,6 +241,13 @@ pub struct Args {
     #[arg(long, env = "WEFT_POLICY_WORKLOAD")]
     pub policy_workload: Option<String>,
 
+    /// The application's HTTP probes the admin server makes on loopback for the
+    /// kubelet, as `GET /app-probe/NAME`: a JSON object such as
+    /// {"app/readiness": {"port": 8080, "path": "/ready"}} (`headers`: [[name, value]]).
+    /// The injector sets it when it points the pod's probes at the proxy.
+    #[arg(long, env = "WEFT_APP_PROBES", value_parser = crate::app_probe::parse)]
+    pub app_probes: Option<crate::app_probe::AppProbes>,
+
     /// Trust anchors (PEM bundle). Setting them turns on mTLS: the proxy makes a key,
     /// obtains a certificate from --controller with --identity-token, and reports ready
     /// only once it has one.
@@ -366,6 +373,8 @@ pub struct Config {
     /// The workload's name in inbound policy requests (`--policy-workload`); `None`:
     /// the deployment's.
     pub policy_workload: Option<String>,
+    /// `--app-probes`.
+    pub app_probes: Arc<crate::app_probe::AppProbes>,
     /// How services are balanced (zone awareness and its band, ejection, ...).
     pub balance: Arc<BalanceConfig>,
     /// mTLS: this proxy's identity and where it gets its certificate.
@@ -596,6 +605,7 @@ impl Args {
             metrics_retain_idle: (!self.metrics_retain_idle.is_zero())
                 .then_some(self.metrics_retain_idle),
             policy_workload: self.policy_workload.filter(|w| !w.is_empty()),
+            app_probes: Arc::new(self.app_probes.unwrap_or_default()),
             labels: WorkloadLabels {
                 namespace: self.namespace,
                 deployment: self.deployment,
@@ -678,6 +688,7 @@ impl Config {
             metrics_retain_idle: Some(Duration::from_secs(600)),
             labels: WorkloadLabels::default(),
             policy_workload: None,
+            app_probes: Arc::default(),
             balance: Arc::default(),
             identity: None,
             destination: None,

@@ -8,6 +8,7 @@
 
 mod accept;
 pub mod admin;
+pub mod app_probe;
 pub mod backoff;
 pub mod balance;
 pub mod certify;
@@ -292,6 +293,7 @@ impl Proxy {
             identity.clone(),
             config.services.clone(),
             config.admin_metrics_from.clone().into(),
+            config.app_probes.clone(),
         ));
         let certify_task = config.identity.as_ref().and_then(|i| {
             let certify = i.certify.clone()?;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements,
@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
+use weft_core::admin::APP_PROBE_PREFIX;
 use weft_core::iptables::{ADMIN_PORT, INBOUND_PORT, PROXY_UID};
 
 use super::annotations::{Settings, PROXY_DEFAULT_OPAQUE_PORTS};
@@ -34,7 +35,8 @@ pub(super) fn patch(
     let mut ops = Vec::new();
     let init = value(&init_container(settings, config));
     let deployment = deployment.map(str::to_owned).or_else(|| deployment_of(pod));
-    let proxy = value(&proxy_container(deployment, settings, config));
+    let (probe_ops, app_probes) = rewrite_probes(&spec);
+    let proxy = value(&proxy_container(deployment, settings, config, app_probes));
     // weft-init first (the rules), then the proxy, then the pod's own init containers,
     // whose traffic the rules send to the proxy.
     match &spec.init_containers {
@@ -44,6 +46,7 @@ pub(super) fn patch(
             ops.push(add("/spec/initContainers/1", proxy));
         }
     }
+    ops.extend(probe_ops);
     let volumes: Vec<Value> = volumes(config).iter().map(value).collect();
     match &spec.volumes {
         None => ops.push(add("/spec/volumes", Value::Array(volumes))),
@@ -194,10 +197,78 @@ fn deployment_of(pod: &Pod) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The application's HTTP probes pointed at the proxy's admin port
+/// (`/app-probe/CONTAINER/KIND`), which makes them on loopback: the kubelet's calls
+/// from the node then pass neither the inbound proxy nor the inbound policy. Returns
+/// the `replace` operations and the originals as the proxy's `WEFT_APP_PROBES` (JSON);
+/// HTTPS probes, probes naming another host and ports that cannot be resolved are left
+/// as they are.
+fn rewrite_probes(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> (Vec<PatchOperation>, Option<String>) {
+    let mut ops = Vec::new();
+    let mut originals = serde_json::Map::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        for (field, kind, probe) in [
+            ("readinessProbe", "readiness", &c.readiness_probe),
+            ("livenessProbe", "liveness", &c.liveness_probe),
+            ("startupProbe", "startup", &c.startup_probe),
+        ] {
+            let Some(get) = probe.as_ref().and_then(|p| p.http_get.as_ref()) else {
+                continue;
+            };
+            if get.scheme.as_deref().is_some_and(|s| s != "HTTP")
+                || get.host.as_deref().is_some_and(|h| !h.is_empty())
+            {
+                continue;
+            }
+            let port = match &get.port {
+                IntOrString::Int(n) => u16::try_from(*n).ok(),
+                IntOrString::String(name) => c
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .and_then(|p| u16::try_from(p.container_port).ok()),
+            };
+            let Some(port) = port.filter(|p| *p != 0 && *p != ADMIN_PORT) else {
+                continue;
+            };
+            let name = format!("{}/{kind}", c.name);
+            let headers: Vec<Value> = get
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|h| serde_json::json!([h.name, h.value]))
+                .collect();
+            originals.insert(
+                name.clone(),
+                serde_json::json!({
+                    "port": port,
+                    "path": get.path.clone().filter(|p| p.starts_with('/')).unwrap_or_else(|| "/".into()),
+                    "headers": headers,
+                }),
+            );
+            ops.push(PatchOperation::Replace(ReplaceOperation {
+                path: PointerBuf::parse(format!("/spec/containers/{i}/{field}/httpGet"))
+                    .unwrap_or_default(),
+                value: serde_json::json!({
+                    "path": format!("{APP_PROBE_PREFIX}{name}"),
+                    "port": ADMIN_PORT,
+                    "scheme": "HTTP",
+                }),
+            }));
+        }
+    }
+    let json = (!originals.is_empty()).then(|| Value::Object(originals).to_string());
+    (ops, json)
+}
+
 fn proxy_container(
     deployment: Option<String>,
     settings: &Settings,
     config: &InjectConfig,
+    app_probes: Option<String>,
 ) -> Container {
     let mut opaque: Vec<u16> = PROXY_DEFAULT_OPAQUE_PORTS.to_vec();
     opaque.extend(&settings.opaque);
@@ -234,6 +305,9 @@ fn proxy_container(
     ];
     if let Some(deployment) = deployment {
         vars.push(env("WEFT_DEPLOYMENT", deployment));
+    }
+    if let Some(probes) = app_probes {
+        vars.push(env("WEFT_APP_PROBES", probes));
     }
     let resources = |cpu: &Option<String>, memory: &Option<String>| {
         let map: BTreeMap<String, Quantity> = [("cpu", cpu), ("memory", memory)]

@@ -552,6 +552,57 @@ fn the_proxy_accepts_the_injected_environment_and_arguments() {
     assert_eq!(defaults.join(","), ours.join(","));
 }
 
+#[test]
+fn http_probes_go_to_the_proxys_admin_port_and_the_proxy_gets_the_originals() {
+    let pod = pod_json(
+        enabled(),
+        json!({"containers": [{
+            "name": "app",
+            "image": "books:1",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 3},
+            "livenessProbe": {"httpGet": {"path": "/live", "port": 9000, "httpHeaders": [{"name": "x-probe", "value": "1"}]}},
+            "startupProbe": {"httpGet": {"path": "/start", "port": 8443, "scheme": "HTTPS"}},
+        }, {
+            "name": "sidecar",
+            "image": "s:1",
+            "readinessProbe": {"tcpSocket": {"port": 7000}},
+        }]}),
+    );
+    let pod = injected(&pod);
+    let app = &pod["spec"]["containers"][0];
+    assert_eq!(
+        app["readinessProbe"],
+        json!({"httpGet": {"path": "/app-probe/app/readiness", "port": 4191, "scheme": "HTTP"}, "periodSeconds": 3})
+    );
+    assert_eq!(
+        app["livenessProbe"]["httpGet"],
+        json!({"path": "/app-probe/app/liveness", "port": 4191, "scheme": "HTTP"})
+    );
+    // HTTPS and TCP probes stay as they are.
+    assert_eq!(app["startupProbe"]["httpGet"]["port"], 8443);
+    assert_eq!(
+        pod["spec"]["containers"][1]["readinessProbe"],
+        json!({"tcpSocket": {"port": 7000}})
+    );
+    let probes = weft_proxy::app_probe::parse(&env_value(&proxy(&pod), "WEFT_APP_PROBES")).unwrap();
+    assert_eq!(probes.len(), 2, "{probes:?}");
+    assert_eq!(probes["app/readiness"].port, 8080);
+    assert_eq!(probes["app/readiness"].path, "/ready");
+    assert_eq!(probes["app/liveness"].port, 9000);
+    assert_eq!(
+        probes["app/liveness"].headers,
+        [("x-probe".to_owned(), "1".to_owned())]
+    );
+    // A pod without HTTP probes gets no WEFT_APP_PROBES.
+    let plain = injected(&pod_json(enabled(), Value::Null));
+    assert!(proxy(&plain)
+        .env
+        .unwrap()
+        .iter()
+        .all(|e| e.name != "WEFT_APP_PROBES"));
+}
+
 mod webhook {
     use super::*;
     use kube::core::admission::AdmissionReview;
