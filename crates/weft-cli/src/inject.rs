@@ -196,18 +196,19 @@ fn inject_template(
     Ok(None)
 }
 
-/// Applies one of the injector's `add` operations to YAML (keeping the document's key
-/// order, which a JSON round trip would sort).
+/// Applies one of the injector's operations (`add`, and `replace` for the probes it
+/// points at the proxy) to YAML, keeping the document's key order, which a JSON round
+/// trip would sort.
 fn apply(doc: &mut Value, op: &PatchOperation) -> anyhow::Result<()> {
-    let PatchOperation::Add(add) = op else {
-        anyhow::bail!("the injector made a {op:?} operation; only add is expected");
+    let (path, value, replace) = match op {
+        PatchOperation::Add(add) => (&add.path, &add.value, false),
+        PatchOperation::Replace(r) => (&r.path, &r.value, true),
+        _ => {
+            anyhow::bail!("the injector made a {op:?} operation; only add and replace are expected")
+        }
     };
-    let value: Value = serde_yaml_ng::to_value(&add.value)?;
-    let tokens: Vec<String> = add
-        .path
-        .tokens()
-        .map(|t| t.decoded().into_owned())
-        .collect();
+    let value: Value = serde_yaml_ng::to_value(value)?;
+    let tokens: Vec<String> = path.tokens().map(|t| t.decoded().into_owned()).collect();
     let Some((last, parents)) = tokens.split_last() else {
         anyhow::bail!("the injector's patch replaces the whole pod");
     };
@@ -218,18 +219,22 @@ fn apply(doc: &mut Value, op: &PatchOperation) -> anyhow::Result<()> {
             Value::Sequence(s) => token.parse::<usize>().ok().and_then(|i| s.get_mut(i)),
             _ => None,
         }
-        .with_context(|| format!("no {} to add to", add.path))?;
+        .with_context(|| format!("no {path} to change"))?;
     }
     match at {
+        Value::Mapping(m) if replace && !m.contains_key(last.as_str()) => {
+            anyhow::bail!("{path}: nothing to replace")
+        }
         Value::Mapping(m) => {
             m.insert(last.as_str().into(), value);
         }
-        Value::Sequence(s) if last == "-" => s.push(value),
+        Value::Sequence(s) if last == "-" && !replace => s.push(value),
         Value::Sequence(s) => match last.parse::<usize>() {
-            Ok(i) if i <= s.len() => s.insert(i, value),
-            _ => anyhow::bail!("{}: no such position", add.path),
+            Ok(i) if replace && i < s.len() => s[i] = value,
+            Ok(i) if !replace && i <= s.len() => s.insert(i, value),
+            _ => anyhow::bail!("{path}: no such position"),
         },
-        _ => anyhow::bail!("{}: not a mapping or list", add.path),
+        _ => anyhow::bail!("{path}: not a mapping or list"),
     }
     Ok(())
 }
@@ -257,6 +262,8 @@ spec:
       containers:
       - name: app
         image: books:1
+        readinessProbe:
+          httpGet: {path: /ready, port: 8080}
 ---
 apiVersion: v1
 kind: Service
@@ -314,6 +321,12 @@ items:
             .unwrap();
         let deployment = env.iter().find(|e| e["name"] == "WEFT_DEPLOYMENT");
         assert_eq!(deployment.unwrap()["value"], "books");
+        // The HTTP probe goes to the proxy's admin port (a `replace` operation).
+        let probe = &template["spec"]["containers"][0]["readinessProbe"]["httpGet"];
+        assert_eq!(probe["port"], 4191);
+        assert_eq!(probe["path"], "/app-probe/app/readiness");
+        let probes = env.iter().find(|e| e["name"] == "WEFT_APP_PROBES").unwrap();
+        assert!(probes["value"].as_str().unwrap().contains(r#""port":8080"#));
         let cron = &docs[2]["items"][1]["spec"]["jobTemplate"]["spec"]["template"];
         let env = cron["spec"]["initContainers"][1]["env"]
             .as_sequence()
