@@ -13,6 +13,9 @@
 //! (`scripts/setup --kube`) and the workspace's binaries (`cargo build --workspace
 //! --bins`): skipped with a message without them, failing under CI.
 
+mod common;
+
+use common::eventually;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,20 +62,6 @@ fn cannot_run() -> Option<String> {
             bin_dir().display()
         )
     })
-}
-
-/// Polls `check` every 100 ms until it gives a value or `limit` passes.
-fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The real weft-injector on a loopback port (started by the node, which stops it),
@@ -474,19 +463,7 @@ items:
     // kubelet's probes come from the node too, but the injector pointed them at the
     // proxy's admin port, which makes them on loopback: the new server pods below
     // become Ready all the same.
-    let crds = weft_k8s::crd::render().unwrap();
-    api.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&crds))
-        .unwrap();
-    for c in weft_k8s::crd::all() {
-        let name = format!("crd/{}", c.metadata.name.unwrap());
-        api.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &name,
-        ])
-        .unwrap();
-    }
+    common::install_crds(&api);
     apply(
         &api,
         r#"
