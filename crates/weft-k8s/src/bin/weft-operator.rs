@@ -31,8 +31,8 @@ struct Args {
     #[arg(long, env = "WEFT_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
 
-    /// This replica's name in the Lease (default: $HOSTNAME, the pod's name, with a
-    /// random suffix).
+    /// This replica's name in the Lease (default: $HOSTNAME, the pod's name, and the
+    /// process id).
     #[arg(long, env = "WEFT_LEASE_IDENTITY")]
     lease_identity: Option<String>,
 
