@@ -68,17 +68,7 @@ fn cannot_run() -> Option<String> {
 /// with a serving certificate for 127.0.0.1 from a CA of its own, registered as the
 /// API server's webhook for pods.
 fn start_injector(api: &KubeApi, node: &KubeNode, dir: &Path, anchors: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca = CertificateParams::default();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    let ca_pem = common::webhook_certificate(dir);
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -103,7 +93,7 @@ fn start_injector(api: &KubeApi, node: &KubeNode, dir: &Path, anchors: &Path) {
             "admissionReviewVersions": ["v1"],
             "clientConfig": {
                 "url": format!("https://127.0.0.1:{port}/inject"),
-                "caBundle": k8s_openapi::ByteString(ca.pem().into_bytes()),
+                "caBundle": k8s_openapi::ByteString(ca_pem.into_bytes()),
             },
             "failurePolicy": "Fail",
             "sideEffects": "None",

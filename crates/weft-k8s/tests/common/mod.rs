@@ -51,7 +51,7 @@ pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> O
 }
 
 /// A CA and a serving certificate for 127.0.0.1, written to `dir`; the CA's PEM.
-fn webhook_certificate(dir: &Path) -> String {
+pub fn webhook_certificate(dir: &Path) -> String {
     let mut ca = CertificateParams::default();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
