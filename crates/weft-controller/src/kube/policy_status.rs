@@ -23,7 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ::kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use ::kube::Client;
@@ -38,9 +37,6 @@ use crate::policy::{Condition, ObjectKey, ObjectReport, API_VERSION};
 
 /// How often an object that keeps changing under a write is read again.
 const ATTEMPTS: usize = 5;
-
-/// How long after a failed write it is tried again.
-const RETRY: Duration = Duration::from_secs(5);
 
 /// The longest `message` the CRDs take (`metav1.Condition`'s limit).
 const MAX_MESSAGE: usize = 32 * 1024;
@@ -283,19 +279,8 @@ pub async fn run(
         } else {
             known.clear();
         }
-        let leader_changed = async {
-            match leader.as_mut() {
-                Some(l) => l.changed().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            changed = policies.changed() => if changed.is_err() { return },
-            changed = leader_changed => if changed.is_err() {
-                tracing::info!("leader election stopped: policy statuses no longer written");
-                return;
-            },
-            _ = tokio::time::sleep(RETRY), if failed => {}
+        if !super::status::next_round(&mut policies, &mut leader, failed, "policy").await {
+            return;
         }
     }
 }

@@ -262,19 +262,35 @@ pub async fn run(
         } else {
             known.clear();
         }
-        let leader_changed = async {
-            match leader.as_mut() {
-                Some(l) => l.changed().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            changed = routes.changed() => if changed.is_err() { return },
-            changed = leader_changed => if changed.is_err() {
-                tracing::info!("leader election stopped: route statuses no longer written");
-                return;
-            },
-            _ = tokio::time::sleep(RETRY), if failed => {}
+        if !next_round(&mut routes, &mut leader, failed, "route").await {
+            return;
         }
+    }
+}
+
+/// Waits for a status writer's next round: its source changed, this replica's
+/// leadership changed, or [`RETRY`] passed after a failed write. `false` when the
+/// source or the elector is gone (the writer stops).
+pub(super) async fn next_round<T>(
+    source: &mut watch::Receiver<T>,
+    leader: &mut Option<watch::Receiver<bool>>,
+    failed: bool,
+    what: &str,
+) -> bool {
+    let leader_changed = async {
+        match leader.as_mut() {
+            Some(l) => l.changed().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        changed = source.changed() => changed.is_ok(),
+        changed = leader_changed => {
+            if changed.is_err() {
+                tracing::info!("leader election stopped: {what} statuses no longer written");
+            }
+            changed.is_ok()
+        },
+        _ = tokio::time::sleep(RETRY), if failed => true,
     }
 }
