@@ -345,28 +345,7 @@ impl KubeApi {
 
     /// Runs kubectl with `args` and `input` on stdin (`apply -f -`).
     pub fn kubectl_stdin(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
-        let mut cmd = self.kubectl_command();
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        if input.is_some() {
-            cmd.stdin(Stdio::piped());
-        }
-        let mut child = cmd.spawn().context("running kubectl")?;
-        if let Some(input) = input {
-            let mut stdin = child.stdin.take().context("kubectl's stdin")?;
-            stdin
-                .write_all(input.as_bytes())
-                .context("writing kubectl's stdin")?;
-        }
-        let out = child.wait_with_output().context("waiting for kubectl")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        run_kubectl(self.kubectl_command(), args, input)
     }
 
     /// A shell process that, when this process exits without dropping the fixture,
@@ -680,4 +659,34 @@ fn dn(parts: &[(DnType, &str)]) -> DistinguishedName {
         dn.push(kind.clone(), *value);
     }
     dn
+}
+
+/// Runs `cmd` (kubectl with its kubeconfig) with `args` and `input` on stdin: its
+/// stdout, or an error with its stderr.
+pub(crate) fn run_kubectl(
+    mut cmd: Command,
+    args: &[&str],
+    input: Option<&str>,
+) -> anyhow::Result<String> {
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if input.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().context("running kubectl")?;
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().context("kubectl's stdin")?;
+        stdin
+            .write_all(input.as_bytes())
+            .context("writing kubectl's stdin")?;
+    }
+    let out = child.wait_with_output().context("waiting for kubectl")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -173,27 +173,7 @@ impl Kubectl {
     }
 
     fn run(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
-        let mut cmd = self.command();
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        if input.is_some() {
-            cmd.stdin(Stdio::piped());
-        }
-        let mut child = cmd.spawn().context("running kubectl")?;
-        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin
-                .write_all(input.as_bytes())
-                .context("writing kubectl's stdin")?;
-        }
-        let out = child.wait_with_output().context("waiting for kubectl")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::kube::run_kubectl(self.command(), args, input)
     }
 }
 
