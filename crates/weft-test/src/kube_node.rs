@@ -71,8 +71,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use k8s_openapi::api::core::v1::{Container, EnvVar, ObjectFieldSelector, Pod, Probe, Volume};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use crate::kube::KubeApi;
@@ -1417,32 +1415,14 @@ rm -rf "$1"
     /// they are forgotten afterwards.
     fn stop_procs(&self, which: impl Fn(&Proc) -> bool) {
         let mut procs = lock(&self.procs);
-        for p in procs.iter_mut().filter(|p| which(p)) {
-            if let Ok(None) = p.child.try_wait() {
-                let _ = kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + TERM_GRACE;
-        for p in procs.iter_mut().filter(|p| which(p)) {
-            loop {
-                match p.child.try_wait() {
-                    Ok(None) if Instant::now() < deadline => {
-                        thread::sleep(Duration::from_millis(20))
-                    }
-                    Ok(None) => {
-                        eprintln!(
-                            "kube node: {} (pid {}) ignored SIGTERM; killing it",
-                            p.name,
-                            p.child.id()
-                        );
-                        let _ = p.child.kill();
-                        let _ = p.child.wait();
-                        break;
-                    }
-                    _ => break,
-                }
-            }
-        }
+        crate::netns::terminate(
+            procs
+                .iter_mut()
+                .filter(|p| which(p))
+                .map(|p| (p.name.as_str(), &mut p.child)),
+            TERM_GRACE,
+            "kube node",
+        );
         for p in procs.iter().filter(|p| which(p)) {
             self.tell_reaper(&format!("unpid {}", p.child.id()));
         }

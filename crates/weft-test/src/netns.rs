@@ -484,32 +484,11 @@ impl TestNet {
     /// Stops the processes this net started: SIGTERM, then SIGKILL after a short wait.
     fn stop_procs(&self) {
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        for p in procs.iter_mut() {
-            if let Ok(None) = p.child.try_wait() {
-                let _ = kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + TERM_GRACE;
-        for p in procs.iter_mut() {
-            loop {
-                match p.child.try_wait() {
-                    Ok(None) if Instant::now() < deadline => {
-                        thread::sleep(Duration::from_millis(20))
-                    }
-                    Ok(None) => {
-                        eprintln!(
-                            "netns: {} (pid {}) ignored SIGTERM; killing it",
-                            p.name,
-                            p.child.id()
-                        );
-                        let _ = p.child.kill();
-                        let _ = p.child.wait();
-                        break;
-                    }
-                    _ => break,
-                }
-            }
-        }
+        terminate(
+            procs.iter_mut().map(|p| (p.name.as_str(), &mut p.child)),
+            TERM_GRACE,
+            "netns",
+        );
     }
 }
 
@@ -536,5 +515,38 @@ impl Drop for TestNet {
             }
         }
         let _ = std::fs::remove_dir_all(&self.log_dir);
+    }
+}
+
+/// Stops processes this test started, by their pid: SIGTERM to each still running, then,
+/// past `grace`, SIGKILL to those that ignored it (named in a line prefixed `who`).
+pub(crate) fn terminate<'a>(
+    procs: impl Iterator<Item = (&'a str, &'a mut std::process::Child)>,
+    grace: Duration,
+    who: &str,
+) {
+    let mut procs: Vec<_> = procs.collect();
+    for (_, child) in procs.iter_mut() {
+        if let Ok(None) = child.try_wait() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    for (name, child) in procs.iter_mut() {
+        loop {
+            match child.try_wait() {
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    eprintln!(
+                        "{who}: {name} (pid {}) ignored SIGTERM; killing it",
+                        child.id()
+                    );
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                _ => break,
+            }
+        }
     }
 }
