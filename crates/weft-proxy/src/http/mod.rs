@@ -139,14 +139,22 @@ where
     }
 }
 
+/// How long a kept-alive client connection may wait for its next request before it
+/// gives back hyper's read buffer (8 KiB), head write buffer and cached header map
+/// (vendor/README.md). Busier connections keep them, so a request costs no allocation;
+/// an idle one holds a few KiB less (bench/README.md, `bench/memory`).
+pub(crate) const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(1);
+
 async fn serve_h1<I>(io: TokioIo<I>, svc: PathService, mut drain: Watch) -> hyper::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // The header-read timeout (hyper's default, 30 s) on one timer per connection
-    // instead of a new one per request (see `timer`).
+    // instead of a new one per request (see `timer`); the same timer gives a kept-alive
+    // connection's buffers back once it has idled `IDLE_BUFFER_RELEASE`.
     let conn = http1::Builder::new()
         .timer(timer::ConnTimer::default())
+        .idle_buffer_release(IDLE_BUFFER_RELEASE)
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);

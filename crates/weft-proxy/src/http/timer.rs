@@ -129,6 +129,7 @@ mod tests {
     use super::ConnTimer;
 
     const TIMEOUT: Duration = Duration::from_secs(30);
+    const RELEASE: Duration = crate::http::IDLE_BUFFER_RELEASE;
     const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
 
     /// An HTTP/1 server connection with the proxy's header-read timeout, and the
@@ -141,6 +142,7 @@ mod tests {
         let conn = http1::Builder::new()
             .timer(ConnTimer::default())
             .header_read_timeout(TIMEOUT)
+            .idle_buffer_release(RELEASE)
             .serve_connection(TokioIo::new(server), svc);
         (client, tokio::spawn(conn))
     }
@@ -194,6 +196,43 @@ mod tests {
         let closed = tokio::time::timeout(Duration::from_secs(1), conn)
             .await
             .expect("the idle connection closed")
+            .unwrap();
+        assert!(closed.is_err_and(|e| e.is_timeout()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_go_on_after_the_buffers_are_given_back() {
+        let (mut client, conn) = serve();
+        client.write_all(GET).await.unwrap();
+        assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+        // Idle past the release point: the next request reads into a new buffer.
+        tokio::time::sleep(RELEASE * 3).await;
+        client.write_all(GET).await.unwrap();
+        assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+        // A head begun before the release point and finished after it: its bytes are
+        // kept (the buffer is not given back under them).
+        client.write_all(&GET[..10]).await.unwrap();
+        tokio::time::sleep(RELEASE * 2).await;
+        client.write_all(&GET[10..]).await.unwrap();
+        assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+        assert!(!conn.is_finished(), "the connection is still open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_release_point_does_not_move_the_timeout() {
+        let (mut client, conn) = serve();
+        client.write_all(GET).await.unwrap();
+        assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));
+        let idle = tokio::time::Instant::now();
+        // Half a head after the release point: still cut at the header-read deadline,
+        // counted from when the connection went idle, not before it.
+        tokio::time::sleep(RELEASE * 2).await;
+        client.write_all(&GET[..10]).await.unwrap();
+        tokio::time::sleep_until(idle + TIMEOUT - Duration::from_millis(10)).await;
+        assert!(!conn.is_finished(), "not closed before the timeout");
+        let closed = tokio::time::timeout(Duration::from_secs(1), conn)
+            .await
+            .expect("the connection closed at the timeout")
             .unwrap();
         assert!(closed.is_err_and(|e| e.is_timeout()));
     }

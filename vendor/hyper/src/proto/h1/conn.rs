@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 #[cfg(feature = "server")]
 use std::time::Duration;
+#[cfg(feature = "server")]
+use std::time::Instant;
 
 use crate::rt::{Read, Write};
 use bytes::{Buf, Bytes};
@@ -65,6 +67,10 @@ where
                 h1_header_read_timeout_fut: None,
                 #[cfg(feature = "server")]
                 h1_header_read_timeout_running: false,
+                #[cfg(feature = "server")]
+                h1_idle_release: None,
+                #[cfg(feature = "server")]
+                h1_idle_release_then: None,
                 #[cfg(feature = "server")]
                 date_header: true,
                 #[cfg(feature = "server")]
@@ -151,6 +157,12 @@ where
         self.state.h1_header_read_timeout = Some(val);
     }
 
+    /// weft: see `State::h1_idle_release`.
+    #[cfg(feature = "server")]
+    pub(crate) fn set_http1_idle_release(&mut self, val: Duration) {
+        self.state.h1_idle_release = Some(val);
+    }
+
     #[cfg(feature = "server")]
     pub(crate) fn set_allow_half_close(&mut self) {
         self.state.allow_half_close = true;
@@ -223,7 +235,17 @@ where
         #[cfg(feature = "server")]
         if !self.state.h1_header_read_timeout_running {
             if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
-                let deadline = self.state.timer.now() + h1_header_read_timeout;
+                let now = self.state.timer.now();
+                let mut deadline = now + h1_header_read_timeout;
+                // weft: a kept-alive connection holding buffers waits first until its
+                // idle release point, then (buffers given back) until the deadline.
+                self.state.h1_idle_release_then = None;
+                if let Some(idle) = self.state.h1_idle_release {
+                    if idle < h1_header_read_timeout && self.io.holds_idle_buffers() {
+                        self.state.h1_idle_release_then = Some(deadline);
+                        deadline = now + idle;
+                    }
+                }
                 self.state.h1_header_read_timeout_running = true;
                 match &mut self.state.h1_header_read_timeout_fut {
                     Some(h1_header_read_timeout_fut) => {
@@ -263,7 +285,20 @@ where
                     if let Some(h1_header_read_timeout_fut) =
                         &mut self.state.h1_header_read_timeout_fut
                     {
-                        if Pin::new(h1_header_read_timeout_fut).poll(cx).is_ready() {
+                        if Pin::new(&mut *h1_header_read_timeout_fut).poll(cx).is_ready() {
+                            // weft: the idle release point, not the deadline: give the
+                            // buffers back (unless a head has begun) and wait on.
+                            if let Some(then) = self.state.h1_idle_release_then.take() {
+                                if self.io.read_buf().is_empty() {
+                                    trace!("idle: releasing connection buffers");
+                                    self.io.release_idle_buffers();
+                                    self.state.cached_headers = None;
+                                }
+                                self.state.timer.reset(h1_header_read_timeout_fut, then);
+                                if Pin::new(h1_header_read_timeout_fut).poll(cx).is_pending() {
+                                    return Poll::Pending;
+                                }
+                            }
                             self.state.h1_header_read_timeout_running = false;
 
                             warn!("read header from client timeout");
@@ -280,6 +315,7 @@ where
         {
             self.state.h1_header_read_timeout_running = false;
             self.state.h1_header_read_timeout_fut = None;
+            self.state.h1_idle_release_then = None;
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
@@ -959,6 +995,14 @@ struct State {
     h1_header_read_timeout_fut: Option<Pin<Box<dyn Sleep>>>,
     #[cfg(feature = "server")]
     h1_header_read_timeout_running: bool,
+    /// weft: how long a kept-alive connection waits for its next head before it gives
+    /// back its read buffer, head write buffer and cached header map (`None`: kept).
+    #[cfg(feature = "server")]
+    h1_idle_release: Option<Duration>,
+    /// weft: the header-read deadline while the timer is set at the idle release point
+    /// (before it) instead.
+    #[cfg(feature = "server")]
+    h1_idle_release_then: Option<Instant>,
     #[cfg(feature = "server")]
     date_header: bool,
     #[cfg(feature = "server")]

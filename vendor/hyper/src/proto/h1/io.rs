@@ -115,6 +115,27 @@ where
         self.read_buf.as_ref()
     }
 
+    /// weft: whether there is anything for `release_idle_buffers` to give back: no
+    /// bytes waiting, and room held in the read or the head write buffer.
+    #[cfg(feature = "server")]
+    pub(crate) fn holds_idle_buffers(&self) -> bool {
+        self.read_buf.is_empty()
+            && (self.read_buf.capacity() > 0 || self.write_buf.headers.bytes.capacity() > 0)
+    }
+
+    /// weft: gives back the read buffer if it holds no bytes, and the head write buffer
+    /// if it holds none to write; the next read or head allocates again.
+    #[cfg(feature = "server")]
+    pub(crate) fn release_idle_buffers(&mut self) {
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+        }
+        let headers = &mut self.write_buf.headers;
+        if headers.pos >= headers.bytes.len() {
+            *headers = Cursor::new(Vec::new());
+        }
+    }
+
     #[cfg(test)]
     #[cfg(feature = "nightly")]
     pub(super) fn read_buf_mut(&mut self) -> &mut BytesMut {

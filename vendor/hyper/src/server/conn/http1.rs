@@ -79,6 +79,8 @@ pub struct Builder {
     h1_max_headers: Option<usize>,
     h1_max_header_size: Option<usize>,
     h1_header_read_timeout: Dur,
+    // weft: see `idle_buffer_release`.
+    h1_idle_release: Option<Duration>,
     h1_writev: Option<bool>,
     max_buf_size: Option<usize>,
     pipeline_flush: bool,
@@ -251,6 +253,7 @@ impl Builder {
             h1_max_headers: None,
             h1_max_header_size: None,
             h1_header_read_timeout: Dur::Default(Some(Duration::from_secs(30))),
+            h1_idle_release: None,
             h1_writev: None,
             max_buf_size: None,
             pipeline_flush: false,
@@ -369,6 +372,18 @@ impl Builder {
     /// Default is 30 seconds.
     pub fn header_read_timeout(&mut self, read_timeout: impl Into<Option<Duration>>) -> &mut Self {
         self.h1_header_read_timeout = Dur::Configured(read_timeout.into());
+        self
+    }
+
+    /// weft: how long a kept-alive connection may wait for its next request head
+    /// before it gives back its read buffer (8 KiB or more), its head write buffer and
+    /// its cached header map; the next request allocates them again.
+    ///
+    /// Runs on the header read timeout's timer, so it takes effect only with a
+    /// [`Timer`] and a `header_read_timeout` longer than it. `None` (the default)
+    /// keeps them for the connection's life, as upstream hyper does.
+    pub fn idle_buffer_release(&mut self, after: impl Into<Option<Duration>>) -> &mut Self {
+        self.h1_idle_release = after.into();
         self
     }
 
@@ -501,6 +516,10 @@ impl Builder {
             .check(self.h1_header_read_timeout, "header_read_timeout")
         {
             conn.set_http1_header_read_timeout(dur);
+            // weft: see `idle_buffer_release`.
+            if let Some(after) = self.h1_idle_release {
+                conn.set_http1_idle_release(after);
+            }
         }
         if let Some(writev) = self.h1_writev {
             if writev {
