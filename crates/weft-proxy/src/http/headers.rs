@@ -20,7 +20,10 @@ pub fn authority_of<B>(req: &Request<B>) -> Result<String, String> {
 pub(super) fn request_authority<B>(req: &Request<B>) -> Result<String, ProxyError> {
     // RFC 9112 §3.2: a request with more than one Host field is refused (which one a
     // server reads is up to it: the proxy and the application could disagree).
-    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+    // One lookup for both: the first Host value, and whether there is a second.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
         return Err(ProxyError::new(
             StatusCode::BAD_REQUEST,
             "malformed request",
@@ -30,7 +33,7 @@ pub(super) fn request_authority<B>(req: &Request<B>) -> Result<String, ProxyErro
     if let Some(a) = req.uri().authority() {
         return Ok(a.as_str().to_ascii_lowercase());
     }
-    match req.headers().get(header::HOST) {
+    match host {
         Some(host) => match host.to_str() {
             Ok(h) if !h.is_empty() && h.parse::<http::uri::Authority>().is_ok() => {
                 Ok(h.to_ascii_lowercase())
@@ -118,16 +121,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if connection {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|name| !is_hop_by_hop(name))
-            .collect();
-        for name in named {
-            headers.remove(name);
+        // `Connection`'s values are taken out first, then the other names they list
+        // are removed by `&str` (no `HeaderName` made for each; an invalid one finds
+        // nothing). Its usual tokens (`close`, `keep-alive`) name no header to remove
+        // here: hop-by-hop names go below.
+        let values: Vec<HeaderValue> = match headers.entry(header::CONNECTION) {
+            header::Entry::Occupied(entry) => entry.remove_entry_mult().1.collect(),
+            header::Entry::Vacant(_) => Vec::new(),
+        };
+        found -= 1;
+        for value in &values {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                if !token.is_empty()
+                    && !token.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h))
+                {
+                    headers.remove(token);
+                }
+            }
+        }
+        if found == 0 {
+            return;
         }
     }
     let present: Vec<HeaderName> = headers
@@ -140,20 +155,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The headers that apply to one connection only, whatever `Connection` names.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// Whether a header applies to one connection only, whatever `Connection` names.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 pub(super) async fn tunnel(server: hyper::upgrade::OnUpgrade, client: hyper::upgrade::OnUpgrade) {
@@ -218,6 +235,22 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut map);
         assert_eq!(names(&map), ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn connection_tokens_are_matched_whatever_their_case_and_odd_ones_are_ignored() {
+        let mut map = head(&[
+            ("connection", "Keep-Alive, X-Session, close, , bad name, TE"),
+            ("Keep-Alive", "timeout=5"),
+            ("x-session", "1"),
+            ("te", "trailers"),
+            ("close", "not a hop-by-hop header"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut map);
+        let mut left = names(&map);
+        left.sort_unstable();
+        assert_eq!(left, ["close", "x-kept"]);
     }
 
     #[test]
