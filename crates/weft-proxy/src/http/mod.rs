@@ -140,9 +140,9 @@ where
 }
 
 /// How long a kept-alive client connection may wait for its next request before it
-/// gives back hyper's read buffer (8 KiB), head write buffer and cached header map
-/// (vendor/README.md). Busier connections keep them, so a request costs no allocation;
-/// an idle one holds a few KiB less (bench/README.md, `bench/memory`).
+/// gives back hyper's read buffer (1 KiB or more), head write buffer and cached header
+/// map (vendor/README.md). Busier connections keep them, so a request costs no
+/// allocation; an idle one holds a few KiB less (bench/README.md, `bench/memory`).
 pub(crate) const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(1);
 
 async fn serve_h1<I>(io: TokioIo<I>, svc: PathService, mut drain: Watch) -> hyper::Result<()>

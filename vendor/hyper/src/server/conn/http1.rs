@@ -376,7 +376,7 @@ impl Builder {
     }
 
     /// weft: how long a kept-alive connection may wait for its next request head
-    /// before it gives back its read buffer (8 KiB or more), its head write buffer and
+    /// before it gives back its read buffer (1 KiB or more), its head write buffer and
     /// its cached header map; the next request allocates them again.
     ///
     /// Runs on the header read timeout's timer, so it takes effect only with a
