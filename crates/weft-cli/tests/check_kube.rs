@@ -66,14 +66,10 @@ fn check_kube_fails_on_an_empty_cluster_and_passes_the_crds_once_applied() {
     api.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&rendered))
         .unwrap();
     for c in &crds {
-        let name = format!("crd/{}", c.metadata.name.as_deref().unwrap());
-        api.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &name,
-        ])
-        .unwrap_or_else(|e| panic!("{name} is not Established: {e:#}"));
+        api.wait_established(
+            c.metadata.name.as_deref().unwrap(),
+            std::time::Duration::from_secs(60),
+        );
     }
     let out = check(api);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -144,8 +144,12 @@ fn kubectl(api: &KubeApi, args: &[&str]) -> String {
 }
 
 fn apply(api: &KubeApi, yaml: &str) {
-    tokio::task::block_in_place(|| api.kubectl_stdin(&["apply", "-f", "-"], Some(yaml)))
-        .unwrap_or_else(|e| panic!("kubectl apply: {e:#}\n{yaml}"));
+    tokio::task::block_in_place(|| api.apply(yaml));
+}
+
+/// Waits until CRD `name` is served, within kubectl wait's default 30 s.
+fn established(api: &KubeApi, name: &str) {
+    tokio::task::block_in_place(|| api.wait_established(name, Duration::from_secs(30)));
 }
 
 /// The Server's kind and name labels and its authorizations' names.
@@ -196,14 +200,7 @@ async fn policy_objects_from_the_api_reach_the_workloads_inbound_policy() {
     ] {
         let file = crds.join(format!("{kind}.policy.weft.io.yaml"));
         kubectl(&api, &["apply", "-f", file.to_str().unwrap()]);
-        kubectl(
-            &api,
-            &[
-                "wait",
-                "--for=condition=Established",
-                &format!("crd/{kind}.policy.weft.io"),
-            ],
-        );
+        established(&api, &format!("{kind}.policy.weft.io"));
     }
     apply(
         &api,

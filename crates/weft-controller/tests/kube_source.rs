@@ -202,8 +202,12 @@ fn kubectl(api: &KubeApi, args: &[&str]) -> String {
 }
 
 fn apply(api: &KubeApi, yaml: &str) {
-    tokio::task::block_in_place(|| api.kubectl_stdin(&["apply", "-f", "-"], Some(yaml)))
-        .unwrap_or_else(|e| panic!("kubectl apply: {e:#}\n{yaml}"));
+    tokio::task::block_in_place(|| api.apply(yaml));
+}
+
+/// Waits until CRD `name` is served, within kubectl wait's default 30 s.
+fn established(api: &KubeApi, name: &str) {
+    tokio::task::block_in_place(|| api.wait_established(name, Duration::from_secs(30)));
 }
 
 /// Pod `name` of Service web (app: web), injected, service account web, on node-1.
@@ -338,14 +342,7 @@ items:
     // The Gateway API's HTTPRoute, as its CRD serves it (the schema left open: the
     // controller checks routes itself); no GRPCRoute nor ReferenceGrant CRD.
     apply(&api, HTTPROUTE_CRD);
-    tokio::task::block_in_place(|| {
-        api.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/httproutes.gateway.networking.k8s.io",
-        ])
-    })
-    .unwrap();
+    established(&api, "httproutes.gateway.networking.k8s.io");
 
     let mesh = Mesh::start(&api.kubeconfig(), "ready").await;
     assert!(

@@ -90,8 +90,12 @@ fn kubectl(api: &KubeApi, args: &[&str]) -> String {
 }
 
 fn apply(api: &KubeApi, yaml: &str) {
-    tokio::task::block_in_place(|| api.kubectl_stdin(&["apply", "-f", "-"], Some(yaml)))
-        .unwrap_or_else(|e| panic!("kubectl apply: {e:#}\n{yaml}"));
+    tokio::task::block_in_place(|| api.apply(yaml));
+}
+
+/// Waits until CRD `name` is served, within kubectl wait's default 30 s.
+fn established(api: &KubeApi, name: &str) {
+    tokio::task::block_in_place(|| api.wait_established(name, Duration::from_secs(30)));
 }
 
 /// Route `kind` (`httproute`, `grpcroute`) `name` of namespace shop, as the API server
@@ -204,14 +208,7 @@ items:
 "#,
     );
     apply(&api, HTTPROUTE_CRD);
-    kubectl(
-        &api,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/httproutes.gateway.networking.k8s.io",
-        ],
-    );
+    established(&api, "httproutes.gateway.networking.k8s.io");
     apply(
         &api,
         r#"
@@ -434,14 +431,7 @@ fn policy_crds(api: &KubeApi) {
     ] {
         let file = crds.join(format!("{kind}.policy.weft.io.yaml"));
         kubectl(api, &["apply", "-f", file.to_str().unwrap()]);
-        kubectl(
-            api,
-            &[
-                "wait",
-                "--for=condition=Established",
-                &format!("crd/{kind}.policy.weft.io"),
-            ],
-        );
+        established(api, &format!("{kind}.policy.weft.io"));
     }
 }
 
@@ -831,14 +821,7 @@ items:
 "#,
     );
     apply(&api, HTTPROUTE_CRD);
-    kubectl(
-        &api,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/httproutes.gateway.networking.k8s.io",
-        ],
-    );
+    established(&api, "httproutes.gateway.networking.k8s.io");
     apply(
         &api,
         r#"
@@ -901,14 +884,7 @@ items:
             .replace("httproute", "grpcroute")
             .replace("HTTPRoute", "GRPCRoute"),
     );
-    kubectl(
-        &api,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/grpcroutes.gateway.networking.k8s.io",
-        ],
-    );
+    established(&api, "grpcroutes.gateway.networking.k8s.io");
     apply(
         &api,
         r#"

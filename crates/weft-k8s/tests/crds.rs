@@ -225,16 +225,7 @@ fn weft_install_applies_its_webhook_ignores_a_missing_injector_and_uninstall_del
         .kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&manifests))
         .unwrap();
     assert!(out.contains("mutatingwebhookconfiguration.admissionregistration.k8s.io/weft-injector serverside-applied"), "{out}");
-    for c in crd::all() {
-        let name = format!("crd/{}", c.metadata.name.unwrap());
-        api.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &name,
-        ])
-        .unwrap();
-    }
+    common::wait_crds_established(api);
     let ha = InstallOptions {
         controller_replicas: install::HA_REPLICAS,
         ..Default::default()

@@ -102,12 +102,7 @@ fn start_injector(api: &KubeApi, node: &KubeNode, dir: &Path, anchors: &Path) {
                 "resources": ["pods"], "scope": "Namespaced" }],
         }],
     });
-    apply(api, &webhook.to_string());
-}
-
-fn apply(api: &KubeApi, object: &str) {
-    api.kubectl_stdin(&["apply", "-f", "-"], Some(object))
-        .unwrap_or_else(|e| panic!("kubectl apply: {e:#}\n{object}"));
+    api.apply(&webhook.to_string());
 }
 
 fn get_json(api: &KubeApi, args: &[&str]) -> Value {
@@ -230,8 +225,7 @@ fn a_request_between_two_injected_deployments_crosses_both_proxies_over_mtls() {
     );
 
     // The injector, called by the API server for the pods of the annotated namespace.
-    apply(
-        &api,
+    api.apply(
         r#"
 apiVersion: v1
 kind: List
@@ -273,15 +267,12 @@ items:
 
     // The server, then the client calling the server's ClusterIP for every request.
     let started = Instant::now();
-    apply(
-        &api,
-        &deployment(
-            "server",
-            1,
-            &[],
-            json!({ "httpGet": { "path": "/", "port": "http" }, "periodSeconds": 1 }),
-        ),
-    );
+    api.apply(&deployment(
+        "server",
+        1,
+        &[],
+        json!({ "httpGet": { "path": "/", "port": "http" }, "periodSeconds": 1 }),
+    ));
     let vip = api
         .kubectl(&[
             "-n",
@@ -294,15 +285,12 @@ items:
         ])
         .unwrap();
     let upstream = format!("http://{vip}:80/");
-    apply(
-        &api,
-        &deployment(
-            "client",
-            1,
-            &["--upstream", &upstream],
-            json!({ "tcpSocket": { "port": 8080 }, "periodSeconds": 1 }),
-        ),
-    );
+    api.apply(&deployment(
+        "client",
+        1,
+        &["--upstream", &upstream],
+        json!({ "tcpSocket": { "port": 8080 }, "periodSeconds": 1 }),
+    ));
     let running = eventually(LIMIT, || {
         let (client, server) = (ready_pods(&node, "client"), ready_pods(&node, "server"));
         (client.len() == 1 && server.len() == 1).then(|| (client[0].clone(), server[0].clone()))
@@ -454,8 +442,7 @@ items:
     // proxy's admin port, which makes them on loopback: the new server pods below
     // become Ready all the same.
     common::install_crds(&api);
-    apply(
-        &api,
+    api.apply(
         r#"
 apiVersion: v1
 kind: List
@@ -654,7 +641,7 @@ items:
         .unwrap();
     *account = json!({ "name": "WEFT_SERVICE_ACCOUNT", "value": "server" });
     let created = Instant::now();
-    apply(&api, &impostor.to_string());
+    api.apply(&impostor.to_string());
     let refused = eventually(LIMIT, || {
         let (scrape, _) = metrics(&node, CONTROLLER_ADMIN);
         (scrape.sum(

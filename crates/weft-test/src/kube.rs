@@ -348,6 +348,22 @@ impl KubeApi {
         run_kubectl(self.kubectl_command(), args, input)
     }
 
+    /// Applies `yaml` (`kubectl apply -f -`); panics with kubectl's error and the YAML.
+    pub fn apply(&self, yaml: &str) {
+        self.kubectl_stdin(&["apply", "-f", "-"], Some(yaml))
+            .unwrap_or_else(|e| panic!("kubectl apply: {e:#}\n{yaml}"));
+    }
+
+    /// Waits until the API server serves the CustomResourceDefinition `name`
+    /// (`kubectl wait --for=condition=Established crd/NAME`), for at most `timeout`;
+    /// panics when it does not.
+    pub fn wait_established(&self, name: &str, timeout: Duration) {
+        let crd = format!("crd/{name}");
+        let timeout = format!("--timeout={}s", timeout.as_secs());
+        self.kubectl(&["wait", "--for=condition=Established", &timeout, &crd])
+            .unwrap_or_else(|e| panic!("{crd} is not Established: {e:#}"));
+    }
+
     /// A shell process that, when this process exits without dropping the fixture,
     /// sees its stdin close and then stops the pids it was told and removes the dir.
     fn start_reaper(&mut self) -> anyhow::Result<()> {

@@ -24,15 +24,13 @@ pub fn install_crds(api: &KubeApi) {
     let crds = weft_k8s::crd::render().unwrap();
     api.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&crds))
         .unwrap();
+    wait_crds_established(api);
+}
+
+/// Waits (60 s at most each) until the API server serves every weft CRD.
+pub fn wait_crds_established(api: &KubeApi) {
     for c in weft_k8s::crd::all() {
-        let name = format!("crd/{}", c.metadata.name.unwrap());
-        api.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &name,
-        ])
-        .unwrap_or_else(|e| panic!("{name} is not Established: {e:#}"));
+        api.wait_established(&c.metadata.name.unwrap(), Duration::from_secs(60));
     }
 }
 
