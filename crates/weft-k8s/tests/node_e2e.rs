@@ -105,6 +105,16 @@ fn start_injector(api: &KubeApi, node: &KubeNode, dir: &Path, anchors: &Path) {
     api.apply(&webhook.to_string());
 }
 
+/// The body of the node's `GET /` of `addr` once it answers `status` (within `LIMIT`);
+/// panics with `what`, the last answer and the node's logs if it never does.
+fn answered(node: &KubeNode, addr: SocketAddr, status: u16, what: &str) -> String {
+    let body = eventually(LIMIT, || {
+        let (got, body) = node.get(addr, "/").ok()?;
+        (got == status).then_some(body)
+    });
+    body.unwrap_or_else(|| panic!("{what}: {:?}\n{}", node.get(addr, "/"), node.logs()))
+}
+
 fn get_json(api: &KubeApi, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
@@ -354,17 +364,7 @@ items:
     // calls the server's ClusterIP: out through the client's proxy, in through the
     // server's.
     let client_app = SocketAddr::from((client_ip, 8080));
-    let answer = eventually(LIMIT, || {
-        let (status, body) = node.get(client_app, "/").ok()?;
-        (status == 200).then_some(body)
-    });
-    let Some(answer) = answer else {
-        panic!(
-            "the client never answered 200: {:?}\n{}",
-            node.get(client_app, "/"),
-            node.logs()
-        );
-    };
+    let answer = answered(&node, client_app, 200, "the client never answered 200");
     eprintln!("answer: {}", answer.trim());
     assert!(
         answer.starts_with(&format!("client / (pod {client_pod}, zone )")),
@@ -464,17 +464,12 @@ items:
 "#,
     );
     let server_app = SocketAddr::from((server_ip, 8080));
-    let refused = eventually(LIMIT, || {
-        let (status, body) = node.get(server_app, "/").ok()?;
-        (status == 403).then_some(body)
-    });
-    let Some(refused) = refused else {
-        panic!(
-            "the server's proxy never refused an unauthenticated caller: {:?}\n{}",
-            node.get(server_app, "/"),
-            node.logs()
-        );
-    };
+    let refused = answered(
+        &node,
+        server_app,
+        403,
+        "the server's proxy never refused an unauthenticated caller",
+    );
     eprintln!(
         "the node, unauthenticated, to the server: 403 {}",
         refused.trim()
