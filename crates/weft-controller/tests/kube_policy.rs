@@ -5,6 +5,8 @@
 //! InboundServerPolicies stream of the pod they select, and deleting the
 //! AuthorizationPolicy takes its authorization away.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,8 @@ use tonic::Streaming;
 use weft_controller::kube::KubeSourceConfig;
 use weft_controller::{identity, Config, Controller, DestinationConfig};
 use weft_test::kube::KubeApi;
+
+use common::{apply, kubectl, policy_crds};
 
 const CONTROLLER: &str = "weft-controller.weft-system.serviceaccount.identity.weft.cluster.local";
 const WEB_ID: &str = "web.shop.serviceaccount.identity.weft.cluster.local";
@@ -138,20 +142,6 @@ impl Mesh {
     }
 }
 
-fn kubectl(api: &KubeApi, args: &[&str]) -> String {
-    tokio::task::block_in_place(|| api.kubectl(args))
-        .unwrap_or_else(|e| panic!("kubectl {}: {e:#}", args.join(" ")))
-}
-
-fn apply(api: &KubeApi, yaml: &str) {
-    tokio::task::block_in_place(|| api.apply(yaml));
-}
-
-/// Waits until CRD `name` is served, within kubectl wait's default 30 s.
-fn established(api: &KubeApi, name: &str) {
-    tokio::task::block_in_place(|| api.wait_established(name, Duration::from_secs(30)));
-}
-
 /// The Server's kind and name labels and its authorizations' names.
 fn summary(s: &Server) -> (String, String, Vec<String>) {
     let mut authz: Vec<String> = s
@@ -191,17 +181,7 @@ async fn policy_objects_from_the_api_reach_the_workloads_inbound_policy() {
     let Some(api) = tokio::task::block_in_place(KubeApi::start) else {
         return;
     };
-    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/weft/crds");
-    for kind in [
-        "servers",
-        "authorizationpolicies",
-        "meshtlsauthentications",
-        "networkauthentications",
-    ] {
-        let file = crds.join(format!("{kind}.policy.weft.io.yaml"));
-        kubectl(&api, &["apply", "-f", file.to_str().unwrap()]);
-        established(&api, &format!("{kind}.policy.weft.io"));
-    }
+    policy_crds(&api);
     apply(
         &api,
         r#"

@@ -5,6 +5,8 @@
 //! EndpointSlices, and a Destination.Get stream (a client with a workload certificate,
 //! as a proxy) sees them with their zone and identity.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ use tonic::Streaming;
 use weft_controller::kube::KubeSourceConfig;
 use weft_controller::{identity, Config, Controller, DestinationConfig};
 use weft_test::kube::KubeApi;
+
+use common::{apply, established, kubectl};
 
 const CONTROLLER: &str = "weft-controller.weft-system.serviceaccount.identity.weft.cluster.local";
 const CLIENT_ID: &str = "client.default.serviceaccount.identity.weft.cluster.local";
@@ -193,21 +197,6 @@ impl Mesh {
             .unwrap_or_else(|s| panic!("Get {path}: {s}"))
             .into_inner()
     }
-}
-
-/// kubectl on the runtime's blocking side (the streams keep being read meanwhile).
-fn kubectl(api: &KubeApi, args: &[&str]) -> String {
-    tokio::task::block_in_place(|| api.kubectl(args))
-        .unwrap_or_else(|e| panic!("kubectl {}: {e:#}", args.join(" ")))
-}
-
-fn apply(api: &KubeApi, yaml: &str) {
-    tokio::task::block_in_place(|| api.apply(yaml));
-}
-
-/// Waits until CRD `name` is served, within kubectl wait's default 30 s.
-fn established(api: &KubeApi, name: &str) {
-    tokio::task::block_in_place(|| api.wait_established(name, Duration::from_secs(30)));
 }
 
 /// Pod `name` of Service web (app: web), injected, service account web, on node-1.

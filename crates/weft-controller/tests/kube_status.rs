@@ -7,6 +7,8 @@
 //! their `lastTransitionTime` while their status stays, leave other writers'
 //! conditions alone and are written by the leader only.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +17,8 @@ use tokio::sync::watch;
 use weft_controller::kube::{KubeSourceConfig, StatusLabels};
 use weft_controller::{identity, Config, Controller, DestinationConfig};
 use weft_test::kube::KubeApi;
+
+use common::{apply, established, kubectl, policy_crds};
 
 /// How long a status may take to be written after the route is stored.
 const PROMPT: Duration = Duration::from_secs(10);
@@ -83,20 +87,6 @@ impl Mesh {
 /// A `lastTransitionTime` long before the test: kept by a writer whose condition has
 /// the same status, replaced by one that rewrites it.
 const LONG_AGO: &str = "2026-01-01T00:00:00Z";
-
-fn kubectl(api: &KubeApi, args: &[&str]) -> String {
-    tokio::task::block_in_place(|| api.kubectl(args))
-        .unwrap_or_else(|e| panic!("kubectl {}: {e:#}", args.join(" ")))
-}
-
-fn apply(api: &KubeApi, yaml: &str) {
-    tokio::task::block_in_place(|| api.apply(yaml));
-}
-
-/// Waits until CRD `name` is served, within kubectl wait's default 30 s.
-fn established(api: &KubeApi, name: &str) {
-    tokio::task::block_in_place(|| api.wait_established(name, Duration::from_secs(30)));
-}
 
 /// Route `kind` (`httproute`, `grpcroute`) `name` of namespace shop, as the API server
 /// has it.
@@ -417,21 +407,6 @@ spec:
     let (entry, _) = written(&api, "good").await;
     for c in entry["conditions"].as_array().unwrap() {
         assert_eq!(c["lastTransitionTime"], LONG_AGO, "{entry:#}");
-    }
-}
-
-/// The policy CRDs of the chart, applied and established.
-fn policy_crds(api: &KubeApi) {
-    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/weft/crds");
-    for kind in [
-        "servers",
-        "authorizationpolicies",
-        "meshtlsauthentications",
-        "networkauthentications",
-    ] {
-        let file = crds.join(format!("{kind}.policy.weft.io.yaml"));
-        kubectl(api, &["apply", "-f", file.to_str().unwrap()]);
-        established(api, &format!("{kind}.policy.weft.io"));
     }
 }
 
