@@ -4,7 +4,9 @@
 //! forwarding. Where a connection goes from there is [`crate::inbound`]'s or
 //! [`crate::outbound`]'s business.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,29 +72,14 @@ pub(crate) async fn accept(
         };
         match accepted {
             Ok((socket, client)) => {
-                let (kind, shared, watch) = (kind.clone(), shared.clone(), watch.clone());
-                tokio::spawn(async move {
-                    let _ = socket.set_nodelay(true);
-                    match kind {
-                        ListenerKind::Inbound => {
-                            crate::inbound::connection(socket, client, shared, watch).await
-                        }
-                        ListenerKind::Outbound => {
-                            crate::outbound::connection(socket, client, None, shared, watch).await
-                        }
-                        ListenerKind::Service(service) => {
-                            crate::outbound::connection(
-                                socket,
-                                client,
-                                Some(service),
-                                shared,
-                                watch,
-                            )
-                            .await
-                        }
-                    }
-                    drop(permit);
-                });
+                tokio::spawn(connection(
+                    socket,
+                    client,
+                    kind.clone(),
+                    shared.clone(),
+                    watch.clone(),
+                    permit,
+                ));
             }
             Err(error) => {
                 // Usually out of file descriptors: back off instead of spinning.
@@ -100,6 +87,58 @@ pub(crate) async fn accept(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// What serves a connection for its life once its prelude (destination, protocol
+/// detection, mTLS handshake, authorization) is done: HTTP request by request
+/// ([`http::serve`]) or opaque TCP.
+///
+/// Boxed, and returned rather than awaited by the prelude: an async fn keeps its
+/// arguments' slots and every layer's state for its whole life, so a connection's
+/// task that awaited the serving future through those layers (connection → mTLS →
+/// forward → dispatch → serve) held 2.9 KB per idle HTTP connection, most of it dead.
+/// The task now holds a pointer to this, sized to hyper's connection state and the
+/// drain watch (docs/reliability.md, "Memory per connection").
+pub(crate) type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A connection's first stage: what serves it, or `None` when it was closed (refused,
+/// failed detection or handshake, not authorized).
+type Prelude = Pin<Box<dyn Future<Output = Option<Serving>> + Send>>;
+
+/// One accepted connection's task, in two stages, each boxed (see [`Serving`]): the
+/// task holds the prelude while it runs, then only what serves the connection, and
+/// the connection limit's slot until it is closed.
+pub(crate) fn connection(
+    socket: TcpStream,
+    client: SocketAddr,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+    watch: Watch,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send {
+    let _ = socket.set_nodelay(true);
+    // Made before the task's future, which then captures only the box and the slot.
+    let prelude: Prelude = match kind {
+        ListenerKind::Inbound => {
+            Box::pin(crate::inbound::connection(socket, client, shared, watch))
+        }
+        ListenerKind::Outbound => Box::pin(crate::outbound::connection(
+            socket, client, None, shared, watch,
+        )),
+        ListenerKind::Service(service) => Box::pin(crate::outbound::connection(
+            socket,
+            client,
+            Some(service),
+            shared,
+            watch,
+        )),
+    };
+    async move {
+        if let Some(serving) = prelude.await {
+            serving.await;
+        }
+        drop(permit);
     }
 }
 
@@ -186,23 +225,22 @@ impl Accepted {
     }
 }
 
-/// Forwards a connection whose protocol is known: opaque TCP to one endpoint, or HTTP
-/// served request by request down the connection's path.
-pub(crate) async fn dispatch<I>(
+/// What forwards a connection whose protocol is known: opaque TCP to one endpoint, or
+/// HTTP served request by request down the connection's path.
+pub(crate) fn dispatch<I>(
     io: I,
     protocol: Protocol,
     prefix: bytes::Bytes,
     peer: Accepted,
     shared: Arc<Shared>,
     watch: Watch,
-) where
+) -> Serving
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tracing::debug!(client = %peer.client, direction = peer.direction.as_str(), ?protocol, destination = ?peer.destination, "connection accepted");
     match protocol {
-        // Boxed: a connection's task holds its future for the connection's life, and
-        // HTTP connections (most of them) need not carry the TCP path's size.
-        Protocol::Opaque => Box::pin(forward_opaque(io, prefix, peer, shared)).await,
+        Protocol::Opaque => Box::pin(forward_opaque(io, prefix, peer, shared, watch)),
         Protocol::Http1 | Protocol::Http2 => {
             let ctx = Arc::new(ConnContext {
                 direction: peer.direction,
@@ -214,19 +252,26 @@ pub(crate) async fn dispatch<I>(
                     .map(|id| id.dns_name())
                     .unwrap_or_default()
                     .into()),
-                shared: shared.clone(),
+                shared,
                 route_cache: Default::default(),
                 authz_cache: Default::default(),
                 pool_cache: Default::default(),
             });
-            http::serve(PrefixedIo::new(prefix, io), protocol, ctx, watch).await;
+            http::serve(PrefixedIo::new(prefix, io), protocol, ctx, watch)
         }
     }
 }
 
-/// Forwards an opaque connection as TCP to its destination's endpoint.
-async fn forward_opaque<I>(io: I, prefix: bytes::Bytes, peer: Accepted, shared: Arc<Shared>)
-where
+/// Forwards an opaque connection as TCP to its destination's endpoint, until either
+/// side closes it. The drain watch is only held: drain waits for the connection (up to
+/// `--drain-grace`) but does not cut it.
+async fn forward_opaque<I>(
+    io: I,
+    prefix: bytes::Bytes,
+    peer: Accepted,
+    shared: Arc<Shared>,
+    _watch: Watch,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let resolved = match shared.resolve_or_wait(&peer.destination, "").await {

@@ -14,14 +14,40 @@ pub struct Drain {
 }
 
 /// Held by each listener and connection for as long as it runs.
-#[derive(Clone, Debug)]
 pub struct Watch {
+    /// Only looked at: has anything been sent since it subscribed? (Only `true` ever
+    /// is.)
     rx: watch::Receiver<bool>,
+    /// tokio's wait on a clone of the receiver once polled, and the waker it holds;
+    /// kept across polls (and [`Watch::signaled`] futures) so that the wait is made
+    /// once per watch.
+    wait: Option<(Wait, Waker)>,
+}
+
+/// tokio's wait for the signal, on a receiver of its own.
+type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Clone for Watch {
+    fn clone(&self) -> Self {
+        Watch {
+            rx: self.rx.clone(),
+            wait: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("signaled", &self.is_signaled())
+            .field("waiting", &self.wait.is_some())
+            .finish()
+    }
 }
 
 pub fn channel() -> (Drain, Watch) {
     let (tx, rx) = watch::channel(false);
-    (Drain { tx }, Watch { rx })
+    (Drain { tx }, Watch { rx, wait: None })
 }
 
 impl Drain {
@@ -43,22 +69,52 @@ impl Drain {
     pub fn watch(&self) -> Watch {
         Watch {
             rx: self.tx.subscribe(),
+            wait: None,
         }
     }
 }
 
 impl Watch {
     /// Resolves when drain is signalled (or the proxy's `Drain` is gone).
-    ///
-    /// Made to be polled often: a connection's `select!` polls it each time the
-    /// connection is polled, several times per request. The first poll registers this
-    /// task's waker with the channel; later ones only compare the channel's version and
-    /// the waker (tokio's own future would take the channel's waiter lock at every poll:
-    /// about 400 instructions per request, bench/instructions).
     pub fn signaled(&mut self) -> Signaled<'_> {
-        Signaled {
-            probe: &self.rx,
-            wait: None,
+        Signaled(self)
+    }
+
+    /// Ready once drain is signalled (or the proxy's `Drain` is gone); otherwise this
+    /// task is woken when it is.
+    ///
+    /// Made to be polled often: a connection polls it each time the connection is
+    /// polled, several times per request. The first poll registers this task's waker
+    /// with the channel; later ones only compare the channel's version and the waker
+    /// (tokio's own future would take the channel's waiter lock at every poll: about
+    /// 400 instructions per request, bench/instructions).
+    pub fn poll_signaled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some((_, waker)) = &self.wait {
+            // Nothing sent, and the wait registered wakes this task: it wakes the task
+            // when something is.
+            if waker.will_wake(cx.waker()) && !self.rx.has_changed().unwrap_or(true) {
+                return Poll::Pending;
+            }
+        }
+        let rx = &self.rx;
+        let (wait, waker) = self.wait.get_or_insert_with(|| {
+            let mut rx = rx.clone();
+            let wait = async move {
+                let _ = rx.wait_for(|draining| *draining).await;
+            };
+            (Box::pin(wait), Waker::noop().clone())
+        });
+        match wait.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                // A finished wait is never polled again: a later poll makes a new one,
+                // which is ready at once.
+                self.wait = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => {
+                waker.clone_from(cx.waker());
+                Poll::Pending
+            }
         }
     }
 
@@ -68,44 +124,13 @@ impl Watch {
 }
 
 /// The future of [`Watch::signaled`].
-pub struct Signaled<'a> {
-    /// The watch's own receiver, only looked at: has anything been sent since it
-    /// subscribed? (Only `true` ever is.)
-    probe: &'a watch::Receiver<bool>,
-    /// tokio's wait on a clone of the receiver, once polled, and the waker it holds.
-    wait: Option<(Wait, Waker)>,
-}
-
-/// tokio's wait for the signal, on a receiver of its own.
-type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub struct Signaled<'a>(&'a mut Watch);
 
 impl Future for Signaled<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        if let Some((_, waker)) = &this.wait {
-            // Nothing sent, and the wait registered wakes this task: it wakes the task
-            // when something is.
-            if waker.will_wake(cx.waker()) && !this.probe.has_changed().unwrap_or(true) {
-                return Poll::Pending;
-            }
-        }
-        let probe = this.probe;
-        let (wait, waker) = this.wait.get_or_insert_with(|| {
-            let mut rx = probe.clone();
-            let wait = async move {
-                let _ = rx.wait_for(|draining| *draining).await;
-            };
-            (Box::pin(wait), Waker::noop().clone())
-        });
-        match wait.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(()),
-            Poll::Pending => {
-                waker.clone_from(cx.waker());
-                Poll::Pending
-            }
-        }
+        self.0.poll_signaled(cx)
     }
 }
 
@@ -165,6 +190,20 @@ mod tests {
             pin!(late.signaled()).poll(&mut Context::from_waker(waker)),
             Poll::Ready(())
         );
+    }
+
+    #[test]
+    fn a_watch_polled_again_after_the_signal_stays_ready() {
+        let (drain, mut watch) = channel();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(watch.poll_signaled(&mut cx).is_pending());
+        drain.signal();
+        // The finished wait is not polled again (that would panic): each later poll,
+        // and each later `signaled()`, is ready at once.
+        for _ in 0..2 {
+            assert!(watch.poll_signaled(&mut cx).is_ready());
+            assert!(pin!(watch.signaled()).poll(&mut cx).is_ready());
+        }
     }
 
     #[derive(Default)]

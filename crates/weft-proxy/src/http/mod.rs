@@ -118,37 +118,34 @@ impl hyper::service::Service<Request<Incoming>> for PathService {
 /// requests are done. Each request goes down the connection's path: outbound or
 /// inbound.
 ///
-/// Memory per connection (docs/reliability.md, "Memory per connection"): hyper keeps
-/// room for its service's future in a box for the connection's whole life, so each
+/// Memory per connection (docs/reliability.md, "Memory per connection"): the future is
+/// boxed at the size of hyper's connection and the drain watch, and is all that a
+/// connection's task holds once it is served (see [`crate::accept`]). hyper keeps room
+/// for its service's future in a box for the connection's whole life, so each
 /// request's future is boxed on its own, at its path's size, and an idle kept-alive
-/// connection holds none; HTTP/2's connection state (rarer: between proxies, and
-/// multiplexed) is boxed so that HTTP/1 connections do not carry its size.
-pub async fn serve<I>(io: I, protocol: Protocol, ctx: Arc<ConnContext>, drain: Watch)
+/// connection holds none. HTTP/2's connection state (rarer: between proxies, and
+/// multiplexed) is in its own box of its own size.
+pub(crate) fn serve<I>(
+    io: I,
+    protocol: Protocol,
+    ctx: Arc<ConnContext>,
+    drain: Watch,
+) -> crate::accept::Serving
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = PathService(ctx);
     let io = TokioIo::new(io);
-    let result = if protocol == Protocol::Http2 {
-        Box::pin(serve_h2(io, svc, drain)).await
-    } else {
-        serve_h1(io, svc, drain).await
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, "HTTP connection ended with an error");
+    if protocol == Protocol::Http2 {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc);
+        return Box::pin(Serve {
+            conn,
+            drain,
+            draining: false,
+        });
     }
-}
-
-/// How long a kept-alive client connection may wait for its next request before it
-/// gives back hyper's read buffer (1 KiB or more), head write buffer and cached header
-/// map (vendor/README.md). Busier connections keep them, so a request costs no
-/// allocation; an idle one holds a few KiB less (bench/README.md, `bench/memory`).
-pub(crate) const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(1);
-
-async fn serve_h1<I>(io: TokioIo<I>, svc: PathService, mut drain: Watch) -> hyper::Result<()>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
     // The header-read timeout (hyper's default, 30 s) on one timer per connection
     // instead of a new one per request (see `timer`); the same timer gives a kept-alive
     // connection's buffers back once it has idled `IDLE_BUFFER_RELEASE`.
@@ -157,30 +154,71 @@ where
         .idle_buffer_release(IDLE_BUFFER_RELEASE)
         .serve_connection(io, svc)
         .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => res,
-        _ = drain.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    }
+    Box::pin(Serve {
+        conn,
+        drain,
+        draining: false,
+    })
 }
 
-async fn serve_h2<I>(io: TokioIo<I>, svc: PathService, mut drain: Watch) -> hyper::Result<()>
+/// How long a kept-alive client connection may wait for its next request before it
+/// gives back hyper's read buffer (1 KiB or more), head write buffer and cached header
+/// map (vendor/README.md). Busier connections keep them, so a request costs no
+/// allocation; an idle one holds a few KiB less (bench/README.md, `bench/memory`).
+pub(crate) const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(1);
+
+/// A hyper server connection that can be told to finish what is in flight and close.
+trait GracefulShutdown: Future<Output = hyper::Result<()>> {
+    fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<I> GracefulShutdown for http1::UpgradeableConnection<TokioIo<I>, PathService>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .serve_connection(io, svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => res,
-        _ = drain.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+impl<I> GracefulShutdown for http2::Connection<TokioIo<I>, PathService, TokioExecutor>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A server connection run until it ends, shut down gracefully once drain is
+    /// signalled: the whole of what an HTTP connection's task holds while it is idle.
+    ///
+    /// Written out rather than an `async` block: an async block (or fn) keeps its
+    /// captured values' slots for its whole life beside its locals, so the connection
+    /// (744 bytes for HTTP/1, io included) would be held twice.
+    struct Serve<C> {
+        #[pin]
+        conn: C,
+        drain: Watch,
+        draining: bool,
+    }
+}
+
+impl<C: GracefulShutdown> Future for Serve<C> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut this = self.project();
+        if !*this.draining && this.drain.poll_signaled(cx).is_ready() {
+            *this.draining = true;
+            this.conn.as_mut().shutdown();
         }
+        // The watch is kept until the connection is done: drain waits for it.
+        if let Err(error) = std::task::ready!(this.conn.poll(cx)) {
+            tracing::debug!(%error, "HTTP connection ended with an error");
+        }
+        std::task::Poll::Ready(())
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::accept::{self, Accepted, SrcCounters};
+use crate::accept::{self, Accepted, Serving, SrcCounters};
 use crate::detect::{self, Protocol};
 use crate::drain::Watch;
 use crate::identity::{self, LocalIdentity};
@@ -33,20 +33,21 @@ use crate::io::{CountingIo, PrefixedIo};
 use crate::metrics::{Direction, Str, Tls};
 use crate::{tls, Config, Destination, Mode, Shared};
 
-/// Serves one connection from a caller.
+/// The prelude of one connection from a caller: what serves it, or `None` when it is
+/// closed before that ([`accept::Serving`]).
 pub(crate) async fn connection(
     socket: TcpStream,
     client: SocketAddr,
     shared: Arc<Shared>,
     watch: Watch,
-) {
+) -> Option<Serving> {
     let config = &shared.config;
     let destination = match destination(&socket, config) {
         Ok(addr) => Destination::Addr(addr),
         Err(refused) => {
             shared.metrics.refused(Direction::Inbound, refused.reason());
             tracing::warn!(%client, reason = %refused, "connection refused");
-            return;
+            return None;
         }
     };
     // Labelled once it is known whether the connection is mTLS.
@@ -87,15 +88,15 @@ pub(crate) async fn connection(
             if let Err(error) = closed_or_failed {
                 tracing::debug!(%client, %error, "connection failed during protocol detection");
             }
-            return;
+            return None;
         }
     };
     let (protocol, prefix) = (detected.protocol, detected.prefix);
     if let Some(local) =
         local.filter(|_| protocol == Protocol::Opaque && tls::looks_like_tls(&prefix))
     {
-        // Boxed: the connection's task holds its future for the connection's life, and
-        // plaintext connections need not carry the handshake's and TLS stream's size.
+        // Boxed: plaintext connections' preludes (held while they wait for a first
+        // byte, up to --detect-timeout) need not carry the handshake's size.
         let tls = mtls(io, prefix, local, peer, shared, watch, deadline);
         return Box::pin(tls).await;
     }
@@ -114,7 +115,7 @@ async fn mtls(
     shared: Arc<Shared>,
     watch: Watch,
     deadline: tokio::time::Instant,
-) {
+) -> Option<Serving> {
     let client = peer.client;
     let counters = SrcCounters::new(&shared, Direction::Inbound);
     let hello = match tls::read_client_hello(&mut io, prefix, deadline).await {
@@ -122,7 +123,7 @@ async fn mtls(
         Err(error) => {
             io.label(counters.plain());
             tracing::debug!(%client, %error, "connection failed while reading a ClientHello");
-            return;
+            return None;
         }
     };
     if hello.server_name.as_deref() != Some(local.name().dns_name().as_str()) {
@@ -134,10 +135,7 @@ async fn mtls(
     // handshake that fails still counts, without one.
     io.label_on_drop(counters.of(Tls::Yes, Str::empty()));
     let io = PrefixedIo::new(hello.prefix, io);
-    let Some((mut stream, client_id)) = terminate(io, &local, &peer, &shared, deadline).await
-    else {
-        return;
-    };
+    let (mut stream, client_id) = terminate(io, &local, &peer, &shared, deadline).await?;
     stream
         .get_mut()
         .0
@@ -148,13 +146,18 @@ async fn mtls(
         client_id: Some(client_id),
         ..peer
     };
-    // Boxed: the stream is handed down several steps, each of whose futures would
-    // otherwise keep room for the TLS state.
+    // Boxed: a pointer for the steps after the handshake to hand down, and a stream
+    // of its own size in the serving future.
     detect_and_forward(Box::new(stream), peer, shared, watch).await
 }
 
 /// Detection again on a decrypted stream (opaque ports are not), then [`forward`].
-async fn detect_and_forward<I>(mut io: I, peer: Accepted, shared: Arc<Shared>, watch: Watch)
+async fn detect_and_forward<I>(
+    mut io: I,
+    peer: Accepted,
+    shared: Arc<Shared>,
+    watch: Watch,
+) -> Option<Serving>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -162,11 +165,11 @@ where
         (Protocol::Opaque, bytes::Bytes::new())
     } else {
         match detect::detect(&mut io, shared.config.detect_timeout).await {
-            Ok(d) if d.closed => return,
+            Ok(d) if d.closed => return None,
             Ok(d) => (d.protocol, d.prefix),
             Err(error) => {
                 tracing::debug!(client = %peer.client, %error, "connection failed during protocol detection");
-                return;
+                return None;
             }
         }
     };
@@ -183,11 +186,12 @@ async fn forward<I>(
     peer: Accepted,
     shared: Arc<Shared>,
     watch: Watch,
-) where
+) -> Option<Serving>
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (Protocol::Opaque, Destination::Addr(addr)) = (protocol, &peer.destination) else {
-        return accept::dispatch(io, protocol, prefix, peer, shared, watch).await;
+        return Some(accept::dispatch(io, protocol, prefix, peer, shared, watch));
     };
     let port = addr.port();
     let ip = peer.client.ip();
@@ -197,21 +201,22 @@ async fn forward<I>(
     if let Err(denied) = authorize::tcp(&shared, &policy.current(), ip, client_id.as_deref(), port)
     {
         tracing::info!(%client, reason = %denied, "TCP connection denied: closed");
-        return;
+        return None;
     }
-    let forwarding = accept::dispatch(io, protocol, prefix, peer, shared.clone(), watch);
-    tokio::pin!(forwarding);
-    loop {
-        tokio::select! {
-            () = &mut forwarding => return,
-            () = policy.changed() => {
-                if let Err(denied) = policy.current().authorize(ip, client_id.as_deref(), port) {
-                    tracing::info!(%client, reason = %denied, "TCP connection no longer authorized: closed");
-                    return;
+    let mut forwarding = accept::dispatch(io, protocol, prefix, peer, shared, watch);
+    Some(Box::pin(async move {
+        loop {
+            tokio::select! {
+                () = &mut forwarding => return,
+                () = policy.changed() => {
+                    if let Err(denied) = policy.current().authorize(ip, client_id.as_deref(), port) {
+                        tracing::info!(%client, reason = %denied, "TCP connection no longer authorized: closed");
+                        return;
+                    }
                 }
             }
         }
-    }
+    }))
 }
 
 /// The mTLS handshake with a meshed caller, within the detection deadline: the stream

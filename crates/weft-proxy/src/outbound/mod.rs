@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::accept::{self, Accepted, SrcCounters};
+use crate::accept::{self, Accepted, Serving, SrcCounters};
 use crate::destination::Lookup;
 use crate::detect::{self, Protocol};
 use crate::drain::Watch;
@@ -28,15 +28,16 @@ use crate::io::CountingIo;
 use crate::metrics::{Direction, Tls};
 use crate::{Config, Destination, Mode, Shared};
 
-/// Serves one connection from the local workload; `service` is set when it came to a
-/// service listener (explicit mode).
+/// The prelude of one connection from the local workload: what serves it, or `None`
+/// when it is closed before that ([`accept::Serving`]); `service` is set when it came
+/// to a service listener (explicit mode).
 pub(crate) async fn connection(
     socket: TcpStream,
     client: SocketAddr,
     service: Option<Arc<Service>>,
     shared: Arc<Shared>,
     watch: Watch,
-) {
+) -> Option<Serving> {
     let config = &shared.config;
     let destination = destination(&socket, service, config);
     let destination = discover(&shared, destination).await;
@@ -62,13 +63,13 @@ pub(crate) async fn connection(
                 if let Err(error) = closed_or_failed {
                     tracing::debug!(%client, %error, "connection failed during protocol detection");
                 }
-                return;
+                return None;
             }
         }
     };
     io.label(counters.plain());
     let (protocol, prefix) = protocol;
-    accept::dispatch(io, protocol, prefix, peer, shared, watch).await
+    Some(accept::dispatch(io, protocol, prefix, peer, shared, watch))
 }
 
 /// Where a connection from the local workload goes, as far as the proxy knows without
