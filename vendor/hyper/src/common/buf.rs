@@ -24,6 +24,21 @@ impl<T: Buf> BufList<T> {
     pub(crate) fn bufs_cnt(&self) -> usize {
         self.bufs.len()
     }
+
+    /// weft: whether the (empty) queue still holds the room its last message grew it
+    /// to (four slots once a response with a body was written: 320 bytes).
+    #[cfg(feature = "server")]
+    pub(crate) fn holds_idle_room(&self) -> bool {
+        self.bufs.is_empty() && self.bufs.capacity() > 0
+    }
+
+    /// weft: gives that room back; the next message's first push allocates again.
+    #[cfg(feature = "server")]
+    pub(crate) fn release_idle_room(&mut self) {
+        if self.bufs.is_empty() {
+            self.bufs = VecDeque::new();
+        }
+    }
 }
 
 impl<T: Buf> Buf for BufList<T> {

@@ -121,15 +121,19 @@ where
     }
 
     /// weft: whether there is anything for `release_idle_buffers` to give back: no
-    /// bytes waiting, and room held in the read or the head write buffer.
+    /// bytes waiting, and room held in the read buffer, the head write buffer or the
+    /// body write queue.
     #[cfg(feature = "server")]
     pub(crate) fn holds_idle_buffers(&self) -> bool {
         self.read_buf.is_empty()
-            && (self.read_buf.capacity() > 0 || self.write_buf.headers.bytes.capacity() > 0)
+            && (self.read_buf.capacity() > 0
+                || self.write_buf.headers.bytes.capacity() > 0
+                || self.write_buf.queue.holds_idle_room())
     }
 
-    /// weft: gives back the read buffer if it holds no bytes, and the head write buffer
-    /// if it holds none to write; the next read or head allocates again.
+    /// weft: gives back the read buffer if it holds no bytes, the head write buffer
+    /// if it holds none to write, and the body write queue's room if it is empty; the
+    /// next read, head or body allocates again.
     #[cfg(feature = "server")]
     pub(crate) fn release_idle_buffers(&mut self) {
         if self.read_buf.is_empty() {
@@ -139,6 +143,7 @@ where
         if headers.pos >= headers.bytes.len() {
             *headers = Cursor::new(Vec::new());
         }
+        self.write_buf.queue.release_idle_room();
     }
 
     #[cfg(test)]
