@@ -457,8 +457,7 @@ impl ConnContext {
                 c.labels.clone()
             }
             _ => {
-                let labels = self.target_labels(target);
-                let requests = metrics.requests(&labels);
+                let (labels, requests) = metrics.requests(self.target_labels(target));
                 requests.inc();
                 *cache = Some(CachedRoute {
                     authority: target.authority.clone(),

@@ -44,6 +44,14 @@ impl RouteLabels {
     }
 }
 
+#[cfg(test)]
+impl RouteLabels {
+    /// Whether both are the same copy (not only equal).
+    pub(crate) fn is(&self, other: &RouteLabels) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl std::ops::Deref for RouteLabels {
     type Target = RouteLabelValues;
 
@@ -270,23 +278,30 @@ struct RouteUse {
 
 impl HttpMetrics {
     /// The `request_total` counter of a route (keep it to count many requests, with
-    /// [`HttpMetrics::generation`] to know when to fetch it again).
-    pub fn requests(&self, route: &RouteLabels) -> Counter {
-        let counter = self.requests.get_or_create(route).clone();
+    /// [`HttpMetrics::generation`] to know when to fetch it again), and the labels to
+    /// keep with it: those of the route's first caller, equal to `route`. Connections
+    /// that keep labels for their next requests then share one copy per route (and
+    /// its last series) instead of holding one each: 184 bytes per idle connection.
+    pub fn requests(&self, route: RouteLabels) -> (RouteLabels, Counter) {
+        let counter = self.requests.get_or_create(&route).clone();
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         // Known routes (most calls: a connection's cache misses when the balancer picks
         // another endpoint) cost a lookup, not a copy of their labels.
-        if !routes.contains_key(route) {
-            routes.insert(
-                route.clone(),
-                RouteUse {
-                    total: counter.get(),
-                    since: tokio::time::Instant::now(),
-                },
-            );
-        }
+        let route = match routes.get_key_value(&route) {
+            Some((known, _)) => known.clone(),
+            None => {
+                routes.insert(
+                    route.clone(),
+                    RouteUse {
+                        total: counter.get(),
+                        since: tokio::time::Instant::now(),
+                    },
+                );
+                route
+            }
+        };
         drop(routes);
-        counter
+        (route, counter)
     }
 
     /// Changes when idle series are dropped: a counter from [`HttpMetrics::requests`]

@@ -565,7 +565,7 @@ mod tests {
         };
         let (gone, kept) = (route("198.18.0.9:4143"), route("198.18.0.10:4143"));
         for r in [&gone, &kept] {
-            http.requests(r).inc();
+            http.requests(r.clone()).1.inc();
             http.response(r.clone(), 200, Classification::Success);
             http.latency(r, 200, 3.0);
         }
@@ -576,7 +576,7 @@ mod tests {
 
         // kept serves a request within the retain time, gone does not.
         tokio::time::advance(Duration::from_secs(300)).await;
-        http.requests(&kept).inc();
+        http.requests(kept.clone()).1.inc();
         assert_eq!(http.evict_idle(tokio::time::Instant::now(), retain), 0);
         tokio::time::advance(Duration::from_secs(300)).await;
         assert_eq!(http.evict_idle(tokio::time::Instant::now(), retain), 1);
@@ -590,9 +590,41 @@ mod tests {
         );
 
         // Used again: fresh series.
-        http.requests(&gone).inc();
+        http.requests(gone.clone()).1.inc();
         http.response(gone.clone(), 503, Classification::Failure);
         assert!(render().contains("198.18.0.9:4143"));
+    }
+
+    #[tokio::test]
+    async fn connections_on_one_route_share_its_labels() {
+        let metrics = Metrics::new(&WorkloadLabels::default());
+        let http = &metrics.http;
+        let route = |addr: &str| {
+            RouteLabels::new(RouteLabelValues {
+                direction: Direction::Inbound,
+                authority: "books:80".into(),
+                target_addr: addr.into(),
+                tls: Tls::NoIdentity,
+                dst_service: "".into(),
+                dst_zone: "".into(),
+                client_id: "".into(),
+                server_id: "".into(),
+                route: RouteLabel::default(),
+            })
+        };
+        // Two connections build equal labels: the second is given the first's.
+        let first = route("198.18.0.9:80");
+        let (kept, counter) = http.requests(first.clone());
+        assert!(kept.is(&first));
+        counter.inc();
+        let (shared, counter) = http.requests(route("198.18.0.9:80"));
+        assert!(shared.is(&first), "the route's first labels, not a copy");
+        counter.inc();
+        assert_eq!(counter.get(), 2, "one series for both");
+        // Another route keeps its own.
+        let other = route("198.18.0.10:80");
+        assert!(http.requests(other.clone()).0.is(&other));
+        assert!(!other.is(&first));
     }
 
     #[test]
