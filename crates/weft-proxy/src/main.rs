@@ -14,7 +14,9 @@ use weft_proxy::{Args, Proxy};
 /// Its defaults are kept: larger slabs, one arena, no retained mappings or the
 /// hugepage allocator gave back at most 0.8 MB more, or less (docs/reliability.md).
 /// Costs: +1.2 MB idle, +1-2 % instructions per request (bench/instructions), 0.5 MB of
-/// binary.
+/// binary. Built without the `jemalloc` feature, the binary uses the system's malloc
+/// (for heap profiles: bench/heap).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -1,0 +1,102 @@
+# Helpers the bench scripts share: sourced (`. bench/lib/common.sh`), not run. Each
+# script calls bench_start first: a scratch directory in $tmp, and on exit every process
+# listed in $pids is killed and the directory removed.
+
+bench_start() {
+  tmp=$(mktemp -d)
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_port PORT [SECONDS]: until something accepts on 127.0.0.1:PORT (10 s by default).
+wait_port() {
+  local tries=$((${2:-10} * 10))
+  for _ in $(seq "$tries"); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on 127.0.0.1:$1 after ${2:-10}s" >&2
+  exit 1
+}
+
+# wait_ready ADMIN_PORT [SECONDS] [LOG]: until a weft component's /ready answers 200
+# (10 s by default); prints LOG (a file) if it never does.
+wait_ready() {
+  local status tries=$((${2:-10} * 10))
+  for _ in $(seq "$tries"); do
+    status=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET /ready HTTP/1.0\r\n\r\n' >&3 && head -c 12 <&3) 2>/dev/null || true)
+    [[ $status == *" 200"* ]] && return 0
+    sleep 0.1
+  done
+  echo "nothing ready on admin port $1 after ${2:-10}s" >&2
+  [[ -n ${3:-} ]] && cat "$3" >&2
+  exit 1
+}
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# start_nginx: the backend every bench uses: nginx, one worker, a 17-byte body
+# ("hello from nginx\n"), keep-alive for 300 s, as many connections as the shell's file
+# limit allows. Sets NGINX_PORT.
+start_nginx() {
+  local nginx nofile
+  nginx=$(command -v nginx || echo /usr/sbin/nginx)
+  nofile=$(ulimit -n)
+  NGINX_PORT=$(free_port)
+  cat >"$tmp/nginx.conf" <<NGINX
+worker_processes 1;
+worker_rlimit_nofile $nofile;
+daemon off;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx.err warn;
+events { worker_connections $((nofile > 200 ? nofile - 100 : nofile)); }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:$NGINX_PORT backlog=4096;
+    location / { return 200 "hello from nginx\n"; }
+  }
+}
+NGINX
+  "$nginx" -c "$tmp/nginx.conf" -p "$tmp" &
+  pids+=($!)
+  wait_port "$NGINX_PORT"
+}
+
+# haproxy_config FILE PORT [GLOBAL-LINE...]: the one-hop haproxy every bench compares
+# with: one thread, HTTP mode, listening on PORT, keep-alive and connection reuse to
+# nginx (start_nginx first). Extra lines go in its global section (maxconn and such).
+haproxy_config() {
+  local file=$1 port=$2 line
+  shift 2
+  {
+    echo "global"
+    echo "  nbthread 1"
+    for line in "$@"; do echo "  $line"; done
+    cat <<HAPROXY
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$port
+  default_backend be
+backend be
+  server nginx 127.0.0.1:$NGINX_PORT
+HAPROXY
+  } >"$file"
+}
