@@ -545,24 +545,27 @@ impl AuthzMetrics {
 mod tests {
     use super::*;
 
+    /// The labels of a route to the `books` service's endpoint `addr`.
+    fn books(direction: Direction, addr: &str) -> RouteLabels {
+        RouteLabels::new(RouteLabelValues {
+            direction,
+            authority: "books:80".into(),
+            target_addr: addr.into(),
+            tls: Tls::NoIdentity,
+            dst_service: "books".into(),
+            dst_zone: "".into(),
+            client_id: "".into(),
+            server_id: "".into(),
+            route: RouteLabel::default(),
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn routes_idle_for_the_retain_time_leave_metrics_and_come_back_when_used() {
         let metrics = Metrics::new(&WorkloadLabels::default());
         let render = || metrics.encode(&crate::endpoints::ServiceIndex::default());
         let http = &metrics.http;
-        let route = |addr: &str| {
-            RouteLabels::new(RouteLabelValues {
-                direction: Direction::Outbound,
-                authority: "books:80".into(),
-                target_addr: addr.into(),
-                tls: Tls::NoIdentity,
-                dst_service: "books".into(),
-                dst_zone: "".into(),
-                client_id: "".into(),
-                server_id: "".into(),
-                route: RouteLabel::default(),
-            })
-        };
+        let route = |addr| books(Direction::Outbound, addr);
         let (gone, kept) = (route("198.18.0.9:4143"), route("198.18.0.10:4143"));
         for r in [&gone, &kept] {
             http.requests(r.clone()).1.inc();
@@ -599,19 +602,7 @@ mod tests {
     async fn connections_on_one_route_share_its_labels() {
         let metrics = Metrics::new(&WorkloadLabels::default());
         let http = &metrics.http;
-        let route = |addr: &str| {
-            RouteLabels::new(RouteLabelValues {
-                direction: Direction::Inbound,
-                authority: "books:80".into(),
-                target_addr: addr.into(),
-                tls: Tls::NoIdentity,
-                dst_service: "".into(),
-                dst_zone: "".into(),
-                client_id: "".into(),
-                server_id: "".into(),
-                route: RouteLabel::default(),
-            })
-        };
+        let route = |addr| books(Direction::Inbound, addr);
         // Two connections build equal labels: the second is given the first's.
         let first = route("198.18.0.9:80");
         let (kept, counter) = http.requests(first.clone());
