@@ -43,6 +43,38 @@ wait_ready() {
 }
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+
+# cpu_ticks PID...: CPU time (user + system) of the processes, in clock ticks ($TICKS a
+# second): fields 14 and 15 of /proc/PID/stat, counted after the command name (which is
+# in parentheses).
+TICKS=$(getconf CLK_TCK)
+cpu_ticks() {
+  local pid total=0
+  for pid in "$@"; do
+    total=$((total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
+
+# start_controller BIN_DIR: a weft-controller issuing certificates for the mesh of the
+# bench's two-hop mTLS paths: trust anchors from `weft identity init` in
+# $tmp/identity, tokens for the service accounts web and nginx of namespace bench as
+# `weft up` writes them ($tmp/tokens/bench/SA), its log in $tmp/controller.log. Sets
+# CTL_PORT.
+start_controller() {
+  local sa
+  "$1/weft" identity init --dir "$tmp/identity" >/dev/null
+  mkdir -p "$tmp/tokens/bench"
+  for sa in web nginx; do
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp/tokens/bench/$sa"
+  done
+  CTL_PORT=$(free_port)
+  "$1/weft-controller" --identity-dir "$tmp/identity" --tokens-dir "$tmp/tokens" \
+    --listen "127.0.0.1:$CTL_PORT" --admin-listen "127.0.0.1:$(free_port)" >"$tmp/controller.log" 2>&1 &
+  pids+=($!)
+  wait_port "$CTL_PORT"
+}
 
 # start_nginx: the backend every bench uses: nginx, one worker, a 17-byte body
 # ("hello from nginx\n"), keep-alive for 300 s, as many connections as the shell's file
