@@ -53,6 +53,19 @@ pub(super) fn request_authority<B>(req: &Request<B>) -> Result<String, ProxyErro
     }
 }
 
+/// Whether `req` is routed by `known`, an authority [`request_authority`] returned for
+/// an earlier request: its URI names none and its one Host header is `known`, byte for
+/// byte. Then [`request_authority`] would return `known` again, and the Host need not be
+/// parsed (and copied, and lowercased) again. `known` is lowercase; a Host in another
+/// case does not match and is parsed.
+pub(super) fn names_authority<B>(req: &Request<B>, known: &str) -> bool {
+    if known.is_empty() || req.uri().authority().is_some() {
+        return false;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    matches!((hosts.next(), hosts.next()), (Some(host), None) if host.as_bytes() == known.as_bytes())
+}
+
 /// Rewrites an HTTP/1 request for the upstream hop: origin-form URI, Host header,
 /// no hop-by-hop headers (but the upgrade handshake when one is asked for).
 pub(super) fn prepare_h1_request(
@@ -263,5 +276,37 @@ mod tests {
         let before = map.clone();
         strip_hop_by_hop(&mut map);
         assert_eq!(map, before);
+    }
+
+    fn get(uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut req = Request::get(uri);
+        for host in hosts {
+            req = req.header(header::HOST, *host);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_last_authority_is_taken_again_only_where_parsing_would_give_it() {
+        let known = "books:8080";
+        let again = get("/shelves", &["books:8080"]);
+        assert!(names_authority(&again, known));
+        assert_eq!(request_authority(&again).unwrap(), known);
+        // Parsed instead: another name, another case (lowercased then), two Hosts (a
+        // 400), none (a 400 for HTTP/1.1), an absolute URI (its authority wins), and
+        // an empty last authority (an HTTP/1.0 request without Host).
+        let parsed = [
+            get("/", &["authors:8080"]),
+            get("/", &["Books:8080"]),
+            get("/", &["books:8080", "books:8080"]),
+            get("/", &[]),
+            get("http://authors:8080/", &["books:8080"]),
+        ];
+        for req in &parsed {
+            assert!(!names_authority(req, known), "{req:?}");
+        }
+        assert_eq!(request_authority(&parsed[1]).unwrap(), known);
+        assert!(request_authority(&parsed[2]).is_err());
+        assert!(!names_authority(&get("/", &[""]), ""));
     }
 }

@@ -135,7 +135,7 @@ async fn resolve(
     req: &mut Request<Incoming>,
     start: Instant,
 ) -> Result<Routed, Unresolved> {
-    let authority = http::authority(req)?;
+    let authority = ctx.authority(req)?;
     // Explicit mode: an authority met for the first time may need the controller.
     ctx.shared.discover(&ctx.destination, &authority).await;
     if let Some((parent, routes)) = parent_routes(ctx, &authority) {
