@@ -145,8 +145,7 @@ where
         cx: &mut Context<'_>,
         should_shutdown: bool,
     ) -> Poll<crate::Result<Dispatched>> {
-        T::update_date();
-
+        // weft: upstream's `T::update_date()` was here (see `date::extend`).
         ready!(self.poll_loop(cx))?;
 
         if self.is_done() {

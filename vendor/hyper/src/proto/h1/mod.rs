@@ -52,8 +52,8 @@ pub(crate) trait Http1Transaction {
     fn should_read_first() -> bool {
         Self::is_server()
     }
-
-    fn update_date() {}
+    // weft: no `update_date` hook (upstream's server refreshed its cached `Date` there
+    // at every poll): `date::extend` refreshes it when a head needs one.
 }
 
 /// Result newtype for `Http1Transaction::parse`.

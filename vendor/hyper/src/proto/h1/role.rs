@@ -514,8 +514,8 @@ impl Http1Transaction for Server {
         true
     }
 
-    // weft: no `update_date` (the trait's default does nothing): `date::extend` brings
-    // the cached date up to date when a head needs one.
+    // weft: no `update_date` (the hook is gone): `date::extend` brings the cached date
+    // up to date when a head needs one.
 }
 
 #[cfg(feature = "server")]
