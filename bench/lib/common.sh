@@ -76,6 +76,14 @@ start_controller() {
   wait_port "$CTL_PORT"
 }
 
+# mesh_flags SA: sets MESH_FLAGS, a proxy's flags for its identity as service account SA
+# of namespace bench, its certificate from start_controller's controller with the token
+# start_controller wrote.
+mesh_flags() {
+  MESH_FLAGS=(--namespace bench --service-account "$1" --trust-anchors "$tmp/identity/trust-anchors.pem"
+    --controller "127.0.0.1:$CTL_PORT" --identity-token "$tmp/tokens/bench/$1")
+}
+
 # start_nginx: the backend every bench uses: nginx, one worker, a 17-byte body
 # ("hello from nginx\n"), keep-alive for 300 s, as many connections as the shell's file
 # limit allows. Sets NGINX_PORT.
