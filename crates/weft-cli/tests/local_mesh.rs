@@ -612,10 +612,13 @@ fn the_demo_mesh_starts_without_a_failed_call() {
         env.up_output()
     );
 
-    // From the first call on, web (zone-a) stays on the books pods of its zone.
-    let web = env.metrics("web-0").expect("web's metrics");
-    let to_books = |zone| {
-        web.sum(
+    // Web (zone-a) stays on the books pods of its zone. Its proxy holds the calls it
+    // makes before the books pods are published and sends them at once; when that
+    // burst keeps the zone above the band for a step (first calls are slow on a
+    // starved machine), the band lets one or two out. At most 2 % of the first ten
+    // seconds' calls leave the zone, and none of the next 40.
+    let to_books = |m: &weft_core::prom::Scrape, zone| {
+        m.sum(
             "response_total",
             &[
                 ("direction", "outbound"),
@@ -624,6 +627,18 @@ fn the_demo_mesh_starts_without_a_failed_call() {
             ],
         )
     };
-    assert!(to_books("zone-a") >= 100.0, "{}", web.text);
-    assert_eq!(to_books("zone-b"), 0.0, "{}", web.text);
+    let web = env.metrics("web-0").expect("web's metrics");
+    let (home, away) = (to_books(&web, "zone-a"), to_books(&web, "zone-b"));
+    eprintln!(
+        "web to books: {} in zone-a, {} in zone-b",
+        home as u64, away as u64
+    );
+    assert!(home >= 100.0, "{}", web.text);
+    assert!(away <= 0.02 * (home + away), "{}", web.text);
+    let later = eventually(Duration::from_secs(20), || {
+        let m = env.metrics("web-0")?;
+        (to_books(&m, "zone-a") + to_books(&m, "zone-b") >= home + away + 40.0).then_some(m)
+    })
+    .expect("web called books 40 more times within 20 s");
+    assert_eq!(to_books(&later, "zone-b"), away, "{}", later.text);
 }

@@ -143,6 +143,30 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Which side of the band a zone's load is on, kept with the time it got there in one
+/// atomic ([`Balancer::step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outside {
+    Above,
+    Below,
+}
+
+impl Outside {
+    /// `(at + 1) << 1 | above`: never 0, which means inside the band.
+    fn encode(self, at: u64) -> u64 {
+        (at.min(u64::MAX >> 2) + 1) << 1 | u64::from(self == Outside::Above)
+    }
+
+    fn decode(v: u64) -> Option<(Outside, u64)> {
+        let side = if v & 1 == 1 {
+            Outside::Above
+        } else {
+            Outside::Below
+        };
+        (v != 0).then(|| (side, (v >> 1) - 1))
+    }
+}
+
 /// An endpoint and what the balancer knows of it: its load and health, in atomics, so
 /// that picks and reports never wait for one another.
 #[derive(Debug)]
@@ -269,9 +293,13 @@ pub struct Balancer {
     /// picks never take it.
     writer: Mutex<()>,
     /// Zone-aware: other zones' endpoints in use, and when that last changed
-    /// (nanoseconds since the origin).
+    /// (nanoseconds since the origin; 0 before the first change).
     extra: AtomicUsize,
     last_step: AtomicU64,
+    /// Zone-aware: since when the zone's load has been outside the band, and on which
+    /// side ([`Outside`]; 0 while it is inside). The band moves only for a load that
+    /// stayed outside it for a whole `zone_step`.
+    outside: AtomicU64,
 }
 
 /// A balancer's endpoints and the candidates a pick draws from, computed when they or
@@ -478,6 +506,7 @@ impl Balancer {
             writer: Mutex::new(()),
             extra: AtomicUsize::new(0),
             last_step: AtomicU64::new(0),
+            outside: AtomicU64::new(0),
         };
         b.set_endpoints(endpoints);
         b
@@ -600,28 +629,48 @@ impl Balancer {
     }
 
     /// Zone-aware: one more other-zone endpoint when the zone's load (requests pending
-    /// in the zone per healthy in-zone endpoint, of which there are `zone`) is above the
-    /// band, one fewer below it, at most once per `zone_step`.
+    /// in the zone per healthy in-zone endpoint, of which there are `zone`) has been
+    /// above the band for a `zone_step`, one fewer when it has been below it for as
+    /// long; at most one step per `zone_step`. A burst that clears within a step (held
+    /// requests sent at once when endpoints arrive, a stalled moment) moves nothing.
     fn step(&self, zone: usize, others: usize, now: u64) {
-        let config = &self.common.config;
-        let last = self.last_step.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < nanos(config.zone_step) || zone == 0 {
+        if zone == 0 {
             return;
         }
+        let config = &self.common.config;
+        let period = nanos(config.zone_step);
         let pending = self.common.zone_pending.load(Ordering::Relaxed);
         let load = pending as f64 / zone as f64;
         let extra = self.extra.load(Ordering::Relaxed);
-        let next = if load > config.zone_high && extra < others {
-            extra + 1
+        let (side, next) = if load > config.zone_high && extra < others {
+            (Outside::Above, extra + 1)
         } else if load < config.zone_low && extra > 0 {
-            extra - 1
+            (Outside::Below, extra - 1)
         } else {
+            if self.outside.load(Ordering::Relaxed) != 0 {
+                self.outside.store(0, Ordering::Relaxed);
+            }
             return;
         };
+        let seen = self.outside.load(Ordering::Relaxed);
+        let since = match Outside::decode(seen) {
+            Some((s, since)) if s == side => since,
+            _ => {
+                // The first pick to see the load there (a race with another one only
+                // moves the start by the time between them).
+                self.outside.store(side.encode(now), Ordering::Relaxed);
+                now
+            }
+        };
+        // 0: the band has not moved yet.
+        let last = self.last_step.load(Ordering::Relaxed);
+        if now.saturating_sub(since) < period || (last != 0 && now.saturating_sub(last) < period) {
+            return;
+        }
         // One step per period, whichever pick takes it.
         if self
             .last_step
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
             self.extra.store(next, Ordering::Relaxed);
@@ -967,6 +1016,56 @@ mod tests {
             drop(b.pick());
         }
         assert!((0..200).all(|_| b.pick().unwrap().zone().map(|z| &**z) == Some("a")));
+    }
+
+    #[test]
+    fn the_band_moves_only_for_load_that_stays_above_it_for_a_step() {
+        let endpoints = || {
+            vec![
+                meta(1, "a", 1),
+                meta(2, "a", 1),
+                meta(3, "b", 1),
+                meta(4, "c", 1),
+            ]
+        };
+        let with_step = |step| {
+            let config = BalanceConfig {
+                zone: Some("a".into()),
+                zone_step: step,
+                ..BalanceConfig::default()
+            };
+            Balancer::new(Arc::new(config), endpoints())
+        };
+        let in_zone = |p: &Picked| p.zone().map(|z| &**z) == Some("a");
+
+        // A burst (5 pending per in-zone endpoint) that clears within the step.
+        let b = with_step(Duration::from_secs(3600));
+        let burst: Vec<Picked> = (0..10).map(|_| b.pick().unwrap()).collect();
+        assert!((0..20).all(|_| in_zone(&b.pick().unwrap())));
+        drop(burst);
+        assert!((0..200).all(|_| in_zone(&b.pick().unwrap())));
+        assert_eq!(b.in_use_by_zone().len(), 1);
+
+        // Load that stays above the band: another zone joins, a step after the first
+        // pick that saw it there.
+        let step = Duration::from_millis(20);
+        let b = with_step(step);
+        let before = Instant::now();
+        let held: Vec<Picked> = (0..10).map(|_| b.pick().unwrap()).collect();
+        let deadline = before + Duration::from_secs(10);
+        let spilled = loop {
+            let p = b.pick().unwrap();
+            if !in_zone(&p) {
+                break Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no other zone joined within 10 s"
+            );
+            std::thread::yield_now();
+        };
+        assert!(spilled - before >= step);
+        drop(held);
     }
 
     #[test]
