@@ -84,6 +84,24 @@ mesh_flags() {
     --controller "127.0.0.1:$CTL_PORT" --identity-token "$tmp/tokens/bench/$1")
 }
 
+# The identity `mesh_flags nginx` gives a proxy: what its callers' endpoints expect.
+NGINX_IDENTITY=nginx.bench.serviceaccount.identity.weft.cluster.local
+
+# nginx_endpoints FILE LISTEN-PORT UPSTREAM-PORT [IDENTITY]: writes a proxy's endpoints
+# file (--endpoints) with one service, nginx, listening on 127.0.0.1:LISTEN-PORT and
+# sending to 127.0.0.1:UPSTREAM-PORT; over mTLS, expecting IDENTITY there, when given.
+nginx_endpoints() {
+  {
+    echo "services:"
+    echo "  - name: nginx"
+    echo "    listen: 127.0.0.1:$2"
+    if [[ -n ${4:-} ]]; then
+      echo "    identity: $4"
+    fi
+    echo "    endpoints: [\"127.0.0.1:$3\"]"
+  } >"$1"
+}
+
 # start_nginx: the backend every bench uses: nginx, one worker, a 17-byte body
 # ("hello from nginx\n"), keep-alive for 300 s, as many connections as the shell's file
 # limit allows. Sets NGINX_PORT.
