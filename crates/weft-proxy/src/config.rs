@@ -170,6 +170,12 @@ pub struct Args {
     #[arg(long, env = "WEFT_TCP_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1h")]
     pub tcp_idle_timeout: Duration,
 
+    /// Carry HTTP/1 requests to meshed endpoints over one multiplexed HTTP/2
+    /// connection per endpoint (Linkerd's `l5d-orig-proto`); `false`: HTTP/1 all the
+    /// way, one upstream connection per concurrent request.
+    #[arg(long, env = "WEFT_H2_BETWEEN_PROXIES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub h2_between_proxies: bool,
+
     /// How long an idle pooled upstream connection is kept.
     #[arg(long, env = "WEFT_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub pool_idle_timeout: Duration,
@@ -358,6 +364,8 @@ pub struct Config {
     /// retry budget of destinations that are not services.
     pub request_policy: Arc<BudgetedPolicy>,
     pub drain_grace: Duration,
+    /// HTTP/1 to meshed endpoints over HTTP/2 (`--h2-between-proxies`).
+    pub h2_between_proxies: bool,
     /// Idle pooled connections, and endpoint pools nothing uses, are dropped after this.
     pub pool_idle_timeout: Duration,
     /// Destinations from the destination service that nothing used for this long are
@@ -598,6 +606,7 @@ impl Args {
             response_timeout: (!self.response_timeout.is_zero()).then_some(self.response_timeout),
             request_policy,
             drain_grace: self.drain_grace,
+            h2_between_proxies: self.h2_between_proxies,
             pool_idle_timeout: self.pool_idle_timeout,
             destination_idle_timeout: self.destination_idle_timeout,
             failfast_timeout: self.failfast_timeout,
@@ -681,6 +690,7 @@ impl Config {
             response_timeout: None,
             request_policy: Arc::new(BudgetedPolicy::new(RequestPolicy::default())),
             drain_grace: Duration::from_secs(10),
+            h2_between_proxies: true,
             pool_idle_timeout: Duration::from_secs(60),
             destination_idle_timeout: DEFAULT_DESTINATION_IDLE_TIMEOUT,
             failfast_timeout: DEFAULT_FAILFAST_TIMEOUT,

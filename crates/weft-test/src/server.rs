@@ -88,6 +88,9 @@ pub struct Received {
     pub retry_attempt: Option<String>,
     /// The `Host` headers, in order.
     pub hosts: Vec<String>,
+    pub version: http::Version,
+    /// The names of the request's headers, in order (`Host` included).
+    pub header_names: Vec<String>,
 }
 
 #[derive(Default)]
@@ -218,6 +221,8 @@ async fn serve(
                 .get("weft-retry-attempt")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
+            version: req.version(),
+            header_names: req.headers().keys().map(|k| k.to_string()).collect(),
         });
     let mut answer = Unanswered(&state.cancelled, false);
     if let Some(delay) = state.options.delay {

@@ -117,6 +117,113 @@ async fn meshed_proxies_speak_mtls_and_label_identities() {
     );
 }
 
+/// Eight concurrent HTTP/1 calls through the meshed pair: the application's view of
+/// each request (version, Host, header names) and how many connections the caller's
+/// proxy opened to the server's.
+async fn eight_concurrent_calls(
+    app: &TestServer,
+    server: &proxy::TestProxy,
+    caller: &proxy::TestProxy,
+) -> (Vec<weft_test::server::Received>, f64) {
+    let addr = caller.service("books");
+    let calls = (0..8).map(|_| async move {
+        let mut c = TestClient::http1(addr, "books.default.svc:8080")
+            .await
+            .unwrap();
+        c.get("/delay/100").await.unwrap()
+    });
+    for rsp in futures_util::future::join_all(calls).await {
+        assert_eq!((rsp.status.as_u16(), rsp.body.as_str()), (200, "slept 100"));
+        assert_eq!(rsp.header("l5d-orig-proto"), None, "{:?}", rsp.headers);
+    }
+    let out = caller.metrics().await;
+    let opened = out.sum(
+        "tcp_open_total",
+        &[("direction", "outbound"), ("peer", "dst"), ("tls", "true")],
+    );
+    let inn = server.metrics().await;
+    assert_eq!(
+        inn.sum(
+            "request_total",
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", WEB)
+            ]
+        ),
+        8.0,
+        "{}",
+        inn.text
+    );
+    (app.received(), opened)
+}
+
+/// HTTP/1 between meshed proxies rides one multiplexed HTTP/2 connection (Linkerd's
+/// `l5d-orig-proto`): concurrent calls share it, the application gets each as the
+/// HTTP/1.1 request it was, with its Host and without the carrying header, and the
+/// caller gets an HTTP/1.1 response without it too. With `--h2-between-proxies false`
+/// each concurrent call takes a connection of its own.
+#[tokio::test]
+async fn http1_between_meshed_proxies_shares_one_http2_connection() {
+    let ca = TestCa::default();
+    for carried in [true, false] {
+        let app = TestServer::loopback("books").await;
+        let server = proxy::inbound_to(app.addr())
+            .identity(ca.identity("books", "default", DAY))
+            .start()
+            .await;
+        let caller = proxy::inbound_to(app.addr())
+            .services(&books_service(server.inbound(), BOOKS))
+            .identity(ca.identity("web", "default", DAY))
+            .h2_between_proxies(carried)
+            .start()
+            .await;
+        let (received, opened) = eight_concurrent_calls(&app, &server, &caller).await;
+        assert_eq!(received.len(), 8);
+        for r in &received {
+            assert_eq!(r.version, http::Version::HTTP_11);
+            assert_eq!(r.hosts, ["books.default.svc:8080"]);
+            assert!(
+                !r.header_names.iter().any(|h| h == "l5d-orig-proto"),
+                "{:?}",
+                r.header_names
+            );
+        }
+        if carried {
+            assert_eq!(opened, 1.0, "one HTTP/2 connection for eight calls");
+        } else {
+            assert_eq!(opened, 8.0, "a connection per concurrent HTTP/1 call");
+        }
+    }
+}
+
+/// A WebSocket handshake between meshed proxies stays HTTP/1 (an upgrade takes its
+/// connection over), and works over mTLS.
+#[tokio::test]
+async fn websocket_upgrades_between_meshed_proxies_stay_http1() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    let ca = TestCa::default();
+    let app = TestServer::loopback("books").await;
+    let (_server, caller) = meshed_pair(&ca, app.addr(), "books").await;
+    let stream = tokio::net::TcpStream::connect(caller.service("books"))
+        .await
+        .unwrap();
+    let (mut ws, rsp) = tokio_tungstenite::client_async("ws://books.default.svc:8080/ws", stream)
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "hi");
+    assert_eq!(app.received()[0].version, http::Version::HTTP_11);
+}
+
 #[tokio::test]
 async fn grpc_streams_work_over_mtls() {
     let ca = TestCa::default();

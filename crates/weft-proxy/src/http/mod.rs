@@ -9,6 +9,7 @@
 
 mod body;
 mod headers;
+pub(crate) mod orig_proto;
 mod timer;
 
 use std::convert::Infallible;
@@ -139,6 +140,7 @@ where
     if protocol == Protocol::Http2 {
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .serve_connection(io, svc);
         return Box::pin(Serve {
             conn,
@@ -160,6 +162,12 @@ where
         draining: false,
     })
 }
+
+/// Most requests in flight on one HTTP/2 connection served. A client proxy sends all
+/// its requests to this endpoint on one connection (HTTP/1 too, `orig_proto`); past
+/// the limit they wait at the client. hyper's default, 200, would hold back a client
+/// with many long-polling calls that HTTP/1 (a connection each) let through.
+const MAX_CONCURRENT_STREAMS: u32 = 2048;
 
 /// How long a kept-alive client connection may wait for its next request before it
 /// gives back hyper's read buffer (1 KiB or more), head write buffer and cached header

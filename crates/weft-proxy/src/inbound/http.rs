@@ -16,11 +16,27 @@ use std::time::Instant;
 use ::http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::http::{self, Answer, ConnContext, Prepared, ProxyBody, Target, Unanswered};
+use crate::http::{self, orig_proto, Answer, ConnContext, Prepared, ProxyBody, Target, Unanswered};
 use crate::retry::RequestBody;
 
 /// Handles one request for the local application.
 pub(crate) async fn forward(
+    ctx: &ConnContext,
+    mut req: Request<Incoming>,
+    start: Instant,
+    unanswered: &mut Unanswered,
+) -> Response<ProxyBody> {
+    // HTTP/1 carried over HTTP/2 by the caller's proxy goes to the application as the
+    // HTTP/1 request it is, and its response says so.
+    if orig_proto::downgrade(&mut req) {
+        let mut rsp = answer(ctx, req, start, unanswered).await;
+        orig_proto::mark_response(&mut rsp);
+        return rsp;
+    }
+    answer(ctx, req, start, unanswered).await
+}
+
+async fn answer(
     ctx: &ConnContext,
     mut req: Request<Incoming>,
     start: Instant,

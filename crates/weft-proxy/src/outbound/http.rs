@@ -25,8 +25,8 @@ use hyper::body::Incoming;
 use crate::balance::{Outcome, Picked};
 use crate::endpoints::Service;
 use crate::http::{
-    self, Answer, ConnContext, Deadline, Failure, Prepared, ProxyBody, Sent, Target, Unanswered,
-    Unresolved,
+    self, orig_proto, Answer, ConnContext, Deadline, Failure, Prepared, ProxyBody, Sent, Target,
+    Unanswered, Unresolved,
 };
 use crate::metrics::RouteLabels;
 use crate::retry::{self, BudgetedPolicy, Replay, RequestBody, ServicePolicy};
@@ -278,19 +278,38 @@ impl Attempts<'_> {
         let mut picked = last.picked.take();
         let mut retries = 0u32;
         let mut tried: Vec<SocketAddr> = Vec::new();
+        // HTTP/1 to a meshed endpoint goes over the HTTP/2 connection shared with the
+        // endpoint's proxy (`orig_proto`); `carried`: `req` is in that form now.
+        let h1_version = req.version();
+        let mut carried = false;
         let result = loop {
             // mTLS to the endpoint's identity, when it is meshed.
             let server = picked.as_ref().and_then(|p| p.identity()).cloned();
+            let carry = version == HttpVersion::Http1
+                && !upgrading
+                && server.is_some()
+                && ctx.shared.config.h2_between_proxies;
+            if carry != carried {
+                carried = if carry {
+                    orig_proto::upgrade(&mut req, authority)
+                } else {
+                    orig_proto::undo(&mut req);
+                    false
+                };
+            }
             let mut result = http::attempt(
                 ctx,
                 endpoint,
-                version,
+                if carried { HttpVersion::Http2 } else { version },
                 server.as_ref(),
                 req,
                 policy.attempt_timeout,
                 deadline,
             )
             .await;
+            if let (true, Ok((rsp, _))) = (carried, &mut result) {
+                orig_proto::downgrade_response(rsp, h1_version);
+            }
             let Some(p) = policy.retry else {
                 break result;
             };
@@ -325,6 +344,9 @@ impl Attempts<'_> {
             if !next.unsent && !backoff(p, retries, deadline).await {
                 break Err(Failure::Deadline);
             }
+            // A request that never left is still in the form it was sent in; a replay
+            // is in its client's.
+            carried &= next.unsent;
             req = next.req;
             stamp(&mut req, retries, deadline.filter(|_| grpc));
         };
