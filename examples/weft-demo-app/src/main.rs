@@ -765,6 +765,15 @@ impl Handler {
         if req.uri().path() == "/admin/fault" {
             return self.admin_fault(req).await;
         }
+        // A mesh may carry HTTP/1 between its proxies over HTTP/2 with this header; the
+        // receiving proxy takes it off. Arriving here, it means a proxy sent its HTTP/2
+        // form straight to an application, which an HTTP/1-only one could not read.
+        if req.headers().contains_key("l5d-orig-proto") {
+            return text_response(
+                StatusCode::MISDIRECTED_REQUEST,
+                "l5d-orig-proto reached the application: a proxy sent HTTP/1 over HTTP/2 to it, not to its proxy\n".into(),
+            );
+        }
         let fail = self.work.run().await;
         let me = &self.work.me;
         let mut text = format!(

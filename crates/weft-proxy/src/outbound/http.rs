@@ -288,7 +288,8 @@ impl Attempts<'_> {
             let carry = version == HttpVersion::Http1
                 && !upgrading
                 && server.is_some()
-                && ctx.shared.config.h2_between_proxies;
+                && ctx.shared.config.h2_between_proxies
+                && !reaches_the_app_directly(ctx, endpoint);
             if carry != carried {
                 carried = if carry {
                     orig_proto::upgrade(&mut req, authority)
@@ -399,6 +400,16 @@ impl Attempts<'_> {
             unsent: was_unsent,
         })
     }
+}
+
+/// Whether a connection to `endpoint` reaches the application itself, not a proxy: in
+/// transparent mode the proxy's own connections are not redirected, so one to this
+/// pod's own address goes straight to the application (in plaintext, see
+/// `Connector::with_plaintext_to_self`), which must get HTTP/1 as it was sent. The
+/// pod's address is the one its application called from (the source address of a
+/// connection the kernel redirected here).
+fn reaches_the_app_directly(ctx: &ConnContext, endpoint: SocketAddr) -> bool {
+    ctx.shared.config.mode == crate::config::Mode::Transparent && endpoint.ip() == ctx.client.ip()
 }
 
 /// A copy of a request without a body (its prepared head), for a mirror.
