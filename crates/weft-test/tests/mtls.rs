@@ -24,6 +24,16 @@ async fn meshed_pair(
     workload: std::net::SocketAddr,
     server_sa: &str,
 ) -> (proxy::TestProxy, proxy::TestProxy) {
+    meshed_pair_with(ca, workload, server_sa, true).await
+}
+
+/// [`meshed_pair`], the caller with `--h2-between-proxies h2`.
+async fn meshed_pair_with(
+    ca: &TestCa,
+    workload: std::net::SocketAddr,
+    server_sa: &str,
+    h2: bool,
+) -> (proxy::TestProxy, proxy::TestProxy) {
     let server = proxy::inbound_to(workload)
         .identity(ca.identity(server_sa, "default", DAY))
         .start()
@@ -31,9 +41,22 @@ async fn meshed_pair(
     let caller = proxy::inbound_to(workload)
         .services(&books_service(server.inbound(), BOOKS))
         .identity(ca.identity("web", "default", DAY))
+        .h2_between_proxies(h2)
         .start()
         .await;
     (server, caller)
+}
+
+/// Requests the server proxy took from "web" over mTLS.
+fn inbound_from_web(scrape: &weft_test::Scrape) -> f64 {
+    scrape.sum(
+        "request_total",
+        &[
+            ("direction", "inbound"),
+            ("tls", "true"),
+            ("client_id", WEB),
+        ],
+    )
 }
 
 fn books_service(endpoint: std::net::SocketAddr, identity: &str) -> String {
@@ -79,19 +102,7 @@ async fn meshed_proxies_speak_mtls_and_label_identities() {
         1.0
     );
     let inn = server.metrics().await;
-    assert_eq!(
-        inn.sum(
-            "request_total",
-            &[
-                ("direction", "inbound"),
-                ("tls", "true"),
-                ("client_id", WEB)
-            ]
-        ),
-        3.0,
-        "{}",
-        inn.text
-    );
+    assert_eq!(inbound_from_web(&inn), 3.0, "{}", inn.text);
     assert_eq!(
         inn.sum(
             "response_total",
@@ -142,19 +153,7 @@ async fn eight_concurrent_calls(
         &[("direction", "outbound"), ("peer", "dst"), ("tls", "true")],
     );
     let inn = server.metrics().await;
-    assert_eq!(
-        inn.sum(
-            "request_total",
-            &[
-                ("direction", "inbound"),
-                ("tls", "true"),
-                ("client_id", WEB)
-            ]
-        ),
-        8.0,
-        "{}",
-        inn.text
-    );
+    assert_eq!(inbound_from_web(&inn), 8.0, "{}", inn.text);
     (app.received(), opened)
 }
 
@@ -168,16 +167,7 @@ async fn http1_between_meshed_proxies_shares_one_http2_connection() {
     let ca = TestCa::default();
     for carried in [true, false] {
         let app = TestServer::loopback("books").await;
-        let server = proxy::inbound_to(app.addr())
-            .identity(ca.identity("books", "default", DAY))
-            .start()
-            .await;
-        let caller = proxy::inbound_to(app.addr())
-            .services(&books_service(server.inbound(), BOOKS))
-            .identity(ca.identity("web", "default", DAY))
-            .h2_between_proxies(carried)
-            .start()
-            .await;
+        let (server, caller) = meshed_pair_with(&ca, app.addr(), "books", carried).await;
         let (received, opened) = eight_concurrent_calls(&app, &server, &caller).await;
         assert_eq!(received.len(), 8);
         for r in &received {
