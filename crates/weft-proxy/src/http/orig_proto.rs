@@ -74,9 +74,14 @@ pub(crate) fn undo<B>(req: &mut Request<B>) {
     }
 }
 
-/// Outbound: the response to an upgraded request, as the HTTP/1 response it carries.
-pub(crate) fn downgrade_response<B>(rsp: &mut Response<B>, version: Version) {
-    rsp.headers_mut().remove(HEADER);
+/// Outbound: the response to an upgraded request, as the HTTP/1 response it carries:
+/// the version the server's proxy names (the application's), else the request's.
+pub(crate) fn downgrade_response<B>(rsp: &mut Response<B>, request_version: Version) {
+    let version = match rsp.headers_mut().remove(HEADER) {
+        Some(v) if v.as_bytes() == b"HTTP/1.1" => Version::HTTP_11,
+        Some(v) if v.as_bytes() == b"HTTP/1.0" => Version::HTTP_10,
+        _ => request_version,
+    };
     *rsp.version_mut() = version;
 }
 
@@ -160,9 +165,15 @@ mod tests {
         *rsp.version_mut() = Version::HTTP_11;
         mark_response(&mut rsp);
         assert_eq!(rsp.headers()[&HEADER], "HTTP/1.1");
+        *rsp.version_mut() = Version::HTTP_2;
+        // The application's version, named by the server's proxy.
+        downgrade_response(&mut rsp, Version::HTTP_10);
+        assert_eq!(rsp.version(), Version::HTTP_11);
+        assert!(!rsp.headers().contains_key(&HEADER));
+        // Not named (a proxy that does not say): the request's.
+        *rsp.version_mut() = Version::HTTP_2;
         downgrade_response(&mut rsp, Version::HTTP_10);
         assert_eq!(rsp.version(), Version::HTTP_10);
-        assert!(!rsp.headers().contains_key(&HEADER));
     }
 
     #[test]
