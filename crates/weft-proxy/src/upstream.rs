@@ -46,12 +46,13 @@ type H1Sender = http1::SendRequest<H1Body>;
 /// Idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
-/// Flow-control window of each stream on a shared upstream HTTP/2 connection: enough
-/// for full speed on a LAN, small enough that a stalled caller holds little.
-const H2_STREAM_WINDOW: u32 = 256 * 1024;
-/// Flow-control window of a shared upstream HTTP/2 connection: 64 stalled streams'
-/// worth. It is also the most one connection buffers for callers that do not read.
-const H2_CONNECTION_WINDOW: u32 = 64 * H2_STREAM_WINDOW;
+/// Flow-control window of each stream on a shared HTTP/2 connection (upstream, and
+/// served: a calling proxy's carries many callers' requests): enough for full speed on
+/// a LAN, small enough that a stalled reader holds little.
+pub(crate) const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// Flow-control window of a shared HTTP/2 connection: 64 stalled streams' worth. It is
+/// also the most one connection buffers for readers that do not read.
+pub(crate) const H2_CONNECTION_WINDOW: u32 = 64 * H2_STREAM_WINDOW;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {

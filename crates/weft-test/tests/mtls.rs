@@ -214,6 +214,59 @@ async fn websocket_upgrades_between_meshed_proxies_stay_http1() {
     assert_eq!(app.received()[0].version, http::Version::HTTP_11);
 }
 
+/// Calls from one pod to another share one HTTP/2 connection between their proxies:
+/// uploads the application does not read hold at most their streams' windows of it, and
+/// another call's upload still goes through. (With hyper's server defaults, 1 MB per
+/// stream and 1 MB for the whole connection, one unread upload stalled every call.)
+#[tokio::test]
+async fn uploads_the_application_does_not_read_do_not_stall_other_calls() {
+    let ca = TestCa::default();
+    let app = TestServer::loopback("books").await;
+    let (server, caller) = meshed_pair(&ca, app.addr(), "books").await;
+    let addr = caller.service("books");
+    // `/delay/…` sleeps without reading the body: once the sockets on the way to the
+    // application are full, the server proxy holds the rest of each upload.
+    let stalled: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = TestClient::http1(addr, "books.default.svc:8080")
+                    .await
+                    .unwrap();
+                let _ = c
+                    .request(http::Method::POST, "/delay/20000", vec![b'x'; 24_000_000])
+                    .await;
+            })
+        })
+        .collect();
+    // Well under way: the server proxy has read 8 MB of them from the caller's proxy
+    // (what the sockets to the application hold, then what the proxy buffers).
+    let under_way = weft_test::eventually(Duration::from_secs(10), || async {
+        let inn = server.metrics().await;
+        app.requests() >= 2 && inn.sum("tcp_read_bytes_total", &[("direction", "inbound")]) >= 8e6
+    })
+    .await;
+    assert!(under_way, "the uploads reached the application");
+
+    let mut other = TestClient::http1(addr, "books.default.svc:8080")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let rsp = tokio::time::timeout(
+        Duration::from_secs(5),
+        other.request(http::Method::POST, "/echo", vec![b'y'; 300_000]),
+    )
+    .await
+    .expect("another call's upload was stalled")
+    .unwrap();
+    assert_eq!((rsp.status.as_u16(), rsp.body.len()), (200, 300_000));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    stalled.iter().for_each(|t| t.abort());
+}
+
 #[tokio::test]
 async fn grpc_streams_work_over_mtls() {
     let ca = TestCa::default();

@@ -141,6 +141,11 @@ where
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            // One request body the application does not read holds at most its stream's
+            // window, not the whole connection's (hyper's defaults: 1 MB each, so one
+            // unread upload stalled every other request on the connection).
+            .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
+            .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW)
             .serve_connection(io, svc);
         return Box::pin(Serve {
             conn,
