@@ -53,6 +53,11 @@ pub(crate) const H2_STREAM_WINDOW: u32 = 256 * 1024;
 /// Flow-control window of a shared HTTP/2 connection: 64 stalled streams' worth. It is
 /// also the most one connection buffers for readers that do not read.
 pub(crate) const H2_CONNECTION_WINDOW: u32 = 64 * H2_STREAM_WINDOW;
+/// The largest head (request or response) an HTTP/2 connection takes, either way:
+/// what hyper's HTTP/1 takes (its read buffer's limit, 8 KiB + 100 × 4 KiB), so a
+/// request carried between proxies over HTTP/2 is refused for no head HTTP/1 accepted
+/// (hyper's HTTP/2 default, 16 KiB, answered a 40 KB cookie with 431).
+pub(crate) const H2_MAX_HEADER_LIST_SIZE: u32 = 8192 + 100 * 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -624,6 +629,7 @@ impl HttpUpstreams {
                 .timer(TokioTimer::new())
                 .initial_stream_window_size(H2_STREAM_WINDOW)
                 .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
                 .keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
                 .handshake(TokioIo::new(io))

@@ -302,6 +302,15 @@ async fn route(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<Bo
             let n: usize = n.parse().unwrap_or(0);
             Response::new(full(vec![b'x'; n]))
         }
+        ("header", Some(n)) => {
+            // A response head with an `x-large` header of n bytes.
+            let n: usize = n.parse().unwrap_or(0);
+            let mut rsp = Response::new(full(Bytes::new()));
+            if let Ok(v) = HeaderValue::from_str(&"h".repeat(n)) {
+                rsp.headers_mut().insert("x-large", v);
+            }
+            rsp
+        }
         ("ws", None) => websocket(&mut req),
         _ => {
             let mut rsp = Response::new(full("not found"));

@@ -187,6 +187,32 @@ async fn http1_between_meshed_proxies_shares_one_http2_connection() {
     }
 }
 
+/// Large heads (a big cookie or token, many response headers) that HTTP/1 took between
+/// the proxies go over HTTP/2 too: hyper's HTTP/2 limit on a head is 16 KiB, HTTP/1's
+/// about 400 KiB.
+#[tokio::test]
+async fn large_heads_go_between_meshed_proxies_too() {
+    let ca = TestCa::default();
+    let app = TestServer::loopback("books").await;
+    let (_server, caller) = meshed_pair(&ca, app.addr(), "books").await;
+    let mut c = TestClient::http1(caller.service("books"), "books.default.svc:8080")
+        .await
+        .unwrap();
+    let cookie = "c".repeat(40_000);
+    let rsp = c
+        .request_with(http::Method::GET, "/", &[("cookie", &cookie)], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (rsp.status.as_u16(), rsp.body.as_str()),
+        (200, "hello from books")
+    );
+    // And a large response head back.
+    let rsp = c.get("/header/40000").await.unwrap();
+    assert_eq!(rsp.status.as_u16(), 200);
+    assert_eq!(rsp.header("x-large").map(str::len), Some(40_000));
+}
+
 /// A WebSocket handshake between meshed proxies stays HTTP/1 (an upgrade takes its
 /// connection over), and works over mTLS.
 #[tokio::test]

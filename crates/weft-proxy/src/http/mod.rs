@@ -146,6 +146,7 @@ where
             // unread upload stalled every other request on the connection).
             .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
             .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW)
+            .max_header_list_size(crate::upstream::H2_MAX_HEADER_LIST_SIZE)
             .serve_connection(io, svc);
         return Box::pin(Serve {
             conn,
