@@ -23,6 +23,15 @@ fn name(version: Version) -> Option<HeaderValue> {
     }
 }
 
+/// The version a header value [`name`]s, exactly.
+fn named(value: Option<HeaderValue>) -> Option<Version> {
+    match value?.as_bytes() {
+        b"HTTP/1.1" => Some(Version::HTTP_11),
+        b"HTTP/1.0" => Some(Version::HTTP_10),
+        _ => None,
+    }
+}
+
 /// Outbound: makes `req`, an HTTP/1 request prepared for its hop (origin-form, Host
 /// set), an HTTP/2 request that names its version. Its `:authority` is its Host (which
 /// a route may have rewritten: the application sees what HTTP/1 would have shown it),
@@ -64,11 +73,7 @@ pub(crate) fn upgrade<B>(req: &mut Request<B>, authority: &str) -> bool {
 /// Outbound: undoes [`upgrade`] (the request goes to an endpoint that takes HTTP/1
 /// instead: a retry elsewhere).
 pub(crate) fn undo<B>(req: &mut Request<B>) {
-    let version = match req.headers_mut().remove(HEADER) {
-        Some(v) if v.as_bytes() == b"HTTP/1.0" => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    *req.version_mut() = version;
+    *req.version_mut() = named(req.headers_mut().remove(HEADER)).unwrap_or(Version::HTTP_11);
     if let Some(path) = req.uri().path_and_query().cloned() {
         *req.uri_mut() = Uri::from(path);
     }
@@ -77,12 +82,7 @@ pub(crate) fn undo<B>(req: &mut Request<B>) {
 /// Outbound: the response to an upgraded request, as the HTTP/1 response it carries:
 /// the version the server's proxy names (the application's), else the request's.
 pub(crate) fn downgrade_response<B>(rsp: &mut Response<B>, request_version: Version) {
-    let version = match rsp.headers_mut().remove(HEADER) {
-        Some(v) if v.as_bytes() == b"HTTP/1.1" => Version::HTTP_11,
-        Some(v) if v.as_bytes() == b"HTTP/1.0" => Version::HTTP_10,
-        _ => request_version,
-    };
-    *rsp.version_mut() = version;
+    *rsp.version_mut() = named(rsp.headers_mut().remove(HEADER)).unwrap_or(request_version);
 }
 
 /// Inbound: when `req` is an HTTP/2 request carrying an HTTP/1 one, makes it that
