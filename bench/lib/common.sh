@@ -84,6 +84,15 @@ mesh_flags() {
     --controller "127.0.0.1:$CTL_PORT" --identity-token "$tmp/tokens/bench/$1")
 }
 
+# start_meshed SA FLAGS...: starts $PROXY in explicit mode with one worker thread and
+# the identity of service account SA (mesh_flags), with FLAGS; its pid is $!.
+start_meshed() {
+  mesh_flags "$1"
+  shift
+  "$PROXY" --worker-threads 1 --log warn --mode explicit "${MESH_FLAGS[@]}" "$@" &
+  pids+=($!)
+}
+
 # The identity `mesh_flags nginx` gives a proxy: what its callers' endpoints expect.
 NGINX_IDENTITY=nginx.bench.serviceaccount.identity.weft.cluster.local
 
