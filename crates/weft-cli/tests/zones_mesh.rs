@@ -560,13 +560,21 @@ fn bench_zones() {
     // Retries are on (the proxy's default: 2, budget 20 % + 10/s) except in the last row,
     // which shows what the zone-aware balancer does alone.
     let no_retries: &[&str] = &["--retry-limit", "0"];
+    // BENCH_PROXY_ARGS: more flags for every strategy's proxies, split on whitespace (a
+    // proxy setting's A/B, e.g. `--h2-between-proxies false`).
+    let extra = std::env::var("BENCH_PROXY_ARGS").unwrap_or_default();
     for (tag, mode, name, args) in [
         ("bu", "unaware", "zone-unaware P2C", &[][..]),
         ("bl", "local-only", "in-zone only (topology hints)", &[]),
         ("ba", "aware", "weft zone-aware", &[]),
         ("bn", "aware", "weft zone-aware, retries off", no_retries),
     ] {
-        let mesh = ZoneMesh::up_with(tag, mode, args);
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(extra.split_whitespace())
+            .collect();
+        let mesh = ZoneMesh::up_with(tag, mode, &args);
         let _warm = mesh.measure(Duration::from_secs(2), rps);
         let balanced = mesh.measure(window, rps);
         mesh.fault("zone-a", Some("delay=50ms"));
