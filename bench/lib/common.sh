@@ -111,6 +111,29 @@ nginx_endpoints() {
   } >"$1"
 }
 
+# start_server_proxy BACKEND-PORT: the two-hop mTLS paths' server proxy (start_meshed,
+# identity nginx), its inbound side forwarding to 127.0.0.1:BACKEND-PORT. Sets
+# SERVER_IN (its inbound port) and SERVER_ADMIN; its pid is $!.
+start_server_proxy() {
+  SERVER_IN=$(free_port) SERVER_ADMIN=$(free_port)
+  start_meshed nginx --inbound-forward "127.0.0.1:$1" --inbound-listen "127.0.0.1:$SERVER_IN" \
+    --outbound-listen "127.0.0.1:$(free_port)" --admin-listen "127.0.0.1:$SERVER_ADMIN"
+}
+
+# start_caller BACKEND-PORT SERVER-IN [FLAGS...]: a calling proxy (start_meshed, identity
+# web) whose service listener sends to the server proxy on 127.0.0.1:SERVER-IN over mTLS
+# (nginx_endpoints), its inbound side forwarding to 127.0.0.1:BACKEND-PORT, with FLAGS.
+# Sets CALLER_PORT (the service listener) and CALLER_ADMIN; its pid is $!.
+start_caller() {
+  local backend=$1 server_in=$2
+  shift 2
+  CALLER_PORT=$(free_port) CALLER_ADMIN=$(free_port)
+  nginx_endpoints "$tmp/endpoints-$CALLER_PORT.yaml" "$CALLER_PORT" "$server_in" "$NGINX_IDENTITY"
+  start_meshed web --inbound-forward "127.0.0.1:$backend" --endpoints "$tmp/endpoints-$CALLER_PORT.yaml" \
+    --inbound-listen "127.0.0.1:$(free_port)" --outbound-listen "127.0.0.1:$(free_port)" \
+    --admin-listen "127.0.0.1:$CALLER_ADMIN" "$@"
+}
+
 # start_nginx: the backend every bench uses: nginx, one worker, a 17-byte body
 # ("hello from nginx\n"), keep-alive for 300 s, as many connections as the shell's file
 # limit allows. Sets NGINX_PORT.
