@@ -74,7 +74,7 @@ impl ProxyBuilder {
     }
 
     /// How long idle upstream connections are kept (zero: a new one per request).
-    /// `--h2-between-proxies`: HTTP/1 to meshed endpoints over HTTP/2 (on by default).
+    /// `--h2-between-proxies`: HTTP/1 to meshed endpoints over HTTP/2 (off by default).
     pub fn h2_between_proxies(mut self, on: bool) -> Self {
         self.config.h2_between_proxies = on;
         self
