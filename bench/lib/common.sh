@@ -15,7 +15,33 @@ bench_cleanup() {
   rm -rf "$tmp"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_port: a loopback port nothing listens on, and (after bench_start) not one this
+# script was given before: a port handed out but not listened on yet is free to the
+# kernel too, and a second caller could get it (scripts/build-pgo did, 2026-12-03).
+free_port() {
+  python3 - "${tmp:+$tmp/ports}" <<'PORT'
+import socket, sys
+seen_file = sys.argv[1]
+seen = set()
+if seen_file:
+    try:
+        seen = set(open(seen_file).read().split())
+    except FileNotFoundError:
+        pass
+held = []
+while True:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+    held.append(s)  # kept bound until one is found: the kernel picks another each time
+    if port not in seen:
+        break
+if seen_file:
+    with open(seen_file, "a") as f:
+        f.write(port + "\n")
+print(port)
+PORT
+}
 
 # wait_port PORT [SECONDS]: until something accepts on 127.0.0.1:PORT (10 s by default).
 wait_port() {
