@@ -173,8 +173,9 @@ pub struct Args {
     /// Carry HTTP/1 requests to meshed endpoints over one multiplexed HTTP/2
     /// connection per endpoint (Linkerd's `l5d-orig-proto`): one connection and one
     /// handshake per pair of pods, less memory per idle connection and less CPU per
-    /// request under load, for 0.1-0.3 ms more per request at low load. Off: HTTP/1
-    /// all the way, one upstream connection per concurrent request.
+    /// request under load, for up to 0.3 ms more per request at low load, by machine
+    /// (docs/proxy.md). Off: HTTP/1 all the way, one upstream connection per
+    /// concurrent request.
     #[arg(long, env = "WEFT_H2_BETWEEN_PROXIES", default_value_t = false, action = clap::ArgAction::Set)]
     pub h2_between_proxies: bool,
 
